@@ -1,0 +1,111 @@
+//! Certificate authorities behind one small trait. The pipeline hands an approved
+//! [`IssuanceOrder`] — built from the template, never copied from the CSR — to a
+//! [`CaAdapter`], which signs it. `local` is the built-in CA; upstream ACME and PKCS#11
+//! adapters plug in here later.
+//!
+//! Imports `model`, `pkix`, `config` and `files`.
+
+pub mod local;
+
+use std::fmt;
+
+use time::OffsetDateTime;
+
+use crate::config::ExtendedKeyUsage;
+use crate::model::{Identifier, KeyType};
+
+/// A serial number: 16 random bytes (128 bits), as a positive DER INTEGER.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Serial(Vec<u8>);
+
+impl Serial {
+    /// Fresh random serial.
+    pub fn random() -> Self {
+        let mut bytes = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut bytes).expect("system randomness");
+        // Leading zero bytes are not part of a minimal DER INTEGER; drop them so that the hex
+        // form is exactly what the certificate carries.
+        let start = bytes.iter().position(|b| *b != 0).unwrap_or(15);
+        Serial(bytes[start..].to_vec())
+    }
+
+    /// Big-endian magnitude.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Display for Serial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(&self.0))
+    }
+}
+
+impl fmt::Debug for Serial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Serial({self})")
+    }
+}
+
+/// What to issue: everything decided, nothing left to the CSR but its public key.
+#[derive(Debug, Clone)]
+pub struct IssuanceOrder {
+    /// Serial, reserved in the store before signing.
+    pub serial: Serial,
+    /// The requester's SubjectPublicKeyInfo contents (BIT STRING bytes).
+    pub public_key: Vec<u8>,
+    /// Its type.
+    pub key_type: KeyType,
+    /// Subject common name (one of the SANs), if any.
+    pub common_name: Option<String>,
+    /// Subject alternative names.
+    pub sans: Vec<Identifier>,
+    /// Validity start.
+    pub not_before: OffsetDateTime,
+    /// Validity end (the CA may shorten it to its own not-after).
+    pub not_after: OffsetDateTime,
+    /// Extended key usages from the template.
+    pub extended_key_usages: Vec<ExtendedKeyUsage>,
+}
+
+/// A signed certificate.
+#[derive(Debug, Clone)]
+pub struct IssuedCertificate {
+    /// The certificate, DER.
+    pub der: Vec<u8>,
+    /// Issuer chain (issuing CA first, root excluded), DER.
+    pub chain: Vec<Vec<u8>>,
+    /// Subject DN text.
+    pub subject: String,
+    /// Actual validity start.
+    pub not_before: OffsetDateTime,
+    /// Actual validity end.
+    pub not_after: OffsetDateTime,
+}
+
+/// A CA failure.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// The order cannot be signed as asked (bad name, key…).
+    #[error("the CA refused the order: {0}")]
+    Refused(String),
+    /// The CA's key or storage failed.
+    #[error("CA failure: {0}")]
+    Internal(String),
+}
+
+/// A certificate authority rampart forwards approved orders to.
+#[async_trait::async_trait]
+pub trait CaAdapter: Send + Sync + fmt::Debug {
+    /// Short id recorded as the certificate's issuer (`local`, …).
+    fn id(&self) -> &str;
+
+    /// The issuer chain returned with every certificate (issuing CA first, root excluded).
+    fn chain(&self) -> Vec<Vec<u8>>;
+
+    /// The trust anchors clients must trust (the root), DER.
+    fn trust_anchors(&self) -> Vec<Vec<u8>>;
+
+    /// Sign the order.
+    async fn issue(&self, order: &IssuanceOrder) -> Result<IssuedCertificate, CaError>;
+}

@@ -1,0 +1,282 @@
+//! The inventory: certificates, requests, API keys, the audit chain and the event outbox,
+//! behind the [`Store`] trait with typed methods. [`sled_store::SledStore`] is the embedded
+//! default. Nothing outside this module may assume sled, a single process, or key layouts.
+//!
+//! Every method that changes state is atomic (one transaction) and, where it records an
+//! issuance or a revocation, durable (flushed) before it returns.
+//!
+//! Imports `model` and `pkix` (for hashing) only.
+
+pub mod audit;
+pub mod sled_store;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::model::{CertificateRecord, CertificateStatus, Identifier, Protocol, Revocation};
+
+pub use audit::{AuditAction, AuditEntry, AuditRecord, AuditVerification};
+
+/// Schema version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store is held by another process (sled is single-process).
+    #[error("the store at {path} is in use by another process (is `rampart serve` running?)")]
+    Locked {
+        /// Store directory.
+        path: String,
+    },
+    /// The store was written by a newer rampart.
+    #[error("store schema version {found} is newer than this rampart supports ({supported})")]
+    SchemaTooNew {
+        /// Version on disk.
+        found: u32,
+        /// Version supported.
+        supported: u32,
+    },
+    /// A record could not be decoded.
+    #[error("corrupt record in {tree}: {reason}")]
+    Corrupt {
+        /// Tree or table.
+        tree: &'static str,
+        /// Decoder message.
+        reason: String,
+    },
+    /// I/O or engine failure.
+    #[error("storage error: {0}")]
+    Backend(String),
+}
+
+/// State of an enrollment request as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RequestState {
+    /// Approved; the serial is reserved and signing is under way.
+    Issuing {
+        /// Reserved serial.
+        serial: String,
+    },
+    /// Issued.
+    Issued {
+        /// The certificate's serial.
+        serial: String,
+    },
+    /// Refused by policy or input checks.
+    Denied {
+        /// Why.
+        reason: String,
+    },
+    /// The CA failed after approval, or the process died while signing.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// An enrollment request as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// Request id.
+    pub request_id: Uuid,
+    /// Front door.
+    pub protocol: Protocol,
+    /// Requesting identity name.
+    pub identity: String,
+    /// Template asked for.
+    pub template: String,
+    /// Identifiers asked for.
+    pub identifiers: Vec<Identifier>,
+    /// Current state.
+    pub state: RequestState,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last change.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// An API key as stored: the secret only as a SHA-256 hash (keys are 256-bit random, so
+/// a fast hash is enough; passwords would need a slow one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    /// Public id, the part before the secret.
+    pub key_id: String,
+    /// Identity the key authenticates.
+    pub identity: String,
+    /// Roles of that identity.
+    pub roles: Vec<String>,
+    /// SHA-256 of the secret, hex.
+    pub secret_sha256: String,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// Kinds of events put in the outbox for webhooks and other consumers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A certificate was issued.
+    CertificateIssued,
+    /// A certificate was revoked.
+    CertificateRevoked,
+    /// A request was denied.
+    RequestDenied,
+}
+
+/// An event waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the outbox (assigned by the store).
+    pub seq: u64,
+    /// Unique id (idempotency key for receivers).
+    pub id: Uuid,
+    /// Kind.
+    pub kind: EventKind,
+    /// Time of the change.
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    /// Payload.
+    pub data: serde_json::Value,
+}
+
+/// A new event (the store assigns its sequence number).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// Kind.
+    pub kind: EventKind,
+    /// Time.
+    pub time: OffsetDateTime,
+    /// Payload.
+    pub data: serde_json::Value,
+}
+
+/// Filters for listing certificates. All set filters must match.
+#[derive(Debug, Clone, Default)]
+pub struct CertificateQuery {
+    /// Some SAN contains this text (case-insensitive).
+    pub san_contains: Option<String>,
+    /// Status at `now`.
+    pub status: Option<CertificateStatus>,
+    /// Expires between `now` and `now + expiring_within` (and is not expired).
+    pub expiring_within: Option<time::Duration>,
+    /// Issuing CA adapter id.
+    pub issuer: Option<String>,
+    /// Template.
+    pub template: Option<String>,
+    /// Owner identity.
+    pub owner: Option<String>,
+    /// Resume after this serial (exclusive).
+    pub after: Option<String>,
+    /// Page size.
+    pub limit: usize,
+}
+
+/// One page of a listing, in serial order.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The records.
+    pub items: Vec<CertificateRecord>,
+    /// Pass as `after` for the next page; `None` on the last page.
+    pub next_after: Option<String>,
+}
+
+/// Result of a revocation attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RevokeOutcome {
+    /// Revoked now.
+    Revoked(Box<CertificateRecord>),
+    /// Already revoked earlier (unchanged).
+    AlreadyRevoked(Box<CertificateRecord>),
+    /// No such certificate.
+    NotFound,
+}
+
+/// The inventory.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Record a new request in state `Issuing` and reserve its serial. Returns `false`
+    /// (and writes nothing) if the serial is already taken. Durable on return.
+    fn begin_issuance(&self, request: &RequestRecord) -> Result<bool, StoreError>;
+
+    /// Record the issued certificate, mark its request `Issued`, append the audit entry and
+    /// queue the event, atomically. Durable on return.
+    fn complete_issuance(
+        &self,
+        certificate: &CertificateRecord,
+        audit: &AuditEntry,
+        event: &NewEvent,
+    ) -> Result<(), StoreError>;
+
+    /// Mark a request `Failed` after the CA failed, releasing nothing (the serial stays
+    /// burnt), with its audit entry.
+    fn fail_issuance(&self, request_id: Uuid, reason: &str, audit: &AuditEntry) -> Result<(), StoreError>;
+
+    /// Record a refused request with its audit entry and event.
+    fn record_denial(
+        &self,
+        request: &RequestRecord,
+        audit: &AuditEntry,
+        event: &NewEvent,
+    ) -> Result<(), StoreError>;
+
+    /// Requests left in `Issuing` (by a crash); used at start-up to mark them failed.
+    fn interrupted_requests(&self) -> Result<Vec<RequestRecord>, StoreError>;
+
+    /// One request.
+    fn request(&self, request_id: Uuid) -> Result<Option<RequestRecord>, StoreError>;
+
+    /// One certificate by serial.
+    fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError>;
+
+    /// Certificates matching `query`, a page at a time.
+    fn list_certificates(&self, query: &CertificateQuery, now: OffsetDateTime) -> Result<Page, StoreError>;
+
+    /// Revoke, with audit entry and event, atomically and durably.
+    fn revoke(
+        &self,
+        serial: &str,
+        revocation: &Revocation,
+        audit: &AuditEntry,
+        event: &NewEvent,
+    ) -> Result<RevokeOutcome, StoreError>;
+
+    /// Store a new API key with its audit entry. Durable on return.
+    fn insert_api_key(&self, key: &ApiKeyRecord, audit: &AuditEntry) -> Result<(), StoreError>;
+
+    /// An API key by id.
+    fn api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+
+    /// Number of API keys.
+    fn api_key_count(&self) -> Result<usize, StoreError>;
+
+    /// Append an audit entry on its own (decisions without other state change).
+    fn append_audit(&self, audit: &AuditEntry) -> Result<(), StoreError>;
+
+    /// Audit records with `seq >= from`, at most `limit`.
+    fn audit_records(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Events in the outbox with `seq >= from`, at most `limit`.
+    fn events(&self, from: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
+
+    /// Walk the whole audit chain and check every link.
+    fn verify_audit(&self) -> Result<AuditVerification, StoreError> {
+        let mut verifier = audit::ChainVerifier::default();
+        let mut from = 0;
+        loop {
+            let batch = self.audit_records(from, 1024)?;
+            let Some(last) = batch.last() else { break };
+            from = last.seq + 1;
+            for record in &batch {
+                if let Err(broken) = verifier.check(record) {
+                    return Ok(broken);
+                }
+            }
+        }
+        Ok(verifier.finish())
+    }
+}
