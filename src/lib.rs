@@ -1,0 +1,13 @@
+//! rampart — a certificate registration-authority daemon.
+//!
+//! Module map and dependency direction (see `DESIGN.md`):
+//! `cli → server → api → pipeline → {policy, ca, store} → model`; `config`, `clock`,
+//! `files` and `pkix` are leaves.
+
+pub mod ca;
+pub mod clock;
+pub mod config;
+pub mod files;
+pub mod model;
+pub mod pkix;
+pub mod store;
