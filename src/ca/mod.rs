@@ -5,7 +5,7 @@
 //!
 //! Imports `model`, `pkix`, `config` and `files`.
 
-// pub mod local;
+pub mod local;
 
 use std::fmt;
 

@@ -1,0 +1,442 @@
+//! The built-in CA: a root and an issuing CA kept in `<data_dir>/ca/`, created on first
+//! start, reloaded afterwards. Keys are PKCS#8 PEM files written 0600; `ca.json` keeps
+//! what is needed to rebuild the issuer (algorithm and names). The root signs only the
+//! issuing CA; the issuing CA signs every leaf.
+
+use std::path::{Path, PathBuf};
+
+use der::{Decode, Encode};
+use rcgen::{
+    BasicConstraints, CertificateParams, CrlDistributionPoint, CustomExtension, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+    SignatureAlgorithm,
+};
+use serde::{Deserialize, Serialize};
+use time::{Duration, OffsetDateTime};
+use x509_cert::Certificate;
+
+use super::{CaAdapter, CaError, IssuanceOrder, IssuedCertificate, Serial};
+use crate::config::{CaConfig, ExtendedKeyUsage, KeyAlgorithm};
+use crate::files;
+use crate::model::{Identifier, KeyType};
+use crate::pkix::pem;
+
+/// id-pe-authorityInfoAccess.
+const AUTHORITY_INFO_ACCESS: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 1, 1];
+
+/// Failure to create or load the CA files.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalCaError {
+    /// File system error.
+    #[error("{path}: {source}")]
+    Io {
+        /// File involved.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A CA file exists but cannot be used.
+    #[error("{path}: {reason} (delete the ca directory to start over)")]
+    Invalid {
+        /// File involved.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Key generation or signing failed.
+    #[error("CA key operation failed: {0}")]
+    Crypto(String),
+}
+
+/// What `ca.json` records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CaMetadata {
+    key_algorithm: KeyAlgorithm,
+    root_subject_cn: String,
+    issuing_subject_cn: String,
+    organization: String,
+}
+
+/// URLs written into issued certificates.
+#[derive(Debug, Clone, Default)]
+struct Publication {
+    crl_url: Option<String>,
+    ocsp_url: Option<String>,
+    ca_issuers_url: Option<String>,
+}
+
+/// The built-in CA.
+pub struct LocalCa {
+    issuer: Issuer<'static, KeyPair>,
+    issuing_der: Vec<u8>,
+    issuing_not_after: OffsetDateTime,
+    root_der: Vec<u8>,
+    publication: Publication,
+}
+
+impl std::fmt::Debug for LocalCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCa").field("issuing_not_after", &self.issuing_not_after).finish_non_exhaustive()
+    }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LocalCaError + '_ {
+    move |source| LocalCaError::Io { path: path.to_path_buf(), source }
+}
+
+fn crypto(e: rcgen::Error) -> LocalCaError {
+    LocalCaError::Crypto(e.to_string())
+}
+
+fn signature_algorithm(algorithm: KeyAlgorithm) -> &'static SignatureAlgorithm {
+    match algorithm {
+        KeyAlgorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        KeyAlgorithm::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        KeyAlgorithm::Rsa3072 => &rcgen::PKCS_RSA_SHA256,
+    }
+}
+
+/// Generate a key of `algorithm`.
+pub fn generate_key(algorithm: KeyAlgorithm) -> Result<KeyPair, LocalCaError> {
+    let alg = signature_algorithm(algorithm);
+    match algorithm {
+        KeyAlgorithm::Rsa3072 => KeyPair::generate_rsa_for(alg, rcgen::RsaKeySize::_3072),
+        _ => KeyPair::generate_for(alg),
+    }
+    .map_err(crypto)
+}
+
+fn ca_params(cn: &str, organization: &str, path_len: Option<u8>) -> CertificateParams {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    if !organization.is_empty() {
+        dn.push(DnType::OrganizationName, organization);
+    }
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(match path_len {
+        Some(n) => BasicConstraints::Constrained(n),
+        None => BasicConstraints::Unconstrained,
+    });
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params
+}
+
+fn not_after_of(der: &[u8]) -> Result<OffsetDateTime, String> {
+    let cert = Certificate::from_der(der).map_err(|e| e.to_string())?;
+    let not_after = cert.tbs_certificate.validity.not_after.to_unix_duration();
+    OffsetDateTime::from_unix_timestamp(not_after.as_secs() as i64).map_err(|e| e.to_string())
+}
+
+struct CaFiles {
+    dir: PathBuf,
+}
+
+impl CaFiles {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+    fn read(&self, name: &str) -> Result<String, LocalCaError> {
+        let path = self.path(name);
+        std::fs::read_to_string(&path).map_err(io_error(&path))
+    }
+    fn invalid(&self, name: &str, reason: impl ToString) -> LocalCaError {
+        LocalCaError::Invalid { path: self.path(name), reason: reason.to_string() }
+    }
+}
+
+impl LocalCa {
+    /// Load the CA from `dir`, or create it there when `dir` holds none. Returns the CA and
+    /// whether it was created now.
+    pub fn create_or_load(dir: &Path, config: &CaConfig, now: OffsetDateTime) -> Result<(Self, bool), LocalCaError> {
+        let files = CaFiles { dir: dir.to_path_buf() };
+        let created = !files.path("ca.json").exists();
+        if created {
+            Self::create(&files, config, now)?;
+        }
+        let mut ca = Self::load(&files)?;
+        ca.publication = Publication {
+            crl_url: Some(config.crl_url.clone()).filter(|u| !u.is_empty()),
+            ocsp_url: Some(config.ocsp_url.clone()).filter(|u| !u.is_empty()),
+            ca_issuers_url: Some(config.ca_issuers_url.clone()).filter(|u| !u.is_empty()),
+        };
+        Ok((ca, created))
+    }
+
+    fn create(files: &CaFiles, config: &CaConfig, now: OffsetDateTime) -> Result<(), LocalCaError> {
+        files::create_private_dir(&files.dir).map_err(io_error(&files.dir))?;
+        let metadata = CaMetadata {
+            key_algorithm: config.key_algorithm,
+            root_subject_cn: format!("{} Root CA", config.common_name),
+            issuing_subject_cn: format!("{} Issuing CA", config.common_name),
+            organization: config.organization.clone(),
+        };
+        let not_before = now - Duration::minutes(5);
+
+        let root_key = generate_key(config.key_algorithm)?;
+        let mut root_params = ca_params(&metadata.root_subject_cn, &metadata.organization, None);
+        root_params.not_before = not_before;
+        root_params.not_after = now + Duration::days(config.root_validity_days.into());
+        root_params.serial_number = Some(SerialNumber::from_slice(Serial::random().as_bytes()));
+        let root_cert = root_params.self_signed(&root_key).map_err(crypto)?;
+        let root_issuer = Issuer::new(root_params, &root_key);
+
+        let issuing_key = generate_key(config.key_algorithm)?;
+        let mut issuing_params = ca_params(&metadata.issuing_subject_cn, &metadata.organization, Some(0));
+        issuing_params.not_before = not_before;
+        let issuing_days = config.issuing_validity_days.min(config.root_validity_days);
+        issuing_params.not_after = now + Duration::days(issuing_days.into());
+        issuing_params.serial_number = Some(SerialNumber::from_slice(Serial::random().as_bytes()));
+        issuing_params.use_authority_key_identifier_extension = true;
+        let issuing_cert = issuing_params.signed_by(&issuing_key, &root_issuer).map_err(crypto)?;
+
+        let write_secret = |name: &str, text: String| {
+            let path = files.path(name);
+            files::write_secret(&path, text.as_bytes()).map_err(io_error(&path))
+        };
+        let write_public = |name: &str, text: String| {
+            let path = files.path(name);
+            files::write_public(&path, text.as_bytes()).map_err(io_error(&path))
+        };
+        write_secret("root.key.pem", root_key.serialize_pem())?;
+        write_secret("issuing.key.pem", issuing_key.serialize_pem())?;
+        write_public("root.cert.pem", pem::encode(pem::CERTIFICATE, root_cert.der()))?;
+        write_public("issuing.cert.pem", pem::encode(pem::CERTIFICATE, issuing_cert.der()))?;
+        // Written last: its presence marks a complete CA.
+        let json = serde_json::to_string_pretty(&metadata).expect("metadata serializes");
+        write_public("ca.json", json)
+    }
+
+    fn load(files: &CaFiles) -> Result<Self, LocalCaError> {
+        let metadata: CaMetadata =
+            serde_json::from_str(&files.read("ca.json")?).map_err(|e| files.invalid("ca.json", e))?;
+        let key_pem = files.read("issuing.key.pem")?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| files.invalid("issuing.key.pem", e))?;
+        if key.algorithm() != signature_algorithm(metadata.key_algorithm) {
+            return Err(files.invalid("issuing.key.pem", "key does not match the algorithm in ca.json"));
+        }
+        let issuing_der = pem::decode(&files.read("issuing.cert.pem")?, &[pem::CERTIFICATE])
+            .map_err(|e| files.invalid("issuing.cert.pem", e))?;
+        let root_der = pem::decode(&files.read("root.cert.pem")?, &[pem::CERTIFICATE])
+            .map_err(|e| files.invalid("root.cert.pem", e))?;
+        let issuing_not_after = not_after_of(&issuing_der).map_err(|e| files.invalid("issuing.cert.pem", e))?;
+        let issuing_spki = Certificate::from_der(&issuing_der)
+            .map_err(|e| files.invalid("issuing.cert.pem", e))?
+            .tbs_certificate
+            .subject_public_key_info
+            .subject_public_key
+            .raw_bytes()
+            .to_vec();
+        if issuing_spki != key.der_bytes() {
+            return Err(files.invalid("issuing.key.pem", "key does not match issuing.cert.pem"));
+        }
+        let params = ca_params(&metadata.issuing_subject_cn, &metadata.organization, Some(0));
+        Ok(LocalCa {
+            issuer: Issuer::new(params, key),
+            issuing_der,
+            issuing_not_after,
+            root_der,
+            publication: Publication::default(),
+        })
+    }
+
+    /// The issuing CA's certificate, DER.
+    pub fn issuing_certificate(&self) -> &[u8] {
+        &self.issuing_der
+    }
+
+    fn sign(&self, order: &IssuanceOrder) -> Result<IssuedCertificate, CaError> {
+        let not_after = order.not_after.min(self.issuing_not_after);
+        if not_after <= order.not_before {
+            return Err(CaError::Refused("the issuing CA has expired or expires before the requested start".into()));
+        }
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        if let Some(cn) = &order.common_name {
+            dn.push(DnType::CommonName, cn.as_str());
+        }
+        params.distinguished_name = dn;
+        params.serial_number = Some(SerialNumber::from_slice(order.serial.as_bytes()));
+        params.not_before = order.not_before;
+        params.not_after = not_after;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.use_authority_key_identifier_extension = true;
+        params.subject_alt_names = order
+            .sans
+            .iter()
+            .map(|id| match id {
+                Identifier::Dns(name) => name
+                    .as_str()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(|_| CaError::Refused(format!("`{name}` is not an IA5 string"))),
+                Identifier::Ip(ip) => Ok(SanType::IpAddress(*ip)),
+            })
+            .collect::<Result<_, _>>()?;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        if matches!(order.key_type, KeyType::Rsa { .. })
+            && order.extended_key_usages.contains(&ExtendedKeyUsage::ServerAuth)
+        {
+            params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
+        }
+        params.extended_key_usages = order.extended_key_usages.iter().map(|eku| eku_purpose(*eku)).collect();
+        if let Some(url) = &self.publication.crl_url {
+            params.crl_distribution_points = vec![CrlDistributionPoint { uris: vec![url.clone()] }];
+        }
+        if let Some(aia) = self.authority_info_access()? {
+            params.custom_extensions.push(aia);
+        }
+        let public_key = RequesterKey { key_type: order.key_type, bytes: &order.public_key };
+        let cert = params.signed_by(&public_key, &self.issuer).map_err(|e| CaError::Refused(e.to_string()))?;
+        let der = cert.der().to_vec();
+        let parsed = Certificate::from_der(&der).map_err(|e| CaError::Internal(e.to_string()))?;
+        Ok(IssuedCertificate {
+            subject: parsed.tbs_certificate.subject.to_string(),
+            not_before: order.not_before,
+            not_after,
+            chain: self.chain(),
+            der,
+        })
+    }
+
+    fn authority_info_access(&self) -> Result<Option<CustomExtension>, CaError> {
+        use x509_cert::ext::pkix::name::GeneralName;
+        use x509_cert::ext::pkix::{AccessDescription, AuthorityInfoAccessSyntax};
+        let mut descriptions = Vec::new();
+        let entries = [
+            (const_oid::db::rfc5280::ID_AD_OCSP, &self.publication.ocsp_url),
+            (const_oid::db::rfc5280::ID_AD_CA_ISSUERS, &self.publication.ca_issuers_url),
+        ];
+        for (method, url) in entries {
+            if let Some(url) = url {
+                let location = der::asn1::Ia5String::new(url.as_str())
+                    .map_err(|e| CaError::Internal(format!("AIA URL `{url}`: {e}")))?;
+                descriptions.push(AccessDescription {
+                    access_method: method,
+                    access_location: GeneralName::UniformResourceIdentifier(location),
+                });
+            }
+        }
+        if descriptions.is_empty() {
+            return Ok(None);
+        }
+        let content = AuthorityInfoAccessSyntax(descriptions).to_der().map_err(|e| CaError::Internal(e.to_string()))?;
+        Ok(Some(CustomExtension::from_oid_content(AUTHORITY_INFO_ACCESS, content)))
+    }
+}
+
+fn eku_purpose(eku: ExtendedKeyUsage) -> ExtendedKeyUsagePurpose {
+    match eku {
+        ExtendedKeyUsage::ServerAuth => ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsage::ClientAuth => ExtendedKeyUsagePurpose::ClientAuth,
+        ExtendedKeyUsage::CodeSigning => ExtendedKeyUsagePurpose::CodeSigning,
+        ExtendedKeyUsage::EmailProtection => ExtendedKeyUsagePurpose::EmailProtection,
+        ExtendedKeyUsage::TimeStamping => ExtendedKeyUsagePurpose::TimeStamping,
+        ExtendedKeyUsage::OcspSigning => ExtendedKeyUsagePurpose::OcspSigning,
+    }
+}
+
+/// The requester's public key as rcgen writes it into the SubjectPublicKeyInfo.
+struct RequesterKey<'a> {
+    key_type: KeyType,
+    bytes: &'a [u8],
+}
+
+impl PublicKeyData for RequesterKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.bytes
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        // Only the key-type half of the algorithm is written into the SPKI.
+        match self.key_type {
+            KeyType::Rsa { .. } => &rcgen::PKCS_RSA_SHA256,
+            KeyType::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyType::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            KeyType::Ed25519 => &rcgen::PKCS_ED25519,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl CaAdapter for LocalCa {
+    fn id(&self) -> &str {
+        "local"
+    }
+
+    fn chain(&self) -> Vec<Vec<u8>> {
+        vec![self.issuing_der.clone()]
+    }
+
+    fn trust_anchors(&self) -> Vec<Vec<u8>> {
+        vec![self.root_der.clone()]
+    }
+
+    async fn issue(&self, order: &IssuanceOrder) -> Result<IssuedCertificate, CaError> {
+        self.sign(order)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn order(key: &KeyPair, key_type: KeyType, now: OffsetDateTime) -> IssuanceOrder {
+        IssuanceOrder {
+            serial: Serial::random(),
+            public_key: key.der_bytes().to_vec(),
+            key_type,
+            common_name: Some("a.test".into()),
+            sans: vec![Identifier::dns("a.test").unwrap(), Identifier::Ip("127.0.0.1".parse().unwrap())],
+            not_before: now,
+            not_after: now + Duration::days(9000),
+            extended_key_usages: vec![ExtendedKeyUsage::ServerAuth],
+        }
+    }
+
+    #[tokio::test]
+    async fn creates_reloads_and_signs_for_each_algorithm() {
+        for algorithm in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP384, KeyAlgorithm::Rsa3072] {
+            let dir = tempfile::tempdir().unwrap();
+            let ca_dir = dir.path().join("ca");
+            let mut config = Config::load_default().unwrap().ca;
+            config.key_algorithm = algorithm;
+            let now = OffsetDateTime::now_utc();
+            let (first, created) = LocalCa::create_or_load(&ca_dir, &config, now).unwrap();
+            assert!(created);
+            for key in ["root.key.pem", "issuing.key.pem"] {
+                let mode = std::fs::metadata(ca_dir.join(key)).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{key}");
+            }
+            let (second, created) = LocalCa::create_or_load(&ca_dir, &config, now).unwrap();
+            assert!(!created);
+            assert_eq!(first.issuing_certificate(), second.issuing_certificate());
+
+            let leaf_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let issued = second.issue(&order(&leaf_key, KeyType::EcdsaP256, now)).await.unwrap();
+            assert_eq!(issued.subject, "CN=a.test");
+            // Clamped to the issuing CA's end of life.
+            assert_eq!(issued.not_after, second.issuing_not_after);
+            let cert = Certificate::from_der(&issued.der).unwrap();
+            assert_eq!(
+                cert.tbs_certificate.issuer,
+                Certificate::from_der(second.issuing_certificate()).unwrap().tbs_certificate.subject
+            );
+        }
+    }
+
+    #[test]
+    fn mismatched_key_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_dir = dir.path().join("ca");
+        let config = Config::load_default().unwrap().ca;
+        let now = OffsetDateTime::now_utc();
+        LocalCa::create_or_load(&ca_dir, &config, now).unwrap();
+        let other = generate_key(KeyAlgorithm::EcdsaP256).unwrap();
+        files::write_secret(&ca_dir.join("issuing.key.pem"), other.serialize_pem().as_bytes()).unwrap();
+        let error = LocalCa::create_or_load(&ca_dir, &config, now).unwrap_err();
+        assert!(error.to_string().contains("does not match"), "{error}");
+    }
+}
