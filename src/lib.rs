@@ -10,4 +10,5 @@ pub mod config;
 pub mod files;
 pub mod model;
 pub mod pkix;
+pub mod policy;
 pub mod store;

@@ -1,0 +1,216 @@
+//! Policy: pure decisions on an enrollment request, layer by layer, each in its own
+//! module. A decision carries the layer and rule that decided and a trace of every
+//! layer's verdict, so the audit log can say exactly why.
+//!
+//! Layers, in order (DESIGN.md): 1 identity RBAC ([`identity`]) → 2 SAN validation
+//! ([`names`]) → 3 resource binding (not built yet: requests naming a resource are
+//! recorded with it, nothing is enforced) → 4 template policy ([`template`]).
+//!
+//! Imports `config` and `model` only: no store, no CA, no I/O. What a decision needs
+//! (time, look-ups) comes in as plain inputs.
+
+pub mod identity;
+pub mod names;
+pub mod template;
+
+use serde::Serialize;
+
+use crate::config::{Config, TemplateConfig};
+use crate::model::{Identifier, Identity, KeyType};
+
+/// A policy layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layer {
+    /// The request itself could not be read (bad CSR, bad names).
+    Input,
+    /// 1: who may use which template.
+    Identity,
+    /// 2: which names the identity may get.
+    Names,
+    /// 4: what the template allows.
+    Template,
+}
+
+impl Layer {
+    /// Name used in audit records, metrics and API errors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layer::Input => "input",
+            Layer::Identity => "identity",
+            Layer::Names => "names",
+            Layer::Template => "template",
+        }
+    }
+}
+
+/// Why a request was refused: the layer, a stable rule id and a sentence for humans.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Denial {
+    /// Deciding layer.
+    pub layer: Layer,
+    /// Stable machine-readable rule id (`unknown_template`, `rsa_key_too_small`, …).
+    pub rule: &'static str,
+    /// Explanation.
+    pub reason: String,
+}
+
+impl Denial {
+    /// A denial.
+    pub fn new(layer: Layer, rule: &'static str, reason: impl Into<String>) -> Self {
+        Denial { layer, rule, reason: reason.into() }
+    }
+}
+
+/// One layer's verdict, kept in the trace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    /// Layer.
+    pub layer: Layer,
+    /// `passed` or `denied`.
+    pub verdict: &'static str,
+    /// What it checked or why it refused.
+    pub detail: String,
+}
+
+/// What an approval fixes for issuance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// Names to put in the certificate.
+    pub identifiers: Vec<Identifier>,
+    /// Subject CN (one of the identifiers) or none.
+    pub common_name: Option<String>,
+    /// Lifetime in days.
+    pub validity_days: u32,
+}
+
+/// The outcome of [`evaluate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Issue as described.
+    Approved(Approval),
+    /// Refuse.
+    Denied(Denial),
+}
+
+/// Everything a decision looks at, already parsed and authenticated.
+#[derive(Debug, Clone)]
+pub struct PolicyRequest<'a> {
+    /// The requester.
+    pub identity: &'a Identity,
+    /// Template name.
+    pub template: &'a str,
+    /// Names asked for.
+    pub identifiers: &'a [Identifier],
+    /// Subject CN from the CSR.
+    pub common_name: Option<&'a str>,
+    /// CSR key type.
+    pub key_type: KeyType,
+    /// Lifetime asked for, if any.
+    pub validity_days: Option<u32>,
+}
+
+/// A decision with its trace.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// The decision.
+    pub decision: Decision,
+    /// Each layer's verdict, in order.
+    pub trace: Vec<Step>,
+}
+
+/// Run the layers in order; the first denial decides.
+pub fn evaluate(config: &Config, request: &PolicyRequest<'_>) -> Evaluation {
+    let mut trace = Vec::new();
+    let outcome = run_layers(config, request, &mut trace);
+    let decision = match outcome {
+        Ok(approval) => Decision::Approved(approval),
+        Err(denial) => {
+            trace.push(Step { layer: denial.layer, verdict: "denied", detail: denial.reason.clone() });
+            Decision::Denied(denial)
+        }
+    };
+    Evaluation { decision, trace }
+}
+
+fn run_layers(config: &Config, request: &PolicyRequest<'_>, trace: &mut Vec<Step>) -> Result<Approval, Denial> {
+    let template: &TemplateConfig = config.templates.get(request.template).ok_or_else(|| {
+        Denial::new(Layer::Identity, "unknown_template", format!("there is no template `{}`", request.template))
+    })?;
+    let roles = identity::roles_for_template(config, request.identity, request.template)?;
+    trace.push(Step {
+        layer: Layer::Identity,
+        verdict: "passed",
+        detail: format!("roles {:?} may use template `{}`", roles.iter().map(|(n, _)| n).collect::<Vec<_>>(), request.template),
+    });
+    names::check(&roles, request.identifiers)?;
+    trace.push(Step {
+        layer: Layer::Names,
+        verdict: "passed",
+        detail: format!("{} name(s) allowed", request.identifiers.len()),
+    });
+    let approval = template::check(template, request)?;
+    trace.push(Step {
+        layer: Layer::Template,
+        verdict: "passed",
+        detail: format!("{} key, {} days", request.key_type, approval.validity_days),
+    });
+    Ok(approval)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::Credential;
+
+    pub(crate) fn admin() -> Identity {
+        Identity {
+            name: "admin".into(),
+            roles: vec!["admin".into()],
+            credential: Credential::ApiKey { key_id: "k".into() },
+        }
+    }
+
+    #[test]
+    fn demo_policy_approves_a_test_name_and_traces_every_layer() {
+        let config = Config::load_default().unwrap();
+        let ids = [Identifier::dns("www.example").unwrap()];
+        let identity = admin();
+        let request = PolicyRequest {
+            identity: &identity,
+            template: "server",
+            identifiers: &ids,
+            common_name: Some("www.example"),
+            key_type: KeyType::EcdsaP256,
+            validity_days: None,
+        };
+        let evaluation = evaluate(&config, &request);
+        assert_eq!(
+            evaluation.decision,
+            Decision::Approved(Approval {
+                identifiers: ids.to_vec(),
+                common_name: Some("www.example".into()),
+                validity_days: 90
+            })
+        );
+        let layers: Vec<_> = evaluation.trace.iter().map(|s| s.layer).collect();
+        assert_eq!(layers, [Layer::Identity, Layer::Names, Layer::Template]);
+    }
+
+    #[test]
+    fn unknown_template_is_denied_by_the_identity_layer() {
+        let config = Config::load_default().unwrap();
+        let identity = admin();
+        let ids = [Identifier::dns("a.test").unwrap()];
+        let request = PolicyRequest {
+            identity: &identity,
+            template: "nope",
+            identifiers: &ids,
+            common_name: None,
+            key_type: KeyType::EcdsaP256,
+            validity_days: None,
+        };
+        let Decision::Denied(denial) = evaluate(&config, &request).decision else { panic!("approved") };
+        assert_eq!((denial.layer, denial.rule), (Layer::Identity, "unknown_template"));
+    }
+}
