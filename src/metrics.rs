@@ -1,0 +1,113 @@
+//! Prometheus metrics: HTTP requests per listener, policy decisions and issuance latency
+//! per protocol. One registry per running daemon, rendered at `/metrics`.
+//!
+//! A leaf module: callers pass plain strings.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    listener: String,
+    method: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    protocol: String,
+    outcome: String,
+    layer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    protocol: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms … ~16 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// The daemon's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    decisions: Family<DecisionLabels, Counter>,
+    issuance_seconds: Family<ProtocolLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Fresh, registered metrics.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("rampart");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        let issuance_seconds =
+            Family::<ProtocolLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        registry.register("http_requests", "HTTP requests answered, by listener, method and status", requests.clone());
+        registry.register(
+            "policy_decisions",
+            "Policy decisions, by protocol, outcome and deciding layer",
+            decisions.clone(),
+        );
+        registry.register(
+            "issuance_duration_seconds",
+            "Time from submission to a recorded certificate, by protocol",
+            issuance_seconds.clone(),
+        );
+        Metrics { registry, requests, decisions, issuance_seconds }
+    }
+
+    /// Count an answered HTTP request.
+    pub fn http_request(&self, listener: &str, method: &str, status: u16) {
+        let labels = RequestLabels { listener: listener.into(), method: method.into(), status: status.to_string() };
+        self.requests.get_or_create(&labels).inc();
+    }
+
+    /// Count a policy decision (`layer` is empty for approvals).
+    pub fn decision(&self, protocol: &str, outcome: &str, layer: &str) {
+        let labels = DecisionLabels { protocol: protocol.into(), outcome: outcome.into(), layer: layer.into() };
+        self.decisions.get_or_create(&labels).inc();
+    }
+
+    /// Record one issuance's latency.
+    pub fn issuance(&self, protocol: &str, seconds: f64) {
+        self.issuance_seconds.get_or_create(&ProtocolLabels { protocol: protocol.into() }).observe(seconds);
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_what_was_recorded() {
+        let metrics = Metrics::new();
+        metrics.http_request("api", "POST", 201);
+        metrics.decision("api", "denied", "template");
+        metrics.issuance("api", 0.004);
+        let text = metrics.render();
+        assert!(text.contains(r#"rampart_http_requests_total{listener="api",method="POST",status="201"} 1"#), "{text}");
+        assert!(text.contains(r#"rampart_policy_decisions_total{protocol="api",outcome="denied",layer="template"} 1"#));
+        assert!(text.contains(r#"rampart_issuance_duration_seconds_count{protocol="api"} 1"#));
+    }
+}

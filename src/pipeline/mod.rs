@@ -1,0 +1,441 @@
+//! The one enrollment pipeline every front end calls: read the CSR → policy decision →
+//! reserve the serial → CA → record, audit and queue the event. Denials are recorded
+//! and audited with their reason; nothing is half-written: a request is either denied,
+//! issued, or (if the CA fails or the process dies while signing) marked failed.
+//!
+//! Imports `policy`, `ca`, `store`, `model`, `pkix`, `config`, `clock`, `metrics`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::json;
+use time::Duration;
+use uuid::Uuid;
+
+use crate::ca::{CaAdapter, CaError, IssuanceOrder, Serial};
+use crate::clock::Clock;
+use crate::config::{Config, ExtendedKeyUsage};
+use crate::metrics::Metrics;
+use crate::model::{CertificateRecord, EnrollmentRequest, Identifier, Identity, KeyType, Protocol, StoredStatus};
+use crate::pkix::csr::{CsrError, VerifiedCsr};
+use crate::pkix::sha256_hex;
+use crate::policy::{self, Approval, Decision, Denial, Layer, PolicyRequest, Step};
+use crate::store::{AuditAction, AuditEntry, EventKind, NewEvent, RequestRecord, RequestState, Store, StoreError};
+
+/// Certificates start this long before the moment of issuance, to absorb clock skew.
+const BACKDATE: Duration = Duration::minutes(5);
+
+/// A pipeline failure that is not a decision: the caller answers with a server error.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The CA failed after approval; the request is recorded as failed.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+}
+
+/// What came of a submission.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Issued and recorded.
+    Issued(Box<CertificateRecord>),
+    /// Refused, with the deciding layer, rule and reason (recorded and audited).
+    Denied {
+        /// The request's id.
+        request_id: Uuid,
+        /// Why.
+        denial: Denial,
+    },
+}
+
+/// What the CA signs for, once approved.
+struct Approved<'a> {
+    request_id: Uuid,
+    protocol: Protocol,
+    identity: &'a Identity,
+    template: &'a str,
+    approval: Approval,
+    public_key: Vec<u8>,
+    key_type: KeyType,
+    extended_key_usages: Vec<ExtendedKeyUsage>,
+    resource: Option<String>,
+    metadata: std::collections::BTreeMap<String, String>,
+    trace: Vec<Step>,
+}
+
+/// The enrollment pipeline and its collaborators.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    ca: Arc<dyn CaAdapter>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+}
+
+impl Pipeline {
+    /// Assemble a pipeline.
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        ca: Arc<dyn CaAdapter>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Pipeline { config, store, ca, clock, metrics }
+    }
+
+    /// The configuration it decides on.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The CA adapter.
+    pub fn ca(&self) -> &Arc<dyn CaAdapter> {
+        &self.ca
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Run a blocking store operation off the async workers.
+    pub async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+
+    /// Submit an enrollment request: decide, and issue when approved.
+    pub async fn submit(&self, request: EnrollmentRequest) -> Result<Outcome, PipelineError> {
+        let started = Instant::now();
+        let csr = match VerifiedCsr::parse(&request.csr_der) {
+            Ok(csr) => csr,
+            Err(error) => {
+                let denial = csr_denial(&error);
+                let trace = vec![Step { layer: Layer::Input, verdict: "denied", detail: denial.reason.clone() }];
+                return self.deny(&request, Vec::new(), denial, trace).await;
+            }
+        };
+        let identifiers = requested_identifiers(&request, &csr);
+        let evaluation = policy::evaluate(
+            &self.config,
+            &PolicyRequest {
+                identity: &request.identity,
+                template: &request.template,
+                identifiers: &identifiers,
+                common_name: csr.common_name.as_deref(),
+                key_type: csr.key_type,
+                validity_days: request.validity_days,
+            },
+        );
+        let approval = match evaluation.decision {
+            Decision::Denied(denial) => return self.deny(&request, identifiers, denial, evaluation.trace).await,
+            Decision::Approved(approval) => approval,
+        };
+        let template = &self.config.templates[&request.template];
+        let approved = Approved {
+            request_id: request.request_id,
+            protocol: request.protocol,
+            identity: &request.identity,
+            template: &request.template,
+            approval,
+            public_key: csr.public_key,
+            key_type: csr.key_type,
+            extended_key_usages: template.extended_key_usages.clone(),
+            resource: request.resource.clone(),
+            metadata: request.metadata.clone(),
+            trace: evaluation.trace,
+        };
+        let record = self.issue(approved).await?;
+        self.metrics.issuance(request.protocol.as_str(), started.elapsed().as_secs_f64());
+        Ok(Outcome::Issued(Box::new(record)))
+    }
+
+    /// Issue a certificate for rampart itself (its listeners), outside the policy, which
+    /// governs requesters. Recorded and audited like any other issuance.
+    pub async fn issue_internal(
+        &self,
+        identifiers: Vec<Identifier>,
+        public_key: Vec<u8>,
+        key_type: KeyType,
+        validity_days: u32,
+    ) -> Result<CertificateRecord, PipelineError> {
+        let identity = Identity::system();
+        let common_name = identifiers.first().map(Identifier::value);
+        let approved = Approved {
+            request_id: Uuid::now_v7(),
+            protocol: Protocol::Internal,
+            identity: &identity,
+            template: "rampart-listener",
+            approval: Approval { identifiers, common_name, validity_days },
+            public_key,
+            key_type,
+            extended_key_usages: vec![ExtendedKeyUsage::ServerAuth],
+            resource: None,
+            metadata: Default::default(),
+            trace: vec![],
+        };
+        self.issue(approved).await
+    }
+
+    /// Mark requests left in `issuing` by a crash as failed. Called once at start-up.
+    pub async fn recover_interrupted(&self) -> Result<usize, StoreError> {
+        let now = self.clock.now();
+        self.with_store(move |store| {
+            let interrupted = store.interrupted_requests()?;
+            for request in &interrupted {
+                let reason = "interrupted: rampart stopped before the certificate was recorded";
+                let audit = AuditEntry {
+                    time: now,
+                    request_id: Some(request.request_id),
+                    actor: "rampart".into(),
+                    action: AuditAction::IssuanceFailed,
+                    outcome: "failed".into(),
+                    layer: None,
+                    rule: None,
+                    reason: reason.into(),
+                    subject: None,
+                    details: json!({}),
+                };
+                store.fail_issuance(request.request_id, reason, &audit)?;
+            }
+            Ok(interrupted.len())
+        })
+        .await
+    }
+
+    async fn deny(
+        &self,
+        request: &EnrollmentRequest,
+        identifiers: Vec<Identifier>,
+        denial: Denial,
+        trace: Vec<Step>,
+    ) -> Result<Outcome, PipelineError> {
+        let now = self.clock.now();
+        tracing::info!(request_id = %request.request_id, layer = denial.layer.as_str(), rule = denial.rule,
+            reason = %denial.reason, "request denied");
+        self.metrics.decision(request.protocol.as_str(), "denied", denial.layer.as_str());
+        let record = RequestRecord {
+            request_id: request.request_id,
+            protocol: request.protocol,
+            identity: request.identity.name.clone(),
+            template: request.template.clone(),
+            identifiers: identifiers.clone(),
+            state: RequestState::Denied { reason: denial.reason.clone() },
+            created_at: now,
+            updated_at: now,
+        };
+        let audit = AuditEntry {
+            time: now,
+            request_id: Some(request.request_id),
+            actor: request.identity.name.clone(),
+            action: AuditAction::Decision,
+            outcome: "denied".into(),
+            layer: Some(denial.layer.as_str().into()),
+            rule: Some(denial.rule.into()),
+            reason: denial.reason.clone(),
+            subject: None,
+            details: json!({
+                "protocol": request.protocol,
+                "template": request.template,
+                "identifiers": identifiers,
+                "trace": trace,
+            }),
+        };
+        let event = NewEvent {
+            kind: EventKind::RequestDenied,
+            time: now,
+            data: json!({
+                "request_id": request.request_id,
+                "identity": request.identity.name,
+                "template": request.template,
+                "layer": denial.layer,
+                "rule": denial.rule,
+                "reason": denial.reason,
+            }),
+        };
+        self.with_store(move |store| store.record_denial(&record, &audit, &event)).await?;
+        Ok(Outcome::Denied { request_id: request.request_id, denial })
+    }
+
+    async fn issue(&self, approved: Approved<'_>) -> Result<CertificateRecord, PipelineError> {
+        let now = self.clock.now();
+        let protocol = approved.protocol.as_str();
+        self.metrics.decision(protocol, "approved", "");
+        let actor = approved.identity.name.clone();
+        let decision = AuditEntry {
+            time: now,
+            request_id: Some(approved.request_id),
+            actor: actor.clone(),
+            action: AuditAction::Decision,
+            outcome: "approved".into(),
+            layer: None,
+            rule: None,
+            reason: format!("template `{}` approved for {} name(s)", approved.template, approved.approval.identifiers.len()),
+            subject: None,
+            details: json!({
+                "protocol": approved.protocol,
+                "template": approved.template,
+                "identifiers": approved.approval.identifiers,
+                "validity_days": approved.approval.validity_days,
+                "trace": approved.trace,
+            }),
+        };
+        let serial = loop {
+            let serial = Serial::random();
+            let request = RequestRecord {
+                request_id: approved.request_id,
+                protocol: approved.protocol,
+                identity: actor.clone(),
+                template: approved.template.to_string(),
+                identifiers: approved.approval.identifiers.clone(),
+                state: RequestState::Issuing { serial: serial.to_string() },
+                created_at: now,
+                updated_at: now,
+            };
+            let audit = decision.clone();
+            let reserved = self
+                .with_store(move |store| {
+                    let reserved = store.begin_issuance(&request)?;
+                    if reserved {
+                        store.append_audit(&audit)?;
+                    }
+                    Ok(reserved)
+                })
+                .await?;
+            if reserved {
+                break serial;
+            }
+        };
+        let order = IssuanceOrder {
+            serial: serial.clone(),
+            public_key: approved.public_key,
+            key_type: approved.key_type,
+            common_name: approved.approval.common_name,
+            sans: approved.approval.identifiers.clone(),
+            not_before: now - BACKDATE,
+            not_after: now + Duration::days(approved.approval.validity_days.into()),
+            extended_key_usages: approved.extended_key_usages,
+        };
+        let issued = match self.ca.issue(&order).await {
+            Ok(issued) => issued,
+            Err(error) => {
+                tracing::error!(request_id = %approved.request_id, %serial, %error, "CA failed");
+                let reason = error.to_string();
+                let audit = AuditEntry {
+                    time: self.clock.now(),
+                    request_id: Some(approved.request_id),
+                    actor,
+                    action: AuditAction::IssuanceFailed,
+                    outcome: "failed".into(),
+                    layer: None,
+                    rule: None,
+                    reason: reason.clone(),
+                    subject: Some(serial.to_string()),
+                    details: json!({ "ca": self.ca.id() }),
+                };
+                let request_id = approved.request_id;
+                self.with_store(move |store| store.fail_issuance(request_id, &reason, &audit)).await?;
+                return Err(error.into());
+            }
+        };
+        let record = CertificateRecord {
+            serial: serial.to_string(),
+            request_id: approved.request_id,
+            protocol: approved.protocol,
+            owner: actor.clone(),
+            template: approved.template.to_string(),
+            issuer: self.ca.id().to_string(),
+            subject: issued.subject,
+            sans: order.sans,
+            key_type: order.key_type,
+            not_before: issued.not_before,
+            not_after: issued.not_after,
+            sha256_fingerprint: sha256_hex(&issued.der),
+            resource: approved.resource,
+            metadata: approved.metadata,
+            status: StoredStatus::Valid,
+            revocation: None,
+            der: issued.der,
+            chain: issued.chain,
+        };
+        let audit = AuditEntry {
+            time: self.clock.now(),
+            request_id: Some(record.request_id),
+            actor,
+            action: AuditAction::Issued,
+            outcome: "ok".into(),
+            layer: None,
+            rule: None,
+            reason: format!("issued by `{}`", record.issuer),
+            subject: Some(record.serial.clone()),
+            details: json!({
+                "sans": record.sans,
+                "not_after": record.not_after.unix_timestamp(),
+                "sha256_fingerprint": record.sha256_fingerprint,
+            }),
+        };
+        let event = NewEvent {
+            kind: EventKind::CertificateIssued,
+            time: audit.time,
+            data: json!({
+                "serial": record.serial,
+                "request_id": record.request_id,
+                "owner": record.owner,
+                "template": record.template,
+                "sans": record.sans,
+                "not_after": record.not_after.unix_timestamp(),
+            }),
+        };
+        let stored = record.clone();
+        self.with_store(move |store| store.complete_issuance(&stored, &audit, &event)).await?;
+        tracing::info!(request_id = %record.request_id, serial = %record.serial, owner = %record.owner, "certificate issued");
+        Ok(record)
+    }
+}
+
+/// The names to issue for: those the protocol authorized, else the CSR's SANs, else a
+/// CSR subject CN that is a DNS name or IP address (older clients put the name only there).
+fn requested_identifiers(request: &EnrollmentRequest, csr: &VerifiedCsr) -> Vec<Identifier> {
+    if let Some(ids) = &request.requested_identifiers {
+        return ids.clone();
+    }
+    if !csr.identifiers.is_empty() {
+        return csr.identifiers.clone();
+    }
+    let from_cn = csr.common_name.as_deref().and_then(|cn| match cn.parse() {
+        Ok(ip) => Some(Identifier::Ip(ip)),
+        Err(_) => Identifier::dns(cn).ok(),
+    });
+    from_cn.into_iter().collect()
+}
+
+/// The input-layer denial for a CSR that cannot be used.
+fn csr_denial(error: &CsrError) -> Denial {
+    let rule = match error {
+        CsrError::Malformed(_) => "malformed_csr",
+        CsrError::UnsupportedSignatureAlgorithm(_) => "unsupported_signature_algorithm",
+        CsrError::UnsupportedKey(_) => "unsupported_key",
+        CsrError::BadSignature => "bad_csr_signature",
+        CsrError::BadName(_) => "bad_name",
+    };
+    Denial::new(Layer::Input, rule, error.to_string())
+}
