@@ -4,10 +4,13 @@
 //! `cli → server → api → pipeline → {policy, ca, store} → model`; `config`, `clock`,
 //! `files` and `pkix` are leaves.
 
+pub mod api;
+pub mod apikeys;
 pub mod ca;
 pub mod clock;
 pub mod config;
 pub mod files;
+pub mod lifecycle;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

@@ -4,6 +4,10 @@ use der::pem::LineEnding;
 
 /// PEM label of a certificate.
 pub const CERTIFICATE: &str = "CERTIFICATE";
+/// PKCS#10 label.
+pub const CERTIFICATE_REQUEST: &str = "CERTIFICATE REQUEST";
+/// Legacy PKCS#10 label (Netscape, some Windows tools).
+pub const NEW_CERTIFICATE_REQUEST: &str = "NEW CERTIFICATE REQUEST";
 
 /// A PEM document that is not what was expected.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,69 @@
+//! Request extractors: the authenticated identity (Bearer API key) and a size-limited JSON
+//! body, both answering failures with the API's JSON errors.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::apikeys;
+use crate::model::Identity;
+
+/// The caller, authenticated by `Authorization: Bearer rpk_…`.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Identity);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or(ApiError::Unauthenticated("missing Authorization: Bearer <API key>"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .ok_or(ApiError::Unauthenticated("the Authorization header must be `Bearer <API key>`"))?;
+        let invalid = ApiError::Unauthenticated("invalid API key");
+        let Some((key_id, secret)) = apikeys::parse_token(token.trim()) else {
+            return Err(invalid);
+        };
+        let owned = key_id.to_string();
+        let record = state.pipeline.with_store(move |store| store.api_key(&owned)).await?;
+        match record {
+            Some(record) if apikeys::verify(&record, secret) => Ok(Caller(apikeys::identity(&record))),
+            _ => {
+                tracing::info!(key_id, "API key rejected");
+                Err(invalid)
+            }
+        }
+    }
+}
+
+/// A JSON body no larger than `api.max_body_bytes`.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let limit = state.pipeline.config().api.max_body_bytes;
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(ApiError::TooLarge(limit));
+        }
+        let bytes = axum::body::to_bytes(request.into_body(), limit).await.map_err(|_| ApiError::TooLarge(limit))?;
+        let value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request("bad_json", format!("request body is not the expected JSON: {e}")))?;
+        Ok(JsonBody(value))
+    }
+}

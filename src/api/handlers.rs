@@ -1,0 +1,238 @@
+//! Admin API handlers: thin translations between HTTP and `pipeline` / `lifecycle` /
+//! `store`, with access checks from `policy`.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{Caller, JsonBody};
+use super::wire::{CertificateDetail, CertificatePage, CertificateView, EnrollmentBody, EnrollmentResponse, RevokeBody};
+use super::AppState;
+use crate::lifecycle::revocation::{self, may_access};
+use crate::model::{CertificateRecord, CertificateStatus, EnrollmentRequest, Protocol, RevocationReason};
+use crate::pipeline::Outcome;
+use crate::pkix::{pem, pkcs7};
+use crate::policy::identity::may_manage;
+use crate::store::CertificateQuery;
+
+/// `GET /healthz`: 200 when the store answers.
+pub async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    state.pipeline.with_store(|store| store.api_key_count()).await?;
+    Ok(Json(serde_json::json!({"status": "ok"})))
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.pipeline.metrics().render();
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+}
+
+/// `POST /api/v1/enrollments`.
+pub async fn enroll(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    JsonBody(body): JsonBody<EnrollmentBody>,
+) -> Result<Response, ApiError> {
+    let csr_der = pem::decode(&body.csr, &[pem::CERTIFICATE_REQUEST, pem::NEW_CERTIFICATE_REQUEST])
+        .map_err(|e| ApiError::bad_request("bad_csr", format!("`csr` must be a PEM certificate request: {e}")))?;
+    let request = EnrollmentRequest {
+        request_id: Uuid::now_v7(),
+        protocol: Protocol::Api,
+        identity,
+        csr_der,
+        template: body.template,
+        requested_identifiers: None,
+        validity_days: body.validity_days,
+        resource: body.resource,
+        metadata: body.metadata,
+    };
+    match state.pipeline.submit(request).await? {
+        Outcome::Denied { request_id, denial } => Err(ApiError::Denied { request_id, denial }),
+        Outcome::Issued(record) => {
+            let now = state.pipeline.clock().now();
+            let location = format!("/api/v1/certificates/{}", record.serial);
+            let body = EnrollmentResponse {
+                request_id: record.request_id,
+                state: "issued",
+                certificate: CertificateDetail::new(&record, now),
+            };
+            let mut response = (StatusCode::CREATED, Json(body)).into_response();
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            Ok(response)
+        }
+    }
+}
+
+/// Query string of `GET /api/v1/certificates`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    san: Option<String>,
+    status: Option<String>,
+    expiring_within: Option<String>,
+    issuer: Option<String>,
+    template: Option<String>,
+    owner: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Parse `30d`, `12h`, `90m`, `45s` or a bare number of days.
+fn parse_duration(text: &str) -> Option<time::Duration> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&text[..i], c),
+        _ => (text, 'd'),
+    };
+    let n: i64 = number.parse().ok().filter(|n| *n >= 0)?;
+    match unit {
+        'd' => Some(time::Duration::days(n)),
+        'h' => Some(time::Duration::hours(n)),
+        'm' => Some(time::Duration::minutes(n)),
+        's' => Some(time::Duration::seconds(n)),
+        _ => None,
+    }
+}
+
+/// `GET /api/v1/certificates`.
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<CertificatePage>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let api = &state.pipeline.config().api;
+    let limit = params.limit.unwrap_or(api.default_page_size);
+    if limit == 0 || limit > api.max_page_size {
+        return Err(ApiError::bad_request("bad_query", format!("limit must be between 1 and {}", api.max_page_size)));
+    }
+    let status = params
+        .status
+        .as_deref()
+        .map(str::parse::<CertificateStatus>)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("bad_query", e))?;
+    let expiring_within = params
+        .expiring_within
+        .as_deref()
+        .map(|t| parse_duration(t).ok_or(t))
+        .transpose()
+        .map_err(|t| ApiError::bad_request("bad_query", format!("expiring_within `{t}`: use e.g. 30d, 12h, 90m")))?;
+    // Identities that do not manage see only their own certificates.
+    let owner = if may_manage(state.pipeline.config(), &identity) { params.owner } else { Some(identity.name.clone()) };
+    let query = CertificateQuery {
+        san_contains: params.san.map(|s| s.to_ascii_lowercase()),
+        status,
+        expiring_within,
+        issuer: params.issuer,
+        template: params.template,
+        owner,
+        after: params.after,
+        limit,
+    };
+    let now = state.pipeline.clock().now();
+    let page = state.pipeline.with_store(move |store| store.list_certificates(&query, now)).await?;
+    Ok(Json(CertificatePage {
+        items: page.items.iter().map(|r| CertificateView::new(r, now)).collect(),
+        next_after: page.next_after,
+    }))
+}
+
+async fn visible_certificate(state: &AppState, caller: &Caller, serial: &str) -> Result<CertificateRecord, ApiError> {
+    let owned = serial.to_ascii_lowercase();
+    let record = state.pipeline.with_store(move |store| store.certificate(&owned)).await?;
+    match record {
+        Some(record) if may_access(&state.pipeline, &caller.0, &record) => Ok(record),
+        _ => Err(ApiError::NotFound(format!("no certificate with serial {serial}"))),
+    }
+}
+
+/// `GET /api/v1/certificates/{serial}`.
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(serial): Path<String>,
+) -> Result<Json<CertificateDetail>, ApiError> {
+    let record = visible_certificate(&state, &caller, &serial).await?;
+    Ok(Json(CertificateDetail::new(&record, state.pipeline.clock().now())))
+}
+
+/// Query string of the download endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadParams {
+    format: Option<String>,
+}
+
+/// `GET /api/v1/certificates/{serial}/download?format=pem|der|p7b`.
+pub async fn download(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(serial): Path<String>,
+    params: Result<Query<DownloadParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let record = visible_certificate(&state, &caller, &serial).await?;
+    let mut all = vec![record.der.clone()];
+    all.extend(record.chain.iter().cloned());
+    let (content_type, extension, body): (&str, &str, Vec<u8>) = match params.format.as_deref().unwrap_or("pem") {
+        "pem" => (
+            "application/pem-certificate-chain",
+            "pem",
+            pem::encode_certificates(all.iter().map(Vec::as_slice)).into_bytes(),
+        ),
+        "der" => ("application/pkix-cert", "cer", record.der.clone()),
+        "p7b" => (
+            "application/pkcs7-mime; smime-type=certs-only",
+            "p7b",
+            pkcs7::certs_only(&all).map_err(|e| ApiError::Storage(format!("cannot encode PKCS#7: {e}")))?,
+        ),
+        other => {
+            return Err(ApiError::bad_request("bad_query", format!("format `{other}`: use pem, der or p7b")));
+        }
+    };
+    let disposition = format!("attachment; filename=\"{}.{extension}\"", record.serial);
+    Ok(([(header::CONTENT_TYPE, content_type.to_string()), (header::CONTENT_DISPOSITION, disposition)], body)
+        .into_response())
+}
+
+/// `POST /api/v1/certificates/{serial}/revoke`.
+pub async fn revoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(serial): Path<String>,
+    JsonBody(body): JsonBody<RevokeBody>,
+) -> Result<Json<CertificateDetail>, ApiError> {
+    let reason = match body.reason.as_deref() {
+        None => RevocationReason::Unspecified,
+        Some(text) => RevocationReason::parse(text).map_err(|e| ApiError::bad_request("bad_reason", e))?,
+    };
+    let record = revocation::revoke(&state.pipeline, &caller.0, &serial.to_ascii_lowercase(), reason).await?;
+    Ok(Json(CertificateDetail::new(&record, state.pipeline.clock().now())))
+}
+
+/// Anything else.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("30d"), Some(time::Duration::days(30)));
+        assert_eq!(parse_duration("7"), Some(time::Duration::days(7)));
+        assert_eq!(parse_duration("12h"), Some(time::Duration::hours(12)));
+        assert_eq!(parse_duration("x"), None);
+        assert_eq!(parse_duration("-1d"), None);
+        assert_eq!(parse_duration("5w"), None);
+    }
+}

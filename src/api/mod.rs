@@ -1,0 +1,57 @@
+//! The admin REST API (`/api/v1/…`), `/healthz` and `/metrics`, as an axum router over the
+//! pipeline. Handlers are thin; every error is JSON (`error`, `message`).
+//!
+//! Imports `pipeline`, `lifecycle`, `policy` (access checks), `store` (queries),
+//! `apikeys`, `pkix` and `model`.
+
+pub mod error;
+pub mod extract;
+pub mod handlers;
+pub mod wire;
+
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::pipeline::Pipeline;
+
+/// Shared handler state.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The pipeline (and through it config, store, CA, clock, metrics).
+    pub pipeline: Pipeline,
+}
+
+/// The router.
+pub fn router(pipeline: Pipeline) -> Router {
+    let state = AppState { pipeline };
+    Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/metrics", get(handlers::metrics))
+        .route("/api/v1/enrollments", post(handlers::enroll))
+        .route("/api/v1/certificates", get(handlers::list))
+        .route("/api/v1/certificates/{serial}", get(handlers::show))
+        .route("/api/v1/certificates/{serial}/download", get(handlers::download))
+        .route("/api/v1/certificates/{serial}/revoke", post(handlers::revoke))
+        .fallback(handlers::not_found)
+        // Bodies are limited by our own extractor (JSON 413); disable axum's plain-text one.
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Log and count every request.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    state.pipeline.metrics().http_request("api", method.as_str(), status);
+    tracing::debug!(%method, %path, status, elapsed_ms = started.elapsed().as_millis() as u64, "api request");
+    response
+}
