@@ -7,6 +7,7 @@
 pub mod api;
 pub mod apikeys;
 pub mod ca;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod files;
@@ -16,4 +17,5 @@ pub mod model;
 pub mod pipeline;
 pub mod pkix;
 pub mod policy;
+pub mod server;
 pub mod store;

@@ -277,7 +277,8 @@ impl Pipeline {
     }
 
     async fn issue(&self, approved: Approved<'_>) -> Result<CertificateRecord, PipelineError> {
-        let now = self.clock.now();
+        // Certificates carry whole seconds; so does the record.
+        let now = self.clock.now().replace_nanosecond(0).expect("0 is a valid nanosecond");
         let protocol = approved.protocol.as_str();
         self.metrics.decision(protocol, "approved", "");
         let actor = approved.identity.name.clone();

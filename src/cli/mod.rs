@@ -1,0 +1,169 @@
+//! Command line: `serve`, `init` and `certs …`. Thin: parse arguments, call `server` or
+//! the admin API, print.
+//!
+//! `certs` subcommands talk to the running daemon's admin API (the store is held by the
+//! daemon, and going through the API keeps one place for access checks and audit). They
+//! find it from the config (`api.listen`) or `--api-url`, and authenticate with
+//! `--api-key` / `RAMPART_API_KEY`.
+
+mod certs;
+mod client;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::clock::SystemClock;
+use crate::config::{Config, DEFAULT_CONFIG_TOML};
+use crate::server;
+
+/// rampart: certificate registration authority.
+#[derive(Debug, Parser)]
+#[command(name = "rampart", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon (embedded defaults when no --config is given).
+    Serve {
+        /// Configuration file (TOML); environment variables RAMPART__<SECTION>__<KEY> override it.
+        #[arg(long, env = "RAMPART_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Write a fully commented DIR/rampart.toml, create the CA in DIR and print an admin API key.
+    Init {
+        /// Directory to initialise (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Inspect, revoke and export issued certificates (through the running daemon's API).
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
+}
+
+/// Where and how to reach the admin API.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Configuration file the daemon runs with (to find the API address and CA bundle).
+    #[arg(long, env = "RAMPART_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Admin API base URL (default: from the configuration's api.listen).
+    #[arg(long, env = "RAMPART_API_URL", global = true)]
+    api_url: Option<String>,
+    /// API key (`rpk_…`).
+    #[arg(long, env = "RAMPART_API_KEY", hide_env_values = true, global = true)]
+    api_key: Option<String>,
+    /// CA bundle to trust when the API is served over HTTPS (default: <data_dir>/ca-bundle.pem).
+    #[arg(long, global = true)]
+    ca_bundle: Option<PathBuf>,
+}
+
+/// Run the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => serve(config.as_deref()).await,
+        Command::Init { dir } => init(&dir).await,
+        Command::Certs(command) => certs::run(command).await,
+    }
+}
+
+async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_file)?;
+    let daemon = server::start(config, Arc::new(SystemClock)).await?;
+    println!("rampart {} is running", env!("CARGO_PKG_VERSION"));
+    if let Some(url) = &daemon.api_url {
+        println!("  admin API   {url}/api/v1/   (also {url}/healthz and {url}/metrics)");
+    }
+    println!("  CA bundle   {}", daemon.ca_bundle.display());
+    println!("  data        {}", daemon.data_dir.display());
+    if let Some(key) = &daemon.new_admin_key {
+        print_new_key(key);
+    }
+    println!("Stop with Ctrl-C (or SIGTERM).");
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    daemon.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_new_key(key: &str) {
+    println!();
+    println!("First start: an admin API key was created. It is shown only now and stored only as a hash:");
+    println!("  export RAMPART_API_KEY={key}");
+    println!();
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+/// The embedded commented configuration with `server.data_dir` set to `data_dir`.
+fn config_text_for(data_dir: &Path) -> anyhow::Result<String> {
+    const DEFAULT_LINE: &str = "data_dir = \"./rampart-data\"";
+    if !DEFAULT_CONFIG_TOML.contains(DEFAULT_LINE) {
+        bail!("the embedded configuration lost its data_dir line");
+    }
+    let path = data_dir.to_str().context("the directory path is not UTF-8")?;
+    let value = toml::Value::String(path.to_string());
+    Ok(DEFAULT_CONFIG_TOML.replacen(DEFAULT_LINE, &format!("data_dir = {value}"), 1))
+}
+
+async fn init(dir: &Path) -> anyhow::Result<ExitCode> {
+    let config_path = dir.join("rampart.toml");
+    if config_path.exists() {
+        bail!("{} already exists; rampart init does not overwrite a configuration", config_path.display());
+    }
+    crate::files::create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+    crate::files::write_public(&config_path, config_text_for(&dir)?.as_bytes())
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    let config = Config::load(Some(&config_path))?;
+    let boot = server::bootstrap(config, Arc::new(SystemClock)).await?;
+    println!("Initialised {}", dir.display());
+    println!("  configuration  {}", config_path.display());
+    println!("  CA bundle      {}", boot.ca_bundle.display());
+    if let Some(key) = &boot.new_admin_key {
+        print_new_key(key);
+    }
+    println!("Start with: rampart serve --config {}", config_path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_config_points_at_the_directory_and_parses() {
+        let text = config_text_for(Path::new("/srv/ra \"x\"")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rampart.toml");
+        std::fs::write(&file, text).unwrap();
+        let config = Config::load(Some(&file)).unwrap();
+        assert_eq!(config.server.data_dir, PathBuf::from("/srv/ra \"x\""));
+        assert_eq!(config.roles.len(), Config::load_default().unwrap().roles.len());
+    }
+}

@@ -1,0 +1,312 @@
+//! Start-up and listeners: create or open the data directory, the store and the CA, mint
+//! the first admin API key, obtain the listener certificate, bind the listeners, serve,
+//! and drain on shutdown.
+//!
+//! Imports `api`, `pipeline`, `ca`, `store`, `config`, `clock`, `apikeys`, `files`.
+
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::apikeys;
+use crate::ca::local::{LocalCa, LocalCaError};
+use crate::ca::CaAdapter;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::files;
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::pkix::pem;
+use crate::store::sled_store::SledStore;
+use crate::store::{AuditAction, AuditEntry, Store, StoreError};
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to complete a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A start-up failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// File system.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being accessed.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The built-in CA.
+    #[error(transparent)]
+    Ca(#[from] LocalCaError),
+    /// TLS set-up.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// A listener address is taken or not allowed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// What start-up prepared, before any listener runs.
+#[derive(Debug)]
+pub struct Bootstrap {
+    /// The pipeline, ready.
+    pub pipeline: Pipeline,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// PEM file with the trust anchors clients must trust.
+    pub ca_bundle: PathBuf,
+    /// The admin API key, when this start created it (shown once, never stored).
+    pub new_admin_key: Option<String>,
+}
+
+/// Prepare data directory, store, CA, first admin key. Used by `serve` and `init`.
+pub async fn bootstrap(config: Config, clock: Arc<dyn Clock>) -> Result<Bootstrap, ServerError> {
+    let data_dir = config.server.data_dir.clone();
+    files::create_private_dir(&data_dir)
+        .map_err(|source| ServerError::Io { what: data_dir.display().to_string(), source })?;
+    let store_dir = data_dir.join("store");
+    files::create_private_dir(&store_dir)
+        .map_err(|source| ServerError::Io { what: store_dir.display().to_string(), source })?;
+    let store: Arc<dyn Store> = {
+        let dir = store_dir.clone();
+        Arc::new(
+            tokio::task::spawn_blocking(move || SledStore::open(&dir))
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string()))??,
+        )
+    };
+    let now = clock.now();
+    let (ca, created) = {
+        let (dir, ca_config) = (data_dir.join("ca"), config.ca.clone());
+        tokio::task::spawn_blocking(move || LocalCa::create_or_load(&dir, &ca_config, now))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))??
+    };
+    if created {
+        tracing::info!(algorithm = ?config.ca.key_algorithm, "created the built-in root and issuing CA");
+        store.append_audit(&AuditEntry {
+            time: now,
+            request_id: None,
+            actor: "rampart".into(),
+            action: AuditAction::CaCreated,
+            outcome: "ok".into(),
+            layer: None,
+            rule: None,
+            reason: format!("built-in CA created ({:?})", config.ca.key_algorithm),
+            subject: None,
+            details: json!({ "directory": data_dir.join("ca") }),
+        })?;
+    }
+    let ca_bundle = data_dir.join("ca-bundle.pem");
+    let anchors = ca.trust_anchors();
+    files::write_public(&ca_bundle, pem::encode_certificates(anchors.iter().map(Vec::as_slice)).as_bytes())
+        .map_err(|source| ServerError::Io { what: ca_bundle.display().to_string(), source })?;
+
+    let config = Arc::new(config);
+    let new_admin_key = if store.api_key_count()? == 0 {
+        Some(create_admin_key(&config, store.as_ref(), now)?)
+    } else {
+        None
+    };
+    let pipeline = Pipeline::new(config, store, Arc::new(ca), clock, Arc::new(Metrics::new()));
+    let recovered = pipeline.recover_interrupted().await?;
+    if recovered > 0 {
+        tracing::warn!(count = recovered, "marked requests interrupted by the last stop as failed");
+    }
+    Ok(Bootstrap { pipeline, data_dir, ca_bundle, new_admin_key })
+}
+
+/// Create the first API key, for identity `admin` holding every managing role.
+fn create_admin_key(config: &Config, store: &dyn Store, now: time::OffsetDateTime) -> Result<String, StoreError> {
+    let mut roles: Vec<String> = config.roles.iter().filter(|(_, r)| r.manage).map(|(n, _)| n.clone()).collect();
+    if roles.is_empty() {
+        tracing::warn!("no role has `manage = true`: the first API key gets role `admin`, which the policy does not define");
+        roles.push("admin".into());
+    }
+    let key = apikeys::generate("admin", roles.clone(), now);
+    store.insert_api_key(
+        &key.record,
+        &AuditEntry {
+            time: now,
+            request_id: None,
+            actor: "rampart".into(),
+            action: AuditAction::ApiKeyCreated,
+            outcome: "ok".into(),
+            layer: None,
+            rule: None,
+            reason: "first admin API key, created on first start".into(),
+            subject: Some(key.record.key_id.clone()),
+            details: json!({ "identity": "admin", "roles": roles }),
+        },
+    )?;
+    Ok(key.token)
+}
+
+/// A running daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    /// Base URL of the admin API, when enabled (`http://127.0.0.1:9000`).
+    pub api_url: Option<String>,
+    /// Bound address of the admin API.
+    pub api_addr: Option<SocketAddr>,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// CA bundle path.
+    pub ca_bundle: PathBuf,
+    /// Listener certificate chain in use.
+    pub listener_certificate: PathBuf,
+    /// The admin API key created by this start, if any.
+    pub new_admin_key: Option<String>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Stop accepting, let in-flight requests finish (bounded), and return.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Bootstrap and start every enabled listener.
+pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, ServerError> {
+    let tls_files = (!config.tls.cert_file.is_empty())
+        .then(|| (PathBuf::from(&config.tls.cert_file), PathBuf::from(&config.tls.key_file)));
+    let boot = bootstrap(config, clock).await?;
+    let (cert_path, key_path) = match tls_files {
+        Some(paths) => paths,
+        None => tls::ensure_listener_certificate(&boot.pipeline, &boot.data_dir).await?,
+    };
+    let tls_config = tls::server_config(&cert_path, &key_path)?;
+    let (shutdown, signal) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let api = &boot.pipeline.config().api;
+    let (mut api_url, mut api_addr) = (None, None);
+    if api.enabled {
+        let listener = TcpListener::bind(api.listen).await.map_err(|source| ServerError::Bind { addr: api.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: api.listen, source })?;
+        let router = crate::api::router(boot.pipeline.clone());
+        let scheme = if api.tls { "https" } else { "http" };
+        let tls = api.tls.then(|| tls_config.clone());
+        tasks.push(tokio::spawn(serve(listener, router, tls, signal.clone())));
+        api_url = Some(format!("{scheme}://{}", display_addr(addr, &boot.pipeline.config().server.public_hostname)));
+        api_addr = Some(addr);
+    }
+    Ok(Daemon {
+        api_url,
+        api_addr,
+        data_dir: boot.data_dir,
+        ca_bundle: boot.ca_bundle,
+        listener_certificate: cert_path,
+        new_admin_key: boot.new_admin_key,
+        shutdown,
+        tasks,
+    })
+}
+
+/// `host:port` for printing: loopback listeners are shown as they are bound, wildcard
+/// listeners with the public hostname.
+fn display_addr(addr: SocketAddr, public_hostname: &str) -> String {
+    if addr.ip().is_unspecified() {
+        format!("{public_hostname}:{}", addr.port())
+    } else {
+        addr.to_string()
+    }
+}
+
+async fn wait_for(mut signal: watch::Receiver<bool>) {
+    while !*signal.borrow_and_update() {
+        if signal.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Serve `router` on `listener`, over TLS when `tls` is set, until `signal` fires; then
+/// drain for at most [`DRAIN_TIMEOUT`].
+async fn serve(listener: TcpListener, router: Router, tls: Option<Arc<rustls::ServerConfig>>, signal: watch::Receiver<bool>) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let stop = wait_for(signal);
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let service = TowerToHyperService::new(router.clone());
+        match &acceptor {
+            None => {
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                let watched = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(error) = watched.await {
+                        tracing::debug!(%peer, %error, "connection ended with an error");
+                    }
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                    if let Err(error) = watcher.watch(connection).await {
+                        tracing::debug!(%peer, %error, "connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        tracing::warn!("some connections were still open after the drain timeout");
+    }
+}
+
+/// Whether `path` looks like an existing rampart data directory.
+pub fn is_data_dir(path: &Path) -> bool {
+    path.join("ca").join("ca.json").is_file()
+}

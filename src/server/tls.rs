@@ -1,0 +1,128 @@
+//! The listeners' own TLS certificate: the operator's files when `[tls]` names them,
+//! otherwise one issued by the built-in CA for localhost, 127.0.0.1, ::1 and
+//! `server.public_hostname`, kept in `<data_dir>/tls/` and re-issued on start when a
+//! third of its life is left or the names changed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use der::Decode;
+use rcgen::{KeyPair, PublicKeyData};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::ServerError;
+use crate::config::Config;
+use crate::files;
+use crate::model::{Identifier, KeyType};
+use crate::pipeline::Pipeline;
+use crate::pkix::pem;
+
+/// Lifetime of a self-issued listener certificate.
+const LISTENER_VALIDITY_DAYS: u32 = 90;
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct ListenerMeta {
+    names: Vec<Identifier>,
+    serial: String,
+}
+
+/// Where the listener certificate lives.
+pub fn listener_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
+    let dir = data_dir.join("tls");
+    (dir.join("listener.cert.pem"), dir.join("listener.key.pem"))
+}
+
+fn listener_names(config: &Config) -> Vec<Identifier> {
+    let mut names = vec![Identifier::Dns("localhost".into())];
+    if let Ok(Identifier::Dns(host)) = Identifier::dns(&config.server.public_hostname) {
+        if host != "localhost" {
+            names.push(Identifier::Dns(host));
+        }
+    } else if let Ok(ip) = config.server.public_hostname.parse() {
+        names.push(Identifier::Ip(ip));
+    }
+    for ip in ["127.0.0.1", "::1"] {
+        let ip = Identifier::Ip(ip.parse().expect("literal address"));
+        if !names.contains(&ip) {
+            names.push(ip);
+        }
+    }
+    names
+}
+
+/// Fraction of a certificate's life left at `now` (0 when expired or unreadable).
+fn life_left(cert_der: &[u8], now: OffsetDateTime) -> f64 {
+    let Ok(cert) = x509_cert::Certificate::from_der(cert_der) else { return 0.0 };
+    let validity = &cert.tbs_certificate.validity;
+    let start = validity.not_before.to_unix_duration().as_secs_f64();
+    let end = validity.not_after.to_unix_duration().as_secs_f64();
+    let now = now.unix_timestamp() as f64;
+    if end <= start {
+        return 0.0;
+    }
+    ((end - now) / (end - start)).clamp(0.0, 1.0)
+}
+
+fn io(what: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
+    move |source| ServerError::Io { what: what.display().to_string(), source }
+}
+
+/// Make sure a usable self-issued listener certificate exists; issue one if not.
+/// Returns the paths of the chain and key files.
+pub async fn ensure_listener_certificate(pipeline: &Pipeline, data_dir: &Path) -> Result<(PathBuf, PathBuf), ServerError> {
+    let (cert_path, key_path) = listener_paths(data_dir);
+    let meta_path = data_dir.join("tls").join("listener.json");
+    let names = listener_names(pipeline.config());
+    let now = pipeline.clock().now();
+    let current = std::fs::read_to_string(&meta_path)
+        .ok()
+        .and_then(|text| serde_json::from_str::<ListenerMeta>(&text).ok())
+        .zip(std::fs::read_to_string(&cert_path).ok())
+        .filter(|_| key_path.exists());
+    if let Some((meta, chain)) = current {
+        let leaf = pem::decode_certificates(&chain).ok().and_then(|c| c.into_iter().next());
+        if meta.names == names && leaf.is_some_and(|der| life_left(&der, now) > 1.0 / 3.0) {
+            return Ok((cert_path, key_path));
+        }
+    }
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| ServerError::Tls(e.to_string()))?;
+    let record = pipeline
+        .issue_internal(names.clone(), key.der_bytes().to_vec(), KeyType::EcdsaP256, LISTENER_VALIDITY_DAYS)
+        .await
+        .map_err(|e| ServerError::Tls(format!("cannot issue the listener certificate: {e}")))?;
+    let dir = data_dir.join("tls");
+    files::create_private_dir(&dir).map_err(io(&dir))?;
+    files::write_secret(&key_path, key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
+    let mut chain = vec![record.der.as_slice()];
+    chain.extend(record.chain.iter().map(Vec::as_slice));
+    files::write_public(&cert_path, pem::encode_certificates(chain).as_bytes()).map_err(io(&cert_path))?;
+    let meta = serde_json::to_vec_pretty(&ListenerMeta { names, serial: record.serial.clone() }).expect("serializes");
+    files::write_public(&meta_path, &meta).map_err(io(&meta_path))?;
+    tracing::info!(serial = %record.serial, "issued the listener TLS certificate");
+    Ok((cert_path, key_path))
+}
+
+/// A rustls server configuration from PEM chain and key files.
+pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+    let chain_text = std::fs::read_to_string(cert_path).map_err(io(cert_path))?;
+    let chain: Vec<CertificateDer<'static>> = pem::decode_certificates(&chain_text)
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", cert_path.display())))?
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    let key_text = std::fs::read(key_path).map_err(io(key_path))?;
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_text.as_slice())
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", key_path.display())))?
+        .ok_or_else(|| ServerError::Tls(format!("{}: no private key found", key_path.display())))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", cert_path.display())))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
