@@ -572,15 +572,17 @@ mod tests {
 
     #[test]
     fn environment_overrides_apply() {
+        // A private prefix, so that other tests running in parallel never see these.
+        let env = || Env::prefixed("RAMPART_TEST_ENV__").split("__");
         figment::Jail::expect_with(|jail| {
-            jail.set_env("RAMPART__API__LISTEN", "127.0.0.1:14000");
-            jail.set_env("RAMPART__TEMPLATES__SERVER__MAX_SANS", "7");
-            let config = Config::load(None).expect("loads");
+            jail.set_env("RAMPART_TEST_ENV__API__LISTEN", "127.0.0.1:14000");
+            jail.set_env("RAMPART_TEST_ENV__TEMPLATES__SERVER__MAX_SANS", "7");
+            let config = Config::load_with_env(None, env()).expect("loads");
             assert_eq!(config.api.listen.port(), 14000);
             assert_eq!(config.templates["server"].max_sans, 7);
-            jail.set_env("RAMPART__API__MAX_BODY_BYTES", "lots");
-            let err = Config::load(None).unwrap_err().to_string();
-            assert!(err.contains("RAMPART__API__MAX_BODY_BYTES"), "{err}");
+            jail.set_env("RAMPART_TEST_ENV__API__MAX_BODY_BYTES", "lots");
+            let err = Config::load_with_env(None, env()).unwrap_err().to_string();
+            assert!(err.contains("api.max_body_bytes") && err.contains("environment variable"), "{err}");
             Ok(())
         });
     }

@@ -177,6 +177,8 @@ pub struct Daemon {
     pub listener_certificate: PathBuf,
     /// The admin API key created by this start, if any.
     pub new_admin_key: Option<String>,
+    /// The pipeline the listeners serve (for embedding and tests).
+    pub pipeline: Pipeline,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -222,6 +224,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
         ca_bundle: boot.ca_bundle,
         listener_certificate: cert_path,
         new_admin_key: boot.new_admin_key,
+        pipeline: boot.pipeline,
         shutdown,
         tasks,
     })

@@ -1,0 +1,98 @@
+//! Shared helpers: a daemon started in-process on 127.0.0.1:0 with a temporary data
+//! directory, and CSR builders.
+#![allow(dead_code, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rampart::clock::{Clock, SystemClock};
+use rampart::config::Config;
+use rampart::server::{self, Daemon};
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
+use serde_json::Value;
+
+pub struct TestDaemon {
+    pub daemon: Daemon,
+    pub url: String,
+    pub key: String,
+    pub http: reqwest::Client,
+}
+
+pub fn config_for(dir: &Path) -> Config {
+    let mut config = Config::load_default().unwrap();
+    config.server.data_dir = dir.to_path_buf();
+    config.api.listen = "127.0.0.1:0".parse().unwrap();
+    config
+}
+
+pub async fn start_with(config: Config, clock: Arc<dyn Clock>, key: Option<String>) -> TestDaemon {
+    let daemon = server::start(config, clock).await.expect("daemon starts");
+    let key = daemon.new_admin_key.clone().or(key).expect("an admin key");
+    let mut builder = reqwest::Client::builder().use_rustls_tls();
+    let pem = std::fs::read(&daemon.ca_bundle).unwrap();
+    for cert in reqwest::Certificate::from_pem_bundle(&pem).unwrap() {
+        builder = builder.add_root_certificate(cert);
+    }
+    let url = daemon.api_url.clone().unwrap().replace("127.0.0.1", "localhost");
+    TestDaemon { daemon, url, key, http: builder.build().unwrap() }
+}
+
+pub async fn start(dir: &Path) -> TestDaemon {
+    start_with(config_for(dir), Arc::new(SystemClock), None).await
+}
+
+impl TestDaemon {
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(&self.key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn enroll(&self, csr: &str, template: &str) -> (u16, Value) {
+        self.post("/api/v1/enrollments", serde_json::json!({"csr": csr, "template": template})).await
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.daemon.data_dir.clone()
+    }
+}
+
+/// A PEM CSR with subject CN `cn` (if any) and SANs (IP literals become IP SANs).
+pub fn csr(key: &KeyPair, cn: Option<&str>, sans: &[&str]) -> String {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    let mut dn = DistinguishedName::new();
+    if let Some(cn) = cn {
+        dn.push(DnType::CommonName, cn);
+    }
+    params.distinguished_name = dn;
+    params.subject_alt_names = sans
+        .iter()
+        .map(|s| match s.parse() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName((*s).try_into().unwrap()),
+        })
+        .collect();
+    params.serialize_request(key).unwrap().pem().unwrap()
+}
+
+pub fn p256() -> KeyPair {
+    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
+}
+
+pub fn fixture(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)).unwrap()
+}
