@@ -54,7 +54,11 @@ pub fn parse_token(token: &str) -> Option<(&str, &str)> {
 pub fn verify(record: &ApiKeyRecord, secret: &str) -> bool {
     let presented = sha256_hex(secret.as_bytes());
     #[allow(deprecated)]
-    aws_lc_rs::constant_time::verify_slices_are_equal(presented.as_bytes(), record.secret_sha256.as_bytes()).is_ok()
+    aws_lc_rs::constant_time::verify_slices_are_equal(
+        presented.as_bytes(),
+        record.secret_sha256.as_bytes(),
+    )
+    .is_ok()
 }
 
 /// The identity a verified key authenticates.
@@ -62,7 +66,9 @@ pub fn identity(record: &ApiKeyRecord) -> Identity {
     Identity {
         name: record.identity.clone(),
         roles: record.roles.clone(),
-        credential: Credential::ApiKey { key_id: record.key_id.clone() },
+        credential: Credential::ApiKey {
+            key_id: record.key_id.clone(),
+        },
     }
 }
 
@@ -78,7 +84,14 @@ mod tests {
         assert_eq!(id, key.record.key_id);
         assert!(verify(&key.record, secret));
         assert!(!verify(&key.record, "wrong"));
-        for bad in ["", "rpk_", "rpk_123_x", "Bearer x", "rpk_zzzzzzzzzzzz_x", "rpk_0123456789ab_"] {
+        for bad in [
+            "",
+            "rpk_",
+            "rpk_123_x",
+            "Bearer x",
+            "rpk_zzzzzzzzzzzz_x",
+            "rpk_0123456789ab_",
+        ] {
             assert!(parse_token(bad).is_none(), "{bad}");
         }
     }

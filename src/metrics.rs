@@ -55,8 +55,14 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let decisions = Family::<DecisionLabels, Counter>::default();
         let issuance_seconds =
-            Family::<ProtocolLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
-        registry.register("http_requests", "HTTP requests answered, by listener, method and status", requests.clone());
+            Family::<ProtocolLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by listener, method and status",
+            requests.clone(),
+        );
         registry.register(
             "policy_decisions",
             "Policy decisions, by protocol, outcome and deciding layer",
@@ -67,30 +73,48 @@ impl Metrics {
             "Time from submission to a recorded certificate, by protocol",
             issuance_seconds.clone(),
         );
-        Metrics { registry, requests, decisions, issuance_seconds }
+        Metrics {
+            registry,
+            requests,
+            decisions,
+            issuance_seconds,
+        }
     }
 
     /// Count an answered HTTP request.
     pub fn http_request(&self, listener: &str, method: &str, status: u16) {
-        let labels = RequestLabels { listener: listener.into(), method: method.into(), status: status.to_string() };
+        let labels = RequestLabels {
+            listener: listener.into(),
+            method: method.into(),
+            status: status.to_string(),
+        };
         self.requests.get_or_create(&labels).inc();
     }
 
     /// Count a policy decision (`layer` is empty for approvals).
     pub fn decision(&self, protocol: &str, outcome: &str, layer: &str) {
-        let labels = DecisionLabels { protocol: protocol.into(), outcome: outcome.into(), layer: layer.into() };
+        let labels = DecisionLabels {
+            protocol: protocol.into(),
+            outcome: outcome.into(),
+            layer: layer.into(),
+        };
         self.decisions.get_or_create(&labels).inc();
     }
 
     /// Record one issuance's latency.
     pub fn issuance(&self, protocol: &str, seconds: f64) {
-        self.issuance_seconds.get_or_create(&ProtocolLabels { protocol: protocol.into() }).observe(seconds);
+        self.issuance_seconds
+            .get_or_create(&ProtocolLabels {
+                protocol: protocol.into(),
+            })
+            .observe(seconds);
     }
 
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }
@@ -106,8 +130,15 @@ mod tests {
         metrics.decision("api", "denied", "template");
         metrics.issuance("api", 0.004);
         let text = metrics.render();
-        assert!(text.contains(r#"rampart_http_requests_total{listener="api",method="POST",status="201"} 1"#), "{text}");
-        assert!(text.contains(r#"rampart_policy_decisions_total{protocol="api",outcome="denied",layer="template"} 1"#));
+        assert!(
+            text.contains(
+                r#"rampart_http_requests_total{listener="api",method="POST",status="201"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"rampart_policy_decisions_total{protocol="api",outcome="denied",layer="template"} 1"#
+        ));
         assert!(text.contains(r#"rampart_issuance_duration_seconds_count{protocol="api"} 1"#));
     }
 }

@@ -97,7 +97,9 @@ impl Identifier {
         let valid_labels = base.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         });
@@ -105,7 +107,9 @@ impl Identifier {
             return Err(format!("`{name}` is not a valid DNS name"));
         }
         if base.parse::<IpAddr>().is_ok() {
-            return Err(format!("`{name}` is an IP address; request it as an IP identifier"));
+            return Err(format!(
+                "`{name}` is an IP address; request it as an IP identifier"
+            ));
         }
         Ok(Identifier::Dns(lower))
     }
@@ -204,7 +208,9 @@ impl std::str::FromStr for CertificateStatus {
             "valid" => Ok(Self::Valid),
             "expired" => Ok(Self::Expired),
             "revoked" => Ok(Self::Revoked),
-            other => Err(format!("unknown status `{other}` (valid, expired, revoked)")),
+            other => Err(format!(
+                "unknown status `{other}` (valid, expired, revoked)"
+            )),
         }
     }
 }
@@ -390,14 +396,22 @@ pub mod base64_vec {
 
     /// Serialize.
     pub fn serialize<S: Serializer>(items: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(items.iter().map(|b| base64::engine::general_purpose::STANDARD.encode(b)))
+        s.collect_seq(
+            items
+                .iter()
+                .map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+        )
     }
 
     /// Deserialize.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
         Vec::<String>::deserialize(d)?
             .into_iter()
-            .map(|t| base64::engine::general_purpose::STANDARD.decode(t).map_err(serde::de::Error::custom))
+            .map(|t| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(t)
+                    .map_err(serde::de::Error::custom)
+            })
             .collect()
     }
 }
@@ -408,9 +422,22 @@ mod tests {
 
     #[test]
     fn dns_identifiers_are_normalised_and_checked() {
-        assert_eq!(Identifier::dns("WWW.Example.TEST").unwrap(), Identifier::Dns("www.example.test".into()));
+        assert_eq!(
+            Identifier::dns("WWW.Example.TEST").unwrap(),
+            Identifier::Dns("www.example.test".into())
+        );
         assert!(Identifier::dns("*.example.test").unwrap().is_wildcard());
-        for bad in ["", "a..b", "-a.b", "a_b.c", "*.*.b", "a.*.b", "192.0.2.1", "x.", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "a..b",
+            "-a.b",
+            "a_b.c",
+            "*.*.b",
+            "a.*.b",
+            "192.0.2.1",
+            "x.",
+            &"a".repeat(64),
+        ] {
             assert!(Identifier::dns(bad).is_err(), "{bad}");
         }
     }
@@ -422,7 +449,9 @@ mod tests {
             assert!(reason.name() == text || reason.code().to_string() == text);
         }
         assert!(RevocationReason::parse("7").is_err());
-        assert!(RevocationReason::parse("stolen").unwrap_err().contains("keyCompromise"));
+        assert!(RevocationReason::parse("stolen")
+            .unwrap_err()
+            .contains("keyCompromise"));
         let json = serde_json::to_string(&RevocationReason::CaCompromise).unwrap();
         assert_eq!(json, "\"cACompromise\"");
     }

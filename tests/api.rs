@@ -6,7 +6,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
-use common::{csr, fixture, p256, start, start_with, config_for};
+use common::{config_for, csr, fixture, p256, start, start_with};
 use der::{Decode, Encode};
 use rampart::clock::{ManualClock, SystemClock};
 use rampart::model::{CertificateStatus, Identifier};
@@ -21,8 +21,17 @@ fn mode(path: &std::path::Path) -> u32 {
 
 async fn all_certificates(d: &common::TestDaemon) -> Vec<rampart::model::CertificateRecord> {
     // rampart's own listener certificate is in the inventory too (owner `rampart`).
-    let query = CertificateQuery { limit: 1000, owner: Some("admin".into()), ..Default::default() };
-    d.daemon.pipeline.store().list_certificates(&query, time::OffsetDateTime::now_utc()).unwrap().items
+    let query = CertificateQuery {
+        limit: 1000,
+        owner: Some("admin".into()),
+        ..Default::default()
+    };
+    d.daemon
+        .pipeline
+        .store()
+        .list_certificates(&query, time::OffsetDateTime::now_utc())
+        .unwrap()
+        .items
 }
 
 #[tokio::test]
@@ -31,14 +40,29 @@ async fn first_start_creates_the_ca_and_one_admin_key_and_a_restart_reuses_them(
     let data = dir.path().join("data");
     let first = start(&data).await;
     assert!(first.key.starts_with("rpk_"));
-    for key in ["ca/root.key.pem", "ca/issuing.key.pem", "tls/listener.key.pem"] {
+    for key in [
+        "ca/root.key.pem",
+        "ca/issuing.key.pem",
+        "tls/listener.key.pem",
+    ] {
         assert_eq!(mode(&data.join(key)), 0o600, "{key}");
     }
     assert_eq!(mode(&data), 0o700);
     let bundle = std::fs::read(data.join("ca-bundle.pem")).unwrap();
     // The secret is stored only as a hash.
-    let (key_id, secret) = first.key.strip_prefix("rpk_").unwrap().split_once('_').unwrap();
-    let record = first.daemon.pipeline.store().api_key(key_id).unwrap().unwrap();
+    let (key_id, secret) = first
+        .key
+        .strip_prefix("rpk_")
+        .unwrap()
+        .split_once('_')
+        .unwrap();
+    let record = first
+        .daemon
+        .pipeline
+        .store()
+        .api_key(key_id)
+        .unwrap()
+        .unwrap();
     assert_ne!(record.secret_sha256, secret);
     assert_eq!(first.get("/healthz").await.0, 200);
     let key = first.key.clone();
@@ -47,11 +71,32 @@ async fn first_start_creates_the_ca_and_one_admin_key_and_a_restart_reuses_them(
     let second = start_with(config_for(&data), Arc::new(SystemClock), Some(key)).await;
     assert!(second.daemon.new_admin_key.is_none(), "no second admin key");
     assert_eq!(std::fs::read(data.join("ca-bundle.pem")).unwrap(), bundle);
-    assert_eq!(second.get("/api/v1/certificates").await.0, 200, "the first key still works");
-    let audit = second.daemon.pipeline.store().audit_records(0, 100).unwrap();
+    assert_eq!(
+        second.get("/api/v1/certificates").await.0,
+        200,
+        "the first key still works"
+    );
+    let audit = second
+        .daemon
+        .pipeline
+        .store()
+        .audit_records(0, 100)
+        .unwrap();
     let actions: Vec<_> = audit.iter().map(|r| r.entry.action).collect();
-    assert_eq!(actions.iter().filter(|a| **a == AuditAction::CaCreated).count(), 1);
-    assert_eq!(actions.iter().filter(|a| **a == AuditAction::ApiKeyCreated).count(), 1);
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| **a == AuditAction::CaCreated)
+            .count(),
+        1
+    );
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| **a == AuditAction::ApiKeyCreated)
+            .count(),
+        1
+    );
     second.daemon.shutdown().await;
 }
 
@@ -63,48 +108,106 @@ async fn enroll_then_list_show_download_and_revoke() {
     // Three key types, three names.
     let keys = [
         (p256(), "ecdsa-p256"),
-        (KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap(), "ed25519"),
-        (KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).unwrap(), "rsa-2048"),
+        (
+            KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap(),
+            "ed25519",
+        ),
+        (
+            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).unwrap(),
+            "rsa-2048",
+        ),
     ];
     let mut serials = Vec::new();
     for (i, (key, key_type)) in keys.iter().enumerate() {
         let name = format!("host{i}.example");
-        let (status, body) = d.enroll(&csr(key, Some(&name), &[&name, "127.0.0.1"]), "server").await;
+        let (status, body) = d
+            .enroll(&csr(key, Some(&name), &[&name, "127.0.0.1"]), "server")
+            .await;
         assert_eq!(status, 201, "{body}");
         assert_eq!(body["key_type"], *key_type);
         assert_eq!(body["state"], "issued");
         assert_eq!(body["owner"], "admin");
-        let leaf = rampart::pkix::pem::decode(body["certificate"].as_str().unwrap(), &["CERTIFICATE"]).unwrap();
+        let leaf =
+            rampart::pkix::pem::decode(body["certificate"].as_str().unwrap(), &["CERTIFICATE"])
+                .unwrap();
         let cert = Certificate::from_der(&leaf).unwrap();
-        assert_eq!(cert.tbs_certificate.subject.to_string(), format!("CN={name}"));
-        let chain = rampart::pkix::pem::decode_certificates(body["chain"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            cert.tbs_certificate.subject.to_string(),
+            format!("CN={name}")
+        );
+        let chain =
+            rampart::pkix::pem::decode_certificates(body["chain"].as_str().unwrap()).unwrap();
         assert_eq!(chain.len(), 1);
-        assert_eq!(cert.tbs_certificate.issuer, Certificate::from_der(&chain[0]).unwrap().tbs_certificate.subject);
-        assert_eq!(body["full_chain"].as_str().unwrap(), format!("{}{}", body["certificate"].as_str().unwrap(), body["chain"].as_str().unwrap()));
+        assert_eq!(
+            cert.tbs_certificate.issuer,
+            Certificate::from_der(&chain[0])
+                .unwrap()
+                .tbs_certificate
+                .subject
+        );
+        assert_eq!(
+            body["full_chain"].as_str().unwrap(),
+            format!(
+                "{}{}",
+                body["certificate"].as_str().unwrap(),
+                body["chain"].as_str().unwrap()
+            )
+        );
         serials.push(body["serial"].as_str().unwrap().to_string());
     }
 
     // Show.
     let (status, shown) = d.get(&format!("/api/v1/certificates/{}", serials[0])).await;
     assert_eq!(status, 200);
-    assert_eq!(shown["sans"], json!([{"type": "dns", "value": "host0.example"}, {"type": "ip", "value": "127.0.0.1"}]));
+    assert_eq!(
+        shown["sans"],
+        json!([{"type": "dns", "value": "host0.example"}, {"type": "ip", "value": "127.0.0.1"}])
+    );
 
     // Filters and pagination.
     let count = |v: &Value| v["items"].as_array().unwrap().len();
     assert_eq!(count(&d.get("/api/v1/certificates?san=host1").await.1), 1);
-    assert_eq!(count(&d.get("/api/v1/certificates?template=server&issuer=local&owner=admin").await.1), 3);
-    assert_eq!(count(&d.get("/api/v1/certificates?template=client").await.1), 0);
-    assert_eq!(count(&d.get("/api/v1/certificates?expiring_within=91d&owner=admin").await.1), 3);
-    assert_eq!(count(&d.get("/api/v1/certificates?expiring_within=30d").await.1), 0);
+    assert_eq!(
+        count(
+            &d.get("/api/v1/certificates?template=server&issuer=local&owner=admin")
+                .await
+                .1
+        ),
+        3
+    );
+    assert_eq!(
+        count(&d.get("/api/v1/certificates?template=client").await.1),
+        0
+    );
+    assert_eq!(
+        count(
+            &d.get("/api/v1/certificates?expiring_within=91d&owner=admin")
+                .await
+                .1
+        ),
+        3
+    );
+    assert_eq!(
+        count(&d.get("/api/v1/certificates?expiring_within=30d").await.1),
+        0
+    );
     let mut seen = Vec::new();
     let mut path = "/api/v1/certificates?limit=1&template=server".to_string();
     loop {
         let (status, page) = d.get(&path).await;
         assert_eq!(status, 200, "{page}");
         assert!(count(&page) <= 1);
-        seen.extend(page["items"].as_array().unwrap().iter().map(|c| c["serial"].as_str().unwrap().to_string()));
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["serial"].as_str().unwrap().to_string()),
+        );
         match page["next_after"].as_str() {
-            Some(next) => path = format!("/api/v1/certificates?limit=1&template=server&after={next}"),
+            Some(next) => {
+                path = format!("/api/v1/certificates?limit=1&template=server&after={next}")
+            }
             None => break,
         }
     }
@@ -117,18 +220,32 @@ async fn enroll_then_list_show_download_and_revoke() {
 
     // Downloads.
     let download = |format: &str| {
-        let url = format!("{}/api/v1/certificates/{}/download?format={format}", d.url, serials[0]);
+        let url = format!(
+            "{}/api/v1/certificates/{}/download?format={format}",
+            d.url, serials[0]
+        );
         let request = d.http.get(url).bearer_auth(&d.key);
         async move {
             let response = request.send().await.unwrap();
             let status = response.status().as_u16();
-            let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
-            (status, content_type, response.bytes().await.unwrap().to_vec())
+            let content_type = response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            (
+                status,
+                content_type,
+                response.bytes().await.unwrap().to_vec(),
+            )
         }
     };
     let (status, content_type, pem) = download("pem").await;
-    assert_eq!((status, content_type.as_str()), (200, "application/pem-certificate-chain"));
-    let chain = rampart::pkix::pem::decode_certificates(std::str::from_utf8(&pem).unwrap()).unwrap();
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "application/pem-certificate-chain")
+    );
+    let chain =
+        rampart::pkix::pem::decode_certificates(std::str::from_utf8(&pem).unwrap()).unwrap();
     assert_eq!(chain.len(), 2);
     let (_, content_type, der) = download("der").await;
     assert_eq!(content_type, "application/pkix-cert");
@@ -160,24 +277,44 @@ async fn enroll_then_list_show_download_and_revoke() {
         let path = format!("/api/v1/certificates/{serial}/revoke");
         async move { d.post(&path, body).await }
     };
-    assert_eq!(revoke(&serials[1], json!({"reason": "certificateHold"})).await.0, 400);
-    assert_eq!(revoke(&serials[1], json!({"reason": "sunspots"})).await.0, 400);
+    assert_eq!(
+        revoke(&serials[1], json!({"reason": "certificateHold"}))
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        revoke(&serials[1], json!({"reason": "sunspots"})).await.0,
+        400
+    );
     let (status, revoked) = revoke(&serials[1], json!({"reason": "keyCompromise"})).await;
     assert_eq!(status, 200, "{revoked}");
     assert_eq!(revoked["status"], "revoked");
     assert_eq!(revoked["revocation"]["reason"], "keyCompromise");
     assert_eq!(revoked["revocation"]["reason_code"], 1);
     let (status, again) = revoke(&serials[1], json!({"reason": "superseded"})).await;
-    assert_eq!((status, again["error"].as_str()), (409, Some("already_revoked")));
+    assert_eq!(
+        (status, again["error"].as_str()),
+        (409, Some("already_revoked"))
+    );
     assert_eq!(revoke("00ff", json!({})).await.0, 404);
     let (_, page) = d.get("/api/v1/certificates?status=revoked").await;
     assert_eq!(page["items"][0]["serial"], serials[1].as_str());
-    assert_eq!(count(&d.get("/api/v1/certificates?status=valid&owner=admin").await.1), 2);
+    assert_eq!(
+        count(
+            &d.get("/api/v1/certificates?status=valid&owner=admin")
+                .await
+                .1
+        ),
+        2
+    );
     assert_eq!(d.get("/api/v1/certificates/00ff").await.0, 404);
 
     let store = d.daemon.pipeline.store();
     let records = store.audit_records(0, 1000).unwrap().len() as u64;
-    assert!(matches!(store.verify_audit().unwrap(), AuditVerification::Intact { records: n, .. } if n == records));
+    assert!(
+        matches!(store.verify_audit().unwrap(), AuditVerification::Intact { records: n, .. } if n == records)
+    );
 }
 
 #[tokio::test]
@@ -188,23 +325,73 @@ async fn bad_input_gets_a_json_error_is_audited_and_stores_no_certificate() {
     let good = csr(&key, Some("a.example"), &["a.example"]);
 
     let cases: Vec<(Value, u16, &str, Option<&str>)> = vec![
-        (json!({"csr": "garbage", "template": "server"}), 400, "bad_csr", None),
+        (
+            json!({"csr": "garbage", "template": "server"}),
+            400,
+            "bad_csr",
+            None,
+        ),
         (
             json!({"csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "template": "server"}),
             400,
             "bad_csr",
             Some("malformed_csr"),
         ),
-        (json!({"csr": fixture("csr/bad-signature.csr.pem"), "template": "server"}), 400, "bad_csr", Some("bad_csr_signature")),
-        (json!({"csr": fixture("csr/rsa1024.csr.pem"), "template": "server"}), 403, "policy_denied", Some("rsa_key_too_small")),
-        (json!({"csr": good, "template": "nope"}), 403, "policy_denied", Some("unknown_template")),
-        (json!({"csr": csr(&key, None, &["example.com"]), "template": "server"}), 403, "policy_denied", Some("identifier_not_allowed")),
-        (json!({"csr": csr(&key, None, &["10.1.2.3"]), "template": "server"}), 403, "policy_denied", Some("identifier_not_allowed")),
-        (json!({"csr": csr(&key, Some("b.example"), &["a.example"]), "template": "server"}), 403, "policy_denied", Some("common_name_not_in_sans")),
-        (json!({"csr": csr(&key, None, &[]), "template": "server"}), 403, "policy_denied", Some("no_identifiers")),
-        (json!({"csr": good, "template": "server", "validity_days": 1000}), 403, "policy_denied", Some("validity_not_allowed")),
+        (
+            json!({"csr": fixture("csr/bad-signature.csr.pem"), "template": "server"}),
+            400,
+            "bad_csr",
+            Some("bad_csr_signature"),
+        ),
+        (
+            json!({"csr": fixture("csr/rsa1024.csr.pem"), "template": "server"}),
+            403,
+            "policy_denied",
+            Some("rsa_key_too_small"),
+        ),
+        (
+            json!({"csr": good, "template": "nope"}),
+            403,
+            "policy_denied",
+            Some("unknown_template"),
+        ),
+        (
+            json!({"csr": csr(&key, None, &["example.com"]), "template": "server"}),
+            403,
+            "policy_denied",
+            Some("identifier_not_allowed"),
+        ),
+        (
+            json!({"csr": csr(&key, None, &["10.1.2.3"]), "template": "server"}),
+            403,
+            "policy_denied",
+            Some("identifier_not_allowed"),
+        ),
+        (
+            json!({"csr": csr(&key, Some("b.example"), &["a.example"]), "template": "server"}),
+            403,
+            "policy_denied",
+            Some("common_name_not_in_sans"),
+        ),
+        (
+            json!({"csr": csr(&key, None, &[]), "template": "server"}),
+            403,
+            "policy_denied",
+            Some("no_identifiers"),
+        ),
+        (
+            json!({"csr": good, "template": "server", "validity_days": 1000}),
+            403,
+            "policy_denied",
+            Some("validity_not_allowed"),
+        ),
         (json!({"csr": good}), 400, "bad_json", None),
-        (json!({"csr": good, "template": "server", "colour": "red"}), 400, "bad_json", None),
+        (
+            json!({"csr": good, "template": "server", "colour": "red"}),
+            400,
+            "bad_json",
+            None,
+        ),
     ];
     for (body, status, error, rule) in &cases {
         let (got, answer) = d.post("/api/v1/enrollments", body.clone()).await;
@@ -214,28 +401,61 @@ async fn bad_input_gets_a_json_error_is_audited_and_stores_no_certificate() {
         if let Some(rule) = rule {
             assert_eq!(answer["rule"], *rule, "{answer}");
             let request_id: uuid::Uuid = answer["request_id"].as_str().unwrap().parse().unwrap();
-            let request = d.daemon.pipeline.store().request(request_id).unwrap().unwrap();
+            let request = d
+                .daemon
+                .pipeline
+                .store()
+                .request(request_id)
+                .unwrap()
+                .unwrap();
             assert!(matches!(request.state, RequestState::Denied { .. }));
         }
     }
 
     // Not JSON at all, and too large: JSON errors too.
-    let raw = |body: Vec<u8>| d.http.post(format!("{}/api/v1/enrollments", d.url)).bearer_auth(&d.key).body(body).send();
+    let raw = |body: Vec<u8>| {
+        d.http
+            .post(format!("{}/api/v1/enrollments", d.url))
+            .bearer_auth(&d.key)
+            .body(body)
+            .send()
+    };
     let response = raw(b"{not json".to_vec()).await.unwrap();
     assert_eq!(response.status().as_u16(), 400);
     assert_eq!(response.json::<Value>().await.unwrap()["error"], "bad_json");
     let response = raw(vec![b' '; 70_000]).await.unwrap();
     assert_eq!(response.status().as_u16(), 413);
-    assert_eq!(response.json::<Value>().await.unwrap()["error"], "body_too_large");
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["error"],
+        "body_too_large"
+    );
 
     // Authentication.
-    let unauthenticated = d.http.get(format!("{}/api/v1/certificates", d.url)).send().await.unwrap();
+    let unauthenticated = d
+        .http
+        .get(format!("{}/api/v1/certificates", d.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unauthenticated.status().as_u16(), 401);
     assert!(unauthenticated.headers().contains_key("www-authenticate"));
-    assert_eq!(unauthenticated.json::<Value>().await.unwrap()["error"], "unauthorized");
+    assert_eq!(
+        unauthenticated.json::<Value>().await.unwrap()["error"],
+        "unauthorized"
+    );
     let (id, _) = d.key.strip_prefix("rpk_").unwrap().split_once('_').unwrap();
-    for bad in [format!("rpk_{id}_wrongsecret"), "rpk_000000000000_x".into(), "nonsense".into()] {
-        let response = d.http.get(format!("{}/api/v1/certificates", d.url)).bearer_auth(bad).send().await.unwrap();
+    for bad in [
+        format!("rpk_{id}_wrongsecret"),
+        "rpk_000000000000_x".into(),
+        "nonsense".into(),
+    ] {
+        let response = d
+            .http
+            .get(format!("{}/api/v1/certificates", d.url))
+            .bearer_auth(bad)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status().as_u16(), 401);
     }
     assert_eq!(d.get("/api/v1/nothing-here").await.0, 404);
@@ -249,13 +469,26 @@ async fn bad_input_gets_a_json_error_is_audited_and_stores_no_certificate() {
         .into_iter()
         .filter(|r| r.entry.action == AuditAction::Decision && r.entry.outcome == "denied")
         .collect();
-    assert_eq!(denials.len(), cases.iter().filter(|c| c.3.is_some()).count());
-    assert!(denials.iter().all(|r| r.entry.rule.is_some() && !r.entry.reason.is_empty()));
-    assert!(matches!(store.verify_audit().unwrap(), AuditVerification::Intact { .. }));
+    assert_eq!(
+        denials.len(),
+        cases.iter().filter(|c| c.3.is_some()).count()
+    );
+    assert!(denials
+        .iter()
+        .all(|r| r.entry.rule.is_some() && !r.entry.reason.is_empty()));
+    assert!(matches!(
+        store.verify_audit().unwrap(),
+        AuditVerification::Intact { .. }
+    ));
 
     let (_, metrics) = d.get("/metrics").await;
     let metrics = metrics.as_str().unwrap();
-    assert!(metrics.contains(r#"rampart_policy_decisions_total{protocol="api",outcome="denied",layer="template"} 3"#), "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"rampart_policy_decisions_total{protocol="api",outcome="denied",layer="template"} 3"#
+        ),
+        "{metrics}"
+    );
     assert!(metrics.contains(r#"status="413""#));
     d.daemon.shutdown().await;
 }
@@ -298,7 +531,9 @@ async fn identities_without_manage_see_and_revoke_only_their_own_certificates() 
     };
     let admin_key = admin.key;
     let key = p256();
-    let (status, mine) = alice.enroll(&csr(&key, None, &["alice.test"]), "client").await;
+    let (status, mine) = alice
+        .enroll(&csr(&key, None, &["alice.test"]), "client")
+        .await;
     assert_eq!(status, 201, "{mine}");
     assert_eq!(mine["owner"], "alice");
 
@@ -319,10 +554,34 @@ async fn identities_without_manage_see_and_revoke_only_their_own_certificates() 
     let items = page["items"].as_array().unwrap();
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["owner"], "alice");
-    assert_eq!(alice.get(&format!("/api/v1/certificates/{their_serial}")).await.0, 404);
-    assert_eq!(alice.post(&format!("/api/v1/certificates/{their_serial}/revoke"), json!({})).await.0, 404);
+    assert_eq!(
+        alice
+            .get(&format!("/api/v1/certificates/{their_serial}"))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        alice
+            .post(
+                &format!("/api/v1/certificates/{their_serial}/revoke"),
+                json!({})
+            )
+            .await
+            .0,
+        404
+    );
     let my_serial = mine["serial"].as_str().unwrap();
-    assert_eq!(alice.post(&format!("/api/v1/certificates/{my_serial}/revoke"), json!({"reason": "superseded"})).await.0, 200);
+    assert_eq!(
+        alice
+            .post(
+                &format!("/api/v1/certificates/{my_serial}/revoke"),
+                json!({"reason": "superseded"})
+            )
+            .await
+            .0,
+        200
+    );
     alice.daemon.shutdown().await;
 }
 
@@ -338,11 +597,27 @@ async fn the_api_can_be_served_over_https_with_the_listener_certificate() {
     assert_eq!((status, body), (200, json!({"status": "ok"})));
     // The listener certificate names the public hostname and loopback.
     let chain = std::fs::read_to_string(&d.daemon.listener_certificate).unwrap();
-    let leaf = rampart::pkix::pem::decode_certificates(&chain).unwrap().remove(0);
-    let serial = hex::encode(Certificate::from_der(&leaf).unwrap().tbs_certificate.serial_number.as_bytes());
-    let record = d.daemon.pipeline.store().certificate(serial.trim_start_matches("00")).unwrap().unwrap();
+    let leaf = rampart::pkix::pem::decode_certificates(&chain)
+        .unwrap()
+        .remove(0);
+    let serial = hex::encode(
+        Certificate::from_der(&leaf)
+            .unwrap()
+            .tbs_certificate
+            .serial_number
+            .as_bytes(),
+    );
+    let record = d
+        .daemon
+        .pipeline
+        .store()
+        .certificate(serial.trim_start_matches("00"))
+        .unwrap()
+        .unwrap();
     assert!(record.sans.contains(&Identifier::Dns("ra.internal".into())));
-    assert!(record.sans.contains(&Identifier::Ip("::1".parse().unwrap())));
+    assert!(record
+        .sans
+        .contains(&Identifier::Ip("::1".parse().unwrap())));
     d.daemon.shutdown().await;
 }
 
@@ -356,7 +631,13 @@ async fn expiry_is_derived_from_the_clock() {
     clock.advance(time::Duration::days(3));
     let (_, page) = d.get("/api/v1/certificates?status=expired").await;
     assert_eq!(page["items"][0]["serial"], body["serial"]);
-    let record = d.daemon.pipeline.store().certificate(body["serial"].as_str().unwrap()).unwrap().unwrap();
+    let record = d
+        .daemon
+        .pipeline
+        .store()
+        .certificate(body["serial"].as_str().unwrap())
+        .unwrap()
+        .unwrap();
     assert_eq!(record.status_at(clock_now(&d)), CertificateStatus::Expired);
     d.daemon.shutdown().await;
 }
@@ -380,7 +661,9 @@ async fn a_request_interrupted_while_signing_is_marked_failed_on_restart() {
             identity: "admin".into(),
             template: "server".into(),
             identifiers: vec![],
-            state: RequestState::Issuing { serial: "0abc".into() },
+            state: RequestState::Issuing {
+                serial: "0abc".into(),
+            },
             created_at: now,
             updated_at: now,
         };
@@ -388,6 +671,9 @@ async fn a_request_interrupted_while_signing_is_marked_failed_on_restart() {
     }
     let d = start(dir.path()).await;
     let request = d.daemon.pipeline.store().request(id).unwrap().unwrap();
-    assert!(matches!(request.state, RequestState::Failed { .. }), "{request:?}");
+    assert!(
+        matches!(request.state, RequestState::Failed { .. }),
+        "{request:?}"
+    );
     d.daemon.shutdown().await;
 }

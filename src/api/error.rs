@@ -62,7 +62,10 @@ pub enum ApiError {
 impl ApiError {
     /// A 400 with a code.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        ApiError::BadRequest { code, message: message.into() }
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -86,7 +89,10 @@ impl From<RevokeError> for ApiError {
     fn from(error: RevokeError) -> Self {
         match error {
             RevokeError::NotFound(_) => ApiError::NotFound(error.to_string()),
-            RevokeError::AlreadyRevoked { .. } => ApiError::Conflict { code: "already_revoked", message: error.to_string() },
+            RevokeError::AlreadyRevoked { .. } => ApiError::Conflict {
+                code: "already_revoked",
+                message: error.to_string(),
+            },
             RevokeError::ReasonNotAllowed(message) => ApiError::bad_request("bad_reason", message),
             RevokeError::Store(e) => e.into(),
         }
@@ -97,12 +103,30 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let message = self.to_string();
         let (status, body) = match &self {
-            ApiError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, json!({"error": "unauthorized", "message": message})),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, json!({"error": "forbidden", "message": message})),
-            ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, json!({"error": code, "message": message})),
-            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, json!({"error": "body_too_large", "message": message})),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, json!({"error": "not_found", "message": message})),
-            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, json!({"error": code, "message": message})),
+            ApiError::Unauthenticated(_) => (
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "unauthorized", "message": message}),
+            ),
+            ApiError::Forbidden(_) => (
+                StatusCode::FORBIDDEN,
+                json!({"error": "forbidden", "message": message}),
+            ),
+            ApiError::BadRequest { code, .. } => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": code, "message": message}),
+            ),
+            ApiError::TooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": "body_too_large", "message": message}),
+            ),
+            ApiError::NotFound(_) => (
+                StatusCode::NOT_FOUND,
+                json!({"error": "not_found", "message": message}),
+            ),
+            ApiError::Conflict { code, .. } => (
+                StatusCode::CONFLICT,
+                json!({"error": code, "message": message}),
+            ),
             ApiError::Denied { request_id, denial } => {
                 let (status, code) = match denial.layer {
                     Layer::Input => (StatusCode::BAD_REQUEST, "bad_csr"),
@@ -117,12 +141,21 @@ impl IntoResponse for ApiError {
                 });
                 (status, body)
             }
-            ApiError::CaUnavailable(_) => (StatusCode::BAD_GATEWAY, json!({"error": "ca_failed", "message": message})),
-            ApiError::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, json!({"error": "storage_failed", "message": message})),
+            ApiError::CaUnavailable(_) => (
+                StatusCode::BAD_GATEWAY,
+                json!({"error": "ca_failed", "message": message}),
+            ),
+            ApiError::Storage(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "storage_failed", "message": message}),
+            ),
         };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"rampart\""));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"rampart\""),
+            );
         }
         response
     }

@@ -18,24 +18,39 @@ pub struct Caller(pub Identity);
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(header::AUTHORIZATION)
-            .ok_or(ApiError::Unauthenticated("missing Authorization: Bearer <API key>"))?;
+            .ok_or(ApiError::Unauthenticated(
+                "missing Authorization: Bearer <API key>",
+            ))?;
         let token = header
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .ok_or(ApiError::Unauthenticated("the Authorization header must be `Bearer <API key>`"))?;
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .ok_or(ApiError::Unauthenticated(
+                "the Authorization header must be `Bearer <API key>`",
+            ))?;
         let invalid = ApiError::Unauthenticated("invalid API key");
         let Some((key_id, secret)) = apikeys::parse_token(token.trim()) else {
             return Err(invalid);
         };
         let owned = key_id.to_string();
-        let record = state.pipeline.with_store(move |store| store.api_key(&owned)).await?;
+        let record = state
+            .pipeline
+            .with_store(move |store| store.api_key(&owned))
+            .await?;
         match record {
-            Some(record) if apikeys::verify(&record, secret) => Ok(Caller(apikeys::identity(&record))),
+            Some(record) if apikeys::verify(&record, secret) => {
+                Ok(Caller(apikeys::identity(&record)))
+            }
             _ => {
                 tracing::info!(key_id, "API key rejected");
                 Err(invalid)
@@ -61,9 +76,15 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         if declared.is_some_and(|n| n > limit) {
             return Err(ApiError::TooLarge(limit));
         }
-        let bytes = axum::body::to_bytes(request.into_body(), limit).await.map_err(|_| ApiError::TooLarge(limit))?;
-        let value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request("bad_json", format!("request body is not the expected JSON: {e}")))?;
+        let bytes = axum::body::to_bytes(request.into_body(), limit)
+            .await
+            .map_err(|_| ApiError::TooLarge(limit))?;
+        let value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::bad_request(
+                "bad_json",
+                format!("request body is not the expected JSON: {e}"),
+            )
+        })?;
         Ok(JsonBody(value))
     }
 }

@@ -10,10 +10,15 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{Caller, JsonBody};
-use super::wire::{CertificateDetail, CertificatePage, CertificateView, EnrollmentBody, EnrollmentResponse, RevokeBody};
+use super::wire::{
+    CertificateDetail, CertificatePage, CertificateView, EnrollmentBody, EnrollmentResponse,
+    RevokeBody,
+};
 use super::AppState;
 use crate::lifecycle::revocation::{self, may_access};
-use crate::model::{CertificateRecord, CertificateStatus, EnrollmentRequest, Protocol, RevocationReason};
+use crate::model::{
+    CertificateRecord, CertificateStatus, EnrollmentRequest, Protocol, RevocationReason,
+};
 use crate::pipeline::Outcome;
 use crate::pkix::{pem, pkcs7};
 use crate::policy::identity::may_manage;
@@ -21,14 +26,24 @@ use crate::store::CertificateQuery;
 
 /// `GET /healthz`: 200 when the store answers.
 pub async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    state.pipeline.with_store(|store| store.api_key_count()).await?;
+    state
+        .pipeline
+        .with_store(|store| store.api_key_count())
+        .await?;
     Ok(Json(serde_json::json!({"status": "ok"})))
 }
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let body = state.pipeline.metrics().render();
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// `POST /api/v1/enrollments`.
@@ -37,8 +52,16 @@ pub async fn enroll(
     Caller(identity): Caller,
     JsonBody(body): JsonBody<EnrollmentBody>,
 ) -> Result<Response, ApiError> {
-    let csr_der = pem::decode(&body.csr, &[pem::CERTIFICATE_REQUEST, pem::NEW_CERTIFICATE_REQUEST])
-        .map_err(|e| ApiError::bad_request("bad_csr", format!("`csr` must be a PEM certificate request: {e}")))?;
+    let csr_der = pem::decode(
+        &body.csr,
+        &[pem::CERTIFICATE_REQUEST, pem::NEW_CERTIFICATE_REQUEST],
+    )
+    .map_err(|e| {
+        ApiError::bad_request(
+            "bad_csr",
+            format!("`csr` must be a PEM certificate request: {e}"),
+        )
+    })?;
     let request = EnrollmentRequest {
         request_id: Uuid::now_v7(),
         protocol: Protocol::Api,
@@ -110,7 +133,10 @@ pub async fn list(
     let api = &state.pipeline.config().api;
     let limit = params.limit.unwrap_or(api.default_page_size);
     if limit == 0 || limit > api.max_page_size {
-        return Err(ApiError::bad_request("bad_query", format!("limit must be between 1 and {}", api.max_page_size)));
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("limit must be between 1 and {}", api.max_page_size),
+        ));
     }
     let status = params
         .status
@@ -123,9 +149,18 @@ pub async fn list(
         .as_deref()
         .map(|t| parse_duration(t).ok_or(t))
         .transpose()
-        .map_err(|t| ApiError::bad_request("bad_query", format!("expiring_within `{t}`: use e.g. 30d, 12h, 90m")))?;
+        .map_err(|t| {
+            ApiError::bad_request(
+                "bad_query",
+                format!("expiring_within `{t}`: use e.g. 30d, 12h, 90m"),
+            )
+        })?;
     // Identities that do not manage see only their own certificates.
-    let owner = if may_manage(state.pipeline.config(), &identity) { params.owner } else { Some(identity.name.clone()) };
+    let owner = if may_manage(state.pipeline.config(), &identity) {
+        params.owner
+    } else {
+        Some(identity.name.clone())
+    };
     let query = CertificateQuery {
         san_contains: params.san.map(|s| s.to_ascii_lowercase()),
         status,
@@ -137,19 +172,35 @@ pub async fn list(
         limit,
     };
     let now = state.pipeline.clock().now();
-    let page = state.pipeline.with_store(move |store| store.list_certificates(&query, now)).await?;
+    let page = state
+        .pipeline
+        .with_store(move |store| store.list_certificates(&query, now))
+        .await?;
     Ok(Json(CertificatePage {
-        items: page.items.iter().map(|r| CertificateView::new(r, now)).collect(),
+        items: page
+            .items
+            .iter()
+            .map(|r| CertificateView::new(r, now))
+            .collect(),
         next_after: page.next_after,
     }))
 }
 
-async fn visible_certificate(state: &AppState, caller: &Caller, serial: &str) -> Result<CertificateRecord, ApiError> {
+async fn visible_certificate(
+    state: &AppState,
+    caller: &Caller,
+    serial: &str,
+) -> Result<CertificateRecord, ApiError> {
     let owned = serial.to_ascii_lowercase();
-    let record = state.pipeline.with_store(move |store| store.certificate(&owned)).await?;
+    let record = state
+        .pipeline
+        .with_store(move |store| store.certificate(&owned))
+        .await?;
     match record {
         Some(record) if may_access(&state.pipeline, &caller.0, &record) => Ok(record),
-        _ => Err(ApiError::NotFound(format!("no certificate with serial {serial}"))),
+        _ => Err(ApiError::NotFound(format!(
+            "no certificate with serial {serial}"
+        ))),
     }
 }
 
@@ -160,7 +211,10 @@ pub async fn show(
     Path(serial): Path<String>,
 ) -> Result<Json<CertificateDetail>, ApiError> {
     let record = visible_certificate(&state, &caller, &serial).await?;
-    Ok(Json(CertificateDetail::new(&record, state.pipeline.clock().now())))
+    Ok(Json(CertificateDetail::new(
+        &record,
+        state.pipeline.clock().now(),
+    )))
 }
 
 /// Query string of the download endpoint.
@@ -181,24 +235,35 @@ pub async fn download(
     let record = visible_certificate(&state, &caller, &serial).await?;
     let mut all = vec![record.der.clone()];
     all.extend(record.chain.iter().cloned());
-    let (content_type, extension, body): (&str, &str, Vec<u8>) = match params.format.as_deref().unwrap_or("pem") {
-        "pem" => (
-            "application/pem-certificate-chain",
-            "pem",
-            pem::encode_certificates(all.iter().map(Vec::as_slice)).into_bytes(),
-        ),
-        "der" => ("application/pkix-cert", "cer", record.der.clone()),
-        "p7b" => (
-            "application/pkcs7-mime; smime-type=certs-only",
-            "p7b",
-            pkcs7::certs_only(&all).map_err(|e| ApiError::Storage(format!("cannot encode PKCS#7: {e}")))?,
-        ),
-        other => {
-            return Err(ApiError::bad_request("bad_query", format!("format `{other}`: use pem, der or p7b")));
-        }
-    };
+    let (content_type, extension, body): (&str, &str, Vec<u8>) =
+        match params.format.as_deref().unwrap_or("pem") {
+            "pem" => (
+                "application/pem-certificate-chain",
+                "pem",
+                pem::encode_certificates(all.iter().map(Vec::as_slice)).into_bytes(),
+            ),
+            "der" => ("application/pkix-cert", "cer", record.der.clone()),
+            "p7b" => (
+                "application/pkcs7-mime; smime-type=certs-only",
+                "p7b",
+                pkcs7::certs_only(&all)
+                    .map_err(|e| ApiError::Storage(format!("cannot encode PKCS#7: {e}")))?,
+            ),
+            other => {
+                return Err(ApiError::bad_request(
+                    "bad_query",
+                    format!("format `{other}`: use pem, der or p7b"),
+                ));
+            }
+        };
     let disposition = format!("attachment; filename=\"{}.{extension}\"", record.serial);
-    Ok(([(header::CONTENT_TYPE, content_type.to_string()), (header::CONTENT_DISPOSITION, disposition)], body)
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        body,
+    )
         .into_response())
 }
 
@@ -211,10 +276,21 @@ pub async fn revoke(
 ) -> Result<Json<CertificateDetail>, ApiError> {
     let reason = match body.reason.as_deref() {
         None => RevocationReason::Unspecified,
-        Some(text) => RevocationReason::parse(text).map_err(|e| ApiError::bad_request("bad_reason", e))?,
+        Some(text) => {
+            RevocationReason::parse(text).map_err(|e| ApiError::bad_request("bad_reason", e))?
+        }
     };
-    let record = revocation::revoke(&state.pipeline, &caller.0, &serial.to_ascii_lowercase(), reason).await?;
-    Ok(Json(CertificateDetail::new(&record, state.pipeline.clock().now())))
+    let record = revocation::revoke(
+        &state.pipeline,
+        &caller.0,
+        &serial.to_ascii_lowercase(),
+        reason,
+    )
+    .await?;
+    Ok(Json(CertificateDetail::new(
+        &record,
+        state.pipeline.clock().now(),
+    )))
 }
 
 /// Anything else.

@@ -35,8 +35,14 @@ pub fn router(pipeline: Pipeline) -> Router {
         .route("/api/v1/enrollments", post(handlers::enroll))
         .route("/api/v1/certificates", get(handlers::list))
         .route("/api/v1/certificates/{serial}", get(handlers::show))
-        .route("/api/v1/certificates/{serial}/download", get(handlers::download))
-        .route("/api/v1/certificates/{serial}/revoke", post(handlers::revoke))
+        .route(
+            "/api/v1/certificates/{serial}/download",
+            get(handlers::download),
+        )
+        .route(
+            "/api/v1/certificates/{serial}/revoke",
+            post(handlers::revoke),
+        )
         .fallback(handlers::not_found)
         // Bodies are limited by our own extractor (JSON 413); disable axum's plain-text one.
         .layer(DefaultBodyLimit::disable())
@@ -51,7 +57,10 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16();
-    state.pipeline.metrics().http_request("api", method.as_str(), status);
+    state
+        .pipeline
+        .metrics()
+        .http_request("api", method.as_str(), status);
     tracing::debug!(%method, %path, status, elapsed_ms = started.elapsed().as_millis() as u64, "api request");
     response
 }

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use der::{Decode, Encode};
 use rcgen::{
-    BasicConstraints, CertificateParams, CrlDistributionPoint, CustomExtension, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
-    SignatureAlgorithm,
+    BasicConstraints, CertificateParams, CrlDistributionPoint, CustomExtension, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+    SanType, SerialNumber, SignatureAlgorithm,
 };
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
@@ -76,12 +76,17 @@ pub struct LocalCa {
 
 impl std::fmt::Debug for LocalCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalCa").field("issuing_not_after", &self.issuing_not_after).finish_non_exhaustive()
+        f.debug_struct("LocalCa")
+            .field("issuing_not_after", &self.issuing_not_after)
+            .finish_non_exhaustive()
     }
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LocalCaError + '_ {
-    move |source| LocalCaError::Io { path: path.to_path_buf(), source }
+    move |source| LocalCaError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn crypto(e: rcgen::Error) -> LocalCaError {
@@ -118,7 +123,11 @@ fn ca_params(cn: &str, organization: &str, path_len: Option<u8>) -> CertificateP
         Some(n) => BasicConstraints::Constrained(n),
         None => BasicConstraints::Unconstrained,
     });
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     params
 }
 
@@ -141,15 +150,24 @@ impl CaFiles {
         std::fs::read_to_string(&path).map_err(io_error(&path))
     }
     fn invalid(&self, name: &str, reason: impl ToString) -> LocalCaError {
-        LocalCaError::Invalid { path: self.path(name), reason: reason.to_string() }
+        LocalCaError::Invalid {
+            path: self.path(name),
+            reason: reason.to_string(),
+        }
     }
 }
 
 impl LocalCa {
     /// Load the CA from `dir`, or create it there when `dir` holds none. Returns the CA and
     /// whether it was created now.
-    pub fn create_or_load(dir: &Path, config: &CaConfig, now: OffsetDateTime) -> Result<(Self, bool), LocalCaError> {
-        let files = CaFiles { dir: dir.to_path_buf() };
+    pub fn create_or_load(
+        dir: &Path,
+        config: &CaConfig,
+        now: OffsetDateTime,
+    ) -> Result<(Self, bool), LocalCaError> {
+        let files = CaFiles {
+            dir: dir.to_path_buf(),
+        };
         let created = !files.path("ca.json").exists();
         if created {
             Self::create(&files, config, now)?;
@@ -182,13 +200,19 @@ impl LocalCa {
         let root_issuer = Issuer::new(root_params, &root_key);
 
         let issuing_key = generate_key(config.key_algorithm)?;
-        let mut issuing_params = ca_params(&metadata.issuing_subject_cn, &metadata.organization, Some(0));
+        let mut issuing_params = ca_params(
+            &metadata.issuing_subject_cn,
+            &metadata.organization,
+            Some(0),
+        );
         issuing_params.not_before = not_before;
         let issuing_days = config.issuing_validity_days.min(config.root_validity_days);
         issuing_params.not_after = now + Duration::days(issuing_days.into());
         issuing_params.serial_number = Some(SerialNumber::from_slice(Serial::random().as_bytes()));
         issuing_params.use_authority_key_identifier_extension = true;
-        let issuing_cert = issuing_params.signed_by(&issuing_key, &root_issuer).map_err(crypto)?;
+        let issuing_cert = issuing_params
+            .signed_by(&issuing_key, &root_issuer)
+            .map_err(crypto)?;
 
         let write_secret = |name: &str, text: String| {
             let path = files.path(name);
@@ -200,26 +224,36 @@ impl LocalCa {
         };
         write_secret("root.key.pem", root_key.serialize_pem())?;
         write_secret("issuing.key.pem", issuing_key.serialize_pem())?;
-        write_public("root.cert.pem", pem::encode(pem::CERTIFICATE, root_cert.der()))?;
-        write_public("issuing.cert.pem", pem::encode(pem::CERTIFICATE, issuing_cert.der()))?;
+        write_public(
+            "root.cert.pem",
+            pem::encode(pem::CERTIFICATE, root_cert.der()),
+        )?;
+        write_public(
+            "issuing.cert.pem",
+            pem::encode(pem::CERTIFICATE, issuing_cert.der()),
+        )?;
         // Written last: its presence marks a complete CA.
         let json = serde_json::to_string_pretty(&metadata).expect("metadata serializes");
         write_public("ca.json", json)
     }
 
     fn load(files: &CaFiles) -> Result<Self, LocalCaError> {
-        let metadata: CaMetadata =
-            serde_json::from_str(&files.read("ca.json")?).map_err(|e| files.invalid("ca.json", e))?;
+        let metadata: CaMetadata = serde_json::from_str(&files.read("ca.json")?)
+            .map_err(|e| files.invalid("ca.json", e))?;
         let key_pem = files.read("issuing.key.pem")?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| files.invalid("issuing.key.pem", e))?;
         if key.algorithm() != signature_algorithm(metadata.key_algorithm) {
-            return Err(files.invalid("issuing.key.pem", "key does not match the algorithm in ca.json"));
+            return Err(files.invalid(
+                "issuing.key.pem",
+                "key does not match the algorithm in ca.json",
+            ));
         }
         let issuing_der = pem::decode(&files.read("issuing.cert.pem")?, &[pem::CERTIFICATE])
             .map_err(|e| files.invalid("issuing.cert.pem", e))?;
         let root_der = pem::decode(&files.read("root.cert.pem")?, &[pem::CERTIFICATE])
             .map_err(|e| files.invalid("root.cert.pem", e))?;
-        let issuing_not_after = not_after_of(&issuing_der).map_err(|e| files.invalid("issuing.cert.pem", e))?;
+        let issuing_not_after =
+            not_after_of(&issuing_der).map_err(|e| files.invalid("issuing.cert.pem", e))?;
         let issuing_spki = Certificate::from_der(&issuing_der)
             .map_err(|e| files.invalid("issuing.cert.pem", e))?
             .tbs_certificate
@@ -230,7 +264,11 @@ impl LocalCa {
         if issuing_spki != key.der_bytes() {
             return Err(files.invalid("issuing.key.pem", "key does not match issuing.cert.pem"));
         }
-        let params = ca_params(&metadata.issuing_subject_cn, &metadata.organization, Some(0));
+        let params = ca_params(
+            &metadata.issuing_subject_cn,
+            &metadata.organization,
+            Some(0),
+        );
         Ok(LocalCa {
             issuer: Issuer::new(params, key),
             issuing_der,
@@ -248,7 +286,9 @@ impl LocalCa {
     fn sign(&self, order: &IssuanceOrder) -> Result<IssuedCertificate, CaError> {
         let not_after = order.not_after.min(self.issuing_not_after);
         if not_after <= order.not_before {
-            return Err(CaError::Refused("the issuing CA has expired or expires before the requested start".into()));
+            return Err(CaError::Refused(
+                "the issuing CA has expired or expires before the requested start".into(),
+            ));
         }
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -275,19 +315,32 @@ impl LocalCa {
             .collect::<Result<_, _>>()?;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if matches!(order.key_type, KeyType::Rsa { .. })
-            && order.extended_key_usages.contains(&ExtendedKeyUsage::ServerAuth)
+            && order
+                .extended_key_usages
+                .contains(&ExtendedKeyUsage::ServerAuth)
         {
             params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
         }
-        params.extended_key_usages = order.extended_key_usages.iter().map(|eku| eku_purpose(*eku)).collect();
+        params.extended_key_usages = order
+            .extended_key_usages
+            .iter()
+            .map(|eku| eku_purpose(*eku))
+            .collect();
         if let Some(url) = &self.publication.crl_url {
-            params.crl_distribution_points = vec![CrlDistributionPoint { uris: vec![url.clone()] }];
+            params.crl_distribution_points = vec![CrlDistributionPoint {
+                uris: vec![url.clone()],
+            }];
         }
         if let Some(aia) = self.authority_info_access()? {
             params.custom_extensions.push(aia);
         }
-        let public_key = RequesterKey { key_type: order.key_type, bytes: &order.public_key };
-        let cert = params.signed_by(&public_key, &self.issuer).map_err(|e| CaError::Refused(e.to_string()))?;
+        let public_key = RequesterKey {
+            key_type: order.key_type,
+            bytes: &order.public_key,
+        };
+        let cert = params
+            .signed_by(&public_key, &self.issuer)
+            .map_err(|e| CaError::Refused(e.to_string()))?;
         let der = cert.der().to_vec();
         let parsed = Certificate::from_der(&der).map_err(|e| CaError::Internal(e.to_string()))?;
         Ok(IssuedCertificate {
@@ -304,8 +357,14 @@ impl LocalCa {
         use x509_cert::ext::pkix::{AccessDescription, AuthorityInfoAccessSyntax};
         let mut descriptions = Vec::new();
         let entries = [
-            (const_oid::db::rfc5280::ID_AD_OCSP, &self.publication.ocsp_url),
-            (const_oid::db::rfc5280::ID_AD_CA_ISSUERS, &self.publication.ca_issuers_url),
+            (
+                const_oid::db::rfc5280::ID_AD_OCSP,
+                &self.publication.ocsp_url,
+            ),
+            (
+                const_oid::db::rfc5280::ID_AD_CA_ISSUERS,
+                &self.publication.ca_issuers_url,
+            ),
         ];
         for (method, url) in entries {
             if let Some(url) = url {
@@ -320,8 +379,13 @@ impl LocalCa {
         if descriptions.is_empty() {
             return Ok(None);
         }
-        let content = AuthorityInfoAccessSyntax(descriptions).to_der().map_err(|e| CaError::Internal(e.to_string()))?;
-        Ok(Some(CustomExtension::from_oid_content(AUTHORITY_INFO_ACCESS, content)))
+        let content = AuthorityInfoAccessSyntax(descriptions)
+            .to_der()
+            .map_err(|e| CaError::Internal(e.to_string()))?;
+        Ok(Some(CustomExtension::from_oid_content(
+            AUTHORITY_INFO_ACCESS,
+            content,
+        )))
     }
 }
 
@@ -389,7 +453,10 @@ mod tests {
             public_key: key.der_bytes().to_vec(),
             key_type,
             common_name: Some("a.test".into()),
-            sans: vec![Identifier::dns("a.test").unwrap(), Identifier::Ip("127.0.0.1".parse().unwrap())],
+            sans: vec![
+                Identifier::dns("a.test").unwrap(),
+                Identifier::Ip("127.0.0.1".parse().unwrap()),
+            ],
             not_before: now,
             not_after: now + Duration::days(9000),
             extended_key_usages: vec![ExtendedKeyUsage::ServerAuth],
@@ -398,7 +465,11 @@ mod tests {
 
     #[tokio::test]
     async fn creates_reloads_and_signs_for_each_algorithm() {
-        for algorithm in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP384, KeyAlgorithm::Rsa3072] {
+        for algorithm in [
+            KeyAlgorithm::EcdsaP256,
+            KeyAlgorithm::EcdsaP384,
+            KeyAlgorithm::Rsa3072,
+        ] {
             let dir = tempfile::tempdir().unwrap();
             let ca_dir = dir.path().join("ca");
             let mut config = Config::load_default().unwrap().ca;
@@ -407,7 +478,10 @@ mod tests {
             let (first, created) = LocalCa::create_or_load(&ca_dir, &config, now).unwrap();
             assert!(created);
             for key in ["root.key.pem", "issuing.key.pem"] {
-                let mode = std::fs::metadata(ca_dir.join(key)).unwrap().permissions().mode();
+                let mode = std::fs::metadata(ca_dir.join(key))
+                    .unwrap()
+                    .permissions()
+                    .mode();
                 assert_eq!(mode & 0o777, 0o600, "{key}");
             }
             let (second, created) = LocalCa::create_or_load(&ca_dir, &config, now).unwrap();
@@ -415,14 +489,20 @@ mod tests {
             assert_eq!(first.issuing_certificate(), second.issuing_certificate());
 
             let leaf_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-            let issued = second.issue(&order(&leaf_key, KeyType::EcdsaP256, now)).await.unwrap();
+            let issued = second
+                .issue(&order(&leaf_key, KeyType::EcdsaP256, now))
+                .await
+                .unwrap();
             assert_eq!(issued.subject, "CN=a.test");
             // Clamped to the issuing CA's end of life.
             assert_eq!(issued.not_after, second.issuing_not_after);
             let cert = Certificate::from_der(&issued.der).unwrap();
             assert_eq!(
                 cert.tbs_certificate.issuer,
-                Certificate::from_der(second.issuing_certificate()).unwrap().tbs_certificate.subject
+                Certificate::from_der(second.issuing_certificate())
+                    .unwrap()
+                    .tbs_certificate
+                    .subject
             );
         }
     }
@@ -435,7 +515,11 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         LocalCa::create_or_load(&ca_dir, &config, now).unwrap();
         let other = generate_key(KeyAlgorithm::EcdsaP256).unwrap();
-        files::write_secret(&ca_dir.join("issuing.key.pem"), other.serialize_pem().as_bytes()).unwrap();
+        files::write_secret(
+            &ca_dir.join("issuing.key.pem"),
+            other.serialize_pem().as_bytes(),
+        )
+        .unwrap();
         let error = LocalCa::create_or_load(&ca_dir, &config, now).unwrap_err();
         assert!(error.to_string().contains("does not match"), "{error}");
     }

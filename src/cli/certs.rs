@@ -106,7 +106,9 @@ fn query_string(filters: &ListFilters, after: Option<&str>) -> String {
 fn urlencode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -115,7 +117,12 @@ fn urlencode(text: &str) -> String {
 fn sans_text(cert: &Value) -> String {
     cert["sans"]
         .as_array()
-        .map(|sans| sans.iter().filter_map(|s| s["value"].as_str()).collect::<Vec<_>>().join(","))
+        .map(|sans| {
+            sans.iter()
+                .filter_map(|s| s["value"].as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .unwrap_or_default()
 }
 
@@ -127,10 +134,19 @@ pub async fn run(command: CertsCommand) -> anyhow::Result<ExitCode> {
             let mut shown = 0usize;
             let mut stdout = std::io::stdout().lock();
             if !json {
-                writeln!(stdout, "{:<34} {:<8} {:<21} {:<10} {:<12} SANS", "SERIAL", "STATUS", "NOT AFTER", "TEMPLATE", "OWNER")?;
+                writeln!(
+                    stdout,
+                    "{:<34} {:<8} {:<21} {:<10} {:<12} SANS",
+                    "SERIAL", "STATUS", "NOT AFTER", "TEMPLATE", "OWNER"
+                )?;
             }
             'pages: loop {
-                let page = client.get_json(&format!("/api/v1/certificates{}", query_string(&filters, after.as_deref()))).await?;
+                let page = client
+                    .get_json(&format!(
+                        "/api/v1/certificates{}",
+                        query_string(&filters, after.as_deref())
+                    ))
+                    .await?;
                 if json {
                     writeln!(stdout, "{page}")?;
                 }
@@ -160,23 +176,45 @@ pub async fn run(command: CertsCommand) -> anyhow::Result<ExitCode> {
         }
         CertsCommand::Show { serial, api } => {
             let client = ApiClient::new(&api)?;
-            let cert = client.get_json(&format!("/api/v1/certificates/{}", urlencode(&serial))).await?;
+            let cert = client
+                .get_json(&format!("/api/v1/certificates/{}", urlencode(&serial)))
+                .await?;
             println!("{}", serde_json::to_string_pretty(&cert)?);
         }
-        CertsCommand::Revoke { serial, reason, api } => {
+        CertsCommand::Revoke {
+            serial,
+            reason,
+            api,
+        } => {
             let client = ApiClient::new(&api)?;
             let path = format!("/api/v1/certificates/{}/revoke", urlencode(&serial));
-            let body = client.send(Method::POST, &path, Some(json!({ "reason": reason }))).await?;
+            let body = client
+                .send(Method::POST, &path, Some(json!({ "reason": reason })))
+                .await?;
             let cert: Value = serde_json::from_slice(&body)?;
-            println!("revoked {} ({})", cert["serial"].as_str().unwrap_or(&serial), cert["revocation"]["reason"].as_str().unwrap_or(""));
+            println!(
+                "revoked {} ({})",
+                cert["serial"].as_str().unwrap_or(&serial),
+                cert["revocation"]["reason"].as_str().unwrap_or("")
+            );
         }
-        CertsCommand::Export { serial, format, out, api } => {
+        CertsCommand::Export {
+            serial,
+            format,
+            out,
+            api,
+        } => {
             let client = ApiClient::new(&api)?;
-            let path = format!("/api/v1/certificates/{}/download?format={}", urlencode(&serial), urlencode(&format));
+            let path = format!(
+                "/api/v1/certificates/{}/download?format={}",
+                urlencode(&serial),
+                urlencode(&format)
+            );
             let body = client.send(Method::GET, &path, None).await?;
             match out {
                 Some(file) => {
-                    crate::files::write_public(&file, &body).with_context(|| format!("writing {}", file.display()))?;
+                    crate::files::write_public(&file, &body)
+                        .with_context(|| format!("writing {}", file.display()))?;
                     eprintln!("wrote {}", file.display());
                 }
                 None => std::io::stdout().lock().write_all(&body)?,

@@ -35,26 +35,43 @@ impl ApiClient {
         };
         let mut builder = reqwest::Client::builder().use_rustls_tls();
         if base.starts_with("https://") {
-            let bundle = args.ca_bundle.clone().unwrap_or_else(|| config.server.data_dir.join("ca-bundle.pem"));
-            let pem = std::fs::read(&bundle).with_context(|| format!("reading the CA bundle {}", bundle.display()))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).context("parsing the CA bundle")? {
+            let bundle = args
+                .ca_bundle
+                .clone()
+                .unwrap_or_else(|| config.server.data_dir.join("ca-bundle.pem"));
+            let pem = std::fs::read(&bundle)
+                .with_context(|| format!("reading the CA bundle {}", bundle.display()))?;
+            for cert in
+                reqwest::Certificate::from_pem_bundle(&pem).context("parsing the CA bundle")?
+            {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        Ok(ApiClient { http: builder.build()?, base, key })
+        Ok(ApiClient {
+            http: builder.build()?,
+            base,
+            key,
+        })
     }
 
     /// Send a request; return the body of a 2xx answer, or fail with the API's message.
-    pub async fn send(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Vec<u8>> {
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Vec<u8>> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url).bearer_auth(&self.key);
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the rampart API at {} (is `rampart serve` running?)", self.base))?;
+        let response = request.send().await.with_context(|| {
+            format!(
+                "cannot reach the rampart API at {} (is `rampart serve` running?)",
+                self.base
+            )
+        })?;
         let status = response.status();
         let bytes = response.bytes().await?;
         if status.is_success() {
@@ -72,6 +89,8 @@ impl ApiClient {
 
     /// GET returning JSON.
     pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
-        Ok(serde_json::from_slice(&self.send(Method::GET, path, None).await?)?)
+        Ok(serde_json::from_slice(
+            &self.send(Method::GET, path, None).await?,
+        )?)
     }
 }

@@ -41,6 +41,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Command {
     /// Run the daemon (embedded defaults when no --config is given).
     Serve {
@@ -126,7 +127,9 @@ fn config_text_for(data_dir: &Path) -> anyhow::Result<String> {
     if !DEFAULT_CONFIG_TOML.contains(DEFAULT_LINE) {
         bail!("the embedded configuration lost its data_dir line");
     }
-    let path = data_dir.to_str().context("the directory path is not UTF-8")?;
+    let path = data_dir
+        .to_str()
+        .context("the directory path is not UTF-8")?;
     let value = toml::Value::String(path.to_string());
     Ok(DEFAULT_CONFIG_TOML.replacen(DEFAULT_LINE, &format!("data_dir = {value}"), 1))
 }
@@ -134,10 +137,15 @@ fn config_text_for(data_dir: &Path) -> anyhow::Result<String> {
 async fn init(dir: &Path) -> anyhow::Result<ExitCode> {
     let config_path = dir.join("rampart.toml");
     if config_path.exists() {
-        bail!("{} already exists; rampart init does not overwrite a configuration", config_path.display());
+        bail!(
+            "{} already exists; rampart init does not overwrite a configuration",
+            config_path.display()
+        );
     }
     crate::files::create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
     crate::files::write_public(&config_path, config_text_for(&dir)?.as_bytes())
         .with_context(|| format!("writing {}", config_path.display()))?;
     let config = Config::load(Some(&config_path))?;
@@ -148,7 +156,10 @@ async fn init(dir: &Path) -> anyhow::Result<ExitCode> {
     if let Some(key) = &boot.new_admin_key {
         print_new_key(key);
     }
-    println!("Start with: rampart serve --config {}", config_path.display());
+    println!(
+        "Start with: rampart serve --config {}",
+        config_path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -164,6 +175,9 @@ mod tests {
         std::fs::write(&file, text).unwrap();
         let config = Config::load(Some(&file)).unwrap();
         assert_eq!(config.server.data_dir, PathBuf::from("/srv/ra \"x\""));
-        assert_eq!(config.roles.len(), Config::load_default().unwrap().roles.len());
+        assert_eq!(
+            config.roles.len(),
+            Config::load_default().unwrap().roles.len()
+        );
     }
 }

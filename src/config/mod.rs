@@ -234,10 +234,12 @@ impl Config {
                 path: path.to_path_buf(),
                 source,
             })?;
-            let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-                path: path.to_path_buf(),
-                message: e.message().to_string() + &line_hint(&text, e.span()),
-            })?;
+            let table: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                        path: path.to_path_buf(),
+                        message: e.message().to_string() + &line_hint(&text, e.span()),
+                    })?;
             for policy_table in POLICY_TABLES {
                 if table.contains_key(policy_table) {
                     defaults.remove(policy_table);
@@ -245,7 +247,9 @@ impl Config {
             }
             user = Some(table);
         }
-        figment = figment.merge(Toml::string(&toml::to_string(&defaults).expect("re-encode defaults")));
+        figment = figment.merge(Toml::string(
+            &toml::to_string(&defaults).expect("re-encode defaults"),
+        ));
         if let Some(table) = user {
             let text = toml::to_string(&table).expect("re-encode a parsed table");
             figment = figment.merge(Toml::string(&text));
@@ -268,7 +272,10 @@ impl Config {
             return Err(bad("server.public_hostname".into(), "must not be empty"));
         }
         if self.ca.root_validity_days == 0 || self.ca.issuing_validity_days == 0 {
-            return Err(bad("ca.root_validity_days".into(), "CA validity must be at least one day"));
+            return Err(bad(
+                "ca.root_validity_days".into(),
+                "CA validity must be at least one day",
+            ));
         }
         if self.ca.issuing_validity_days > self.ca.root_validity_days {
             return Err(bad(
@@ -281,14 +288,23 @@ impl Config {
             ("ca.ocsp_url", &self.ca.ocsp_url),
             ("ca.ca_issuers_url", &self.ca.ca_issuers_url),
         ] {
-            if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(bad(key.into(), "must be an http:// or https:// URL, or empty"));
+            if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(bad(
+                    key.into(),
+                    "must be an http:// or https:// URL, or empty",
+                ));
             }
         }
         if self.tls.cert_file.is_empty() != self.tls.key_file.is_empty() {
-            return Err(bad("tls.cert_file".into(), "tls.cert_file and tls.key_file go together"));
+            return Err(bad(
+                "tls.cert_file".into(),
+                "tls.cert_file and tls.key_file go together",
+            ));
         }
-        for (key, file) in [("tls.cert_file", &self.tls.cert_file), ("tls.key_file", &self.tls.key_file)] {
+        for (key, file) in [
+            ("tls.cert_file", &self.tls.cert_file),
+            ("tls.key_file", &self.tls.key_file),
+        ] {
             if !file.is_empty() && !Path::new(file).is_file() {
                 return Err(bad(key.into(), &format!("file {file} does not exist")));
             }
@@ -361,11 +377,15 @@ impl DnsNamePattern {
             return true;
         }
         if let Some(zone) = text.strip_prefix("**.") {
-            let below = name.strip_suffix(zone).and_then(|rest| rest.strip_suffix('.'));
+            let below = name
+                .strip_suffix(zone)
+                .and_then(|rest| rest.strip_suffix('.'));
             return below.is_some_and(|labels| !labels.is_empty());
         }
         if let Some(zone) = text.strip_prefix("*.") {
-            let below = name.strip_suffix(zone).and_then(|rest| rest.strip_suffix('.'));
+            let below = name
+                .strip_suffix(zone)
+                .and_then(|rest| rest.strip_suffix('.'));
             return below.is_some_and(|label| !label.is_empty() && !label.contains('.'));
         }
         name == text
@@ -413,7 +433,10 @@ fn validate_dns_pattern(pattern: &str) -> Result<(), &'static str> {
         if label.is_empty() || label.len() > 63 {
             return Err("every label must have 1 to 63 characters");
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return Err("labels may hold only letters, digits and hyphens");
         }
     }
@@ -436,8 +459,15 @@ fn one_line_figment_error(error: figment::Error) -> String {
         .map(|e| {
             let key = e.path.join(".");
             let kind = e.kind.to_string();
-            let from = if e.metadata.as_ref().is_some_and(|m| m.name.contains("environment")) {
-                format!(" (from environment variable {ENV_PREFIX}{})", e.path.join("__").to_uppercase())
+            let from = if e
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.name.contains("environment"))
+            {
+                format!(
+                    " (from environment variable {ENV_PREFIX}{})",
+                    e.path.join("__").to_uppercase()
+                )
             } else {
                 String::new()
             };
@@ -491,7 +521,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = load_text("[api]\nlisten_addr = \"127.0.0.1:1\"\n").unwrap_err().to_string();
+        let err = load_text("[api]\nlisten_addr = \"127.0.0.1:1\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("listen_addr"), "{err}");
         let err = load_text("[nosuch]\nx = 1\n").unwrap_err().to_string();
         assert!(err.contains("nosuch"), "{err}");
@@ -499,14 +531,19 @@ mod tests {
 
     #[test]
     fn wrong_type_is_named() {
-        let err = load_text("[api]\nmax_body_bytes = \"big\"\n").unwrap_err().to_string();
+        let err = load_text("[api]\nmax_body_bytes = \"big\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("api.max_body_bytes"), "{err}");
     }
 
     #[test]
     fn syntax_error_names_file_and_line() {
         let err = load_text("[api]\n\nlisten = \n").unwrap_err().to_string();
-        assert!(err.contains("rampart.toml") && err.contains("line 3"), "{err}");
+        assert!(
+            err.contains("rampart.toml") && err.contains("line 3"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -536,10 +573,14 @@ mod tests {
 
     #[test]
     fn role_referencing_unknown_template_is_refused() {
-        let err = load_text("[roles.x]\ntemplates=['nope']\ndns_names=[]\nip_ranges=[]\nmanage=false\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("roles.x.templates") && err.contains("nope"), "{err}");
+        let err =
+            load_text("[roles.x]\ntemplates=['nope']\ndns_names=[]\nip_ranges=[]\nmanage=false\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("roles.x.templates") && err.contains("nope"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -554,10 +595,15 @@ mod tests {
         assert!(p("host.example").matches("host.example"));
         assert!(!p("host.example").matches("www.host.example"));
         assert!(p("**").matches("anything.at.all"));
-        let err = load_text("[roles.admin]\ntemplates=[]\ndns_names=['a.*.b']\nip_ranges=[]\nmanage=false\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("roles.admin.dns_names") && err.contains("a.*.b"), "{err}");
+        let err = load_text(
+            "[roles.admin]\ntemplates=[]\ndns_names=['a.*.b']\nip_ranges=[]\nmanage=false\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("roles.admin.dns_names") && err.contains("a.*.b"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -571,6 +617,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail signature, not ours
     fn environment_overrides_apply() {
         // A private prefix, so that other tests running in parallel never see these.
         let env = || Env::prefixed("RAMPART_TEST_ENV__").split("__");
@@ -582,7 +629,10 @@ mod tests {
             assert_eq!(config.templates["server"].max_sans, 7);
             jail.set_env("RAMPART_TEST_ENV__API__MAX_BODY_BYTES", "lots");
             let err = Config::load_with_env(None, env()).unwrap_err().to_string();
-            assert!(err.contains("api.max_body_bytes") && err.contains("environment variable"), "{err}");
+            assert!(
+                err.contains("api.max_body_bytes") && err.contains("environment variable"),
+                "{err}"
+            );
             Ok(())
         });
     }

@@ -31,7 +31,11 @@ pub enum RevokeError {
 }
 
 /// Whether `identity` may see and act on `certificate`: its owner, or a manager.
-pub fn may_access(pipeline: &Pipeline, identity: &Identity, certificate: &CertificateRecord) -> bool {
+pub fn may_access(
+    pipeline: &Pipeline,
+    identity: &Identity,
+    certificate: &CertificateRecord,
+) -> bool {
     certificate.owner == identity.name || may_manage(pipeline.config(), identity)
 }
 
@@ -40,9 +44,12 @@ pub fn may_access(pipeline: &Pipeline, identity: &Identity, certificate: &Certif
 /// permanent.
 pub fn check_reason(reason: RevocationReason) -> Result<(), RevokeError> {
     match reason {
-        RevocationReason::RemoveFromCrl | RevocationReason::CertificateHold => Err(RevokeError::ReasonNotAllowed(
-            format!("`{}` is not accepted: revocation in rampart is permanent", reason.name()),
-        )),
+        RevocationReason::RemoveFromCrl | RevocationReason::CertificateHold => {
+            Err(RevokeError::ReasonNotAllowed(format!(
+                "`{}` is not accepted: revocation in rampart is permanent",
+                reason.name()
+            )))
+        }
         _ => Ok(()),
     }
 }
@@ -56,13 +63,19 @@ pub async fn revoke(
 ) -> Result<CertificateRecord, RevokeError> {
     check_reason(reason)?;
     let owned = serial.to_string();
-    let existing = pipeline.with_store(move |store| store.certificate(&owned)).await?;
+    let existing = pipeline
+        .with_store(move |store| store.certificate(&owned))
+        .await?;
     match existing {
         Some(cert) if may_access(pipeline, identity, &cert) => {}
         _ => return Err(RevokeError::NotFound(serial.to_string())),
     }
     let now = pipeline.clock().now();
-    let revocation = Revocation { revoked_at: now, reason, revoked_by: identity.name.clone() };
+    let revocation = Revocation {
+        revoked_at: now,
+        reason,
+        revoked_by: identity.name.clone(),
+    };
     let audit = AuditEntry {
         time: now,
         request_id: None,
@@ -81,7 +94,9 @@ pub async fn revoke(
         data: json!({ "serial": serial, "reason": reason.name(), "revoked_by": identity.name }),
     };
     let owned = serial.to_string();
-    let outcome = pipeline.with_store(move |store| store.revoke(&owned, &revocation, &audit, &event)).await?;
+    let outcome = pipeline
+        .with_store(move |store| store.revoke(&owned, &revocation, &audit, &event))
+        .await?;
     match outcome {
         RevokeOutcome::Revoked(cert) => {
             tracing::info!(%serial, reason = reason.name(), by = %identity.name, "certificate revoked");

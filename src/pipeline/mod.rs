@@ -16,11 +16,15 @@ use crate::ca::{CaAdapter, CaError, IssuanceOrder, Serial};
 use crate::clock::Clock;
 use crate::config::{Config, ExtendedKeyUsage};
 use crate::metrics::Metrics;
-use crate::model::{CertificateRecord, EnrollmentRequest, Identifier, Identity, KeyType, Protocol, StoredStatus};
+use crate::model::{
+    CertificateRecord, EnrollmentRequest, Identifier, Identity, KeyType, Protocol, StoredStatus,
+};
 use crate::pkix::csr::{CsrError, VerifiedCsr};
 use crate::pkix::sha256_hex;
 use crate::policy::{self, Approval, Decision, Denial, Layer, PolicyRequest, Step};
-use crate::store::{AuditAction, AuditEntry, EventKind, NewEvent, RequestRecord, RequestState, Store, StoreError};
+use crate::store::{
+    AuditAction, AuditEntry, EventKind, NewEvent, RequestRecord, RequestState, Store, StoreError,
+};
 
 /// Certificates start this long before the moment of issuance, to absorb clock skew.
 const BACKDATE: Duration = Duration::minutes(5);
@@ -84,7 +88,13 @@ impl Pipeline {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Pipeline { config, store, ca, clock, metrics }
+        Pipeline {
+            config,
+            store,
+            ca,
+            clock,
+            metrics,
+        }
     }
 
     /// The configuration it decides on.
@@ -130,7 +140,11 @@ impl Pipeline {
             Ok(csr) => csr,
             Err(error) => {
                 let denial = csr_denial(&error);
-                let trace = vec![Step { layer: Layer::Input, verdict: "denied", detail: denial.reason.clone() }];
+                let trace = vec![Step {
+                    layer: Layer::Input,
+                    verdict: "denied",
+                    detail: denial.reason.clone(),
+                }];
                 return self.deny(&request, Vec::new(), denial, trace).await;
             }
         };
@@ -147,7 +161,11 @@ impl Pipeline {
             },
         );
         let approval = match evaluation.decision {
-            Decision::Denied(denial) => return self.deny(&request, identifiers, denial, evaluation.trace).await,
+            Decision::Denied(denial) => {
+                return self
+                    .deny(&request, identifiers, denial, evaluation.trace)
+                    .await
+            }
             Decision::Approved(approval) => approval,
         };
         let template = &self.config.templates[&request.template];
@@ -165,7 +183,8 @@ impl Pipeline {
             trace: evaluation.trace,
         };
         let record = self.issue(approved).await?;
-        self.metrics.issuance(request.protocol.as_str(), started.elapsed().as_secs_f64());
+        self.metrics
+            .issuance(request.protocol.as_str(), started.elapsed().as_secs_f64());
         Ok(Outcome::Issued(Box::new(record)))
     }
 
@@ -185,7 +204,11 @@ impl Pipeline {
             protocol: Protocol::Internal,
             identity: &identity,
             template: "rampart-listener",
-            approval: Approval { identifiers, common_name, validity_days },
+            approval: Approval {
+                identifiers,
+                common_name,
+                validity_days,
+            },
             public_key,
             key_type,
             extended_key_usages: vec![ExtendedKeyUsage::ServerAuth],
@@ -232,14 +255,17 @@ impl Pipeline {
         let now = self.clock.now();
         tracing::info!(request_id = %request.request_id, layer = denial.layer.as_str(), rule = denial.rule,
             reason = %denial.reason, "request denied");
-        self.metrics.decision(request.protocol.as_str(), "denied", denial.layer.as_str());
+        self.metrics
+            .decision(request.protocol.as_str(), "denied", denial.layer.as_str());
         let record = RequestRecord {
             request_id: request.request_id,
             protocol: request.protocol,
             identity: request.identity.name.clone(),
             template: request.template.clone(),
             identifiers: identifiers.clone(),
-            state: RequestState::Denied { reason: denial.reason.clone() },
+            state: RequestState::Denied {
+                reason: denial.reason.clone(),
+            },
             created_at: now,
             updated_at: now,
         };
@@ -272,13 +298,21 @@ impl Pipeline {
                 "reason": denial.reason,
             }),
         };
-        self.with_store(move |store| store.record_denial(&record, &audit, &event)).await?;
-        Ok(Outcome::Denied { request_id: request.request_id, denial })
+        self.with_store(move |store| store.record_denial(&record, &audit, &event))
+            .await?;
+        Ok(Outcome::Denied {
+            request_id: request.request_id,
+            denial,
+        })
     }
 
     async fn issue(&self, approved: Approved<'_>) -> Result<CertificateRecord, PipelineError> {
         // Certificates carry whole seconds; so does the record.
-        let now = self.clock.now().replace_nanosecond(0).expect("0 is a valid nanosecond");
+        let now = self
+            .clock
+            .now()
+            .replace_nanosecond(0)
+            .expect("0 is a valid nanosecond");
         let protocol = approved.protocol.as_str();
         self.metrics.decision(protocol, "approved", "");
         let actor = approved.identity.name.clone();
@@ -290,7 +324,11 @@ impl Pipeline {
             outcome: "approved".into(),
             layer: None,
             rule: None,
-            reason: format!("template `{}` approved for {} name(s)", approved.template, approved.approval.identifiers.len()),
+            reason: format!(
+                "template `{}` approved for {} name(s)",
+                approved.template,
+                approved.approval.identifiers.len()
+            ),
             subject: None,
             details: json!({
                 "protocol": approved.protocol,
@@ -308,7 +346,9 @@ impl Pipeline {
                 identity: actor.clone(),
                 template: approved.template.to_string(),
                 identifiers: approved.approval.identifiers.clone(),
-                state: RequestState::Issuing { serial: serial.to_string() },
+                state: RequestState::Issuing {
+                    serial: serial.to_string(),
+                },
                 created_at: now,
                 updated_at: now,
             };
@@ -354,7 +394,8 @@ impl Pipeline {
                     details: json!({ "ca": self.ca.id() }),
                 };
                 let request_id = approved.request_id;
-                self.with_store(move |store| store.fail_issuance(request_id, &reason, &audit)).await?;
+                self.with_store(move |store| store.fail_issuance(request_id, &reason, &audit))
+                    .await?;
                 return Err(error.into());
             }
         };
@@ -407,7 +448,8 @@ impl Pipeline {
             }),
         };
         let stored = record.clone();
-        self.with_store(move |store| store.complete_issuance(&stored, &audit, &event)).await?;
+        self.with_store(move |store| store.complete_issuance(&stored, &audit, &event))
+            .await?;
         tracing::info!(request_id = %record.request_id, serial = %record.serial, owner = %record.owner, "certificate issued");
         Ok(record)
     }

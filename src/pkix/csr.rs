@@ -69,15 +69,18 @@ impl VerifiedCsr {
         let public_key = spki
             .subject_public_key
             .as_bytes()
-            .ok_or_else(|| CsrError::UnsupportedKey("public key is not a whole number of bytes".into()))?
+            .ok_or_else(|| {
+                CsrError::UnsupportedKey("public key is not a whole number of bytes".into())
+            })?
             .to_vec();
         let key_type = key_type(spki)?;
         let algorithm = verification_algorithm(&request.algorithm.oid, key_type)?;
-        let signed = info.to_der().map_err(|e| CsrError::Malformed(e.to_string()))?;
-        let signature_bytes = request
-            .signature
-            .as_bytes()
-            .ok_or_else(|| CsrError::Malformed("signature is not a whole number of bytes".into()))?;
+        let signed = info
+            .to_der()
+            .map_err(|e| CsrError::Malformed(e.to_string()))?;
+        let signature_bytes = request.signature.as_bytes().ok_or_else(|| {
+            CsrError::Malformed("signature is not a whole number of bytes".into())
+        })?;
         UnparsedPublicKey::new(algorithm, &public_key)
             .verify(&signed, signature_bytes)
             .map_err(|_| CsrError::BadSignature)?;
@@ -106,16 +109,24 @@ impl VerifiedCsr {
                 }
             }
         }
-        let common_name = info.subject.0.iter().flat_map(|rdn| rdn.0.iter()).find_map(|atv| {
-            (atv.oid == rfc4519::CN).then(|| String::from_utf8_lossy(atv.value.value()).into_owned())
-        });
+        let common_name = info
+            .subject
+            .0
+            .iter()
+            .flat_map(|rdn| rdn.0.iter())
+            .find_map(|atv| {
+                (atv.oid == rfc4519::CN)
+                    .then(|| String::from_utf8_lossy(atv.value.value()).into_owned())
+            });
         Ok(VerifiedCsr {
             der: der.to_vec(),
             subject: info.subject.to_string(),
             common_name,
             identifiers,
             key_type,
-            spki_der: spki.to_der().map_err(|e| CsrError::Malformed(e.to_string()))?,
+            spki_der: spki
+                .to_der()
+                .map_err(|e| CsrError::Malformed(e.to_string()))?,
             public_key,
         })
     }
@@ -162,7 +173,9 @@ fn verification_algorithm(
         Rsa { .. } if oid == rfc5912::SHA_256_WITH_RSA_ENCRYPTION => {
             Some(&signature::RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY)
         }
-        Rsa { .. } if oid == rfc5912::SHA_384_WITH_RSA_ENCRYPTION => Some(&signature::RSA_PKCS1_2048_8192_SHA384),
+        Rsa { .. } if oid == rfc5912::SHA_384_WITH_RSA_ENCRYPTION => {
+            Some(&signature::RSA_PKCS1_2048_8192_SHA384)
+        }
         Rsa { .. } if oid == rfc5912::SHA_512_WITH_RSA_ENCRYPTION => {
             Some(&signature::RSA_PKCS1_1024_8192_SHA512_FOR_LEGACY_USE_ONLY)
         }
@@ -173,7 +186,8 @@ fn verification_algorithm(
         Ed25519 if oid == rfc8410::ID_ED_25519 => Some(&signature::ED25519),
         _ => None,
     };
-    algorithm.ok_or_else(|| CsrError::UnsupportedSignatureAlgorithm(format!("{oid} with a {key} key")))
+    algorithm
+        .ok_or_else(|| CsrError::UnsupportedSignatureAlgorithm(format!("{oid} with a {key} key")))
 }
 
 fn general_name(name: &GeneralName) -> Result<Identifier, CsrError> {
@@ -188,8 +202,14 @@ fn general_name(name: &GeneralName) -> Result<Identifier, CsrError> {
             };
             Ok(Identifier::Ip(ip))
         }
-        GeneralName::Rfc822Name(_) => Err(CsrError::BadName("email addresses (rfc822Name) are not issued yet".into())),
-        GeneralName::UniformResourceIdentifier(_) => Err(CsrError::BadName("URIs are not issued yet".into())),
-        _ => Err(CsrError::BadName("only dNSName and iPAddress names are supported".into())),
+        GeneralName::Rfc822Name(_) => Err(CsrError::BadName(
+            "email addresses (rfc822Name) are not issued yet".into(),
+        )),
+        GeneralName::UniformResourceIdentifier(_) => {
+            Err(CsrError::BadName("URIs are not issued yet".into()))
+        }
+        _ => Err(CsrError::BadName(
+            "only dNSName and iPAddress names are supported".into(),
+        )),
     }
 }

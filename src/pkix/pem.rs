@@ -27,8 +27,8 @@ pub enum PemError {
 
 /// Decode one PEM document whose label is one of `labels`.
 pub fn decode(text: &str, labels: &[&str]) -> Result<Vec<u8>, PemError> {
-    let (label, der) =
-        der::pem::decode_vec(text.trim().as_bytes()).map_err(|e| PemError::Malformed(e.to_string()))?;
+    let (label, der) = der::pem::decode_vec(text.trim().as_bytes())
+        .map_err(|e| PemError::Malformed(e.to_string()))?;
     if !labels.contains(&label) {
         return Err(PemError::WrongLabel {
             expected: labels.join(" or "),
@@ -40,12 +40,15 @@ pub fn decode(text: &str, labels: &[&str]) -> Result<Vec<u8>, PemError> {
 
 /// Encode DER as one PEM document.
 pub fn encode(label: &str, der: &[u8]) -> String {
-    der::pem::encode_string(label, LineEnding::LF, der).expect("PEM encoding of a byte string cannot fail")
+    der::pem::encode_string(label, LineEnding::LF, der)
+        .expect("PEM encoding of a byte string cannot fail")
 }
 
 /// Encode certificates (leaf first) as concatenated PEM.
 pub fn encode_certificates<'a>(ders: impl IntoIterator<Item = &'a [u8]>) -> String {
-    ders.into_iter().map(|der| encode(CERTIFICATE, der)).collect()
+    ders.into_iter()
+        .map(|der| encode(CERTIFICATE, der))
+        .collect()
 }
 
 /// Split concatenated PEM certificates into DER (other PEM blocks are skipped).
@@ -77,7 +80,9 @@ mod tests {
     #[test]
     fn wrong_label_is_named() {
         let text = encode("PRIVATE KEY", &[1, 2, 3]);
-        let err = decode(&text, &["CERTIFICATE REQUEST"]).unwrap_err().to_string();
+        let err = decode(&text, &["CERTIFICATE REQUEST"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("PRIVATE KEY"), "{err}");
         assert!(decode("garbage", &["X"]).is_err());
     }

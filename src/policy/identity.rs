@@ -13,21 +13,35 @@ pub fn roles_for_template<'c>(
     let known: Vec<(&str, &RoleConfig)> = identity
         .roles
         .iter()
-        .filter_map(|name| config.roles.get_key_value(name).map(|(n, r)| (n.as_str(), r)))
+        .filter_map(|name| {
+            config
+                .roles
+                .get_key_value(name)
+                .map(|(n, r)| (n.as_str(), r))
+        })
         .collect();
     if known.is_empty() {
         return Err(Denial::new(
             Layer::Identity,
             "no_role",
-            format!("identity `{}` holds no role defined in the configuration", identity.name),
+            format!(
+                "identity `{}` holds no role defined in the configuration",
+                identity.name
+            ),
         ));
     }
-    let allowed: Vec<_> = known.into_iter().filter(|(_, role)| role.templates.iter().any(|t| t == template)).collect();
+    let allowed: Vec<_> = known
+        .into_iter()
+        .filter(|(_, role)| role.templates.iter().any(|t| t == template))
+        .collect();
     if allowed.is_empty() {
         return Err(Denial::new(
             Layer::Identity,
             "template_not_allowed",
-            format!("no role of `{}` may use template `{template}`", identity.name),
+            format!(
+                "no role of `{}` may use template `{template}`",
+                identity.name
+            ),
         ));
     }
     Ok(allowed)
@@ -35,7 +49,10 @@ pub fn roles_for_template<'c>(
 
 /// Whether the identity may manage every certificate (not only its own).
 pub fn may_manage(config: &Config, identity: &Identity) -> bool {
-    identity.roles.iter().any(|name| config.roles.get(name).is_some_and(|role| role.manage))
+    identity
+        .roles
+        .iter()
+        .any(|name| config.roles.get(name).is_some_and(|role| role.manage))
 }
 
 #[cfg(test)]
@@ -47,14 +64,29 @@ mod tests {
     fn role_must_exist_and_list_the_template() {
         let config = Config::load_default().unwrap();
         let mut identity = admin();
-        assert_eq!(roles_for_template(&config, &identity, "server").unwrap().len(), 1);
+        assert_eq!(
+            roles_for_template(&config, &identity, "server")
+                .unwrap()
+                .len(),
+            1
+        );
         assert!(may_manage(&config, &identity));
         identity.roles = vec!["ghost".into()];
-        assert_eq!(roles_for_template(&config, &identity, "server").unwrap_err().rule, "no_role");
+        assert_eq!(
+            roles_for_template(&config, &identity, "server")
+                .unwrap_err()
+                .rule,
+            "no_role"
+        );
         assert!(!may_manage(&config, &identity));
         let mut config = config;
         config.roles.get_mut("admin").unwrap().templates = vec!["client".into()];
         identity.roles = vec!["admin".into()];
-        assert_eq!(roles_for_template(&config, &identity, "server").unwrap_err().rule, "template_not_allowed");
+        assert_eq!(
+            roles_for_template(&config, &identity, "server")
+                .unwrap_err()
+                .rule,
+            "template_not_allowed"
+        );
     }
 }

@@ -58,7 +58,11 @@ pub struct Denial {
 impl Denial {
     /// A denial.
     pub fn new(layer: Layer, rule: &'static str, reason: impl Into<String>) -> Self {
-        Denial { layer, rule, reason: reason.into() }
+        Denial {
+            layer,
+            rule,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -126,22 +130,38 @@ pub fn evaluate(config: &Config, request: &PolicyRequest<'_>) -> Evaluation {
     let decision = match outcome {
         Ok(approval) => Decision::Approved(approval),
         Err(denial) => {
-            trace.push(Step { layer: denial.layer, verdict: "denied", detail: denial.reason.clone() });
+            trace.push(Step {
+                layer: denial.layer,
+                verdict: "denied",
+                detail: denial.reason.clone(),
+            });
             Decision::Denied(denial)
         }
     };
     Evaluation { decision, trace }
 }
 
-fn run_layers(config: &Config, request: &PolicyRequest<'_>, trace: &mut Vec<Step>) -> Result<Approval, Denial> {
+fn run_layers(
+    config: &Config,
+    request: &PolicyRequest<'_>,
+    trace: &mut Vec<Step>,
+) -> Result<Approval, Denial> {
     let template: &TemplateConfig = config.templates.get(request.template).ok_or_else(|| {
-        Denial::new(Layer::Identity, "unknown_template", format!("there is no template `{}`", request.template))
+        Denial::new(
+            Layer::Identity,
+            "unknown_template",
+            format!("there is no template `{}`", request.template),
+        )
     })?;
     let roles = identity::roles_for_template(config, request.identity, request.template)?;
     trace.push(Step {
         layer: Layer::Identity,
         verdict: "passed",
-        detail: format!("roles {:?} may use template `{}`", roles.iter().map(|(n, _)| n).collect::<Vec<_>>(), request.template),
+        detail: format!(
+            "roles {:?} may use template `{}`",
+            roles.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            request.template
+        ),
     });
     names::check(&roles, request.identifiers)?;
     trace.push(Step {
@@ -210,7 +230,12 @@ pub(crate) mod tests {
             key_type: KeyType::EcdsaP256,
             validity_days: None,
         };
-        let Decision::Denied(denial) = evaluate(&config, &request).decision else { panic!("approved") };
-        assert_eq!((denial.layer, denial.rule), (Layer::Identity, "unknown_template"));
+        let Decision::Denied(denial) = evaluate(&config, &request).decision else {
+            panic!("approved")
+        };
+        assert_eq!(
+            (denial.layer, denial.rule),
+            (Layer::Identity, "unknown_template")
+        );
     }
 }

@@ -40,10 +40,19 @@ mod tests {
     fn names_outside_the_role_are_refused() {
         let config = Config::load_default().unwrap();
         let roles: Vec<_> = config.roles.iter().map(|(n, r)| (n.as_str(), r)).collect();
-        let ok = [Identifier::dns("a.b.test").unwrap(), Identifier::Ip("127.0.0.2".parse().unwrap())];
+        let ok = [
+            Identifier::dns("a.b.test").unwrap(),
+            Identifier::Ip("127.0.0.2".parse().unwrap()),
+        ];
         check(&roles, &ok).unwrap();
-        for bad in [Identifier::dns("example.com").unwrap(), Identifier::Ip("10.0.0.1".parse().unwrap())] {
-            assert_eq!(check(&roles, &[bad]).unwrap_err().rule, "identifier_not_allowed");
+        for bad in [
+            Identifier::dns("example.com").unwrap(),
+            Identifier::Ip("10.0.0.1".parse().unwrap()),
+        ] {
+            assert_eq!(
+                check(&roles, &[bad]).unwrap_err().rule,
+                "identifier_not_allowed"
+            );
         }
         assert_eq!(check(&roles, &[]).unwrap_err().rule, "no_identifiers");
     }

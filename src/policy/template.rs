@@ -15,39 +15,60 @@ pub fn check(template: &TemplateConfig, request: &PolicyRequest<'_>) -> Result<A
         KeyType::Ed25519 => AcceptedKeyType::Ed25519,
     };
     if !template.key_types.contains(&accepted) {
-        return deny("key_type_not_allowed", format!("the template does not accept {} keys", request.key_type));
+        return deny(
+            "key_type_not_allowed",
+            format!("the template does not accept {} keys", request.key_type),
+        );
     }
     if let KeyType::Rsa { bits } = request.key_type {
         if bits < template.min_rsa_bits {
             return deny(
                 "rsa_key_too_small",
-                format!("RSA key of {bits} bits is below the minimum of {}", template.min_rsa_bits),
+                format!(
+                    "RSA key of {bits} bits is below the minimum of {}",
+                    template.min_rsa_bits
+                ),
             );
         }
         if bits > template.max_rsa_bits {
             return deny(
                 "rsa_key_too_large",
-                format!("RSA key of {bits} bits is above the maximum of {}", template.max_rsa_bits),
+                format!(
+                    "RSA key of {bits} bits is above the maximum of {}",
+                    template.max_rsa_bits
+                ),
             );
         }
     }
-    let validity_days = request.validity_days.unwrap_or(template.default_validity_days);
+    let validity_days = request
+        .validity_days
+        .unwrap_or(template.default_validity_days);
     if validity_days == 0 || validity_days > template.max_validity_days {
         return deny(
             "validity_not_allowed",
-            format!("a lifetime of {validity_days} days is outside 1..={}", template.max_validity_days),
+            format!(
+                "a lifetime of {validity_days} days is outside 1..={}",
+                template.max_validity_days
+            ),
         );
     }
     if request.identifiers.len() > template.max_sans {
         return deny(
             "too_many_names",
-            format!("{} names requested, the template allows {}", request.identifiers.len(), template.max_sans),
+            format!(
+                "{} names requested, the template allows {}",
+                request.identifiers.len(),
+                template.max_sans
+            ),
         );
     }
     let common_name = match request.common_name {
         None => None,
         Some(cn) => {
-            let in_sans = request.identifiers.iter().any(|id| id.value().eq_ignore_ascii_case(cn));
+            let in_sans = request
+                .identifiers
+                .iter()
+                .any(|id| id.value().eq_ignore_ascii_case(cn));
             if !in_sans {
                 return deny(
                     "common_name_not_in_sans",
@@ -57,7 +78,11 @@ pub fn check(template: &TemplateConfig, request: &PolicyRequest<'_>) -> Result<A
             Some(cn.to_ascii_lowercase())
         }
     };
-    Ok(Approval { identifiers: request.identifiers.to_vec(), common_name, validity_days })
+    Ok(Approval {
+        identifiers: request.identifiers.to_vec(),
+        common_name,
+        validity_days,
+    })
 }
 
 #[cfg(test)]
@@ -67,10 +92,17 @@ mod tests {
     use crate::model::Identifier;
     use crate::policy::tests::admin;
 
-    fn rule(key_type: KeyType, validity: Option<u32>, cn: Option<&str>, n: usize) -> Result<Approval, &'static str> {
+    fn rule(
+        key_type: KeyType,
+        validity: Option<u32>,
+        cn: Option<&str>,
+        n: usize,
+    ) -> Result<Approval, &'static str> {
         let config = Config::load_default().unwrap();
         let identity = admin();
-        let ids: Vec<_> = (0..n).map(|i| Identifier::dns(&format!("h{i}.test")).unwrap()).collect();
+        let ids: Vec<_> = (0..n)
+            .map(|i| Identifier::dns(&format!("h{i}.test")).unwrap())
+            .collect();
         let request = PolicyRequest {
             identity: &identity,
             template: "client",
@@ -84,14 +116,37 @@ mod tests {
 
     #[test]
     fn each_template_rule_decides() {
-        assert_eq!(rule(KeyType::EcdsaP256, None, Some("H0.test"), 1).unwrap().validity_days, 30);
-        assert_eq!(rule(KeyType::Rsa { bits: 1024 }, None, None, 1).unwrap_err(), "rsa_key_too_small");
-        assert_eq!(rule(KeyType::Rsa { bits: 8192 }, None, None, 1).unwrap_err(), "rsa_key_too_large");
+        assert_eq!(
+            rule(KeyType::EcdsaP256, None, Some("H0.test"), 1)
+                .unwrap()
+                .validity_days,
+            30
+        );
+        assert_eq!(
+            rule(KeyType::Rsa { bits: 1024 }, None, None, 1).unwrap_err(),
+            "rsa_key_too_small"
+        );
+        assert_eq!(
+            rule(KeyType::Rsa { bits: 8192 }, None, None, 1).unwrap_err(),
+            "rsa_key_too_large"
+        );
         assert!(rule(KeyType::Rsa { bits: 2048 }, Some(365), None, 1).is_ok());
-        assert_eq!(rule(KeyType::Ed25519, Some(366), None, 1).unwrap_err(), "validity_not_allowed");
-        assert_eq!(rule(KeyType::Ed25519, Some(0), None, 1).unwrap_err(), "validity_not_allowed");
-        assert_eq!(rule(KeyType::EcdsaP384, None, None, 11).unwrap_err(), "too_many_names");
-        assert_eq!(rule(KeyType::EcdsaP256, None, Some("other.test"), 1).unwrap_err(), "common_name_not_in_sans");
+        assert_eq!(
+            rule(KeyType::Ed25519, Some(366), None, 1).unwrap_err(),
+            "validity_not_allowed"
+        );
+        assert_eq!(
+            rule(KeyType::Ed25519, Some(0), None, 1).unwrap_err(),
+            "validity_not_allowed"
+        );
+        assert_eq!(
+            rule(KeyType::EcdsaP384, None, None, 11).unwrap_err(),
+            "too_many_names"
+        );
+        assert_eq!(
+            rule(KeyType::EcdsaP256, None, Some("other.test"), 1).unwrap_err(),
+            "common_name_not_in_sans"
+        );
     }
 
     #[test]
@@ -108,6 +163,11 @@ mod tests {
             key_type: KeyType::Ed25519,
             validity_days: None,
         };
-        assert_eq!(check(&config.templates["client"], &request).unwrap_err().rule, "key_type_not_allowed");
+        assert_eq!(
+            check(&config.templates["client"], &request)
+                .unwrap_err()
+                .rule,
+            "key_type_not_allowed"
+        );
     }
 }

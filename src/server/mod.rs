@@ -82,11 +82,15 @@ pub struct Bootstrap {
 /// Prepare data directory, store, CA, first admin key. Used by `serve` and `init`.
 pub async fn bootstrap(config: Config, clock: Arc<dyn Clock>) -> Result<Bootstrap, ServerError> {
     let data_dir = config.server.data_dir.clone();
-    files::create_private_dir(&data_dir)
-        .map_err(|source| ServerError::Io { what: data_dir.display().to_string(), source })?;
+    files::create_private_dir(&data_dir).map_err(|source| ServerError::Io {
+        what: data_dir.display().to_string(),
+        source,
+    })?;
     let store_dir = data_dir.join("store");
-    files::create_private_dir(&store_dir)
-        .map_err(|source| ServerError::Io { what: store_dir.display().to_string(), source })?;
+    files::create_private_dir(&store_dir).map_err(|source| ServerError::Io {
+        what: store_dir.display().to_string(),
+        source,
+    })?;
     let store: Arc<dyn Store> = {
         let dir = store_dir.clone();
         Arc::new(
@@ -119,8 +123,14 @@ pub async fn bootstrap(config: Config, clock: Arc<dyn Clock>) -> Result<Bootstra
     }
     let ca_bundle = data_dir.join("ca-bundle.pem");
     let anchors = ca.trust_anchors();
-    files::write_public(&ca_bundle, pem::encode_certificates(anchors.iter().map(Vec::as_slice)).as_bytes())
-        .map_err(|source| ServerError::Io { what: ca_bundle.display().to_string(), source })?;
+    files::write_public(
+        &ca_bundle,
+        pem::encode_certificates(anchors.iter().map(Vec::as_slice)).as_bytes(),
+    )
+    .map_err(|source| ServerError::Io {
+        what: ca_bundle.display().to_string(),
+        source,
+    })?;
 
     let config = Arc::new(config);
     let new_admin_key = if store.api_key_count()? == 0 {
@@ -131,14 +141,31 @@ pub async fn bootstrap(config: Config, clock: Arc<dyn Clock>) -> Result<Bootstra
     let pipeline = Pipeline::new(config, store, Arc::new(ca), clock, Arc::new(Metrics::new()));
     let recovered = pipeline.recover_interrupted().await?;
     if recovered > 0 {
-        tracing::warn!(count = recovered, "marked requests interrupted by the last stop as failed");
+        tracing::warn!(
+            count = recovered,
+            "marked requests interrupted by the last stop as failed"
+        );
     }
-    Ok(Bootstrap { pipeline, data_dir, ca_bundle, new_admin_key })
+    Ok(Bootstrap {
+        pipeline,
+        data_dir,
+        ca_bundle,
+        new_admin_key,
+    })
 }
 
 /// Create the first API key, for identity `admin` holding every managing role.
-fn create_admin_key(config: &Config, store: &dyn Store, now: time::OffsetDateTime) -> Result<String, StoreError> {
-    let mut roles: Vec<String> = config.roles.iter().filter(|(_, r)| r.manage).map(|(n, _)| n.clone()).collect();
+fn create_admin_key(
+    config: &Config,
+    store: &dyn Store,
+    now: time::OffsetDateTime,
+) -> Result<String, StoreError> {
+    let mut roles: Vec<String> = config
+        .roles
+        .iter()
+        .filter(|(_, r)| r.manage)
+        .map(|(n, _)| n.clone())
+        .collect();
     if roles.is_empty() {
         tracing::warn!("no role has `manage = true`: the first API key gets role `admin`, which the policy does not define");
         roles.push("admin".into());
@@ -195,8 +222,12 @@ impl Daemon {
 
 /// Bootstrap and start every enabled listener.
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, ServerError> {
-    let tls_files = (!config.tls.cert_file.is_empty())
-        .then(|| (PathBuf::from(&config.tls.cert_file), PathBuf::from(&config.tls.key_file)));
+    let tls_files = (!config.tls.cert_file.is_empty()).then(|| {
+        (
+            PathBuf::from(&config.tls.cert_file),
+            PathBuf::from(&config.tls.key_file),
+        )
+    });
     let boot = bootstrap(config, clock).await?;
     let (cert_path, key_path) = match tls_files {
         Some(paths) => paths,
@@ -208,13 +239,24 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
     let api = &boot.pipeline.config().api;
     let (mut api_url, mut api_addr) = (None, None);
     if api.enabled {
-        let listener = TcpListener::bind(api.listen).await.map_err(|source| ServerError::Bind { addr: api.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: api.listen, source })?;
+        let listener = TcpListener::bind(api.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: api.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: api.listen,
+            source,
+        })?;
         let router = crate::api::router(boot.pipeline.clone());
         let scheme = if api.tls { "https" } else { "http" };
         let tls = api.tls.then(|| tls_config.clone());
         tasks.push(tokio::spawn(serve(listener, router, tls, signal.clone())));
-        api_url = Some(format!("{scheme}://{}", display_addr(addr, &boot.pipeline.config().server.public_hostname)));
+        api_url = Some(format!(
+            "{scheme}://{}",
+            display_addr(addr, &boot.pipeline.config().server.public_hostname)
+        ));
         api_addr = Some(addr);
     }
     Ok(Daemon {
@@ -250,7 +292,12 @@ async fn wait_for(mut signal: watch::Receiver<bool>) {
 
 /// Serve `router` on `listener`, over TLS when `tls` is set, until `signal` fires; then
 /// drain for at most [`DRAIN_TIMEOUT`].
-async fn serve(listener: TcpListener, router: Router, tls: Option<Arc<rustls::ServerConfig>>, signal: watch::Receiver<bool>) {
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    signal: watch::Receiver<bool>,
+) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -271,7 +318,9 @@ async fn serve(listener: TcpListener, router: Router, tls: Option<Arc<rustls::Se
         let service = TowerToHyperService::new(router.clone());
         match &acceptor {
             None => {
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
                 let watched = graceful.watch(connection);
                 tokio::spawn(async move {
                     if let Err(error) = watched.await {
@@ -284,7 +333,12 @@ async fn serve(listener: TcpListener, router: Router, tls: Option<Arc<rustls::Se
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    let stream = match tokio::time::timeout(
+                        HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(error)) => {
                             tracing::debug!(%peer, %error, "TLS handshake failed");
@@ -295,7 +349,9 @@ async fn serve(listener: TcpListener, router: Router, tls: Option<Arc<rustls::Se
                             return;
                         }
                     };
-                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
                     if let Err(error) = watcher.watch(connection).await {
                         tracing::debug!(%peer, %error, "connection ended with an error");
                     }
@@ -304,7 +360,10 @@ async fn serve(listener: TcpListener, router: Router, tls: Option<Arc<rustls::Se
         }
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("some connections were still open after the drain timeout");
     }
 }

@@ -54,7 +54,9 @@ fn listener_names(config: &Config) -> Vec<Identifier> {
 
 /// Fraction of a certificate's life left at `now` (0 when expired or unreadable).
 fn life_left(cert_der: &[u8], now: OffsetDateTime) -> f64 {
-    let Ok(cert) = x509_cert::Certificate::from_der(cert_der) else { return 0.0 };
+    let Ok(cert) = x509_cert::Certificate::from_der(cert_der) else {
+        return 0.0;
+    };
     let validity = &cert.tbs_certificate.validity;
     let start = validity.not_before.to_unix_duration().as_secs_f64();
     let end = validity.not_after.to_unix_duration().as_secs_f64();
@@ -66,12 +68,18 @@ fn life_left(cert_der: &[u8], now: OffsetDateTime) -> f64 {
 }
 
 fn io(what: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
-    move |source| ServerError::Io { what: what.display().to_string(), source }
+    move |source| ServerError::Io {
+        what: what.display().to_string(),
+        source,
+    }
 }
 
 /// Make sure a usable self-issued listener certificate exists; issue one if not.
 /// Returns the paths of the chain and key files.
-pub async fn ensure_listener_certificate(pipeline: &Pipeline, data_dir: &Path) -> Result<(PathBuf, PathBuf), ServerError> {
+pub async fn ensure_listener_certificate(
+    pipeline: &Pipeline,
+    data_dir: &Path,
+) -> Result<(PathBuf, PathBuf), ServerError> {
     let (cert_path, key_path) = listener_paths(data_dir);
     let meta_path = data_dir.join("tls").join("listener.json");
     let names = listener_names(pipeline.config());
@@ -82,14 +90,22 @@ pub async fn ensure_listener_certificate(pipeline: &Pipeline, data_dir: &Path) -
         .zip(std::fs::read_to_string(&cert_path).ok())
         .filter(|_| key_path.exists());
     if let Some((meta, chain)) = current {
-        let leaf = pem::decode_certificates(&chain).ok().and_then(|c| c.into_iter().next());
+        let leaf = pem::decode_certificates(&chain)
+            .ok()
+            .and_then(|c| c.into_iter().next());
         if meta.names == names && leaf.is_some_and(|der| life_left(&der, now) > 1.0 / 3.0) {
             return Ok((cert_path, key_path));
         }
     }
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| ServerError::Tls(e.to_string()))?;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
     let record = pipeline
-        .issue_internal(names.clone(), key.der_bytes().to_vec(), KeyType::EcdsaP256, LISTENER_VALIDITY_DAYS)
+        .issue_internal(
+            names.clone(),
+            key.der_bytes().to_vec(),
+            KeyType::EcdsaP256,
+            LISTENER_VALIDITY_DAYS,
+        )
         .await
         .map_err(|e| ServerError::Tls(format!("cannot issue the listener certificate: {e}")))?;
     let dir = data_dir.join("tls");
@@ -97,15 +113,23 @@ pub async fn ensure_listener_certificate(pipeline: &Pipeline, data_dir: &Path) -
     files::write_secret(&key_path, key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
     let mut chain = vec![record.der.as_slice()];
     chain.extend(record.chain.iter().map(Vec::as_slice));
-    files::write_public(&cert_path, pem::encode_certificates(chain).as_bytes()).map_err(io(&cert_path))?;
-    let meta = serde_json::to_vec_pretty(&ListenerMeta { names, serial: record.serial.clone() }).expect("serializes");
+    files::write_public(&cert_path, pem::encode_certificates(chain).as_bytes())
+        .map_err(io(&cert_path))?;
+    let meta = serde_json::to_vec_pretty(&ListenerMeta {
+        names,
+        serial: record.serial.clone(),
+    })
+    .expect("serializes");
     files::write_public(&meta_path, &meta).map_err(io(&meta_path))?;
     tracing::info!(serial = %record.serial, "issued the listener TLS certificate");
     Ok((cert_path, key_path))
 }
 
 /// A rustls server configuration from PEM chain and key files.
-pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+pub fn server_config(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<Arc<rustls::ServerConfig>, ServerError> {
     let chain_text = std::fs::read_to_string(cert_path).map_err(io(cert_path))?;
     let chain: Vec<CertificateDer<'static>> = pem::decode_certificates(&chain_text)
         .map_err(|e| ServerError::Tls(format!("{}: {e}", cert_path.display())))?

@@ -133,17 +133,9 @@ pub enum AuditVerification {
 }
 
 /// Checks records one by one, in order.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct ChainVerifier {
     head: ChainHead,
-}
-
-impl Default for ChainVerifier {
-    fn default() -> Self {
-        ChainVerifier {
-            head: ChainHead::default(),
-        }
-    }
 }
 
 impl ChainVerifier {
@@ -154,10 +146,15 @@ impl ChainVerifier {
             reason,
         };
         if record.seq != self.head.next_seq {
-            return Err(broken(format!("expected record {} here", self.head.next_seq)));
+            return Err(broken(format!(
+                "expected record {} here",
+                self.head.next_seq
+            )));
         }
         if record.prev_hash != self.head.last_hash {
-            return Err(broken("prev_hash does not match the previous record".into()));
+            return Err(broken(
+                "prev_hash does not match the previous record".into(),
+            ));
         }
         if AuditRecord::compute_hash(record.seq, &record.entry, &record.prev_hash) != record.hash {
             return Err(broken("record content does not match its hash".into()));
@@ -224,18 +221,27 @@ mod tests {
     #[test]
     fn intact_chain_verifies() {
         let records = chain(5);
-        assert!(matches!(verify(&records), AuditVerification::Intact { records: 5, .. }));
+        assert!(matches!(
+            verify(&records),
+            AuditVerification::Intact { records: 5, .. }
+        ));
     }
 
     #[test]
     fn edited_removed_or_reordered_records_break_the_chain() {
         let mut edited = chain(5);
         edited[2].entry.reason = "something else".into();
-        assert!(matches!(verify(&edited), AuditVerification::Broken { seq: 2, .. }));
+        assert!(matches!(
+            verify(&edited),
+            AuditVerification::Broken { seq: 2, .. }
+        ));
 
         let mut removed = chain(5);
         removed.remove(3);
-        assert!(matches!(verify(&removed), AuditVerification::Broken { seq: 4, .. }));
+        assert!(matches!(
+            verify(&removed),
+            AuditVerification::Broken { seq: 4, .. }
+        ));
 
         let mut swapped = chain(5);
         swapped.swap(1, 2);
@@ -244,6 +250,9 @@ mod tests {
         let mut rehashed = chain(5);
         rehashed[1].entry.actor = "mallory".into();
         rehashed[1].hash = AuditRecord::compute_hash(1, &rehashed[1].entry, &rehashed[1].prev_hash);
-        assert!(matches!(verify(&rehashed), AuditVerification::Broken { seq: 2, .. }));
+        assert!(matches!(
+            verify(&rehashed),
+            AuditVerification::Broken { seq: 2, .. }
+        ));
     }
 }

@@ -214,7 +214,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Mark a request `Failed` after the CA failed, releasing nothing (the serial stays
     /// burnt), with its audit entry.
-    fn fail_issuance(&self, request_id: Uuid, reason: &str, audit: &AuditEntry) -> Result<(), StoreError>;
+    fn fail_issuance(
+        &self,
+        request_id: Uuid,
+        reason: &str,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
 
     /// Record a refused request with its audit entry and event.
     fn record_denial(
@@ -234,7 +239,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError>;
 
     /// Certificates matching `query`, a page at a time.
-    fn list_certificates(&self, query: &CertificateQuery, now: OffsetDateTime) -> Result<Page, StoreError>;
+    fn list_certificates(
+        &self,
+        query: &CertificateQuery,
+        now: OffsetDateTime,
+    ) -> Result<Page, StoreError>;
 
     /// Revoke, with audit entry and event, atomically and durably.
     fn revoke(

@@ -27,8 +27,8 @@ use uuid::Uuid;
 
 use super::audit::{AuditEntry, AuditRecord, ChainHead};
 use super::{
-    ApiKeyRecord, CertificateQuery, Event, NewEvent, Page, RequestRecord, RequestState, RevokeOutcome, Store,
-    StoreError, SCHEMA_VERSION,
+    ApiKeyRecord, CertificateQuery, Event, NewEvent, Page, RequestRecord, RequestState,
+    RevokeOutcome, Store, StoreError, SCHEMA_VERSION,
 };
 use crate::model::{CertificateRecord, Revocation, StoredStatus};
 
@@ -118,7 +118,8 @@ impl Tx<'_> {
             None => ChainHead::default(),
         };
         let record = AuditRecord::chain(head.next_seq, entry.clone(), head.last_hash);
-        self.audit.insert(&record.seq.to_be_bytes(), encode(&record))?;
+        self.audit
+            .insert(&record.seq.to_be_bytes(), encode(&record))?;
         let next = ChainHead {
             next_seq: record.seq + 1,
             last_hash: record.hash,
@@ -145,7 +146,8 @@ impl Tx<'_> {
     }
 
     fn put_request(&self, request: &RequestRecord) -> TxResult<()> {
-        self.requests.insert(request.request_id.as_bytes(), encode(request))?;
+        self.requests
+            .insert(request.request_id.as_bytes(), encode(request))?;
         Ok(())
     }
 
@@ -157,12 +159,16 @@ impl Tx<'_> {
     }
 
     fn put_certificate(&self, cert: &CertificateRecord, new: bool) -> TxResult<()> {
-        self.certificates.insert(cert.serial.as_bytes(), encode(cert))?;
+        self.certificates
+            .insert(cert.serial.as_bytes(), encode(cert))?;
         if new {
-            self.idx_not_after.insert(not_after_key(cert.not_after, &cert.serial), &[])?;
-            self.idx_owner.insert(pair_key(&cert.owner, &cert.serial), &[])?;
+            self.idx_not_after
+                .insert(not_after_key(cert.not_after, &cert.serial), &[])?;
+            self.idx_owner
+                .insert(pair_key(&cert.owner, &cert.serial), &[])?;
             for san in &cert.sans {
-                self.idx_san.insert(pair_key(&san.value(), &cert.serial), &[])?;
+                self.idx_san
+                    .insert(pair_key(&san.value(), &cert.serial), &[])?;
             }
         }
         Ok(())
@@ -172,14 +178,20 @@ impl Tx<'_> {
 impl SledStore {
     /// Open (or create) the store in `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).open().map_err(|e| match &e {
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
-                StoreError::Locked {
-                    path: path.display().to_string(),
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|e| match &e {
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("lock") =>
+                {
+                    StoreError::Locked {
+                        path: path.display().to_string(),
+                    }
                 }
-            }
-            _ => backend(e),
-        })?;
+                _ => backend(e),
+            })?;
         let tree = |name: &str| db.open_tree(name).map_err(backend);
         let t = Trees {
             certificates: tree("certificates")?,
@@ -195,7 +207,9 @@ impl SledStore {
         };
         match t.meta.get(META_SCHEMA).map_err(backend)? {
             None => {
-                t.meta.insert(META_SCHEMA, encode(&SCHEMA_VERSION)).map_err(backend)?;
+                t.meta
+                    .insert(META_SCHEMA, encode(&SCHEMA_VERSION))
+                    .map_err(backend)?;
                 db.flush().map_err(backend)?;
             }
             Some(bytes) => {
@@ -220,7 +234,11 @@ impl SledStore {
         &self.path
     }
 
-    fn transact<T>(&self, durable: bool, f: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<T, StoreError> {
+    fn transact<T>(
+        &self,
+        durable: bool,
+        f: impl Fn(&Tx<'_>) -> TxResult<T>,
+    ) -> Result<T, StoreError> {
         let t = &self.t;
         let result = (
             &t.certificates,
@@ -235,7 +253,18 @@ impl SledStore {
             &t.meta,
         )
             .transaction(
-                |(certificates, requests, serials, idx_not_after, idx_owner, idx_san, audit, outbox, api_keys, meta)| {
+                |(
+                    certificates,
+                    requests,
+                    serials,
+                    idx_not_after,
+                    idx_owner,
+                    idx_san,
+                    audit,
+                    outbox,
+                    api_keys,
+                    meta,
+                )| {
                     f(&Tx {
                         certificates,
                         requests,
@@ -260,7 +289,11 @@ impl SledStore {
         Ok(result)
     }
 
-    fn get<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str, key: &[u8]) -> Result<Option<T>, StoreError> {
+    fn get<T: DeserializeOwned>(
+        tree: &sled::Tree,
+        name: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
         match tree.get(key).map_err(backend)? {
             Some(bytes) => Ok(Some(decode(name, &bytes)?)),
             None => Ok(None),
@@ -268,9 +301,15 @@ impl SledStore {
     }
 
     /// Serials > `after` that the query's most selective index yields, in serial order.
-    fn candidate_serials(&self, query: &CertificateQuery, now: OffsetDateTime) -> Result<Vec<String>, StoreError> {
+    fn candidate_serials(
+        &self,
+        query: &CertificateQuery,
+        now: OffsetDateTime,
+    ) -> Result<Vec<String>, StoreError> {
         let after = query.after.clone().unwrap_or_default();
-        let serial_of = |key: &[u8], prefix_len: usize| String::from_utf8_lossy(&key[prefix_len..]).into_owned();
+        let serial_of = |key: &[u8], prefix_len: usize| {
+            String::from_utf8_lossy(&key[prefix_len..]).into_owned()
+        };
         let mut serials: Vec<String> = if let Some(owner) = &query.owner {
             let prefix = pair_key(owner, "");
             self.t
@@ -306,7 +345,10 @@ fn matches(query: &CertificateQuery, cert: &CertificateRecord, now: OffsetDateTi
             return false;
         }
     }
-    if query.status.is_some_and(|status| cert.status_at(now) != status) {
+    if query
+        .status
+        .is_some_and(|status| cert.status_at(now) != status)
+    {
         return false;
     }
     if let Some(within) = query.expiring_within {
@@ -322,25 +364,39 @@ fn matches(query: &CertificateQuery, cert: &CertificateRecord, now: OffsetDateTi
 impl Store for SledStore {
     fn begin_issuance(&self, request: &RequestRecord) -> Result<bool, StoreError> {
         let RequestState::Issuing { serial } = &request.state else {
-            return Err(StoreError::Backend("begin_issuance needs a request in state issuing".into()));
+            return Err(StoreError::Backend(
+                "begin_issuance needs a request in state issuing".into(),
+            ));
         };
         self.transact(true, |tx| {
             if tx.serials.get(serial.as_bytes())?.is_some() {
                 return Ok(false);
             }
-            tx.serials.insert(serial.as_bytes(), request.request_id.as_bytes())?;
+            tx.serials
+                .insert(serial.as_bytes(), request.request_id.as_bytes())?;
             tx.put_request(request)?;
             Ok(true)
         })
     }
 
-    fn complete_issuance(&self, cert: &CertificateRecord, audit: &AuditEntry, event: &NewEvent) -> Result<(), StoreError> {
+    fn complete_issuance(
+        &self,
+        cert: &CertificateRecord,
+        audit: &AuditEntry,
+        event: &NewEvent,
+    ) -> Result<(), StoreError> {
         self.transact(true, |tx| {
             let mut request = tx.request(cert.request_id)?.ok_or_else(|| {
-                abort(StoreError::Backend(format!("request {} was never begun", cert.request_id)))
+                abort(StoreError::Backend(format!(
+                    "request {} was never begun",
+                    cert.request_id
+                )))
             })?;
             if tx.certificates.get(cert.serial.as_bytes())?.is_some() {
-                return Err(abort(StoreError::Backend(format!("serial {} already recorded", cert.serial))));
+                return Err(abort(StoreError::Backend(format!(
+                    "serial {} already recorded",
+                    cert.serial
+                ))));
             }
             request.state = RequestState::Issued {
                 serial: cert.serial.clone(),
@@ -353,10 +409,17 @@ impl Store for SledStore {
         })
     }
 
-    fn fail_issuance(&self, request_id: Uuid, reason: &str, audit: &AuditEntry) -> Result<(), StoreError> {
+    fn fail_issuance(
+        &self,
+        request_id: Uuid,
+        reason: &str,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
         self.transact(true, |tx| {
             if let Some(mut request) = tx.request(request_id)? {
-                request.state = RequestState::Failed { reason: reason.into() };
+                request.state = RequestState::Failed {
+                    reason: reason.into(),
+                };
                 request.updated_at = audit.time;
                 tx.put_request(&request)?;
             }
@@ -364,7 +427,12 @@ impl Store for SledStore {
         })
     }
 
-    fn record_denial(&self, request: &RequestRecord, audit: &AuditEntry, event: &NewEvent) -> Result<(), StoreError> {
+    fn record_denial(
+        &self,
+        request: &RequestRecord,
+        audit: &AuditEntry,
+        event: &NewEvent,
+    ) -> Result<(), StoreError> {
         self.transact(false, |tx| {
             tx.put_request(request)?;
             tx.append_audit(audit)?;
@@ -391,7 +459,11 @@ impl Store for SledStore {
         Self::get(&self.t.certificates, "certificates", serial.as_bytes())
     }
 
-    fn list_certificates(&self, query: &CertificateQuery, now: OffsetDateTime) -> Result<Page, StoreError> {
+    fn list_certificates(
+        &self,
+        query: &CertificateQuery,
+        now: OffsetDateTime,
+    ) -> Result<Page, StoreError> {
         let limit = query.limit.max(1);
         let mut items = Vec::new();
         let mut more = false;
@@ -419,14 +491,23 @@ impl Store for SledStore {
                 Some(after) => std::ops::Bound::Excluded(after.as_bytes().to_vec()),
                 None => std::ops::Bound::Unbounded,
             };
-            for item in self.t.certificates.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)).values() {
+            for item in self
+                .t
+                .certificates
+                .range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
+                .values()
+            {
                 let cert: CertificateRecord = decode("certificates", &item.map_err(backend)?)?;
                 if !take(cert) {
                     break;
                 }
             }
         }
-        let next_after = if more { items.last().map(|c| c.serial.clone()) } else { None };
+        let next_after = if more {
+            items.last().map(|c| c.serial.clone())
+        } else {
+            None
+        };
         Ok(Page { items, next_after })
     }
 
@@ -457,7 +538,10 @@ impl Store for SledStore {
     fn insert_api_key(&self, key: &ApiKeyRecord, audit: &AuditEntry) -> Result<(), StoreError> {
         self.transact(true, |tx| {
             if tx.api_keys.get(key.key_id.as_bytes())?.is_some() {
-                return Err(abort(StoreError::Backend(format!("API key id {} exists", key.key_id))));
+                return Err(abort(StoreError::Backend(format!(
+                    "API key id {} exists",
+                    key.key_id
+                ))));
             }
             tx.api_keys.insert(key.key_id.as_bytes(), encode(key))?;
             tx.append_audit(audit)

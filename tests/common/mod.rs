@@ -33,8 +33,17 @@ pub async fn start_with(config: Config, clock: Arc<dyn Clock>, key: Option<Strin
     for cert in reqwest::Certificate::from_pem_bundle(&pem).unwrap() {
         builder = builder.add_root_certificate(cert);
     }
-    let url = daemon.api_url.clone().unwrap().replace("127.0.0.1", "localhost");
-    TestDaemon { daemon, url, key, http: builder.build().unwrap() }
+    let url = daemon
+        .api_url
+        .clone()
+        .unwrap()
+        .replace("127.0.0.1", "localhost");
+    TestDaemon {
+        daemon,
+        url,
+        key,
+        http: builder.build().unwrap(),
+    }
 }
 
 pub async fn start(dir: &Path) -> TestDaemon {
@@ -42,8 +51,16 @@ pub async fn start(dir: &Path) -> TestDaemon {
 }
 
 impl TestDaemon {
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(&self.key);
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.key);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -63,7 +80,11 @@ impl TestDaemon {
     }
 
     pub async fn enroll(&self, csr: &str, template: &str) -> (u16, Value) {
-        self.post("/api/v1/enrollments", serde_json::json!({"csr": csr, "template": template})).await
+        self.post(
+            "/api/v1/enrollments",
+            serde_json::json!({"csr": csr, "template": template}),
+        )
+        .await
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -94,5 +115,10 @@ pub fn p256() -> KeyPair {
 }
 
 pub fn fixture(name: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)).unwrap()
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(name),
+    )
+    .unwrap()
 }
