@@ -133,13 +133,8 @@ pub async fn run(command: CertsCommand) -> anyhow::Result<ExitCode> {
             let mut after: Option<String> = None;
             let mut shown = 0usize;
             let mut stdout = std::io::stdout().lock();
-            if !json {
-                writeln!(
-                    stdout,
-                    "{:<34} {:<8} {:<21} {:<10} {:<12} SANS",
-                    "SERIAL", "STATUS", "NOT AFTER", "TEMPLATE", "OWNER"
-                )?;
-            }
+            // The header only once the first page arrived, so that errors print alone.
+            let mut header_printed = json;
             'pages: loop {
                 let page = client
                     .get_json(&format!(
@@ -149,6 +144,14 @@ pub async fn run(command: CertsCommand) -> anyhow::Result<ExitCode> {
                     .await?;
                 if json {
                     writeln!(stdout, "{page}")?;
+                }
+                if !header_printed {
+                    writeln!(
+                        stdout,
+                        "{:<34} {:<8} {:<21} {:<10} {:<12} SANS",
+                        "SERIAL", "STATUS", "NOT AFTER", "TEMPLATE", "OWNER"
+                    )?;
+                    header_printed = true;
                 }
                 for cert in page["items"].as_array().into_iter().flatten() {
                     if filters.limit.is_some_and(|limit| shown >= limit) {

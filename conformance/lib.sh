@@ -1,0 +1,44 @@
+# Shared helpers for conformance scripts (sourced, not run).
+# Provides: RAMPART (binary), WORK (temp dir, removed on exit), fail, pass, free_port,
+# start_rampart/stop_rampart, wait_http.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RAMPART="${RAMPART:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/rampart}"
+WORK="$(mktemp -d)"
+RAMPART_PID=""
+
+cleanup() {
+    if [[ -n "$RAMPART_PID" ]]; then kill "$RAMPART_PID" 2>/dev/null || true; fi
+    jobs -p | xargs -r kill 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+SCRIPT_NAME="$(basename "$0")"
+fail() { echo "FAIL [$SCRIPT_NAME]: $*" >&2; if [[ -f "$WORK/rampart.err" ]]; then tail -20 "$WORK/rampart.err" >&2; fi; exit 1; }
+pass() { echo "ok   [$SCRIPT_NAME]: $*"; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_http() { # url
+    for _ in $(seq 1 100); do
+        if curl -sk -o /dev/null "$1"; then return 0; fi
+        sleep 0.1
+    done
+    fail "nothing answers at $1"
+}
+
+# start_rampart <config> — runs `rampart serve`, stdout in $WORK/rampart.out
+start_rampart() {
+    "$RAMPART" serve --config "$1" >"$WORK/rampart.out" 2>"$WORK/rampart.err" &
+    RAMPART_PID=$!
+    wait_http "$API/healthz"
+}
+
+stop_rampart() {
+    kill -TERM "$RAMPART_PID"
+    wait "$RAMPART_PID" || fail "rampart did not exit cleanly on SIGTERM"
+    RAMPART_PID=""
+}
