@@ -26,12 +26,6 @@ grep -q "rpk_" "$WORK/rampart.out" && fail "serve printed an API key although in
 BUNDLE="$DIR/ca-bundle.pem"
 AUTH=(-H "Authorization: Bearer $KEY")
 
-enroll() { # csr-file template -> writes $WORK/resp.json, prints HTTP status
-    jq -n --rawfile csr "$1" --arg t "$2" '{csr: $csr, template: $t}' >"$WORK/body.json"
-    curl -s -o "$WORK/resp.json" -w '%{http_code}' "${AUTH[@]}" -H 'Content-Type: application/json' \
-        --data-binary @"$WORK/body.json" "$API/api/v1/enrollments"
-}
-
 declare -A KEYGEN=(
     [ec256]="-newkey ec -pkeyopt ec_paramgen_curve:P-256"
     [ec384]="-newkey ec -pkeyopt ec_paramgen_curve:P-384"

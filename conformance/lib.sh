@@ -1,6 +1,6 @@
 # Shared helpers for conformance scripts (sourced, not run).
 # Provides: RAMPART (binary), WORK (temp dir, removed on exit), fail, pass, free_port,
-# start_rampart/stop_rampart, wait_http.
+# start_rampart/stop_rampart, wait_http, enroll.
 
 set -euo pipefail
 
@@ -31,7 +31,7 @@ wait_http() { # url
 }
 
 # start_rampart <config> — runs `rampart serve`, stdout in $WORK/rampart.out
-start_rampart() {
+start_rampart() { # honours RAMPART__* variables set on the call
     "$RAMPART" serve --config "$1" >"$WORK/rampart.out" 2>"$WORK/rampart.err" &
     RAMPART_PID=$!
     wait_http "$API/healthz"
@@ -41,4 +41,11 @@ stop_rampart() {
     kill -TERM "$RAMPART_PID"
     wait "$RAMPART_PID" || fail "rampart did not exit cleanly on SIGTERM"
     RAMPART_PID=""
+}
+
+# enroll <csr-file> <template> — POST to $API with $KEY; body in $WORK/resp.json, prints the status
+enroll() {
+    jq -n --rawfile csr "$1" --arg t "$2" '{csr: $csr, template: $t}' >"$WORK/body.json"
+    curl -s -o "$WORK/resp.json" -w '%{http_code}' -H "Authorization: Bearer $KEY" \
+        -H 'Content-Type: application/json' --data-binary @"$WORK/body.json" "$API/api/v1/enrollments"
 }

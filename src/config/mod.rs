@@ -91,6 +91,7 @@ pub enum KeyAlgorithm {
     /// ECDSA on NIST P-384 with SHA-384.
     EcdsaP384,
     /// RSA 3072 with PKCS#1 v1.5 SHA-256 signatures.
+    #[serde(rename = "rsa-3072")]
     Rsa3072,
 }
 
@@ -613,6 +614,18 @@ mod tests {
         }
         for pattern in ["**", "*.a.b", "**.a", "host.example"] {
             assert!(validate_dns_pattern(pattern).is_ok(), "{pattern}");
+        }
+    }
+
+    #[test]
+    fn key_algorithms_use_the_documented_names() {
+        for (name, algorithm) in [
+            ("ecdsa-p256", KeyAlgorithm::EcdsaP256),
+            ("ecdsa-p384", KeyAlgorithm::EcdsaP384),
+            ("rsa-3072", KeyAlgorithm::Rsa3072),
+        ] {
+            let config = load_text(&format!("[ca]\nkey_algorithm = \"{name}\"\n")).unwrap();
+            assert_eq!(config.ca.key_algorithm, algorithm);
         }
     }
 
