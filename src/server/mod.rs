@@ -7,7 +7,7 @@
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -239,6 +239,9 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
     let api = &boot.pipeline.config().api;
     let (mut api_url, mut api_addr) = (None, None);
     if api.enabled {
+        if !api.tls && !api.listen.ip().is_loopback() {
+            tracing::warn!(listen = %api.listen, "the admin API is served over plain HTTP on a non-loopback address; set api.tls = true");
+        }
         let listener = TcpListener::bind(api.listen)
             .await
             .map_err(|source| ServerError::Bind {
@@ -366,9 +369,4 @@ async fn serve(
     {
         tracing::warn!("some connections were still open after the drain timeout");
     }
-}
-
-/// Whether `path` looks like an existing rampart data directory.
-pub fn is_data_dir(path: &Path) -> bool {
-    path.join("ca").join("ca.json").is_file()
 }
