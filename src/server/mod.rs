@@ -318,6 +318,10 @@ async fn serve(
             },
             _ = &mut stop => break,
         };
+        // Small request/response exchanges stall on Nagle + delayed ACK without this.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+        }
         let service = TowerToHyperService::new(router.clone());
         match &acceptor {
             None => {
