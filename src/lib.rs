@@ -11,6 +11,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod files;
+pub mod gateway;
 pub mod lifecycle;
 pub mod metrics;
 pub mod model;

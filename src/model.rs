@@ -17,6 +17,8 @@ use uuid::Uuid;
 pub enum Protocol {
     /// The admin REST API.
     Api,
+    /// ACME (RFC 8555).
+    Acme,
     /// rampart itself (its own listener certificate).
     Internal,
 }
@@ -26,6 +28,7 @@ impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Api => "api",
+            Protocol::Acme => "acme",
             Protocol::Internal => "internal",
         }
     }
@@ -39,6 +42,11 @@ pub enum Credential {
     ApiKey {
         /// The key's public id (never the secret).
         key_id: String,
+    },
+    /// An ACME account, by its id.
+    AcmeAccount {
+        /// Account id.
+        account_id: String,
     },
     /// rampart acting on its own behalf.
     System,

@@ -9,11 +9,7 @@ pub mod extract;
 pub mod handlers;
 pub mod wire;
 
-use std::time::Instant;
-
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -46,21 +42,5 @@ pub fn router(pipeline: Pipeline) -> Router {
         .fallback(handlers::not_found)
         // Bodies are limited by our own extractor (JSON 413); disable axum's plain-text one.
         .layer(DefaultBodyLimit::disable())
-        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
-}
-
-/// Log and count every request.
-async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16();
-    state
-        .pipeline
-        .metrics()
-        .http_request("api", method.as_str(), status);
-    tracing::debug!(%method, %path, status, elapsed_ms = started.elapsed().as_millis() as u64, "api request");
-    response
 }

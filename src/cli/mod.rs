@@ -93,6 +93,9 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
     if let Some(url) = &daemon.api_url {
         println!("  admin API   {url}/api/v1/   (also {url}/healthz and {url}/metrics)");
     }
+    if let Some(url) = &daemon.acme_url {
+        println!("  ACME        {url}   (profiles: /acme/<profile>/directory)");
+    }
     println!("  CA bundle   {}", daemon.ca_bundle.display());
     println!("  data        {}", daemon.data_dir.display());
     if let Some(key) = &daemon.new_admin_key {

@@ -66,6 +66,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[api]`
     pub api: ApiConfig,
+    /// `[acme]`
+    pub acme: AcmeConfig,
     /// `[templates.<name>]`
     pub templates: BTreeMap<String, TemplateConfig>,
     /// `[roles.<name>]`
@@ -143,6 +145,58 @@ pub struct ApiConfig {
     pub default_page_size: usize,
     /// Largest listing page size.
     pub max_page_size: usize,
+}
+
+/// `[acme]`: the ACME (RFC 8555) listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// Whether the listener runs.
+    pub enabled: bool,
+    /// Socket address to bind (HTTPS).
+    pub listen: SocketAddr,
+    /// Port http-01 validation connects to.
+    pub http01_port: u16,
+    /// Port tls-alpn-01 validation connects to.
+    pub tlsalpn01_port: u16,
+    /// DNS server for dns-01 and for resolving validation targets (`ip:port`); empty =
+    /// the system resolver.
+    pub dns_resolver: String,
+    /// Validate against private, loopback and link-local addresses.
+    pub allow_private_targets: bool,
+    /// `[acme.profiles.<name>]`, served at `/acme/<name>/directory`.
+    pub profiles: BTreeMap<String, AcmeProfileConfig>,
+}
+
+/// `[acme.profiles.<name>]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeProfileConfig {
+    /// Template certificates of this profile are issued on.
+    pub template: String,
+    /// Role given to accounts registered without external account binding; empty = such
+    /// registrations are refused.
+    pub anonymous_role: String,
+    /// Terms of service URL shown in the directory (empty = none; clients must agree
+    /// when set).
+    pub terms_of_service: String,
+    /// Website URL shown in the directory.
+    pub website: String,
+    /// CAA issuer domains shown in the directory.
+    pub caa_identities: Vec<String>,
+}
+
+impl AcmeConfig {
+    /// The resolver address, when one is configured.
+    pub fn resolver_addr(&self) -> Option<SocketAddr> {
+        let text = self.dns_resolver.trim();
+        if text.is_empty() {
+            return None;
+        }
+        text.parse()
+            .ok()
+            .or_else(|| text.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+    }
 }
 
 /// An extended key usage a template can grant.
@@ -241,9 +295,21 @@ impl Config {
                         path: path.to_path_buf(),
                         message: e.message().to_string() + &line_hint(&text, e.span()),
                     })?;
+            let mut replaced = false;
             for policy_table in POLICY_TABLES {
                 if table.contains_key(policy_table) {
                     defaults.remove(policy_table);
+                    replaced = true;
+                }
+            }
+            if replaced {
+                // The demo's anonymous ACME role went with the demo policy.
+                if let Some(toml::Value::Table(profile)) = defaults
+                    .get_mut("acme")
+                    .and_then(|a| a.get_mut("profiles"))
+                    .and_then(|p| p.get_mut("default"))
+                {
+                    profile.insert("anonymous_role".into(), toml::Value::String(String::new()));
                 }
             }
             user = Some(table);
@@ -344,6 +410,28 @@ impl Config {
             }
             if t.max_sans == 0 {
                 return Err(bad(key("max_sans"), "must be at least 1"));
+            }
+        }
+        let acme = &self.acme;
+        if acme.http01_port == 0 || acme.tlsalpn01_port == 0 {
+            return Err(bad("acme.http01_port".into(), "validation ports must not be 0"));
+        }
+        if !acme.dns_resolver.trim().is_empty() && acme.resolver_addr().is_none() {
+            return Err(bad("acme.dns_resolver".into(), "must be `ip` or `ip:port`, or empty"));
+        }
+        if !acme.profiles.contains_key("default") {
+            return Err(bad("acme.profiles".into(), "the profile `default` must exist"));
+        }
+        for (name, profile) in &acme.profiles {
+            let key = |k: &str| format!("acme.profiles.{name}.{k}");
+            if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(bad(format!("acme.profiles.{name}"), "profile names may use letters, digits, - and _"));
+            }
+            if !self.templates.contains_key(&profile.template) {
+                return Err(bad(key("template"), &format!("template `{}` is not defined", profile.template)));
+            }
+            if !profile.anonymous_role.is_empty() && !self.roles.contains_key(&profile.anonymous_role) {
+                return Err(bad(key("anonymous_role"), &format!("role `{}` is not defined", profile.anonymous_role)));
             }
         }
         for (name, role) in &self.roles {

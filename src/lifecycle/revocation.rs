@@ -70,16 +70,28 @@ pub async fn revoke(
         Some(cert) if may_access(pipeline, identity, &cert) => {}
         _ => return Err(RevokeError::NotFound(serial.to_string())),
     }
+    revoke_authorized(pipeline, &identity.name, serial, reason).await
+}
+
+/// Revoke `serial` for `actor`, whose authority the caller has already established (a
+/// protocol's own proof: ACME account authorizations or the certificate key).
+pub async fn revoke_authorized(
+    pipeline: &Pipeline,
+    actor: &str,
+    serial: &str,
+    reason: RevocationReason,
+) -> Result<CertificateRecord, RevokeError> {
+    check_reason(reason)?;
     let now = pipeline.clock().now();
     let revocation = Revocation {
         revoked_at: now,
         reason,
-        revoked_by: identity.name.clone(),
+        revoked_by: actor.to_string(),
     };
     let audit = AuditEntry {
         time: now,
         request_id: None,
-        actor: identity.name.clone(),
+        actor: actor.to_string(),
         action: AuditAction::Revoked,
         outcome: "ok".into(),
         layer: None,
@@ -91,7 +103,7 @@ pub async fn revoke(
     let event = NewEvent {
         kind: EventKind::CertificateRevoked,
         time: now,
-        data: json!({ "serial": serial, "reason": reason.name(), "revoked_by": identity.name }),
+        data: json!({ "serial": serial, "reason": reason.name(), "revoked_by": actor }),
     };
     let owned = serial.to_string();
     let outcome = pipeline
@@ -99,7 +111,7 @@ pub async fn revoke(
         .await?;
     match outcome {
         RevokeOutcome::Revoked(cert) => {
-            tracing::info!(%serial, reason = reason.name(), by = %identity.name, "certificate revoked");
+            tracing::info!(%serial, reason = reason.name(), by = %actor, "certificate revoked");
             Ok(*cert)
         }
         RevokeOutcome::AlreadyRevoked(cert) => Err(RevokeError::AlreadyRevoked {

@@ -178,6 +178,27 @@ fn run_layers(
     Ok(approval)
 }
 
+/// The identity and names layers alone, per identifier, for protocols that ask before
+/// the CSR exists (ACME newOrder): every refused identifier with its reason.
+pub fn precheck_names(
+    config: &Config,
+    identity: &Identity,
+    template: &str,
+    identifiers: &[Identifier],
+) -> Result<(), Vec<(Identifier, String)>> {
+    let all_refused = |reason: String| identifiers.iter().map(|i| (i.clone(), reason.clone())).collect::<Vec<_>>();
+    if !config.templates.contains_key(template) {
+        return Err(all_refused(format!("there is no template `{template}`")));
+    }
+    let roles = identity::roles_for_template(config, identity, template).map_err(|d| all_refused(d.reason))?;
+    let refused = names::refused(&roles, identifiers);
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(refused)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use super::{Denial, Layer};
 use crate::config::RoleConfig;
 use crate::model::Identifier;
 
-/// Check every identifier against the roles.
+/// Check every identifier against the roles; the first refusal decides.
 pub fn check(roles: &[(&str, &RoleConfig)], identifiers: &[Identifier]) -> Result<(), Denial> {
     if identifiers.is_empty() {
         return Err(Denial::new(
@@ -15,20 +15,24 @@ pub fn check(roles: &[(&str, &RoleConfig)], identifiers: &[Identifier]) -> Resul
             "the request names no DNS name or IP address (put them in the CSR's subjectAltName)",
         ));
     }
-    for identifier in identifiers {
-        let allowed = roles.iter().any(|(_, role)| match identifier {
-            Identifier::Dns(name) => role.dns_names.iter().any(|p| p.matches(name)),
-            Identifier::Ip(ip) => role.ip_ranges.iter().any(|net| net.contains(ip)),
-        });
-        if !allowed {
-            return Err(Denial::new(
-                Layer::Names,
-                "identifier_not_allowed",
-                format!("`{}` is not allowed for this identity", identifier.value()),
-            ));
-        }
+    match refused(roles, identifiers).into_iter().next() {
+        Some((_, reason)) => Err(Denial::new(Layer::Names, "identifier_not_allowed", reason)),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Every identifier no role allows, with the reason.
+pub fn refused(roles: &[(&str, &RoleConfig)], identifiers: &[Identifier]) -> Vec<(Identifier, String)> {
+    identifiers
+        .iter()
+        .filter(|identifier| {
+            !roles.iter().any(|(_, role)| match identifier {
+                Identifier::Dns(name) => role.dns_names.iter().any(|p| p.matches(name)),
+                Identifier::Ip(ip) => role.ip_ranges.iter().any(|net| net.contains(ip)),
+            })
+        })
+        .map(|identifier| (identifier.clone(), format!("`{}` is not allowed for this identity", identifier.value())))
+        .collect()
 }
 
 #[cfg(test)]

@@ -56,6 +56,9 @@ pub enum ServerError {
     /// TLS set-up.
     #[error("TLS: {0}")]
     Tls(String),
+    /// ACME set-up.
+    #[error("ACME: {0}")]
+    Acme(String),
     /// A listener address is taken or not allowed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -196,6 +199,10 @@ pub struct Daemon {
     pub api_url: Option<String>,
     /// Bound address of the admin API.
     pub api_addr: Option<SocketAddr>,
+    /// The default ACME directory URL, when ACME is enabled.
+    pub acme_url: Option<String>,
+    /// Bound address of the ACME listener.
+    pub acme_addr: Option<SocketAddr>,
     /// Data directory.
     pub data_dir: PathBuf,
     /// CA bundle path.
@@ -252,7 +259,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
             addr: api.listen,
             source,
         })?;
-        let router = crate::api::router(boot.pipeline.clone());
+        let router = observed(crate::api::router(boot.pipeline.clone()), "api", boot.pipeline.metrics().clone());
         let scheme = if api.tls { "https" } else { "http" };
         let tls = api.tls.then(|| tls_config.clone());
         tasks.push(tokio::spawn(serve(listener, router, tls, signal.clone())));
@@ -262,9 +269,24 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
         ));
         api_addr = Some(addr);
     }
+    let acme = &boot.pipeline.config().acme;
+    let (mut acme_url, mut acme_addr) = (None, None);
+    if acme.enabled {
+        let listener =
+            TcpListener::bind(acme.listen).await.map_err(|source| ServerError::Bind { addr: acme.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: acme.listen, source })?;
+        let server = crate::gateway::acme::server(&boot.pipeline).map_err(ServerError::Acme)?;
+        let router = observed(rampart_acme::router(server), "acme", boot.pipeline.metrics().clone());
+        tasks.push(tokio::spawn(serve(listener, router, Some(tls_config.clone()), signal.clone())));
+        let host = display_addr(addr, &boot.pipeline.config().server.public_hostname);
+        acme_url = Some(format!("https://{host}/acme/default/directory"));
+        acme_addr = Some(addr);
+    }
     Ok(Daemon {
         api_url,
         api_addr,
+        acme_url,
+        acme_addr,
         data_dir: boot.data_dir,
         ca_bundle: boot.ca_bundle,
         listener_certificate: cert_path,
@@ -273,6 +295,23 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
         shutdown,
         tasks,
     })
+}
+
+/// Count and log every request of `listener`.
+fn observed(router: Router, listener: &'static str, metrics: Arc<Metrics>) -> Router {
+    router.layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
+        let metrics = metrics.clone();
+        async move {
+            let method = request.method().clone();
+            let path = request.uri().path().to_string();
+            let started = std::time::Instant::now();
+            let response = next.run(request).await;
+            let status = response.status().as_u16();
+            metrics.http_request(listener, method.as_str(), status);
+            tracing::debug!(listener, %method, %path, status, elapsed_ms = started.elapsed().as_millis() as u64, "request");
+            response
+        }
+    }))
 }
 
 /// `host:port` for printing: loopback listeners are shown as they are bound, wildcard

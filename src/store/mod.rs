@@ -263,6 +263,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Number of API keys.
     fn api_key_count(&self) -> Result<usize, StoreError>;
 
+    /// Protocol front ends' own state (ACME accounts, orders…), as opaque values under a
+    /// namespace. Durable on return.
+    fn protocol_put(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), StoreError>;
+
+    /// One protocol state value.
+    fn protocol_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Protocol state values whose key starts with `prefix`, in key order.
+    fn protocol_scan(&self, namespace: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
     /// Append an audit entry on its own (decisions without other state change).
     fn append_audit(&self, audit: &AuditEntry) -> Result<(), StoreError>;
 

@@ -12,6 +12,7 @@
 //! | `outbox`        | seq (u64 BE)                      | Event               |
 //! | `api_keys`      | key id                            | ApiKeyRecord        |
 //! | `meta`          | `schema_version`, `audit_head`, `outbox_next` | JSON    |
+//! | `protocol_state`| namespace `\0` key (ACME records…) | opaque (JSON)     |
 //!
 //! Values are JSON. Every change runs in one multi-tree transaction; issuance and
 //! revocation flush to disk before returning.
@@ -42,6 +43,9 @@ pub struct SledStore {
     db: sled::Db,
     path: PathBuf,
     t: Trees,
+    /// Protocol state (ACME accounts, orders…): `namespace \0 key` → value. Outside the
+    /// transactional trees: each write stands alone.
+    protocol_state: sled::Tree,
 }
 
 #[derive(Debug)]
@@ -102,6 +106,14 @@ fn not_after_key(at: OffsetDateTime, serial: &str) -> Vec<u8> {
 
 fn sortable_time(at: OffsetDateTime) -> u64 {
     (at.unix_timestamp() as u64) ^ (1 << 63)
+}
+
+fn protocol_key(namespace: &str, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(namespace.len() + 1 + key.len());
+    out.extend_from_slice(namespace.as_bytes());
+    out.push(0);
+    out.extend_from_slice(key.as_bytes());
+    out
 }
 
 fn pair_key(prefix: &str, serial: &str) -> Vec<u8> {
@@ -222,7 +234,9 @@ impl SledStore {
                 }
             }
         }
+        let protocol_state = tree("protocol_state")?;
         Ok(SledStore {
+            protocol_state,
             db,
             path: path.to_path_buf(),
             t,
@@ -554,6 +568,27 @@ impl Store for SledStore {
 
     fn api_key_count(&self) -> Result<usize, StoreError> {
         Ok(self.t.api_keys.len())
+    }
+
+    fn protocol_put(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.protocol_state.insert(protocol_key(namespace, key), value).map_err(backend)?;
+        self.protocol_state.flush().map_err(backend)?;
+        Ok(())
+    }
+
+    fn protocol_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.protocol_state.get(protocol_key(namespace, key)).map_err(backend)?.map(|v| v.to_vec()))
+    }
+
+    fn protocol_scan(&self, namespace: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let skip = namespace.len() + 1;
+        self.protocol_state
+            .scan_prefix(protocol_key(namespace, prefix))
+            .map(|item| {
+                let (key, value) = item.map_err(backend)?;
+                Ok((String::from_utf8_lossy(&key[skip..]).into_owned(), value.to_vec()))
+            })
+            .collect()
     }
 
     fn append_audit(&self, audit: &AuditEntry) -> Result<(), StoreError> {

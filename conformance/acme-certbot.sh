@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Conformance: certbot (from PyPI) against rampart's ACME directory.
+# certonly --standalone with HTTP-01 on a high port, renew --force-renewal, revoke; every
+# certificate checked with openssl verify against rampart's CA bundle.
+source "$(dirname "$0")/lib.sh"
+
+VENV="${CERTBOT_VENV:-$HOME/.cache/rampart-certbot}"
+if [[ ! -x "$VENV/bin/certbot" ]]; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q certbot certbot-dns-rfc2136
+fi
+CERTBOT="$VENV/bin/certbot"
+
+DIR="$WORK/ra"
+API_PORT="$(free_port)"
+ACME_PORT="$(free_port)"
+HTTP01_PORT="$(free_port)"
+mkdir -p "$DIR"
+cat >"$DIR/rampart.toml" <<TOML
+[server]
+data_dir = "$DIR"
+[api]
+listen = "127.0.0.1:$API_PORT"
+[acme]
+listen = "127.0.0.1:$ACME_PORT"
+http01_port = $HTTP01_PORT
+allow_private_targets = true
+TOML
+API="http://127.0.0.1:$API_PORT"
+start_rampart "$DIR/rampart.toml"
+DIRECTORY="https://localhost:$ACME_PORT/acme/default/directory"
+grep -q "ACME .*https://127.0.0.1:$ACME_PORT/acme/default/directory" "$WORK/rampart.out" || fail "serve did not print the ACME directory"
+export REQUESTS_CA_BUNDLE="$DIR/ca-bundle.pem"
+CB=(--server "$DIRECTORY" --config-dir "$WORK/certbot/config" --work-dir "$WORK/certbot/work"
+    --logs-dir "$WORK/certbot/logs" --non-interactive --agree-tos -m ops@example.org)
+
+"$CERTBOT" certonly "${CB[@]}" --standalone --preferred-challenges http --http-01-port "$HTTP01_PORT" \
+    --http-01-address 127.0.0.1 -d localhost --cert-name lab >"$WORK/certbot.out" 2>&1 \
+    || fail "certbot certonly: $(tail -20 "$WORK/certbot.out")"
+LIVE="$WORK/certbot/config/live/lab"
+openssl verify -CAfile "$DIR/ca-bundle.pem" -untrusted "$LIVE/chain.pem" "$LIVE/cert.pem" >/dev/null || fail "certonly certificate does not verify"
+openssl x509 -in "$LIVE/cert.pem" -noout -text | grep -q "DNS:localhost" || fail "certificate lacks DNS:localhost"
+FIRST="$(openssl x509 -in "$LIVE/cert.pem" -noout -serial)"
+pass "certbot certonly --standalone (http-01) got a certificate that openssl verifies"
+
+"$CERTBOT" renew "${CB[@]}" --force-renewal --http-01-port "$HTTP01_PORT" --http-01-address 127.0.0.1 \
+    >"$WORK/renew.out" 2>&1 || fail "certbot renew: $(tail -20 "$WORK/renew.out")"
+SECOND="$(openssl x509 -in "$LIVE/cert.pem" -noout -serial)"
+[[ "$FIRST" != "$SECOND" ]] || fail "renew did not replace the certificate"
+openssl verify -CAfile "$DIR/ca-bundle.pem" -untrusted "$LIVE/chain.pem" "$LIVE/cert.pem" >/dev/null || fail "renewed certificate does not verify"
+pass "certbot renew --force-renewal issued a new certificate"
+
+SERIAL="$(openssl x509 -in "$LIVE/cert.pem" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f' | sed 's/^0*//')"
+"$CERTBOT" revoke "${CB[@]}" --cert-path "$LIVE/cert.pem" --reason keycompromise --no-delete-after-revoke \
+    >"$WORK/revoke.out" 2>&1 || fail "certbot revoke: $(tail -20 "$WORK/revoke.out")"
+KEY="$(grep -o 'rpk_[A-Za-z0-9_-]*' "$WORK/rampart.out")"
+STATUS="$(curl -sf -H "Authorization: Bearer $KEY" "$API/api/v1/certificates/$SERIAL" | jq -r '.status + " " + (.revocation.reason // "")')"
+[[ "$STATUS" == "revoked keyCompromise" ]] || fail "after certbot revoke the inventory says: $STATUS"
+pass "certbot revoke --reason keycompromise is recorded in the inventory"
+stop_rampart

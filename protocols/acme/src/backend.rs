@@ -1,0 +1,75 @@
+//! The narrow interface the embedder implements: profiles, who an account is, the policy
+//! pre-check, issuance through the one pipeline, certificates and revocation.
+
+use serde_json::Value;
+
+use crate::problem::Problem;
+use crate::records::{AccountRecord, OrderRecord};
+use crate::wire::Identifier;
+
+/// A profile as the directory shows it.
+#[derive(Debug, Clone, Default)]
+pub struct Profile {
+    /// The directory's `meta` object (termsOfService, website, caaIdentities,
+    /// externalAccountRequired, profiles…).
+    pub meta: serde_json::Map<String, Value>,
+    /// Roles given to accounts created without external account binding; `None` means
+    /// such accounts are refused (`externalAccountRequired`).
+    pub anonymous_roles: Option<Vec<String>>,
+}
+
+/// A certificate the embedder knows, for revocation checks.
+#[derive(Debug, Clone)]
+pub struct KnownCertificate {
+    /// Serial, hex.
+    pub serial: String,
+    /// Identity that requested it.
+    pub owner: String,
+    /// Its names.
+    pub identifiers: Vec<Identifier>,
+    /// Its SubjectPublicKeyInfo, DER.
+    pub spki_der: Vec<u8>,
+    /// Already revoked.
+    pub revoked: bool,
+}
+
+/// Who revokes.
+#[derive(Debug, Clone)]
+pub enum Revoker {
+    /// An account (its identity name).
+    Account(String),
+    /// Whoever holds the certificate's private key.
+    CertificateKey,
+}
+
+/// What the embedder provides.
+#[async_trait::async_trait]
+pub trait AcmeBackend: Send + Sync + 'static {
+    /// The profile named `name`, if it exists.
+    fn profile(&self, name: &str) -> Option<Profile>;
+
+    /// Policy pre-check at newOrder: may `account` ask for these names at all? Returns the
+    /// refused identifiers with reasons.
+    async fn check_identifiers(
+        &self,
+        account: &AccountRecord,
+        identifiers: &[Identifier],
+    ) -> Result<(), Vec<(Identifier, String)>>;
+
+    /// Issue for a ready order whose CSR matched it. Returns the serial.
+    async fn issue(
+        &self,
+        account: &AccountRecord,
+        order: &OrderRecord,
+        csr_der: Vec<u8>,
+    ) -> Result<String, Problem>;
+
+    /// The PEM chain (leaf first) of a certificate.
+    async fn certificate_chain(&self, serial: &str) -> Result<Option<String>, Problem>;
+
+    /// Look up a certificate by its DER.
+    async fn find_certificate(&self, der: &[u8]) -> Result<Option<KnownCertificate>, Problem>;
+
+    /// Revoke a certificate with an RFC 5280 reason code.
+    async fn revoke(&self, serial: &str, reason: u8, revoker: Revoker) -> Result<(), Problem>;
+}

@@ -1,0 +1,327 @@
+//! JWS as ACME uses it (RFC 8555 §6.2): flattened JSON serialization, a protected header
+//! with `alg`, `nonce`, `url` and exactly one of `jwk` / `kid`. Signatures are verified
+//! with josekit; this module only frames, decodes and checks headers. Also: JWK
+//! thumbprints (RFC 7638) and matching a JWK against a certificate's public key.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use josekit::jwk::Jwk;
+use josekit::jws::{EdDSA, JwsVerifier, ES256, ES384, RS256};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::problem::{Problem, ProblemType};
+
+/// Signature algorithms accepted for account keys.
+pub const ALGORITHMS: [&str; 4] = ["ES256", "ES384", "RS256", "EdDSA"];
+
+/// Smallest RSA account key accepted.
+const MIN_RSA_BITS: usize = 2048;
+
+/// The flattened JSON serialization.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Flattened {
+    protected: String,
+    payload: String,
+    signature: String,
+    #[serde(default)]
+    header: Option<Value>,
+}
+
+/// How the request names its key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyRef {
+    /// A public key (newAccount, revokeCert by certificate key).
+    Jwk(Map<String, Value>),
+    /// An account URL.
+    Kid(String),
+}
+
+/// A parsed, not yet verified, JWS.
+#[derive(Debug, Clone)]
+pub struct Jws {
+    /// `alg`.
+    pub alg: String,
+    /// `nonce`.
+    pub nonce: Option<String>,
+    /// `url`.
+    pub url: String,
+    /// `jwk` or `kid`.
+    pub key: KeyRef,
+    /// Decoded payload; empty for POST-as-GET.
+    pub payload: Vec<u8>,
+    signing_input: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+fn b64(field: &str, text: &str) -> Result<Vec<u8>, Problem> {
+    URL_SAFE_NO_PAD
+        .decode(text.trim_end_matches('='))
+        .map_err(|_| Problem::malformed(format!("JWS {field} is not base64url")))
+}
+
+impl Jws {
+    /// Parse a request body.
+    pub fn parse(body: &[u8]) -> Result<Jws, Problem> {
+        let flat: Flattened = serde_json::from_slice(body)
+            .map_err(|e| Problem::malformed(format!("the body is not a flattened JWS: {e}")))?;
+        if flat.header.is_some() {
+            return Err(Problem::malformed(
+                "unprotected JWS headers are not allowed",
+            ));
+        }
+        let header: Map<String, Value> =
+            serde_json::from_slice(&b64("protected header", &flat.protected)?).map_err(|e| {
+                Problem::malformed(format!("JWS protected header is not a JSON object: {e}"))
+            })?;
+        let text = |name: &str| header.get(name).and_then(Value::as_str).map(str::to_string);
+        let alg = text("alg").ok_or_else(|| Problem::malformed("JWS header lacks `alg`"))?;
+        if !ALGORITHMS.contains(&alg.as_str()) {
+            let mut problem = Problem::new(
+                ProblemType::BadSignatureAlgorithm,
+                format!(
+                    "JWS algorithm `{alg}` is not accepted (use one of {})",
+                    ALGORITHMS.join(", ")
+                ),
+            );
+            problem.algorithms = Some(ALGORITHMS.to_vec());
+            return Err(problem);
+        }
+        if let Some(crit) = header.get("crit") {
+            return Err(Problem::malformed(format!(
+                "unsupported critical JWS header parameters: {crit}"
+            )));
+        }
+        let url = text("url").ok_or_else(|| Problem::malformed("JWS header lacks `url`"))?;
+        let key = match (header.get("jwk"), header.get("kid")) {
+            (Some(Value::Object(jwk)), None) => KeyRef::Jwk(jwk.clone()),
+            (None, Some(Value::String(kid))) => KeyRef::Kid(kid.clone()),
+            (Some(_), Some(_)) => {
+                return Err(Problem::malformed("JWS header has both `jwk` and `kid`"))
+            }
+            _ => {
+                return Err(Problem::malformed(
+                    "JWS header needs a `jwk` object or a `kid` string",
+                ))
+            }
+        };
+        let payload = b64("payload", &flat.payload)?;
+        let signature = b64("signature", &flat.signature)?;
+        let signing_input = format!("{}.{}", flat.protected, flat.payload).into_bytes();
+        Ok(Jws {
+            alg,
+            nonce: text("nonce"),
+            url,
+            key,
+            payload,
+            signing_input,
+            signature,
+        })
+    }
+
+    /// Verify the signature with `jwk`.
+    pub fn verify(&self, jwk: &Map<String, Value>) -> Result<(), Problem> {
+        let verifier = verifier(&self.alg, jwk)?;
+        verifier
+            .verify(&self.signing_input, &self.signature)
+            .map_err(|_| Problem::malformed("JWS signature does not verify"))
+    }
+
+    /// The payload as JSON (`{}` is not the same as POST-as-GET's empty payload).
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Problem> {
+        serde_json::from_slice(&self.payload)
+            .map_err(|e| Problem::malformed(format!("invalid request payload: {e}")))
+    }
+
+    /// Whether this is POST-as-GET.
+    pub fn is_post_as_get(&self) -> bool {
+        self.payload.is_empty()
+    }
+}
+
+/// A josekit verifier for `alg` and `jwk`, checking that the key type fits the algorithm.
+fn verifier(alg: &str, jwk_map: &Map<String, Value>) -> Result<Box<dyn JwsVerifier>, Problem> {
+    check_public_key(jwk_map)?;
+    let jwk = Jwk::from_map(jwk_map.clone())
+        .map_err(|e| Problem::new(ProblemType::BadPublicKey, format!("invalid JWK: {e}")))?;
+    let bad = |e: josekit::JoseError| {
+        Problem::new(
+            ProblemType::BadPublicKey,
+            format!("the JWK does not fit algorithm {alg}: {e}"),
+        )
+    };
+    Ok(match alg {
+        "ES256" => Box::new(ES256.verifier_from_jwk(&jwk).map_err(bad)?),
+        "ES384" => Box::new(ES384.verifier_from_jwk(&jwk).map_err(bad)?),
+        "RS256" => Box::new(RS256.verifier_from_jwk(&jwk).map_err(bad)?),
+        "EdDSA" => Box::new(EdDSA.verifier_from_jwk(&jwk).map_err(bad)?),
+        other => {
+            return Err(Problem::new(
+                ProblemType::BadSignatureAlgorithm,
+                format!("algorithm {other}"),
+            ))
+        }
+    })
+}
+
+fn member<'a>(jwk: &'a Map<String, Value>, name: &str) -> Result<&'a str, Problem> {
+    jwk.get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| Problem::new(ProblemType::BadPublicKey, format!("JWK lacks `{name}`")))
+}
+
+/// Refuse private keys, symmetric keys and weak RSA keys.
+pub fn check_public_key(jwk: &Map<String, Value>) -> Result<(), Problem> {
+    if jwk.contains_key("d") || jwk.contains_key("k") {
+        return Err(Problem::new(
+            ProblemType::BadPublicKey,
+            "the JWK holds private or symmetric key material",
+        ));
+    }
+    match member(jwk, "kty")? {
+        "RSA" => {
+            let n = b64("RSA modulus", member(jwk, "n")?)?;
+            let bits = n
+                .iter()
+                .position(|b| *b != 0)
+                .map_or(0, |i| (n.len() - i) * 8);
+            if bits < MIN_RSA_BITS {
+                return Err(Problem::new(
+                    ProblemType::BadPublicKey,
+                    format!("RSA account keys need at least {MIN_RSA_BITS} bits"),
+                ));
+            }
+            Ok(())
+        }
+        "EC" | "OKP" => Ok(()),
+        other => Err(Problem::new(
+            ProblemType::BadPublicKey,
+            format!("key type `{other}` is not accepted"),
+        )),
+    }
+}
+
+/// RFC 7638 thumbprint: SHA-256 over the required members in lexicographic order, base64url.
+pub fn thumbprint(jwk: &Map<String, Value>) -> Result<String, Problem> {
+    let required: &[&str] = match member(jwk, "kty")? {
+        "EC" => &["crv", "kty", "x", "y"],
+        "RSA" => &["e", "kty", "n"],
+        "OKP" => &["crv", "kty", "x"],
+        other => {
+            return Err(Problem::new(
+                ProblemType::BadPublicKey,
+                format!("key type `{other}` is not accepted"),
+            ))
+        }
+    };
+    let mut canonical = Map::new();
+    for name in required {
+        canonical.insert(
+            (*name).to_string(),
+            Value::String(member(jwk, name)?.to_string()),
+        );
+    }
+    // serde_json's Map is ordered by key (BTreeMap), and the values are plain strings:
+    // this is exactly the RFC 7638 canonical form.
+    let text = serde_json::to_string(&canonical).expect("strings serialize");
+    Ok(URL_SAFE_NO_PAD.encode(Sha256::digest(text.as_bytes())))
+}
+
+/// The public key of a JWK in the form a certificate or CSR carries it: the
+/// subjectPublicKey BIT STRING contents and, for RSA, via its modulus and exponent.
+pub fn same_public_key(jwk: &Map<String, Value>, spki_der: &[u8]) -> bool {
+    use der::Decode;
+    let Ok(spki) = spki::SubjectPublicKeyInfoRef::from_der(spki_der) else {
+        return false;
+    };
+    let key = spki.subject_public_key.raw_bytes();
+    let decoded = |name: &str| member(jwk, name).ok().and_then(|v| b64(name, v).ok());
+    match member(jwk, "kty") {
+        Ok("EC") => match (decoded("x"), decoded("y")) {
+            (Some(x), Some(y)) => {
+                key.len() == 1 + x.len() + y.len()
+                    && key[0] == 4
+                    && key[1..=x.len()] == x[..]
+                    && key[1 + x.len()..] == y[..]
+            }
+            _ => false,
+        },
+        Ok("OKP") => decoded("x").is_some_and(|x| x == key),
+        Ok("RSA") => {
+            let Ok(rsa) = pkcs1::RsaPublicKey::from_der(key) else {
+                return false;
+            };
+            let strip = |b: &[u8]| {
+                b.iter()
+                    .position(|x| *x != 0)
+                    .map_or(Vec::new(), |i| b[i..].to_vec())
+            };
+            match (decoded("n"), decoded("e")) {
+                (Some(n), Some(e)) => {
+                    strip(rsa.modulus.as_bytes()) == strip(&n)
+                        && strip(rsa.public_exponent.as_bytes()) == strip(&e)
+                }
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc7638_example_thumbprint() {
+        // RFC 7638 §3.1.
+        let jwk: Map<String, Value> = serde_json::from_str(r#"{"kty":"RSA","n":"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw","e":"AQAB","alg":"RS256","kid":"2011-04-29"}"#).unwrap();
+        assert_eq!(
+            thumbprint(&jwk).unwrap(),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+    }
+
+    #[test]
+    fn headers_are_checked() {
+        let encode = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let body = |header: Value| {
+            serde_json::json!({"protected": encode(&header), "payload": "", "signature": "AA"})
+                .to_string()
+        };
+        let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"});
+        let ok = Jws::parse(
+            body(serde_json::json!({"alg": "ES256", "url": "u", "jwk": jwk})).as_bytes(),
+        )
+        .unwrap();
+        assert!(ok.is_post_as_get());
+        let none =
+            Jws::parse(body(serde_json::json!({"alg": "none", "url": "u", "jwk": jwk})).as_bytes());
+        assert_eq!(none.unwrap_err().kind, ProblemType::BadSignatureAlgorithm);
+        let hmac = Jws::parse(
+            body(serde_json::json!({"alg": "HS256", "url": "u", "kid": "k"})).as_bytes(),
+        );
+        assert_eq!(hmac.unwrap_err().kind, ProblemType::BadSignatureAlgorithm);
+        let both = Jws::parse(
+            body(serde_json::json!({"alg": "ES256", "url": "u", "kid": "k", "jwk": jwk}))
+                .as_bytes(),
+        );
+        assert_eq!(both.unwrap_err().kind, ProblemType::Malformed);
+        let crit = Jws::parse(
+            body(serde_json::json!({"alg": "ES256", "url": "u", "kid": "k", "crit": ["b64"]}))
+                .as_bytes(),
+        );
+        assert_eq!(crit.unwrap_err().kind, ProblemType::Malformed);
+        assert_eq!(Jws::parse(b"{}").unwrap_err().kind, ProblemType::Malformed);
+        let private =
+            serde_json::json!({"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "d": "AA"});
+        assert_eq!(
+            check_public_key(private.as_object().unwrap())
+                .unwrap_err()
+                .kind,
+            ProblemType::BadPublicKey
+        );
+    }
+}

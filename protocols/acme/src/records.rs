@@ -1,0 +1,355 @@
+//! What the ACME server keeps: accounts, orders and authorizations (challenges live inside
+//! their authorization), and where: [`Records`] over any [`KeyValue`] store the embedder
+//! provides (the daemon's store; [`MemoryKv`] in tests). Index keys live here too.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::problem::Problem;
+use crate::wire::{AuthzStatus, ChallengeStatus, ChallengeType, Identifier, OrderStatus};
+
+/// A namespaced key-value store; writes are durable when they return.
+#[async_trait::async_trait]
+pub trait KeyValue: Send + Sync + 'static {
+    /// Store `value` under `namespace`/`key`.
+    async fn put(&self, namespace: &'static str, key: String, value: Vec<u8>)
+        -> Result<(), String>;
+    /// Read `namespace`/`key`.
+    async fn get(&self, namespace: &'static str, key: String) -> Result<Option<Vec<u8>>, String>;
+    /// Every `(key, value)` in `namespace` whose key starts with `prefix`, in key order.
+    async fn scan(
+        &self,
+        namespace: &'static str,
+        prefix: String,
+    ) -> Result<Vec<(String, Vec<u8>)>, String>;
+}
+
+/// An in-memory [`KeyValue`] (tests, and embedders without persistence).
+#[derive(Debug, Default)]
+pub struct MemoryKv(Mutex<BTreeMap<(String, String), Vec<u8>>>);
+
+#[async_trait::async_trait]
+impl KeyValue for MemoryKv {
+    async fn put(
+        &self,
+        namespace: &'static str,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), String> {
+        self.0
+            .lock()
+            .expect("lock")
+            .insert((namespace.to_string(), key), value);
+        Ok(())
+    }
+    async fn get(&self, namespace: &'static str, key: String) -> Result<Option<Vec<u8>>, String> {
+        Ok(self
+            .0
+            .lock()
+            .expect("lock")
+            .get(&(namespace.to_string(), key))
+            .cloned())
+    }
+    async fn scan(
+        &self,
+        namespace: &'static str,
+        prefix: String,
+    ) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let map = self.0.lock().expect("lock");
+        Ok(map
+            .range((namespace.to_string(), prefix.clone())..)
+            .take_while(|((ns, key), _)| ns == namespace && key.starts_with(&prefix))
+            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .collect())
+    }
+}
+
+/// Account status (RFC 8555 §7.1.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountStatus {
+    /// Usable.
+    Valid,
+    /// Deactivated by its holder.
+    Deactivated,
+    /// Revoked by the server.
+    Revoked,
+}
+
+/// An account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountRecord {
+    /// Id (last URL segment).
+    pub id: String,
+    /// Profile it was created under.
+    pub profile: String,
+    /// Public key.
+    pub jwk: Map<String, Value>,
+    /// RFC 7638 thumbprint of `jwk`.
+    pub thumbprint: String,
+    /// `mailto:` contacts.
+    pub contact: Vec<String>,
+    /// Status.
+    pub status: AccountStatus,
+    /// rampart identity name the account acts as.
+    pub identity: String,
+    /// Its roles.
+    pub roles: Vec<String>,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A challenge inside an authorization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChallengeRecord {
+    /// Type.
+    pub kind: ChallengeType,
+    /// Token.
+    pub token: String,
+    /// Status.
+    pub status: ChallengeStatus,
+    /// When it became valid.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub validated: Option<OffsetDateTime>,
+    /// Why it failed (problem document).
+    pub error: Option<Value>,
+}
+
+/// An authorization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuthzRecord {
+    /// Id.
+    pub id: String,
+    /// Owning account.
+    pub account_id: String,
+    /// Identifier (without `*.` for wildcards).
+    pub identifier: Identifier,
+    /// For a wildcard order.
+    pub wildcard: bool,
+    /// Stored status (expiry is applied when read).
+    pub status: AuthzStatus,
+    /// Expiry.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires: OffsetDateTime,
+    /// Challenges.
+    pub challenges: Vec<ChallengeRecord>,
+}
+
+impl AuthzRecord {
+    /// Status at `now`.
+    pub fn status_at(&self, now: OffsetDateTime) -> AuthzStatus {
+        match self.status {
+            AuthzStatus::Pending | AuthzStatus::Valid if now >= self.expires => {
+                AuthzStatus::Expired
+            }
+            status => status,
+        }
+    }
+}
+
+/// An order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    /// Id.
+    pub id: String,
+    /// Owning account.
+    pub account_id: String,
+    /// Profile.
+    pub profile: String,
+    /// Stored status: `pending` until finalized (ready/invalid are derived from the
+    /// authorizations), then `processing`, `valid` or `invalid`.
+    pub status: OrderStatus,
+    /// Identifiers as requested.
+    pub identifiers: Vec<Identifier>,
+    /// Authorization ids, one per identifier.
+    pub authz_ids: Vec<String>,
+    /// Expiry.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires: OffsetDateTime,
+    /// Why it became invalid.
+    pub error: Option<Value>,
+    /// Serial of the issued certificate.
+    pub certificate_serial: Option<String>,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+const ACCOUNTS: &str = "acme.accounts";
+const ACCOUNT_KEYS: &str = "acme.account_keys";
+const ORDERS: &str = "acme.orders";
+const ACCOUNT_ORDERS: &str = "acme.account_orders";
+const AUTHZS: &str = "acme.authzs";
+const ACCOUNT_AUTHZS: &str = "acme.account_authzs";
+
+fn storage(error: String) -> Problem {
+    Problem::internal(format!("ACME storage: {error}"))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Problem::internal(format!("corrupt ACME record: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialize")
+}
+
+fn identifier_key(identifier: &Identifier) -> String {
+    format!("{}:{}", identifier.kind, identifier.value)
+}
+
+/// Typed access to the ACME records.
+pub struct Records {
+    kv: Box<dyn KeyValue>,
+}
+
+impl std::fmt::Debug for Records {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Records")
+    }
+}
+
+impl Records {
+    /// Over `kv`.
+    pub fn new(kv: Box<dyn KeyValue>) -> Self {
+        Records { kv }
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        ns: &'static str,
+        key: &str,
+    ) -> Result<Option<T>, Problem> {
+        match self.kv.get(ns, key.to_string()).await.map_err(storage)? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Store an account (and its key index).
+    pub async fn put_account(&self, account: &AccountRecord) -> Result<(), Problem> {
+        self.kv
+            .put(ACCOUNTS, account.id.clone(), encode(account))
+            .await
+            .map_err(storage)?;
+        self.kv
+            .put(
+                ACCOUNT_KEYS,
+                account.thumbprint.clone(),
+                account.id.clone().into_bytes(),
+            )
+            .await
+            .map_err(storage)
+    }
+
+    /// An account by id.
+    pub async fn account(&self, id: &str) -> Result<Option<AccountRecord>, Problem> {
+        self.get(ACCOUNTS, id).await
+    }
+
+    /// The account holding the key with `thumbprint`.
+    pub async fn account_by_thumbprint(
+        &self,
+        thumbprint: &str,
+    ) -> Result<Option<AccountRecord>, Problem> {
+        let Some(id) = self
+            .kv
+            .get(ACCOUNT_KEYS, thumbprint.to_string())
+            .await
+            .map_err(storage)?
+        else {
+            return Ok(None);
+        };
+        let account = self.account(&String::from_utf8_lossy(&id)).await?;
+        // After a key change the old thumbprint may still point here: check it.
+        Ok(account.filter(|a| a.thumbprint == thumbprint))
+    }
+
+    /// Store an order (and its account index).
+    pub async fn put_order(&self, order: &OrderRecord, new: bool) -> Result<(), Problem> {
+        self.kv
+            .put(ORDERS, order.id.clone(), encode(order))
+            .await
+            .map_err(storage)?;
+        if new {
+            let key = format!("{}/{}", order.account_id, order.id);
+            self.kv
+                .put(ACCOUNT_ORDERS, key, Vec::new())
+                .await
+                .map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    /// An order.
+    pub async fn order(&self, id: &str) -> Result<Option<OrderRecord>, Problem> {
+        self.get(ORDERS, id).await
+    }
+
+    /// Ids of an account's orders.
+    pub async fn order_ids(&self, account_id: &str) -> Result<Vec<String>, Problem> {
+        let prefix = format!("{account_id}/");
+        let entries = self
+            .kv
+            .scan(ACCOUNT_ORDERS, prefix.clone())
+            .await
+            .map_err(storage)?;
+        Ok(entries
+            .into_iter()
+            .map(|(key, _)| key[prefix.len()..].to_string())
+            .collect())
+    }
+
+    /// Store an authorization (and its account/identifier index).
+    pub async fn put_authz(&self, authz: &AuthzRecord, new: bool) -> Result<(), Problem> {
+        self.kv
+            .put(AUTHZS, authz.id.clone(), encode(authz))
+            .await
+            .map_err(storage)?;
+        if new {
+            let key = format!(
+                "{}/{}/{}",
+                authz.account_id,
+                identifier_key(&authz.identifier),
+                authz.id
+            );
+            self.kv
+                .put(ACCOUNT_AUTHZS, key, Vec::new())
+                .await
+                .map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    /// An authorization.
+    pub async fn authz(&self, id: &str) -> Result<Option<AuthzRecord>, Problem> {
+        self.get(AUTHZS, id).await
+    }
+
+    /// The account's authorizations for `identifier`.
+    pub async fn authzs_for(
+        &self,
+        account_id: &str,
+        identifier: &Identifier,
+    ) -> Result<Vec<AuthzRecord>, Problem> {
+        let prefix = format!("{account_id}/{}/", identifier_key(identifier));
+        let mut out = Vec::new();
+        for (key, _) in self
+            .kv
+            .scan(ACCOUNT_AUTHZS, prefix.clone())
+            .await
+            .map_err(storage)?
+        {
+            if let Some(authz) = self.authz(&key[prefix.len()..]).await? {
+                out.push(authz);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,1238 @@
+//! The ACME server: state, the axum router and one handler per resource. Handlers check
+//! the JWS, load records, apply the RFC 8555 state machine and call the backend; they
+//! hold no policy of their own.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::{json, Map, Value};
+use time::{Duration, OffsetDateTime};
+
+use crate::backend::{AcmeBackend, Revoker};
+use crate::jws::{self, Jws, KeyRef};
+use crate::nonce::NonceStore;
+use crate::problem::{Problem, ProblemType, Subproblem, SubproblemIdentifier};
+use crate::records::{
+    AccountRecord, AccountStatus, AuthzRecord, ChallengeRecord, OrderRecord, Records,
+};
+use crate::validation::{Target, ValidationError, Validator};
+use crate::wire::{
+    self, AccountUpdate, AuthzStatus, AuthzUpdate, ChallengeStatus, ChallengeType, Finalize,
+    Identifier, KeyChange, NewAccount, NewOrder, OrderStatus, RevokeCert,
+};
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Most identifiers in one order.
+const MAX_IDENTIFIERS: usize = 100;
+/// Lifetime of orders and pending authorizations.
+const PENDING_LIFETIME: Duration = Duration::days(7);
+/// Lifetime of a valid authorization (reused by later orders while valid).
+const VALID_AUTHZ_LIFETIME: Duration = Duration::days(30);
+/// Seconds clients are asked to wait before polling again.
+const RETRY_AFTER_SECONDS: &str = "1";
+/// RFC 5280 reasons a client may give (no CA/AA compromise, hold or removeFromCRL).
+const ALLOWED_REASONS: [u8; 6] = [0, 1, 3, 4, 5, 9];
+
+/// A clock.
+pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
+
+/// The ACME server.
+pub struct AcmeServer {
+    backend: Arc<dyn AcmeBackend>,
+    records: Records,
+    nonces: NonceStore,
+    validator: Arc<Validator>,
+    clock: Clock,
+    finalizing: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for AcmeServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcmeServer").finish_non_exhaustive()
+    }
+}
+
+impl AcmeServer {
+    /// A server over `backend`, keeping records in `records`.
+    pub fn new(
+        backend: Arc<dyn AcmeBackend>,
+        records: Records,
+        validator: Validator,
+        clock: Clock,
+    ) -> Arc<Self> {
+        Arc::new(AcmeServer {
+            backend,
+            records,
+            nonces: NonceStore::new(100_000),
+            validator: Arc::new(validator),
+            clock,
+            finalizing: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        (self.clock)().replace_nanosecond(0).expect("valid")
+    }
+}
+
+/// The router: `/acme/<profile>/…`.
+pub fn router(server: Arc<AcmeServer>) -> Router {
+    Router::new()
+        .route("/acme/{profile}/directory", get(directory))
+        .route("/acme/{profile}/new-nonce", get(new_nonce).head(new_nonce))
+        .route("/acme/{profile}/new-account", post(new_account))
+        .route("/acme/{profile}/account/{id}", post(account))
+        .route("/acme/{profile}/account/{id}/orders", post(account_orders))
+        .route("/acme/{profile}/new-order", post(new_order))
+        .route("/acme/{profile}/order/{id}", post(order))
+        .route("/acme/{profile}/order/{id}/finalize", post(finalize))
+        .route("/acme/{profile}/authz/{id}", post(authz))
+        .route("/acme/{profile}/chall/{id}/{kind}", post(challenge))
+        .route("/acme/{profile}/cert/{id}", post(certificate))
+        .route("/acme/{profile}/revoke-cert", post(revoke_cert))
+        .route("/acme/{profile}/key-change", post(key_change))
+        .fallback(|| async { Problem::not_found("resource") })
+        .layer(axum::middleware::from_fn_with_state(
+            server.clone(),
+            add_nonce,
+        ))
+        .with_state(server)
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), axum::Json(self.body())).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+/// Every response carries a fresh nonce, the directory link and no-store.
+async fn add_nonce(
+    State(server): State<Arc<AcmeServer>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let index = profile_of(request.uri().path()).map(|profile| {
+        format!(
+            "<{}/acme/{profile}/directory>;rel=\"index\"",
+            base_url(request.headers(), request.uri())
+        )
+    });
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    if let Ok(nonce) = HeaderValue::from_str(&server.nonces.issue()) {
+        headers.insert("replay-nonce", nonce);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(Ok(link)) = index.map(|l| HeaderValue::from_str(&l)) {
+        headers.append(header::LINK, link);
+    }
+    response
+}
+
+fn profile_of(path: &str) -> Option<&str> {
+    path.strip_prefix("/acme/")?
+        .split('/')
+        .next()
+        .filter(|p| !p.is_empty())
+}
+
+/// `https://<host>` as the client addressed us.
+fn base_url(headers: &HeaderMap, uri: &Uri) -> String {
+    let host = uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "localhost".into());
+    format!("https://{host}")
+}
+
+/// URLs of one profile.
+struct Urls {
+    base: String,
+}
+
+impl Urls {
+    fn new(headers: &HeaderMap, uri: &Uri, profile: &str) -> Self {
+        Urls {
+            base: format!("{}/acme/{profile}", base_url(headers, uri)),
+        }
+    }
+    fn at(&self, path: &str) -> String {
+        format!("{}/{path}", self.base)
+    }
+    fn account(&self, id: &str) -> String {
+        self.at(&format!("account/{id}"))
+    }
+    fn order(&self, id: &str) -> String {
+        self.at(&format!("order/{id}"))
+    }
+    fn authz(&self, id: &str) -> String {
+        self.at(&format!("authz/{id}"))
+    }
+    fn challenge(&self, authz: &str, kind: ChallengeType) -> String {
+        self.at(&format!("chall/{authz}/{}", kind.as_str()))
+    }
+}
+
+fn random_id() -> String {
+    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())
+}
+
+fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .expect("formats")
+}
+
+fn reply(status: StatusCode, body: Value, location: Option<String>) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Some(Ok(value)) = location.map(|l| HeaderValue::from_str(&l)) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+fn with_header(mut response: Response, name: header::HeaderName, value: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        response.headers_mut().append(name, value);
+    }
+    response
+}
+
+// ---------------------------------------------------------------------------------------
+// Request authentication
+// ---------------------------------------------------------------------------------------
+
+/// A verified request.
+struct Signed {
+    jws: Jws,
+    urls: Urls,
+    /// The account, for `kid` requests.
+    account: Option<AccountRecord>,
+}
+
+/// Which key forms an endpoint accepts.
+#[derive(PartialEq)]
+enum KeyForm {
+    Jwk,
+    Kid,
+    Either,
+}
+
+impl AcmeServer {
+    async fn authenticate(
+        &self,
+        profile: &str,
+        headers: &HeaderMap,
+        uri: &Uri,
+        body: &Bytes,
+        form: KeyForm,
+    ) -> Result<Signed, Problem> {
+        if self.backend.profile(profile).is_none() {
+            return Err(Problem::not_found("ACME profile"));
+        }
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !content_type.starts_with("application/jose+json") {
+            return Err(
+                Problem::malformed("Content-Type must be application/jose+json")
+                    .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            );
+        }
+        let jws = Jws::parse(body)?;
+        let urls = Urls::new(headers, uri, profile);
+        let expected = format!("{}{}", base_url(headers, uri), uri.path());
+        if jws.url != expected {
+            return Err(Problem::unauthorized(format!(
+                "JWS url `{}` is not the request URL `{expected}`",
+                jws.url
+            )));
+        }
+        let (jwk, account) = match (&jws.key, form) {
+            (KeyRef::Jwk(_), KeyForm::Kid) => {
+                return Err(Problem::malformed(
+                    "this request must identify its account with `kid`",
+                ))
+            }
+            (KeyRef::Kid(_), KeyForm::Jwk) => {
+                return Err(Problem::malformed("this request must carry a `jwk`"))
+            }
+            (KeyRef::Jwk(jwk), _) => (jwk.clone(), None),
+            (KeyRef::Kid(kid), _) => {
+                let id = kid
+                    .strip_prefix(&urls.at("account/"))
+                    .filter(|id| !id.contains('/'))
+                    .ok_or_else(|| {
+                        Problem::new(
+                            ProblemType::AccountDoesNotExist,
+                            format!("`{kid}` is not an account URL of this profile"),
+                        )
+                    })?;
+                let account = self
+                    .records
+                    .account(id)
+                    .await?
+                    .filter(|a| a.profile == profile)
+                    .ok_or_else(|| {
+                        Problem::new(ProblemType::AccountDoesNotExist, "no such account")
+                    })?;
+                (account.jwk.clone(), Some(account))
+            }
+        };
+        jws.verify(&jwk)?;
+        let nonce = jws
+            .nonce
+            .as_deref()
+            .ok_or_else(|| Problem::new(ProblemType::BadNonce, "JWS header lacks `nonce`"))?;
+        if !self.nonces.consume(nonce) {
+            return Err(Problem::new(
+                ProblemType::BadNonce,
+                "the nonce is unknown or was already used",
+            ));
+        }
+        if let Some(account) = &account {
+            if account.status != AccountStatus::Valid {
+                return Err(Problem::unauthorized(
+                    format!("the account is {:?}", account.status).to_lowercase(),
+                ));
+            }
+        }
+        Ok(Signed { jws, urls, account })
+    }
+}
+
+async fn read_body(request: Request) -> Result<(HeaderMap, Uri, Bytes), Problem> {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            Problem::malformed(format!("request body larger than {MAX_BODY_BYTES} bytes"))
+                .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+        })?;
+    Ok((parts.headers, parts.uri, bytes))
+}
+
+// ---------------------------------------------------------------------------------------
+// Directory and nonces
+// ---------------------------------------------------------------------------------------
+
+async fn directory(
+    State(server): State<Arc<AcmeServer>>,
+    Path(profile): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, Problem> {
+    let info = server
+        .backend
+        .profile(&profile)
+        .ok_or_else(|| Problem::not_found("ACME profile"))?;
+    let urls = Urls::new(&headers, &uri, &profile);
+    let body = json!({
+        "newNonce": urls.at("new-nonce"),
+        "newAccount": urls.at("new-account"),
+        "newOrder": urls.at("new-order"),
+        "revokeCert": urls.at("revoke-cert"),
+        "keyChange": urls.at("key-change"),
+        "meta": Value::Object(info.meta),
+    });
+    Ok(reply(StatusCode::OK, body, None))
+}
+
+async fn new_nonce(
+    State(server): State<Arc<AcmeServer>>,
+    Path(profile): Path<String>,
+    method: Method,
+) -> Response {
+    if server.backend.profile(&profile).is_none() {
+        return Problem::not_found("ACME profile").into_response();
+    }
+    // The nonce itself is added by the middleware.
+    let status = if method == Method::HEAD {
+        StatusCode::OK
+    } else {
+        StatusCode::NO_CONTENT
+    };
+    status.into_response()
+}
+
+// ---------------------------------------------------------------------------------------
+// Accounts
+// ---------------------------------------------------------------------------------------
+
+fn account_body(account: &AccountRecord, urls: &Urls) -> Value {
+    json!({
+        "status": account.status,
+        "contact": account.contact,
+        "orders": format!("{}/orders", urls.account(&account.id)),
+        "createdAt": rfc3339(account.created_at),
+    })
+}
+
+async fn new_account(
+    State(server): State<Arc<AcmeServer>>,
+    Path(profile): Path<String>,
+    request: Request,
+) -> Result<Response, Problem> {
+    let (headers, uri, body) = read_body(request).await?;
+    let signed = server
+        .authenticate(&profile, &headers, &uri, &body, KeyForm::Jwk)
+        .await?;
+    let KeyRef::Jwk(jwk) = &signed.jws.key else {
+        unreachable!("KeyForm::Jwk")
+    };
+    let payload: NewAccount = signed.jws.json()?;
+    let thumbprint = jws::thumbprint(jwk)?;
+    if let Some(existing) = server.records.account_by_thumbprint(&thumbprint).await? {
+        if existing.profile == profile {
+            let body = account_body(&existing, &signed.urls);
+            return Ok(reply(
+                StatusCode::OK,
+                body,
+                Some(signed.urls.account(&existing.id)),
+            ));
+        }
+    }
+    if payload.only_return_existing {
+        return Err(Problem::new(
+            ProblemType::AccountDoesNotExist,
+            "no account exists for this key",
+        ));
+    }
+    let info = server
+        .backend
+        .profile(&profile)
+        .ok_or_else(|| Problem::not_found("ACME profile"))?;
+    if info.meta.contains_key("termsOfService") && !payload.terms_of_service_agreed {
+        return Err(Problem::new(
+            ProblemType::UserActionRequired,
+            "the terms of service must be agreed to",
+        ));
+    }
+    if payload.external_account_binding.is_some() {
+        return Err(Problem::malformed(
+            "external account binding is not supported by this server yet",
+        ));
+    }
+    let roles = info.anonymous_roles.ok_or_else(|| {
+        Problem::new(
+            ProblemType::ExternalAccountRequired,
+            "this profile requires external account binding",
+        )
+    })?;
+    wire::validate_contacts(&payload.contact)?;
+    let id = random_id();
+    let account = AccountRecord {
+        identity: format!("acme:{id}"),
+        id,
+        profile,
+        jwk: jwk.clone(),
+        thumbprint,
+        contact: payload.contact,
+        status: AccountStatus::Valid,
+        roles,
+        created_at: server.now(),
+    };
+    server.records.put_account(&account).await?;
+    tracing::info!(account = %account.id, "ACME account created");
+    let body = account_body(&account, &signed.urls);
+    Ok(reply(
+        StatusCode::CREATED,
+        body,
+        Some(signed.urls.account(&account.id)),
+    ))
+}
+
+fn own_account(signed: &Signed, id: &str) -> Result<AccountRecord, Problem> {
+    let account = signed
+        .account
+        .clone()
+        .expect("kid requests carry the account");
+    if account.id != id {
+        return Err(Problem::unauthorized(
+            "the request is signed by another account",
+        ));
+    }
+    Ok(account)
+}
+
+async fn account(
+    State(server): State<Arc<AcmeServer>>,
+    Path((profile, id)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, Problem> {
+    let (headers, uri, body) = read_body(request).await?;
+    let signed = server
+        .authenticate(&profile, &headers, &uri, &body, KeyForm::Kid)
+        .await?;
+    let mut account = own_account(&signed, &id)?;
+    if !signed.jws.is_post_as_get() {
+        let update: AccountUpdate = signed.jws.json()?;
+        if let Some(contact) = update.contact {
+            wire::validate_contacts(&contact)?;
+            account.contact = contact;
+        }
+        match update.status.as_deref() {
+            None => {}
+            Some("deactivated") => {
+                account.status = AccountStatus::Deactivated;
+                tracing::info!(account = %account.id, "ACME account deactivated");
+            }
+            Some(other) => {
+                return Err(Problem::malformed(format!(
+                    "cannot set account status to `{other}`"
+                )))
+            }
+        }
+        server.records.put_account(&account).await?;
+    }
+    Ok(reply(
+        StatusCode::OK,
+        account_body(&account, &signed.urls),
+        Some(signed.urls.account(&account.id)),
+    ))
+}
+
+async fn account_orders(
+    State(server): State<Arc<AcmeServer>>,
+    Path((profile, id)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, Problem> {
+    let (headers, uri, body) = read_body(request).await?;
+    let signed = server
+        .authenticate(&profile, &headers, &uri, &body, KeyForm::Kid)
+        .await?;
+    let account = own_account(&signed, &id)?;
+    let urls: Vec<String> = server
+        .records
+        .order_ids(&account.id)
+        .await?
+        .iter()
+        .map(|o| signed.urls.order(o))
+        .collect();
+    Ok(reply(StatusCode::OK, json!({ "orders": urls }), None))
+}
+
+async fn key_change(
+    State(server): State<Arc<AcmeServer>>,
+    Path(profile): Path<String>,
+    request: Request,
+) -> Result<Response, Problem> {
+    let (headers, uri, body) = read_body(request).await?;
+    let signed = server
+        .authenticate(&profile, &headers, &uri, &body, KeyForm::Kid)
+        .await?;
+    let mut account = signed.account.clone().expect("kid");
+    let inner = Jws::parse(&signed.jws.payload)?;
+    let KeyRef::Jwk(new_key) = &inner.key else {
+        return Err(Problem::malformed(
+            "the inner keyChange JWS must carry the new key as `jwk`",
+        ));
+    };
+    inner.verify(new_key)?;
+    if inner.url != signed.jws.url {
+        return Err(Problem::malformed(
+            "the inner JWS url differs from the outer one",
+        ));
+    }
+    if inner.nonce.is_some() {
+        return Err(Problem::malformed(
+            "the inner keyChange JWS must not carry a nonce",
+        ));
+    }
+    let change: KeyChange = inner.json()?;
+    if change.account != signed.urls.account(&account.id) {
+        return Err(Problem::malformed(
+            "keyChange `account` is not the signing account",
+        ));
+    }
+    if jws::thumbprint(&change.old_key)? != account.thumbprint {
+        return Err(Problem::unauthorized(
+            "keyChange `oldKey` is not the account's current key",
+        ));
+    }
+    let thumbprint = jws::thumbprint(new_key)?;
+    if let Some(other) = server.records.account_by_thumbprint(&thumbprint).await? {
+        let problem = Problem::malformed("the new key already belongs to an account")
+            .with_status(StatusCode::CONFLICT);
+        return Ok(with_header(
+            problem.into_response(),
+            header::LOCATION,
+            &signed.urls.account(&other.id),
+        ));
+    }
+    account.jwk = new_key.clone();
+    account.thumbprint = thumbprint;
+    server.records.put_account(&account).await?;
+    tracing::info!(account = %account.id, "ACME account key rolled over");
+    Ok(reply(
+        StatusCode::OK,
+        account_body(&account, &signed.urls),
+        Some(signed.urls.account(&account.id)),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------
+// Orders
+// ---------------------------------------------------------------------------------------
+
+impl AcmeServer {
+    /// The order's status now, derived from its authorizations while not finalized.
+    async fn order_view(
+        &self,
+        order: &OrderRecord,
+    ) -> Result<(OrderStatus, Vec<AuthzRecord>), Problem> {
+        let now = self.now();
+        let mut authzs = Vec::new();
+        for id in &order.authz_ids {
+            authzs.push(
+                self.records
+                    .authz(id)
+                    .await?
+                    .ok_or_else(|| Problem::internal("order without its authorization"))?,
+            );
+        }
+        let status = match order.status {
+            OrderStatus::Pending | OrderStatus::Ready => {
+                let statuses: Vec<_> = authzs.iter().map(|a| a.status_at(now)).collect();
+                if now >= order.expires
+                    || statuses
+                        .iter()
+                        .any(|s| !matches!(s, AuthzStatus::Pending | AuthzStatus::Valid))
+                {
+                    OrderStatus::Invalid
+                } else if statuses.iter().all(|s| *s == AuthzStatus::Valid) {
+                    OrderStatus::Ready
+                } else {
+                    OrderStatus::Pending
+                }
+            }
+            stored => stored,
+        };
+        Ok((status, authzs))
+    }
+
+    async fn order_response(
+        &self,
+        order: &OrderRecord,
+        urls: &Urls,
+        status_code: StatusCode,
+    ) -> Result<Response, Problem> {
+        let (status, _) = self.order_view(order).await?;
+        let mut body = json!({
+            "status": status,
+            "expires": rfc3339(order.expires),
+            "identifiers": order.identifiers,
+            "authorizations": order.authz_ids.iter().map(|id| urls.authz(id)).collect::<Vec<_>>(),
+            "finalize": format!("{}/finalize", urls.order(&order.id)),
+        });
+        if order.certificate_serial.is_some() {
+            body["certificate"] = json!(urls.at(&format!("cert/{}", order.id)));
+        }
+        if let Some(error) = &order.error {
+            body["error"] = error.clone();
+        }
+        let response = reply(status_code, body, Some(urls.order(&order.id)));
+        Ok(if status == OrderStatus::Processing {
+            with_header(response, header::RETRY_AFTER, RETRY_AFTER_SECONDS)
+        } else {
+            response
+        })
+    }
+
+    async fn owned_order(&self, signed: &Signed, id: &str) -> Result<OrderRecord, Problem> {
+        let account = signed.account.as_ref().expect("kid");
+        self.records
+            .order(id)
+            .await?
+            .filter(|o| o.account_id == account.id)
+            .ok_or_else(|| Problem::not_found("order"))
+    }
+}
+
+async fn new_order(
+    State(server): State<Arc<AcmeServer>>,
+    Path(profile): Path<String>,
+    request: Request,
+) -> Result<Response, Problem> {
+    let (headers, uri, body) = read_body(request).await?;
+    let signed = server
+        .authenticate(&profile, &headers, &uri, &body, KeyForm::Kid)
+        .await?;
+    let account = signed.account.clone().expect("kid");
+    let payload: NewOrder = signed.jws.json()?;
+    if payload.not_before.is_some() || payload.not_after.is_some() {
+        return Err(Problem::malformed(
+            "notBefore/notAfter are not supported; the template sets the lifetime",
+        ));
+    }
+    if payload.identifiers.is_empty() || payload.identifiers.len() > MAX_IDENTIFIERS {
+        return Err(Problem::malformed(format!(
+            "an order needs 1 to {MAX_IDENTIFIERS} identifiers"
+        )));
+    }
+    let mut identifiers = BTreeSet::new();
+    let mut subproblems = Vec::new();
+    for identifier in &payload.identifiers {
+        match identifier.normalize() {
+            Ok(normalized) => {
+                identifiers.insert(normalized);
+            }
+            Err(problem) if problem.kind == ProblemType::UnsupportedIdentifier => {
+                return Err(problem)
+            }
+            Err(problem) => subproblems.push(subproblem(identifier, &problem.detail)),
+        }
+    }
+    let identifiers: Vec<Identifier> = identifiers.into_iter().collect();
+    if let Err(refused) = server
+        .backend
+        .check_identifiers(&account, &identifiers)
+        .await
+    {
+        subproblems.extend(
+            refused
+                .iter()
+                .map(|(identifier, reason)| subproblem(identifier, reason)),
+        );
+    }
+    if !subproblems.is_empty() {
+        let detail = if subproblems.len() == 1 {
+            subproblems[0].detail.clone()
+        } else {
+            format!("{} identifiers were refused", subproblems.len())
+        };
+        return Err(
+            Problem::new(ProblemType::RejectedIdentifier, detail).with_subproblems(subproblems)
+        );
+    }
+    let now = server.now();
+    let mut authz_ids = Vec::new();
+    for identifier in &identifiers {
+        let base = identifier.base();
+        let wildcard = identifier.is_wildcard();
+        let reusable = server
+            .records
+            .authzs_for(&account.id, &base)
+            .await?
+            .into_iter()
+            .find(|a| {
+                a.wildcard == wildcard
+                    && a.status_at(now) == AuthzStatus::Valid
+                    && a.expires > now + Duration::days(1)
+            });
+        let authz = match reusable {
+            Some(authz) => authz,
+            None => {
+                let authz = AuthzRecord {
+                    id: random_id(),
+                    account_id: account.id.clone(),
+                    challenges: ChallengeType::offered_for(&base, wildcard)
+                        .into_iter()
+                        .map(|kind| ChallengeRecord {
+                            kind,
+                            token: URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()),
+                            status: ChallengeStatus::Pending,
+                            validated: None,
+                            error: None,
+                        })
+                        .collect(),
+                    identifier: base,
+                    wildcard,
+                    status: AuthzStatus::Pending,
+                    expires: now + PENDING_LIFETIME,
+                };
+                server.records.put_authz(&authz, true).await?;
+                authz
+            }
+        };
+        authz_ids.push(authz.id);
+    }
+    let order = OrderRecord {
+        id: random_id(),
+        account_id: account.id.clone(),
+        profile: profile.clone(),
+        status: OrderStatus::Pending,
+        identifiers,
+        authz_ids,
+        expires: now + PENDING_LIFETIME,
+        error: None,
+        certificate_serial: None,
+        created_at: now,
+    };
+    server.records.put_order(&order, true).await?;
+    server
+        .order_response(&order, &signed.urls, StatusCode::CREATED)
+        .await
+}
+
+fn subproblem(identifier: &Identifier, detail: &str) -> Subproblem {
+    Subproblem {
+        kind: ProblemType::RejectedIdentifier.urn().to_string(),
+        detail: detail.to_string(),
+        identifier: SubproblemIdentifier {
+            kind: identifier.kind.clone(),
+            value: identifier.value.clone(),
+        },
+    }
+}
+
+async fn order(
+    State(server): State<Arc<AcmeServer>>,
+    Path((profile, id)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, Problem> {
+    let (headers, uri, body) = read_body(request).await?;
+    let signed = server
+        .authenticate(&profile, &headers, &uri, &body, KeyForm::Kid)
+        .await?;
+    let order = server.owned_order(&signed, &id).await?;
+    server
+        .order_response(&order, &signed.urls, StatusCode::OK)
+        .await
+}
+
+/// Removes an order id from the in-flight set when finalize ends, however it ends.
+struct FinalizeGuard<'a>(&'a Mutex<HashSet<String>>, String);
+
+impl Drop for FinalizeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.lock().expect("lock").remove(&self.1);
+    }
+}
+
+async fn finalize(
+    State(server): State<Arc<AcmeServer>>,
+    Path((profile, id)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, Problem> {
+    let (headers, uri, body) = read_body(request).await?;
+    let signed = server
+        .authenticate(&profile, &headers, &uri, &body, KeyForm::Kid)
+        .await?;
+    let account = signed.account.clone().expect("kid");
+    if !server.finalizing.lock().expect("lock").insert(id.clone()) {
+        return Err(Problem::new(
+            ProblemType::OrderNotReady,
+            "the order is being finalized",
+        ));
+    }
+    let _guard = FinalizeGuard(&server.finalizing, id.clone());
+    let mut order = server.owned_order(&signed, &id).await?;
+    let (status, _) = server.order_view(&order).await?;
+    if status != OrderStatus::Ready {
+        return Err(Problem::new(
+            ProblemType::OrderNotReady,
+            format!("the order is {status:?}, not ready").to_lowercase(),
+        ));
+    }
+    let payload: Finalize = signed.jws.json()?;
+    let csr_der = URL_SAFE_NO_PAD
+        .decode(payload.csr.trim_end_matches('='))
+        .map_err(|_| Problem::new(ProblemType::BadCsr, "`csr` is not base64url"))?;
+    let facts = crate::csr::read(&csr_der)?;
+    let wanted: BTreeSet<Identifier> = order.identifiers.iter().cloned().collect();
+    if facts.identifiers != wanted {
+        let extra: Vec<_> = facts
+            .identifiers
+            .difference(&wanted)
+            .map(|i| i.value.clone())
+            .collect();
+        let missing: Vec<_> = wanted
+            .difference(&facts.identifiers)
+            .map(|i| i.value.clone())
+            .collect();
+        return Err(Problem::new(
+            ProblemType::BadCsr,
+            format!("the CSR's names must be exactly the order's (extra: {extra:?}, missing: {missing:?})"),
+        ));
+    }
+    if jws::same_public_key(&account.jwk, &facts.spki_der) {
+        return Err(Problem::new(
+            ProblemType::BadCsr,
+            "the certificate key must not be the account key",
+        ));
+    }
+    order.status = OrderStatus::Processing;
+    server.records.put_order(&order, false).await?;
+    match server.backend.issue(&account, &order, csr_der).await {
+        Ok(serial) => {
+            order.status = OrderStatus::Valid;
+            order.certificate_serial = Some(serial);
+            server.records.put_order(&order, false).await?;
+            server
+                .order_response(&order, &signed.urls, StatusCode::OK)
+                .await
+        }
+        Err(problem) => {
+            order.status = OrderStatus::Invalid;
+            order.error = Some(problem.body());
+            server.records.put_order(&order, false).await?;
+            Err(problem)
+        }
+    }
+}
+
+async fn certificate(
+    State(server): State<Arc<AcmeServer>>,
+    Path((profile, id)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, Problem> {
+    let (headers, uri, body) = read_body(request).await?;
+    let signed = server
+        .authenticate(&profile, &headers, &uri, &body, KeyForm::Kid)
+        .await?;
+    let order = server.owned_order(&signed, &id).await?;
+    let serial = order
+        .certificate_serial
+        .ok_or_else(|| Problem::not_found("certificate"))?;
+    let chain = server
+        .backend
+        .certificate_chain(&serial)
+        .await?
+        .ok_or_else(|| Problem::not_found("certificate"))?;
+    let mut response = (StatusCode::OK, chain).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/pem-certificate-chain"),
+    );
+    Ok(response)
+}
+
+// ---------------------------------------------------------------------------------------
+// Authorizations and challenges
+// ---------------------------------------------------------------------------------------
+
+fn challenge_body(authz: &AuthzRecord, challenge: &ChallengeRecord, urls: &Urls) -> Value {
+    let mut body = json!({
+        "type": challenge.kind,
+        "url": urls.challenge(&authz.id, challenge.kind),
+        "token": challenge.token,
+        "status": challenge.status,
+    });
+    if let Some(validated) = challenge.validated {
+        body["validated"] = json!(rfc3339(validated));
+    }
+    if let Some(error) = &challenge.error {
+        body["error"] = error.clone();
+    }
+    body
+}
+
+impl AcmeServer {
+    fn authz_response(&self, authz: &AuthzRecord, urls: &Urls) -> Response {
+        let status = authz.status_at(self.now());
+        let mut body = json!({
+            "identifier": authz.identifier,
+            "status": status,
+            "expires": rfc3339(authz.expires),
+            "challenges": authz.challenges.iter().map(|c| challenge_body(authz, c, urls)).collect::<Vec<_>>(),
+        });
+        if authz.wildcard {
+            body["wildcard"] = json!(true);
+        }
+        let response = reply(StatusCode::OK, body, Some(urls.authz(&authz.id)));
+        if status == AuthzStatus::Pending {
+            with_header(response, header::RETRY_AFTER, RETRY_AFTER_SECONDS)
+        } else {
+            response
+        }
+    }
+
+    async fn owned_authz(&self, signed: &Signed, id: &str) -> Result<AuthzRecord, Problem> {
+        let account = signed.account.as_ref().expect("kid");
+        self.records
+            .authz(id)
+            .await?
+            .filter(|a| a.account_id == account.id)
+            .ok_or_else(|| Problem::not_found("authorization"))
+    }
+}
+
+async fn authz(
+    State(server): State<Arc<AcmeServer>>,
+    Path((profile, id)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, Problem> {
+    let (headers, uri, body) = read_body(request).await?;
+    let signed = server
+        .authenticate(&profile, &headers, &uri, &body, KeyForm::Kid)
+        .await?;
+    let mut authz = server.owned_authz(&signed, &id).await?;
+    if !signed.jws.is_post_as_get() {
+        let update: AuthzUpdate = signed.jws.json()?;
+        match update.status.as_deref() {
+            Some("deactivated") => {
+                if !matches!(
+                    authz.status_at(server.now()),
+                    AuthzStatus::Pending | AuthzStatus::Valid
+                ) {
+                    return Err(Problem::malformed(
+                        "only pending or valid authorizations can be deactivated",
+                    ));
+                }
+                authz.status = AuthzStatus::Deactivated;
+                server.records.put_authz(&authz, false).await?;
+            }
+            _ => {
+                return Err(Problem::malformed(
+                    "an authorization can only be updated to status `deactivated`",
+                ))
+            }
+        }
+    }
+    Ok(server.authz_response(&authz, &signed.urls))
+}
+
+async fn challenge(
+    State(server): State<Arc<AcmeServer>>,
+    Path((profile, id, kind)): Path<(String, String, String)>,
+    request: Request,
+) -> Result<Response, Problem> {
+    let (headers, uri, body) = read_body(request).await?;
+    let signed = server
+        .authenticate(&profile, &headers, &uri, &body, KeyForm::Kid)
+        .await?;
+    let account = signed.account.clone().expect("kid");
+    let mut authz = server.owned_authz(&signed, &id).await?;
+    let kind = ChallengeType::parse(&kind).ok_or_else(|| Problem::not_found("challenge"))?;
+    let index = authz
+        .challenges
+        .iter()
+        .position(|c| c.kind == kind)
+        .ok_or_else(|| Problem::not_found("challenge"))?;
+    let start = !signed.jws.is_post_as_get()
+        && authz.challenges[index].status == ChallengeStatus::Pending
+        && authz.status_at(server.now()) == AuthzStatus::Pending
+        && !authz
+            .challenges
+            .iter()
+            .any(|c| c.status == ChallengeStatus::Processing);
+    if start {
+        authz.challenges[index].status = ChallengeStatus::Processing;
+        server.records.put_authz(&authz, false).await?;
+        let key_authorization = format!("{}.{}", authz.challenges[index].token, account.thumbprint);
+        tokio::spawn(validate(
+            server.clone(),
+            authz.id.clone(),
+            kind,
+            key_authorization,
+        ));
+    }
+    let challenge = &authz.challenges[index];
+    let mut response = reply(
+        StatusCode::OK,
+        challenge_body(&authz, challenge, &signed.urls),
+        None,
+    );
+    response = with_header(
+        response,
+        header::LINK,
+        &format!("<{}>;rel=\"up\"", signed.urls.authz(&authz.id)),
+    );
+    if challenge.status == ChallengeStatus::Processing {
+        response = with_header(response, header::RETRY_AFTER, RETRY_AFTER_SECONDS);
+    }
+    Ok(response)
+}
+
+/// Run one validation and record its outcome.
+async fn validate(
+    server: Arc<AcmeServer>,
+    authz_id: String,
+    kind: ChallengeType,
+    key_authorization: String,
+) {
+    let Ok(Some(authz)) = server.records.authz(&authz_id).await else {
+        return;
+    };
+    let target = match authz.identifier.kind.as_str() {
+        "ip" => match authz.identifier.value.parse() {
+            Ok(ip) => Target::Ip(ip),
+            Err(_) => return,
+        },
+        _ => Target::Dns(authz.identifier.value.clone()),
+    };
+    let token = key_authorization
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let outcome = match kind {
+        ChallengeType::Http01 => {
+            server
+                .validator
+                .http01(&target, &token, &key_authorization)
+                .await
+        }
+        ChallengeType::Dns01 => {
+            server
+                .validator
+                .dns01(&authz.identifier.value, &key_authorization)
+                .await
+        }
+        ChallengeType::TlsAlpn01 => {
+            server
+                .validator
+                .tlsalpn01(&target, &key_authorization)
+                .await
+        }
+    };
+    if let Err(error) = server.record_validation(&authz_id, kind, outcome).await {
+        tracing::error!(authz = %authz_id, %error, "cannot record a validation result");
+    }
+}
+
+impl AcmeServer {
+    async fn record_validation(
+        &self,
+        authz_id: &str,
+        kind: ChallengeType,
+        outcome: Result<(), ValidationError>,
+    ) -> Result<(), Problem> {
+        let mut authz = self
+            .records
+            .authz(authz_id)
+            .await?
+            .ok_or_else(|| Problem::not_found("authorization"))?;
+        let now = self.now();
+        let Some(challenge) = authz.challenges.iter_mut().find(|c| c.kind == kind) else {
+            return Ok(());
+        };
+        match outcome {
+            Ok(()) => {
+                challenge.status = ChallengeStatus::Valid;
+                challenge.validated = Some(now);
+                if authz.status == AuthzStatus::Pending {
+                    authz.status = AuthzStatus::Valid;
+                    authz.expires = now + VALID_AUTHZ_LIFETIME;
+                }
+                tracing::info!(authz = %authz_id, identifier = %authz.identifier.value, challenge = kind.as_str(), "ACME challenge valid");
+            }
+            Err(error) => {
+                let problem = Problem::new(
+                    ProblemType::from_validation(error.acme_type()),
+                    error.to_string(),
+                );
+                challenge.status = ChallengeStatus::Invalid;
+                challenge.error = Some(problem.body());
+                if authz.status == AuthzStatus::Pending {
+                    authz.status = AuthzStatus::Invalid;
+                }
+                tracing::info!(authz = %authz_id, identifier = %authz.identifier.value, challenge = kind.as_str(), %error, "ACME challenge failed");
+            }
+        }
+        self.records.put_authz(&authz, false).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Revocation
+// ---------------------------------------------------------------------------------------
+
+async fn revoke_cert(
+    State(server): State<Arc<AcmeServer>>,
+    Path(profile): Path<String>,
+    request: Request,
+) -> Result<Response, Problem> {
+    let (headers, uri, body) = read_body(request).await?;
+    let signed = server
+        .authenticate(&profile, &headers, &uri, &body, KeyForm::Either)
+        .await?;
+    let payload: RevokeCert = signed.jws.json()?;
+    let reason = payload.reason.unwrap_or(0);
+    if !ALLOWED_REASONS.contains(&reason) {
+        return Err(Problem::new(
+            ProblemType::BadRevocationReason,
+            format!("reason code {reason} is not accepted (use one of {ALLOWED_REASONS:?})"),
+        ));
+    }
+    let der = URL_SAFE_NO_PAD
+        .decode(payload.certificate.trim_end_matches('='))
+        .map_err(|_| Problem::malformed("`certificate` is not base64url"))?;
+    let known = server
+        .backend
+        .find_certificate(&der)
+        .await?
+        .ok_or_else(|| Problem::not_found("certificate"))?;
+    if known.revoked {
+        return Err(Problem::new(
+            ProblemType::AlreadyRevoked,
+            "the certificate is already revoked",
+        ));
+    }
+    let revoker = match (&signed.jws.key, &signed.account) {
+        (KeyRef::Jwk(jwk), _) => {
+            if !jws::same_public_key(jwk, &known.spki_der) {
+                return Err(Problem::unauthorized(
+                    "the JWS key is not the certificate's key",
+                ));
+            }
+            Revoker::CertificateKey
+        }
+        (KeyRef::Kid(_), Some(account)) => {
+            if account.identity != known.owner
+                && !server
+                    .holds_authorizations(account, &known.identifiers)
+                    .await?
+            {
+                return Err(Problem::unauthorized(
+                    "the account neither requested this certificate nor holds valid authorizations for all its names",
+                ));
+            }
+            Revoker::Account(account.identity.clone())
+        }
+        (KeyRef::Kid(_), None) => return Err(Problem::internal("kid request without account")),
+    };
+    server
+        .backend
+        .revoke(&known.serial, reason, revoker)
+        .await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+impl AcmeServer {
+    async fn holds_authorizations(
+        &self,
+        account: &AccountRecord,
+        identifiers: &[Identifier],
+    ) -> Result<bool, Problem> {
+        let now = self.now();
+        for identifier in identifiers {
+            let authzs = self
+                .records
+                .authzs_for(&account.id, &identifier.base())
+                .await?;
+            if !authzs
+                .iter()
+                .any(|a| a.status_at(now) == AuthzStatus::Valid)
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// The JWK object type, for embedders.
+pub type JwkMap = Map<String, Value>;

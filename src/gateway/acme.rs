@@ -1,0 +1,242 @@
+//! [`rampart_acme::AcmeBackend`] and [`rampart_acme::KeyValue`] for the daemon.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use der::{Decode, Encode};
+use rampart_acme::{AccountRecord, AcmeBackend, KeyValue, KnownCertificate, OrderRecord, Problem, ProblemType, Profile, Revoker};
+use serde_json::{json, Map};
+use uuid::Uuid;
+
+use crate::lifecycle::revocation::{self, RevokeError};
+use crate::model::{Credential, EnrollmentRequest, Identifier, Identity, Protocol, RevocationReason};
+use crate::pipeline::{Outcome, Pipeline, PipelineError};
+use crate::pkix::pem;
+use crate::policy::{self, Layer};
+
+/// The daemon as an ACME backend.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pipeline: Pipeline,
+}
+
+impl Backend {
+    /// Over `pipeline`.
+    pub fn new(pipeline: Pipeline) -> Self {
+        Backend { pipeline }
+    }
+}
+
+fn identity_of(account: &AccountRecord) -> Identity {
+    Identity {
+        name: account.identity.clone(),
+        roles: account.roles.clone(),
+        credential: Credential::AcmeAccount { account_id: account.id.clone() },
+    }
+}
+
+/// ACME identifier → model identifier (already normalised by the crate).
+fn to_model(identifier: &rampart_acme::wire::Identifier) -> Option<Identifier> {
+    match identifier.kind.as_str() {
+        "dns" => Identifier::dns(&identifier.value).ok(),
+        "ip" => identifier.value.parse().ok().map(Identifier::Ip),
+        _ => None,
+    }
+}
+
+fn to_acme(identifier: &Identifier) -> rampart_acme::wire::Identifier {
+    match identifier {
+        Identifier::Dns(name) => rampart_acme::wire::Identifier::dns(name.clone()),
+        Identifier::Ip(ip) => rampart_acme::wire::Identifier::ip(*ip),
+    }
+}
+
+fn store_problem(error: impl std::fmt::Display) -> Problem {
+    Problem::internal(error)
+}
+
+#[async_trait::async_trait]
+impl AcmeBackend for Backend {
+    fn profile(&self, name: &str) -> Option<Profile> {
+        let profile = self.pipeline.config().acme.profiles.get(name)?;
+        let mut meta = Map::new();
+        if !profile.terms_of_service.is_empty() {
+            meta.insert("termsOfService".into(), json!(profile.terms_of_service));
+        }
+        if !profile.website.is_empty() {
+            meta.insert("website".into(), json!(profile.website));
+        }
+        if !profile.caa_identities.is_empty() {
+            meta.insert("caaIdentities".into(), json!(profile.caa_identities));
+        }
+        meta.insert("externalAccountRequired".into(), json!(profile.anonymous_role.is_empty()));
+        let anonymous_roles = (!profile.anonymous_role.is_empty()).then(|| vec![profile.anonymous_role.clone()]);
+        Some(Profile { meta, anonymous_roles })
+    }
+
+    async fn check_identifiers(
+        &self,
+        account: &AccountRecord,
+        identifiers: &[rampart_acme::wire::Identifier],
+    ) -> Result<(), Vec<(rampart_acme::wire::Identifier, String)>> {
+        let Some(profile) = self.pipeline.config().acme.profiles.get(&account.profile) else {
+            return Err(identifiers.iter().map(|i| (i.clone(), "unknown profile".to_string())).collect());
+        };
+        let mut refused = Vec::new();
+        let mut model = Vec::new();
+        for identifier in identifiers {
+            match to_model(identifier) {
+                Some(id) => model.push(id),
+                None => refused.push((identifier.clone(), format!("`{}` is not a valid identifier", identifier.value))),
+            }
+        }
+        if let Err(denied) = policy::precheck_names(self.pipeline.config(), &identity_of(account), &profile.template, &model) {
+            refused.extend(denied.iter().map(|(id, reason)| (to_acme(id), reason.clone())));
+        }
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(refused)
+        }
+    }
+
+    async fn issue(&self, account: &AccountRecord, order: &OrderRecord, csr_der: Vec<u8>) -> Result<String, Problem> {
+        let profile = self
+            .pipeline
+            .config()
+            .acme
+            .profiles
+            .get(&order.profile)
+            .ok_or_else(|| Problem::internal("order of an unknown profile"))?;
+        let identifiers = order.identifiers.iter().filter_map(to_model).collect();
+        let request = EnrollmentRequest {
+            request_id: Uuid::now_v7(),
+            protocol: Protocol::Acme,
+            identity: identity_of(account),
+            csr_der,
+            template: profile.template.clone(),
+            requested_identifiers: Some(identifiers),
+            validity_days: None,
+            resource: None,
+            metadata: BTreeMap::from([
+                ("acme_account".to_string(), account.id.clone()),
+                ("acme_order".to_string(), order.id.clone()),
+            ]),
+        };
+        match self.pipeline.submit(request).await {
+            Ok(Outcome::Issued(record)) => Ok(record.serial),
+            Ok(Outcome::Denied { request_id, denial }) => {
+                let kind = match denial.layer {
+                    Layer::Input | Layer::Template => ProblemType::BadCsr,
+                    Layer::Names => ProblemType::RejectedIdentifier,
+                    Layer::Identity => ProblemType::Unauthorized,
+                };
+                Err(Problem::new(kind, format!("{} (rule {}, request {request_id})", denial.reason, denial.rule)))
+            }
+            Err(PipelineError::Ca(error)) => Err(Problem::internal(format!("CA: {error}"))),
+            Err(PipelineError::Store(error)) => Err(store_problem(error)),
+        }
+    }
+
+    async fn certificate_chain(&self, serial: &str) -> Result<Option<String>, Problem> {
+        let owned = serial.to_string();
+        let record = self.pipeline.with_store(move |store| store.certificate(&owned)).await.map_err(store_problem)?;
+        Ok(record.map(|r| {
+            let mut all = vec![r.der.as_slice()];
+            all.extend(r.chain.iter().map(Vec::as_slice));
+            pem::encode_certificates(all)
+        }))
+    }
+
+    async fn find_certificate(&self, der_bytes: &[u8]) -> Result<Option<KnownCertificate>, Problem> {
+        let Ok(cert) = x509_cert::Certificate::from_der(der_bytes) else {
+            return Err(Problem::malformed("`certificate` is not a DER certificate"));
+        };
+        let serial = hex::encode(cert.tbs_certificate.serial_number.as_bytes());
+        let serial = serial.strip_prefix("00").map(str::to_string).unwrap_or(serial);
+        let owned = serial.clone();
+        let record = self.pipeline.with_store(move |store| store.certificate(&owned)).await.map_err(store_problem)?;
+        let Some(record) = record.filter(|r| r.der == der_bytes) else { return Ok(None) };
+        let spki_der = cert
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .map_err(|e| Problem::internal(format!("re-encoding a stored certificate's key: {e}")))?;
+        Ok(Some(KnownCertificate {
+            serial,
+            owner: record.owner.clone(),
+            identifiers: record.sans.iter().map(to_acme).collect(),
+            spki_der,
+            revoked: record.revocation.is_some(),
+        }))
+    }
+
+    async fn revoke(&self, serial: &str, reason: u8, revoker: Revoker) -> Result<(), Problem> {
+        let reason = RevocationReason::parse(&reason.to_string())
+            .map_err(|e| Problem::new(ProblemType::BadRevocationReason, e))?;
+        let actor = match revoker {
+            Revoker::Account(identity) => identity,
+            Revoker::CertificateKey => "acme:certificate-key".to_string(),
+        };
+        match revocation::revoke_authorized(&self.pipeline, &actor, serial, reason).await {
+            Ok(_) => Ok(()),
+            Err(RevokeError::AlreadyRevoked { .. }) => {
+                Err(Problem::new(ProblemType::AlreadyRevoked, "the certificate is already revoked"))
+            }
+            Err(RevokeError::NotFound(_)) => Err(Problem::not_found("certificate")),
+            Err(RevokeError::ReasonNotAllowed(message)) => Err(Problem::new(ProblemType::BadRevocationReason, message)),
+            Err(RevokeError::Store(error)) => Err(store_problem(error)),
+        }
+    }
+}
+
+/// ACME records in the daemon's store.
+#[derive(Debug, Clone)]
+pub struct StoreKv {
+    pipeline: Pipeline,
+}
+
+impl StoreKv {
+    /// Over the pipeline's store.
+    pub fn new(pipeline: Pipeline) -> Self {
+        StoreKv { pipeline }
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyValue for StoreKv {
+    async fn put(&self, namespace: &'static str, key: String, value: Vec<u8>) -> Result<(), String> {
+        self.pipeline
+            .with_store(move |store| store.protocol_put(namespace, &key, &value))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn get(&self, namespace: &'static str, key: String) -> Result<Option<Vec<u8>>, String> {
+        self.pipeline.with_store(move |store| store.protocol_get(namespace, &key)).await.map_err(|e| e.to_string())
+    }
+
+    async fn scan(&self, namespace: &'static str, prefix: String) -> Result<Vec<(String, Vec<u8>)>, String> {
+        self.pipeline.with_store(move |store| store.protocol_scan(namespace, &prefix)).await.map_err(|e| e.to_string())
+    }
+}
+
+/// The ACME server over the daemon.
+pub fn server(pipeline: &Pipeline) -> Result<Arc<rampart_acme::AcmeServer>, String> {
+    let acme = &pipeline.config().acme;
+    let settings = rampart_acme::validation::ValidationSettings {
+        http01_port: acme.http01_port,
+        tlsalpn01_port: acme.tlsalpn01_port,
+        dns_resolver: acme.resolver_addr(),
+        allow_private_targets: acme.allow_private_targets,
+        ..Default::default()
+    };
+    let validator = rampart_acme::validation::Validator::new(settings).map_err(|e| e.to_string())?;
+    let clock = pipeline.clock().clone();
+    Ok(rampart_acme::AcmeServer::new(
+        Arc::new(Backend::new(pipeline.clone())),
+        rampart_acme::Records::new(Box::new(StoreKv::new(pipeline.clone()))),
+        validator,
+        Arc::new(move || clock.now()),
+    ))
+}
