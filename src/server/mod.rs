@@ -229,6 +229,9 @@ impl Daemon {
 
 /// Bootstrap and start every enabled listener.
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, ServerError> {
+    // One process-wide TLS crypto provider (aws-lc-rs) for every rustls user, including
+    // HTTP clients inside validators; an embedder that chose one already keeps it.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let tls_files = (!config.tls.cert_file.is_empty()).then(|| {
         (
             PathBuf::from(&config.tls.cert_file),

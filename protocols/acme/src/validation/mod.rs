@@ -19,8 +19,8 @@ mod target;
 mod tls;
 mod tlsalpn01;
 
-#[cfg(test)]
-mod test_support;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -20,7 +20,7 @@ use super::ValidationSettings;
 const UNUSED_DNS: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9);
 
 /// Settings for tests: private targets allowed, short timeout, `dns` as nameserver.
-pub(crate) fn settings(dns: Option<SocketAddr>) -> ValidationSettings {
+pub fn settings(dns: Option<SocketAddr>) -> ValidationSettings {
     ValidationSettings {
         dns_resolver: Some(dns.unwrap_or(UNUSED_DNS)),
         allow_private_targets: true,
@@ -30,36 +30,37 @@ pub(crate) fn settings(dns: Option<SocketAddr>) -> ValidationSettings {
 }
 
 /// A DNS record served by [`DnsResponder`]: lowercase owner name without trailing dot.
-pub(crate) type TestRecord = (String, RData);
+pub type TestRecord = (String, RData);
 
 /// An A record.
-pub(crate) fn a_record(name: &str, ip: [u8; 4]) -> TestRecord {
+pub fn a_record(name: &str, ip: [u8; 4]) -> TestRecord {
     (name.to_ascii_lowercase(), RData::A(A(Ipv4Addr::from(ip))))
 }
 
 /// A CNAME record (answered for every query type; not chased by the responder).
-pub(crate) fn cname_record(name: &str, target: &str) -> TestRecord {
+pub fn cname_record(name: &str, target: &str) -> TestRecord {
     let target = Name::from_ascii(target).unwrap();
     (name.to_ascii_lowercase(), RData::CNAME(CNAME(target)))
 }
 
 /// A TXT record made of `strings` (character-strings of one record).
-pub(crate) fn txt_record(name: &str, strings: Vec<&str>) -> TestRecord {
+pub fn txt_record(name: &str, strings: Vec<&str>) -> TestRecord {
     let strings = strings.into_iter().map(str::to_owned).collect();
     (name.to_ascii_lowercase(), RData::TXT(TXT::new(strings)))
 }
 
 /// Answers UDP queries from a record list: matching records (and CNAMEs), NODATA when
 /// the name exists with other types, NXDOMAIN otherwise.
-pub(crate) struct DnsResponder {
+pub struct DnsResponder {
     /// Where it listens.
-    pub(crate) addr: SocketAddr,
+    pub addr: SocketAddr,
     records: Arc<Mutex<Vec<TestRecord>>>,
     task: JoinHandle<()>,
 }
 
 impl DnsResponder {
-    pub(crate) async fn start(records: Vec<TestRecord>) -> Self {
+    /// Start answering on a 127.0.0.1 ephemeral port.
+    pub async fn start(records: Vec<TestRecord>) -> Self {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let records = Arc::new(Mutex::new(records));
@@ -84,7 +85,7 @@ impl DnsResponder {
     }
 
     /// Replaces the served records.
-    pub(crate) fn set_records(&self, records: Vec<TestRecord>) {
+    pub fn set_records(&self, records: Vec<TestRecord>) {
         *self.records.lock().unwrap() = records;
     }
 }
@@ -126,7 +127,7 @@ fn answer(query: &Message, records: &[TestRecord]) -> Message {
 }
 
 /// What [`HttpResponder`] sends back.
-pub(crate) struct HttpReply {
+pub struct HttpReply {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
@@ -134,7 +135,7 @@ pub(crate) struct HttpReply {
 
 impl HttpReply {
     /// 200 with `body`.
-    pub(crate) fn ok(body: impl Into<Vec<u8>>) -> Self {
+    pub fn ok(body: impl Into<Vec<u8>>) -> Self {
         Self {
             status: 200,
             headers: Vec::new(),
@@ -143,7 +144,7 @@ impl HttpReply {
     }
 
     /// An empty response with `status`.
-    pub(crate) fn status(status: u16) -> Self {
+    pub fn status(status: u16) -> Self {
         Self {
             status,
             headers: Vec::new(),
@@ -152,7 +153,7 @@ impl HttpReply {
     }
 
     /// 302 to `location`.
-    pub(crate) fn redirect(location: &str) -> Self {
+    pub fn redirect(location: &str) -> Self {
         Self {
             status: 302,
             headers: vec![("Location".into(), location.into())],
@@ -164,15 +165,16 @@ impl HttpReply {
 type Handler = dyn Fn(&str) -> HttpReply + Send + Sync;
 
 /// Minimal HTTP/1.1 server: one request per connection, reply chosen by path.
-pub(crate) struct HttpResponder {
+pub struct HttpResponder {
     /// Port on 127.0.0.1.
-    pub(crate) port: u16,
+    pub port: u16,
     hits: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
 impl HttpResponder {
-    pub(crate) async fn start(handler: impl Fn(&str) -> HttpReply + Send + Sync + 'static) -> Self {
+    /// Start answering on a 127.0.0.1 ephemeral port; `handler` maps a request path to a reply.
+    pub async fn start(handler: impl Fn(&str) -> HttpReply + Send + Sync + 'static) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let handler: Arc<Handler> = Arc::new(handler);
@@ -214,7 +216,7 @@ impl HttpResponder {
     }
 
     /// Requests received so far.
-    pub(crate) fn hits(&self) -> usize {
+    pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
 }
