@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use common::{config_for, start_with};
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
-    RetryPolicy, RevocationRequest,
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy, RevocationRequest,
 };
 use rampart::clock::SystemClock;
 use rampart::model::{Protocol, StoredStatus};
-use rampart_acme::validation::test_support::{a_record, txt_record, DnsResponder, HttpReply, HttpResponder};
+use rampart_acme::validation::test_support::{
+    a_record, txt_record, DnsResponder, HttpReply, HttpResponder,
+};
 use rustls::pki_types::CertificateDer;
 
 /// The daemon with ACME on, a DNS server resolving every test name to 127.0.0.1 and an
@@ -28,7 +30,13 @@ struct Lab {
     tlsalpn_port: u16,
 }
 
-const NAMES: [&str; 5] = ["www.example", "api.example", "wild.example", "alpn.example", "bad.example"];
+const NAMES: [&str; 5] = [
+    "www.example",
+    "api.example",
+    "wild.example",
+    "alpn.example",
+    "bad.example",
+];
 
 fn base_records() -> Vec<rampart_acme::validation::test_support::TestRecord> {
     NAMES.iter().map(|n| a_record(n, [127, 0, 0, 1])).collect()
@@ -48,7 +56,11 @@ async fn lab() -> (Lab, tempfile::TempDir) {
     .await;
     let dns = DnsResponder::start(base_records()).await;
     // A port for tls-alpn-01 responders, reserved by binding and releasing it.
-    let tlsalpn_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let tlsalpn_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut config = config_for(dir.path());
     config.acme.allow_private_targets = true;
     config.acme.http01_port = http.port;
@@ -56,7 +68,17 @@ async fn lab() -> (Lab, tempfile::TempDir) {
     config.acme.dns_resolver = dns.addr.to_string();
     let d = start_with(config, Arc::new(SystemClock), None).await;
     let directory = d.daemon.acme_url.clone().unwrap();
-    (Lab { d, dns, tokens, _http: http, directory, tlsalpn_port }, dir)
+    (
+        Lab {
+            d,
+            dns,
+            tokens,
+            _http: http,
+            directory,
+            tlsalpn_port,
+        },
+        dir,
+    )
 }
 
 impl Lab {
@@ -64,7 +86,11 @@ impl Lab {
         Account::builder_with_root(&self.d.daemon.ca_bundle)
             .unwrap()
             .create(
-                &NewAccount { contact: &["mailto:ops@example.org"], terms_of_service_agreed: true, only_return_existing: false },
+                &NewAccount {
+                    contact: &["mailto:ops@example.org"],
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
                 self.directory.clone(),
                 None,
             )
@@ -74,7 +100,9 @@ impl Lab {
 }
 
 fn retries() -> RetryPolicy {
-    RetryPolicy::new().initial_delay(Duration::from_millis(50)).timeout(Duration::from_secs(15))
+    RetryPolicy::new()
+        .initial_delay(Duration::from_millis(50))
+        .timeout(Duration::from_secs(15))
 }
 
 /// Complete every authorization of `order` with `kind`, answering through the lab.
@@ -90,16 +118,26 @@ async fn authorize(lab: &Lab, order: &mut instant_acme::Order, kind: ChallengeTy
         let name = challenge.identifier().to_string();
         match kind {
             ChallengeType::Http01 => {
-                lab.tokens.lock().unwrap().push((challenge.token.clone(), key_authorization.as_str().to_string()));
+                lab.tokens.lock().unwrap().push((
+                    challenge.token.clone(),
+                    key_authorization.as_str().to_string(),
+                ));
             }
             ChallengeType::Dns01 => {
                 let mut records = base_records();
                 let base = name.trim_start_matches("*.");
-                records.push(txt_record(&format!("_acme-challenge.{base}"), vec![&key_authorization.dns_value()]));
+                records.push(txt_record(
+                    &format!("_acme-challenge.{base}"),
+                    vec![&key_authorization.dns_value()],
+                ));
                 lab.dns.set_records(records);
             }
             ChallengeType::TlsAlpn01 => {
-                tokio::spawn(tls_alpn_responder(lab.tlsalpn_port, name.clone(), key_authorization.digest().as_ref().to_vec()));
+                tokio::spawn(tls_alpn_responder(
+                    lab.tlsalpn_port,
+                    name.clone(),
+                    key_authorization.digest().as_ref().to_vec(),
+                ));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             _ => unreachable!(),
@@ -123,36 +161,57 @@ async fn tls_alpn_responder(port: u16, name: String, digest: Vec<u8>) {
         .key_provider
         .load_private_key(rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap())
         .unwrap();
-    let certified = rustls::sign::CertifiedKey::new(vec![CertificateDer::from(cert.der().to_vec())], signing_key);
+    let certified = rustls::sign::CertifiedKey::new(
+        vec![CertificateDer::from(cert.der().to_vec())],
+        signing_key,
+    );
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    if let Ok(Ok((stream, _))) = tokio::time::timeout(Duration::from_secs(15), listener.accept()).await {
+    if let Ok(Ok((stream, _))) =
+        tokio::time::timeout(Duration::from_secs(15), listener.accept()).await
+    {
         let _ = acceptor.accept(stream).await;
     }
 }
 
 async fn issue(lab: &Lab, account: &Account, names: &[&str], kind: ChallengeType) -> String {
-    let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.to_string())).collect();
-    let mut order = account.new_order(&NewOrder::new(&identifiers)).await.unwrap();
+    let identifiers: Vec<Identifier> = names
+        .iter()
+        .map(|n| Identifier::Dns(n.to_string()))
+        .collect();
+    let mut order = account
+        .new_order(&NewOrder::new(&identifiers))
+        .await
+        .unwrap();
     assert_eq!(order.state().status, OrderStatus::Pending);
     authorize(lab, &mut order, kind).await;
-    assert_eq!(order.poll_ready(&retries()).await.unwrap(), OrderStatus::Ready);
+    assert_eq!(
+        order.poll_ready(&retries()).await.unwrap(),
+        OrderStatus::Ready
+    );
     order.finalize().await.unwrap();
     order.poll_certificate(&retries()).await.unwrap()
 }
 
 fn serial_of(pem_chain: &str) -> String {
     use der::Decode;
-    let leaf = rampart::pkix::pem::decode_certificates(pem_chain).unwrap().remove(0);
+    let leaf = rampart::pkix::pem::decode_certificates(pem_chain)
+        .unwrap()
+        .remove(0);
     let cert = x509_cert::Certificate::from_der(&leaf).unwrap();
     let serial = hex::encode(cert.tbs_certificate.serial_number.as_bytes());
-    serial.strip_prefix("00").map(str::to_string).unwrap_or(serial)
+    serial
+        .strip_prefix("00")
+        .map(str::to_string)
+        .unwrap_or(serial)
 }
 
 #[tokio::test]
@@ -168,7 +227,14 @@ async fn http01_dns01_and_tlsalpn01_orders_are_issued_through_the_pipeline() {
         let chain = issue(&lab, &account, &names, kind.clone()).await;
         let certs = rampart::pkix::pem::decode_certificates(&chain).unwrap();
         assert_eq!(certs.len(), 2, "leaf and issuing CA");
-        let record = lab.d.daemon.pipeline.store().certificate(&serial_of(&chain)).unwrap().unwrap();
+        let record = lab
+            .d
+            .daemon
+            .pipeline
+            .store()
+            .certificate(&serial_of(&chain))
+            .unwrap()
+            .unwrap();
         assert_eq!(record.protocol, Protocol::Acme);
         assert!(record.owner.starts_with("acme:"), "{}", record.owner);
         let sans: Vec<String> = record.sans.iter().map(|s| s.value()).collect();
@@ -186,27 +252,43 @@ async fn refusals_are_problem_documents_and_issue_nothing() {
     let (account, _) = lab.account().await;
 
     // A name outside the demo role: rejectedIdentifier at newOrder.
-    let Err(error) = account.new_order(&NewOrder::new(&[Identifier::Dns("www.google.com".into())])).await else {
+    let Err(error) = account
+        .new_order(&NewOrder::new(&[Identifier::Dns("www.google.com".into())]))
+        .await
+    else {
         panic!("an order for a name outside the policy was accepted");
     };
     let text = error.to_string();
     assert!(text.contains("rejectedIdentifier"), "{text}");
 
     // A wrong key authorization: the challenge and the order become invalid.
-    let mut order = account.new_order(&NewOrder::new(&[Identifier::Dns("bad.example".into())])).await.unwrap();
+    let mut order = account
+        .new_order(&NewOrder::new(&[Identifier::Dns("bad.example".into())]))
+        .await
+        .unwrap();
     {
         let mut authorizations = order.authorizations();
         let mut authz = authorizations.next().await.unwrap().unwrap();
         let mut challenge = authz.challenge(ChallengeType::Http01).unwrap();
-        lab.tokens.lock().unwrap().push((challenge.token.clone(), "not-the-key-authorization".into()));
+        lab.tokens
+            .lock()
+            .unwrap()
+            .push((challenge.token.clone(), "not-the-key-authorization".into()));
         challenge.set_ready().await.unwrap();
     }
     let status = order.poll_ready(&retries()).await;
-    assert!(matches!(status, Ok(OrderStatus::Invalid)) || status.is_err(), "{status:?}");
+    assert!(
+        matches!(status, Ok(OrderStatus::Invalid)) || status.is_err(),
+        "{status:?}"
+    );
     let mut authorizations = order.authorizations();
     let authz = authorizations.next().await.unwrap().unwrap();
     assert_eq!(authz.status, AuthorizationStatus::Invalid);
-    let error = authz.challenges.iter().find_map(|c| c.error.clone()).expect("challenge error");
+    let error = authz
+        .challenges
+        .iter()
+        .find_map(|c| c.error.clone())
+        .expect("challenge error");
     assert!(format!("{error:?}").contains("unauthorized"), "{error:?}");
 
     let listed = lab
@@ -214,9 +296,18 @@ async fn refusals_are_problem_documents_and_issue_nothing() {
         .daemon
         .pipeline
         .store()
-        .list_certificates(&rampart::store::CertificateQuery { limit: 100, ..Default::default() }, time::OffsetDateTime::now_utc())
+        .list_certificates(
+            &rampart::store::CertificateQuery {
+                limit: 100,
+                ..Default::default()
+            },
+            time::OffsetDateTime::now_utc(),
+        )
         .unwrap();
-    assert!(listed.items.iter().all(|c| c.protocol != Protocol::Acme), "nothing issued over ACME");
+    assert!(
+        listed.items.iter().all(|c| c.protocol != Protocol::Acme),
+        "nothing issued over ACME"
+    );
     lab.d.daemon.shutdown().await;
 }
 
@@ -225,7 +316,9 @@ async fn revocation_key_rollover_and_deactivation() {
     let (lab, _dir) = lab().await;
     let (mut account, _) = lab.account().await;
     let chain = issue(&lab, &account, &["www.example"], ChallengeType::Http01).await;
-    let leaf = rampart::pkix::pem::decode_certificates(&chain).unwrap().remove(0);
+    let leaf = rampart::pkix::pem::decode_certificates(&chain)
+        .unwrap()
+        .remove(0);
 
     // Key rollover, then the account still works with its new key.
     let _new_credentials = account.update_key().await.unwrap();
@@ -233,22 +326,40 @@ async fn revocation_key_rollover_and_deactivation() {
 
     // Revocation by the account.
     account
-        .revoke(&RevocationRequest { certificate: &CertificateDer::from(leaf.clone()), reason: Some(instant_acme::RevocationReason::KeyCompromise) })
+        .revoke(&RevocationRequest {
+            certificate: &CertificateDer::from(leaf.clone()),
+            reason: Some(instant_acme::RevocationReason::KeyCompromise),
+        })
         .await
         .unwrap();
-    let record = lab.d.daemon.pipeline.store().certificate(&serial_of(&chain)).unwrap().unwrap();
+    let record = lab
+        .d
+        .daemon
+        .pipeline
+        .store()
+        .certificate(&serial_of(&chain))
+        .unwrap()
+        .unwrap();
     assert_eq!(record.status, StoredStatus::Revoked);
     let again = account
-        .revoke(&RevocationRequest { certificate: &CertificateDer::from(leaf), reason: None })
+        .revoke(&RevocationRequest {
+            certificate: &CertificateDer::from(leaf),
+            reason: None,
+        })
         .await
         .unwrap_err();
     assert!(again.to_string().contains("alreadyRevoked"), "{again}");
 
     // Another account may not revoke what it neither owns nor is authorized for.
     let (stranger, _) = lab.account().await;
-    let second_leaf = rampart::pkix::pem::decode_certificates(&second).unwrap().remove(0);
+    let second_leaf = rampart::pkix::pem::decode_certificates(&second)
+        .unwrap()
+        .remove(0);
     let refused = stranger
-        .revoke(&RevocationRequest { certificate: &CertificateDer::from(second_leaf), reason: None })
+        .revoke(&RevocationRequest {
+            certificate: &CertificateDer::from(second_leaf),
+            reason: None,
+        })
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("unauthorized"), "{refused}");
@@ -256,8 +367,15 @@ async fn revocation_key_rollover_and_deactivation() {
     // Deactivation: the account can no longer order.
     let (doomed, credentials) = lab.account().await;
     doomed.deactivate().await.unwrap();
-    let restored = Account::builder_with_root(&lab.d.daemon.ca_bundle).unwrap().from_credentials(credentials).await.unwrap();
-    let Err(error) = restored.new_order(&NewOrder::new(&[Identifier::Dns("www.example".into())])).await else {
+    let restored = Account::builder_with_root(&lab.d.daemon.ca_bundle)
+        .unwrap()
+        .from_credentials(credentials)
+        .await
+        .unwrap();
+    let Err(error) = restored
+        .new_order(&NewOrder::new(&[Identifier::Dns("www.example".into())]))
+        .await
+    else {
         panic!("a deactivated account could still order");
     };
     assert!(error.to_string().contains("unauthorized"), "{error}");

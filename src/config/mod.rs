@@ -193,9 +193,11 @@ impl AcmeConfig {
         if text.is_empty() {
             return None;
         }
-        text.parse()
-            .ok()
-            .or_else(|| text.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+        text.parse().ok().or_else(|| {
+            text.parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
     }
 }
 
@@ -414,24 +416,47 @@ impl Config {
         }
         let acme = &self.acme;
         if acme.http01_port == 0 || acme.tlsalpn01_port == 0 {
-            return Err(bad("acme.http01_port".into(), "validation ports must not be 0"));
+            return Err(bad(
+                "acme.http01_port".into(),
+                "validation ports must not be 0",
+            ));
         }
         if !acme.dns_resolver.trim().is_empty() && acme.resolver_addr().is_none() {
-            return Err(bad("acme.dns_resolver".into(), "must be `ip` or `ip:port`, or empty"));
+            return Err(bad(
+                "acme.dns_resolver".into(),
+                "must be `ip` or `ip:port`, or empty",
+            ));
         }
         if !acme.profiles.contains_key("default") {
-            return Err(bad("acme.profiles".into(), "the profile `default` must exist"));
+            return Err(bad(
+                "acme.profiles".into(),
+                "the profile `default` must exist",
+            ));
         }
         for (name, profile) in &acme.profiles {
             let key = |k: &str| format!("acme.profiles.{name}.{k}");
-            if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                return Err(bad(format!("acme.profiles.{name}"), "profile names may use letters, digits, - and _"));
+            if !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(bad(
+                    format!("acme.profiles.{name}"),
+                    "profile names may use letters, digits, - and _",
+                ));
             }
             if !self.templates.contains_key(&profile.template) {
-                return Err(bad(key("template"), &format!("template `{}` is not defined", profile.template)));
+                return Err(bad(
+                    key("template"),
+                    &format!("template `{}` is not defined", profile.template),
+                ));
             }
-            if !profile.anonymous_role.is_empty() && !self.roles.contains_key(&profile.anonymous_role) {
-                return Err(bad(key("anonymous_role"), &format!("role `{}` is not defined", profile.anonymous_role)));
+            if !profile.anonymous_role.is_empty()
+                && !self.roles.contains_key(&profile.anonymous_role)
+            {
+                return Err(bad(
+                    key("anonymous_role"),
+                    &format!("role `{}` is not defined", profile.anonymous_role),
+                ));
             }
         }
         for (name, role) in &self.roles {

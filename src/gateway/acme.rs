@@ -4,12 +4,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use der::{Decode, Encode};
-use rampart_acme::{AccountRecord, AcmeBackend, KeyValue, KnownCertificate, OrderRecord, Problem, ProblemType, Profile, Revoker};
+use rampart_acme::{
+    AccountRecord, AcmeBackend, KeyValue, KnownCertificate, OrderRecord, Problem, ProblemType,
+    Profile, Revoker,
+};
 use serde_json::{json, Map};
 use uuid::Uuid;
 
 use crate::lifecycle::revocation::{self, RevokeError};
-use crate::model::{Credential, EnrollmentRequest, Identifier, Identity, Protocol, RevocationReason};
+use crate::model::{
+    Credential, EnrollmentRequest, Identifier, Identity, Protocol, RevocationReason,
+};
 use crate::pipeline::{Outcome, Pipeline, PipelineError};
 use crate::pkix::pem;
 use crate::policy::{self, Layer};
@@ -31,7 +36,9 @@ fn identity_of(account: &AccountRecord) -> Identity {
     Identity {
         name: account.identity.clone(),
         roles: account.roles.clone(),
-        credential: Credential::AcmeAccount { account_id: account.id.clone() },
+        credential: Credential::AcmeAccount {
+            account_id: account.id.clone(),
+        },
     }
 }
 
@@ -69,9 +76,16 @@ impl AcmeBackend for Backend {
         if !profile.caa_identities.is_empty() {
             meta.insert("caaIdentities".into(), json!(profile.caa_identities));
         }
-        meta.insert("externalAccountRequired".into(), json!(profile.anonymous_role.is_empty()));
-        let anonymous_roles = (!profile.anonymous_role.is_empty()).then(|| vec![profile.anonymous_role.clone()]);
-        Some(Profile { meta, anonymous_roles })
+        meta.insert(
+            "externalAccountRequired".into(),
+            json!(profile.anonymous_role.is_empty()),
+        );
+        let anonymous_roles =
+            (!profile.anonymous_role.is_empty()).then(|| vec![profile.anonymous_role.clone()]);
+        Some(Profile {
+            meta,
+            anonymous_roles,
+        })
     }
 
     async fn check_identifiers(
@@ -80,18 +94,33 @@ impl AcmeBackend for Backend {
         identifiers: &[rampart_acme::wire::Identifier],
     ) -> Result<(), Vec<(rampart_acme::wire::Identifier, String)>> {
         let Some(profile) = self.pipeline.config().acme.profiles.get(&account.profile) else {
-            return Err(identifiers.iter().map(|i| (i.clone(), "unknown profile".to_string())).collect());
+            return Err(identifiers
+                .iter()
+                .map(|i| (i.clone(), "unknown profile".to_string()))
+                .collect());
         };
         let mut refused = Vec::new();
         let mut model = Vec::new();
         for identifier in identifiers {
             match to_model(identifier) {
                 Some(id) => model.push(id),
-                None => refused.push((identifier.clone(), format!("`{}` is not a valid identifier", identifier.value))),
+                None => refused.push((
+                    identifier.clone(),
+                    format!("`{}` is not a valid identifier", identifier.value),
+                )),
             }
         }
-        if let Err(denied) = policy::precheck_names(self.pipeline.config(), &identity_of(account), &profile.template, &model) {
-            refused.extend(denied.iter().map(|(id, reason)| (to_acme(id), reason.clone())));
+        if let Err(denied) = policy::precheck_names(
+            self.pipeline.config(),
+            &identity_of(account),
+            &profile.template,
+            &model,
+        ) {
+            refused.extend(
+                denied
+                    .iter()
+                    .map(|(id, reason)| (to_acme(id), reason.clone())),
+            );
         }
         if refused.is_empty() {
             Ok(())
@@ -100,7 +129,12 @@ impl AcmeBackend for Backend {
         }
     }
 
-    async fn issue(&self, account: &AccountRecord, order: &OrderRecord, csr_der: Vec<u8>) -> Result<String, Problem> {
+    async fn issue(
+        &self,
+        account: &AccountRecord,
+        order: &OrderRecord,
+        csr_der: Vec<u8>,
+    ) -> Result<String, Problem> {
         let profile = self
             .pipeline
             .config()
@@ -131,7 +165,13 @@ impl AcmeBackend for Backend {
                     Layer::Names => ProblemType::RejectedIdentifier,
                     Layer::Identity => ProblemType::Unauthorized,
                 };
-                Err(Problem::new(kind, format!("{} (rule {}, request {request_id})", denial.reason, denial.rule)))
+                Err(Problem::new(
+                    kind,
+                    format!(
+                        "{} (rule {}, request {request_id})",
+                        denial.reason, denial.rule
+                    ),
+                ))
             }
             Err(PipelineError::Ca(error)) => Err(Problem::internal(format!("CA: {error}"))),
             Err(PipelineError::Store(error)) => Err(store_problem(error)),
@@ -140,7 +180,11 @@ impl AcmeBackend for Backend {
 
     async fn certificate_chain(&self, serial: &str) -> Result<Option<String>, Problem> {
         let owned = serial.to_string();
-        let record = self.pipeline.with_store(move |store| store.certificate(&owned)).await.map_err(store_problem)?;
+        let record = self
+            .pipeline
+            .with_store(move |store| store.certificate(&owned))
+            .await
+            .map_err(store_problem)?;
         Ok(record.map(|r| {
             let mut all = vec![r.der.as_slice()];
             all.extend(r.chain.iter().map(Vec::as_slice));
@@ -148,20 +192,34 @@ impl AcmeBackend for Backend {
         }))
     }
 
-    async fn find_certificate(&self, der_bytes: &[u8]) -> Result<Option<KnownCertificate>, Problem> {
+    async fn find_certificate(
+        &self,
+        der_bytes: &[u8],
+    ) -> Result<Option<KnownCertificate>, Problem> {
         let Ok(cert) = x509_cert::Certificate::from_der(der_bytes) else {
             return Err(Problem::malformed("`certificate` is not a DER certificate"));
         };
         let serial = hex::encode(cert.tbs_certificate.serial_number.as_bytes());
-        let serial = serial.strip_prefix("00").map(str::to_string).unwrap_or(serial);
+        let serial = serial
+            .strip_prefix("00")
+            .map(str::to_string)
+            .unwrap_or(serial);
         let owned = serial.clone();
-        let record = self.pipeline.with_store(move |store| store.certificate(&owned)).await.map_err(store_problem)?;
-        let Some(record) = record.filter(|r| r.der == der_bytes) else { return Ok(None) };
+        let record = self
+            .pipeline
+            .with_store(move |store| store.certificate(&owned))
+            .await
+            .map_err(store_problem)?;
+        let Some(record) = record.filter(|r| r.der == der_bytes) else {
+            return Ok(None);
+        };
         let spki_der = cert
             .tbs_certificate
             .subject_public_key_info
             .to_der()
-            .map_err(|e| Problem::internal(format!("re-encoding a stored certificate's key: {e}")))?;
+            .map_err(|e| {
+                Problem::internal(format!("re-encoding a stored certificate's key: {e}"))
+            })?;
         Ok(Some(KnownCertificate {
             serial,
             owner: record.owner.clone(),
@@ -180,11 +238,14 @@ impl AcmeBackend for Backend {
         };
         match revocation::revoke_authorized(&self.pipeline, &actor, serial, reason).await {
             Ok(_) => Ok(()),
-            Err(RevokeError::AlreadyRevoked { .. }) => {
-                Err(Problem::new(ProblemType::AlreadyRevoked, "the certificate is already revoked"))
-            }
+            Err(RevokeError::AlreadyRevoked { .. }) => Err(Problem::new(
+                ProblemType::AlreadyRevoked,
+                "the certificate is already revoked",
+            )),
             Err(RevokeError::NotFound(_)) => Err(Problem::not_found("certificate")),
-            Err(RevokeError::ReasonNotAllowed(message)) => Err(Problem::new(ProblemType::BadRevocationReason, message)),
+            Err(RevokeError::ReasonNotAllowed(message)) => {
+                Err(Problem::new(ProblemType::BadRevocationReason, message))
+            }
             Err(RevokeError::Store(error)) => Err(store_problem(error)),
         }
     }
@@ -205,7 +266,12 @@ impl StoreKv {
 
 #[async_trait::async_trait]
 impl KeyValue for StoreKv {
-    async fn put(&self, namespace: &'static str, key: String, value: Vec<u8>) -> Result<(), String> {
+    async fn put(
+        &self,
+        namespace: &'static str,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), String> {
         self.pipeline
             .with_store(move |store| store.protocol_put(namespace, &key, &value))
             .await
@@ -213,11 +279,21 @@ impl KeyValue for StoreKv {
     }
 
     async fn get(&self, namespace: &'static str, key: String) -> Result<Option<Vec<u8>>, String> {
-        self.pipeline.with_store(move |store| store.protocol_get(namespace, &key)).await.map_err(|e| e.to_string())
+        self.pipeline
+            .with_store(move |store| store.protocol_get(namespace, &key))
+            .await
+            .map_err(|e| e.to_string())
     }
 
-    async fn scan(&self, namespace: &'static str, prefix: String) -> Result<Vec<(String, Vec<u8>)>, String> {
-        self.pipeline.with_store(move |store| store.protocol_scan(namespace, &prefix)).await.map_err(|e| e.to_string())
+    async fn scan(
+        &self,
+        namespace: &'static str,
+        prefix: String,
+    ) -> Result<Vec<(String, Vec<u8>)>, String> {
+        self.pipeline
+            .with_store(move |store| store.protocol_scan(namespace, &prefix))
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -231,7 +307,8 @@ pub fn server(pipeline: &Pipeline) -> Result<Arc<rampart_acme::AcmeServer>, Stri
         allow_private_targets: acme.allow_private_targets,
         ..Default::default()
     };
-    let validator = rampart_acme::validation::Validator::new(settings).map_err(|e| e.to_string())?;
+    let validator =
+        rampart_acme::validation::Validator::new(settings).map_err(|e| e.to_string())?;
     let clock = pipeline.clock().clone();
     Ok(rampart_acme::AcmeServer::new(
         Arc::new(Backend::new(pipeline.clone())),

@@ -186,11 +186,17 @@ pub fn precheck_names(
     template: &str,
     identifiers: &[Identifier],
 ) -> Result<(), Vec<(Identifier, String)>> {
-    let all_refused = |reason: String| identifiers.iter().map(|i| (i.clone(), reason.clone())).collect::<Vec<_>>();
+    let all_refused = |reason: String| {
+        identifiers
+            .iter()
+            .map(|i| (i.clone(), reason.clone()))
+            .collect::<Vec<_>>()
+    };
     if !config.templates.contains_key(template) {
         return Err(all_refused(format!("there is no template `{template}`")));
     }
-    let roles = identity::roles_for_template(config, identity, template).map_err(|d| all_refused(d.reason))?;
+    let roles = identity::roles_for_template(config, identity, template)
+        .map_err(|d| all_refused(d.reason))?;
     let refused = names::refused(&roles, identifiers);
     if refused.is_empty() {
         Ok(())

@@ -22,7 +22,10 @@ pub fn check(roles: &[(&str, &RoleConfig)], identifiers: &[Identifier]) -> Resul
 }
 
 /// Every identifier no role allows, with the reason.
-pub fn refused(roles: &[(&str, &RoleConfig)], identifiers: &[Identifier]) -> Vec<(Identifier, String)> {
+pub fn refused(
+    roles: &[(&str, &RoleConfig)],
+    identifiers: &[Identifier],
+) -> Vec<(Identifier, String)> {
     identifiers
         .iter()
         .filter(|identifier| {
@@ -31,7 +34,12 @@ pub fn refused(roles: &[(&str, &RoleConfig)], identifiers: &[Identifier]) -> Vec
                 Identifier::Ip(ip) => role.ip_ranges.iter().any(|net| net.contains(ip)),
             })
         })
-        .map(|identifier| (identifier.clone(), format!("`{}` is not allowed for this identity", identifier.value())))
+        .map(|identifier| {
+            (
+                identifier.clone(),
+                format!("`{}` is not allowed for this identity", identifier.value()),
+            )
+        })
         .collect()
 }
 

@@ -262,7 +262,11 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
             addr: api.listen,
             source,
         })?;
-        let router = observed(crate::api::router(boot.pipeline.clone()), "api", boot.pipeline.metrics().clone());
+        let router = observed(
+            crate::api::router(boot.pipeline.clone()),
+            "api",
+            boot.pipeline.metrics().clone(),
+        );
         let scheme = if api.tls { "https" } else { "http" };
         let tls = api.tls.then(|| tls_config.clone());
         tasks.push(tokio::spawn(serve(listener, router, tls, signal.clone())));
@@ -276,11 +280,28 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
     let (mut acme_url, mut acme_addr) = (None, None);
     if acme.enabled {
         let listener =
-            TcpListener::bind(acme.listen).await.map_err(|source| ServerError::Bind { addr: acme.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: acme.listen, source })?;
+            TcpListener::bind(acme.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: acme.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: acme.listen,
+            source,
+        })?;
         let server = crate::gateway::acme::server(&boot.pipeline).map_err(ServerError::Acme)?;
-        let router = observed(rampart_acme::router(server), "acme", boot.pipeline.metrics().clone());
-        tasks.push(tokio::spawn(serve(listener, router, Some(tls_config.clone()), signal.clone())));
+        let router = observed(
+            rampart_acme::router(server),
+            "acme",
+            boot.pipeline.metrics().clone(),
+        );
+        tasks.push(tokio::spawn(serve(
+            listener,
+            router,
+            Some(tls_config.clone()),
+            signal.clone(),
+        )));
         let host = display_addr(addr, &boot.pipeline.config().server.public_hostname);
         acme_url = Some(format!("https://{host}/acme/default/directory"));
         acme_addr = Some(addr);

@@ -271,7 +271,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn protocol_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Protocol state values whose key starts with `prefix`, in key order.
-    fn protocol_scan(&self, namespace: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    fn protocol_scan(
+        &self,
+        namespace: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
     /// Append an audit entry on its own (decisions without other state change).
     fn append_audit(&self, audit: &AuditEntry) -> Result<(), StoreError>;

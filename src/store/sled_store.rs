@@ -571,22 +571,35 @@ impl Store for SledStore {
     }
 
     fn protocol_put(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.protocol_state.insert(protocol_key(namespace, key), value).map_err(backend)?;
+        self.protocol_state
+            .insert(protocol_key(namespace, key), value)
+            .map_err(backend)?;
         self.protocol_state.flush().map_err(backend)?;
         Ok(())
     }
 
     fn protocol_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.protocol_state.get(protocol_key(namespace, key)).map_err(backend)?.map(|v| v.to_vec()))
+        Ok(self
+            .protocol_state
+            .get(protocol_key(namespace, key))
+            .map_err(backend)?
+            .map(|v| v.to_vec()))
     }
 
-    fn protocol_scan(&self, namespace: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    fn protocol_scan(
+        &self,
+        namespace: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let skip = namespace.len() + 1;
         self.protocol_state
             .scan_prefix(protocol_key(namespace, prefix))
             .map(|item| {
                 let (key, value) = item.map_err(backend)?;
-                Ok((String::from_utf8_lossy(&key[skip..]).into_owned(), value.to_vec()))
+                Ok((
+                    String::from_utf8_lossy(&key[skip..]).into_owned(),
+                    value.to_vec(),
+                ))
             })
             .collect()
     }
