@@ -22,11 +22,11 @@ data_dir = "$DIR"
 [api]
 listen = "127.0.0.1:$API_PORT"
 [acme]
-listen = "127.0.0.1:$ACME_PORT"
 http01_port = $HTTP01_PORT
 allow_private_targets = true
 TOML
 API="http://127.0.0.1:$API_PORT"
+export RAMPART__ACME__LISTEN="127.0.0.1:$ACME_PORT"
 start_rampart "$DIR/rampart.toml"
 DIRECTORY="https://localhost:$ACME_PORT/acme/default/directory"
 grep -q "ACME .*https://127.0.0.1:$ACME_PORT/acme/default/directory" "$WORK/rampart.out" || fail "serve did not print the ACME directory"

@@ -427,36 +427,42 @@ impl Config {
                 "must be `ip` or `ip:port`, or empty",
             ));
         }
-        if !acme.profiles.contains_key("default") {
-            return Err(bad(
-                "acme.profiles".into(),
-                "the profile `default` must exist",
-            ));
-        }
-        for (name, profile) in &acme.profiles {
-            let key = |k: &str| format!("acme.profiles.{name}.{k}");
-            if !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
+        // Profiles only matter when the listener runs.
+        if acme.enabled {
+            if !acme.profiles.contains_key("default") {
                 return Err(bad(
-                    format!("acme.profiles.{name}"),
-                    "profile names may use letters, digits, - and _",
+                    "acme.profiles".into(),
+                    "the profile `default` must exist",
                 ));
             }
-            if !self.templates.contains_key(&profile.template) {
-                return Err(bad(
-                    key("template"),
-                    &format!("template `{}` is not defined", profile.template),
-                ));
-            }
-            if !profile.anonymous_role.is_empty()
-                && !self.roles.contains_key(&profile.anonymous_role)
-            {
-                return Err(bad(
-                    key("anonymous_role"),
-                    &format!("role `{}` is not defined", profile.anonymous_role),
-                ));
+            for (name, profile) in &acme.profiles {
+                let key = |k: &str| format!("acme.profiles.{name}.{k}");
+                if !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    return Err(bad(
+                        format!("acme.profiles.{name}"),
+                        "profile names may use letters, digits, - and _",
+                    ));
+                }
+                if !self.templates.contains_key(&profile.template) {
+                    return Err(bad(
+                        key("template"),
+                        &format!(
+                            "template `{}` is not defined (name one of [templates], or set acme.enabled = false)",
+                            profile.template
+                        ),
+                    ));
+                }
+                if !profile.anonymous_role.is_empty()
+                    && !self.roles.contains_key(&profile.anonymous_role)
+                {
+                    return Err(bad(
+                        key("anonymous_role"),
+                        &format!("role `{}` is not defined", profile.anonymous_role),
+                    ));
+                }
             }
         }
         for (name, role) in &self.roles {
@@ -678,11 +684,14 @@ mod tests {
         let config = load_text(
             "[templates.web]\ndescription='w'\nextended_key_usages=['serverAuth']\nkey_types=['ecdsa-p256']\n\
              min_rsa_bits=2048\nmax_rsa_bits=4096\ndefault_validity_days=30\nmax_validity_days=30\nmax_sans=5\n\
-             [roles.web]\ntemplates=['web']\ndns_names=['*.example.com']\nip_ranges=[]\nmanage=false\n",
+             [roles.web]\ntemplates=['web']\ndns_names=['*.example.com']\nip_ranges=[]\nmanage=false\n\
+             [acme.profiles.default]\ntemplate='web'\n",
         )
         .unwrap();
         assert_eq!(config.templates.keys().collect::<Vec<_>>(), ["web"]);
         assert_eq!(config.roles.keys().collect::<Vec<_>>(), ["web"]);
+        // The demo's anonymous ACME role left with the demo policy.
+        assert_eq!(config.acme.profiles["default"].anonymous_role, "");
     }
 
     #[test]
