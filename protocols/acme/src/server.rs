@@ -230,8 +230,17 @@ struct Signed {
     account: Option<AccountRecord>,
 }
 
+impl Signed {
+    /// The signing account (present on every `kid` request).
+    fn account(&self) -> &AccountRecord {
+        self.account
+            .as_ref()
+            .expect("kid requests carry their account")
+    }
+}
+
 /// Which key forms an endpoint accepts.
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum KeyForm {
     Jwk,
     Kid,
@@ -333,6 +342,47 @@ async fn read_body(request: Request) -> Result<(HeaderMap, Uri, Bytes), Problem>
     Ok((parts.headers, parts.uri, bytes))
 }
 
+/// How an endpoint wants its key named (a type, so that it can pick the extractor).
+trait KeyPolicy: Send {
+    const FORM: KeyForm;
+}
+
+/// `kid` requests: an existing account.
+struct ByKid;
+impl KeyPolicy for ByKid {
+    const FORM: KeyForm = KeyForm::Kid;
+}
+
+/// `jwk` requests: newAccount.
+struct ByJwk;
+impl KeyPolicy for ByJwk {
+    const FORM: KeyForm = KeyForm::Jwk;
+}
+
+/// Either: revokeCert.
+struct ByEither;
+impl KeyPolicy for ByEither {
+    const FORM: KeyForm = KeyForm::Either;
+}
+
+/// A request whose JWS verified, its nonce consumed and its account loaded.
+struct Verified<P>(Signed, std::marker::PhantomData<P>);
+
+impl<P: KeyPolicy> axum::extract::FromRequest<Arc<AcmeServer>> for Verified<P> {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, server: &Arc<AcmeServer>) -> Result<Self, Problem> {
+        let profile = profile_of(request.uri().path())
+            .ok_or_else(|| Problem::not_found("ACME profile"))?
+            .to_string();
+        let (headers, uri, body) = read_body(request).await?;
+        let signed = server
+            .authenticate(&profile, &headers, &uri, &body, P::FORM)
+            .await?;
+        Ok(Verified(signed, std::marker::PhantomData))
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Directory and nonces
 // ---------------------------------------------------------------------------------------
@@ -392,12 +442,8 @@ fn account_body(account: &AccountRecord, urls: &Urls) -> Value {
 async fn new_account(
     State(server): State<Arc<AcmeServer>>,
     Path(profile): Path<String>,
-    request: Request,
+    Verified(signed, _): Verified<ByJwk>,
 ) -> Result<Response, Problem> {
-    let (headers, uri, body) = read_body(request).await?;
-    let signed = server
-        .authenticate(&profile, &headers, &uri, &body, KeyForm::Jwk)
-        .await?;
     let KeyRef::Jwk(jwk) = &signed.jws.key else {
         unreachable!("KeyForm::Jwk")
     };
@@ -478,13 +524,9 @@ fn own_account(signed: &Signed, id: &str) -> Result<AccountRecord, Problem> {
 
 async fn account(
     State(server): State<Arc<AcmeServer>>,
-    Path((profile, id)): Path<(String, String)>,
-    request: Request,
+    Path((_, id)): Path<(String, String)>,
+    Verified(signed, _): Verified<ByKid>,
 ) -> Result<Response, Problem> {
-    let (headers, uri, body) = read_body(request).await?;
-    let signed = server
-        .authenticate(&profile, &headers, &uri, &body, KeyForm::Kid)
-        .await?;
     let mut account = own_account(&signed, &id)?;
     if !signed.jws.is_post_as_get() {
         let update: AccountUpdate = signed.jws.json()?;
@@ -515,13 +557,9 @@ async fn account(
 
 async fn account_orders(
     State(server): State<Arc<AcmeServer>>,
-    Path((profile, id)): Path<(String, String)>,
-    request: Request,
+    Path((_, id)): Path<(String, String)>,
+    Verified(signed, _): Verified<ByKid>,
 ) -> Result<Response, Problem> {
-    let (headers, uri, body) = read_body(request).await?;
-    let signed = server
-        .authenticate(&profile, &headers, &uri, &body, KeyForm::Kid)
-        .await?;
     let account = own_account(&signed, &id)?;
     let urls: Vec<String> = server
         .records
@@ -535,14 +573,9 @@ async fn account_orders(
 
 async fn key_change(
     State(server): State<Arc<AcmeServer>>,
-    Path(profile): Path<String>,
-    request: Request,
+    Verified(signed, _): Verified<ByKid>,
 ) -> Result<Response, Problem> {
-    let (headers, uri, body) = read_body(request).await?;
-    let signed = server
-        .authenticate(&profile, &headers, &uri, &body, KeyForm::Kid)
-        .await?;
-    let mut account = signed.account.clone().expect("kid");
+    let mut account = signed.account().clone();
     let inner = Jws::parse(&signed.jws.payload)?;
     let KeyRef::Jwk(new_key) = &inner.key else {
         return Err(Problem::malformed(
@@ -661,7 +694,7 @@ impl AcmeServer {
     }
 
     async fn owned_order(&self, signed: &Signed, id: &str) -> Result<OrderRecord, Problem> {
-        let account = signed.account.as_ref().expect("kid");
+        let account = signed.account();
         self.records
             .order(id)
             .await?
@@ -673,13 +706,9 @@ impl AcmeServer {
 async fn new_order(
     State(server): State<Arc<AcmeServer>>,
     Path(profile): Path<String>,
-    request: Request,
+    Verified(signed, _): Verified<ByKid>,
 ) -> Result<Response, Problem> {
-    let (headers, uri, body) = read_body(request).await?;
-    let signed = server
-        .authenticate(&profile, &headers, &uri, &body, KeyForm::Kid)
-        .await?;
-    let account = signed.account.clone().expect("kid");
+    let account = signed.account().clone();
     let payload: NewOrder = signed.jws.json()?;
     if payload.not_before.is_some() || payload.not_after.is_some() {
         return Err(Problem::malformed(
@@ -799,13 +828,9 @@ fn subproblem(identifier: &Identifier, detail: &str) -> Subproblem {
 
 async fn order(
     State(server): State<Arc<AcmeServer>>,
-    Path((profile, id)): Path<(String, String)>,
-    request: Request,
+    Path((_, id)): Path<(String, String)>,
+    Verified(signed, _): Verified<ByKid>,
 ) -> Result<Response, Problem> {
-    let (headers, uri, body) = read_body(request).await?;
-    let signed = server
-        .authenticate(&profile, &headers, &uri, &body, KeyForm::Kid)
-        .await?;
     let order = server.owned_order(&signed, &id).await?;
     server
         .order_response(&order, &signed.urls, StatusCode::OK)
@@ -823,14 +848,10 @@ impl Drop for FinalizeGuard<'_> {
 
 async fn finalize(
     State(server): State<Arc<AcmeServer>>,
-    Path((profile, id)): Path<(String, String)>,
-    request: Request,
+    Path((_, id)): Path<(String, String)>,
+    Verified(signed, _): Verified<ByKid>,
 ) -> Result<Response, Problem> {
-    let (headers, uri, body) = read_body(request).await?;
-    let signed = server
-        .authenticate(&profile, &headers, &uri, &body, KeyForm::Kid)
-        .await?;
-    let account = signed.account.clone().expect("kid");
+    let account = signed.account().clone();
     if !server.finalizing.lock().expect("lock").insert(id.clone()) {
         return Err(Problem::new(
             ProblemType::OrderNotReady,
@@ -895,13 +916,9 @@ async fn finalize(
 
 async fn certificate(
     State(server): State<Arc<AcmeServer>>,
-    Path((profile, id)): Path<(String, String)>,
-    request: Request,
+    Path((_, id)): Path<(String, String)>,
+    Verified(signed, _): Verified<ByKid>,
 ) -> Result<Response, Problem> {
-    let (headers, uri, body) = read_body(request).await?;
-    let signed = server
-        .authenticate(&profile, &headers, &uri, &body, KeyForm::Kid)
-        .await?;
     let order = server.owned_order(&signed, &id).await?;
     let serial = order
         .certificate_serial
@@ -960,7 +977,7 @@ impl AcmeServer {
     }
 
     async fn owned_authz(&self, signed: &Signed, id: &str) -> Result<AuthzRecord, Problem> {
-        let account = signed.account.as_ref().expect("kid");
+        let account = signed.account();
         self.records
             .authz(id)
             .await?
@@ -971,13 +988,9 @@ impl AcmeServer {
 
 async fn authz(
     State(server): State<Arc<AcmeServer>>,
-    Path((profile, id)): Path<(String, String)>,
-    request: Request,
+    Path((_, id)): Path<(String, String)>,
+    Verified(signed, _): Verified<ByKid>,
 ) -> Result<Response, Problem> {
-    let (headers, uri, body) = read_body(request).await?;
-    let signed = server
-        .authenticate(&profile, &headers, &uri, &body, KeyForm::Kid)
-        .await?;
     let mut authz = server.owned_authz(&signed, &id).await?;
     if !signed.jws.is_post_as_get() {
         let update: AuthzUpdate = signed.jws.json()?;
@@ -1006,14 +1019,10 @@ async fn authz(
 
 async fn challenge(
     State(server): State<Arc<AcmeServer>>,
-    Path((profile, id, kind)): Path<(String, String, String)>,
-    request: Request,
+    Path((_, id, kind)): Path<(String, String, String)>,
+    Verified(signed, _): Verified<ByKid>,
 ) -> Result<Response, Problem> {
-    let (headers, uri, body) = read_body(request).await?;
-    let signed = server
-        .authenticate(&profile, &headers, &uri, &body, KeyForm::Kid)
-        .await?;
-    let account = signed.account.clone().expect("kid");
+    let account = signed.account().clone();
     let mut authz = server.owned_authz(&signed, &id).await?;
     let kind = ChallengeType::parse(&kind).ok_or_else(|| Problem::not_found("challenge"))?;
     let index = authz
@@ -1152,13 +1161,8 @@ impl AcmeServer {
 
 async fn revoke_cert(
     State(server): State<Arc<AcmeServer>>,
-    Path(profile): Path<String>,
-    request: Request,
+    Verified(signed, _): Verified<ByEither>,
 ) -> Result<Response, Problem> {
-    let (headers, uri, body) = read_body(request).await?;
-    let signed = server
-        .authenticate(&profile, &headers, &uri, &body, KeyForm::Either)
-        .await?;
     let payload: RevokeCert = signed.jws.json()?;
     let reason = payload.reason.unwrap_or(0);
     if !ALLOWED_REASONS.contains(&reason) {
