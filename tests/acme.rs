@@ -43,6 +43,10 @@ fn base_records() -> Vec<rampart_acme::validation::test_support::TestRecord> {
 }
 
 async fn lab() -> (Lab, tempfile::TempDir) {
+    lab_with(|_| {}).await
+}
+
+async fn lab_with(adjust: impl FnOnce(&mut rampart::config::Config)) -> (Lab, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let tokens: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let served = tokens.clone();
@@ -66,6 +70,7 @@ async fn lab() -> (Lab, tempfile::TempDir) {
     config.acme.http01_port = http.port;
     config.acme.tlsalpn01_port = tlsalpn_port;
     config.acme.dns_resolver = dns.addr.to_string();
+    adjust(&mut config);
     let d = start_with(config, Arc::new(SystemClock), None).await;
     let directory = d.daemon.acme_url.clone().unwrap();
     (
@@ -379,5 +384,107 @@ async fn revocation_key_rollover_and_deactivation() {
         panic!("a deactivated account could still order");
     };
     assert!(error.to_string().contains("unauthorized"), "{error}");
+    lab.d.daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn renewal_info_replaces_and_certificate_profiles() {
+    let (lab, _dir) = lab_with(|config| {
+        config
+            .acme
+            .profiles
+            .get_mut("default")
+            .unwrap()
+            .certificate_profiles = vec!["client".into()];
+        config
+            .roles
+            .get_mut("acme-demo")
+            .unwrap()
+            .templates
+            .push("client".into());
+    })
+    .await;
+    let (account, _) = lab.account().await;
+    let chain = issue(&lab, &account, &["www.example"], ChallengeType::Http01).await;
+    let leaf = rampart::pkix::pem::decode_certificates(&chain)
+        .unwrap()
+        .remove(0);
+
+    // RFC 9773: the suggested window lies inside the certificate's life.
+    let aki = rampart_acme::ari::authority_key_id(&leaf).expect("leaf has an AKI");
+    let serial = {
+        use der::Decode;
+        x509_cert::Certificate::from_der(&leaf)
+            .unwrap()
+            .tbs_certificate
+            .serial_number
+            .as_bytes()
+            .to_vec()
+    };
+    let id =
+        instant_acme::CertificateIdentifier::new(aki.as_slice().into(), serial.as_slice().into());
+    let (info, retry) = account.renewal_info(&id).await.unwrap();
+    assert!(retry > Duration::from_secs(3600), "{retry:?}");
+    let record = lab
+        .d
+        .daemon
+        .pipeline
+        .store()
+        .certificate(&serial_of(&chain))
+        .unwrap()
+        .unwrap();
+    let (start, end) = (info.suggested_window.start, info.suggested_window.end);
+    assert!(
+        record.not_before < start && start < end && end < record.not_after,
+        "{start} {end}"
+    );
+
+    // A renewal order that names what it replaces; the same certificate cannot be replaced twice.
+    let identifiers = [Identifier::Dns("www.example".into())];
+    let mut renewal = account
+        .new_order(&NewOrder::new(&identifiers).replaces(id.clone()))
+        .await
+        .unwrap();
+    authorize(&lab, &mut renewal, ChallengeType::Http01).await;
+    assert_eq!(
+        renewal.poll_ready(&retries()).await.unwrap(),
+        OrderStatus::Ready
+    );
+    let Err(error) = account
+        .new_order(&NewOrder::new(&identifiers).replaces(id))
+        .await
+    else {
+        panic!("a certificate was replaced twice");
+    };
+    assert!(error.to_string().contains("alreadyReplaced"), "{error}");
+
+    // Certificate profiles: `client` is offered and issues a clientAuth certificate.
+    let mut order = account
+        .new_order(&NewOrder::new(&identifiers).profile("client"))
+        .await
+        .unwrap();
+    authorize(&lab, &mut order, ChallengeType::Http01).await;
+    assert_eq!(
+        order.poll_ready(&retries()).await.unwrap(),
+        OrderStatus::Ready
+    );
+    order.finalize().await.unwrap();
+    let client_chain = order.poll_certificate(&retries()).await.unwrap();
+    let record = lab
+        .d
+        .daemon
+        .pipeline
+        .store()
+        .certificate(&serial_of(&client_chain))
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.template, "client");
+    let Err(error) = account
+        .new_order(&NewOrder::new(&identifiers).profile("gold"))
+        .await
+    else {
+        panic!("an unknown certificate profile was accepted");
+    };
+    assert!(error.to_string().contains("invalidProfile"), "{error}");
     lab.d.daemon.shutdown().await;
 }

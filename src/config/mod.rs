@@ -172,8 +172,12 @@ pub struct AcmeConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AcmeProfileConfig {
-    /// Template certificates of this profile are issued on.
+    /// Template certificates of this profile are issued on when an order names no
+    /// certificate profile.
     pub template: String,
+    /// Further templates a newOrder may pick with its `profile` field (ACME profiles, as
+    /// listed in the directory's `meta.profiles`).
+    pub certificate_profiles: Vec<String>,
     /// Role given to accounts registered without external account binding; empty = such
     /// registrations are refused.
     pub anonymous_role: String,
@@ -454,6 +458,14 @@ impl Config {
                             profile.template
                         ),
                     ));
+                }
+                for template in &profile.certificate_profiles {
+                    if !self.templates.contains_key(template) {
+                        return Err(bad(
+                            key("certificate_profiles"),
+                            &format!("template `{template}` is not defined"),
+                        ));
+                    }
                 }
                 if !profile.anonymous_role.is_empty()
                     && !self.roles.contains_key(&profile.anonymous_role)

@@ -82,23 +82,33 @@ impl AcmeBackend for Backend {
         );
         let anonymous_roles =
             (!profile.anonymous_role.is_empty()).then(|| vec![profile.anonymous_role.clone()]);
+        let templates = &self.pipeline.config().templates;
+        let certificate_profiles = std::iter::once(&profile.template)
+            .chain(&profile.certificate_profiles)
+            .map(|name| {
+                (
+                    name.clone(),
+                    templates
+                        .get(name)
+                        .map(|t| t.description.clone())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
         Some(Profile {
             meta,
             anonymous_roles,
+            certificate_profiles,
+            default_certificate_profile: profile.template.clone(),
         })
     }
 
     async fn check_identifiers(
         &self,
         account: &AccountRecord,
+        certificate_profile: &str,
         identifiers: &[rampart_acme::wire::Identifier],
     ) -> Result<(), Vec<(rampart_acme::wire::Identifier, String)>> {
-        let Some(profile) = self.pipeline.config().acme.profiles.get(&account.profile) else {
-            return Err(identifiers
-                .iter()
-                .map(|i| (i.clone(), "unknown profile".to_string()))
-                .collect());
-        };
         let mut refused = Vec::new();
         let mut model = Vec::new();
         for identifier in identifiers {
@@ -113,7 +123,7 @@ impl AcmeBackend for Backend {
         if let Err(denied) = policy::precheck_names(
             self.pipeline.config(),
             &identity_of(account),
-            &profile.template,
+            certificate_profile,
             &model,
         ) {
             refused.extend(
@@ -142,13 +152,19 @@ impl AcmeBackend for Backend {
             .profiles
             .get(&order.profile)
             .ok_or_else(|| Problem::internal("order of an unknown profile"))?;
+        // Orders made before certificate profiles existed carry none: the default.
+        let template = if order.certificate_profile.is_empty() {
+            profile.template.clone()
+        } else {
+            order.certificate_profile.clone()
+        };
         let identifiers = order.identifiers.iter().filter_map(to_model).collect();
         let request = EnrollmentRequest {
             request_id: Uuid::now_v7(),
             protocol: Protocol::Acme,
             identity: identity_of(account),
             csr_der,
-            template: profile.template.clone(),
+            template,
             requested_identifiers: Some(identifiers),
             validity_days: None,
             resource: None,
@@ -192,40 +208,30 @@ impl AcmeBackend for Backend {
         }))
     }
 
-    async fn find_certificate(
-        &self,
-        der_bytes: &[u8],
-    ) -> Result<Option<KnownCertificate>, Problem> {
-        let Ok(cert) = x509_cert::Certificate::from_der(der_bytes) else {
-            return Err(Problem::malformed("`certificate` is not a DER certificate"));
-        };
-        let serial = hex::encode(cert.tbs_certificate.serial_number.as_bytes());
-        let serial = serial
-            .strip_prefix("00")
-            .map(str::to_string)
-            .unwrap_or(serial);
-        let owned = serial.clone();
+    async fn certificate(&self, serial: &str) -> Result<Option<KnownCertificate>, Problem> {
+        let owned = serial.to_string();
         let record = self
             .pipeline
             .with_store(move |store| store.certificate(&owned))
             .await
             .map_err(store_problem)?;
-        let Some(record) = record.filter(|r| r.der == der_bytes) else {
+        let Some(record) = record else {
             return Ok(None);
         };
-        let spki_der = cert
-            .tbs_certificate
-            .subject_public_key_info
-            .to_der()
+        let spki_der = x509_cert::Certificate::from_der(&record.der)
+            .and_then(|cert| cert.tbs_certificate.subject_public_key_info.to_der())
             .map_err(|e| {
-                Problem::internal(format!("re-encoding a stored certificate's key: {e}"))
+                Problem::internal(format!("re-reading stored certificate {serial}: {e}"))
             })?;
         Ok(Some(KnownCertificate {
-            serial,
+            serial: record.serial.clone(),
             owner: record.owner.clone(),
             identifiers: record.sans.iter().map(to_acme).collect(),
             spki_der,
+            not_before: record.not_before,
+            not_after: record.not_after,
             revoked: record.revocation.is_some(),
+            der: record.der,
         }))
     }
 

@@ -1,7 +1,10 @@
 //! The narrow interface the embedder implements: profiles, who an account is, the policy
 //! pre-check, issuance through the one pipeline, certificates and revocation.
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
+use time::OffsetDateTime;
 
 use crate::problem::Problem;
 use crate::records::{AccountRecord, OrderRecord};
@@ -16,6 +19,10 @@ pub struct Profile {
     /// Roles given to accounts created without external account binding; `None` means
     /// such accounts are refused (`externalAccountRequired`).
     pub anonymous_roles: Option<Vec<String>>,
+    /// Certificate profiles a newOrder may pick (`meta.profiles`): name → description.
+    pub certificate_profiles: BTreeMap<String, String>,
+    /// The certificate profile of orders that name none.
+    pub default_certificate_profile: String,
 }
 
 /// A certificate the embedder knows, for revocation checks.
@@ -29,6 +36,12 @@ pub struct KnownCertificate {
     pub identifiers: Vec<Identifier>,
     /// Its SubjectPublicKeyInfo, DER.
     pub spki_der: Vec<u8>,
+    /// The certificate, DER.
+    pub der: Vec<u8>,
+    /// Validity start.
+    pub not_before: OffsetDateTime,
+    /// Validity end.
+    pub not_after: OffsetDateTime,
     /// Already revoked.
     pub revoked: bool,
 }
@@ -53,6 +66,7 @@ pub trait AcmeBackend: Send + Sync + 'static {
     async fn check_identifiers(
         &self,
         account: &AccountRecord,
+        certificate_profile: &str,
         identifiers: &[Identifier],
     ) -> Result<(), Vec<(Identifier, String)>>;
 
@@ -67,8 +81,8 @@ pub trait AcmeBackend: Send + Sync + 'static {
     /// The PEM chain (leaf first) of a certificate.
     async fn certificate_chain(&self, serial: &str) -> Result<Option<String>, Problem>;
 
-    /// Look up a certificate by its DER.
-    async fn find_certificate(&self, der: &[u8]) -> Result<Option<KnownCertificate>, Problem>;
+    /// Look up a certificate by serial (lower-case hex, no leading zero bytes).
+    async fn certificate(&self, serial: &str) -> Result<Option<KnownCertificate>, Problem>;
 
     /// Revoke a certificate with an RFC 5280 reason code.
     async fn revoke(&self, serial: &str, reason: u8, revoker: Revoker) -> Result<(), Problem>;

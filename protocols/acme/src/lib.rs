@@ -6,6 +6,7 @@
 //! the daemon: policy, issuance, certificates and storage go through [`backend::AcmeBackend`]
 //! and [`records::KeyValue`], which the embedder implements.
 
+pub mod ari;
 pub mod backend;
 pub mod csr;
 pub mod jws;

@@ -53,6 +53,10 @@ pub enum ProblemType {
     UserActionRequired,
     /// The certificate is already revoked.
     AlreadyRevoked,
+    /// The certificate named in `replaces` was already replaced (RFC 9773).
+    AlreadyReplaced,
+    /// The requested certificate profile does not exist.
+    InvalidProfile,
 }
 
 impl ProblemType {
@@ -88,6 +92,8 @@ impl ProblemType {
             }
             ProblemType::UserActionRequired => "urn:ietf:params:acme:error:userActionRequired",
             ProblemType::AlreadyRevoked => "urn:ietf:params:acme:error:alreadyRevoked",
+            ProblemType::AlreadyReplaced => "urn:ietf:params:acme:error:alreadyReplaced",
+            ProblemType::InvalidProfile => "urn:ietf:params:acme:error:invalidProfile",
         }
     }
 
@@ -99,6 +105,7 @@ impl ProblemType {
             | ProblemType::UserActionRequired => StatusCode::FORBIDDEN,
             ProblemType::OrderNotReady => StatusCode::FORBIDDEN,
             ProblemType::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ProblemType::AlreadyReplaced => StatusCode::CONFLICT,
             ProblemType::ServerInternal => StatusCode::INTERNAL_SERVER_ERROR,
             ProblemType::RejectedIdentifier | ProblemType::Caa => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_REQUEST,

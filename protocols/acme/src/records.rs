@@ -175,6 +175,12 @@ pub struct OrderRecord {
     pub error: Option<Value>,
     /// Serial of the issued certificate.
     pub certificate_serial: Option<String>,
+    /// Certificate profile (template) the order is issued on.
+    #[serde(default)]
+    pub certificate_profile: String,
+    /// RFC 9773 identifier of the certificate this order replaces, as the client sent it.
+    #[serde(default)]
+    pub replaces: Option<String>,
     /// Creation time.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -186,6 +192,7 @@ const ORDERS: &str = "acme.orders";
 const ACCOUNT_ORDERS: &str = "acme.account_orders";
 const AUTHZS: &str = "acme.authzs";
 const ACCOUNT_AUTHZS: &str = "acme.account_authzs";
+const REPLACEMENTS: &str = "acme.replacements";
 
 fn storage(error: String) -> Problem {
     Problem::internal(format!("ACME storage: {error}"))
@@ -330,6 +337,29 @@ impl Records {
     /// An authorization.
     pub async fn authz(&self, id: &str) -> Result<Option<AuthzRecord>, Problem> {
         self.get(AUTHZS, id).await
+    }
+
+    /// Record that `order_id` replaces certificate `serial`; `false` (and nothing written)
+    /// if another order already does.
+    pub async fn claim_replacement(&self, serial: &str, order_id: &str) -> Result<bool, Problem> {
+        if self
+            .kv
+            .get(REPLACEMENTS, serial.to_string())
+            .await
+            .map_err(storage)?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        self.kv
+            .put(
+                REPLACEMENTS,
+                serial.to_string(),
+                order_id.as_bytes().to_vec(),
+            )
+            .await
+            .map_err(storage)?;
+        Ok(true)
     }
 
     /// The account's authorizations for `identifier`.

@@ -40,6 +40,8 @@ const PENDING_LIFETIME: Duration = Duration::days(7);
 const VALID_AUTHZ_LIFETIME: Duration = Duration::days(30);
 /// Seconds clients are asked to wait before polling again.
 const RETRY_AFTER_SECONDS: &str = "1";
+/// How often clients should re-check renewal information (6 hours).
+const ARI_RETRY_AFTER_SECONDS: &str = "21600";
 /// RFC 5280 reasons a client may give (no CA/AA compromise, hold or removeFromCRL).
 const ALLOWED_REASONS: [u8; 6] = [0, 1, 3, 4, 5, 9];
 
@@ -101,6 +103,8 @@ pub fn router(server: Arc<AcmeServer>) -> Router {
         .route("/acme/{profile}/cert/{id}", post(certificate))
         .route("/acme/{profile}/revoke-cert", post(revoke_cert))
         .route("/acme/{profile}/key-change", post(key_change))
+        .route("/acme/{profile}/new-authz", post(new_authz))
+        .route("/acme/{profile}/renewal-info/{cert_id}", get(renewal_info))
         .fallback(|| async { Problem::not_found("resource") })
         .layer(axum::middleware::from_fn_with_state(
             server.clone(),
@@ -404,9 +408,43 @@ async fn directory(
         "newOrder": urls.at("new-order"),
         "revokeCert": urls.at("revoke-cert"),
         "keyChange": urls.at("key-change"),
-        "meta": Value::Object(info.meta),
+        "newAuthz": urls.at("new-authz"),
+        "renewalInfo": urls.at("renewal-info"),
+        "meta": Value::Object(directory_meta(&info)),
     });
     Ok(reply(StatusCode::OK, body, None))
+}
+
+fn directory_meta(info: &crate::backend::Profile) -> Map<String, Value> {
+    let mut meta = info.meta.clone();
+    if !info.certificate_profiles.is_empty() {
+        meta.insert("profiles".into(), json!(info.certificate_profiles));
+    }
+    meta
+}
+
+/// `GET renewal-info/<certID>` (RFC 9773 §4.2): the suggested renewal window.
+async fn renewal_info(
+    State(server): State<Arc<AcmeServer>>,
+    Path((profile, cert_id)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    if server.backend.profile(&profile).is_none() {
+        return Err(Problem::not_found("ACME profile"));
+    }
+    let id = crate::ari::CertId::parse(&cert_id)?;
+    let certificate = server
+        .backend
+        .certificate(&id.serial)
+        .await?
+        .filter(|c| id.names(c))
+        .ok_or_else(|| Problem::not_found("certificate"))?;
+    let (start, end) = crate::ari::suggested_window(&certificate, server.now());
+    let body = json!({ "suggestedWindow": { "start": rfc3339(start), "end": rfc3339(end) } });
+    Ok(with_header(
+        reply(StatusCode::OK, body, None),
+        header::RETRY_AFTER,
+        ARI_RETRY_AFTER_SECONDS,
+    ))
 }
 
 async fn new_nonce(
@@ -685,6 +723,12 @@ impl AcmeServer {
         if let Some(error) = &order.error {
             body["error"] = error.clone();
         }
+        if !order.certificate_profile.is_empty() {
+            body["profile"] = json!(order.certificate_profile);
+        }
+        if let Some(replaces) = &order.replaces {
+            body["replaces"] = json!(replaces);
+        }
         let response = reply(status_code, body, Some(urls.order(&order.id)));
         Ok(if status == OrderStatus::Processing {
             with_header(response, header::RETRY_AFTER, RETRY_AFTER_SECONDS)
@@ -701,6 +745,102 @@ impl AcmeServer {
             .filter(|o| o.account_id == account.id)
             .ok_or_else(|| Problem::not_found("order"))
     }
+}
+
+impl AcmeServer {
+    /// A valid authorization of `account` for `identifier` that lasts at least another day,
+    /// or a new pending one.
+    async fn authorization_for(
+        &self,
+        account: &AccountRecord,
+        identifier: &Identifier,
+        now: OffsetDateTime,
+    ) -> Result<AuthzRecord, Problem> {
+        let base = identifier.base();
+        let wildcard = identifier.is_wildcard();
+        let reusable = self
+            .records
+            .authzs_for(&account.id, &base)
+            .await?
+            .into_iter()
+            .find(|a| {
+                a.wildcard == wildcard
+                    && a.status_at(now) == AuthzStatus::Valid
+                    && a.expires > now + Duration::days(1)
+            });
+        Ok(match reusable {
+            Some(authz) => authz,
+            None => {
+                let authz = AuthzRecord {
+                    id: random_id(),
+                    account_id: account.id.clone(),
+                    challenges: ChallengeType::offered_for(&base, wildcard)
+                        .into_iter()
+                        .map(|kind| ChallengeRecord {
+                            kind,
+                            token: URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()),
+                            status: ChallengeStatus::Pending,
+                            validated: None,
+                            error: None,
+                        })
+                        .collect(),
+                    identifier: base,
+                    wildcard,
+                    status: AuthzStatus::Pending,
+                    expires: now + PENDING_LIFETIME,
+                };
+                self.records.put_authz(&authz, true).await?;
+                authz
+            }
+        })
+    }
+}
+
+/// `newAuthz` (§7.4.1): prove control of a name before ordering. Wildcards cannot be
+/// pre-authorized (the authorization names exactly what is proven).
+async fn new_authz(
+    State(server): State<Arc<AcmeServer>>,
+    Path(profile): Path<String>,
+    Verified(signed, _): Verified<ByKid>,
+) -> Result<Response, Problem> {
+    let account = signed.account().clone();
+    let payload: crate::wire::NewAuthz = signed.jws.json()?;
+    let identifier = payload.identifier.normalize()?;
+    if identifier.is_wildcard() {
+        return Err(Problem::malformed(
+            "wildcard names cannot be pre-authorized; order them with dns-01",
+        ));
+    }
+    let info = server
+        .backend
+        .profile(&profile)
+        .ok_or_else(|| Problem::not_found("ACME profile"))?;
+    if let Err(refused) = server
+        .backend
+        .check_identifiers(
+            &account,
+            &info.default_certificate_profile,
+            std::slice::from_ref(&identifier),
+        )
+        .await
+    {
+        let subproblems = refused
+            .iter()
+            .map(|(i, reason)| subproblem(i, reason))
+            .collect::<Vec<_>>();
+        let detail = subproblems
+            .first()
+            .map_or_else(|| "identifier refused".to_string(), |p| p.detail.clone());
+        return Err(
+            Problem::new(ProblemType::RejectedIdentifier, detail).with_subproblems(subproblems)
+        );
+    }
+    let authz = server
+        .authorization_for(&account, &identifier, server.now())
+        .await?;
+    let mut response = server.authz_response(&authz, &signed.urls);
+    *response.status_mut() = StatusCode::CREATED;
+    Ok(response)
 }
 
 async fn new_order(
@@ -734,9 +874,30 @@ async fn new_order(
         }
     }
     let identifiers: Vec<Identifier> = identifiers.into_iter().collect();
+    let info = server
+        .backend
+        .profile(&profile)
+        .ok_or_else(|| Problem::not_found("ACME profile"))?;
+    let certificate_profile = match payload.profile {
+        None => info.default_certificate_profile.clone(),
+        Some(name)
+            if name == info.default_certificate_profile
+                || info.certificate_profiles.contains_key(&name) =>
+        {
+            name
+        }
+        Some(name) => {
+            return Err(Problem::new(
+                ProblemType::InvalidProfile,
+                format!(
+                    "there is no certificate profile `{name}` (see the directory's meta.profiles)"
+                ),
+            ))
+        }
+    };
     if let Err(refused) = server
         .backend
-        .check_identifiers(&account, &identifiers)
+        .check_identifiers(&account, &certificate_profile, &identifiers)
         .await
     {
         subproblems.extend(
@@ -755,47 +916,19 @@ async fn new_order(
             Problem::new(ProblemType::RejectedIdentifier, detail).with_subproblems(subproblems)
         );
     }
+    let replaced_serial = match &payload.replaces {
+        Some(cert_id) => Some(server.replaced_certificate(&account, cert_id).await?),
+        None => None,
+    };
     let now = server.now();
     let mut authz_ids = Vec::new();
     for identifier in &identifiers {
-        let base = identifier.base();
-        let wildcard = identifier.is_wildcard();
-        let reusable = server
-            .records
-            .authzs_for(&account.id, &base)
-            .await?
-            .into_iter()
-            .find(|a| {
-                a.wildcard == wildcard
-                    && a.status_at(now) == AuthzStatus::Valid
-                    && a.expires > now + Duration::days(1)
-            });
-        let authz = match reusable {
-            Some(authz) => authz,
-            None => {
-                let authz = AuthzRecord {
-                    id: random_id(),
-                    account_id: account.id.clone(),
-                    challenges: ChallengeType::offered_for(&base, wildcard)
-                        .into_iter()
-                        .map(|kind| ChallengeRecord {
-                            kind,
-                            token: URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()),
-                            status: ChallengeStatus::Pending,
-                            validated: None,
-                            error: None,
-                        })
-                        .collect(),
-                    identifier: base,
-                    wildcard,
-                    status: AuthzStatus::Pending,
-                    expires: now + PENDING_LIFETIME,
-                };
-                server.records.put_authz(&authz, true).await?;
-                authz
-            }
-        };
-        authz_ids.push(authz.id);
+        authz_ids.push(
+            server
+                .authorization_for(&account, identifier, now)
+                .await?
+                .id,
+        );
     }
     let order = OrderRecord {
         id: random_id(),
@@ -807,8 +940,18 @@ async fn new_order(
         expires: now + PENDING_LIFETIME,
         error: None,
         certificate_serial: None,
+        certificate_profile,
+        replaces: payload.replaces.clone(),
         created_at: now,
     };
+    if let Some(serial) = &replaced_serial {
+        if !server.records.claim_replacement(serial, &order.id).await? {
+            return Err(Problem::new(
+                ProblemType::AlreadyReplaced,
+                format!("certificate {serial} was already replaced by another order"),
+            ));
+        }
+    }
     server.records.put_order(&order, true).await?;
     server
         .order_response(&order, &signed.urls, StatusCode::CREATED)
@@ -1175,8 +1318,7 @@ async fn revoke_cert(
         .decode(payload.certificate.trim_end_matches('='))
         .map_err(|_| Problem::malformed("`certificate` is not base64url"))?;
     let known = server
-        .backend
-        .find_certificate(&der)
+        .certificate_by_der(&der)
         .await?
         .ok_or_else(|| Problem::not_found("certificate"))?;
     if known.revoked {
@@ -1216,6 +1358,48 @@ async fn revoke_cert(
 }
 
 impl AcmeServer {
+    /// A certificate the backend issued, found by the serial inside `der` and compared whole.
+    async fn certificate_by_der(
+        &self,
+        der_bytes: &[u8],
+    ) -> Result<Option<crate::backend::KnownCertificate>, Problem> {
+        use der::Decode;
+        let cert = x509_cert::Certificate::from_der(der_bytes)
+            .map_err(|_| Problem::malformed("`certificate` is not a DER certificate"))?;
+        let serial = crate::ari::serial_hex(cert.tbs_certificate.serial_number.as_bytes());
+        Ok(self
+            .backend
+            .certificate(&serial)
+            .await?
+            .filter(|known| known.der == der_bytes))
+    }
+
+    /// The serial of the certificate a newOrder's `replaces` names, if the account may
+    /// replace it (it requested it or holds authorizations for all its names).
+    async fn replaced_certificate(
+        &self,
+        account: &AccountRecord,
+        cert_id: &str,
+    ) -> Result<String, Problem> {
+        let id = crate::ari::CertId::parse(cert_id)?;
+        let known = self
+            .backend
+            .certificate(&id.serial)
+            .await?
+            .filter(|c| id.names(c))
+            .ok_or_else(|| Problem::malformed("`replaces` names no certificate issued here"))?;
+        if account.identity != known.owner
+            && !self
+                .holds_authorizations(account, &known.identifiers)
+                .await?
+        {
+            return Err(Problem::unauthorized(
+                "the account may not replace a certificate it has no authority over",
+            ));
+        }
+        Ok(known.serial)
+    }
+
     async fn holds_authorizations(
         &self,
         account: &AccountRecord,

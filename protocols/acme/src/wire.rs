@@ -232,6 +232,17 @@ pub struct NewOrder {
     pub not_before: Option<String>,
     /// Requested notAfter (not supported: must be absent).
     pub not_after: Option<String>,
+    /// Certificate profile (`meta.profiles` key).
+    pub profile: Option<String>,
+    /// RFC 9773 certificate identifier of the certificate this order replaces.
+    pub replaces: Option<String>,
+}
+
+/// `newAuthz` payload (§7.4.1).
+#[derive(Debug, Deserialize)]
+pub struct NewAuthz {
+    /// The identifier to pre-authorize.
+    pub identifier: Identifier,
 }
 
 /// Finalize payload.
