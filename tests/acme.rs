@@ -488,3 +488,100 @@ async fn renewal_info_replaces_and_certificate_profiles() {
     assert!(error.to_string().contains("invalidProfile"), "{error}");
     lab.d.daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn external_account_binding_maps_an_account_to_an_identity() {
+    // A profile without anonymous registration: EAB is required.
+    let (lab, _dir) = lab_with(|config| {
+        config
+            .acme
+            .profiles
+            .get_mut("default")
+            .unwrap()
+            .anonymous_role = String::new();
+    })
+    .await;
+    let new_account = NewAccount {
+        contact: &[],
+        terms_of_service_agreed: true,
+        only_return_existing: false,
+    };
+    let builder = || Account::builder_with_root(&lab.d.daemon.ca_bundle).unwrap();
+    let Err(error) = builder()
+        .create(&new_account, lab.directory.clone(), None)
+        .await
+    else {
+        panic!("an account without EAB was created on an EAB-only profile");
+    };
+    assert!(
+        error.to_string().contains("externalAccountRequired"),
+        "{error}"
+    );
+
+    let (status, key) = lab
+        .d
+        .post(
+            "/api/v1/acme/eab-keys",
+            serde_json::json!({"identity": "team-web", "roles": ["acme-demo"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{key}");
+    let mac = {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(key["hmac_key"].as_str().unwrap())
+            .unwrap()
+    };
+    let eab =
+        instant_acme::ExternalAccountKey::new(key["key_id"].as_str().unwrap().to_string(), &mac);
+    let (account, _) = builder()
+        .create(&new_account, lab.directory.clone(), Some(&eab))
+        .await
+        .unwrap();
+    let chain = issue(&lab, &account, &["www.example"], ChallengeType::Http01).await;
+    let record = lab
+        .d
+        .daemon
+        .pipeline
+        .store()
+        .certificate(&serial_of(&chain))
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.owner, "team-web");
+
+    // A key binds one account; a wrong MAC key is refused.
+    let Err(error) = builder()
+        .create(&new_account, lab.directory.clone(), Some(&eab))
+        .await
+    else {
+        panic!("an EAB key bound two accounts");
+    };
+    assert!(error.to_string().contains("unauthorized"), "{error}");
+    let (_, other) = lab
+        .d
+        .post(
+            "/api/v1/acme/eab-keys",
+            serde_json::json!({"identity": "team-db", "roles": ["acme-demo"]}),
+        )
+        .await;
+    let forged = instant_acme::ExternalAccountKey::new(
+        other["key_id"].as_str().unwrap().to_string(),
+        b"not the key",
+    );
+    let Err(error) = builder()
+        .create(&new_account, lab.directory.clone(), Some(&forged))
+        .await
+    else {
+        panic!("a forged EAB MAC was accepted");
+    };
+    assert!(error.to_string().contains("unauthorized"), "{error}");
+    let (status, _) = lab
+        .d
+        .post(
+            "/api/v1/acme/eab-keys",
+            serde_json::json!({"identity": "x", "roles": ["nope"]}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    lab.d.daemon.shutdown().await;
+}

@@ -293,6 +293,47 @@ pub async fn revoke(
     )))
 }
 
+/// `POST /api/v1/acme/eab-keys`: an ACME external account key (managers only). The MAC
+/// key is in the answer; configure the ACME client with `key_id` and `hmac_key`.
+pub async fn create_eab_key(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    JsonBody(body): JsonBody<super::wire::EabKeyBody>,
+) -> Result<Response, ApiError> {
+    let config = state.pipeline.config();
+    if !may_manage(config, &identity) {
+        return Err(ApiError::Forbidden(
+            "creating ACME external account keys needs a managing role".into(),
+        ));
+    }
+    if body.identity.trim().is_empty() || body.roles.is_empty() {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "`identity` and at least one role are required",
+        ));
+    }
+    if let Some(unknown) = body.roles.iter().find(|r| !config.roles.contains_key(*r)) {
+        return Err(ApiError::bad_request(
+            "unknown_role",
+            format!("role `{unknown}` is not defined under [roles]"),
+        ));
+    }
+    let key = crate::gateway::acme::create_eab_key(
+        &state.pipeline,
+        &identity.name,
+        &body.identity,
+        body.roles,
+    )
+    .await?;
+    let answer = serde_json::json!({
+        "key_id": key.key_id,
+        "hmac_key": key.mac_key_b64,
+        "identity": key.identity,
+        "roles": key.roles,
+    });
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
 /// Anything else.
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())

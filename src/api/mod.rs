@@ -39,6 +39,7 @@ pub fn router(pipeline: Pipeline) -> Router {
             "/api/v1/certificates/{serial}/revoke",
             post(handlers::revoke),
         )
+        .route("/api/v1/acme/eab-keys", post(handlers::create_eab_key))
         .fallback(handlers::not_found)
         // Bodies are limited by our own extractor (JSON 413); disable axum's plain-text one.
         .layer(DefaultBodyLimit::disable())

@@ -164,3 +164,13 @@ pub struct CertificatePage {
     /// Pass as `after` to get the next page; absent on the last page.
     pub next_after: Option<String>,
 }
+
+/// `POST /api/v1/acme/eab-keys` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EabKeyBody {
+    /// Identity the ACME accounts bound with the key act as.
+    pub identity: String,
+    /// Its roles (names under `[roles]`).
+    pub roles: Vec<String>,
+}

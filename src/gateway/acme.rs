@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use der::{Decode, Encode};
 use rampart_acme::{
-    AccountRecord, AcmeBackend, KeyValue, KnownCertificate, OrderRecord, Problem, ProblemType,
-    Profile, Revoker,
+    AccountRecord, AcmeBackend, ExternalAccountKey, KeyValue, KnownCertificate, OrderRecord,
+    Problem, ProblemType, Profile, Revoker,
 };
 use serde_json::{json, Map};
 use uuid::Uuid;
@@ -235,6 +235,38 @@ impl AcmeBackend for Backend {
         }))
     }
 
+    async fn external_account_key(
+        &self,
+        key_id: &str,
+    ) -> Result<Option<ExternalAccountKey>, Problem> {
+        let stored = load_eab_key(&self.pipeline, key_id).await?;
+        Ok(stored.map(|k| ExternalAccountKey {
+            mac_key: k.mac_key(),
+            identity: k.identity,
+            roles: k.roles,
+            bound_account: k.bound_account,
+        }))
+    }
+
+    async fn bind_external_account_key(
+        &self,
+        key_id: &str,
+        account_id: &str,
+    ) -> Result<(), Problem> {
+        let mut key = load_eab_key(&self.pipeline, key_id)
+            .await?
+            .ok_or_else(|| Problem::unauthorized("unknown external account key id"))?;
+        if key.bound_account.is_some() {
+            return Err(Problem::unauthorized(
+                "this external account key is already bound to an account",
+            ));
+        }
+        key.bound_account = Some(account_id.to_string());
+        save_eab_key(&self.pipeline, &key)
+            .await
+            .map_err(store_problem)
+    }
+
     async fn revoke(&self, serial: &str, reason: u8, revoker: Revoker) -> Result<(), Problem> {
         let reason = RevocationReason::parse(&reason.to_string())
             .map_err(|e| Problem::new(ProblemType::BadRevocationReason, e))?;
@@ -322,4 +354,103 @@ pub fn server(pipeline: &Pipeline) -> Result<Arc<rampart_acme::AcmeServer>, Stri
         validator,
         Arc::new(move || clock.now()),
     ))
+}
+
+/// Where external account keys live in the store.
+const EAB_NAMESPACE: &str = "acme.eab_keys";
+
+/// An external account (MAC) key as stored. The MAC key must be kept usable (the server
+/// verifies HMACs with it), so unlike API keys it is stored as is; it is single use: it
+/// binds one account.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StoredEabKey {
+    /// Key id (the EAB `kid`).
+    pub key_id: String,
+    /// base64url MAC key.
+    pub mac_key_b64: String,
+    /// Identity accounts bound with it act as.
+    pub identity: String,
+    /// Roles of that identity.
+    pub roles: Vec<String>,
+    /// Account bound with it.
+    pub bound_account: Option<String>,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: time::OffsetDateTime,
+}
+
+impl StoredEabKey {
+    fn mac_key(&self) -> Vec<u8> {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&self.mac_key_b64)
+            .unwrap_or_default()
+    }
+}
+
+async fn load_eab_key(pipeline: &Pipeline, key_id: &str) -> Result<Option<StoredEabKey>, Problem> {
+    let owned = key_id.to_string();
+    let bytes = pipeline
+        .with_store(move |store| store.protocol_get(EAB_NAMESPACE, &owned))
+        .await
+        .map_err(store_problem)?;
+    bytes
+        .map(|b| {
+            serde_json::from_slice(&b)
+                .map_err(|e| Problem::internal(format!("corrupt EAB key record: {e}")))
+        })
+        .transpose()
+}
+
+async fn save_eab_key(
+    pipeline: &Pipeline,
+    key: &StoredEabKey,
+) -> Result<(), crate::store::StoreError> {
+    let bytes = serde_json::to_vec(key).expect("serializes");
+    let key_id = key.key_id.clone();
+    pipeline
+        .with_store(move |store| store.protocol_put(EAB_NAMESPACE, &key_id, &bytes))
+        .await
+}
+
+/// Create an external account key for `identity` with `roles`, audited. Returns the
+/// stored record; its `mac_key_b64` is what the ACME client is configured with.
+pub async fn create_eab_key(
+    pipeline: &Pipeline,
+    actor: &str,
+    identity: &str,
+    roles: Vec<String>,
+) -> Result<StoredEabKey, crate::store::StoreError> {
+    use base64::Engine;
+    let mut mac = [0u8; 32];
+    let mut id = [0u8; 12];
+    aws_lc_rs::rand::fill(&mut mac).expect("system randomness");
+    aws_lc_rs::rand::fill(&mut id).expect("system randomness");
+    let encode = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let now = pipeline.clock().now();
+    let key = StoredEabKey {
+        key_id: encode(&id),
+        mac_key_b64: encode(&mac),
+        identity: identity.to_string(),
+        roles: roles.clone(),
+        bound_account: None,
+        created_at: now,
+    };
+    save_eab_key(pipeline, &key).await?;
+    let audit = crate::store::AuditEntry {
+        time: now,
+        request_id: None,
+        actor: actor.to_string(),
+        action: crate::store::AuditAction::ApiKeyCreated,
+        outcome: "ok".into(),
+        layer: None,
+        rule: None,
+        reason: "ACME external account key created".into(),
+        subject: Some(key.key_id.clone()),
+        details: json!({ "identity": identity, "roles": roles, "kind": "acme_eab" }),
+    };
+    pipeline
+        .with_store(move |store| store.append_audit(&audit))
+        .await?;
+    Ok(key)
 }

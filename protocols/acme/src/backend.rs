@@ -46,6 +46,19 @@ pub struct KnownCertificate {
     pub revoked: bool,
 }
 
+/// An external account (MAC) key the embedder handed out (RFC 8555 §7.3.4).
+#[derive(Debug, Clone)]
+pub struct ExternalAccountKey {
+    /// The MAC key.
+    pub mac_key: Vec<u8>,
+    /// Identity accounts bound with it act as.
+    pub identity: String,
+    /// Roles of that identity.
+    pub roles: Vec<String>,
+    /// The account it was bound to (a key binds one account).
+    pub bound_account: Option<String>,
+}
+
 /// Who revokes.
 #[derive(Debug, Clone)]
 pub enum Revoker {
@@ -60,6 +73,19 @@ pub enum Revoker {
 pub trait AcmeBackend: Send + Sync + 'static {
     /// The profile named `name`, if it exists.
     fn profile(&self, name: &str) -> Option<Profile>;
+
+    /// An external account key by id.
+    async fn external_account_key(
+        &self,
+        key_id: &str,
+    ) -> Result<Option<ExternalAccountKey>, Problem>;
+
+    /// Record that `key_id` is now bound to `account_id`; fails if it already was.
+    async fn bind_external_account_key(
+        &self,
+        key_id: &str,
+        account_id: &str,
+    ) -> Result<(), Problem>;
 
     /// Policy pre-check at newOrder: may `account` ask for these names at all? Returns the
     /// refused identifiers with reasons.

@@ -6,7 +6,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use josekit::jwk::Jwk;
-use josekit::jws::{EdDSA, JwsVerifier, ES256, ES384, RS256};
+use josekit::jws::{EdDSA, JwsVerifier, ES256, ES384, HS256, HS384, HS512, RS256};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -65,17 +65,12 @@ fn b64(field: &str, text: &str) -> Result<Vec<u8>, Problem> {
 impl Jws {
     /// Parse a request body.
     pub fn parse(body: &[u8]) -> Result<Jws, Problem> {
-        let flat: Flattened = serde_json::from_slice(body)
-            .map_err(|e| Problem::malformed(format!("the body is not a flattened JWS: {e}")))?;
-        if flat.header.is_some() {
-            return Err(Problem::malformed(
-                "unprotected JWS headers are not allowed",
-            ));
-        }
-        let header: Map<String, Value> =
-            serde_json::from_slice(&b64("protected header", &flat.protected)?).map_err(|e| {
-                Problem::malformed(format!("JWS protected header is not a JSON object: {e}"))
-            })?;
+        let Frame {
+            header,
+            payload,
+            signing_input,
+            signature,
+        } = Frame::parse(body)?;
         let text = |name: &str| header.get(name).and_then(Value::as_str).map(str::to_string);
         let alg = text("alg").ok_or_else(|| Problem::malformed("JWS header lacks `alg`"))?;
         if !ALGORITHMS.contains(&alg.as_str()) {
@@ -107,9 +102,6 @@ impl Jws {
                 ))
             }
         };
-        let payload = b64("payload", &flat.payload)?;
-        let signature = b64("signature", &flat.signature)?;
-        let signing_input = format!("{}.{}", flat.protected, flat.payload).into_bytes();
         Ok(Jws {
             alg,
             nonce: text("nonce"),
@@ -138,6 +130,122 @@ impl Jws {
     /// Whether this is POST-as-GET.
     pub fn is_post_as_get(&self) -> bool {
         self.payload.is_empty()
+    }
+}
+
+/// A flattened JWS, decoded but not interpreted.
+struct Frame {
+    header: Map<String, Value>,
+    payload: Vec<u8>,
+    signing_input: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+impl Frame {
+    fn parse(body: &[u8]) -> Result<Frame, Problem> {
+        let flat: Flattened = serde_json::from_slice(body)
+            .map_err(|e| Problem::malformed(format!("the body is not a flattened JWS: {e}")))?;
+        if flat.header.is_some() {
+            return Err(Problem::malformed(
+                "unprotected JWS headers are not allowed",
+            ));
+        }
+        let header: Map<String, Value> =
+            serde_json::from_slice(&b64("protected header", &flat.protected)?).map_err(|e| {
+                Problem::malformed(format!("JWS protected header is not a JSON object: {e}"))
+            })?;
+        Ok(Frame {
+            header,
+            payload: b64("payload", &flat.payload)?,
+            signature: b64("signature", &flat.signature)?,
+            signing_input: format!("{}.{}", flat.protected, flat.payload).into_bytes(),
+        })
+    }
+}
+
+/// An external account binding (§7.3.4): a JWS made with a MAC key the CA handed out
+/// of band, over the new account's public key.
+#[derive(Debug, Clone)]
+pub struct ExternalAccountBinding {
+    /// The MAC key's id.
+    pub key_id: String,
+    alg: String,
+    signing_input: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+impl ExternalAccountBinding {
+    /// Parse the `externalAccountBinding` member of a newAccount payload and check that it
+    /// binds `account_jwk` for `url`.
+    pub fn parse(
+        value: &Value,
+        account_jwk: &Map<String, Value>,
+        url: &str,
+    ) -> Result<Self, Problem> {
+        let bytes = serde_json::to_vec(value).expect("JSON values serialize");
+        let Frame {
+            header,
+            payload,
+            signing_input,
+            signature,
+        } = Frame::parse(&bytes)?;
+        let text = |name: &str| header.get(name).and_then(Value::as_str).map(str::to_string);
+        let alg =
+            text("alg").ok_or_else(|| Problem::malformed("externalAccountBinding lacks `alg`"))?;
+        if !["HS256", "HS384", "HS512"].contains(&alg.as_str()) {
+            return Err(Problem::malformed(format!(
+                "externalAccountBinding algorithm `{alg}`: use HS256"
+            )));
+        }
+        if header.contains_key("nonce") {
+            return Err(Problem::malformed(
+                "externalAccountBinding must not carry a nonce",
+            ));
+        }
+        if text("url").as_deref() != Some(url) {
+            return Err(Problem::unauthorized(
+                "externalAccountBinding `url` is not the newAccount URL",
+            ));
+        }
+        let key_id =
+            text("kid").ok_or_else(|| Problem::malformed("externalAccountBinding lacks `kid`"))?;
+        let bound: Map<String, Value> = serde_json::from_slice(&payload)
+            .map_err(|_| Problem::malformed("externalAccountBinding payload is not a JWK"))?;
+        if thumbprint(&bound)? != thumbprint(account_jwk)? {
+            return Err(Problem::unauthorized(
+                "externalAccountBinding binds another key",
+            ));
+        }
+        Ok(ExternalAccountBinding {
+            key_id,
+            alg,
+            signing_input,
+            signature,
+        })
+    }
+
+    /// Verify the MAC with the key the CA issued.
+    pub fn verify(&self, mac_key: &[u8]) -> Result<(), Problem> {
+        let verifier: Box<dyn JwsVerifier> = match self.alg.as_str() {
+            "HS256" => Box::new(
+                HS256
+                    .verifier_from_bytes(mac_key)
+                    .map_err(Problem::internal)?,
+            ),
+            "HS384" => Box::new(
+                HS384
+                    .verifier_from_bytes(mac_key)
+                    .map_err(Problem::internal)?,
+            ),
+            _ => Box::new(
+                HS512
+                    .verifier_from_bytes(mac_key)
+                    .map_err(Problem::internal)?,
+            ),
+        };
+        verifier
+            .verify(&self.signing_input, &self.signature)
+            .map_err(|_| Problem::unauthorized("externalAccountBinding signature does not verify"))
     }
 }
 

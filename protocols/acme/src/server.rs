@@ -513,21 +513,38 @@ async fn new_account(
             "the terms of service must be agreed to",
         ));
     }
-    if payload.external_account_binding.is_some() {
-        return Err(Problem::malformed(
-            "external account binding is not supported by this server yet",
-        ));
-    }
-    let roles = info.anonymous_roles.ok_or_else(|| {
-        Problem::new(
-            ProblemType::ExternalAccountRequired,
-            "this profile requires external account binding",
-        )
-    })?;
     wire::validate_contacts(&payload.contact)?;
     let id = random_id();
+    // Who the account acts as: the identity behind its external account key, or an
+    // anonymous identity with the profile's anonymous roles.
+    let (identity, roles, eab_key_id) = match &payload.external_account_binding {
+        Some(binding) => {
+            let binding = crate::jws::ExternalAccountBinding::parse(binding, jwk, &signed.jws.url)?;
+            let key = server
+                .backend
+                .external_account_key(&binding.key_id)
+                .await?
+                .ok_or_else(|| Problem::unauthorized("unknown external account key id"))?;
+            if key.bound_account.is_some() {
+                return Err(Problem::unauthorized(
+                    "this external account key is already bound to an account",
+                ));
+            }
+            binding.verify(&key.mac_key)?;
+            (key.identity, key.roles, Some(binding.key_id))
+        }
+        None => {
+            let roles = info.anonymous_roles.ok_or_else(|| {
+                Problem::new(
+                    ProblemType::ExternalAccountRequired,
+                    "this profile requires external account binding",
+                )
+            })?;
+            (format!("acme:{id}"), roles, None)
+        }
+    };
     let account = AccountRecord {
-        identity: format!("acme:{id}"),
+        identity,
         id,
         profile,
         jwk: jwk.clone(),
@@ -537,6 +554,12 @@ async fn new_account(
         roles,
         created_at: server.now(),
     };
+    if let Some(key_id) = &eab_key_id {
+        server
+            .backend
+            .bind_external_account_key(key_id, &account.id)
+            .await?;
+    }
     server.records.put_account(&account).await?;
     tracing::info!(account = %account.id, "ACME account created");
     let body = account_body(&account, &signed.urls);
