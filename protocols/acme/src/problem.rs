@@ -100,9 +100,9 @@ impl ProblemType {
     /// The HTTP status a problem of this type is sent with.
     pub fn status(self) -> StatusCode {
         match self {
-            ProblemType::AccountDoesNotExist
-            | ProblemType::Unauthorized
-            | ProblemType::UserActionRequired => StatusCode::FORBIDDEN,
+            // §7.3.1: an unknown account is a 400.
+            ProblemType::AccountDoesNotExist => StatusCode::BAD_REQUEST,
+            ProblemType::Unauthorized | ProblemType::UserActionRequired => StatusCode::FORBIDDEN,
             ProblemType::OrderNotReady => StatusCode::FORBIDDEN,
             ProblemType::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ProblemType::AlreadyReplaced => StatusCode::CONFLICT,

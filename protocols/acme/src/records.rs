@@ -207,6 +207,10 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records serialize")
 }
 
+fn key_index(profile: &str, thumbprint: &str) -> String {
+    format!("{profile}/{thumbprint}")
+}
+
 fn identifier_key(identifier: &Identifier) -> String {
     format!("{}:{}", identifier.kind, identifier.value)
 }
@@ -248,7 +252,7 @@ impl Records {
         self.kv
             .put(
                 ACCOUNT_KEYS,
-                account.thumbprint.clone(),
+                key_index(&account.profile, &account.thumbprint),
                 account.id.clone().into_bytes(),
             )
             .await
@@ -260,14 +264,16 @@ impl Records {
         self.get(ACCOUNTS, id).await
     }
 
-    /// The account holding the key with `thumbprint`.
+    /// The account of `profile` holding the key with `thumbprint` (each profile is its own
+    /// directory: one key may hold one account in each).
     pub async fn account_by_thumbprint(
         &self,
+        profile: &str,
         thumbprint: &str,
     ) -> Result<Option<AccountRecord>, Problem> {
         let Some(id) = self
             .kv
-            .get(ACCOUNT_KEYS, thumbprint.to_string())
+            .get(ACCOUNT_KEYS, key_index(profile, thumbprint))
             .await
             .map_err(storage)?
         else {

@@ -40,6 +40,8 @@ const PENDING_LIFETIME: Duration = Duration::days(7);
 const VALID_AUTHZ_LIFETIME: Duration = Duration::days(30);
 /// Seconds clients are asked to wait before polling again.
 const RETRY_AFTER_SECONDS: &str = "1";
+/// How long a challenge response waits for its validation to finish.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 /// How often clients should re-check renewal information (6 hours).
 const ARI_RETRY_AFTER_SECONDS: &str = "21600";
 /// RFC 5280 reasons a client may give (no CA/AA compromise, hold or removeFromCRL).
@@ -267,7 +269,8 @@ impl AcmeServer {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        if !content_type.starts_with("application/jose+json") {
+        let media_type = content_type.split(';').next().unwrap_or("").trim();
+        if !media_type.eq_ignore_ascii_case("application/jose+json") {
             return Err(
                 Problem::malformed("Content-Type must be application/jose+json")
                     .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE),
@@ -487,15 +490,23 @@ async fn new_account(
     };
     let payload: NewAccount = signed.jws.json()?;
     let thumbprint = jws::thumbprint(jwk)?;
-    if let Some(existing) = server.records.account_by_thumbprint(&thumbprint).await? {
-        if existing.profile == profile {
-            let body = account_body(&existing, &signed.urls);
-            return Ok(reply(
-                StatusCode::OK,
-                body,
-                Some(signed.urls.account(&existing.id)),
+    if let Some(existing) = server
+        .records
+        .account_by_thumbprint(&profile, &thumbprint)
+        .await?
+    {
+        // §7.3.6: a deactivated account's key authorizes nothing any more.
+        if existing.status != AccountStatus::Valid {
+            return Err(Problem::unauthorized(
+                "an account with this key exists but is deactivated",
             ));
         }
+        let body = account_body(&existing, &signed.urls);
+        return Ok(reply(
+            StatusCode::OK,
+            body,
+            Some(signed.urls.account(&existing.id)),
+        ));
     }
     if payload.only_return_existing {
         return Err(Problem::new(
@@ -666,7 +677,11 @@ async fn key_change(
         ));
     }
     let thumbprint = jws::thumbprint(new_key)?;
-    if let Some(other) = server.records.account_by_thumbprint(&thumbprint).await? {
+    if let Some(other) = server
+        .records
+        .account_by_thumbprint(&account.profile, &thumbprint)
+        .await?
+    {
         let problem = Problem::malformed("the new key already belongs to an account")
             .with_status(StatusCode::CONFLICT);
         return Ok(with_header(
@@ -1207,12 +1222,20 @@ async fn challenge(
         authz.challenges[index].status = ChallengeStatus::Processing;
         server.records.put_authz(&authz, false).await?;
         let key_authorization = format!("{}.{}", authz.challenges[index].token, account.thumbprint);
-        tokio::spawn(validate(
+        let validation = tokio::spawn(validate(
             server.clone(),
             authz.id.clone(),
             kind,
             key_authorization,
         ));
+        // Most validations settle within milliseconds: answer with the outcome when it is
+        // there in time, sparing the client a polling round; otherwise `processing` (the
+        // validation goes on in the background).
+        if tokio::time::timeout(SETTLE_WAIT, validation).await.is_ok() {
+            if let Some(settled) = server.records.authz(&authz.id).await? {
+                authz = settled;
+            }
+        }
     }
     let challenge = &authz.challenges[index];
     let mut response = reply(
