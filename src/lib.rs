@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod apikeys;
+pub mod bench;
 pub mod ca;
 pub mod cli;
 pub mod clock;

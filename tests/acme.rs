@@ -15,7 +15,7 @@ use instant_acme::{
 use rampart::clock::SystemClock;
 use rampart::model::{Protocol, StoredStatus};
 use rampart_acme::validation::test_support::{
-    a_record, txt_record, DnsResponder, HttpReply, HttpResponder,
+    a_record, caa_record, txt_record, DnsResponder, HttpReply, HttpResponder,
 };
 use rustls::pki_types::CertificateDer;
 
@@ -30,12 +30,14 @@ struct Lab {
     tlsalpn_port: u16,
 }
 
-const NAMES: [&str; 5] = [
+const NAMES: [&str; 7] = [
     "www.example",
     "api.example",
     "wild.example",
     "alpn.example",
     "bad.example",
+    "caa-allow.example",
+    "caa-deny.example",
 ];
 
 fn base_records() -> Vec<rampart_acme::validation::test_support::TestRecord> {
@@ -586,5 +588,70 @@ async fn external_account_binding_maps_an_account_to_an_identity() {
         )
         .await;
     assert_eq!(status, 400);
+    lab.d.daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn caa_records_allow_or_forbid_issuance() {
+    let (lab, _dir) = lab_with(|config| {
+        config
+            .acme
+            .profiles
+            .get_mut("default")
+            .unwrap()
+            .caa_identities = vec!["rampart.test".into()];
+    })
+    .await;
+    let mut records = base_records();
+    records.push(caa_record("caa-allow.example", 0, "issue", "rampart.test"));
+    records.push(caa_record(
+        "caa-deny.example",
+        0,
+        "issue",
+        "letsencrypt.org",
+    ));
+    lab.dns.set_records(records);
+    let (account, _) = lab.account().await;
+
+    issue(
+        &lab,
+        &account,
+        &["caa-allow.example"],
+        ChallengeType::Http01,
+    )
+    .await;
+
+    let mut order = account
+        .new_order(&NewOrder::new(&[Identifier::Dns(
+            "caa-deny.example".into(),
+        )]))
+        .await
+        .unwrap();
+    {
+        let mut authorizations = order.authorizations();
+        let mut authz = authorizations.next().await.unwrap().unwrap();
+        let mut challenge = authz.challenge(ChallengeType::Http01).unwrap();
+        let key_authorization = challenge.key_authorization().as_str().to_string();
+        lab.tokens
+            .lock()
+            .unwrap()
+            .push((challenge.token.clone(), key_authorization));
+        if let Err(error) = challenge.set_ready().await {
+            assert!(error.to_string().contains("caa"), "{error}");
+        }
+    }
+    let _ = order.poll_ready(&retries()).await;
+    let mut authorizations = order.authorizations();
+    let authz = authorizations.next().await.unwrap().unwrap();
+    assert_eq!(authz.status, AuthorizationStatus::Invalid);
+    let error = authz
+        .challenges
+        .iter()
+        .find_map(|c| c.error.clone())
+        .expect("challenge error");
+    assert!(
+        format!("{error:?}").contains("urn:ietf:params:acme:error:caa"),
+        "{error:?}"
+    );
     lab.d.daemon.shutdown().await;
 }

@@ -58,6 +58,42 @@ enum Command {
     /// Inspect, revoke and export issued certificates (through the running daemon's API).
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Drive a real protocol against a server and report throughput, latency and the
+    /// server's CPU time per operation.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Full ACME orders with real http-01 validation (works against any ACME server).
+    Acme {
+        /// Directory URL of the server under test.
+        #[arg(long)]
+        target: String,
+        /// PEM bundle the client trusts (default: the system roots).
+        #[arg(long)]
+        ca_bundle: Option<PathBuf>,
+        /// Parallel workers, one ACME account each.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Orders in all.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        /// Where the http-01 responder listens; configure the server to validate there.
+        #[arg(long, default_value = "0.0.0.0:5002")]
+        http01_listen: std::net::SocketAddr,
+        /// Where a DNS responder answering every name with 127.0.0.1 listens (UDP); point the
+        /// server's resolver at it.
+        #[arg(long)]
+        dns_listen: Option<std::net::SocketAddr>,
+        /// pid of the server, to report its CPU time per order from /proc/<pid>/stat.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Send newOrder requests one at a time (servers that wedge under concurrency).
+        #[arg(long)]
+        serialize_new_order: bool,
+    },
 }
 
 /// Where and how to reach the admin API.
@@ -83,6 +119,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => serve(config.as_deref()).await,
         Command::Init { dir } => init(&dir).await,
         Command::Certs(command) => certs::run(command).await,
+        Command::Bench(BenchCommand::Acme {
+            target,
+            ca_bundle,
+            concurrency,
+            count,
+            http01_listen,
+            dns_listen,
+            server_pid,
+            serialize_new_order,
+        }) => {
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let bench = crate::bench::acme::AcmeBench {
+                target,
+                ca_bundle,
+                concurrency,
+                count,
+                http01_listen,
+                dns_listen,
+                server_pid,
+                serialize_new_order,
+            };
+            let stats = bench.run().await?;
+            Ok(if stats.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
     }
 }
 

@@ -1075,6 +1075,26 @@ async fn finalize(
             "the certificate key must not be the account key",
         ));
     }
+    // CAA again at issuance time (RFC 8659 §3: records may have changed since validation).
+    let caa = CaaContext::of(&server, &account, &signed.urls);
+    let (_, authzs) = server.order_view(&order).await?;
+    for authz in &authzs {
+        let method = authz
+            .challenges
+            .iter()
+            .find(|c| c.status == ChallengeStatus::Valid)
+            .map_or(ChallengeType::Http01, |c| c.kind);
+        if let Err(error) = caa.check(&server.validator, authz, method).await {
+            let problem = Problem::new(
+                ProblemType::from_validation(error.acme_type()),
+                error.to_string(),
+            );
+            order.status = OrderStatus::Invalid;
+            order.error = Some(problem.body());
+            server.records.put_order(&order, false).await?;
+            return Err(problem);
+        }
+    }
     order.status = OrderStatus::Processing;
     server.records.put_order(&order, false).await?;
     match server.backend.issue(&account, &order, csr_der).await {
@@ -1224,6 +1244,7 @@ async fn challenge(
         let key_authorization = format!("{}.{}", authz.challenges[index].token, account.thumbprint);
         let validation = tokio::spawn(validate(
             server.clone(),
+            CaaContext::of(&server, &account, &signed.urls),
             authz.id.clone(),
             kind,
             key_authorization,
@@ -1255,8 +1276,54 @@ async fn challenge(
 }
 
 /// Run one validation and record its outcome.
+/// What a CAA check needs to know about the requester (RFC 8657 parameters).
+#[derive(Debug, Clone)]
+struct CaaContext {
+    /// The profile's `caaIdentities`; empty = CAA not checked.
+    issuer_domains: Vec<String>,
+    /// The account URL (`accounturi`).
+    account_url: String,
+}
+
+impl CaaContext {
+    fn of(server: &AcmeServer, account: &AccountRecord, urls: &Urls) -> Self {
+        let issuer_domains = server
+            .backend
+            .profile(&account.profile)
+            .and_then(|p| p.meta.get("caaIdentities").cloned())
+            .and_then(|v| serde_json::from_value::<Vec<String>>(v).ok())
+            .unwrap_or_default();
+        CaaContext {
+            issuer_domains,
+            account_url: urls.account(&account.id),
+        }
+    }
+
+    /// CAA check of an authorization's name for validation `method`.
+    async fn check(
+        &self,
+        validator: &Validator,
+        authz: &AuthzRecord,
+        method: ChallengeType,
+    ) -> Result<(), ValidationError> {
+        if authz.identifier.kind != "dns" {
+            return Ok(());
+        }
+        validator
+            .caa(
+                &authz.identifier.value,
+                authz.wildcard,
+                &self.issuer_domains,
+                &self.account_url,
+                method.as_str(),
+            )
+            .await
+    }
+}
+
 async fn validate(
     server: Arc<AcmeServer>,
+    caa: CaaContext,
     authz_id: String,
     kind: ChallengeType,
     key_authorization: String,
@@ -1295,6 +1362,11 @@ async fn validate(
                 .tlsalpn01(&target, &key_authorization)
                 .await
         }
+    };
+    // RFC 8659: CAA is checked once control is proven (and again at finalize).
+    let outcome = match outcome {
+        Ok(()) => caa.check(&server.validator, &authz, kind).await,
+        failed => failed,
     };
     if let Err(error) = server.record_validation(&authz_id, kind, outcome).await {
         tracing::error!(authz = %authz_id, %error, "cannot record a validation result");

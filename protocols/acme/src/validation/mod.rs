@@ -1,5 +1,6 @@
 //! ACME challenge validation: http-01 and dns-01 (RFC 8555 §8.3, §8.4) and
-//! tls-alpn-01 (RFC 8737), for DNS names and IP addresses (RFC 8738).
+//! tls-alpn-01 (RFC 8737), for DNS names and IP addresses (RFC 8738), plus the CAA check
+//! (RFC 8659, RFC 8657) made before issuing for a DNS name.
 //!
 //! [`Validator`] is built once from [`ValidationSettings`] and shared (it is cheap to
 //! clone). Each check is bounded by [`ValidationSettings::timeout`] and returns a
@@ -10,8 +11,10 @@
 //! - `target`: the identifier being validated and the policy refusing non-public addresses;
 //! - `resolver`: cache-less hickory DNS resolution under that policy (also fed to reqwest);
 //! - `tls`: the rustls client configuration (no chain verification) shared by the TLS users;
-//! - `http01`, `dns01`, `tlsalpn01`: one module per challenge type.
+//! - `http01`, `dns01`, `tlsalpn01`: one module per challenge type;
+//! - `caa`: CAA tree climbing and evaluation.
 
+mod caa;
 mod dns01;
 mod http01;
 mod resolver;
@@ -82,6 +85,9 @@ pub enum ValidationError {
     /// TLS handshake or ALPN negotiation failed in tls-alpn-01 (`tls`).
     #[error("TLS problem: {0}")]
     Tls(String),
+    /// A CAA record set forbids issuance by this CA for this request (`caa`).
+    #[error("CAA problem: {0}")]
+    Caa(String),
 }
 
 impl ValidationError {
@@ -93,6 +99,7 @@ impl ValidationError {
             Self::Unauthorized(_) => "unauthorized",
             Self::IncorrectResponse(_) => "incorrectResponse",
             Self::Tls(_) => "tls",
+            Self::Caa(_) => "caa",
         }
     }
 }
@@ -185,6 +192,44 @@ impl Validator {
             .await
     }
 
+    /// CAA check (RFC 8659 §3 tree climbing, RFC 8657 parameters) for issuing `domain`
+    /// (no `*.` prefix; `wildcard` says whether the certificate name is `*.<domain>`) by a
+    /// CA known by `issuer_domains` (e.g. `["rampart.internal"]`, matched
+    /// case-insensitively), for ACME account `account_uri`, validated with `method`
+    /// (`http-01`, `dns-01`, `tls-alpn-01`).
+    ///
+    /// The closest name (climbing towards, but excluding, the root) with a non-empty CAA
+    /// RRset is relevant; none means issuance is allowed. Within that set, `issuewild`
+    /// properties replace `issue` for wildcards when any exist; no property of the chosen
+    /// kind allows issuance; otherwise some property must name one of `issuer_domains` and
+    /// its `accounturi` / `validationmethods` parameters (when present) must admit
+    /// `account_uri` / `method`. An unknown property flagged critical forbids issuance.
+    /// A refusal is a [`ValidationError::Caa`]; a failed lookup (SERVFAIL, REFUSED,
+    /// timeout; NXDOMAIN and NODATA just mean "go up") is a [`ValidationError::Dns`],
+    /// since a CA must not issue when it cannot read CAA.
+    ///
+    /// An empty `issuer_domains` skips the check entirely (returns `Ok` without any
+    /// lookup): operators of purely internal names turn CAA off this way. CAA is defined for
+    /// domain names only, so an IP address literal also returns `Ok`.
+    pub async fn caa(
+        &self,
+        domain: &str,
+        wildcard: bool,
+        issuer_domains: &[String],
+        account_uri: &str,
+        method: &str,
+    ) -> Result<(), ValidationError> {
+        let request = caa::Request {
+            domain,
+            wildcard,
+            issuer_domains,
+            account_uri,
+            method,
+        };
+        let fut = caa::check(&self.shared, request);
+        self.bounded("caa", fut, ValidationError::Dns).await
+    }
+
     /// Runs `fut` under the configured timeout; on expiry returns `on_timeout(message)`.
     async fn bounded(
         &self,
@@ -231,6 +276,7 @@ mod tests {
                 "incorrectResponse",
             ),
             (ValidationError::Tls(String::new()), "tls"),
+            (ValidationError::Caa(String::new()), "caa"),
         ];
         for (error, name) in cases {
             assert_eq!(error.acme_type(), name);
@@ -256,5 +302,6 @@ mod tests {
         send(&v.http01(&target, "t", "k"));
         send(&v.dns01("example.test", "k"));
         send(&v.tlsalpn01(&target, "k"));
+        send(&v.caa("example.test", false, &[], "acct", "http-01"));
     }
 }

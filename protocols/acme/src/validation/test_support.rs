@@ -1,4 +1,5 @@
-//! Test fixtures for the validators: a tiny authoritative UDP DNS responder, a minimal
+//! Test fixtures for the validators: a tiny authoritative UDP DNS responder (A, TXT,
+//! CNAME and CAA records, SERVFAIL on demand), a minimal
 //! HTTP/1.1 responder, and settings pointing at them. Everything listens on 127.0.0.1
 //! ephemeral ports and stops when dropped.
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::rdata::{A, CNAME, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::BinDecodable;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
@@ -49,12 +51,37 @@ pub fn txt_record(name: &str, strings: Vec<&str>) -> TestRecord {
     (name.to_ascii_lowercase(), RData::TXT(TXT::new(strings)))
 }
 
+/// A CAA record with raw `flags` (128 = critical), property `tag` and `value` exactly as
+/// on the wire (e.g. `"ca.example; accounturi=https://…"`, or `";"`). Built by decoding
+/// the wire form, so it is what a resolver would see. Panics on a tag hickory refuses
+/// (not 1–15 ASCII letters and digits).
+pub fn caa_record(name: &str, flags: u8, tag: &str, value: &str) -> TestRecord {
+    let tag_len = u8::try_from(tag.len()).expect("CAA tag too long");
+    let mut rdata = vec![flags, tag_len];
+    rdata.extend_from_slice(tag.as_bytes());
+    rdata.extend_from_slice(value.as_bytes());
+    let rdata_len = u16::try_from(rdata.len()).expect("CAA value too long");
+    // Owner ".", type CAA (257), class IN, TTL 0, RDLENGTH, RDATA.
+    let mut wire = vec![0u8, 0x01, 0x01, 0x00, 0x01, 0, 0, 0, 0];
+    wire.extend_from_slice(&rdata_len.to_be_bytes());
+    wire.extend_from_slice(&rdata);
+    let record = Record::from_bytes(&wire).expect("invalid CAA record");
+    let rdata = record.into_data();
+    assert!(
+        matches!(rdata, RData::CAA(_)),
+        "not decoded as CAA: {rdata:?}"
+    );
+    (name.to_ascii_lowercase(), rdata)
+}
+
 /// Answers UDP queries from a record list: matching records (and CNAMEs), NODATA when
-/// the name exists with other types, NXDOMAIN otherwise.
+/// the name exists with other types, NXDOMAIN otherwise; SERVFAIL for every query about
+/// the names given to [`DnsResponder::set_servfail`].
 pub struct DnsResponder {
     /// Where it listens.
     pub addr: SocketAddr,
     records: Arc<Mutex<Vec<TestRecord>>>,
+    servfail: Arc<Mutex<Vec<String>>>,
     task: JoinHandle<()>,
 }
 
@@ -65,13 +92,19 @@ impl DnsResponder {
         let addr = socket.local_addr().unwrap();
         let records = Arc::new(Mutex::new(records));
         let served = records.clone();
+        let servfail: Arc<Mutex<Vec<String>>> = Arc::default();
+        let failing = servfail.clone();
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             while let Ok((len, peer)) = socket.recv_from(&mut buf).await {
                 let Ok(query) = Message::from_vec(&buf[..len]) else {
                     continue;
                 };
-                let reply = answer(&query, &served.lock().unwrap());
+                let reply = {
+                    let records = served.lock().unwrap();
+                    let failing = failing.lock().unwrap();
+                    answer(&query, &records, &failing)
+                };
                 if let Ok(bytes) = reply.to_vec() {
                     let _ = socket.send_to(&bytes, peer).await;
                 }
@@ -80,6 +113,7 @@ impl DnsResponder {
         Self {
             addr,
             records,
+            servfail,
             task,
         }
     }
@@ -87,6 +121,15 @@ impl DnsResponder {
     /// Replaces the served records.
     pub fn set_records(&self, records: Vec<TestRecord>) {
         *self.records.lock().unwrap() = records;
+    }
+
+    /// Answers SERVFAIL (whatever the type) for queries about exactly these names
+    /// (case-insensitive, no trailing dot); replaces the previous list.
+    pub fn set_servfail(&self, names: &[&str]) {
+        *self.servfail.lock().unwrap() = names
+            .iter()
+            .map(|name| name.trim_end_matches('.').to_ascii_lowercase())
+            .collect();
     }
 }
 
@@ -96,7 +139,7 @@ impl Drop for DnsResponder {
     }
 }
 
-fn answer(query: &Message, records: &[TestRecord]) -> Message {
+fn answer(query: &Message, records: &[TestRecord], servfail: &[String]) -> Message {
     let mut reply = Message::new();
     reply
         .set_id(query.id())
@@ -112,6 +155,10 @@ fn answer(query: &Message, records: &[TestRecord]) -> Message {
     reply.add_query(question.clone());
     let owner: &Name = question.name();
     let wanted = owner.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+    if servfail.contains(&wanted) {
+        reply.set_response_code(ResponseCode::ServFail);
+        return reply;
+    }
     let mut name_exists = false;
     for (_, rdata) in records.iter().filter(|(name, _)| *name == wanted) {
         name_exists = true;

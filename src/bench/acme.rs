@@ -1,0 +1,201 @@
+//! `rampart bench acme`: full ACME orders (new account per worker, newOrder, http-01,
+//! finalize with a fresh key and CSR, certificate download) against any directory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use instant_acme::{
+    Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
+    RetryPolicy,
+};
+
+use super::responders::{serve_any_name_dns, serve_http01, Tokens};
+use super::{process_cpu_time, report, Stats};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct AcmeBench {
+    /// Directory URL.
+    pub target: String,
+    /// PEM bundle to trust (default: the system roots).
+    pub ca_bundle: Option<PathBuf>,
+    /// Parallel workers (one account each).
+    pub concurrency: usize,
+    /// Orders in all.
+    pub count: usize,
+    /// Where the http-01 responder listens (the server validates against this port).
+    pub http01_listen: SocketAddr,
+    /// Where the any-name DNS responder listens (the server's resolver), if wanted.
+    pub dns_listen: Option<SocketAddr>,
+    /// The server's pid, for its CPU time.
+    pub server_pid: Option<u32>,
+    /// Send newOrder requests one at a time (for servers that wedge otherwise).
+    pub serialize_new_order: bool,
+}
+
+struct Shared {
+    config: AcmeBench,
+    tokens: Tokens,
+    next: AtomicUsize,
+    stats: Mutex<Stats>,
+    new_order_lock: tokio::sync::Mutex<()>,
+    run: String,
+    progress: indicatif::ProgressBar,
+}
+
+fn retries() -> RetryPolicy {
+    RetryPolicy::new()
+        .initial_delay(Duration::from_millis(5))
+        .backoff(1.5)
+        .timeout(Duration::from_secs(60))
+}
+
+impl AcmeBench {
+    /// Run and print the report.
+    pub async fn run(self) -> anyhow::Result<Stats> {
+        let tokens = Tokens::default();
+        serve_http01(self.http01_listen, tokens.clone()).await?;
+        if let Some(dns) = self.dns_listen {
+            serve_any_name_dns(dns).await?;
+        }
+        let progress = indicatif::ProgressBar::new(self.count as u64);
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let shared = Arc::new(Shared {
+            run: format!("{:x}", rand_suffix()),
+            config: self.clone(),
+            tokens,
+            next: AtomicUsize::new(0),
+            stats: Mutex::new(Stats::default()),
+            new_order_lock: tokio::sync::Mutex::new(()),
+            progress,
+        });
+        let cpu_before = self.server_pid.and_then(process_cpu_time);
+        let started = Instant::now();
+        let workers: Vec<_> = (0..self.concurrency.max(1))
+            .map(|w| tokio::spawn(worker(w, shared.clone())))
+            .collect();
+        for worker in workers {
+            worker.await?;
+        }
+        let elapsed = started.elapsed();
+        shared.progress.finish_and_clear();
+        let cpu = match (cpu_before, self.server_pid.and_then(process_cpu_time)) {
+            (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+            _ => None,
+        };
+        let stats = std::mem::take(&mut *shared.stats.lock().expect("stats lock"));
+        report("acme", &stats, elapsed, cpu);
+        Ok(stats)
+    }
+}
+
+fn rand_suffix() -> u32 {
+    let mut bytes = [0u8; 4];
+    aws_lc_rs::rand::fill(&mut bytes).expect("system randomness");
+    u32::from_le_bytes(bytes)
+}
+
+async fn account(shared: &Shared) -> Result<Account, String> {
+    let builder = match &shared.config.ca_bundle {
+        Some(bundle) => Account::builder_with_root(bundle),
+        None => Account::builder(),
+    }
+    .map_err(|e| e.to_string())?;
+    let new = NewAccount {
+        contact: &[],
+        terms_of_service_agreed: true,
+        only_return_existing: false,
+    };
+    builder
+        .create(&new, shared.config.target.clone(), None)
+        .await
+        .map(|(a, _)| a)
+        .map_err(|e| format!("newAccount: {e}"))
+}
+
+async fn worker(w: usize, shared: Arc<Shared>) {
+    let account = match account(&shared).await {
+        Ok(account) => account,
+        Err(error) => {
+            // Count this worker's share as failed so the totals add up.
+            let mut stats = shared.stats.lock().expect("stats lock");
+            while shared.next.fetch_add(1, Ordering::SeqCst) < shared.config.count {
+                stats.fail(error.clone());
+                shared.progress.inc(1);
+            }
+            return;
+        }
+    };
+    loop {
+        let i = shared.next.fetch_add(1, Ordering::SeqCst);
+        if i >= shared.config.count {
+            return;
+        }
+        // A fresh name per order, so that no authorization is reused.
+        let name = format!("o{i}-w{w}-{}.bench.test", shared.run);
+        let started = Instant::now();
+        let outcome = order(&shared, &account, name).await;
+        let mut stats = shared.stats.lock().expect("stats lock");
+        match outcome {
+            Ok(()) => stats.latencies.push(started.elapsed()),
+            Err(error) => stats.fail(error),
+        }
+        shared.progress.inc(1);
+    }
+}
+
+async fn order(shared: &Shared, account: &Account, name: String) -> Result<(), String> {
+    let identifiers = [Identifier::Dns(name)];
+    let mut order = {
+        let _serial = if shared.config.serialize_new_order {
+            Some(shared.new_order_lock.lock().await)
+        } else {
+            None
+        };
+        account
+            .new_order(&NewOrder::new(&identifiers))
+            .await
+            .map_err(|e| format!("newOrder: {e}"))?
+    };
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz.map_err(|e| format!("authorization: {e}"))?;
+        if authz.status == AuthorizationStatus::Valid {
+            continue;
+        }
+        let mut challenge = authz
+            .challenge(ChallengeType::Http01)
+            .ok_or("no http-01 challenge offered")?;
+        let key_authorization = challenge.key_authorization().as_str().to_string();
+        shared
+            .tokens
+            .lock()
+            .expect("tokens lock")
+            .insert(challenge.token.clone(), key_authorization);
+        challenge
+            .set_ready()
+            .await
+            .map_err(|e| format!("challenge: {e}"))?;
+    }
+    let status = order
+        .poll_ready(&retries())
+        .await
+        .map_err(|e| format!("order: {e}"))?;
+    if status != OrderStatus::Ready {
+        return Err(format!("order ended {status:?}"));
+    }
+    order
+        .finalize()
+        .await
+        .map_err(|e| format!("finalize: {e}"))?;
+    order
+        .poll_certificate(&retries())
+        .await
+        .map_err(|e| format!("certificate: {e}"))?;
+    Ok(())
+}
