@@ -100,8 +100,10 @@ mod tests {
 
     #[test]
     fn quantiles_and_own_cpu_time() {
-        let mut stats = Stats::default();
-        stats.latencies = (1..=100).map(Duration::from_millis).collect();
+        let mut stats = Stats {
+            latencies: (1..=100).map(Duration::from_millis).collect(),
+            ..Default::default()
+        };
         assert_eq!(stats.quantile(0.5), Duration::from_millis(51));
         assert_eq!(stats.quantile(0.99), Duration::from_millis(99));
         for _ in 0..10 {
