@@ -71,7 +71,7 @@ enum BenchCommand {
         /// Directory URL of the server under test.
         #[arg(long)]
         target: String,
-        /// PEM bundle the client trusts (default: the system roots).
+        /// PEM bundle the client trusts (default: /etc/ssl/certs/ca-certificates.crt).
         #[arg(long)]
         ca_bundle: Option<PathBuf>,
         /// Parallel workers, one ACME account each.

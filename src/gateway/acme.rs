@@ -304,22 +304,32 @@ impl StoreKv {
 
 #[async_trait::async_trait]
 impl KeyValue for StoreKv {
+    // Reads and unflushed writes are in-memory operations of microseconds: they run on the
+    // calling task, since a hop to the blocking pool costs more than they do. Only a flush
+    // (disk I/O) goes to the blocking pool.
     async fn put(
         &self,
         namespace: &'static str,
         key: String,
         value: Vec<u8>,
+        durable: bool,
     ) -> Result<(), String> {
-        self.pipeline
-            .with_store(move |store| store.protocol_put(namespace, &key, &value))
-            .await
-            .map_err(|e| e.to_string())
+        if durable {
+            self.pipeline
+                .with_store(move |store| store.protocol_put(namespace, &key, &value, true))
+                .await
+        } else {
+            self.pipeline
+                .store()
+                .protocol_put(namespace, &key, &value, false)
+        }
+        .map_err(|e| e.to_string())
     }
 
     async fn get(&self, namespace: &'static str, key: String) -> Result<Option<Vec<u8>>, String> {
         self.pipeline
-            .with_store(move |store| store.protocol_get(namespace, &key))
-            .await
+            .store()
+            .protocol_get(namespace, &key)
             .map_err(|e| e.to_string())
     }
 
@@ -329,8 +339,8 @@ impl KeyValue for StoreKv {
         prefix: String,
     ) -> Result<Vec<(String, Vec<u8>)>, String> {
         self.pipeline
-            .with_store(move |store| store.protocol_scan(namespace, &prefix))
-            .await
+            .store()
+            .protocol_scan(namespace, &prefix)
             .map_err(|e| e.to_string())
     }
 }
@@ -409,7 +419,7 @@ async fn save_eab_key(
     let bytes = serde_json::to_vec(key).expect("serializes");
     let key_id = key.key_id.clone();
     pipeline
-        .with_store(move |store| store.protocol_put(EAB_NAMESPACE, &key_id, &bytes))
+        .with_store(move |store| store.protocol_put(EAB_NAMESPACE, &key_id, &bytes, true))
         .await
 }
 

@@ -264,8 +264,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn api_key_count(&self) -> Result<usize, StoreError>;
 
     /// Protocol front ends' own state (ACME accounts, orders…), as opaque values under a
-    /// namespace. Durable on return.
-    fn protocol_put(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// namespace. Durable on return when `durable`; otherwise written within the backend's
+    /// flush interval (sled: 500 ms).
+    fn protocol_put(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &[u8],
+        durable: bool,
+    ) -> Result<(), StoreError>;
 
     /// One protocol state value.
     fn protocol_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;

@@ -570,11 +570,19 @@ impl Store for SledStore {
         Ok(self.t.api_keys.len())
     }
 
-    fn protocol_put(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+    fn protocol_put(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &[u8],
+        durable: bool,
+    ) -> Result<(), StoreError> {
         self.protocol_state
             .insert(protocol_key(namespace, key), value)
             .map_err(backend)?;
-        self.protocol_state.flush().map_err(backend)?;
+        if durable {
+            self.protocol_state.flush().map_err(backend)?;
+        }
         Ok(())
     }
 

@@ -12,12 +12,18 @@ use time::OffsetDateTime;
 use crate::problem::Problem;
 use crate::wire::{AuthzStatus, ChallengeStatus, ChallengeType, Identifier, OrderStatus};
 
-/// A namespaced key-value store; writes are durable when they return.
+/// A namespaced key-value store.
 #[async_trait::async_trait]
 pub trait KeyValue: Send + Sync + 'static {
-    /// Store `value` under `namespace`/`key`.
-    async fn put(&self, namespace: &'static str, key: String, value: Vec<u8>)
-        -> Result<(), String>;
+    /// Store `value` under `namespace`/`key`; on disk before returning when `durable`,
+    /// otherwise soon after (a crash may lose it).
+    async fn put(
+        &self,
+        namespace: &'static str,
+        key: String,
+        value: Vec<u8>,
+        durable: bool,
+    ) -> Result<(), String>;
     /// Read `namespace`/`key`.
     async fn get(&self, namespace: &'static str, key: String) -> Result<Option<Vec<u8>>, String>;
     /// Every `(key, value)` in `namespace` whose key starts with `prefix`, in key order.
@@ -39,6 +45,7 @@ impl KeyValue for MemoryKv {
         namespace: &'static str,
         key: String,
         value: Vec<u8>,
+        _durable: bool,
     ) -> Result<(), String> {
         self.0
             .lock()
@@ -186,6 +193,11 @@ pub struct OrderRecord {
     pub created_at: OffsetDateTime,
 }
 
+/// Accounts and replacement claims must survive a crash; orders and authorizations may
+/// be lost (clients start over), so they skip the flush.
+const DURABLE: bool = true;
+const EVENTUALLY: bool = false;
+
 const ACCOUNTS: &str = "acme.accounts";
 const ACCOUNT_KEYS: &str = "acme.account_keys";
 const ORDERS: &str = "acme.orders";
@@ -246,7 +258,7 @@ impl Records {
     /// Store an account (and its key index).
     pub async fn put_account(&self, account: &AccountRecord) -> Result<(), Problem> {
         self.kv
-            .put(ACCOUNTS, account.id.clone(), encode(account))
+            .put(ACCOUNTS, account.id.clone(), encode(account), DURABLE)
             .await
             .map_err(storage)?;
         self.kv
@@ -254,6 +266,7 @@ impl Records {
                 ACCOUNT_KEYS,
                 key_index(&account.profile, &account.thumbprint),
                 account.id.clone().into_bytes(),
+                DURABLE,
             )
             .await
             .map_err(storage)
@@ -287,13 +300,13 @@ impl Records {
     /// Store an order (and its account index).
     pub async fn put_order(&self, order: &OrderRecord, new: bool) -> Result<(), Problem> {
         self.kv
-            .put(ORDERS, order.id.clone(), encode(order))
+            .put(ORDERS, order.id.clone(), encode(order), EVENTUALLY)
             .await
             .map_err(storage)?;
         if new {
             let key = format!("{}/{}", order.account_id, order.id);
             self.kv
-                .put(ACCOUNT_ORDERS, key, Vec::new())
+                .put(ACCOUNT_ORDERS, key, Vec::new(), EVENTUALLY)
                 .await
                 .map_err(storage)?;
         }
@@ -322,7 +335,7 @@ impl Records {
     /// Store an authorization (and its account/identifier index).
     pub async fn put_authz(&self, authz: &AuthzRecord, new: bool) -> Result<(), Problem> {
         self.kv
-            .put(AUTHZS, authz.id.clone(), encode(authz))
+            .put(AUTHZS, authz.id.clone(), encode(authz), EVENTUALLY)
             .await
             .map_err(storage)?;
         if new {
@@ -333,7 +346,7 @@ impl Records {
                 authz.id
             );
             self.kv
-                .put(ACCOUNT_AUTHZS, key, Vec::new())
+                .put(ACCOUNT_AUTHZS, key, Vec::new(), EVENTUALLY)
                 .await
                 .map_err(storage)?;
         }
@@ -362,6 +375,7 @@ impl Records {
                 REPLACEMENTS,
                 serial.to_string(),
                 order_id.as_bytes().to_vec(),
+                DURABLE,
             )
             .await
             .map_err(storage)?;
