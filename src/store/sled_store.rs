@@ -382,7 +382,9 @@ impl Store for SledStore {
                 "begin_issuance needs a request in state issuing".into(),
             ));
         };
-        self.transact(true, |tx| {
+        // Not flushed: until complete_issuance (which is) nothing has left the process, and
+        // the log is sequential, so that flush also writes this reservation.
+        self.transact(false, |tx| {
             if tx.serials.get(serial.as_bytes())?.is_some() {
                 return Ok(false);
             }

@@ -3,6 +3,9 @@
 //! with josekit; this module only frames, decodes and checks headers. Also: JWK
 //! thumbprints (RFC 7638) and matching a JWK against a certificate's public key.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use josekit::jwk::Jwk;
@@ -18,6 +21,15 @@ pub const ALGORITHMS: [&str; 4] = ["ES256", "ES384", "RS256", "EdDSA"];
 
 /// Smallest RSA account key accepted.
 const MIN_RSA_BITS: usize = 2048;
+
+/// Verifiers of recently seen account keys, by (algorithm, thumbprint).
+#[derive(Debug, Default)]
+pub struct VerifierCache(Mutex<HashMap<(String, String), Arc<dyn JwsVerifier>>>);
+
+impl VerifierCache {
+    /// Keys kept before the cache starts over.
+    const CAPACITY: usize = 10_000;
+}
 
 /// The flattened JSON serialization.
 #[derive(Debug, Deserialize)]
@@ -115,7 +127,40 @@ impl Jws {
 
     /// Verify the signature with `jwk`.
     pub fn verify(&self, jwk: &Map<String, Value>) -> Result<(), Problem> {
-        let verifier = verifier(&self.alg, jwk)?;
+        self.verify_with(&*verifier(&self.alg, jwk)?)
+    }
+
+    /// Verify the signature with `jwk`, reusing a verifier from `cache` when it holds one
+    /// for this key and algorithm (building one means decoding the key, which costs more
+    /// than the verification itself).
+    pub fn verify_cached(
+        &self,
+        jwk: &Map<String, Value>,
+        cache: &VerifierCache,
+    ) -> Result<(), Problem> {
+        let key = (self.alg.clone(), thumbprint(jwk)?);
+        let cached = cache
+            .0
+            .lock()
+            .expect("verifier cache lock")
+            .get(&key)
+            .cloned();
+        let verifier = match cached {
+            Some(verifier) => verifier,
+            None => {
+                let verifier: Arc<dyn JwsVerifier> = Arc::from(verifier(&self.alg, jwk)?);
+                let mut map = cache.0.lock().expect("verifier cache lock");
+                if map.len() >= VerifierCache::CAPACITY {
+                    map.clear();
+                }
+                map.insert(key, verifier.clone());
+                verifier
+            }
+        };
+        self.verify_with(&*verifier)
+    }
+
+    fn verify_with(&self, verifier: &dyn JwsVerifier) -> Result<(), Problem> {
         verifier
             .verify(&self.signing_input, &self.signature)
             .map_err(|_| Problem::malformed("JWS signature does not verify"))

@@ -58,6 +58,7 @@ pub struct AcmeServer {
     validator: Arc<Validator>,
     clock: Clock,
     finalizing: Mutex<HashSet<String>>,
+    verifiers: crate::jws::VerifierCache,
 }
 
 impl std::fmt::Debug for AcmeServer {
@@ -81,6 +82,7 @@ impl AcmeServer {
             validator: Arc::new(validator),
             clock,
             finalizing: Mutex::new(HashSet::new()),
+            verifiers: crate::jws::VerifierCache::default(),
         })
     }
 
@@ -316,7 +318,7 @@ impl AcmeServer {
                 (account.jwk.clone(), Some(account))
             }
         };
-        jws.verify(&jwk)?;
+        jws.verify_cached(&jwk, &self.verifiers)?;
         let nonce = jws
             .nonce
             .as_deref()

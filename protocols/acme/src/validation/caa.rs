@@ -59,7 +59,7 @@ pub(super) async fn check(shared: &Shared, request: Request<'_>) -> Result<(), V
         return Err(ValidationError::Dns("empty domain name".into()));
     }
 
-    let resolver = shared.dns.resolver();
+    let resolver = shared.resolver.clone();
     let labels: Vec<&str> = domain.split('.').collect();
     for start in 0..labels.len() {
         let name = labels[start..].join(".");

@@ -14,8 +14,7 @@ pub(super) async fn validate(
     let query = fqdn(&name)?;
     tracing::debug!(%name, "dns-01: looking up TXT");
     let lookup = shared
-        .dns
-        .resolver()
+        .resolver
         .txt_lookup(query)
         .await
         .map_err(|e| ValidationError::Dns(describe_lookup_error("TXT", &name, &e)))?;

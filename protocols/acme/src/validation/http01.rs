@@ -16,7 +16,7 @@ use reqwest::{StatusCode, Url};
 
 use super::resolver::PolicyResolver;
 use super::target::{check_address, Target};
-use super::{Shared, ValidationError};
+use super::{Shared, ValidationError, ValidationSettings};
 
 /// Most redirects followed (Let's Encrypt uses the same bound).
 const MAX_REDIRECTS: usize = 10;
@@ -24,6 +24,31 @@ const MAX_REDIRECTS: usize = 10;
 const MAX_BODY: usize = 1024;
 /// How much of a wrong body is quoted back in the error.
 const QUOTE_CHARS: usize = 100;
+
+/// The HTTP client http-01 validations share: redirects limited by policy, names
+/// resolved by the validation resolver with the private-address policy, no proxies, no
+/// idle connections, bounded by the validation timeout.
+pub(super) fn client(
+    settings: &ValidationSettings,
+    tls: &rustls::ClientConfig,
+    resolver: hickory_resolver::TokioResolver,
+) -> Result<reqwest::Client, ValidationError> {
+    let allow_private = settings.allow_private_targets;
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls.clone())
+        .dns_resolver(Arc::new(PolicyResolver::new(resolver, allow_private)))
+        .redirect(redirect_policy(settings.http01_port, allow_private))
+        .no_proxy()
+        .http1_only()
+        .pool_max_idle_per_host(0)
+        .user_agent(concat!(
+            "rampart-acme-validator/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .timeout(settings.timeout)
+        .build()
+        .map_err(|e| ValidationError::Connection(format!("HTTP client setup failed: {e}")))
+}
 
 pub(super) async fn validate(
     shared: &Shared,
@@ -52,24 +77,7 @@ pub(super) async fn validate(
     );
     tracing::debug!(%url, "http-01: fetching");
 
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(shared.http_tls.clone())
-        .dns_resolver(Arc::new(PolicyResolver::new(
-            shared.dns.resolver(),
-            allow_private,
-        )))
-        .redirect(redirect_policy(settings.http01_port, allow_private))
-        .no_proxy()
-        .http1_only()
-        .pool_max_idle_per_host(0)
-        .user_agent(concat!(
-            "rampart-acme-validator/",
-            env!("CARGO_PKG_VERSION")
-        ))
-        .timeout(settings.timeout)
-        .build()
-        .map_err(|e| ValidationError::Connection(format!("HTTP client setup failed: {e}")))?;
-
+    let client = &shared.http_client;
     let mut response = client
         .get(&url)
         .send()
@@ -186,7 +194,7 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::super::test_support::{a_record, settings, DnsResponder, HttpReply, HttpResponder};
-    use super::super::{ValidationSettings, Validator};
+    use super::super::Validator;
     use super::*;
 
     const TOKEN: &str = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA";

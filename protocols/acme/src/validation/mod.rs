@@ -118,11 +118,13 @@ pub struct Validator {
 /// State shared by all validations of one [`Validator`].
 struct Shared {
     settings: ValidationSettings,
-    dns: resolver::DnsSettings,
-    /// TLS configuration for HTTPS redirect targets of http-01 (ALPN `http/1.1`).
-    http_tls: rustls::ClientConfig,
     /// TLS configuration for tls-alpn-01 (ALPN `acme-tls/1` only).
     acme_tls: Arc<rustls::ClientConfig>,
+    /// One resolver for every validation (its cache is off, so nothing is shared between
+    /// validations but the connection set-up).
+    resolver: hickory_resolver::TokioResolver,
+    /// One HTTP client for every http-01 validation (no idle connections are kept).
+    http_client: reqwest::Client,
 }
 
 impl std::fmt::Debug for Validator {
@@ -140,12 +142,14 @@ impl Validator {
         let dns = resolver::DnsSettings::new(settings.dns_resolver, settings.timeout)?;
         let http_tls = tls::client_config(&[b"http/1.1"])?;
         let acme_tls = Arc::new(tls::client_config(&[tlsalpn01::ACME_TLS_ALPN])?);
+        let resolver = dns.resolver();
+        let http_client = http01::client(&settings, &http_tls, resolver.clone())?;
         Ok(Self {
             shared: Arc::new(Shared {
                 settings,
-                dns,
-                http_tls,
                 acme_tls,
+                resolver,
+                http_client,
             }),
         })
     }

@@ -32,7 +32,7 @@ pub(super) async fn validate(
     key_authorization: &str,
 ) -> Result<(), ValidationError> {
     let settings = &shared.settings;
-    let resolver = shared.dns.resolver();
+    let resolver = shared.resolver.clone();
     let ips = target_addresses(&resolver, target, settings.allow_private_targets).await?;
     let sni = match target {
         Target::Dns(name) => name.trim_end_matches('.').to_owned(),
