@@ -13,12 +13,7 @@ for tool in knotd keymgr kdig; do
         || fail "$tool not found: install the Debian packages knot and knot-dnsutils (.ci/run does)"
 done
 
-VENV="${CERTBOT_VENV:-$HOME/.cache/rampart-certbot}"
-if [[ ! -x "$VENV/bin/certbot" ]] || ! "$VENV/bin/python" -c 'import certbot_dns_rfc2136' 2>/dev/null; then
-    [[ -x "$VENV/bin/pip" ]] || python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q certbot certbot-dns-rfc2136
-fi
-CERTBOT="$VENV/bin/certbot"
+certbot_venv
 
 # --- The authoritative DNS server: zone dnslab.test, dynamic updates signed with a TSIG key.
 ZONE="dnslab.test"
@@ -83,23 +78,8 @@ done
 pass "knotd is authoritative for $ZONE on 127.0.0.1:$DNS_PORT (SOA serial 1, no _acme-challenge TXT)"
 
 # --- rampart, resolving dns-01 TXT records at that server.
-DIR="$WORK/ra"
-API_PORT="$(free_port)"
-ACME_PORT="$(free_port)"
-mkdir -p "$DIR"
-cat >"$DIR/rampart.toml" <<TOML
-[server]
-data_dir = "$DIR"
-[api]
-listen = "127.0.0.1:$API_PORT"
-[acme]
-dns_resolver = "127.0.0.1:$DNS_PORT"
-allow_private_targets = true
-TOML
-API="http://127.0.0.1:$API_PORT"
-export RAMPART__ACME__LISTEN="127.0.0.1:$ACME_PORT"
+acme_lab_config "dns_resolver = \"127.0.0.1:$DNS_PORT\""
 RUST_LOG="info,rampart_acme::validation=debug" start_rampart "$DIR/rampart.toml"
-DIRECTORY="https://localhost:$ACME_PORT/acme/default/directory"
 grep -q "ACME .*https://127.0.0.1:$ACME_PORT/acme/default/directory" "$WORK/rampart.out" || fail "serve did not print the ACME directory"
 export REQUESTS_CA_BUNDLE="$DIR/ca-bundle.pem"
 

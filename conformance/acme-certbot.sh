@@ -4,31 +4,10 @@
 # certificate checked with openssl verify against rampart's CA bundle.
 source "$(dirname "$0")/lib.sh"
 
-VENV="${CERTBOT_VENV:-$HOME/.cache/rampart-certbot}"
-if [[ ! -x "$VENV/bin/certbot" ]]; then
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q certbot certbot-dns-rfc2136
-fi
-CERTBOT="$VENV/bin/certbot"
-
-DIR="$WORK/ra"
-API_PORT="$(free_port)"
-ACME_PORT="$(free_port)"
+certbot_venv
 HTTP01_PORT="$(free_port)"
-mkdir -p "$DIR"
-cat >"$DIR/rampart.toml" <<TOML
-[server]
-data_dir = "$DIR"
-[api]
-listen = "127.0.0.1:$API_PORT"
-[acme]
-http01_port = $HTTP01_PORT
-allow_private_targets = true
-TOML
-API="http://127.0.0.1:$API_PORT"
-export RAMPART__ACME__LISTEN="127.0.0.1:$ACME_PORT"
+acme_lab_config "http01_port = $HTTP01_PORT"
 start_rampart "$DIR/rampart.toml"
-DIRECTORY="https://localhost:$ACME_PORT/acme/default/directory"
 grep -q "ACME .*https://127.0.0.1:$ACME_PORT/acme/default/directory" "$WORK/rampart.out" || fail "serve did not print the ACME directory"
 export REQUESTS_CA_BUNDLE="$DIR/ca-bundle.pem"
 CB=(--server "$DIRECTORY" --config-dir "$WORK/certbot/config" --work-dir "$WORK/certbot/work"

@@ -4,27 +4,13 @@
 # order completes and the RESULT line is there — never how fast (figures go in the notes).
 source "$(dirname "$0")/lib.sh"
 
-DIR="$WORK/ra"
-API_PORT="$(free_port)"
-ACME_PORT="$(free_port)"
 HTTP01_PORT="$(free_port)"
 DNS_PORT="$(free_port)"
-mkdir -p "$DIR"
-cat >"$DIR/rampart.toml" <<TOML
-[server]
-data_dir = "$DIR"
-[api]
-listen = "127.0.0.1:$API_PORT"
-[acme]
-http01_port = $HTTP01_PORT
-dns_resolver = "127.0.0.1:$DNS_PORT"
-allow_private_targets = true
-TOML
-API="http://127.0.0.1:$API_PORT"
-export RAMPART__ACME__LISTEN="127.0.0.1:$ACME_PORT"
+acme_lab_config "http01_port = $HTTP01_PORT
+dns_resolver = \"127.0.0.1:$DNS_PORT\""
 start_rampart "$DIR/rampart.toml"
 
-"$RAMPART" bench acme --target "https://localhost:$ACME_PORT/acme/default/directory" --ca-bundle "$DIR/ca-bundle.pem" \
+"$RAMPART" bench acme --target "$DIRECTORY" --ca-bundle "$DIR/ca-bundle.pem" \
     --concurrency 4 --count 40 --http01-listen "127.0.0.1:$HTTP01_PORT" --dns-listen "127.0.0.1:$DNS_PORT" \
     --server-pid "$RAMPART_PID" >"$WORK/bench.out" 2>&1 || fail "bench failed: $(tail -5 "$WORK/bench.out")"
 RESULT="$(grep '^RESULT ' "$WORK/bench.out")" || fail "no RESULT line: $(cat "$WORK/bench.out")"

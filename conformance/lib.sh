@@ -1,6 +1,6 @@
 # Shared helpers for conformance scripts (sourced, not run).
 # Provides: RAMPART (binary), WORK (temp dir, removed on exit), fail, pass, free_port,
-# start_rampart/stop_rampart, wait_http, enroll.
+# start_rampart/stop_rampart, wait_http, enroll, acme_lab_config, certbot_venv.
 
 set -euo pipefail
 
@@ -51,4 +51,30 @@ enroll() {
     jq -n --rawfile csr "$1" --arg t "$2" '{csr: $csr, template: $t}' >"$WORK/body.json"
     curl -s -o "$WORK/resp.json" -w '%{http_code}' -H "Authorization: Bearer $KEY" \
         -H 'Content-Type: application/json' --data-binary @"$WORK/body.json" "$API/api/v1/enrollments"
+}
+
+# acme_lab_config <extra [acme] TOML lines> — a rampart config in $WORK/ra for an ACME test:
+# data in $WORK/ra, API and ACME on free loopback ports (sets DIR, API, ACME_PORT, DIRECTORY
+# and exports RAMPART__ACME__LISTEN), private validation targets allowed.
+acme_lab_config() {
+    DIR="$WORK/ra"
+    local api_port
+    api_port="$(free_port)"
+    ACME_PORT="$(free_port)"
+    mkdir -p "$DIR"
+    printf '[server]\ndata_dir = "%s"\n[api]\nlisten = "127.0.0.1:%s"\n[acme]\nallow_private_targets = true\n%s\n' \
+        "$DIR" "$api_port" "$1" >"$DIR/rampart.toml"
+    API="http://127.0.0.1:$api_port"
+    export RAMPART__ACME__LISTEN="127.0.0.1:$ACME_PORT"
+    DIRECTORY="https://localhost:$ACME_PORT/acme/default/directory"
+}
+
+# certbot_venv — certbot and its RFC 2136 plugin from PyPI in a cached venv; sets CERTBOT.
+certbot_venv() {
+    local venv="${CERTBOT_VENV:-$HOME/.cache/rampart-certbot}"
+    if [[ ! -x "$venv/bin/certbot" ]] || ! "$venv/bin/python" -c 'import certbot_dns_rfc2136' 2>/dev/null; then
+        [[ -x "$venv/bin/pip" ]] || python3 -m venv "$venv"
+        "$venv/bin/pip" install -q certbot certbot-dns-rfc2136
+    fi
+    CERTBOT="$venv/bin/certbot"
 }
