@@ -872,3 +872,47 @@ fn base64_decode(text: &Value) -> Vec<u8> {
         .decode(text.as_str().unwrap())
         .unwrap()
 }
+
+#[tokio::test]
+async fn pre_authorization_lets_a_later_order_start_ready() {
+    let lab = Lab::start().await;
+    let account = lab.account().await;
+    let directory = lab
+        .send(
+            Method::GET,
+            &lab.url("directory"),
+            None,
+            axum::body::Body::empty(),
+        )
+        .await
+        .expect(200);
+    let new_authz = directory["newAuthz"]
+        .as_str()
+        .expect("newAuthz in the directory")
+        .to_string();
+
+    // Wildcards cannot be pre-authorized; refused names are rejectedIdentifier.
+    let wildcard = json!({"identifier": {"type": "dns", "value": "*.example.test"}});
+    lab.post(&new_authz, Some(&wildcard), Signer::Kid(&account))
+        .await
+        .problem(400, "malformed");
+    let refused = json!({"identifier": {"type": "dns", "value": "www.forbidden"}});
+    lab.post(&new_authz, Some(&refused), Signer::Kid(&account))
+        .await
+        .problem(403, "rejectedIdentifier");
+
+    let payload = json!({"identifier": {"type": "ip", "value": IP}});
+    let reply = lab
+        .post(&new_authz, Some(&payload), Signer::Kid(&account))
+        .await;
+    let authz = reply.expect(201);
+    assert_eq!(authz["status"], "pending");
+    let authz_url = reply.location();
+    lab.complete_http01(&account, &authz_url).await;
+
+    // The order reuses the proven authorization: ready at once, nothing to validate.
+    let order = lab.new_order(&account, &[("ip", IP)]).await.expect(201);
+    assert_eq!(order["status"], "ready", "{order}");
+    assert_eq!(order["authorizations"], json!([authz_url]));
+    assert_eq!(lab.backend.issued_count(), 0);
+}
