@@ -36,4 +36,16 @@ KEY="$(grep -o 'rpk_[A-Za-z0-9_-]*' "$WORK/rampart.out")"
 STATUS="$(curl -sf -H "Authorization: Bearer $KEY" "$API/api/v1/certificates/$SERIAL" | jq -r '.status + " " + (.revocation.reason // "")')"
 [[ "$STATUS" == "revoked keyCompromise" ]] || fail "after certbot revoke the inventory says: $STATUS"
 pass "certbot revoke --reason keycompromise is recorded in the inventory"
+# Revocation by the certificate's own key (RFC 8555 §7.6, JWS with the certificate key).
+"$CERTBOT" certonly "${CB[@]}" --standalone --preferred-challenges http --http-01-port "$HTTP01_PORT" \
+    --http-01-address 127.0.0.1 -d localhost --cert-name keyrevoke >"$WORK/certbot2.out" 2>&1 \
+    || fail "certbot certonly (second): $(tail -20 "$WORK/certbot2.out")"
+LIVE2="$WORK/certbot/config/live/keyrevoke"
+SERIAL2="$(openssl x509 -in "$LIVE2/cert.pem" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f' | sed 's/^0*//')"
+"$CERTBOT" revoke --server "$DIRECTORY" --config-dir "$WORK/certbot-nokey/config" --work-dir "$WORK/certbot-nokey/work" \
+    --logs-dir "$WORK/certbot-nokey/logs" --non-interactive --cert-path "$LIVE2/cert.pem" --key-path "$LIVE2/privkey.pem" \
+    --reason superseded --no-delete-after-revoke >"$WORK/revoke2.out" 2>&1 || fail "certbot revoke --key-path: $(cat "$WORK/revoke2.out")"
+STATUS="$(curl -sf -H "Authorization: Bearer $KEY" "$API/api/v1/certificates/$SERIAL2" | jq -r '.status + " " + (.revocation.reason // "")')"
+[[ "$STATUS" == "revoked superseded" ]] || fail "after revocation by certificate key the inventory says: $STATUS"
+pass "certbot revoke --key-path (signed with the certificate key, no account) is recorded"
 stop_rampart
