@@ -93,9 +93,10 @@ cmp "$WORK/cli.der" "$WORK/dl.der" || fail "certs export differs from the API do
 curl -sf "${AUTH[@]}" "$API/api/v1/certificates/$SERIAL" | jq -e '.status == "revoked" and .revocation.reason_code == 1' >/dev/null \
     || fail "revocation not visible in the API"
 [[ "$(curl -sf "${AUTH[@]}" "$API/api/v1/certificates?status=revoked" | jq '.items | length')" == 1 ]] || fail "status filter"
+"$RAMPART" audit verify --config "$DIR/rampart.toml" | grep -q "^audit log intact" || fail "rampart audit verify"
 RAMPART_API_KEY=rpk_000000000000_nope "$RAMPART" certs list --config "$DIR/rampart.toml" 2>/dev/null && fail "CLI accepted a bad key"
 unset RAMPART_API_KEY
-pass "rampart certs list/show/export/revoke work against the running daemon"
+pass "rampart certs list/show/export/revoke and audit verify work against the running daemon"
 
 # Bad input: the API's JSON errors, nothing issued.
 openssl req -new -newkey rsa:1024 -nodes -keyout /dev/null -subj "/CN=weak.example" \

@@ -677,3 +677,80 @@ async fn a_request_interrupted_while_signing_is_marked_failed_on_restart() {
     );
     d.daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_edited_or_truncated_audit_log_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path()).await;
+    for name in ["a.example", "b.example"] {
+        assert_eq!(
+            d.enroll(&csr(&p256(), None, &[name]), "server").await.0,
+            201
+        );
+    }
+    let (status, verdict) = d.get("/api/v1/audit/verify").await;
+    assert_eq!(
+        (status, verdict["result"].as_str()),
+        (200, Some("intact")),
+        "{verdict}"
+    );
+    let records = verdict["records"].as_u64().unwrap();
+    let key = d.key.clone();
+    d.daemon.shutdown().await;
+
+    // Edit one record's reason in place, as someone with file access might.
+    let edit = |tamper: &dyn Fn(&sled::Tree)| {
+        let db = sled::open(dir.path().join("store")).unwrap();
+        tamper(&db.open_tree("audit").unwrap());
+        db.flush().unwrap();
+    };
+    edit(&|tree| {
+        let key = 2u64.to_be_bytes();
+        let mut record: Value = serde_json::from_slice(&tree.get(key).unwrap().unwrap()).unwrap();
+        record["entry"]["reason"] = json!("nothing to see here");
+        tree.insert(key, serde_json::to_vec(&record).unwrap())
+            .unwrap();
+    });
+    let d = start_with(
+        config_for(dir.path()),
+        Arc::new(SystemClock),
+        Some(key.clone()),
+    )
+    .await;
+    let (_, verdict) = d.get("/api/v1/audit/verify").await;
+    assert_eq!(
+        (verdict["result"].as_str(), verdict["seq"].as_u64()),
+        (Some("broken"), Some(2)),
+        "{verdict}"
+    );
+    d.daemon.shutdown().await;
+
+    // Restore nothing, but cut the tail instead on a fresh copy: truncation is caught too.
+    let dir2 = tempfile::tempdir().unwrap();
+    let d = start(dir2.path()).await;
+    assert_eq!(
+        d.enroll(&csr(&p256(), None, &["c.example"]), "server")
+            .await
+            .0,
+        201
+    );
+    let key2 = d.key.clone();
+    let (_, before) = d.get("/api/v1/audit/verify").await;
+    d.daemon.shutdown().await;
+    {
+        let db = sled::open(dir2.path().join("store")).unwrap();
+        let tree = db.open_tree("audit").unwrap();
+        let (last, _) = tree.last().unwrap().unwrap();
+        tree.remove(last).unwrap();
+        db.flush().unwrap();
+    }
+    let d = start_with(config_for(dir2.path()), Arc::new(SystemClock), Some(key2)).await;
+    let (_, verdict) = d.get("/api/v1/audit/verify").await;
+    assert_eq!(verdict["result"], "broken", "{verdict} (before: {before})");
+    assert!(
+        verdict["reason"].as_str().unwrap().contains("ends after"),
+        "{verdict}"
+    );
+    assert!(records > 2);
+    d.daemon.shutdown().await;
+}

@@ -334,6 +334,24 @@ pub async fn create_eab_key(
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
+/// `GET /api/v1/audit/verify`: walk the hash-chained audit log (managers only).
+pub async fn verify_audit(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+) -> Result<Json<crate::store::AuditVerification>, ApiError> {
+    if !may_manage(state.pipeline.config(), &identity) {
+        return Err(ApiError::Forbidden(
+            "verifying the audit log needs a managing role".into(),
+        ));
+    }
+    Ok(Json(
+        state
+            .pipeline
+            .with_store(|store| store.verify_audit())
+            .await?,
+    ))
+}
+
 /// Anything else.
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())

@@ -40,6 +40,7 @@ pub fn router(pipeline: Pipeline) -> Router {
             post(handlers::revoke),
         )
         .route("/api/v1/acme/eab-keys", post(handlers::create_eab_key))
+        .route("/api/v1/audit/verify", get(handlers::verify_audit))
         .fallback(handlers::not_found)
         // Bodies are limited by our own extractor (JSON 413); disable axum's plain-text one.
         .layer(DefaultBodyLimit::disable())

@@ -58,10 +58,23 @@ enum Command {
     /// Inspect, revoke and export issued certificates (through the running daemon's API).
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Check the tamper-evident audit log (through the running daemon's API).
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Drive a real protocol against a server and report throughput, latency and the
     /// server's CPU time per operation.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain; exit 1 and name the first bad record if it was edited,
+    /// removed, reordered or truncated.
+    Verify {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +132,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => serve(config.as_deref()).await,
         Command::Init { dir } => init(&dir).await,
         Command::Certs(command) => certs::run(command).await,
+        Command::Audit(AuditCommand::Verify { api }) => {
+            let result = client::ApiClient::new(&api)?
+                .get_json("/api/v1/audit/verify")
+                .await?;
+            match result["result"].as_str() {
+                Some("intact") => {
+                    println!(
+                        "audit log intact: {} records, head {}",
+                        result["records"],
+                        result["head"].as_str().unwrap_or("")
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                _ => {
+                    println!(
+                        "audit log BROKEN at record {}: {}",
+                        result["seq"],
+                        result["reason"].as_str().unwrap_or("")
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Bench(BenchCommand::Acme {
             target,
             ca_bundle,

@@ -294,7 +294,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Events in the outbox with `seq >= from`, at most `limit`.
     fn events(&self, from: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
 
-    /// Walk the whole audit chain and check every link.
+    /// The head of the audit chain as last written.
+    fn audit_head(&self) -> Result<audit::ChainHead, StoreError>;
+
+    /// Walk the whole audit chain, check every link and that it reaches the stored head.
     fn verify_audit(&self) -> Result<AuditVerification, StoreError> {
         let mut verifier = audit::ChainVerifier::default();
         let mut from = 0;
@@ -308,6 +311,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
                 }
             }
         }
-        Ok(verifier.finish())
+        let checked = verifier.finish();
+        // The stored head says how far the chain must reach: records removed from the end
+        // leave a chain that links but stops short.
+        let expected = self.audit_head()?;
+        if let AuditVerification::Intact { records, head } = &checked {
+            if *records != expected.next_seq || *head != expected.last_hash {
+                return Ok(AuditVerification::Broken {
+                    seq: *records,
+                    reason: format!(
+                        "the chain ends after {records} record(s) but {} were written",
+                        expected.next_seq
+                    ),
+                });
+            }
+        }
+        Ok(checked)
     }
 }

@@ -588,6 +588,10 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn audit_head(&self) -> Result<ChainHead, StoreError> {
+        Ok(Self::get(&self.t.meta, "meta", META_AUDIT_HEAD)?.unwrap_or_default())
+    }
+
     fn protocol_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .protocol_state
