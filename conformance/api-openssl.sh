@@ -94,9 +94,11 @@ curl -sf "${AUTH[@]}" "$API/api/v1/certificates/$SERIAL" | jq -e '.status == "re
     || fail "revocation not visible in the API"
 [[ "$(curl -sf "${AUTH[@]}" "$API/api/v1/certificates?status=revoked" | jq '.items | length')" == 1 ]] || fail "status filter"
 "$RAMPART" audit verify --config "$DIR/rampart.toml" | grep -q "^audit log intact" || fail "rampart audit verify"
+"$RAMPART" policy check --config "$DIR/rampart.toml" --template server --csr "$WORK/ec256.csr" | grep -q "^APPROVED" \
+    || fail "rampart policy check on an allowed CSR"
 RAMPART_API_KEY=rpk_000000000000_nope "$RAMPART" certs list --config "$DIR/rampart.toml" 2>/dev/null && fail "CLI accepted a bad key"
 unset RAMPART_API_KEY
-pass "rampart certs list/show/export/revoke and audit verify work against the running daemon"
+pass "rampart certs list/show/export/revoke, audit verify and policy check work against the running daemon"
 
 # Bad input: the API's JSON errors, nothing issued.
 openssl req -new -newkey rsa:1024 -nodes -keyout /dev/null -subj "/CN=weak.example" \
@@ -110,6 +112,10 @@ jq -e '.error == "bad_csr"' "$WORK/resp.json" >/dev/null || fail "garbage CSR: $
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout /dev/null -subj "/CN=www.google.com" \
     -addext "subjectAltName=DNS:www.google.com" -out "$WORK/public.csr" 2>/dev/null
 [[ "$(enroll "$WORK/public.csr" server)" == 403 ]] || fail "a public name outside the policy was accepted"
+if "$RAMPART" policy check --config "$DIR/rampart.toml" --api-key "$KEY" --template server --csr "$WORK/public.csr" >"$WORK/check.out"; then
+    fail "policy check approved a foreign name"
+fi
+grep -q "^DENIED by names rule identifier_not_allowed" "$WORK/check.out" || fail "policy check: $(cat "$WORK/check.out")"
 status="$(curl -s -o "$WORK/resp.json" -w '%{http_code}' "$API/api/v1/certificates")"
 [[ "$status" == 401 ]] && jq -e '.error == "unauthorized"' "$WORK/resp.json" >/dev/null || fail "no key: $status"
 head -c 200000 /dev/zero | tr '\0' ' ' >"$WORK/big.json"

@@ -754,3 +754,67 @@ async fn an_edited_or_truncated_audit_log_is_detected() {
     assert!(records > 2);
     d.daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn policy_check_decides_without_issuing_or_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path()).await;
+    let store = d.daemon.pipeline.store().clone();
+    let audit_before = store.audit_records(0, 1000).unwrap().len();
+
+    let good = csr(&p256(), Some("ok.example"), &["ok.example"]);
+    let (status, answer) = d
+        .post(
+            "/api/v1/policy/check",
+            json!({"csr": good, "template": "server"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["decision"], "approved");
+    assert_eq!(answer["validity_days"], 90);
+    let layers: Vec<_> = answer["trace"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["layer"].clone())
+        .collect();
+    assert_eq!(
+        layers,
+        [json!("identity"), json!("names"), json!("template")]
+    );
+
+    let foreign = csr(&p256(), None, &["www.google.com"]);
+    let (_, answer) = d
+        .post(
+            "/api/v1/policy/check",
+            json!({"csr": foreign, "template": "server"}),
+        )
+        .await;
+    assert_eq!(
+        (answer["decision"].as_str(), answer["rule"].as_str()),
+        (Some("denied"), Some("identifier_not_allowed"))
+    );
+
+    // For another identity and its roles (a manager may ask).
+    let (_, answer) = d
+        .post(
+            "/api/v1/policy/check",
+            json!({"csr": good, "template": "server", "identity": "bob", "roles": ["nobody"]}),
+        )
+        .await;
+    assert_eq!(
+        (answer["identity"].as_str(), answer["rule"].as_str()),
+        (Some("bob"), Some("no_role"))
+    );
+
+    assert!(
+        all_certificates(&d).await.is_empty(),
+        "a dry run issued something"
+    );
+    assert_eq!(
+        store.audit_records(0, 1000).unwrap().len(),
+        audit_before,
+        "a dry run was recorded"
+    );
+    d.daemon.shutdown().await;
+}

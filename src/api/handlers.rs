@@ -52,16 +52,7 @@ pub async fn enroll(
     Caller(identity): Caller,
     JsonBody(body): JsonBody<EnrollmentBody>,
 ) -> Result<Response, ApiError> {
-    let csr_der = pem::decode(
-        &body.csr,
-        &[pem::CERTIFICATE_REQUEST, pem::NEW_CERTIFICATE_REQUEST],
-    )
-    .map_err(|e| {
-        ApiError::bad_request(
-            "bad_csr",
-            format!("`csr` must be a PEM certificate request: {e}"),
-        )
-    })?;
+    let csr_der = csr_from_pem(&body.csr)?;
     let request = EnrollmentRequest {
         request_id: Uuid::now_v7(),
         protocol: Protocol::Api,
@@ -90,6 +81,74 @@ pub async fn enroll(
             Ok(response)
         }
     }
+}
+
+fn csr_from_pem(text: &str) -> Result<Vec<u8>, ApiError> {
+    pem::decode(
+        text,
+        &[pem::CERTIFICATE_REQUEST, pem::NEW_CERTIFICATE_REQUEST],
+    )
+    .map_err(|e| {
+        ApiError::bad_request(
+            "bad_csr",
+            format!("`csr` must be a PEM certificate request: {e}"),
+        )
+    })
+}
+
+/// `POST /api/v1/policy/check`: the decision and its trace for an enrollment, without
+/// issuing, recording or auditing anything.
+pub async fn policy_check(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    JsonBody(body): JsonBody<super::wire::PolicyCheckBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let identity = match body.identity {
+        None => caller,
+        Some(name) => {
+            if !may_manage(state.pipeline.config(), &caller) {
+                return Err(ApiError::Forbidden(
+                    "checking for another identity needs a managing role".into(),
+                ));
+            }
+            crate::model::Identity {
+                name,
+                roles: body.roles,
+                credential: caller.credential,
+            }
+        }
+    };
+    let request = EnrollmentRequest {
+        request_id: Uuid::now_v7(),
+        protocol: Protocol::Api,
+        identity,
+        csr_der: csr_from_pem(&body.csr)?,
+        template: body.template,
+        requested_identifiers: None,
+        validity_days: body.validity_days,
+        resource: None,
+        metadata: Default::default(),
+    };
+    let assessment = state.pipeline.assess(&request);
+    let mut answer = serde_json::json!({
+        "identity": request.identity.name,
+        "template": request.template,
+        "identifiers": assessment.identifiers,
+        "trace": assessment.evaluation.trace,
+    });
+    match assessment.evaluation.decision {
+        crate::policy::Decision::Approved(approval) => {
+            answer["decision"] = "approved".into();
+            answer["validity_days"] = approval.validity_days.into();
+        }
+        crate::policy::Decision::Denied(denial) => {
+            answer["decision"] = "denied".into();
+            answer["layer"] = serde_json::to_value(denial.layer).expect("serializes");
+            answer["rule"] = denial.rule.into();
+            answer["reason"] = denial.reason.into();
+        }
+    }
+    Ok(Json(answer))
 }
 
 /// Query string of `GET /api/v1/certificates`.

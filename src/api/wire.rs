@@ -174,3 +174,20 @@ pub struct EabKeyBody {
     /// Its roles (names under `[roles]`).
     pub roles: Vec<String>,
 }
+
+/// `POST /api/v1/policy/check` body: an enrollment, decided but not carried out.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyCheckBody {
+    /// PKCS#10 request, PEM.
+    pub csr: String,
+    /// Template name.
+    pub template: String,
+    /// Requested lifetime in days.
+    pub validity_days: Option<u32>,
+    /// Decide for this identity instead of the caller (managers only).
+    pub identity: Option<String>,
+    /// That identity's roles (with `identity`).
+    #[serde(default)]
+    pub roles: Vec<String>,
+}

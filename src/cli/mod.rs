@@ -58,6 +58,9 @@ enum Command {
     /// Inspect, revoke and export issued certificates (through the running daemon's API).
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Dry-run the policy on a CSR: the decision and each layer's verdict, nothing issued.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Check the tamper-evident audit log (through the running daemon's API).
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -65,6 +68,30 @@ enum Command {
     /// server's CPU time per operation.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Decide on a CSR for a template (exit 0 approved, 1 denied).
+    Check {
+        /// Template name.
+        #[arg(long)]
+        template: String,
+        /// PEM CSR file.
+        #[arg(long)]
+        csr: PathBuf,
+        /// Lifetime to ask for, in days.
+        #[arg(long)]
+        validity_days: Option<u32>,
+        /// Decide for this identity instead of the API key's (managing roles only).
+        #[arg(long)]
+        identity: Option<String>,
+        /// A role of that identity (repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +159,51 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => serve(config.as_deref()).await,
         Command::Init { dir } => init(&dir).await,
         Command::Certs(command) => certs::run(command).await,
+        Command::Policy(PolicyCommand::Check {
+            template,
+            csr,
+            validity_days,
+            identity,
+            roles,
+            api,
+        }) => {
+            let csr = std::fs::read_to_string(&csr)
+                .with_context(|| format!("reading {}", csr.display()))?;
+            let body = serde_json::json!({
+                "csr": csr, "template": template, "validity_days": validity_days,
+                "identity": identity, "roles": roles,
+            });
+            let client = client::ApiClient::new(&api)?;
+            let answer: serde_json::Value = serde_json::from_slice(
+                &client
+                    .send(reqwest::Method::POST, "/api/v1/policy/check", Some(body))
+                    .await?,
+            )?;
+            for step in answer["trace"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<9} {:<7} {}",
+                    step["layer"].as_str().unwrap_or(""),
+                    step["verdict"].as_str().unwrap_or(""),
+                    step["detail"].as_str().unwrap_or("")
+                );
+            }
+            if answer["decision"] == "approved" {
+                println!(
+                    "APPROVED for {} ({} days)",
+                    answer["identity"].as_str().unwrap_or(""),
+                    answer["validity_days"]
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!(
+                    "DENIED by {} rule {}: {}",
+                    answer["layer"].as_str().unwrap_or(""),
+                    answer["rule"].as_str().unwrap_or(""),
+                    answer["reason"].as_str().unwrap_or("")
+                );
+                Ok(ExitCode::FAILURE)
+            }
+        }
         Command::Audit(AuditCommand::Verify { api }) => {
             let result = client::ApiClient::new(&api)?
                 .get_json("/api/v1/audit/verify")

@@ -21,7 +21,7 @@ use crate::model::{
 };
 use crate::pkix::csr::{CsrError, VerifiedCsr};
 use crate::pkix::sha256_hex;
-use crate::policy::{self, Approval, Decision, Denial, Layer, PolicyRequest, Step};
+use crate::policy::{self, Approval, Decision, Denial, Evaluation, Layer, PolicyRequest, Step};
 use crate::store::{
     AuditAction, AuditEntry, EventKind, NewEvent, RequestRecord, RequestState, Store, StoreError,
 };
@@ -52,6 +52,17 @@ pub enum Outcome {
         /// Why.
         denial: Denial,
     },
+}
+
+/// A decision on a request, before anything is recorded.
+#[derive(Debug, Clone)]
+pub struct Assessment {
+    /// The verified CSR, when it could be read.
+    pub csr: Option<VerifiedCsr>,
+    /// The names decided on.
+    pub identifiers: Vec<Identifier>,
+    /// The decision and its trace.
+    pub evaluation: Evaluation,
 }
 
 /// What the CA signs for, once approved.
@@ -136,37 +147,19 @@ impl Pipeline {
     /// Submit an enrollment request: decide, and issue when approved.
     pub async fn submit(&self, request: EnrollmentRequest) -> Result<Outcome, PipelineError> {
         let started = Instant::now();
-        let csr = match VerifiedCsr::parse(&request.csr_der) {
-            Ok(csr) => csr,
-            Err(error) => {
-                let denial = csr_denial(&error);
-                let trace = vec![Step {
-                    layer: Layer::Input,
-                    verdict: "denied",
-                    detail: denial.reason.clone(),
-                }];
-                return self.deny(&request, Vec::new(), denial, trace).await;
-            }
-        };
-        let identifiers = requested_identifiers(&request, &csr);
-        let evaluation = policy::evaluate(
-            &self.config,
-            &PolicyRequest {
-                identity: &request.identity,
-                template: &request.template,
-                identifiers: &identifiers,
-                common_name: csr.common_name.as_deref(),
-                key_type: csr.key_type,
-                validity_days: request.validity_days,
-            },
-        );
-        let approval = match evaluation.decision {
-            Decision::Denied(denial) => {
+        let Assessment {
+            csr,
+            identifiers,
+            evaluation,
+        } = self.assess(&request);
+        let (csr, approval) = match (csr, evaluation.decision) {
+            (Some(csr), Decision::Approved(approval)) => (csr, approval),
+            (_, Decision::Denied(denial)) => {
                 return self
                     .deny(&request, identifiers, denial, evaluation.trace)
                     .await
             }
-            Decision::Approved(approval) => approval,
+            (None, Decision::Approved(_)) => unreachable!("an unreadable CSR is never approved"),
         };
         let template = &self.config.templates[&request.template];
         let approved = Approved {
@@ -186,6 +179,46 @@ impl Pipeline {
         self.metrics
             .issuance(request.protocol.as_str(), started.elapsed().as_secs_f64());
         Ok(Outcome::Issued(Box::new(record)))
+    }
+
+    /// Decide on a request without recording or issuing anything (dry run: `policy check`).
+    pub fn assess(&self, request: &EnrollmentRequest) -> Assessment {
+        let csr = match VerifiedCsr::parse(&request.csr_der) {
+            Ok(csr) => csr,
+            Err(error) => {
+                let denial = csr_denial(&error);
+                let trace = vec![Step {
+                    layer: Layer::Input,
+                    verdict: "denied",
+                    detail: denial.reason.clone(),
+                }];
+                return Assessment {
+                    csr: None,
+                    identifiers: Vec::new(),
+                    evaluation: Evaluation {
+                        decision: Decision::Denied(denial),
+                        trace,
+                    },
+                };
+            }
+        };
+        let identifiers = requested_identifiers(request, &csr);
+        let evaluation = policy::evaluate(
+            &self.config,
+            &PolicyRequest {
+                identity: &request.identity,
+                template: &request.template,
+                identifiers: &identifiers,
+                common_name: csr.common_name.as_deref(),
+                key_type: csr.key_type,
+                validity_days: request.validity_days,
+            },
+        );
+        Assessment {
+            csr: Some(csr),
+            identifiers,
+            evaluation,
+        }
     }
 
     /// Issue a certificate for rampart itself (its listeners), outside the policy, which
