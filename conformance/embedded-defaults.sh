@@ -5,7 +5,7 @@
 source "$(dirname "$0")/lib.sh"
 
 cd "$WORK"
-unset RAMPART__ACME__LISTEN # this script checks the embedded defaults themselves
+unset RAMPART__ACME__LISTEN RAMPART__EST__LISTEN # this script checks the embedded defaults themselves
 API="http://127.0.0.1:9000"
 if curl -s -o /dev/null "$API/healthz"; then fail "port 9000 is taken; cannot test the embedded defaults"; fi
 if (echo >/dev/tcp/127.0.0.1/8443) 2>/dev/null; then fail "port 8443 is taken; cannot test the embedded defaults"; fi

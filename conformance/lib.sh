@@ -11,6 +11,7 @@ RAMPART_PID=""
 # Listeners a script does not care about go to ephemeral ports, so scripts never collide
 # with each other or with whatever else runs on the machine.
 export RAMPART__ACME__LISTEN="${RAMPART__ACME__LISTEN:-127.0.0.1:0}"
+export RAMPART__EST__LISTEN="${RAMPART__EST__LISTEN:-127.0.0.1:0}"
 
 cleanup() {
     if [[ -n "$RAMPART_PID" ]]; then kill "$RAMPART_PID" 2>/dev/null || true; fi

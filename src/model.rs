@@ -19,6 +19,8 @@ pub enum Protocol {
     Api,
     /// ACME (RFC 8555).
     Acme,
+    /// EST (RFC 7030).
+    Est,
     /// rampart itself (its own listener certificate).
     Internal,
 }
@@ -29,6 +31,7 @@ impl Protocol {
         match self {
             Protocol::Api => "api",
             Protocol::Acme => "acme",
+            Protocol::Est => "est",
             Protocol::Internal => "internal",
         }
     }
@@ -47,6 +50,16 @@ pub enum Credential {
     AcmeAccount {
         /// Account id.
         account_id: String,
+    },
+    /// An EST HTTP Basic user.
+    EstUser {
+        /// User name.
+        user: String,
+    },
+    /// A TLS client certificate rampart issued, by serial.
+    ClientCertificate {
+        /// Its serial.
+        serial: String,
     },
     /// rampart acting on its own behalf.
     System,

@@ -58,6 +58,8 @@ enum Command {
     /// Inspect, revoke and export issued certificates (through the running daemon's API).
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Read a password on stdin and print its argon2 hash (for `[est.users]`).
+    HashPassword,
     /// Dry-run the policy on a CSR: the decision and each layer's verdict, nothing issued.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -159,6 +161,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => serve(config.as_deref()).await,
         Command::Init { dir } => init(&dir).await,
         Command::Certs(command) => certs::run(command).await,
+        Command::HashPassword => {
+            use argon2::password_hash::{PasswordHasher, SaltString};
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("reading the password from stdin")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                bail!("empty password");
+            }
+            let mut salt = [0u8; 16];
+            aws_lc_rs::rand::fill(&mut salt)
+                .map_err(|_| anyhow::anyhow!("no system randomness"))?;
+            let salt = SaltString::encode_b64(&salt).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let hash = argon2::Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{hash}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Policy(PolicyCommand::Check {
             template,
             csr,
@@ -267,6 +289,9 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
     }
     if let Some(url) = &daemon.acme_url {
         println!("  ACME        {url}   (profiles: /acme/<profile>/directory)");
+    }
+    if let Some(url) = &daemon.est_url {
+        println!("  EST         {url}/   (cacerts, simpleenroll, simplereenroll)");
     }
     println!("  CA bundle   {}", daemon.ca_bundle.display());
     println!("  data        {}", daemon.data_dir.display());

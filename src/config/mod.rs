@@ -68,6 +68,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[acme]`
     pub acme: AcmeConfig,
+    /// `[est]`
+    pub est: EstConfig,
     /// `[templates.<name>]`
     pub templates: BTreeMap<String, TemplateConfig>,
     /// `[roles.<name>]`
@@ -145,6 +147,38 @@ pub struct ApiConfig {
     pub default_page_size: usize,
     /// Largest listing page size.
     pub max_page_size: usize,
+}
+
+/// `[est]`: the EST (RFC 7030) listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EstConfig {
+    /// Whether the listener runs.
+    pub enabled: bool,
+    /// Socket address to bind (HTTPS; client certificates optional).
+    pub listen: SocketAddr,
+    /// `[est.profiles.<label>]`; `default` serves `/.well-known/est/<operation>`.
+    pub profiles: BTreeMap<String, EstProfileConfig>,
+    /// `[est.users.<name>]`: HTTP Basic users.
+    pub users: BTreeMap<String, EstUserConfig>,
+}
+
+/// `[est.profiles.<label>]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EstProfileConfig {
+    /// Template certificates are issued on.
+    pub template: String,
+}
+
+/// `[est.users.<name>]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EstUserConfig {
+    /// Argon2 PHC string (`rampart hash-password`); never the password itself.
+    pub password_hash: String,
+    /// Roles of the identity the user enrolls as.
+    pub roles: Vec<String>,
 }
 
 /// `[acme]`: the ACME (RFC 8555) listener.
@@ -477,6 +511,39 @@ impl Config {
                 }
             }
         }
+        if self.est.enabled {
+            if !self.est.profiles.contains_key("default") {
+                return Err(bad(
+                    "est.profiles".into(),
+                    "the profile `default` must exist",
+                ));
+            }
+            for (label, profile) in &self.est.profiles {
+                if !self.templates.contains_key(&profile.template) {
+                    return Err(bad(
+                        format!("est.profiles.{label}.template"),
+                        &format!(
+                            "template `{}` is not defined (or set est.enabled = false)",
+                            profile.template
+                        ),
+                    ));
+                }
+            }
+        }
+        for (user, entry) in &self.est.users {
+            if !entry.password_hash.starts_with("$argon2") {
+                return Err(bad(
+                    format!("est.users.{user}.password_hash"),
+                    "must be an argon2 hash from `rampart hash-password`",
+                ));
+            }
+            if let Some(role) = entry.roles.iter().find(|r| !self.roles.contains_key(*r)) {
+                return Err(bad(
+                    format!("est.users.{user}.roles"),
+                    &format!("role `{role}` is not defined"),
+                ));
+            }
+        }
         for (name, role) in &self.roles {
             for template in &role.templates {
                 if !self.templates.contains_key(template) {
@@ -697,7 +764,7 @@ mod tests {
             "[templates.web]\ndescription='w'\nextended_key_usages=['serverAuth']\nkey_types=['ecdsa-p256']\n\
              min_rsa_bits=2048\nmax_rsa_bits=4096\ndefault_validity_days=30\nmax_validity_days=30\nmax_sans=5\n\
              [roles.web]\ntemplates=['web']\ndns_names=['*.example.com']\nip_ranges=[]\nmanage=false\n\
-             [acme.profiles.default]\ntemplate='web'\n",
+             [acme.profiles.default]\ntemplate='web'\n[est.profiles.default]\ntemplate='web'\n",
         )
         .unwrap();
         assert_eq!(config.templates.keys().collect::<Vec<_>>(), ["web"]);

@@ -5,3 +5,4 @@
 //! crates; protocol crates never import the daemon.
 
 pub mod acme;
+pub mod est;

@@ -199,6 +199,10 @@ pub struct Daemon {
     pub api_url: Option<String>,
     /// Bound address of the admin API.
     pub api_addr: Option<SocketAddr>,
+    /// The EST base URL, when EST is enabled.
+    pub est_url: Option<String>,
+    /// Bound address of the EST listener.
+    pub est_addr: Option<SocketAddr>,
     /// The default ACME directory URL, when ACME is enabled.
     pub acme_url: Option<String>,
     /// Bound address of the ACME listener.
@@ -243,7 +247,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
         Some(paths) => paths,
         None => tls::ensure_listener_certificate(&boot.pipeline, &boot.data_dir).await?,
     };
-    let tls_config = tls::server_config(&cert_path, &key_path)?;
+    let tls_config = tls::server_config(&cert_path, &key_path, None)?;
     let (shutdown, signal) = watch::channel(false);
     let mut tasks = Vec::new();
     let api = &boot.pipeline.config().api;
@@ -306,7 +310,43 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
         acme_url = Some(format!("https://{host}/acme/default/directory"));
         acme_addr = Some(addr);
     }
+    let est = &boot.pipeline.config().est;
+    let (mut est_url, mut est_addr) = (None, None);
+    if est.enabled {
+        let listener = TcpListener::bind(est.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: est.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: est.listen,
+            source,
+        })?;
+        // Client certificates are rampart's own: anchored at its root or, for devices that
+        // send only their leaf (most do), at the issuing CA itself.
+        let mut anchors = boot.pipeline.ca().trust_anchors();
+        anchors.extend(boot.pipeline.ca().chain());
+        let est_tls = tls::server_config(&cert_path, &key_path, Some(&anchors))?;
+        let backend = std::sync::Arc::new(crate::gateway::est::Backend::new(boot.pipeline.clone()));
+        let router = observed(
+            rampart_est::router(backend),
+            "est",
+            boot.pipeline.metrics().clone(),
+        );
+        tasks.push(tokio::spawn(serve(
+            listener,
+            router,
+            Some(est_tls),
+            signal.clone(),
+        )));
+        let host = display_addr(addr, &boot.pipeline.config().server.public_hostname);
+        est_url = Some(format!("https://{host}/.well-known/est"));
+        est_addr = Some(addr);
+    }
     Ok(Daemon {
+        est_url,
+        est_addr,
         api_url,
         api_addr,
         acme_url,
@@ -385,9 +425,9 @@ async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
         }
-        let service = TowerToHyperService::new(router.clone());
         match &acceptor {
             None => {
+                let service = TowerToHyperService::new(router.clone());
                 let connection = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .into_owned();
@@ -399,6 +439,7 @@ async fn serve(
                 });
             }
             Some(acceptor) => {
+                let router = router.clone();
                 let acceptor = acceptor.clone();
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
@@ -419,6 +460,17 @@ async fn serve(
                             return;
                         }
                     };
+                    // The client certificate chain, for handlers that authenticate with it.
+                    let peer_certificates = rampart_est::PeerCertificates(
+                        stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .map(|chain| chain.iter().map(|c| c.to_vec()).collect())
+                            .unwrap_or_default(),
+                    );
+                    let service =
+                        TowerToHyperService::new(router.layer(axum::Extension(peer_certificates)));
                     let connection = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();

@@ -126,9 +126,13 @@ pub async fn ensure_listener_certificate(
 }
 
 /// A rustls server configuration from PEM chain and key files.
+///
+/// With `client_roots`, clients may present a certificate chaining to one of those roots
+/// (verified at the handshake; a wrong one fails it); without one they still connect.
 pub fn server_config(
     cert_path: &Path,
     key_path: &Path,
+    client_roots: Option<&[Vec<u8>]>,
 ) -> Result<Arc<rustls::ServerConfig>, ServerError> {
     let chain_text = std::fs::read_to_string(cert_path).map_err(io(cert_path))?;
     let chain: Vec<CertificateDer<'static>> = pem::decode_certificates(&chain_text)
@@ -141,10 +145,29 @@ pub fn server_config(
         .map_err(|e| ServerError::Tls(format!("{}: {e}", key_path.display())))?
         .ok_or_else(|| ServerError::Tls(format!("{}: no private key found", key_path.display())))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ServerError::Tls(e.to_string()))?
-        .with_no_client_auth()
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    let builder = match client_roots {
+        None => builder.with_no_client_auth(),
+        Some(roots) => {
+            let mut store = rustls::RootCertStore::empty();
+            for der in roots {
+                store
+                    .add(CertificateDer::from(der.clone()))
+                    .map_err(|e| ServerError::Tls(e.to_string()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(store),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| ServerError::Tls(format!("{}: {e}", cert_path.display())))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -23,6 +23,7 @@ pub fn config_for(dir: &Path) -> Config {
     config.server.data_dir = dir.to_path_buf();
     config.api.listen = "127.0.0.1:0".parse().unwrap();
     config.acme.listen = "127.0.0.1:0".parse().unwrap();
+    config.est.listen = "127.0.0.1:0".parse().unwrap();
     config
 }
 

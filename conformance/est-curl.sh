@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Conformance: EST (RFC 7030) the way a device does it, with curl and openssl only:
+# cacerts → simpleenroll with HTTP Basic → verify against cacerts → simplereenroll with the
+# issued certificate as TLS client certificate → the RFC's error statuses.
+source "$(dirname "$0")/lib.sh"
+
+DIR="$WORK/ra"
+API_PORT="$(free_port)"
+EST_PORT="$(free_port)"
+mkdir -p "$DIR"
+HASH="$(printf 's3cret' | "$RAMPART" hash-password)" || fail "hash-password"
+cat >"$DIR/rampart.toml" <<TOML
+[server]
+data_dir = "$DIR"
+[api]
+listen = "127.0.0.1:$API_PORT"
+[est.users.device-7]
+password_hash = "$HASH"
+roles = ["admin"]
+TOML
+grep -q 's3cret' "$DIR/rampart.toml" && fail "the password itself ended up in the config"
+API="http://127.0.0.1:$API_PORT"
+export RAMPART__EST__LISTEN="127.0.0.1:$EST_PORT"
+start_rampart "$DIR/rampart.toml"
+grep -q "EST .*https://127.0.0.1:$EST_PORT/.well-known/est" "$WORK/rampart.out" || fail "serve did not print the EST URL"
+EST="https://localhost:$EST_PORT/.well-known/est"
+CURL=(curl -s --cacert "$DIR/ca-bundle.pem")
+
+# cacerts: base64 certs-only PKCS#7 with the issuing CA and the root.
+"${CURL[@]}" -o "$WORK/cacerts.b64" -w '%{http_code} %{content_type}' "$EST/cacerts" >"$WORK/status" || fail "cacerts"
+grep -q "^200 application/pkcs7-mime" "$WORK/status" || fail "cacerts answered $(cat "$WORK/status")"
+base64 -d "$WORK/cacerts.b64" | openssl pkcs7 -inform DER -print_certs -out "$WORK/cacerts.pem" || fail "cacerts is not PKCS#7"
+[[ "$(grep -c 'BEGIN CERTIFICATE' "$WORK/cacerts.pem")" == 2 ]] || fail "cacerts does not hold issuing CA + root"
+pass "cacerts: base64 PKCS#7 certs-only with the issuing CA and the root"
+
+# simpleenroll with HTTP Basic.
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/dev.key" -subj "/CN=dev7.test" \
+    -addext "subjectAltName=DNS:dev7.test" -outform DER -out "$WORK/dev.csr.der" 2>/dev/null
+base64 "$WORK/dev.csr.der" >"$WORK/dev.csr.b64"
+enroll_est() { # op curl-args... → status in $WORK/status, body in $WORK/resp
+    local op="$1"
+    shift
+    "${CURL[@]}" -o "$WORK/resp" -w '%{http_code}' -H 'Content-Type: application/pkcs10' "$@" "$EST/$op" >"$WORK/status" \
+        || fail "curl $op failed (exit $?)"
+}
+enroll_est simpleenroll -u device-7:s3cret --data-binary @"$WORK/dev.csr.b64"
+[[ "$(cat "$WORK/status")" == 200 ]] || fail "simpleenroll answered $(cat "$WORK/status"): $(cat "$WORK/resp")"
+base64 -d "$WORK/resp" | openssl pkcs7 -inform DER -print_certs -out "$WORK/dev.pem" || fail "simpleenroll answer is not PKCS#7"
+openssl verify -CAfile "$WORK/cacerts.pem" "$WORK/dev.pem" >/dev/null || fail "the enrolled certificate does not verify against cacerts"
+openssl x509 -in "$WORK/dev.pem" -noout -text | grep -q "TLS Web Client Authentication" || fail "no clientAuth EKU"
+pass "simpleenroll with HTTP Basic: certificate verifies against cacerts"
+
+# simplereenroll with the certificate as TLS client certificate.
+openssl req -new -key "$WORK/dev.key" -subj "/CN=dev7.test" -addext "subjectAltName=DNS:dev7.test" -outform DER \
+    -out "$WORK/re.csr.der" 2>/dev/null
+base64 "$WORK/re.csr.der" >"$WORK/re.csr.b64"
+enroll_est simplereenroll --cert "$WORK/dev.pem" --key "$WORK/dev.key" --data-binary @"$WORK/re.csr.b64"
+[[ "$(cat "$WORK/status")" == 200 ]] || fail "simplereenroll answered $(cat "$WORK/status"): $(cat "$WORK/resp")"
+base64 -d "$WORK/resp" | openssl pkcs7 -inform DER -print_certs -out "$WORK/re.pem" || fail "reenroll answer is not PKCS#7"
+openssl verify -CAfile "$WORK/cacerts.pem" "$WORK/re.pem" >/dev/null || fail "the renewed certificate does not verify"
+[[ "$(openssl x509 -in "$WORK/re.pem" -noout -serial)" != "$(openssl x509 -in "$WORK/dev.pem" -noout -serial)" ]] \
+    || fail "simplereenroll returned the old certificate"
+pass "simplereenroll with the current certificate as TLS client certificate"
+
+# Errors: the RFC's statuses, nothing issued.
+BEFORE="$(curl -sf -H "Authorization: Bearer $(grep -o 'rpk_[A-Za-z0-9_-]*' "$WORK/rampart.out")" "$API/api/v1/certificates?template=client" | jq '.items | length')"
+enroll_est simpleenroll --data-binary @"$WORK/dev.csr.b64"
+[[ "$(cat "$WORK/status")" == 401 ]] || fail "no credentials: $(cat "$WORK/status")"
+"${CURL[@]}" -D - -o /dev/null -H 'Content-Type: application/pkcs10' --data-binary @"$WORK/dev.csr.b64" "$EST/simpleenroll" \
+    | grep -qi '^www-authenticate: Basic' || fail "401 without WWW-Authenticate"
+enroll_est simpleenroll -u device-7:wrong --data-binary @"$WORK/dev.csr.b64"
+[[ "$(cat "$WORK/status")" == 401 ]] || fail "wrong password: $(cat "$WORK/status")"
+enroll_est simpleenroll -u device-7:s3cret --data-binary 'not base64 at all!'
+[[ "$(cat "$WORK/status")" == 400 ]] || fail "bad base64: $(cat "$WORK/status")"
+"${CURL[@]}" -o /dev/null -w '%{http_code}' -u device-7:s3cret -H 'Content-Type: text/plain' --data-binary @"$WORK/dev.csr.b64" \
+    "$EST/simpleenroll" | grep -q '^415$' || fail "wrong content type not 415"
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout /dev/null -subj "/CN=www.google.com" \
+    -addext "subjectAltName=DNS:www.google.com" -outform DER 2>/dev/null | base64 >"$WORK/foreign.b64"
+enroll_est simpleenroll -u device-7:s3cret --data-binary @"$WORK/foreign.b64"
+[[ "$(cat "$WORK/status")" == 403 ]] && grep -q "not allowed" "$WORK/resp" || fail "foreign name: $(cat "$WORK/status") $(cat "$WORK/resp")"
+enroll_est simplereenroll -u device-7:s3cret --data-binary @"$WORK/re.csr.b64"
+[[ "$(cat "$WORK/status")" == 401 ]] || fail "reenroll without client certificate: $(cat "$WORK/status")"
+"${CURL[@]}" -o /dev/null -w '%{http_code}' -X POST "$EST/fullcmc" | grep -q '^501$' || fail "fullcmc not 501"
+AFTER="$(curl -sf -H "Authorization: Bearer $(grep -o 'rpk_[A-Za-z0-9_-]*' "$WORK/rampart.out")" "$API/api/v1/certificates?template=client" | jq '.items | length')"
+[[ "$BEFORE" == "$AFTER" ]] || fail "refused requests issued certificates ($BEFORE → $AFTER)"
+pass "errors: 401 (+WWW-Authenticate), 400 bad base64, 415, 403 policy with reason, 501 fullcmc; nothing issued"
+stop_rampart

@@ -1,0 +1,315 @@
+//! rampart-est: RFC 7030 Enrollment over Secure Transport as a library.
+//!
+//! The crate owns the wire format: the `/.well-known/est/[<label>/]<operation>` routes,
+//! base64 transfer encoding, content types, HTTP Basic parsing and the RFC's status codes.
+//! Authentication decisions, enrollment and PKCS#7 encoding come from the embedder through
+//! [`EstBackend`]; the TLS client certificate (if any) arrives as a request extension
+//! ([`PeerCertificates`]) set by the embedder's listener.
+//!
+//! Built: `cacerts` (§4.1), `simpleenroll` (§4.2), `simplereenroll` (§4.2.2), `fullcmc`
+//! answered 501. Not built yet: `csrattrs`, `serverkeygen`, channel-binding PoP (§3.5).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The TLS client certificate chain of the connection (leaf first), empty without one.
+#[derive(Debug, Clone, Default)]
+pub struct PeerCertificates(pub Vec<Vec<u8>>);
+
+/// How the client authenticated.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// HTTP Basic user and password.
+    Basic {
+        /// User name.
+        user: String,
+        /// Password.
+        password: String,
+    },
+    /// A TLS client certificate chain (leaf first).
+    Certificate(Vec<Vec<u8>>),
+}
+
+/// An enrollment operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// First enrollment.
+    Enroll,
+    /// Renewal with the current certificate as TLS client certificate.
+    Reenroll,
+}
+
+/// Why the backend refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EstError {
+    /// No or wrong credentials: 401 with `WWW-Authenticate`.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The request is malformed (bad CSR…): 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Policy refused: 403 with the reason.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Unknown profile label: 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// Server-side failure: 503.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl IntoResponse for EstError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            EstError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            EstError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            EstError::Forbidden(_) => StatusCode::FORBIDDEN,
+            EstError::NotFound(_) => StatusCode::NOT_FOUND,
+            EstError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let mut response = (status, format!("{self}\n")).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"est\""),
+            );
+        }
+        response
+    }
+}
+
+/// What the embedder provides.
+#[async_trait::async_trait]
+pub trait EstBackend: Send + Sync + 'static {
+    /// Whether `label` names a profile (`None` = the default profile).
+    fn has_profile(&self, label: Option<&str>) -> bool;
+
+    /// The CA certificates a client must trust, as a DER PKCS#7 certs-only structure.
+    async fn ca_certs(&self, label: Option<&str>) -> Result<Vec<u8>, EstError>;
+
+    /// Enroll (or re-enroll) a DER PKCS#10; returns a DER PKCS#7 certs-only structure
+    /// holding the issued certificate.
+    async fn enroll(
+        &self,
+        label: Option<&str>,
+        operation: Operation,
+        credentials: Credentials,
+        csr_der: Vec<u8>,
+    ) -> Result<Vec<u8>, EstError>;
+}
+
+/// The router: `/.well-known/est/…`.
+pub fn router(backend: Arc<dyn EstBackend>) -> Router {
+    Router::new()
+        .route("/.well-known/est/cacerts", get(|s, h| cacerts(s, None, h)))
+        .route(
+            "/.well-known/est/{label}/cacerts",
+            get(|s, Path(l): Path<String>, h| cacerts(s, Some(l), h)),
+        )
+        .route(
+            "/.well-known/est/simpleenroll",
+            post(|s, e, h, b| enroll(s, None, Operation::Enroll, e, h, b)),
+        )
+        .route(
+            "/.well-known/est/{label}/simpleenroll",
+            post(|s, Path(l): Path<String>, e, h, b| {
+                enroll(s, Some(l), Operation::Enroll, e, h, b)
+            }),
+        )
+        .route(
+            "/.well-known/est/simplereenroll",
+            post(|s, e, h, b| enroll(s, None, Operation::Reenroll, e, h, b)),
+        )
+        .route(
+            "/.well-known/est/{label}/simplereenroll",
+            post(|s, Path(l): Path<String>, e, h, b| {
+                enroll(s, Some(l), Operation::Reenroll, e, h, b)
+            }),
+        )
+        .route("/.well-known/est/fullcmc", post(full_cmc))
+        .route("/.well-known/est/{label}/fullcmc", post(full_cmc))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(backend)
+}
+
+async fn full_cmc() -> Response {
+    (
+        StatusCode::NOT_IMPLEMENTED,
+        "fullcmc is not supported by this server; use simpleenroll\n",
+    )
+        .into_response()
+}
+
+/// base64 with a line break every 64 characters (`Content-Transfer-Encoding: base64`).
+/// Lines end in LF: every EST client decodes either, and plain `base64 -d` rejects CR.
+fn base64_body(der: &[u8]) -> String {
+    let text = STANDARD.encode(der);
+    let mut out = String::with_capacity(text.len() + text.len() / 64 + 2);
+    for chunk in text.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out
+}
+
+fn pkcs7_response(der: &[u8]) -> Response {
+    let mut response = (StatusCode::OK, base64_body(der)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/pkcs7-mime; smime-type=certs-only"),
+    );
+    headers.insert(
+        "content-transfer-encoding",
+        HeaderValue::from_static("base64"),
+    );
+    response
+}
+
+async fn cacerts(
+    State(backend): State<Arc<dyn EstBackend>>,
+    label: Option<String>,
+    _headers: HeaderMap,
+) -> Result<Response, EstError> {
+    if !backend.has_profile(label.as_deref()) {
+        return Err(EstError::NotFound("no such EST label".into()));
+    }
+    Ok(pkcs7_response(&backend.ca_certs(label.as_deref()).await?))
+}
+
+/// The credentials of a request: HTTP Basic when sent, else the TLS client certificate.
+fn credentials(
+    headers: &HeaderMap,
+    peer: &PeerCertificates,
+) -> Result<Option<Credentials>, EstError> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let text = value
+            .to_str()
+            .map_err(|_| EstError::Unauthenticated("unreadable Authorization header".into()))?;
+        let encoded = text.strip_prefix("Basic ").ok_or_else(|| {
+            EstError::Unauthenticated("only HTTP Basic authorization is supported".into())
+        })?;
+        let decoded = STANDARD
+            .decode(encoded.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| EstError::Unauthenticated("malformed Basic credentials".into()))?;
+        let (user, password) = decoded
+            .split_once(':')
+            .ok_or_else(|| EstError::Unauthenticated("malformed Basic credentials".into()))?;
+        return Ok(Some(Credentials::Basic {
+            user: user.to_string(),
+            password: password.to_string(),
+        }));
+    }
+    Ok((!peer.0.is_empty()).then(|| Credentials::Certificate(peer.0.clone())))
+}
+
+async fn enroll(
+    State(backend): State<Arc<dyn EstBackend>>,
+    label: Option<String>,
+    operation: Operation,
+    peer: Option<Extension<PeerCertificates>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Response> {
+    let fail = |e: EstError| e.into_response();
+    if !backend.has_profile(label.as_deref()) {
+        return Err(fail(EstError::NotFound("no such EST label".into())));
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .eq_ignore_ascii_case("application/pkcs10")
+    {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be application/pkcs10\n",
+        )
+            .into_response());
+    }
+    let peer = peer.map(|Extension(p)| p).unwrap_or_default();
+    let credentials = credentials(&headers, &peer).map_err(fail)?;
+    let credentials = match (operation, credentials) {
+        (Operation::Reenroll, Some(Credentials::Certificate(chain))) => {
+            Credentials::Certificate(chain)
+        }
+        (Operation::Reenroll, _) => {
+            return Err(fail(EstError::Unauthenticated(
+                "simplereenroll needs the current certificate as TLS client certificate".into(),
+            )))
+        }
+        (Operation::Enroll, Some(credentials)) => credentials,
+        (Operation::Enroll, None) => {
+            return Err(fail(EstError::Unauthenticated(
+                "authenticate with HTTP Basic or a client certificate".into(),
+            )))
+        }
+    };
+    let cleaned: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    let csr_der = STANDARD.decode(&cleaned).map_err(|_| {
+        fail(EstError::BadRequest(
+            "the body is not base64 PKCS#10".into(),
+        ))
+    })?;
+    let pkcs7 = backend
+        .enroll(label.as_deref(), operation, credentials, csr_der)
+        .await
+        .map_err(fail)?;
+    Ok(pkcs7_response(&pkcs7))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_and_base64_lines() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic ZGV2OnMzY3JldA=="),
+        );
+        match credentials(&headers, &PeerCertificates::default()).unwrap() {
+            Some(Credentials::Basic { user, password }) => {
+                assert_eq!((user.as_str(), password.as_str()), ("dev", "s3cret"))
+            }
+            other => panic!("{other:?}"),
+        }
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        assert!(credentials(&headers, &PeerCertificates::default()).is_err());
+        let body = base64_body(&[0u8; 100]);
+        assert!(body.lines().all(|l| l.len() <= 64));
+        assert_eq!(
+            STANDARD.decode(body.replace('\n', "")).unwrap(),
+            vec![0u8; 100]
+        );
+    }
+}

@@ -1,0 +1,193 @@
+//! [`rampart_est::EstBackend`] for the daemon: HTTP Basic users from `[est.users]`
+//! (argon2), client certificates rampart issued (valid, not revoked), enrollment through
+//! the one pipeline, PKCS#7 certs-only answers.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use der::Decode;
+use rampart_est::{Credentials, EstBackend, EstError, Operation};
+use uuid::Uuid;
+
+use crate::model::{CertificateStatus, Credential, EnrollmentRequest, Identity, Protocol};
+use crate::pipeline::{Outcome, Pipeline, PipelineError};
+use crate::pkix::csr::VerifiedCsr;
+use crate::pkix::pkcs7;
+use crate::policy::Layer;
+
+/// The daemon as an EST backend.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pipeline: Pipeline,
+}
+
+impl Backend {
+    /// Over `pipeline`.
+    pub fn new(pipeline: Pipeline) -> Self {
+        Backend { pipeline }
+    }
+
+    fn template(&self, label: Option<&str>) -> Option<String> {
+        self.pipeline
+            .config()
+            .est
+            .profiles
+            .get(label.unwrap_or("default"))
+            .map(|p| p.template.clone())
+    }
+
+    /// Check a Basic user's password (argon2, off the async workers).
+    async fn basic_identity(&self, user: String, password: String) -> Result<Identity, EstError> {
+        let wrong = || EstError::Unauthenticated("unknown user or wrong password".into());
+        let Some(entry) = self.pipeline.config().est.users.get(&user).cloned() else {
+            return Err(wrong());
+        };
+        let verified = tokio::task::spawn_blocking(move || {
+            use argon2::password_hash::{PasswordHash, PasswordVerifier};
+            PasswordHash::new(&entry.password_hash)
+                .map(|hash| {
+                    argon2::Argon2::default()
+                        .verify_password(password.as_bytes(), &hash)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        if !verified {
+            tracing::info!(%user, "EST Basic authentication failed");
+            return Err(wrong());
+        }
+        let roles = self.pipeline.config().est.users[&user].roles.clone();
+        Ok(Identity {
+            name: user.clone(),
+            roles,
+            credential: Credential::EstUser { user },
+        })
+    }
+
+    /// The identity behind a client certificate rampart issued and that is valid now; its
+    /// roles are those of the EST user of the same name, if any.
+    async fn certificate_identity(
+        &self,
+        chain: &[Vec<u8>],
+    ) -> Result<(Identity, BTreeSet<String>), EstError> {
+        let refused =
+            |why: &str| EstError::Unauthenticated(format!("client certificate refused: {why}"));
+        let leaf = chain.first().ok_or_else(|| refused("none presented"))?;
+        let cert = x509_cert::Certificate::from_der(leaf).map_err(|_| refused("unreadable"))?;
+        let serial = rampart_acme::ari::serial_hex(cert.tbs_certificate.serial_number.as_bytes());
+        let owned = serial.clone();
+        let record = self
+            .pipeline
+            .with_store(move |store| store.certificate(&owned))
+            .await
+            .map_err(|e| EstError::Unavailable(e.to_string()))?
+            .filter(|r| r.der == *leaf)
+            .ok_or_else(|| refused("not issued by rampart"))?;
+        match record.status_at(self.pipeline.clock().now()) {
+            CertificateStatus::Valid => {}
+            status => return Err(refused(&format!("it is {status:?}").to_lowercase())),
+        }
+        let roles = self
+            .pipeline
+            .config()
+            .est
+            .users
+            .get(&record.owner)
+            .map(|u| u.roles.clone())
+            .unwrap_or_default();
+        let identity = Identity {
+            name: record.owner.clone(),
+            roles,
+            credential: Credential::ClientCertificate { serial },
+        };
+        Ok((
+            identity,
+            record.sans.iter().map(|s| s.to_string()).collect(),
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl EstBackend for Backend {
+    fn has_profile(&self, label: Option<&str>) -> bool {
+        self.template(label).is_some()
+    }
+
+    async fn ca_certs(&self, _label: Option<&str>) -> Result<Vec<u8>, EstError> {
+        // RFC 7030 §4.1.3: the issuing chain and the root the client must trust explicitly.
+        let ca = self.pipeline.ca();
+        let mut certificates = ca.chain();
+        certificates.extend(ca.trust_anchors());
+        pkcs7::certs_only(&certificates).map_err(|e| EstError::Unavailable(e.to_string()))
+    }
+
+    async fn enroll(
+        &self,
+        label: Option<&str>,
+        operation: Operation,
+        credentials: Credentials,
+        csr_der: Vec<u8>,
+    ) -> Result<Vec<u8>, EstError> {
+        let template = self
+            .template(label)
+            .ok_or_else(|| EstError::NotFound("no such EST label".into()))?;
+        let identity = match credentials {
+            Credentials::Basic { user, password } => self.basic_identity(user, password).await?,
+            Credentials::Certificate(chain) => {
+                let (identity, current_names) = self.certificate_identity(&chain).await?;
+                if operation == Operation::Reenroll {
+                    // §4.2.2: a renewal keeps the names of the certificate it renews.
+                    let csr = VerifiedCsr::parse(&csr_der)
+                        .map_err(|e| EstError::BadRequest(e.to_string()))?;
+                    let requested: BTreeSet<String> =
+                        csr.identifiers.iter().map(|i| i.to_string()).collect();
+                    if requested != current_names {
+                        return Err(EstError::Forbidden(
+                            "simplereenroll must request the names of the current certificate"
+                                .into(),
+                        ));
+                    }
+                }
+                identity
+            }
+        };
+        let request = EnrollmentRequest {
+            request_id: Uuid::now_v7(),
+            protocol: Protocol::Est,
+            identity,
+            csr_der,
+            template,
+            requested_identifiers: None,
+            validity_days: None,
+            resource: None,
+            metadata: BTreeMap::from([(
+                "est_operation".to_string(),
+                if operation == Operation::Reenroll {
+                    "simplereenroll"
+                } else {
+                    "simpleenroll"
+                }
+                .to_string(),
+            )]),
+        };
+        match self.pipeline.submit(request).await {
+            Ok(Outcome::Issued(record)) => pkcs7::certs_only(std::slice::from_ref(&record.der))
+                .map_err(|e| EstError::Unavailable(e.to_string())),
+            Ok(Outcome::Denied { request_id, denial }) => {
+                let message = format!(
+                    "{} (rule {}, request {request_id})",
+                    denial.reason, denial.rule
+                );
+                Err(match denial.layer {
+                    Layer::Input => EstError::BadRequest(message),
+                    _ => EstError::Forbidden(message),
+                })
+            }
+            Err(PipelineError::Ca(error)) => Err(EstError::Unavailable(format!("CA: {error}"))),
+            Err(PipelineError::Store(error)) => {
+                Err(EstError::Unavailable(format!("store: {error}")))
+            }
+        }
+    }
+}
