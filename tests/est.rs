@@ -1,0 +1,326 @@
+//! EST end to end against a daemon started in-process: cacerts, simpleenroll with HTTP
+//! Basic, simplereenroll with the issued certificate as TLS client certificate, and the
+//! RFC 7030 error statuses — with nothing issued for any refusal.
+
+mod common;
+
+use std::sync::Arc;
+
+use base64::Engine;
+use common::{config_for, csr, p256, start_with};
+use der::{Decode, Encode};
+use rampart::clock::SystemClock;
+use rampart::config::EstUserConfig;
+use rampart::model::Protocol;
+
+const USER: &str = "device-7";
+const PASSWORD: &str = "s3cret";
+
+struct Est {
+    d: common::TestDaemon,
+    base: String,
+    bundle: Vec<u8>,
+}
+
+async fn est() -> (Est, tempfile::TempDir) {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+    let hash = argon2::Argon2::default()
+        .hash_password(PASSWORD.as_bytes(), &salt)
+        .unwrap()
+        .to_string();
+    config.est.users.insert(
+        USER.into(),
+        EstUserConfig {
+            password_hash: hash,
+            roles: vec!["admin".into()],
+        },
+    );
+    let d = start_with(config, Arc::new(SystemClock), None).await;
+    let base = format!(
+        "https://localhost:{}/.well-known/est",
+        d.daemon.est_addr.unwrap().port()
+    );
+    let bundle = std::fs::read(&d.daemon.ca_bundle).unwrap();
+    (Est { d, base, bundle }, dir)
+}
+
+impl Est {
+    fn client(&self, identity: Option<reqwest::Identity>) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder().use_rustls_tls();
+        for cert in reqwest::Certificate::from_pem_bundle(&self.bundle).unwrap() {
+            builder = builder.add_root_certificate(cert);
+        }
+        if let Some(identity) = identity {
+            builder = builder.identity(identity);
+        }
+        builder.build().unwrap()
+    }
+
+    async fn enroll(
+        &self,
+        op: &str,
+        body: String,
+        basic: Option<(&str, &str)>,
+        identity: Option<reqwest::Identity>,
+    ) -> (u16, Vec<u8>) {
+        let mut request = self
+            .client(identity)
+            .post(format!("{}/{op}", self.base))
+            .header("content-type", "application/pkcs10")
+            .body(body);
+        if let Some((user, password)) = basic {
+            request = request.basic_auth(user, Some(password));
+        }
+        let response = request.send().await.unwrap();
+        (
+            response.status().as_u16(),
+            response.bytes().await.unwrap().to_vec(),
+        )
+    }
+}
+
+fn b64_csr(pem: &str) -> String {
+    let der = rampart::pkix::pem::decode(pem, &["CERTIFICATE REQUEST"]).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(der)
+}
+
+/// The certificates of a base64 certs-only PKCS#7 body.
+fn certificates(body: &[u8]) -> Vec<Vec<u8>> {
+    let text: String = String::from_utf8(body.to_vec())
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap();
+    let info = cms::content_info::ContentInfo::from_der(&der).unwrap();
+    let signed: cms::signed_data::SignedData = info.content.decode_as().unwrap();
+    signed
+        .certificates
+        .unwrap()
+        .0
+        .iter()
+        .map(|c| match c {
+            cms::cert::CertificateChoices::Certificate(c) => c.to_der().unwrap(),
+            _ => panic!("unexpected certificate choice"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn cacerts_enroll_and_reenroll() {
+    let (est, _dir) = est().await;
+    let response = est
+        .client(None)
+        .get(format!("{}/cacerts", est.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/pkcs7-mime"));
+    assert_eq!(
+        certificates(&response.bytes().await.unwrap()).len(),
+        2,
+        "issuing CA and root"
+    );
+
+    let key = p256();
+    let (status, body) = est
+        .enroll(
+            "simpleenroll",
+            b64_csr(&csr(&key, Some("dev7.test"), &["dev7.test"])),
+            Some((USER, PASSWORD)),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let issued = certificates(&body);
+    assert_eq!(issued.len(), 1);
+    let serial = hex::encode(
+        x509_cert::Certificate::from_der(&issued[0])
+            .unwrap()
+            .tbs_certificate
+            .serial_number
+            .as_bytes(),
+    );
+    let record = est
+        .d
+        .daemon
+        .pipeline
+        .store()
+        .certificate(serial.trim_start_matches("00"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            record.protocol,
+            record.owner.as_str(),
+            record.template.as_str()
+        ),
+        (Protocol::Est, USER, "client")
+    );
+
+    // Re-enroll with the certificate as TLS client certificate: same names required.
+    let pem = format!(
+        "{}{}",
+        rampart::pkix::pem::encode("CERTIFICATE", &issued[0]),
+        key.serialize_pem()
+    );
+    let identity = || reqwest::Identity::from_pem(pem.as_bytes()).unwrap();
+    let (status, body) = est
+        .enroll(
+            "simplereenroll",
+            b64_csr(&csr(&key, Some("dev7.test"), &["dev7.test"])),
+            None,
+            Some(identity()),
+        )
+        .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_ne!(certificates(&body)[0], issued[0]);
+    let (status, body) = est
+        .enroll(
+            "simplereenroll",
+            b64_csr(&csr(&key, Some("other.test"), &["other.test"])),
+            None,
+            Some(identity()),
+        )
+        .await;
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    // A client certificate also authenticates a simpleenroll.
+    let (status, _) = est
+        .enroll(
+            "simpleenroll",
+            b64_csr(&csr(&p256(), None, &["dev8.test"])),
+            None,
+            Some(identity()),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // Revoked certificates authenticate nothing.
+    est.d
+        .post(
+            &format!("/api/v1/certificates/{}/revoke", record.serial),
+            serde_json::json!({}),
+        )
+        .await;
+    let (status, _) = est
+        .enroll(
+            "simplereenroll",
+            b64_csr(&csr(&key, Some("dev7.test"), &["dev7.test"])),
+            None,
+            Some(identity()),
+        )
+        .await;
+    assert_eq!(status, 401);
+    est.d.daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn refusals_use_the_rfc_statuses_and_issue_nothing() {
+    let (est, _dir) = est().await;
+    let good = b64_csr(&csr(&p256(), None, &["dev9.test"]));
+    let count = || {
+        let query = rampart::store::CertificateQuery {
+            limit: 100,
+            owner: Some(USER.into()),
+            ..Default::default()
+        };
+        est.d
+            .daemon
+            .pipeline
+            .store()
+            .list_certificates(&query, time::OffsetDateTime::now_utc())
+            .unwrap()
+            .items
+            .len()
+    };
+    let cases: Vec<(&str, String, Option<(&str, &str)>, u16)> = vec![
+        ("simpleenroll", good.clone(), None, 401),
+        ("simpleenroll", good.clone(), Some((USER, "wrong")), 401),
+        (
+            "simpleenroll",
+            good.clone(),
+            Some(("nobody", PASSWORD)),
+            401,
+        ),
+        (
+            "simpleenroll",
+            "%%% not base64".into(),
+            Some((USER, PASSWORD)),
+            400,
+        ),
+        (
+            "simpleenroll",
+            base64::engine::general_purpose::STANDARD.encode(b"garbage"),
+            Some((USER, PASSWORD)),
+            400,
+        ),
+        (
+            "simpleenroll",
+            b64_csr(&csr(&p256(), None, &["www.google.com"])),
+            Some((USER, PASSWORD)),
+            403,
+        ),
+        ("simplereenroll", good.clone(), Some((USER, PASSWORD)), 401),
+        (
+            "nolabel/simpleenroll",
+            good.clone(),
+            Some((USER, PASSWORD)),
+            404,
+        ),
+    ];
+    for (op, body, basic, expected) in cases {
+        let (status, answer) = est.enroll(op, body, basic, None).await;
+        assert_eq!(
+            status,
+            expected,
+            "{op}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    let response = est
+        .client(None)
+        .post(format!("{}/simpleenroll", est.base))
+        .header("content-type", "text/plain")
+        .basic_auth(USER, Some(PASSWORD))
+        .body(good.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 415);
+    let response = est
+        .client(None)
+        .post(format!("{}/simpleenroll", est.base))
+        .header("content-type", "application/pkcs10")
+        .body(good.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().contains_key("www-authenticate"));
+    let response = est
+        .client(None)
+        .post(format!("{}/fullcmc", est.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 501);
+    let response = est
+        .client(None)
+        .post(format!("{}/simpleenroll", est.base))
+        .header("content-type", "application/pkcs10")
+        .basic_auth(USER, Some(PASSWORD))
+        .body(vec![b'A'; 70_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+    assert_eq!(count(), 0, "refused requests issued certificates");
+    est.d.daemon.shutdown().await;
+}
