@@ -13,6 +13,9 @@ use rampart::clock::SystemClock;
 use rampart::config::EstUserConfig;
 use rampart::model::Protocol;
 
+/// HTTP Basic user and password, if sent.
+type Basic<'a> = Option<(&'a str, &'a str)>;
+
 const USER: &str = "device-7";
 const PASSWORD: &str = "s3cret";
 
@@ -241,7 +244,7 @@ async fn refusals_use_the_rfc_statuses_and_issue_nothing() {
             .items
             .len()
     };
-    let cases: Vec<(&str, String, Option<(&str, &str)>, u16)> = vec![
+    let cases: Vec<(&str, String, Basic, u16)> = vec![
         ("simpleenroll", good.clone(), None, 401),
         ("simpleenroll", good.clone(), Some((USER, "wrong")), 401),
         (
