@@ -62,6 +62,32 @@ openssl verify -CAfile "$WORK/cacerts.pem" "$WORK/re.pem" >/dev/null || fail "th
     || fail "simplereenroll returned the old certificate"
 pass "simplereenroll with the current certificate as TLS client certificate"
 
+# serverkeygen: rampart makes the key; the answer is multipart/mixed with key and certificate.
+"${CURL[@]}" -o "$WORK/keygen.out" -D "$WORK/keygen.headers" -u device-7:s3cret -H 'Content-Type: application/pkcs10' \
+    --data-binary @"$WORK/dev.csr.b64" "$EST/serverkeygen" || fail "serverkeygen"
+grep -qi '^content-type: multipart/mixed; boundary=' "$WORK/keygen.headers" || fail "serverkeygen is not multipart/mixed"
+python3 - "$WORK/keygen.out" "$WORK" <<'PY' || fail "serverkeygen parts"
+import base64, sys
+body = open(sys.argv[1], "rb").read().decode()
+parts = [p for p in body.split("--rampart-est-serverkeygen") if "Content-Type" in p]
+assert len(parts) == 2, parts
+for part, name in zip(parts, ["key.der", "keygen.p7"]):
+    payload = part.split("\r\n\r\n", 1)[1].strip()
+    open(f"{sys.argv[2]}/{name}", "wb").write(base64.b64decode(payload))
+PY
+openssl pkey -inform DER -in "$WORK/key.der" -out "$WORK/key.pem" || fail "serverkeygen key is not PKCS#8"
+openssl pkcs7 -inform DER -in "$WORK/keygen.p7" -print_certs -out "$WORK/keygen.pem" || fail "serverkeygen cert part"
+[[ "$(openssl x509 -in "$WORK/keygen.pem" -noout -pubkey)" == "$(openssl pkey -in "$WORK/key.pem" -pubout)" ]] \
+    || fail "serverkeygen key and certificate do not match"
+openssl verify -CAfile "$WORK/cacerts.pem" "$WORK/keygen.pem" >/dev/null || fail "serverkeygen certificate does not verify"
+pass "serverkeygen: PKCS#8 key and certificate in multipart/mixed, key matches certificate"
+
+# csrattrs: what the profile wants in a CSR.
+"${CURL[@]}" -o "$WORK/attrs.b64" -w '%{http_code}' "$EST/csrattrs" >"$WORK/status" || fail "csrattrs"
+[[ "$(cat "$WORK/status")" == 200 ]] || fail "csrattrs answered $(cat "$WORK/status")"
+base64 -d "$WORK/attrs.b64" | openssl asn1parse -inform DER | grep -q "prime256v1" || fail "csrattrs lacks the P-256 curve"
+pass "csrattrs: DER CsrAttrs from the template (key algorithms and curves)"
+
 # Errors: the RFC's statuses, nothing issued.
 BEFORE="$(curl -sf -H "Authorization: Bearer $(grep -o 'rpk_[A-Za-z0-9_-]*' "$WORK/rampart.out")" "$API/api/v1/certificates?template=client" | jq '.items | length')"
 enroll_est simpleenroll --data-binary @"$WORK/dev.csr.b64"

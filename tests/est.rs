@@ -327,3 +327,70 @@ async fn refusals_use_the_rfc_statuses_and_issue_nothing() {
     assert_eq!(count(), 0, "refused requests issued certificates");
     est.d.daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn serverkeygen_and_csrattrs() {
+    let (est, _dir) = est().await;
+    let response = est
+        .client(None)
+        .post(format!("{}/serverkeygen", est.base))
+        .header("content-type", "application/pkcs10")
+        .basic_auth(USER, Some(PASSWORD))
+        .body(b64_csr(&csr(&p256(), Some("gen.test"), &["gen.test"])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let boundary = content_type
+        .strip_prefix("multipart/mixed; boundary=")
+        .expect("multipart/mixed")
+        .to_string();
+    let body = response.text().await.unwrap();
+    let parts: Vec<&str> = body
+        .split(&format!("--{boundary}"))
+        .filter(|p| p.contains("Content-Type"))
+        .collect();
+    assert_eq!(parts.len(), 2);
+    let payload = |part: &str| {
+        let text: String = part
+            .split_once("\r\n\r\n")
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .unwrap()
+    };
+    assert!(parts[0].contains("application/pkcs8"));
+    let key = rcgen::KeyPair::try_from(payload(parts[0]).as_slice()).unwrap();
+    let p7 = payload(parts[1]);
+    let info = cms::content_info::ContentInfo::from_der(&p7).unwrap();
+    let signed: cms::signed_data::SignedData = info.content.decode_as().unwrap();
+    let leaf = match &signed.certificates.unwrap().0.as_slice()[0] {
+        cms::cert::CertificateChoices::Certificate(c) => c.clone(),
+        _ => panic!("unexpected certificate choice"),
+    };
+    use rcgen::PublicKeyData;
+    assert_eq!(
+        leaf.tbs_certificate
+            .subject_public_key_info
+            .subject_public_key
+            .raw_bytes(),
+        key.der_bytes()
+    );
+
+    let response = est
+        .client(None)
+        .get(format!("{}/csrattrs", est.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["content-type"], "application/csrattrs");
+    est.d.daemon.shutdown().await;
+}

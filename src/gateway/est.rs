@@ -8,7 +8,10 @@ use der::Decode;
 use rampart_est::{Credentials, EstBackend, EstError, Operation};
 use uuid::Uuid;
 
-use crate::model::{CertificateStatus, Credential, EnrollmentRequest, Identity, Protocol};
+use crate::config::AcceptedKeyType;
+use crate::model::{
+    CertificateStatus, Credential, EnrollmentRequest, Identifier, Identity, Protocol,
+};
 use crate::pipeline::{Outcome, Pipeline, PipelineError};
 use crate::pkix::csr::VerifiedCsr;
 use crate::pkix::pkcs7;
@@ -108,37 +111,21 @@ impl Backend {
     }
 }
 
-#[async_trait::async_trait]
-impl EstBackend for Backend {
-    fn has_profile(&self, label: Option<&str>) -> bool {
-        self.template(label).is_some()
-    }
-
-    async fn ca_certs(&self, _label: Option<&str>) -> Result<Vec<u8>, EstError> {
-        // RFC 7030 §4.1.3: the issuing chain and the root the client must trust explicitly.
-        let ca = self.pipeline.ca();
-        let mut certificates = ca.chain();
-        certificates.extend(ca.trust_anchors());
-        pkcs7::certs_only(&certificates).map_err(|e| EstError::Unavailable(e.to_string()))
-    }
-
-    async fn enroll(
+impl Backend {
+    /// Who the request is from; a re-enrollment must also keep its certificate's names.
+    async fn authenticate(
         &self,
-        label: Option<&str>,
-        operation: Operation,
         credentials: Credentials,
-        csr_der: Vec<u8>,
-    ) -> Result<Vec<u8>, EstError> {
-        let template = self
-            .template(label)
-            .ok_or_else(|| EstError::NotFound("no such EST label".into()))?;
-        let identity = match credentials {
-            Credentials::Basic { user, password } => self.basic_identity(user, password).await?,
+        operation: Operation,
+        csr_der: &[u8],
+    ) -> Result<Identity, EstError> {
+        match credentials {
+            Credentials::Basic { user, password } => self.basic_identity(user, password).await,
             Credentials::Certificate(chain) => {
                 let (identity, current_names) = self.certificate_identity(&chain).await?;
                 if operation == Operation::Reenroll {
                     // §4.2.2: a renewal keeps the names of the certificate it renews.
-                    let csr = VerifiedCsr::parse(&csr_der)
+                    let csr = VerifiedCsr::parse(csr_der)
                         .map_err(|e| EstError::BadRequest(e.to_string()))?;
                     let requested: BTreeSet<String> =
                         csr.identifiers.iter().map(|i| i.to_string()).collect();
@@ -149,8 +136,23 @@ impl EstBackend for Backend {
                         ));
                     }
                 }
-                identity
+                Ok(identity)
             }
+        }
+    }
+
+    /// Through the one pipeline; the certs-only PKCS#7 of the issued certificate.
+    async fn submit(
+        &self,
+        identity: Identity,
+        template: String,
+        csr_der: Vec<u8>,
+        operation: Operation,
+    ) -> Result<Vec<u8>, EstError> {
+        let operation = match operation {
+            Operation::Enroll => "simpleenroll",
+            Operation::Reenroll => "simplereenroll",
+            Operation::ServerKeygen => "serverkeygen",
         };
         let request = EnrollmentRequest {
             request_id: Uuid::now_v7(),
@@ -161,15 +163,7 @@ impl EstBackend for Backend {
             requested_identifiers: None,
             validity_days: None,
             resource: None,
-            metadata: BTreeMap::from([(
-                "est_operation".to_string(),
-                if operation == Operation::Reenroll {
-                    "simplereenroll"
-                } else {
-                    "simpleenroll"
-                }
-                .to_string(),
-            )]),
+            metadata: BTreeMap::from([("est_operation".to_string(), operation.to_string())]),
         };
         match self.pipeline.submit(request).await {
             Ok(Outcome::Issued(record)) => pkcs7::certs_only(std::slice::from_ref(&record.der))
@@ -189,5 +183,113 @@ impl EstBackend for Backend {
                 Err(EstError::Unavailable(format!("store: {error}")))
             }
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl EstBackend for Backend {
+    fn has_profile(&self, label: Option<&str>) -> bool {
+        self.template(label).is_some()
+    }
+
+    async fn ca_certs(&self, _label: Option<&str>) -> Result<Vec<u8>, EstError> {
+        // RFC 7030 §4.1.3: the issuing chain and the root the client must trust explicitly.
+        let ca = self.pipeline.ca();
+        let mut certificates = ca.chain();
+        certificates.extend(ca.trust_anchors());
+        pkcs7::certs_only(&certificates).map_err(|e| EstError::Unavailable(e.to_string()))
+    }
+
+    async fn csr_attributes(&self, label: Option<&str>) -> Result<Option<Vec<u8>>, EstError> {
+        use der::Encode;
+        let template = self
+            .template(label)
+            .ok_or_else(|| EstError::NotFound("no such EST label".into()))?;
+        let Some(template) = self.pipeline.config().templates.get(&template) else {
+            return Ok(None);
+        };
+        let oid = der::oid::ObjectIdentifier::new_unwrap;
+        let mut oids = Vec::new();
+        for key_type in &template.key_types {
+            match key_type {
+                AcceptedKeyType::Rsa => oids.push(oid("1.2.840.113549.1.1.1")),
+                AcceptedKeyType::EcdsaP256 => {
+                    oids.extend([oid("1.2.840.10045.2.1"), oid("1.2.840.10045.3.1.7")])
+                }
+                AcceptedKeyType::EcdsaP384 => {
+                    oids.extend([oid("1.2.840.10045.2.1"), oid("1.3.132.0.34")])
+                }
+                AcceptedKeyType::Ed25519 => oids.push(oid("1.3.101.112")),
+            }
+        }
+        oids.dedup();
+        // CsrAttrs ::= SEQUENCE OF AttrOrOID; each an OBJECT IDENTIFIER here.
+        oids.to_der()
+            .map(Some)
+            .map_err(|e| EstError::Unavailable(e.to_string()))
+    }
+
+    async fn server_keygen(
+        &self,
+        label: Option<&str>,
+        credentials: Credentials,
+        csr_der: Vec<u8>,
+    ) -> Result<(Vec<u8>, Vec<u8>), EstError> {
+        let template = self
+            .template(label)
+            .ok_or_else(|| EstError::NotFound("no such EST label".into()))?;
+        let identity = self
+            .authenticate(credentials, Operation::ServerKeygen, &csr_der)
+            .await?;
+        // The client's CSR names the certificate; rampart makes the key (never stored).
+        let requested =
+            VerifiedCsr::parse(&csr_der).map_err(|e| EstError::BadRequest(e.to_string()))?;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| EstError::Unavailable(e.to_string()))?;
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = &requested.common_name {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn.as_str());
+        }
+        params.subject_alt_names = requested
+            .identifiers
+            .iter()
+            .map(|id| match id {
+                Identifier::Dns(name) => name
+                    .as_str()
+                    .try_into()
+                    .map(rcgen::SanType::DnsName)
+                    .map_err(|_| EstError::BadRequest(format!("bad name {name}"))),
+                Identifier::Ip(ip) => Ok(rcgen::SanType::IpAddress(*ip)),
+            })
+            .collect::<Result<_, _>>()?;
+        let generated = params
+            .serialize_request(&key)
+            .map_err(|e| EstError::BadRequest(e.to_string()))?;
+        let pkcs7 = self
+            .submit(
+                identity,
+                template,
+                generated.der().to_vec(),
+                Operation::ServerKeygen,
+            )
+            .await?;
+        Ok((key.serialize_der(), pkcs7))
+    }
+
+    async fn enroll(
+        &self,
+        label: Option<&str>,
+        operation: Operation,
+        credentials: Credentials,
+        csr_der: Vec<u8>,
+    ) -> Result<Vec<u8>, EstError> {
+        let template = self
+            .template(label)
+            .ok_or_else(|| EstError::NotFound("no such EST label".into()))?;
+        let identity = self.authenticate(credentials, operation, &csr_der).await?;
+        self.submit(identity, template, csr_der, operation).await
     }
 }

@@ -6,8 +6,9 @@
 //! [`EstBackend`]; the TLS client certificate (if any) arrives as a request extension
 //! ([`PeerCertificates`]) set by the embedder's listener.
 //!
-//! Built: `cacerts` (§4.1), `simpleenroll` (§4.2), `simplereenroll` (§4.2.2), `fullcmc`
-//! answered 501. Not built yet: `csrattrs`, `serverkeygen`, channel-binding PoP (§3.5).
+//! Built: `cacerts` (§4.1), `simpleenroll` (§4.2), `simplereenroll` (§4.2.2),
+//! `serverkeygen` (§4.4), `csrattrs` (§4.5), `fullcmc` answered 501. Not built yet:
+//! channel-binding proof-of-possession (§3.5).
 
 use std::sync::Arc;
 
@@ -48,6 +49,8 @@ pub enum Operation {
     Enroll,
     /// Renewal with the current certificate as TLS client certificate.
     Reenroll,
+    /// Enrollment with a key pair the server generates.
+    ServerKeygen,
 }
 
 /// Why the backend refused.
@@ -104,6 +107,18 @@ pub trait EstBackend: Send + Sync + 'static {
     /// The CA certificates a client must trust, as a DER PKCS#7 certs-only structure.
     async fn ca_certs(&self, label: Option<&str>) -> Result<Vec<u8>, EstError>;
 
+    /// The CSR attributes (DER `CsrAttrs`) clients should use, if the profile has any.
+    async fn csr_attributes(&self, label: Option<&str>) -> Result<Option<Vec<u8>>, EstError>;
+
+    /// Generate a key pair for the client and enroll it, taking names from the client's
+    /// CSR; returns the PKCS#8 private key (DER) and the certs-only PKCS#7 (DER).
+    async fn server_keygen(
+        &self,
+        label: Option<&str>,
+        credentials: Credentials,
+        csr_der: Vec<u8>,
+    ) -> Result<(Vec<u8>, Vec<u8>), EstError>;
+
     /// Enroll (or re-enroll) a DER PKCS#10; returns a DER PKCS#7 certs-only structure
     /// holding the issued certificate.
     async fn enroll(
@@ -143,6 +158,21 @@ pub fn router(backend: Arc<dyn EstBackend>) -> Router {
                 enroll(s, Some(l), Operation::Reenroll, e, h, b)
             }),
         )
+        .route(
+            "/.well-known/est/serverkeygen",
+            post(|s, e, h, b| enroll(s, None, Operation::ServerKeygen, e, h, b)),
+        )
+        .route(
+            "/.well-known/est/{label}/serverkeygen",
+            post(|s, Path(l): Path<String>, e, h, b| {
+                enroll(s, Some(l), Operation::ServerKeygen, e, h, b)
+            }),
+        )
+        .route("/.well-known/est/csrattrs", get(|s| csrattrs(s, None)))
+        .route(
+            "/.well-known/est/{label}/csrattrs",
+            get(|s, Path(l): Path<String>| csrattrs(s, Some(l))),
+        )
         .route("/.well-known/est/fullcmc", post(full_cmc))
         .route("/.well-known/est/{label}/fullcmc", post(full_cmc))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -180,6 +210,52 @@ fn pkcs7_response(der: &[u8]) -> Response {
         "content-transfer-encoding",
         HeaderValue::from_static("base64"),
     );
+    response
+}
+
+async fn csrattrs(
+    State(backend): State<Arc<dyn EstBackend>>,
+    label: Option<String>,
+) -> Result<Response, EstError> {
+    if !backend.has_profile(label.as_deref()) {
+        return Err(EstError::NotFound("no such EST label".into()));
+    }
+    Ok(match backend.csr_attributes(label.as_deref()).await? {
+        None => StatusCode::NO_CONTENT.into_response(),
+        Some(der) => {
+            let mut response = (StatusCode::OK, base64_body(&der)).into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/csrattrs"),
+            );
+            headers.insert(
+                "content-transfer-encoding",
+                HeaderValue::from_static("base64"),
+            );
+            response
+        }
+    })
+}
+
+/// `multipart/mixed` with the private key and the certificate (§4.4.2).
+fn keygen_response(pkcs8: &[u8], pkcs7: &[u8]) -> Response {
+    const BOUNDARY: &str = "rampart-est-serverkeygen";
+    let part = |content_type: &str, der: &[u8]| {
+        format!(
+            "--{BOUNDARY}\r\nContent-Type: {content_type}\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n",
+            base64_body(der).trim_end()
+        )
+    };
+    let body = format!(
+        "{}{}--{BOUNDARY}--\r\n",
+        part("application/pkcs8", pkcs8),
+        part("application/pkcs7-mime; smime-type=certs-only", pkcs7)
+    );
+    let mut response = (StatusCode::OK, body).into_response();
+    if let Ok(value) = HeaderValue::from_str(&format!("multipart/mixed; boundary={BOUNDARY}")) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
     response
 }
 
@@ -262,8 +338,8 @@ async fn enroll(
                 "simplereenroll needs the current certificate as TLS client certificate".into(),
             )))
         }
-        (Operation::Enroll, Some(credentials)) => credentials,
-        (Operation::Enroll, None) => {
+        (Operation::Enroll | Operation::ServerKeygen, Some(credentials)) => credentials,
+        (Operation::Enroll | Operation::ServerKeygen, None) => {
             return Err(fail(EstError::Unauthenticated(
                 "authenticate with HTTP Basic or a client certificate".into(),
             )))
@@ -279,6 +355,13 @@ async fn enroll(
             "the body is not base64 PKCS#10".into(),
         ))
     })?;
+    if operation == Operation::ServerKeygen {
+        let (pkcs8, pkcs7) = backend
+            .server_keygen(label.as_deref(), credentials, csr_der)
+            .await
+            .map_err(fail)?;
+        return Ok(keygen_response(&pkcs8, &pkcs7));
+    }
     let pkcs7 = backend
         .enroll(label.as_deref(), operation, credentials, csr_der)
         .await
