@@ -9,11 +9,22 @@ API_PORT="$(free_port)"
 EST_PORT="$(free_port)"
 mkdir -p "$DIR"
 HASH="$(printf 's3cret' | "$RAMPART" hash-password)" || fail "hash-password"
+# A device manufacturer's CA and one device's birth certificate (IDevID), made here.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/mfg.key" -subj "/CN=Example Devices Mfg CA" \
+    -days 3650 -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" -out "$WORK/mfg.pem" 2>/dev/null
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/idevid.key" -subj "/CN=sn-000123" \
+    -out "$WORK/idevid.csr" 2>/dev/null
+printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n' >"$WORK/idevid.ext"
+openssl x509 -req -in "$WORK/idevid.csr" -CA "$WORK/mfg.pem" -CAkey "$WORK/mfg.key" -CAcreateserial -days 3650 \
+    -extfile "$WORK/idevid.ext" -out "$WORK/idevid.pem" 2>/dev/null || fail "making the IDevID"
 cat >"$DIR/rampart.toml" <<TOML
 [server]
 data_dir = "$DIR"
 [api]
 listen = "127.0.0.1:$API_PORT"
+[est.bootstrap.example-mfg]
+ca_file = "$WORK/mfg.pem"
+roles = ["admin"]
 [est.users.device-7]
 password_hash = "$HASH"
 roles = ["admin"]
@@ -61,6 +72,19 @@ openssl verify -CAfile "$WORK/cacerts.pem" "$WORK/re.pem" >/dev/null || fail "th
 [[ "$(openssl x509 -in "$WORK/re.pem" -noout -serial)" != "$(openssl x509 -in "$WORK/dev.pem" -noout -serial)" ]] \
     || fail "simplereenroll returned the old certificate"
 pass "simplereenroll with the current certificate as TLS client certificate"
+
+# IDevID bootstrap: the manufacturer certificate authenticates a first enrollment only.
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/ldev.key" -subj "/CN=sn-000123.test" \
+    -addext "subjectAltName=DNS:sn-000123.test" -outform DER 2>/dev/null | base64 >"$WORK/ldev.csr.b64"
+enroll_est simpleenroll --cert "$WORK/idevid.pem" --key "$WORK/idevid.key" --data-binary @"$WORK/ldev.csr.b64"
+[[ "$(cat "$WORK/status")" == 200 ]] || fail "IDevID enrollment answered $(cat "$WORK/status"): $(cat "$WORK/resp")"
+base64 -d "$WORK/resp" | openssl pkcs7 -inform DER -print_certs -out "$WORK/ldev.pem" || fail "IDevID enrollment answer"
+LDEV_SERIAL="$(openssl x509 -in "$WORK/ldev.pem" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f' | sed 's/^0*//')"
+OWNER="$(curl -sf -H "Authorization: Bearer $(grep -o 'rpk_[A-Za-z0-9_-]*' "$WORK/rampart.out")" "$API/api/v1/certificates/$LDEV_SERIAL" | jq -r .owner)"
+[[ "$OWNER" == "example-mfg:sn-000123" ]] || fail "IDevID enrollment owned by $OWNER"
+enroll_est simplereenroll --cert "$WORK/idevid.pem" --key "$WORK/idevid.key" --data-binary @"$WORK/ldev.csr.b64"
+[[ "$(cat "$WORK/status")" == 401 ]] || fail "a manufacturer certificate re-enrolled: $(cat "$WORK/status")"
+pass "IDevID bootstrap: a manufacturer-CA device certificate enrolls as example-mfg:sn-000123, cannot re-enroll"
 
 # serverkeygen: rampart makes the key; the answer is multipart/mixed with key and certificate.
 "${CURL[@]}" -o "$WORK/keygen.out" -D "$WORK/keygen.headers" -u device-7:s3cret -H 'Content-Type: application/pkcs10' \

@@ -161,6 +161,19 @@ pub struct EstConfig {
     pub profiles: BTreeMap<String, EstProfileConfig>,
     /// `[est.users.<name>]`: HTTP Basic users.
     pub users: BTreeMap<String, EstUserConfig>,
+    /// `[est.bootstrap.<name>]`: manufacturer (IDevID) CAs whose device certificates may
+    /// authenticate a first enrollment.
+    pub bootstrap: BTreeMap<String, EstBootstrapConfig>,
+}
+
+/// `[est.bootstrap.<name>]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EstBootstrapConfig {
+    /// PEM file with the manufacturer's CA certificate(s).
+    pub ca_file: PathBuf,
+    /// Roles of devices authenticated this way; a device enrolls as `<name>:<subject CN>`.
+    pub roles: Vec<String>,
 }
 
 /// `[est.profiles.<label>]`.
@@ -528,6 +541,24 @@ impl Config {
                         ),
                     ));
                 }
+            }
+        }
+        for (name, bootstrap) in &self.est.bootstrap {
+            if !bootstrap.ca_file.is_file() {
+                return Err(bad(
+                    format!("est.bootstrap.{name}.ca_file"),
+                    &format!("file {} does not exist", bootstrap.ca_file.display()),
+                ));
+            }
+            if let Some(role) = bootstrap
+                .roles
+                .iter()
+                .find(|r| !self.roles.contains_key(*r))
+            {
+                return Err(bad(
+                    format!("est.bootstrap.{name}.roles"),
+                    &format!("role `{role}` is not defined"),
+                ));
             }
         }
         for (user, entry) in &self.est.users {

@@ -17,16 +17,54 @@ use crate::pkix::csr::VerifiedCsr;
 use crate::pkix::pkcs7;
 use crate::policy::Layer;
 
+/// A manufacturer CA devices may bootstrap with.
+#[derive(Debug, Clone)]
+struct BootstrapCa {
+    name: String,
+    subject: x509_cert::name::Name,
+    roles: Vec<String>,
+}
+
 /// The daemon as an EST backend.
 #[derive(Debug, Clone)]
 pub struct Backend {
     pipeline: Pipeline,
+    bootstrap: Vec<BootstrapCa>,
+}
+
+/// The certificates of `[est.bootstrap]`, DER (also the TLS layer's extra client roots).
+pub fn bootstrap_certificates(pipeline: &Pipeline) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut out = Vec::new();
+    for (name, bootstrap) in &pipeline.config().est.bootstrap {
+        let text = std::fs::read_to_string(&bootstrap.ca_file)
+            .map_err(|e| format!("{}: {e}", bootstrap.ca_file.display()))?;
+        for der in crate::pkix::pem::decode_certificates(&text)
+            .map_err(|e| format!("{}: {e}", bootstrap.ca_file.display()))?
+        {
+            out.push((name.clone(), der));
+        }
+    }
+    Ok(out)
 }
 
 impl Backend {
-    /// Over `pipeline`.
-    pub fn new(pipeline: Pipeline) -> Self {
-        Backend { pipeline }
+    /// Over `pipeline`, with the bootstrap CAs read from their files.
+    pub fn new(pipeline: Pipeline) -> Result<Self, String> {
+        let mut bootstrap = Vec::new();
+        for (name, der) in bootstrap_certificates(&pipeline)? {
+            let cert = x509_cert::Certificate::from_der(&der)
+                .map_err(|e| format!("bootstrap CA {name}: {e}"))?;
+            let roles = pipeline.config().est.bootstrap[&name].roles.clone();
+            bootstrap.push(BootstrapCa {
+                name,
+                subject: cert.tbs_certificate.subject,
+                roles,
+            });
+        }
+        Ok(Backend {
+            pipeline,
+            bootstrap,
+        })
     }
 
     fn template(&self, label: Option<&str>) -> Option<String> {
@@ -68,6 +106,45 @@ impl Backend {
         })
     }
 
+    /// A device certificate from a manufacturer CA (the TLS handshake verified the chain;
+    /// this finds which CA by its issuer name): identity `<bootstrap name>:<subject CN>`.
+    fn bootstrap_identity(&self, cert: &x509_cert::Certificate) -> Result<Identity, EstError> {
+        let bootstrap = self
+            .bootstrap
+            .iter()
+            .find(|b| b.subject == cert.tbs_certificate.issuer)
+            .ok_or_else(|| {
+                EstError::Unauthenticated(
+                    "client certificate refused: not issued by rampart".into(),
+                )
+            })?;
+        let common_name = cert
+            .tbs_certificate
+            .subject
+            .0
+            .iter()
+            .flat_map(|rdn| rdn.0.iter())
+            .find(|attribute| attribute.oid == const_oid::db::rfc4519::CN)
+            .and_then(|attribute| {
+                der::asn1::Utf8StringRef::try_from(&attribute.value)
+                    .map(|s| s.as_str().to_string())
+                    .or_else(|_| {
+                        der::asn1::PrintableStringRef::try_from(&attribute.value)
+                            .map(|s| s.as_str().to_string())
+                    })
+                    .ok()
+            })
+            .ok_or_else(|| {
+                EstError::Unauthenticated("device certificate without a subject CN".into())
+            })?;
+        let serial = rampart_acme::ari::serial_hex(cert.tbs_certificate.serial_number.as_bytes());
+        Ok(Identity {
+            name: format!("{}:{common_name}", bootstrap.name),
+            roles: bootstrap.roles.clone(),
+            credential: Credential::ClientCertificate { serial },
+        })
+    }
+
     /// The identity behind a client certificate rampart issued and that is valid now; its
     /// roles are those of the EST user of the same name, if any.
     async fn certificate_identity(
@@ -85,8 +162,12 @@ impl Backend {
             .with_store(move |store| store.certificate(&owned))
             .await
             .map_err(|e| EstError::Unavailable(e.to_string()))?
-            .filter(|r| r.der == *leaf)
-            .ok_or_else(|| refused("not issued by rampart"))?;
+            .filter(|r| r.der == *leaf);
+        let Some(record) = record else {
+            return self
+                .bootstrap_identity(&cert)
+                .map(|identity| (identity, BTreeSet::new()));
+        };
         match record.status_at(self.pipeline.clock().now()) {
             CertificateStatus::Valid => {}
             status => return Err(refused(&format!("it is {status:?}").to_lowercase())),
@@ -123,6 +204,11 @@ impl Backend {
             Credentials::Basic { user, password } => self.basic_identity(user, password).await,
             Credentials::Certificate(chain) => {
                 let (identity, current_names) = self.certificate_identity(&chain).await?;
+                if operation == Operation::Reenroll && current_names.is_empty() {
+                    return Err(EstError::Unauthenticated(
+                        "simplereenroll renews a certificate rampart issued; a manufacturer certificate only bootstraps".into(),
+                    ));
+                }
                 if operation == Operation::Reenroll {
                     // §4.2.2: a renewal keeps the names of the certificate it renews.
                     let csr = VerifiedCsr::parse(csr_der)

@@ -59,6 +59,9 @@ pub enum ServerError {
     /// ACME set-up.
     #[error("ACME: {0}")]
     Acme(String),
+    /// EST set-up.
+    #[error("EST: {0}")]
+    Est(String),
     /// A listener address is taken or not allowed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -325,10 +328,16 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
         })?;
         // Client certificates are rampart's own: anchored at its root or, for devices that
         // send only their leaf (most do), at the issuing CA itself.
+        // Manufacturer (IDevID) CAs are client roots too.
         let mut anchors = boot.pipeline.ca().trust_anchors();
         anchors.extend(boot.pipeline.ca().chain());
+        let bootstrap = crate::gateway::est::bootstrap_certificates(&boot.pipeline)
+            .map_err(ServerError::Est)?;
+        anchors.extend(bootstrap.into_iter().map(|(_, der)| der));
         let est_tls = tls::server_config(&cert_path, &key_path, Some(&anchors))?;
-        let backend = std::sync::Arc::new(crate::gateway::est::Backend::new(boot.pipeline.clone()));
+        let backend = std::sync::Arc::new(
+            crate::gateway::est::Backend::new(boot.pipeline.clone()).map_err(ServerError::Est)?,
+        );
         let router = observed(
             rampart_est::router(backend),
             "est",
