@@ -26,9 +26,14 @@ struct Est {
 }
 
 async fn est() -> (Est, tempfile::TempDir) {
+    est_with(|_| {}).await
+}
+
+async fn est_with(adjust: impl FnOnce(&mut rampart::config::Config)) -> (Est, tempfile::TempDir) {
     use argon2::password_hash::{PasswordHasher, SaltString};
     let dir = tempfile::tempdir().unwrap();
     let mut config = config_for(dir.path());
+    adjust(&mut config);
     let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
     let hash = argon2::Argon2::default()
         .hash_password(PASSWORD.as_bytes(), &salt)
@@ -392,5 +397,102 @@ async fn serverkeygen_and_csrattrs() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.headers()["content-type"], "application/csrattrs");
+    est.d.daemon.shutdown().await;
+}
+
+/// One HTTP/1.1 POST over a fresh TLS connection (protocol `version`), with a CSR that
+/// `bind` may tie to that connection's tls-exporter value; returns the status code.
+async fn post_bound_csr(
+    est: &Est,
+    version: &'static rustls::SupportedProtocolVersion,
+    bind: impl FnOnce(&[u8]) -> Option<String>,
+) -> (u16, String) {
+    use rustls::pki_types::ServerName;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for der in
+        rampart::pkix::pem::decode_certificates(std::str::from_utf8(&est.bundle).unwrap()).unwrap()
+    {
+        roots.add(der.into()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let port = est.d.daemon.est_addr.unwrap().port();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let exporter = tls
+        .get_ref()
+        .1
+        .export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", Some(&[]))
+        .unwrap();
+    let key = p256();
+    let mut params = rcgen::CertificateParams::new(vec!["bound.test".to_string()]).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let attributes = match bind(&exporter) {
+        Some(password) => {
+            let mut values = vec![0x31, (password.len() + 2) as u8, 0x0c, password.len() as u8];
+            values.extend_from_slice(password.as_bytes());
+            vec![rcgen::Attribute {
+                oid: &[1, 2, 840, 113549, 1, 9, 7],
+                values,
+            }]
+        }
+        None => Vec::new(),
+    };
+    let csr = params
+        .serialize_request_with_attributes(&key, attributes)
+        .unwrap();
+    let body = base64::engine::general_purpose::STANDARD.encode(csr.der());
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let request = format!(
+        "POST /.well-known/est/bound/simpleenroll HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/pkcs10\r\n\
+         Authorization: Basic {basic}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await.ok();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap();
+    (status, answer)
+}
+
+#[tokio::test]
+async fn proof_of_possession_linking_binds_the_csr_to_its_tls_connection() {
+    let (est, _dir) = est_with(|config| {
+        config.est.profiles.insert(
+            "bound".into(),
+            rampart::config::EstProfileConfig {
+                template: "client".into(),
+                require_pop_linking: true,
+            },
+        );
+    })
+    .await;
+    let encode = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let (status, answer) =
+            post_bound_csr(&est, version, |exporter| Some(encode(exporter))).await;
+        assert_eq!(status, 200, "{version:?}: {answer}");
+        // A CSR bound to another connection (a replay), and an unbound one, are refused.
+        let (status, _) = post_bound_csr(&est, version, |_| Some(encode(&[7u8; 32]))).await;
+        assert_eq!(status, 400, "{version:?}");
+        let (status, _) = post_bound_csr(&est, version, |_| None).await;
+        assert_eq!(status, 400, "{version:?}");
+    }
     est.d.daemon.shutdown().await;
 }

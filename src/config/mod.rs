@@ -182,6 +182,10 @@ pub struct EstBootstrapConfig {
 pub struct EstProfileConfig {
     /// Template certificates are issued on.
     pub template: String,
+    /// Require RFC 7030 §3.5 proof-of-possession linking: the CSR's challengePassword must
+    /// hold the base64 `tls-exporter` channel binding (RFC 9266) of the TLS connection.
+    #[serde(default)]
+    pub require_pop_linking: bool,
 }
 
 /// `[est.users.<name>]`.

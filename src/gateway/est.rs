@@ -193,6 +193,40 @@ impl Backend {
 }
 
 impl Backend {
+    /// §3.5: when the profile asks for it, the CSR must be bound to this TLS connection.
+    fn check_pop_linking(
+        &self,
+        label: Option<&str>,
+        csr_der: &[u8],
+        binding: Option<&[u8]>,
+    ) -> Result<(), EstError> {
+        use base64::Engine;
+        let required = self
+            .pipeline
+            .config()
+            .est
+            .profiles
+            .get(label.unwrap_or("default"))
+            .is_some_and(|p| p.require_pop_linking);
+        if !required {
+            return Ok(());
+        }
+        let binding = binding.ok_or_else(|| {
+            EstError::BadRequest("no TLS channel binding on this connection".into())
+        })?;
+        let expected = base64::engine::general_purpose::STANDARD.encode(binding);
+        let csr = VerifiedCsr::parse(csr_der).map_err(|e| EstError::BadRequest(e.to_string()))?;
+        match csr.challenge_password {
+            Some(password) if password == expected => Ok(()),
+            Some(_) => Err(EstError::BadRequest(
+                "the CSR's challengePassword is not this connection's tls-exporter channel binding".into(),
+            )),
+            None => Err(EstError::BadRequest(
+                "this profile requires proof-of-possession linking: put base64(tls-exporter) in challengePassword".into(),
+            )),
+        }
+    }
+
     /// Who the request is from; a re-enrollment must also keep its certificate's names.
     async fn authenticate(
         &self,
@@ -320,7 +354,9 @@ impl EstBackend for Backend {
         label: Option<&str>,
         credentials: Credentials,
         csr_der: Vec<u8>,
+        channel_binding: Option<&[u8]>,
     ) -> Result<(Vec<u8>, Vec<u8>), EstError> {
+        self.check_pop_linking(label, &csr_der, channel_binding)?;
         let template = self
             .template(label)
             .ok_or_else(|| EstError::NotFound("no such EST label".into()))?;
@@ -371,7 +407,9 @@ impl EstBackend for Backend {
         operation: Operation,
         credentials: Credentials,
         csr_der: Vec<u8>,
+        channel_binding: Option<&[u8]>,
     ) -> Result<Vec<u8>, EstError> {
+        self.check_pop_linking(label, &csr_der, channel_binding)?;
         let template = self
             .template(label)
             .ok_or_else(|| EstError::NotFound("no such EST label".into()))?;

@@ -58,6 +58,8 @@ pub struct VerifiedCsr {
     pub spki_der: Vec<u8>,
     /// The subjectPublicKey BIT STRING contents.
     pub public_key: Vec<u8>,
+    /// The PKCS#9 challengePassword attribute, if present.
+    pub challenge_password: Option<String>,
 }
 
 impl VerifiedCsr {
@@ -86,7 +88,12 @@ impl VerifiedCsr {
             .map_err(|_| CsrError::BadSignature)?;
 
         let mut identifiers = Vec::new();
+        let mut challenge_password = None;
         for attribute in info.attributes.iter() {
+            if attribute.oid == CHALLENGE_PASSWORD {
+                challenge_password = attribute.values.iter().next().and_then(directory_string);
+                continue;
+            }
             if attribute.oid != rfc5912::ID_EXTENSION_REQ {
                 continue;
             }
@@ -128,8 +135,31 @@ impl VerifiedCsr {
                 .to_der()
                 .map_err(|e| CsrError::Malformed(e.to_string()))?,
             public_key,
+            challenge_password,
         })
     }
+}
+
+/// PKCS#9 challengePassword.
+const CHALLENGE_PASSWORD: der::oid::ObjectIdentifier =
+    der::oid::ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.7");
+
+/// A DirectoryString's text (UTF8String, PrintableString or IA5String).
+fn directory_string(value: &der::Any) -> Option<String> {
+    value
+        .decode_as::<der::asn1::Utf8StringRef<'_>>()
+        .map(|s| s.as_str().to_string())
+        .or_else(|_| {
+            value
+                .decode_as::<der::asn1::PrintableStringRef<'_>>()
+                .map(|s| s.as_str().to_string())
+        })
+        .or_else(|_| {
+            value
+                .decode_as::<der::asn1::Ia5StringRef<'_>>()
+                .map(|s| s.as_str().to_string())
+        })
+        .ok()
 }
 
 fn key_type(spki: &spki::SubjectPublicKeyInfoOwned) -> Result<KeyType, CsrError> {

@@ -478,8 +478,18 @@ async fn serve(
                             .map(|chain| chain.iter().map(|c| c.to_vec()).collect())
                             .unwrap_or_default(),
                     );
-                    let service =
-                        TowerToHyperService::new(router.layer(axum::Extension(peer_certificates)));
+                    // RFC 9266 tls-exporter, for EST proof-of-possession linking.
+                    let channel_binding = stream
+                        .get_ref()
+                        .1
+                        .export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", Some(&[]))
+                        .map(|value| rampart_est::ChannelBinding(value.to_vec()))
+                        .unwrap_or_default();
+                    let service = TowerToHyperService::new(
+                        router
+                            .layer(axum::Extension(peer_certificates))
+                            .layer(axum::Extension(channel_binding)),
+                    );
                     let connection = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();

@@ -24,6 +24,11 @@ use base64::Engine;
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// The connection's `tls-exporter` channel binding (RFC 9266: 32 bytes exported with label
+/// `EXPORTER-Channel-Binding` and an empty context), set by the embedder's listener.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelBinding(pub Vec<u8>);
+
 /// The TLS client certificate chain of the connection (leaf first), empty without one.
 #[derive(Debug, Clone, Default)]
 pub struct PeerCertificates(pub Vec<Vec<u8>>);
@@ -117,6 +122,7 @@ pub trait EstBackend: Send + Sync + 'static {
         label: Option<&str>,
         credentials: Credentials,
         csr_der: Vec<u8>,
+        channel_binding: Option<&[u8]>,
     ) -> Result<(Vec<u8>, Vec<u8>), EstError>;
 
     /// Enroll (or re-enroll) a DER PKCS#10; returns a DER PKCS#7 certs-only structure
@@ -127,6 +133,7 @@ pub trait EstBackend: Send + Sync + 'static {
         operation: Operation,
         credentials: Credentials,
         csr_der: Vec<u8>,
+        channel_binding: Option<&[u8]>,
     ) -> Result<Vec<u8>, EstError>;
 }
 
@@ -140,32 +147,32 @@ pub fn router(backend: Arc<dyn EstBackend>) -> Router {
         )
         .route(
             "/.well-known/est/simpleenroll",
-            post(|s, e, h, b| enroll(s, None, Operation::Enroll, e, h, b)),
+            post(|s, e, c, h, b| enroll(s, None, Operation::Enroll, e, c, h, b)),
         )
         .route(
             "/.well-known/est/{label}/simpleenroll",
-            post(|s, Path(l): Path<String>, e, h, b| {
-                enroll(s, Some(l), Operation::Enroll, e, h, b)
+            post(|s, Path(l): Path<String>, e, c, h, b| {
+                enroll(s, Some(l), Operation::Enroll, e, c, h, b)
             }),
         )
         .route(
             "/.well-known/est/simplereenroll",
-            post(|s, e, h, b| enroll(s, None, Operation::Reenroll, e, h, b)),
+            post(|s, e, c, h, b| enroll(s, None, Operation::Reenroll, e, c, h, b)),
         )
         .route(
             "/.well-known/est/{label}/simplereenroll",
-            post(|s, Path(l): Path<String>, e, h, b| {
-                enroll(s, Some(l), Operation::Reenroll, e, h, b)
+            post(|s, Path(l): Path<String>, e, c, h, b| {
+                enroll(s, Some(l), Operation::Reenroll, e, c, h, b)
             }),
         )
         .route(
             "/.well-known/est/serverkeygen",
-            post(|s, e, h, b| enroll(s, None, Operation::ServerKeygen, e, h, b)),
+            post(|s, e, c, h, b| enroll(s, None, Operation::ServerKeygen, e, c, h, b)),
         )
         .route(
             "/.well-known/est/{label}/serverkeygen",
-            post(|s, Path(l): Path<String>, e, h, b| {
-                enroll(s, Some(l), Operation::ServerKeygen, e, h, b)
+            post(|s, Path(l): Path<String>, e, c, h, b| {
+                enroll(s, Some(l), Operation::ServerKeygen, e, c, h, b)
             }),
         )
         .route("/.well-known/est/csrattrs", get(|s| csrattrs(s, None)))
@@ -303,6 +310,7 @@ async fn enroll(
     label: Option<String>,
     operation: Operation,
     peer: Option<Extension<PeerCertificates>>,
+    binding: Option<Extension<ChannelBinding>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Response> {
@@ -357,13 +365,24 @@ async fn enroll(
     })?;
     if operation == Operation::ServerKeygen {
         let (pkcs8, pkcs7) = backend
-            .server_keygen(label.as_deref(), credentials, csr_der)
+            .server_keygen(
+                label.as_deref(),
+                credentials,
+                csr_der,
+                binding.as_ref().map(|Extension(b)| b.0.as_slice()),
+            )
             .await
             .map_err(fail)?;
         return Ok(keygen_response(&pkcs8, &pkcs7));
     }
     let pkcs7 = backend
-        .enroll(label.as_deref(), operation, credentials, csr_der)
+        .enroll(
+            label.as_deref(),
+            operation,
+            credentials,
+            csr_der,
+            binding.as_ref().map(|Extension(b)| b.0.as_slice()),
+        )
         .await
         .map_err(fail)?;
     Ok(pkcs7_response(&pkcs7))
