@@ -8,7 +8,9 @@ cd "$WORK"
 unset RAMPART__ACME__LISTEN RAMPART__EST__LISTEN # this script checks the embedded defaults themselves
 API="http://127.0.0.1:9000"
 if curl -s -o /dev/null "$API/healthz"; then fail "port 9000 is taken; cannot test the embedded defaults"; fi
-if (echo >/dev/tcp/127.0.0.1/8443) 2>/dev/null; then fail "port 8443 is taken; cannot test the embedded defaults"; fi
+for port in 8443 9443; do
+    if (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null; then fail "port $port is taken; cannot test the embedded defaults"; fi
+done
 start_rampart_default() {
     "$RAMPART" serve >"$WORK/rampart.out" 2>"$WORK/rampart.err" &
     RAMPART_PID=$!
@@ -18,6 +20,9 @@ start_rampart_default
 grep -q "http://127.0.0.1:9000/api/v1/" rampart.out || fail "API URL not printed"
 grep -q "./rampart-data/ca-bundle.pem" rampart.out || fail "CA bundle path not printed"
 grep -q "https://127.0.0.1:8443/acme/default/directory" rampart.out || fail "ACME directory not printed"
+grep -q "https://127.0.0.1:9443/.well-known/est" rampart.out || fail "EST URL not printed"
+curl -sf --cacert rampart-data/ca-bundle.pem https://localhost:9443/.well-known/est/cacerts | base64 -d \
+    | openssl pkcs7 -inform DER -print_certs | grep -q "BEGIN CERTIFICATE" || fail "EST cacerts not served on the default port"
 curl -sf --cacert rampart-data/ca-bundle.pem https://localhost:8443/acme/default/directory | jq -e .newAccount >/dev/null \
     || fail "ACME directory not served over HTTPS with the listener certificate"
 KEY="$(grep -o 'rpk_[A-Za-z0-9_-]*' rampart.out)" || fail "no API key printed on first start"
