@@ -14,9 +14,10 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
+use axum::http::Method;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::any;
 use axum::{Extension, Router};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -140,53 +141,61 @@ pub trait EstBackend: Send + Sync + 'static {
 /// The router: `/.well-known/est/…`.
 pub fn router(backend: Arc<dyn EstBackend>) -> Router {
     Router::new()
-        .route("/.well-known/est/cacerts", get(|s, h| cacerts(s, None, h)))
-        .route(
-            "/.well-known/est/{label}/cacerts",
-            get(|s, Path(l): Path<String>, h| cacerts(s, Some(l), h)),
-        )
-        .route(
-            "/.well-known/est/simpleenroll",
-            post(|s, e, c, h, b| enroll(s, None, Operation::Enroll, e, c, h, b)),
-        )
-        .route(
-            "/.well-known/est/{label}/simpleenroll",
-            post(|s, Path(l): Path<String>, e, c, h, b| {
-                enroll(s, Some(l), Operation::Enroll, e, c, h, b)
-            }),
-        )
-        .route(
-            "/.well-known/est/simplereenroll",
-            post(|s, e, c, h, b| enroll(s, None, Operation::Reenroll, e, c, h, b)),
-        )
-        .route(
-            "/.well-known/est/{label}/simplereenroll",
-            post(|s, Path(l): Path<String>, e, c, h, b| {
-                enroll(s, Some(l), Operation::Reenroll, e, c, h, b)
-            }),
-        )
-        .route(
-            "/.well-known/est/serverkeygen",
-            post(|s, e, c, h, b| enroll(s, None, Operation::ServerKeygen, e, c, h, b)),
-        )
-        .route(
-            "/.well-known/est/{label}/serverkeygen",
-            post(|s, Path(l): Path<String>, e, c, h, b| {
-                enroll(s, Some(l), Operation::ServerKeygen, e, c, h, b)
-            }),
-        )
-        .route("/.well-known/est/csrattrs", get(|s| csrattrs(s, None)))
-        .route(
-            "/.well-known/est/{label}/csrattrs",
-            get(|s, Path(l): Path<String>| csrattrs(s, Some(l))),
-        )
-        .route("/.well-known/est/fullcmc", post(full_cmc))
-        .route("/.well-known/est/{label}/fullcmc", post(full_cmc))
+        .route("/.well-known/est/{*path}", any(dispatch))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(backend)
 }
 
-async fn full_cmc() -> Response {
+/// `[<label>/]<operation>` → the operation's handler.
+async fn dispatch(
+    State(backend): State<Arc<dyn EstBackend>>,
+    Path(path): Path<String>,
+    method: Method,
+    peer: Option<Extension<PeerCertificates>>,
+    binding: Option<Extension<ChannelBinding>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (label, operation) = match path.split_once('/') {
+        None => (None, path.as_str()),
+        Some((label, operation)) if !label.is_empty() && !operation.contains('/') => {
+            (Some(label.to_string()), operation)
+        }
+        _ => return EstError::NotFound("no such EST resource".into()).into_response(),
+    };
+    let state = State(backend);
+    let enrollment = |operation| {
+        enroll(
+            state.clone(),
+            label.clone(),
+            operation,
+            peer.clone(),
+            binding.clone(),
+            headers.clone(),
+            body.clone(),
+        )
+    };
+    let result = match (operation, method) {
+        ("cacerts", Method::GET) => cacerts(state.clone(), label.clone())
+            .await
+            .map_err(IntoResponse::into_response),
+        ("csrattrs", Method::GET) => csrattrs(state.clone(), label.clone())
+            .await
+            .map_err(IntoResponse::into_response),
+        ("simpleenroll", Method::POST) => enrollment(Operation::Enroll).await,
+        ("simplereenroll", Method::POST) => enrollment(Operation::Reenroll).await,
+        ("serverkeygen", Method::POST) => enrollment(Operation::ServerKeygen).await,
+        ("fullcmc", Method::POST) => Ok(full_cmc()),
+        (
+            "cacerts" | "csrattrs" | "simpleenroll" | "simplereenroll" | "serverkeygen" | "fullcmc",
+            _,
+        ) => Ok((StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n").into_response()),
+        _ => Err(EstError::NotFound("no such EST operation".into()).into_response()),
+    };
+    result.unwrap_or_else(|response| response)
+}
+
+fn full_cmc() -> Response {
     (
         StatusCode::NOT_IMPLEMENTED,
         "fullcmc is not supported by this server; use simpleenroll\n",
@@ -269,7 +278,6 @@ fn keygen_response(pkcs8: &[u8], pkcs7: &[u8]) -> Response {
 async fn cacerts(
     State(backend): State<Arc<dyn EstBackend>>,
     label: Option<String>,
-    _headers: HeaderMap,
 ) -> Result<Response, EstError> {
     if !backend.has_profile(label.as_deref()) {
         return Err(EstError::NotFound("no such EST label".into()));
