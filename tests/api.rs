@@ -666,6 +666,7 @@ async fn a_request_interrupted_while_signing_is_marked_failed_on_restart() {
             },
             created_at: now,
             updated_at: now,
+            pending: None,
         };
         assert!(store.begin_issuance(&request).unwrap());
     }

@@ -66,6 +66,11 @@ pub async fn enroll(
     };
     match state.pipeline.submit(request).await? {
         Outcome::Denied { request_id, denial } => Err(ApiError::Denied { request_id, denial }),
+        Outcome::Pending { request_id, reason } => {
+            let body =
+                serde_json::json!({"request_id": request_id, "state": "pending", "reason": reason});
+            Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+        }
         Outcome::Issued(record) => {
             let now = state.pipeline.clock().now();
             let location = format!("/api/v1/certificates/{}", record.serial);
@@ -408,6 +413,95 @@ pub async fn verify_audit(
             .pipeline
             .with_store(|store| store.verify_audit())
             .await?,
+    ))
+}
+
+/// `GET /api/v1/approvals`: requests waiting for a person (managing roles only).
+pub async fn list_approvals(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !may_manage(state.pipeline.config(), &identity) {
+        return Err(ApiError::Forbidden(
+            "listing approvals needs a managing role".into(),
+        ));
+    }
+    let pending = state
+        .pipeline
+        .with_store(|store| store.pending_requests())
+        .await?;
+    let items: Vec<_> = pending
+        .iter()
+        .map(|r| {
+            let reason = match &r.state {
+                crate::store::RequestState::Pending { reason } => reason.clone(),
+                _ => String::new(),
+            };
+            serde_json::json!({
+                "request_id": r.request_id, "identity": r.identity, "protocol": r.protocol,
+                "template": r.template, "identifiers": r.identifiers, "reason": reason,
+                "created_at": r.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "items": items })))
+}
+
+fn approval_error(error: crate::pipeline::ApprovalError) -> ApiError {
+    use crate::pipeline::ApprovalError;
+    match error {
+        ApprovalError::NotFound => ApiError::NotFound("no such request".into()),
+        ApprovalError::NotPending => ApiError::Conflict {
+            code: "not_pending",
+            message: error.to_string(),
+        },
+        ApprovalError::NotAnApprover | ApprovalError::OwnRequest => {
+            ApiError::Forbidden(error.to_string())
+        }
+        ApprovalError::Unusable(message) => ApiError::bad_request("unusable_request", message),
+        ApprovalError::Pipeline(error) => error.into(),
+    }
+}
+
+/// `POST /api/v1/approvals/{request_id}/approve`: issue it now (four eyes).
+pub async fn approve(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    Path(request_id): Path<Uuid>,
+) -> Result<Json<CertificateDetail>, ApiError> {
+    let record = state
+        .pipeline
+        .approve(request_id, &identity)
+        .await
+        .map_err(approval_error)?;
+    Ok(Json(CertificateDetail::new(
+        &record,
+        state.pipeline.clock().now(),
+    )))
+}
+
+/// Body of a denial.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DenyBody {
+    reason: Option<String>,
+}
+
+/// `POST /api/v1/approvals/{request_id}/deny`.
+pub async fn deny_approval(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    Path(request_id): Path<Uuid>,
+    JsonBody(body): JsonBody<DenyBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let reason = body.reason.unwrap_or_else(|| "no reason given".into());
+    state
+        .pipeline
+        .reject(request_id, &identity, &reason)
+        .await
+        .map_err(approval_error)?;
+    Ok(Json(
+        serde_json::json!({ "request_id": request_id, "state": "denied", "reason": reason }),
     ))
 }
 

@@ -42,6 +42,15 @@ pub fn router(pipeline: Pipeline) -> Router {
         .route("/api/v1/acme/eab-keys", post(handlers::create_eab_key))
         .route("/api/v1/audit/verify", get(handlers::verify_audit))
         .route("/api/v1/policy/check", post(handlers::policy_check))
+        .route("/api/v1/approvals", get(handlers::list_approvals))
+        .route(
+            "/api/v1/approvals/{request_id}/approve",
+            post(handlers::approve),
+        )
+        .route(
+            "/api/v1/approvals/{request_id}/deny",
+            post(handlers::deny_approval),
+        )
         .fallback(handlers::not_found)
         // Bodies are limited by our own extractor (JSON 413); disable axum's plain-text one.
         .layer(DefaultBodyLimit::disable())

@@ -308,6 +308,9 @@ pub struct TemplateConfig {
     pub max_validity_days: u32,
     /// Most SANs in one certificate.
     pub max_sans: usize,
+    /// Every request on this template waits for an approver (four eyes).
+    #[serde(default)]
+    pub approval_required: bool,
 }
 
 /// `[roles.<name>]`: what holders of a role may request.

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use der::{Decode, Encode};
 use rampart_acme::{
-    AccountRecord, AcmeBackend, ExternalAccountKey, KeyValue, KnownCertificate, OrderRecord,
-    Problem, ProblemType, Profile, Revoker,
+    AccountRecord, AcmeBackend, ExternalAccountKey, Issuance, KeyValue, KnownCertificate,
+    OrderRecord, PendingStatus, Problem, ProblemType, Profile, Revoker,
 };
 use serde_json::{json, Map};
 use uuid::Uuid;
@@ -18,6 +18,7 @@ use crate::model::{
 use crate::pipeline::{Outcome, Pipeline, PipelineError};
 use crate::pkix::pem;
 use crate::policy::{self, Layer};
+use crate::store::RequestState;
 
 /// The daemon as an ACME backend.
 #[derive(Debug, Clone)]
@@ -144,7 +145,7 @@ impl AcmeBackend for Backend {
         account: &AccountRecord,
         order: &OrderRecord,
         csr_der: Vec<u8>,
-    ) -> Result<String, Problem> {
+    ) -> Result<Issuance, Problem> {
         let profile = self
             .pipeline
             .config()
@@ -174,24 +175,41 @@ impl AcmeBackend for Backend {
             ]),
         };
         match self.pipeline.submit(request).await {
-            Ok(Outcome::Issued(record)) => Ok(record.serial),
-            Ok(Outcome::Denied { request_id, denial }) => {
-                let kind = match denial.layer {
-                    Layer::Input | Layer::Template => ProblemType::BadCsr,
-                    Layer::Names => ProblemType::RejectedIdentifier,
-                    Layer::Identity => ProblemType::Unauthorized,
-                };
-                Err(Problem::new(
-                    kind,
-                    format!(
-                        "{} (rule {}, request {request_id})",
-                        denial.reason, denial.rule
-                    ),
-                ))
-            }
+            Ok(Outcome::Issued(record)) => Ok(Issuance::Issued {
+                serial: record.serial,
+            }),
+            Ok(Outcome::Pending { request_id, .. }) => Ok(Issuance::Pending {
+                request_id: request_id.to_string(),
+            }),
+            Ok(Outcome::Denied { request_id, denial }) => Err(denial_problem(request_id, &denial)),
             Err(PipelineError::Ca(error)) => Err(Problem::internal(format!("CA: {error}"))),
             Err(PipelineError::Store(error)) => Err(store_problem(error)),
         }
+    }
+
+    async fn pending_status(&self, request_id: &str) -> Result<PendingStatus, Problem> {
+        let id: Uuid = request_id
+            .parse()
+            .map_err(|_| Problem::internal("malformed pending request id"))?;
+        let state = self
+            .pipeline
+            .request_state(id)
+            .await
+            .map_err(store_problem)?;
+        Ok(match state {
+            Some(RequestState::Issued { serial }) => PendingStatus::Issued { serial },
+            Some(RequestState::Denied { reason }) => PendingStatus::Refused(Problem::new(
+                ProblemType::Unauthorized,
+                format!("{reason} (request {id})"),
+            )),
+            Some(RequestState::Failed { reason }) => {
+                PendingStatus::Refused(Problem::internal(reason))
+            }
+            Some(RequestState::Pending { .. } | RequestState::Issuing { .. }) => {
+                PendingStatus::Waiting
+            }
+            None => PendingStatus::Refused(Problem::internal("the pending request disappeared")),
+        })
     }
 
     async fn certificate_chain(&self, serial: &str) -> Result<Option<String>, Problem> {
@@ -343,6 +361,22 @@ impl KeyValue for StoreKv {
             .protocol_scan(namespace, &prefix)
             .map_err(|e| e.to_string())
     }
+}
+
+/// A policy denial as an ACME problem: by the layer that decided.
+fn denial_problem(request_id: Uuid, denial: &crate::policy::Denial) -> Problem {
+    let kind = match denial.layer {
+        Layer::Input | Layer::Template => ProblemType::BadCsr,
+        Layer::Names => ProblemType::RejectedIdentifier,
+        Layer::Identity => ProblemType::Unauthorized,
+    };
+    Problem::new(
+        kind,
+        format!(
+            "{} (rule {}, request {request_id})",
+            denial.reason, denial.rule
+        ),
+    )
 }
 
 /// The ACME server over the daemon.

@@ -16,6 +16,10 @@ use crate::pipeline::{Outcome, Pipeline, PipelineError};
 use crate::pkix::csr::VerifiedCsr;
 use crate::pkix::pkcs7;
 use crate::policy::Layer;
+use crate::store::RequestState;
+
+/// Protocol-state namespace: requests held for approval, by hash of requester and CSR.
+const RESENT: &str = "est.pending";
 
 /// A manufacturer CA devices may bootstrap with.
 #[derive(Debug, Clone)]
@@ -261,6 +265,55 @@ impl Backend {
         }
     }
 
+    /// The answer to a request sent before that waited for approval (RFC 7030 §4.2.3: the
+    /// client re-sends the same request): the certificate once approved, 202 while waiting,
+    /// 403 once denied. `None` when there was no such request.
+    async fn earlier_answer(
+        &self,
+        resend_key: &str,
+    ) -> Result<Option<Result<Vec<u8>, EstError>>, EstError> {
+        let key = resend_key.to_string();
+        let unavailable = |e: crate::store::StoreError| EstError::Unavailable(e.to_string());
+        let Some(id) = self
+            .pipeline
+            .with_store(move |store| store.protocol_get(RESENT, &key))
+            .await
+            .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let Ok(request_id) = String::from_utf8_lossy(&id).parse::<Uuid>() else {
+            return Ok(None);
+        };
+        Ok(
+            match self
+                .pipeline
+                .request_state(request_id)
+                .await
+                .map_err(unavailable)?
+            {
+                Some(RequestState::Issued { serial }) => {
+                    let record = self
+                        .pipeline
+                        .with_store(move |store| store.certificate(&serial))
+                        .await
+                        .map_err(unavailable)?;
+                    record.map(|r| {
+                        pkcs7::certs_only(std::slice::from_ref(&r.der))
+                            .map_err(|e| EstError::Unavailable(e.to_string()))
+                    })
+                }
+                Some(RequestState::Pending { .. } | RequestState::Issuing { .. }) => Some(Err(
+                    EstError::Pending(format!("request {request_id} still waits for approval")),
+                )),
+                Some(RequestState::Denied { reason }) => Some(Err(EstError::Forbidden(format!(
+                    "{reason} (request {request_id})"
+                )))),
+                Some(RequestState::Failed { .. }) | None => None,
+            },
+        )
+    }
+
     /// Through the one pipeline; the certs-only PKCS#7 of the issued certificate.
     async fn submit(
         &self,
@@ -285,9 +338,32 @@ impl Backend {
             resource: None,
             metadata: BTreeMap::from([("est_operation".to_string(), operation.to_string())]),
         };
+        let resend_key = crate::pkix::sha256_hex(
+            format!(
+                "{}\n{}",
+                request.identity.name,
+                hex::encode(&request.csr_der)
+            )
+            .as_bytes(),
+        );
+        if let Some(answer) = self.earlier_answer(&resend_key).await? {
+            return answer;
+        }
         match self.pipeline.submit(request).await {
             Ok(Outcome::Issued(record)) => pkcs7::certs_only(std::slice::from_ref(&record.der))
                 .map_err(|e| EstError::Unavailable(e.to_string())),
+            Ok(Outcome::Pending { request_id, reason }) => {
+                let id = request_id.to_string();
+                self.pipeline
+                    .with_store(move |store| {
+                        store.protocol_put(RESENT, &resend_key, id.as_bytes(), true)
+                    })
+                    .await
+                    .map_err(|e| EstError::Unavailable(e.to_string()))?;
+                Err(EstError::Pending(format!(
+                    "{reason}; request {request_id} waits for approval, send it again later"
+                )))
+            }
             Ok(Outcome::Denied { request_id, denial }) => {
                 let message = format!(
                     "{} (rule {}, request {request_id})",

@@ -23,7 +23,8 @@ use crate::pkix::csr::{CsrError, VerifiedCsr};
 use crate::pkix::sha256_hex;
 use crate::policy::{self, Approval, Decision, Denial, Evaluation, Layer, PolicyRequest, Step};
 use crate::store::{
-    AuditAction, AuditEntry, EventKind, NewEvent, RequestRecord, RequestState, Store, StoreError,
+    AuditAction, AuditEntry, EventKind, NewEvent, PendingEnrollment, RequestRecord, RequestState,
+    Store, StoreError,
 };
 
 /// Certificates start this long before the moment of issuance, to absorb clock skew.
@@ -40,11 +41,41 @@ pub enum PipelineError {
     Ca(#[from] CaError),
 }
 
+/// Why an approval action was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ApprovalError {
+    /// No such request.
+    #[error("no such request")]
+    NotFound,
+    /// The request is not waiting for approval.
+    #[error("the request is not waiting for approval")]
+    NotPending,
+    /// The approver holds no managing role.
+    #[error("approving needs a managing role")]
+    NotAnApprover,
+    /// Four eyes: nobody approves their own request.
+    #[error("requesters cannot decide on their own requests")]
+    OwnRequest,
+    /// The stored request can no longer be issued.
+    #[error("the request cannot be issued: {0}")]
+    Unusable(String),
+    /// Issuance failed.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
 /// What came of a submission.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// Issued and recorded.
     Issued(Box<CertificateRecord>),
+    /// Waiting for a person's approval (recorded and audited).
+    Pending {
+        /// The request's id (poll or approve it by this).
+        request_id: Uuid,
+        /// Why.
+        reason: String,
+    },
     /// Refused, with the deciding layer, rule and reason (recorded and audited).
     Denied {
         /// The request's id.
@@ -161,6 +192,11 @@ impl Pipeline {
             }
             (None, Decision::Approved(_)) => unreachable!("an unreadable CSR is never approved"),
         };
+        if let Some(reason) = approval.needs_approval.clone() {
+            return self
+                .hold(&request, approval, evaluation.trace, reason)
+                .await;
+        }
         let template = &self.config.templates[&request.template];
         let approved = Approved {
             request_id: request.request_id,
@@ -179,6 +215,170 @@ impl Pipeline {
         self.metrics
             .issuance(request.protocol.as_str(), started.elapsed().as_secs_f64());
         Ok(Outcome::Issued(Box::new(record)))
+    }
+
+    /// Keep an approved-by-policy request until a person decides (durably, audited).
+    async fn hold(
+        &self,
+        request: &EnrollmentRequest,
+        approval: Approval,
+        trace: Vec<Step>,
+        reason: String,
+    ) -> Result<Outcome, PipelineError> {
+        let now = self.clock.now();
+        self.metrics
+            .decision(request.protocol.as_str(), "pending", "template");
+        let record = RequestRecord {
+            request_id: request.request_id,
+            protocol: request.protocol,
+            identity: request.identity.name.clone(),
+            template: request.template.clone(),
+            identifiers: approval.identifiers.clone(),
+            state: RequestState::Pending {
+                reason: reason.clone(),
+            },
+            created_at: now,
+            updated_at: now,
+            pending: Some(PendingEnrollment {
+                csr_sha256: sha256_hex(&request.csr_der),
+                csr_der: request.csr_der.clone(),
+                identity: request.identity.clone(),
+                common_name: approval.common_name.clone(),
+                validity_days: approval.validity_days,
+                resource: request.resource.clone(),
+                metadata: request.metadata.clone(),
+            }),
+        };
+        let audit = AuditEntry {
+            time: now,
+            request_id: Some(request.request_id),
+            actor: request.identity.name.clone(),
+            action: AuditAction::Decision,
+            outcome: "pending".into(),
+            layer: Some(Layer::Template.as_str().into()),
+            rule: Some("approval_required".into()),
+            reason: reason.clone(),
+            subject: None,
+            details: json!({ "protocol": request.protocol, "template": request.template,
+                "identifiers": approval.identifiers, "trace": trace }),
+        };
+        let event = NewEvent {
+            kind: EventKind::ApprovalRequested,
+            time: now,
+            data: json!({ "request_id": request.request_id, "identity": request.identity.name,
+                "template": request.template, "identifiers": approval.identifiers }),
+        };
+        self.with_store(move |store| store.record_pending(&record, &audit, &event))
+            .await?;
+        tracing::info!(request_id = %request.request_id, %reason, "request waits for approval");
+        Ok(Outcome::Pending {
+            request_id: request.request_id,
+            reason,
+        })
+    }
+
+    /// An approver approves a pending request: it is issued now. Four eyes: the approver
+    /// must hold a managing role and must not be the requester.
+    pub async fn approve(
+        &self,
+        request_id: Uuid,
+        approver: &Identity,
+    ) -> Result<CertificateRecord, ApprovalError> {
+        let (record, pending) = self.pending(request_id, approver).await?;
+        let csr = VerifiedCsr::parse(&pending.csr_der)
+            .map_err(|e| ApprovalError::Unusable(e.to_string()))?;
+        let template = self.config.templates.get(&record.template).ok_or_else(|| {
+            ApprovalError::Unusable(format!("template `{}` no longer exists", record.template))
+        })?;
+        let mut metadata = pending.metadata.clone();
+        metadata.insert("approved_by".into(), approver.name.clone());
+        let approved = Approved {
+            request_id,
+            protocol: record.protocol,
+            identity: &pending.identity,
+            template: &record.template,
+            approval: Approval {
+                identifiers: record.identifiers.clone(),
+                common_name: pending.common_name.clone(),
+                validity_days: pending.validity_days,
+                needs_approval: None,
+            },
+            public_key: csr.public_key,
+            key_type: csr.key_type,
+            extended_key_usages: template.extended_key_usages.clone(),
+            resource: pending.resource.clone(),
+            metadata,
+            trace: vec![Step {
+                layer: Layer::Template,
+                verdict: "approved",
+                detail: format!("approved by {}", approver.name),
+            }],
+        };
+        Ok(self.issue(approved).await?)
+    }
+
+    /// An approver refuses a pending request.
+    pub async fn reject(
+        &self,
+        request_id: Uuid,
+        approver: &Identity,
+        reason: &str,
+    ) -> Result<(), ApprovalError> {
+        let (record, pending) = self.pending(request_id, approver).await?;
+        let request = EnrollmentRequest {
+            request_id,
+            protocol: record.protocol,
+            identity: pending.identity,
+            csr_der: pending.csr_der,
+            template: record.template,
+            requested_identifiers: Some(record.identifiers.clone()),
+            validity_days: Some(pending.validity_days),
+            resource: pending.resource,
+            metadata: pending.metadata,
+        };
+        let denial = Denial::new(
+            Layer::Template,
+            "approval_denied",
+            format!("denied by {}: {reason}", approver.name),
+        );
+        self.deny(&request, record.identifiers, denial, Vec::new())
+            .await?;
+        Ok(())
+    }
+
+    /// A pending request the approver may decide on.
+    async fn pending(
+        &self,
+        request_id: Uuid,
+        approver: &Identity,
+    ) -> Result<(RequestRecord, PendingEnrollment), ApprovalError> {
+        let record = self
+            .with_store(move |store| store.request(request_id))
+            .await
+            .map_err(PipelineError::from)?
+            .ok_or(ApprovalError::NotFound)?;
+        let (RequestState::Pending { .. }, Some(pending)) = (&record.state, record.pending.clone())
+        else {
+            return Err(ApprovalError::NotPending);
+        };
+        if !policy::identity::may_manage(&self.config, approver) {
+            return Err(ApprovalError::NotAnApprover);
+        }
+        if approver.name == pending.identity.name {
+            return Err(ApprovalError::OwnRequest);
+        }
+        Ok((record, pending))
+    }
+
+    /// Where a request stands (for protocols polling a pending request).
+    pub async fn request_state(
+        &self,
+        request_id: Uuid,
+    ) -> Result<Option<RequestState>, StoreError> {
+        Ok(self
+            .with_store(move |store| store.request(request_id))
+            .await?
+            .map(|r| r.state))
     }
 
     /// Decide on a request without recording or issuing anything (dry run: `policy check`).
@@ -241,6 +441,7 @@ impl Pipeline {
                 identifiers,
                 common_name,
                 validity_days,
+                needs_approval: None,
             },
             public_key,
             key_type,
@@ -301,6 +502,7 @@ impl Pipeline {
             },
             created_at: now,
             updated_at: now,
+            pending: None,
         };
         let audit = AuditEntry {
             time: now,
@@ -384,6 +586,7 @@ impl Pipeline {
                 },
                 created_at: now,
                 updated_at: now,
+                pending: None,
             };
             let audit = decision.clone();
             let reserved = self

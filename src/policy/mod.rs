@@ -86,6 +86,8 @@ pub struct Approval {
     pub common_name: Option<String>,
     /// Lifetime in days.
     pub validity_days: u32,
+    /// Why a person must approve first, when one must.
+    pub needs_approval: Option<String>,
 }
 
 /// The outcome of [`evaluate`].
@@ -237,7 +239,8 @@ pub(crate) mod tests {
             Decision::Approved(Approval {
                 identifiers: ids.to_vec(),
                 common_name: Some("www.example".into()),
-                validity_days: 90
+                validity_days: 90,
+                needs_approval: None,
             })
         );
         let layers: Vec<_> = evaluation.trace.iter().map(|s| s.layer).collect();

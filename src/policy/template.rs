@@ -78,10 +78,14 @@ pub fn check(template: &TemplateConfig, request: &PolicyRequest<'_>) -> Result<A
             Some(cn.to_ascii_lowercase())
         }
     };
+    let needs_approval = template
+        .approval_required
+        .then(|| format!("template `{}` requires approval", request.template));
     Ok(Approval {
         identifiers: request.identifiers.to_vec(),
         common_name,
         validity_days,
+        needs_approval,
     })
 }
 

@@ -65,6 +65,11 @@ pub enum RequestState {
         /// The certificate's serial.
         serial: String,
     },
+    /// Approved by policy, waiting for a person.
+    Pending {
+        /// Why approval is needed.
+        reason: String,
+    },
     /// Refused by policy or input checks.
     Denied {
         /// Why.
@@ -98,6 +103,29 @@ pub struct RequestRecord {
     /// Last change.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// What issuance needs once approved (pending requests only).
+    #[serde(default)]
+    pub pending: Option<PendingEnrollment>,
+}
+
+/// A request kept until a person decides on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingEnrollment {
+    /// The CSR, DER.
+    #[serde(with = "crate::model::base64_bytes")]
+    pub csr_der: Vec<u8>,
+    /// SHA-256 of the CSR, hex (protocols that re-send the same request find it by this).
+    pub csr_sha256: String,
+    /// The requester.
+    pub identity: crate::model::Identity,
+    /// Subject CN decided on.
+    pub common_name: Option<String>,
+    /// Lifetime decided on.
+    pub validity_days: u32,
+    /// Resource named.
+    pub resource: Option<String>,
+    /// Labels.
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// An API key as stored: the secret only as a SHA-256 hash (keys are 256-bit random, so
@@ -127,6 +155,8 @@ pub enum EventKind {
     CertificateRevoked,
     /// A request was denied.
     RequestDenied,
+    /// A request waits for approval.
+    ApprovalRequested,
 }
 
 /// An event waiting in the outbox.
@@ -229,6 +259,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         audit: &AuditEntry,
         event: &NewEvent,
     ) -> Result<(), StoreError>;
+
+    /// Record a request waiting for approval with its audit entry and event. Durable.
+    fn record_pending(
+        &self,
+        request: &RequestRecord,
+        audit: &AuditEntry,
+        event: &NewEvent,
+    ) -> Result<(), StoreError>;
+
+    /// Requests waiting for approval.
+    fn pending_requests(&self) -> Result<Vec<RequestRecord>, StoreError>;
 
     /// Requests left in `Issuing` (by a crash); used at start-up to mark them failed.
     fn interrupted_requests(&self) -> Result<Vec<RequestRecord>, StoreError>;

@@ -315,6 +315,21 @@ impl SledStore {
     }
 
     /// Serials > `after` that the query's most selective index yields, in serial order.
+    /// Requests whose state passes `keep` (a scan: pending and interrupted requests are few).
+    fn requests_where(
+        &self,
+        keep: impl Fn(&RequestState) -> bool,
+    ) -> Result<Vec<RequestRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.t.requests.iter().values() {
+            let request: RequestRecord = decode("requests", &item.map_err(backend)?)?;
+            if keep(&request.state) {
+                out.push(request);
+            }
+        }
+        Ok(out)
+    }
+
     fn candidate_serials(
         &self,
         query: &CertificateQuery,
@@ -456,15 +471,25 @@ impl Store for SledStore {
         })
     }
 
+    fn record_pending(
+        &self,
+        request: &RequestRecord,
+        audit: &AuditEntry,
+        event: &NewEvent,
+    ) -> Result<(), StoreError> {
+        self.transact(true, |tx| {
+            tx.put_request(request)?;
+            tx.append_audit(audit)?;
+            tx.push_event(event)
+        })
+    }
+
+    fn pending_requests(&self) -> Result<Vec<RequestRecord>, StoreError> {
+        self.requests_where(|state| matches!(state, RequestState::Pending { .. }))
+    }
+
     fn interrupted_requests(&self) -> Result<Vec<RequestRecord>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.t.requests.iter().values() {
-            let request: RequestRecord = decode("requests", &item.map_err(backend)?)?;
-            if matches!(request.state, RequestState::Issuing { .. }) {
-                out.push(request);
-            }
-        }
-        Ok(out)
+        self.requests_where(|state| matches!(state, RequestState::Issuing { .. }))
     }
 
     fn request(&self, request_id: Uuid) -> Result<Option<RequestRecord>, StoreError> {

@@ -59,6 +59,35 @@ pub struct ExternalAccountKey {
     pub bound_account: Option<String>,
 }
 
+/// What came of a finalize.
+#[derive(Debug, Clone)]
+pub enum Issuance {
+    /// Issued now.
+    Issued {
+        /// Serial, hex.
+        serial: String,
+    },
+    /// Waiting for a person's approval; poll with [`AcmeBackend::pending_status`].
+    Pending {
+        /// The embedder's request id.
+        request_id: String,
+    },
+}
+
+/// Where a pending request stands.
+#[derive(Debug, Clone)]
+pub enum PendingStatus {
+    /// Still waiting.
+    Waiting,
+    /// Approved and issued.
+    Issued {
+        /// Serial, hex.
+        serial: String,
+    },
+    /// Refused (the order becomes invalid with this problem).
+    Refused(Problem),
+}
+
 /// Who revokes.
 #[derive(Debug, Clone)]
 pub enum Revoker {
@@ -96,13 +125,16 @@ pub trait AcmeBackend: Send + Sync + 'static {
         identifiers: &[Identifier],
     ) -> Result<(), Vec<(Identifier, String)>>;
 
-    /// Issue for a ready order whose CSR matched it. Returns the serial.
+    /// Where a request held for approval stands.
+    async fn pending_status(&self, request_id: &str) -> Result<PendingStatus, Problem>;
+
+    /// Issue for a ready order whose CSR matched it, or hold it for approval.
     async fn issue(
         &self,
         account: &AccountRecord,
         order: &OrderRecord,
         csr_der: Vec<u8>,
-    ) -> Result<String, Problem>;
+    ) -> Result<Issuance, Problem>;
 
     /// The PEM chain (leaf first) of a certificate.
     async fn certificate_chain(&self, serial: &str) -> Result<Option<String>, Problem>;

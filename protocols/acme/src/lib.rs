@@ -17,7 +17,9 @@ pub mod server;
 pub mod validation;
 pub mod wire;
 
-pub use backend::{AcmeBackend, ExternalAccountKey, KnownCertificate, Profile, Revoker};
+pub use backend::{
+    AcmeBackend, ExternalAccountKey, Issuance, KnownCertificate, PendingStatus, Profile, Revoker,
+};
 pub use problem::{Problem, ProblemType};
 pub use records::{AccountRecord, KeyValue, MemoryKv, OrderRecord, Records};
 pub use server::{router, AcmeServer, Clock};

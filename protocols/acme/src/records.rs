@@ -185,6 +185,9 @@ pub struct OrderRecord {
     /// Certificate profile (template) the order is issued on.
     #[serde(default)]
     pub certificate_profile: String,
+    /// The embedder's request id while issuance waits for an approval.
+    #[serde(default)]
+    pub pending_request: Option<String>,
     /// RFC 9773 identifier of the certificate this order replaces, as the client sent it.
     #[serde(default)]
     pub replaces: Option<String>,

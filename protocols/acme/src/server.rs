@@ -777,6 +777,29 @@ impl AcmeServer {
         })
     }
 
+    /// An order held for approval becomes valid or invalid once the approver decided.
+    async fn settle_pending(&self, order: &mut OrderRecord) -> Result<(), Problem> {
+        let Some(request_id) = order.pending_request.clone() else {
+            return Ok(());
+        };
+        if order.status != OrderStatus::Processing {
+            return Ok(());
+        }
+        match self.backend.pending_status(&request_id).await? {
+            crate::backend::PendingStatus::Waiting => return Ok(()),
+            crate::backend::PendingStatus::Issued { serial } => {
+                order.status = OrderStatus::Valid;
+                order.certificate_serial = Some(serial);
+            }
+            crate::backend::PendingStatus::Refused(problem) => {
+                order.status = OrderStatus::Invalid;
+                order.error = Some(problem.body());
+            }
+        }
+        order.pending_request = None;
+        self.records.put_order(order, false).await
+    }
+
     async fn owned_order(&self, signed: &Signed, id: &str) -> Result<OrderRecord, Problem> {
         let account = signed.account();
         self.records
@@ -982,6 +1005,7 @@ async fn new_order(
         certificate_serial: None,
         certificate_profile,
         replaces: payload.replaces.clone(),
+        pending_request: None,
         created_at: now,
     };
     if let Some(serial) = &replaced_serial {
@@ -1014,7 +1038,8 @@ async fn order(
     Path((_, id)): Path<(String, String)>,
     Verified(signed, _): Verified<ByKid>,
 ) -> Result<Response, Problem> {
-    let order = server.owned_order(&signed, &id).await?;
+    let mut order = server.owned_order(&signed, &id).await?;
+    server.settle_pending(&mut order).await?;
     server
         .order_response(&order, &signed.urls, StatusCode::OK)
         .await
@@ -1100,9 +1125,17 @@ async fn finalize(
     order.status = OrderStatus::Processing;
     server.records.put_order(&order, false).await?;
     match server.backend.issue(&account, &order, csr_der).await {
-        Ok(serial) => {
+        Ok(crate::backend::Issuance::Issued { serial }) => {
             order.status = OrderStatus::Valid;
             order.certificate_serial = Some(serial);
+            server.records.put_order(&order, false).await?;
+            server
+                .order_response(&order, &signed.urls, StatusCode::OK)
+                .await
+        }
+        Ok(crate::backend::Issuance::Pending { request_id }) => {
+            // Stays `processing` (with Retry-After) until an approver decides.
+            order.pending_request = Some(request_id);
             server.records.put_order(&order, false).await?;
             server
                 .order_response(&order, &signed.urls, StatusCode::OK)
@@ -1122,7 +1155,8 @@ async fn certificate(
     Path((_, id)): Path<(String, String)>,
     Verified(signed, _): Verified<ByKid>,
 ) -> Result<Response, Problem> {
-    let order = server.owned_order(&signed, &id).await?;
+    let mut order = server.owned_order(&signed, &id).await?;
+    server.settle_pending(&mut order).await?;
     let serial = order
         .certificate_serial
         .ok_or_else(|| Problem::not_found("certificate"))?;

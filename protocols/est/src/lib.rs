@@ -77,6 +77,9 @@ pub enum EstError {
     /// Server-side failure: 503.
     #[error("{0}")]
     Unavailable(String),
+    /// Waiting for an approval: 202 with Retry-After; the client re-sends the same request.
+    #[error("{0}")]
+    Pending(String),
 }
 
 impl IntoResponse for EstError {
@@ -87,6 +90,7 @@ impl IntoResponse for EstError {
             EstError::Forbidden(_) => StatusCode::FORBIDDEN,
             EstError::NotFound(_) => StatusCode::NOT_FOUND,
             EstError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            EstError::Pending(_) => StatusCode::ACCEPTED,
         };
         let mut response = (status, format!("{self}\n")).into_response();
         let headers = response.headers_mut();
@@ -94,6 +98,9 @@ impl IntoResponse for EstError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if status == StatusCode::ACCEPTED {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,

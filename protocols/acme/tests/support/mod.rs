@@ -126,7 +126,7 @@ impl AcmeBackend for FakeBackend {
         account: &AccountRecord,
         order: &OrderRecord,
         csr_der: Vec<u8>,
-    ) -> Result<String, Problem> {
+    ) -> Result<rampart_acme::Issuance, Problem> {
         let mut issued = self.issued.lock().unwrap();
         let serial_byte = u8::try_from(issued.len() + 1).expect("under 128 certificates");
         let names: Vec<String> = order.identifiers.iter().map(|i| i.value.clone()).collect();
@@ -144,7 +144,15 @@ impl AcmeBackend for FakeBackend {
             cert_pem: cert.pem(),
             spki_der: key.subject_public_key_info(),
         });
-        Ok(serial)
+        Ok(rampart_acme::Issuance::Issued { serial })
+    }
+
+    async fn pending_status(
+        &self,
+        _request_id: &str,
+    ) -> Result<rampart_acme::PendingStatus, Problem> {
+        // This backend issues at once; nothing is ever held.
+        Err(Problem::internal("the fake backend holds no requests"))
     }
 
     async fn certificate_chain(&self, serial: &str) -> Result<Option<String>, Problem> {

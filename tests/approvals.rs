@@ -1,0 +1,234 @@
+//! Approvals: a template that requires one holds every request; a manager who is not the
+//! requester approves (issued now) or denies it; the protocols answer in their own way
+//! while waiting — API `202`, ACME `processing`, EST `202` — and deliver once approved.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{config_for, csr, p256, start_with};
+use rampart::clock::SystemClock;
+use rampart::model::{Credential, Identity};
+use rampart::store::RequestState;
+use serde_json::json;
+
+fn bob() -> Identity {
+    Identity {
+        name: "bob".into(),
+        roles: vec!["admin".into()],
+        credential: Credential::System,
+    }
+}
+
+async fn daemon(dir: &std::path::Path) -> common::TestDaemon {
+    let mut config = config_for(dir);
+    for template in config.templates.values_mut() {
+        template.approval_required = true;
+    }
+    start_with(config, Arc::new(SystemClock), None).await
+}
+
+#[tokio::test]
+async fn api_requests_wait_for_a_second_person() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path()).await;
+    let (status, held) = d
+        .enroll(&csr(&p256(), None, &["held.example"]), "server")
+        .await;
+    assert_eq!(
+        (status, held["state"].as_str()),
+        (202, Some("pending")),
+        "{held}"
+    );
+    let id = held["request_id"].as_str().unwrap().to_string();
+    let (_, list) = d.get("/api/v1/approvals").await;
+    assert_eq!(list["items"][0]["request_id"], id.as_str());
+
+    // Four eyes: the requester (admin) cannot approve their own request.
+    let (status, answer) = d
+        .post(&format!("/api/v1/approvals/{id}/approve"), json!({}))
+        .await;
+    assert_eq!(status, 403, "{answer}");
+    // Another manager can.
+    let record = d
+        .daemon
+        .pipeline
+        .approve(id.parse().unwrap(), &bob())
+        .await
+        .unwrap();
+    assert_eq!(record.metadata["approved_by"], "bob");
+    assert_eq!(record.owner, "admin");
+    let (status, _) = d
+        .post(&format!("/api/v1/approvals/{id}/approve"), json!({}))
+        .await;
+    assert_eq!(status, 409, "no longer pending");
+
+    // A denial is final and recorded with its reason.
+    let (_, held) = d
+        .enroll(&csr(&p256(), None, &["denied.example"]), "server")
+        .await;
+    let id: uuid::Uuid = held["request_id"].as_str().unwrap().parse().unwrap();
+    d.daemon
+        .pipeline
+        .reject(id, &bob(), "not this week")
+        .await
+        .unwrap();
+    let state = d.daemon.pipeline.request_state(id).await.unwrap().unwrap();
+    assert!(
+        matches!(state, RequestState::Denied { ref reason } if reason.contains("not this week")),
+        "{state:?}"
+    );
+    let (_, list) = d.get("/api/v1/approvals").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 0);
+    d.daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn acme_orders_stay_processing_until_approved() {
+    use instant_acme::{
+        Account, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    config.acme.allow_private_targets = true;
+    for template in config.templates.values_mut() {
+        template.approval_required = true;
+    }
+    // An IP identifier needs no DNS; the http-01 responder answers on 127.0.0.1.
+    let tokens: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
+    let served = tokens.clone();
+    let http = rampart_acme::validation::test_support::HttpResponder::start(move |path: &str| {
+        let token = path.trim_start_matches("/.well-known/acme-challenge/");
+        match served.lock().unwrap().iter().find(|(t, _)| t == token) {
+            Some((_, k)) => rampart_acme::validation::test_support::HttpReply::ok(k.clone()),
+            None => rampart_acme::validation::test_support::HttpReply::status(404),
+        }
+    })
+    .await;
+    config.acme.http01_port = http.port;
+    let d = start_with(config, Arc::new(SystemClock), None).await;
+    let (account, _) = Account::builder_with_root(&d.daemon.ca_bundle)
+        .unwrap()
+        .create(
+            &NewAccount {
+                contact: &[],
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            d.daemon.acme_url.clone().unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    let mut order = account
+        .new_order(&NewOrder::new(&[Identifier::Ip(
+            "127.0.0.1".parse().unwrap(),
+        )]))
+        .await
+        .unwrap();
+    {
+        let mut authorizations = order.authorizations();
+        let mut authz = authorizations.next().await.unwrap().unwrap();
+        let mut challenge = authz.challenge(ChallengeType::Http01).unwrap();
+        tokens.lock().unwrap().push((
+            challenge.token.clone(),
+            challenge.key_authorization().as_str().to_string(),
+        ));
+        challenge.set_ready().await.unwrap();
+    }
+    let retries = RetryPolicy::new()
+        .initial_delay(std::time::Duration::from_millis(20))
+        .timeout(std::time::Duration::from_secs(10));
+    assert_eq!(
+        order.poll_ready(&retries).await.unwrap(),
+        OrderStatus::Ready
+    );
+    order.finalize().await.unwrap();
+    assert_eq!(order.state().status, OrderStatus::Processing);
+    assert_eq!(
+        order.refresh().await.unwrap().status,
+        OrderStatus::Processing
+    );
+
+    let pending = d.daemon.pipeline.store().pending_requests().unwrap();
+    assert_eq!(pending.len(), 1);
+    d.daemon
+        .pipeline
+        .approve(pending[0].request_id, &bob())
+        .await
+        .unwrap();
+    let chain = order.poll_certificate(&retries).await.unwrap();
+    assert!(chain.contains("BEGIN CERTIFICATE"));
+    d.daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn est_answers_202_then_delivers_the_same_request_once_approved() {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    for template in config.templates.values_mut() {
+        template.approval_required = true;
+    }
+    let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+    let hash = argon2::Argon2::default()
+        .hash_password(b"pw", &salt)
+        .unwrap()
+        .to_string();
+    config.est.users.insert(
+        "dev".into(),
+        rampart::config::EstUserConfig {
+            password_hash: hash,
+            roles: vec!["admin".into()],
+        },
+    );
+    let d = start_with(config, Arc::new(SystemClock), None).await;
+    let mut builder = reqwest::Client::builder().use_rustls_tls();
+    for cert in
+        reqwest::Certificate::from_pem_bundle(&std::fs::read(&d.daemon.ca_bundle).unwrap()).unwrap()
+    {
+        builder = builder.add_root_certificate(cert);
+    }
+    let client = builder.build().unwrap();
+    let url = format!(
+        "https://localhost:{}/.well-known/est/simpleenroll",
+        d.daemon.est_addr.unwrap().port()
+    );
+    let der = rampart::pkix::pem::decode(
+        &csr(&p256(), None, &["waiting.test"]),
+        &["CERTIFICATE REQUEST"],
+    )
+    .unwrap();
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let send = || {
+        client
+            .post(&url)
+            .header("content-type", "application/pkcs10")
+            .basic_auth("dev", Some("pw"))
+            .body(body.clone())
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status().as_u16(), 202);
+    assert!(first.headers().contains_key("retry-after"));
+    assert_eq!(
+        send().await.unwrap().status().as_u16(),
+        202,
+        "still waiting"
+    );
+    let pending = d.daemon.pipeline.store().pending_requests().unwrap();
+    assert_eq!(
+        pending.len(),
+        1,
+        "the re-send did not make a second request"
+    );
+    d.daemon
+        .pipeline
+        .approve(pending[0].request_id, &bob())
+        .await
+        .unwrap();
+    let delivered = send().await.unwrap();
+    assert_eq!(delivered.status().as_u16(), 200);
+    d.daemon.shutdown().await;
+}
