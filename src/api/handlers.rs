@@ -357,6 +357,64 @@ pub async fn revoke(
     )))
 }
 
+/// `POST /api/v1/api-keys` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyBody {
+    identity: String,
+    roles: Vec<String>,
+}
+
+/// `POST /api/v1/api-keys`: a new API key for an identity (managers only); the token is in
+/// this answer only, the store keeps its hash.
+pub async fn create_api_key(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    JsonBody(body): JsonBody<ApiKeyBody>,
+) -> Result<Response, ApiError> {
+    let config = state.pipeline.config();
+    if !may_manage(config, &caller) {
+        return Err(ApiError::Forbidden(
+            "creating API keys needs a managing role".into(),
+        ));
+    }
+    if body.identity.trim().is_empty() || body.roles.is_empty() {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "`identity` and at least one role are required",
+        ));
+    }
+    if let Some(unknown) = body.roles.iter().find(|r| !config.roles.contains_key(*r)) {
+        return Err(ApiError::bad_request(
+            "unknown_role",
+            format!("role `{unknown}` is not defined under [roles]"),
+        ));
+    }
+    let now = state.pipeline.clock().now();
+    let key = crate::apikeys::generate(&body.identity, body.roles.clone(), now);
+    let audit = crate::store::AuditEntry {
+        time: now,
+        request_id: None,
+        actor: caller.name.clone(),
+        action: crate::store::AuditAction::ApiKeyCreated,
+        outcome: "ok".into(),
+        layer: None,
+        rule: None,
+        reason: format!("API key for `{}`", body.identity),
+        subject: Some(key.record.key_id.clone()),
+        details: serde_json::json!({ "identity": body.identity, "roles": body.roles }),
+    };
+    let record = key.record.clone();
+    state
+        .pipeline
+        .with_store(move |store| store.insert_api_key(&record, &audit))
+        .await?;
+    let answer = serde_json::json!({
+        "key_id": key.record.key_id, "identity": key.record.identity, "roles": key.record.roles, "token": key.token,
+    });
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
 /// `POST /api/v1/acme/eab-keys`: an ACME external account key (managers only). The MAC
 /// key is in the answer; configure the ACME client with `key_id` and `hmac_key`.
 pub async fn create_eab_key(

@@ -40,6 +40,7 @@ pub fn router(pipeline: Pipeline) -> Router {
             post(handlers::revoke),
         )
         .route("/api/v1/acme/eab-keys", post(handlers::create_eab_key))
+        .route("/api/v1/api-keys", post(handlers::create_api_key))
         .route("/api/v1/audit/verify", get(handlers::verify_audit))
         .route("/api/v1/policy/check", post(handlers::policy_check))
         .route("/api/v1/approvals", get(handlers::list_approvals))

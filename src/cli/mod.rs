@@ -60,6 +60,12 @@ enum Command {
     Certs(certs::CertsCommand),
     /// Read a password on stdin and print its argon2 hash (for `[est.users]`).
     HashPassword,
+    /// API keys (through the running daemon's API).
+    #[command(subcommand)]
+    Apikeys(ApikeysCommand),
+    /// Requests waiting for approval (through the running daemon's API).
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
     /// Dry-run the policy on a CSR: the decision and each layer's verdict, nothing issued.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -70,6 +76,47 @@ enum Command {
     /// server's CPU time per operation.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ApikeysCommand {
+    /// Create a key for an identity with roles; the token is printed once.
+    Create {
+        /// Identity name.
+        #[arg(long)]
+        identity: String,
+        /// A role (repeatable).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApprovalsCommand {
+    /// List requests waiting for a decision.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Approve a request: it is issued now (not by its own requester).
+    Approve {
+        /// Request id.
+        request_id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Deny a request.
+    Deny {
+        /// Request id.
+        request_id: String,
+        /// Why (recorded in the audit log and returned to the client).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,6 +208,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => serve(config.as_deref()).await,
         Command::Init { dir } => init(&dir).await,
         Command::Certs(command) => certs::run(command).await,
+        Command::Approvals(command) => approvals(command).await,
+        Command::Apikeys(ApikeysCommand::Create {
+            identity,
+            roles,
+            api,
+        }) => {
+            let body = serde_json::json!({ "identity": identity, "roles": roles });
+            let answer = client::ApiClient::new(&api)?
+                .send(reqwest::Method::POST, "/api/v1/api-keys", Some(body))
+                .await?;
+            let key: serde_json::Value = serde_json::from_slice(&answer)?;
+            println!(
+                "API key for {} (shown only now, stored only as a hash):",
+                key["identity"].as_str().unwrap_or("")
+            );
+            println!("  {}", key["token"].as_str().unwrap_or(""));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::HashPassword => {
             use argon2::password_hash::{PasswordHasher, SaltString};
             let mut password = String::new();
@@ -380,4 +445,61 @@ mod tests {
             Config::load_default().unwrap().roles.len()
         );
     }
+}
+
+async fn approvals(command: ApprovalsCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ApprovalsCommand::List { api } => {
+            let list = client::ApiClient::new(&api)?
+                .get_json("/api/v1/approvals")
+                .await?;
+            println!(
+                "{:<38} {:<16} {:<8} {:<10} IDENTIFIERS",
+                "REQUEST", "IDENTITY", "VIA", "TEMPLATE"
+            );
+            for item in list["items"].as_array().into_iter().flatten() {
+                let names: Vec<&str> = item["identifiers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i["value"].as_str())
+                    .collect();
+                println!(
+                    "{:<38} {:<16} {:<8} {:<10} {}",
+                    item["request_id"].as_str().unwrap_or(""),
+                    item["identity"].as_str().unwrap_or(""),
+                    item["protocol"].as_str().unwrap_or(""),
+                    item["template"].as_str().unwrap_or(""),
+                    names.join(",")
+                );
+            }
+        }
+        ApprovalsCommand::Approve { request_id, api } => {
+            let path = format!("/api/v1/approvals/{request_id}/approve");
+            let body = client::ApiClient::new(&api)?
+                .send(reqwest::Method::POST, &path, Some(serde_json::json!({})))
+                .await?;
+            let cert: serde_json::Value = serde_json::from_slice(&body)?;
+            println!(
+                "approved: certificate {} issued",
+                cert["serial"].as_str().unwrap_or("")
+            );
+        }
+        ApprovalsCommand::Deny {
+            request_id,
+            reason,
+            api,
+        } => {
+            let path = format!("/api/v1/approvals/{request_id}/deny");
+            client::ApiClient::new(&api)?
+                .send(
+                    reqwest::Method::POST,
+                    &path,
+                    Some(serde_json::json!({ "reason": reason })),
+                )
+                .await?;
+            println!("denied {request_id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
