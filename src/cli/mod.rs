@@ -428,25 +428,6 @@ async fn init(dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn init_config_points_at_the_directory_and_parses() {
-        let text = config_text_for(Path::new("/srv/ra \"x\"")).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("rampart.toml");
-        std::fs::write(&file, text).unwrap();
-        let config = Config::load(Some(&file)).unwrap();
-        assert_eq!(config.server.data_dir, PathBuf::from("/srv/ra \"x\""));
-        assert_eq!(
-            config.roles.len(),
-            Config::load_default().unwrap().roles.len()
-        );
-    }
-}
-
 async fn approvals(command: ApprovalsCommand) -> anyhow::Result<ExitCode> {
     match command {
         ApprovalsCommand::List { api } => {
@@ -502,4 +483,23 @@ async fn approvals(command: ApprovalsCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_config_points_at_the_directory_and_parses() {
+        let text = config_text_for(Path::new("/srv/ra \"x\"")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rampart.toml");
+        std::fs::write(&file, text).unwrap();
+        let config = Config::load(Some(&file)).unwrap();
+        assert_eq!(config.server.data_dir, PathBuf::from("/srv/ra \"x\""));
+        assert_eq!(
+            config.roles.len(),
+            Config::load_default().unwrap().roles.len()
+        );
+    }
 }
