@@ -478,6 +478,7 @@ async fn proof_of_possession_linking_binds_the_csr_to_its_tls_connection() {
             "bound".into(),
             rampart::config::EstProfileConfig {
                 template: "client".into(),
+                auth: Default::default(),
                 require_pop_linking: true,
             },
         );
@@ -493,6 +494,68 @@ async fn proof_of_possession_linking_binds_the_csr_to_its_tls_connection() {
         assert_eq!(status, 400, "{version:?}");
         let (status, _) = post_bound_csr(&est, version, |_| None).await;
         assert_eq!(status, 400, "{version:?}");
+    }
+    est.d.daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn profiles_restrict_authentication_methods() {
+    use rampart::config::{EstAuth, EstProfileConfig};
+    let (est, _dir) = est_with(|config| {
+        for (label, auth) in [
+            ("certonly", EstAuth::Certificate),
+            ("both", EstAuth::Both),
+            ("basic", EstAuth::Basic),
+        ] {
+            config.est.profiles.insert(
+                label.into(),
+                EstProfileConfig {
+                    template: "client".into(),
+                    auth,
+                    require_pop_linking: false,
+                },
+            );
+        }
+    })
+    .await;
+    let key = p256();
+    let (status, body) = est
+        .enroll(
+            "simpleenroll",
+            b64_csr(&csr(&key, None, &["m1.test"])),
+            Some((USER, PASSWORD)),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let issued = certificates(&body).remove(0);
+    let pem = format!(
+        "{}{}",
+        rampart::pkix::pem::encode("CERTIFICATE", &issued),
+        key.serialize_pem()
+    );
+    let cert = || Some(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+    let csr_b64 = || b64_csr(&csr(&p256(), None, &["m2.test"]));
+    let cases = [
+        ("certonly/simpleenroll", Some((USER, PASSWORD)), false, 401),
+        ("certonly/simpleenroll", None, true, 200),
+        ("basic/simpleenroll", None, true, 401),
+        ("basic/simpleenroll", Some((USER, PASSWORD)), false, 200),
+        ("both/simpleenroll", Some((USER, PASSWORD)), false, 401),
+        ("both/simpleenroll", None, true, 401),
+        ("both/simpleenroll", Some((USER, PASSWORD)), true, 200),
+    ];
+    for (op, basic, with_cert, expected) in cases {
+        let (status, answer) = est
+            .enroll(op, csr_b64(), basic, if with_cert { cert() } else { None })
+            .await;
+        assert_eq!(
+            status,
+            expected,
+            "{op} basic={} cert={with_cert}: {}",
+            basic.is_some(),
+            String::from_utf8_lossy(&answer)
+        );
     }
     est.d.daemon.shutdown().await;
 }

@@ -182,10 +182,29 @@ pub struct EstBootstrapConfig {
 pub struct EstProfileConfig {
     /// Template certificates are issued on.
     pub template: String,
+    /// How clients authenticate: `any` (HTTP Basic or a client certificate), `basic`,
+    /// `certificate`, or `both` (HTTP Basic on a connection with a valid client certificate).
+    #[serde(default)]
+    pub auth: EstAuth,
     /// Require RFC 7030 §3.5 proof-of-possession linking: the CSR's challengePassword must
     /// hold the base64 `tls-exporter` channel binding (RFC 9266) of the TLS connection.
     #[serde(default)]
     pub require_pop_linking: bool,
+}
+
+/// Allowed EST authentication.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EstAuth {
+    /// HTTP Basic or a client certificate.
+    #[default]
+    Any,
+    /// HTTP Basic only.
+    Basic,
+    /// A client certificate only.
+    Certificate,
+    /// HTTP Basic and a client certificate together.
+    Both,
 }
 
 /// `[est.users.<name>]`.

@@ -8,7 +8,7 @@ use der::Decode;
 use rampart_est::{Credentials, EstBackend, EstError, Operation};
 use uuid::Uuid;
 
-use crate::config::AcceptedKeyType;
+use crate::config::{AcceptedKeyType, EstAuth};
 use crate::model::{
     CertificateStatus, Credential, EnrollmentRequest, Identifier, Identity, Protocol,
 };
@@ -69,6 +69,16 @@ impl Backend {
             pipeline,
             bootstrap,
         })
+    }
+
+    fn auth(&self, label: Option<&str>) -> EstAuth {
+        self.pipeline
+            .config()
+            .est
+            .profiles
+            .get(label.unwrap_or("default"))
+            .map(|p| p.auth)
+            .unwrap_or_default()
     }
 
     fn template(&self, label: Option<&str>) -> Option<String> {
@@ -234,13 +244,55 @@ impl Backend {
     /// Who the request is from; a re-enrollment must also keep its certificate's names.
     async fn authenticate(
         &self,
+        auth: EstAuth,
         credentials: Credentials,
         operation: Operation,
         csr_der: &[u8],
     ) -> Result<Identity, EstError> {
+        let refused = |why: &str| {
+            Err(EstError::Unauthenticated(format!(
+                "this EST profile accepts {why}"
+            )))
+        };
+        let credentials = match (auth, operation, credentials) {
+            // A renewal is authenticated by the certificate it renews, whatever the profile.
+            (_, Operation::Reenroll, credentials) => credentials,
+            (EstAuth::Any, _, Credentials::Both { user, password, .. }) => {
+                Credentials::Basic { user, password }
+            }
+            (EstAuth::Any, _, credentials) => credentials,
+            (
+                EstAuth::Basic,
+                _,
+                Credentials::Basic { user, password } | Credentials::Both { user, password, .. },
+            ) => Credentials::Basic { user, password },
+            (EstAuth::Basic, _, _) => return refused("HTTP Basic only"),
+            (
+                EstAuth::Certificate,
+                _,
+                Credentials::Certificate(chain) | Credentials::Both { chain, .. },
+            ) => Credentials::Certificate(chain),
+            (EstAuth::Certificate, _, _) => return refused("client certificates only"),
+            (
+                EstAuth::Both,
+                _,
+                Credentials::Both {
+                    user,
+                    password,
+                    chain,
+                },
+            ) => {
+                // The certificate must be one rampart accepts; the user is who enrolls.
+                self.certificate_identity(&chain).await?;
+                Credentials::Basic { user, password }
+            }
+            (EstAuth::Both, _, _) => {
+                return refused("HTTP Basic together with a client certificate only")
+            }
+        };
         match credentials {
             Credentials::Basic { user, password } => self.basic_identity(user, password).await,
-            Credentials::Certificate(chain) => {
+            Credentials::Both { chain, .. } | Credentials::Certificate(chain) => {
                 let (identity, current_names) = self.certificate_identity(&chain).await?;
                 if operation == Operation::Reenroll && current_names.is_empty() {
                     return Err(EstError::Unauthenticated(
@@ -419,6 +471,17 @@ impl EstBackend for Backend {
             }
         }
         oids.dedup();
+        // §3.5: the challengePassword attribute carries the channel binding when required.
+        if self
+            .pipeline
+            .config()
+            .est
+            .profiles
+            .get(label.unwrap_or("default"))
+            .is_some_and(|p| p.require_pop_linking)
+        {
+            oids.push(oid("1.2.840.113549.1.9.7"));
+        }
         // CsrAttrs ::= SEQUENCE OF AttrOrOID; each an OBJECT IDENTIFIER here.
         oids.to_der()
             .map(Some)
@@ -437,7 +500,12 @@ impl EstBackend for Backend {
             .template(label)
             .ok_or_else(|| EstError::NotFound("no such EST label".into()))?;
         let identity = self
-            .authenticate(credentials, Operation::ServerKeygen, &csr_der)
+            .authenticate(
+                self.auth(label),
+                credentials,
+                Operation::ServerKeygen,
+                &csr_der,
+            )
             .await?;
         // The client's CSR names the certificate; rampart makes the key (never stored).
         let requested =
@@ -489,7 +557,9 @@ impl EstBackend for Backend {
         let template = self
             .template(label)
             .ok_or_else(|| EstError::NotFound("no such EST label".into()))?;
-        let identity = self.authenticate(credentials, operation, &csr_der).await?;
+        let identity = self
+            .authenticate(self.auth(label), credentials, operation, &csr_der)
+            .await?;
         self.submit(identity, template, csr_der, operation).await
     }
 }

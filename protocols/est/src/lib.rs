@@ -46,6 +46,15 @@ pub enum Credentials {
     },
     /// A TLS client certificate chain (leaf first).
     Certificate(Vec<Vec<u8>>),
+    /// Both: HTTP Basic on a connection with a client certificate.
+    Both {
+        /// User name.
+        user: String,
+        /// Password.
+        password: String,
+        /// The client certificate chain.
+        chain: Vec<Vec<u8>>,
+    },
 }
 
 /// An enrollment operation.
@@ -312,9 +321,15 @@ fn credentials(
         let (user, password) = decoded
             .split_once(':')
             .ok_or_else(|| EstError::Unauthenticated("malformed Basic credentials".into()))?;
-        return Ok(Some(Credentials::Basic {
-            user: user.to_string(),
-            password: password.to_string(),
+        let (user, password) = (user.to_string(), password.to_string());
+        return Ok(Some(if peer.0.is_empty() {
+            Credentials::Basic { user, password }
+        } else {
+            Credentials::Both {
+                user,
+                password,
+                chain: peer.0.clone(),
+            }
         }));
     }
     Ok((!peer.0.is_empty()).then(|| Credentials::Certificate(peer.0.clone())))
@@ -353,9 +368,10 @@ async fn enroll(
     let peer = peer.map(|Extension(p)| p).unwrap_or_default();
     let credentials = credentials(&headers, &peer).map_err(fail)?;
     let credentials = match (operation, credentials) {
-        (Operation::Reenroll, Some(Credentials::Certificate(chain))) => {
-            Credentials::Certificate(chain)
-        }
+        (
+            Operation::Reenroll,
+            Some(Credentials::Certificate(chain) | Credentials::Both { chain, .. }),
+        ) => Credentials::Certificate(chain),
         (Operation::Reenroll, _) => {
             return Err(fail(EstError::Unauthenticated(
                 "simplereenroll needs the current certificate as TLS client certificate".into(),
