@@ -480,6 +480,7 @@ async fn proof_of_possession_linking_binds_the_csr_to_its_tls_connection() {
                 template: "client".into(),
                 auth: Default::default(),
                 require_pop_linking: true,
+                escrow_keys: false,
             },
         );
     })
@@ -513,6 +514,7 @@ async fn profiles_restrict_authentication_methods() {
                     template: "client".into(),
                     auth,
                     require_pop_linking: false,
+                    escrow_keys: false,
                 },
             );
         }
@@ -557,5 +559,86 @@ async fn profiles_restrict_authentication_methods() {
             String::from_utf8_lossy(&answer)
         );
     }
+    est.d.daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn serverkeygen_keys_are_escrowed_only_when_the_profile_asks() {
+    use std::os::unix::fs::PermissionsExt;
+    let (est, dir) = est_with(|config| {
+        config.est.profiles.insert(
+            "escrow".into(),
+            rampart::config::EstProfileConfig {
+                template: "client".into(),
+                auth: Default::default(),
+                require_pop_linking: false,
+                escrow_keys: true,
+            },
+        );
+    })
+    .await;
+    let keygen = |op: &'static str| {
+        let request = est
+            .client(None)
+            .post(format!("{}/{op}", est.base))
+            .header("content-type", "application/pkcs10")
+            .basic_auth(USER, Some(PASSWORD))
+            .body(b64_csr(&csr(&p256(), None, &["kept.test"])));
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+            let body = response.text().await.unwrap();
+            let parts: Vec<String> = body
+                .split("--rampart-est-serverkeygen")
+                .filter(|p| p.contains("Content-Type"))
+                .map(|p| {
+                    p.split_once("\r\n\r\n")
+                        .unwrap()
+                        .1
+                        .split_whitespace()
+                        .collect()
+                })
+                .collect();
+            let decode = |t: &str| base64::engine::general_purpose::STANDARD.decode(t).unwrap();
+            let cert = certificates(parts[1].as_bytes()).remove(0);
+            let serial = hex::encode(
+                x509_cert::Certificate::from_der(&cert)
+                    .unwrap()
+                    .tbs_certificate
+                    .serial_number
+                    .as_bytes(),
+            );
+            (
+                decode(&parts[0]),
+                serial.trim_start_matches("00").to_string(),
+            )
+        }
+    };
+    let (key, serial) = keygen("escrow/serverkeygen").await;
+    let (status, pem) = est
+        .d
+        .get(&format!("/api/v1/certificates/{serial}/escrowed-key"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        rampart::pkix::pem::decode(pem.as_str().unwrap(), &["PRIVATE KEY"]).unwrap(),
+        key
+    );
+    let mode = std::fs::metadata(dir.path().join("escrow.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let (_, serial) = keygen("serverkeygen").await;
+    assert_eq!(
+        est.d
+            .get(&format!("/api/v1/certificates/{serial}/escrowed-key"))
+            .await
+            .0,
+        404,
+        "kept without escrow"
+    );
     est.d.daemon.shutdown().await;
 }

@@ -563,6 +563,51 @@ pub async fn deny_approval(
     ))
 }
 
+/// `GET /api/v1/certificates/{serial}/escrowed-key`: the escrowed private key of a
+/// serverkeygen certificate, PEM PKCS#8 (managers only; audited).
+pub async fn escrowed_key(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    Path(serial): Path<String>,
+) -> Result<Response, ApiError> {
+    if !may_manage(state.pipeline.config(), &identity) {
+        return Err(ApiError::Forbidden(
+            "recovering escrowed keys needs a managing role".into(),
+        ));
+    }
+    let serial = serial.to_ascii_lowercase();
+    let key = crate::lifecycle::escrow::withdraw(&state.pipeline, &serial)
+        .await
+        .map_err(|e| match e {
+            crate::lifecycle::escrow::EscrowError::Store(e) => ApiError::from(e),
+            other => ApiError::Storage(other.to_string()),
+        })?;
+    let Some(key) = key else {
+        return Err(ApiError::NotFound(format!("no escrowed key for {serial}")));
+    };
+    let audit = crate::store::AuditEntry {
+        time: state.pipeline.clock().now(),
+        request_id: None,
+        actor: identity.name.clone(),
+        action: crate::store::AuditAction::KeyRecovered,
+        outcome: "ok".into(),
+        layer: None,
+        rule: None,
+        reason: "escrowed private key handed out".into(),
+        subject: Some(serial.clone()),
+        details: serde_json::json!({}),
+    };
+    state
+        .pipeline
+        .with_store(move |store| store.append_audit(&audit))
+        .await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/pkcs8")],
+        pem::encode("PRIVATE KEY", &key),
+    )
+        .into_response())
+}
+
 /// Anything else.
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())

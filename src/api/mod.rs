@@ -39,6 +39,10 @@ pub fn router(pipeline: Pipeline) -> Router {
             "/api/v1/certificates/{serial}/revoke",
             post(handlers::revoke),
         )
+        .route(
+            "/api/v1/certificates/{serial}/escrowed-key",
+            get(handlers::escrowed_key),
+        )
         .route("/api/v1/acme/eab-keys", post(handlers::create_eab_key))
         .route("/api/v1/api-keys", post(handlers::create_api_key))
         .route("/api/v1/audit/verify", get(handlers::verify_audit))

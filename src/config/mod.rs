@@ -190,6 +190,10 @@ pub struct EstProfileConfig {
     /// hold the base64 `tls-exporter` channel binding (RFC 9266) of the TLS connection.
     #[serde(default)]
     pub require_pop_linking: bool,
+    /// Keep serverkeygen private keys, encrypted at rest (AES-256-GCM with a key in
+    /// `<data_dir>/escrow.key`), retrievable by managers; otherwise they are never stored.
+    #[serde(default)]
+    pub escrow_keys: bool,
 }
 
 /// Allowed EST authentication.

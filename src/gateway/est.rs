@@ -18,6 +18,22 @@ use crate::pkix::pkcs7;
 use crate::policy::Layer;
 use crate::store::RequestState;
 
+/// The serial of the certificate in a certs-only PKCS#7.
+fn issued_serial(pkcs7: &[u8]) -> Option<String> {
+    let info = cms::content_info::ContentInfo::from_der(pkcs7).ok()?;
+    let signed: cms::signed_data::SignedData = info.content.decode_as().ok()?;
+    signed
+        .certificates?
+        .0
+        .iter()
+        .find_map(|choice| match choice {
+            cms::cert::CertificateChoices::Certificate(cert) => Some(
+                rampart_acme::ari::serial_hex(cert.tbs_certificate.serial_number.as_bytes()),
+            ),
+            _ => None,
+        })
+}
+
 /// Protocol-state namespace: requests held for approval, by hash of requester and CSR.
 const RESENT: &str = "est.pending";
 
@@ -542,6 +558,20 @@ impl EstBackend for Backend {
                 Operation::ServerKeygen,
             )
             .await?;
+        let escrow = self
+            .pipeline
+            .config()
+            .est
+            .profiles
+            .get(label.unwrap_or("default"))
+            .is_some_and(|p| p.escrow_keys);
+        if escrow {
+            let serial = issued_serial(&pkcs7)
+                .ok_or_else(|| EstError::Unavailable("unreadable issued PKCS#7".into()))?;
+            crate::lifecycle::escrow::deposit(&self.pipeline, &serial, &key.serialize_der())
+                .await
+                .map_err(|e| EstError::Unavailable(format!("key escrow: {e}")))?;
+        }
         Ok((key.serialize_der(), pkcs7))
     }
 

@@ -3,4 +3,5 @@
 //!
 //! Imports `pipeline` (store access and clock), `policy`, `store` and `model`.
 
+pub mod escrow;
 pub mod revocation;

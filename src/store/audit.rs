@@ -29,6 +29,8 @@ pub enum AuditAction {
     ApiKeyCreated,
     /// The built-in CA was created.
     CaCreated,
+    /// An escrowed private key was handed out.
+    KeyRecovered,
 }
 
 /// One audit entry, before it is chained.
