@@ -515,6 +515,19 @@ impl EstBackend for Backend {
         let template = self
             .template(label)
             .ok_or_else(|| EstError::NotFound("no such EST label".into()))?;
+        // A held request would have to keep the generated key until someone approves it;
+        // rampart does not hold keys for that, so such templates do not offer serverkeygen.
+        if self
+            .pipeline
+            .config()
+            .templates
+            .get(&template)
+            .is_some_and(|t| t.approval_required)
+        {
+            return Err(EstError::Forbidden(
+                "serverkeygen is not offered on a template that requires approval; send a CSR to simpleenroll".into(),
+            ));
+        }
         let identity = self
             .authenticate(
                 self.auth(label),
