@@ -357,6 +357,36 @@ pub async fn revoke(
     )))
 }
 
+/// Creating a credential for an identity: the caller manages, the identity is named and
+/// its roles exist.
+fn check_new_credential(
+    state: &AppState,
+    caller: &crate::model::Identity,
+    what: &str,
+    identity: &str,
+    roles: &[String],
+) -> Result<(), ApiError> {
+    let config = state.pipeline.config();
+    if !may_manage(config, caller) {
+        return Err(ApiError::Forbidden(format!(
+            "creating {what} needs a managing role"
+        )));
+    }
+    if identity.trim().is_empty() || roles.is_empty() {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "`identity` and at least one role are required",
+        ));
+    }
+    if let Some(unknown) = roles.iter().find(|r| !config.roles.contains_key(*r)) {
+        return Err(ApiError::bad_request(
+            "unknown_role",
+            format!("role `{unknown}` is not defined under [roles]"),
+        ));
+    }
+    Ok(())
+}
+
 /// `POST /api/v1/api-keys` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -372,24 +402,7 @@ pub async fn create_api_key(
     Caller(caller): Caller,
     JsonBody(body): JsonBody<ApiKeyBody>,
 ) -> Result<Response, ApiError> {
-    let config = state.pipeline.config();
-    if !may_manage(config, &caller) {
-        return Err(ApiError::Forbidden(
-            "creating API keys needs a managing role".into(),
-        ));
-    }
-    if body.identity.trim().is_empty() || body.roles.is_empty() {
-        return Err(ApiError::bad_request(
-            "bad_request",
-            "`identity` and at least one role are required",
-        ));
-    }
-    if let Some(unknown) = body.roles.iter().find(|r| !config.roles.contains_key(*r)) {
-        return Err(ApiError::bad_request(
-            "unknown_role",
-            format!("role `{unknown}` is not defined under [roles]"),
-        ));
-    }
+    check_new_credential(&state, &caller, "API keys", &body.identity, &body.roles)?;
     let now = state.pipeline.clock().now();
     let key = crate::apikeys::generate(&body.identity, body.roles.clone(), now);
     let audit = crate::store::AuditEntry {
@@ -422,24 +435,13 @@ pub async fn create_eab_key(
     Caller(identity): Caller,
     JsonBody(body): JsonBody<super::wire::EabKeyBody>,
 ) -> Result<Response, ApiError> {
-    let config = state.pipeline.config();
-    if !may_manage(config, &identity) {
-        return Err(ApiError::Forbidden(
-            "creating ACME external account keys needs a managing role".into(),
-        ));
-    }
-    if body.identity.trim().is_empty() || body.roles.is_empty() {
-        return Err(ApiError::bad_request(
-            "bad_request",
-            "`identity` and at least one role are required",
-        ));
-    }
-    if let Some(unknown) = body.roles.iter().find(|r| !config.roles.contains_key(*r)) {
-        return Err(ApiError::bad_request(
-            "unknown_role",
-            format!("role `{unknown}` is not defined under [roles]"),
-        ));
-    }
+    check_new_credential(
+        &state,
+        &identity,
+        "ACME external account keys",
+        &body.identity,
+        &body.roles,
+    )?;
     let key = crate::gateway::acme::create_eab_key(
         &state.pipeline,
         &identity.name,
