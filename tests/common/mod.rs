@@ -28,7 +28,21 @@ pub fn config_for(dir: &Path) -> Config {
 }
 
 pub async fn start_with(config: Config, clock: Arc<dyn Clock>, key: Option<String>) -> TestDaemon {
-    let daemon = server::start(config, clock).await.expect("daemon starts");
+    // A store the test itself opened and dropped just before may still be locked for a
+    // moment (sled's background flusher lets go asynchronously): wait for it.
+    let mut attempts = 0;
+    let daemon = loop {
+        match server::start(config.clone(), clock.clone()).await {
+            Ok(daemon) => break daemon,
+            Err(server::ServerError::Store(rampart::store::StoreError::Locked { .. }))
+                if attempts < 50 =>
+            {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("daemon starts: {error:?}"),
+        }
+    };
     let key = daemon.new_admin_key.clone().or(key).expect("an admin key");
     let mut builder = reqwest::Client::builder().use_rustls_tls();
     let pem = std::fs::read(&daemon.ca_bundle).unwrap();
