@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+bash conformance/install-deps.sh
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --all-targets --locked
@@ -11,7 +13,7 @@ cargo build --locked --bin rampart
 
 export RAMPART="${CARGO_TARGET_DIR:-$PWD/target}/debug/rampart"
 for script in conformance/[a-z]*.sh; do
-    case "$script" in conformance/lib.sh | conformance/test-all.sh) continue ;; esac
+    case "$script" in conformance/lib.sh | conformance/test-all.sh | conformance/install-deps.sh) continue ;; esac
     echo "== $script"
     bash "$script"
 done

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the conformance scripts drive, when missing (apt; sudo when
+# not root). certbot comes from PyPI into a cached venv, installed by the scripts.
+set -euo pipefail
+
+# Real peers and tools the conformance scripts drive (Debian packages).
+missing=()
+for tool in curl openssl jq python3; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+# Knot DNS (authoritative server, and kdig) for acme-certbot-dns.sh; knotd lives in /usr/sbin.
+command -v knotd >/dev/null 2>&1 || [[ -x /usr/sbin/knotd ]] || missing+=(knot)
+command -v kdig >/dev/null 2>&1 || missing+=(knot-dnsutils)
+# OpenSSL headers for josekit (JWS) through openssl-sys.
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
+# python3 -m venv for certbot from PyPI.
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+if ((${#missing[@]})); then
+    SUDO=""
+    if [[ "$(id -u)" != 0 ]]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
