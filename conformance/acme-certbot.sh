@@ -29,7 +29,7 @@ SECOND="$(openssl x509 -in "$LIVE/cert.pem" -noout -serial)"
 openssl verify -CAfile "$DIR/ca-bundle.pem" -untrusted "$LIVE/chain.pem" "$LIVE/cert.pem" >/dev/null || fail "renewed certificate does not verify"
 pass "certbot renew --force-renewal issued a new certificate"
 
-SERIAL="$(openssl x509 -in "$LIVE/cert.pem" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f' | sed 's/^0*//')"
+SERIAL="$(openssl x509 -in "$LIVE/cert.pem" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f')"
 "$CERTBOT" revoke "${CB[@]}" --cert-path "$LIVE/cert.pem" --reason keycompromise --no-delete-after-revoke \
     >"$WORK/revoke.out" 2>&1 || fail "certbot revoke: $(tail -20 "$WORK/revoke.out")"
 KEY="$(grep -o 'rpk_[A-Za-z0-9_-]*' "$WORK/rampart.out")"
@@ -41,7 +41,7 @@ pass "certbot revoke --reason keycompromise is recorded in the inventory"
     --http-01-address 127.0.0.1 -d localhost --cert-name keyrevoke >"$WORK/certbot2.out" 2>&1 \
     || fail "certbot certonly (second): $(tail -20 "$WORK/certbot2.out")"
 LIVE2="$WORK/certbot/config/live/keyrevoke"
-SERIAL2="$(openssl x509 -in "$LIVE2/cert.pem" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f' | sed 's/^0*//')"
+SERIAL2="$(openssl x509 -in "$LIVE2/cert.pem" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f')"
 "$CERTBOT" revoke --server "$DIRECTORY" --config-dir "$WORK/certbot-nokey/config" --work-dir "$WORK/certbot-nokey/work" \
     --logs-dir "$WORK/certbot-nokey/logs" --non-interactive --cert-path "$LIVE2/cert.pem" --key-path "$LIVE2/privkey.pem" \
     --reason superseded --no-delete-after-revoke >"$WORK/revoke2.out" 2>&1 || fail "certbot revoke --key-path: $(cat "$WORK/revoke2.out")"

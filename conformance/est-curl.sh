@@ -79,7 +79,7 @@ openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WO
 enroll_est simpleenroll --cert "$WORK/idevid.pem" --key "$WORK/idevid.key" --data-binary @"$WORK/ldev.csr.b64"
 [[ "$(cat "$WORK/status")" == 200 ]] || fail "IDevID enrollment answered $(cat "$WORK/status"): $(cat "$WORK/resp")"
 base64 -d "$WORK/resp" | openssl pkcs7 -inform DER -print_certs -out "$WORK/ldev.pem" || fail "IDevID enrollment answer"
-LDEV_SERIAL="$(openssl x509 -in "$WORK/ldev.pem" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f' | sed 's/^0*//')"
+LDEV_SERIAL="$(openssl x509 -in "$WORK/ldev.pem" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f')"
 OWNER="$(curl -sf -H "Authorization: Bearer $(grep -o 'rpk_[A-Za-z0-9_-]*' "$WORK/rampart.out")" "$API/api/v1/certificates/$LDEV_SERIAL" | jq -r .owner)"
 [[ "$OWNER" == "example-mfg:sn-000123" ]] || fail "IDevID enrollment owned by $OWNER"
 enroll_est simplereenroll --cert "$WORK/idevid.pem" --key "$WORK/idevid.key" --data-binary @"$WORK/ldev.csr.b64"
