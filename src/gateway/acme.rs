@@ -24,12 +24,62 @@ use crate::store::RequestState;
 #[derive(Debug, Clone)]
 pub struct Backend {
     pipeline: Pipeline,
+    /// The ACME view of `[acme.profiles]`, built once (the configuration does not change
+    /// while the daemon runs).
+    profiles: BTreeMap<String, Profile>,
 }
 
 impl Backend {
     /// Over `pipeline`.
     pub fn new(pipeline: Pipeline) -> Self {
-        Backend { pipeline }
+        let config = pipeline.config();
+        let profiles = config
+            .acme
+            .profiles
+            .iter()
+            .map(|(name, p)| (name.clone(), acme_profile(config, p)))
+            .collect();
+        Backend { pipeline, profiles }
+    }
+}
+
+/// The ACME view of a configured profile.
+fn acme_profile(
+    config: &crate::config::Config,
+    profile: &crate::config::AcmeProfileConfig,
+) -> Profile {
+    let mut meta = Map::new();
+    if !profile.terms_of_service.is_empty() {
+        meta.insert("termsOfService".into(), json!(profile.terms_of_service));
+    }
+    if !profile.website.is_empty() {
+        meta.insert("website".into(), json!(profile.website));
+    }
+    meta.insert(
+        "externalAccountRequired".into(),
+        json!(profile.anonymous_role.is_empty()),
+    );
+    let anonymous_roles =
+        (!profile.anonymous_role.is_empty()).then(|| vec![profile.anonymous_role.clone()]);
+    let templates = &config.templates;
+    let certificate_profiles = std::iter::once(&profile.template)
+        .chain(&profile.certificate_profiles)
+        .map(|name| {
+            (
+                name.clone(),
+                templates
+                    .get(name)
+                    .map(|t| t.description.clone())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    Profile {
+        meta,
+        anonymous_roles,
+        certificate_profiles,
+        caa_identities: profile.caa_identities.clone(),
+        default_certificate_profile: profile.template.clone(),
     }
 }
 
@@ -65,43 +115,8 @@ fn store_problem(error: impl std::fmt::Display) -> Problem {
 
 #[async_trait::async_trait]
 impl AcmeBackend for Backend {
-    fn profile(&self, name: &str) -> Option<Profile> {
-        let profile = self.pipeline.config().acme.profiles.get(name)?;
-        let mut meta = Map::new();
-        if !profile.terms_of_service.is_empty() {
-            meta.insert("termsOfService".into(), json!(profile.terms_of_service));
-        }
-        if !profile.website.is_empty() {
-            meta.insert("website".into(), json!(profile.website));
-        }
-        if !profile.caa_identities.is_empty() {
-            meta.insert("caaIdentities".into(), json!(profile.caa_identities));
-        }
-        meta.insert(
-            "externalAccountRequired".into(),
-            json!(profile.anonymous_role.is_empty()),
-        );
-        let anonymous_roles =
-            (!profile.anonymous_role.is_empty()).then(|| vec![profile.anonymous_role.clone()]);
-        let templates = &self.pipeline.config().templates;
-        let certificate_profiles = std::iter::once(&profile.template)
-            .chain(&profile.certificate_profiles)
-            .map(|name| {
-                (
-                    name.clone(),
-                    templates
-                        .get(name)
-                        .map(|t| t.description.clone())
-                        .unwrap_or_default(),
-                )
-            })
-            .collect();
-        Some(Profile {
-            meta,
-            anonymous_roles,
-            certificate_profiles,
-            default_certificate_profile: profile.template.clone(),
-        })
+    fn profile(&self, name: &str) -> Option<&Profile> {
+        self.profiles.get(name)
     }
 
     async fn check_identifiers(

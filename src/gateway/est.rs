@@ -68,10 +68,10 @@ pub fn bootstrap_certificates(pipeline: &Pipeline) -> Result<Vec<(String, Vec<u8
 }
 
 impl Backend {
-    /// Over `pipeline`, with the bootstrap CAs read from their files.
-    pub fn new(pipeline: Pipeline) -> Result<Self, String> {
+    /// Over `pipeline`, with the bootstrap CA certificates from [`bootstrap_certificates`].
+    pub fn new(pipeline: Pipeline, bootstrap_cas: &[(String, Vec<u8>)]) -> Result<Self, String> {
         let mut bootstrap = Vec::new();
-        for (name, der) in bootstrap_certificates(&pipeline)? {
+        for (name, der) in bootstrap_cas.iter().cloned() {
             let cert = x509_cert::Certificate::from_der(&der)
                 .map_err(|e| format!("bootstrap CA {name}: {e}"))?;
             let roles = pipeline.config().est.bootstrap[&name].roles.clone();

@@ -333,10 +333,11 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
         anchors.extend(boot.pipeline.ca().chain());
         let bootstrap = crate::gateway::est::bootstrap_certificates(&boot.pipeline)
             .map_err(ServerError::Est)?;
-        anchors.extend(bootstrap.into_iter().map(|(_, der)| der));
+        anchors.extend(bootstrap.iter().map(|(_, der)| der.clone()));
         let est_tls = tls::server_config(&cert_path, &key_path, Some(&anchors))?;
         let backend = std::sync::Arc::new(
-            crate::gateway::est::Backend::new(boot.pipeline.clone()).map_err(ServerError::Est)?,
+            crate::gateway::est::Backend::new(boot.pipeline.clone(), &bootstrap)
+                .map_err(ServerError::Est)?,
         );
         let router = observed(
             rampart_est::router(backend),

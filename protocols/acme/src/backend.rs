@@ -13,12 +13,14 @@ use crate::wire::Identifier;
 /// A profile as the directory shows it.
 #[derive(Debug, Clone, Default)]
 pub struct Profile {
-    /// The directory's `meta` object (termsOfService, website, caaIdentities,
-    /// externalAccountRequired, profiles…).
+    /// The directory's `meta` object (termsOfService, website, externalAccountRequired…);
+    /// `caaIdentities` and `profiles` are added from the fields below.
     pub meta: serde_json::Map<String, Value>,
     /// Roles given to accounts created without external account binding; `None` means
     /// such accounts are refused (`externalAccountRequired`).
     pub anonymous_roles: Option<Vec<String>>,
+    /// CAA issuer domains of this CA (`meta.caaIdentities`); empty = CAA is not checked.
+    pub caa_identities: Vec<String>,
     /// Certificate profiles a newOrder may pick (`meta.profiles`): name → description.
     pub certificate_profiles: BTreeMap<String, String>,
     /// The certificate profile of orders that name none.
@@ -100,8 +102,8 @@ pub enum Revoker {
 /// What the embedder provides.
 #[async_trait::async_trait]
 pub trait AcmeBackend: Send + Sync + 'static {
-    /// The profile named `name`, if it exists.
-    fn profile(&self, name: &str) -> Option<Profile>;
+    /// The profile named `name`, if it exists (asked on every request: keep it cheap).
+    fn profile(&self, name: &str) -> Option<&Profile>;
 
     /// An external account key by id.
     async fn external_account_key(

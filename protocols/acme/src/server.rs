@@ -415,13 +415,16 @@ async fn directory(
         "keyChange": urls.at("key-change"),
         "newAuthz": urls.at("new-authz"),
         "renewalInfo": urls.at("renewal-info"),
-        "meta": Value::Object(directory_meta(&info)),
+        "meta": Value::Object(directory_meta(info)),
     });
     Ok(reply(StatusCode::OK, body, None))
 }
 
 fn directory_meta(info: &crate::backend::Profile) -> Map<String, Value> {
     let mut meta = info.meta.clone();
+    if !info.caa_identities.is_empty() {
+        meta.insert("caaIdentities".into(), json!(info.caa_identities));
+    }
     if !info.certificate_profiles.is_empty() {
         meta.insert("profiles".into(), json!(info.certificate_profiles));
     }
@@ -547,7 +550,7 @@ async fn new_account(
             (key.identity, key.roles, Some(binding.key_id))
         }
         None => {
-            let roles = info.anonymous_roles.ok_or_else(|| {
+            let roles = info.anonymous_roles.clone().ok_or_else(|| {
                 Problem::new(
                     ProblemType::ExternalAccountRequired,
                     "this profile requires external account binding",
@@ -1068,7 +1071,7 @@ async fn finalize(
     }
     let _guard = FinalizeGuard(&server.finalizing, id.clone());
     let mut order = server.owned_order(&signed, &id).await?;
-    let (status, _) = server.order_view(&order).await?;
+    let (status, authzs) = server.order_view(&order).await?;
     if status != OrderStatus::Ready {
         return Err(Problem::new(
             ProblemType::OrderNotReady,
@@ -1104,7 +1107,6 @@ async fn finalize(
     }
     // CAA again at issuance time (RFC 8659 §3: records may have changed since validation).
     let caa = CaaContext::of(&server, &account, &signed.urls);
-    let (_, authzs) = server.order_view(&order).await?;
     for authz in &authzs {
         let method = authz
             .challenges
@@ -1326,8 +1328,7 @@ impl CaaContext {
         let issuer_domains = server
             .backend
             .profile(&account.profile)
-            .and_then(|p| p.meta.get("caaIdentities").cloned())
-            .and_then(|v| serde_json::from_value::<Vec<String>>(v).ok())
+            .map(|p| p.caa_identities.clone())
             .unwrap_or_default();
         CaaContext {
             issuer_domains,

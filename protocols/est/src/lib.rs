@@ -179,6 +179,10 @@ async fn dispatch(
         }
         _ => return EstError::NotFound("no such EST resource".into()).into_response(),
     };
+    // Every operation needs an existing profile label.
+    if !backend.has_profile(label.as_deref()) {
+        return EstError::NotFound("no such EST label".into()).into_response();
+    }
     let state = State(backend);
     let enrollment = |operation| {
         enroll(
@@ -249,9 +253,6 @@ async fn csrattrs(
     State(backend): State<Arc<dyn EstBackend>>,
     label: Option<String>,
 ) -> Result<Response, EstError> {
-    if !backend.has_profile(label.as_deref()) {
-        return Err(EstError::NotFound("no such EST label".into()));
-    }
     Ok(match backend.csr_attributes(label.as_deref()).await? {
         None => StatusCode::NO_CONTENT.into_response(),
         Some(der) => {
@@ -295,9 +296,6 @@ async fn cacerts(
     State(backend): State<Arc<dyn EstBackend>>,
     label: Option<String>,
 ) -> Result<Response, EstError> {
-    if !backend.has_profile(label.as_deref()) {
-        return Err(EstError::NotFound("no such EST label".into()));
-    }
     Ok(pkcs7_response(&backend.ca_certs(label.as_deref()).await?))
 }
 
@@ -345,9 +343,6 @@ async fn enroll(
     body: Bytes,
 ) -> Result<Response, Response> {
     let fail = |e: EstError| e.into_response();
-    if !backend.has_profile(label.as_deref()) {
-        return Err(fail(EstError::NotFound("no such EST label".into())));
-    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -78,12 +78,13 @@ impl FakeBackend {
 
 #[async_trait::async_trait]
 impl AcmeBackend for FakeBackend {
-    fn profile(&self, name: &str) -> Option<Profile> {
-        matches!(name, "default" | "other").then(|| Profile {
+    fn profile(&self, name: &str) -> Option<&Profile> {
+        static PROFILE: std::sync::LazyLock<Profile> = std::sync::LazyLock::new(|| Profile {
             anonymous_roles: Some(vec!["r".into()]),
             default_certificate_profile: "tls".into(),
             ..Profile::default()
-        })
+        });
+        matches!(name, "default" | "other").then(|| &*PROFILE)
     }
 
     async fn external_account_key(
