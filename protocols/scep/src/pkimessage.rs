@@ -1,0 +1,469 @@
+//! The CMS layers of a pkiMessage (RFC 8894 §3), used by both ends: a SignedData whose
+//! signer attributes carry SCEP's fields ([`sign`], [`SignedMessage`]), wrapping an
+//! EnvelopedData for one RSA recipient ([`seal`], [`open`]), and the degenerate
+//! certificates-only SignedData that carries certificates and CRLs ([`certs_only`],
+//! [`certificates_of`]).
+//!
+//! Types come from the `cms`, `x509-cert` and `der` crates; algorithms from [`crate::crypto`].
+
+use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
+use cms::content_info::{CmsVersion, ContentInfo};
+use cms::enveloped_data::{
+    EncryptedContentInfo, EnvelopedData, KeyTransRecipientInfo, RecipientIdentifier, RecipientInfo,
+    RecipientInfos,
+};
+use cms::revocation::{RevocationInfoChoice, RevocationInfoChoices};
+use cms::signed_data::{
+    CertificateSet, DigestAlgorithmIdentifiers, EncapsulatedContentInfo, SignedData,
+    SignerIdentifier, SignerInfo, SignerInfos,
+};
+use const_oid::ObjectIdentifier;
+use der::asn1::{OctetString, PrintableStringRef, SetOfVec};
+use der::{Any, Decode, Encode, Tag, Tagged};
+use spki::AlgorithmIdentifierOwned;
+use x509_cert::attr::Attribute;
+use x509_cert::Certificate;
+
+use crate::crypto::{ContentCipher, CryptoError, Digest, RsaKey};
+use crate::wire::oid;
+
+/// A pkiMessage layer could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    /// Not the DER structure expected.
+    #[error("{0}")]
+    Malformed(String),
+    /// Well formed, but using something SCEP does not (another content type, no signer…).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+fn malformed(what: &'static str) -> impl Fn(der::Error) -> FormatError {
+    move |e| FormatError::Malformed(format!("{what}: {e}"))
+}
+
+/// An authenticated attribute whose value is a PrintableString.
+pub fn printable_attribute(id: ObjectIdentifier, text: &str) -> Result<Attribute, der::Error> {
+    let value = Any::encode_from(&PrintableStringRef::new(text)?)?;
+    Ok(Attribute {
+        oid: id,
+        values: SetOfVec::try_from(vec![value])?,
+    })
+}
+
+/// An authenticated attribute whose value is an OCTET STRING.
+pub fn octets_attribute(id: ObjectIdentifier, bytes: &[u8]) -> Result<Attribute, der::Error> {
+    let value = Any::encode_from(&OctetString::new(bytes)?)?;
+    Ok(Attribute {
+        oid: id,
+        values: SetOfVec::try_from(vec![value])?,
+    })
+}
+
+fn rsa_encryption() -> AlgorithmIdentifierOwned {
+    AlgorithmIdentifierOwned {
+        oid: oid::RSA_ENCRYPTION,
+        parameters: Some(Any::null()),
+    }
+}
+
+fn issuer_and_serial(cert: &Certificate) -> IssuerAndSerialNumber {
+    IssuerAndSerialNumber {
+        issuer: cert.tbs_certificate.issuer.clone(),
+        serial_number: cert.tbs_certificate.serial_number.clone(),
+    }
+}
+
+fn content_info(
+    content_type: ObjectIdentifier,
+    content: &(impl der::EncodeValue + der::Tagged),
+) -> Result<Vec<u8>, der::Error> {
+    ContentInfo {
+        content_type,
+        content: Any::encode_from(content)?,
+    }
+    .to_der()
+}
+
+/// Why signing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Encoding.
+    #[error("encoding: {0}")]
+    Encoding(#[from] der::Error),
+    /// Crypto.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+/// A SignedData (as ContentInfo DER) over `content` (absent for replies without one),
+/// signed by `key` whose certificate is `signer`, with `attributes` besides the CMS
+/// contentType and messageDigest.
+pub fn sign(
+    content: Option<&[u8]>,
+    signer: &Certificate,
+    key: &RsaKey,
+    digest: Digest,
+    mut attributes: Vec<Attribute>,
+) -> Result<Vec<u8>, BuildError> {
+    let content_type = Attribute {
+        oid: oid::CONTENT_TYPE,
+        values: SetOfVec::try_from(vec![Any::encode_from(&oid::DATA)?])?,
+    };
+    let message_digest = octets_attribute(
+        oid::MESSAGE_DIGEST,
+        &digest.digest(content.unwrap_or_default()),
+    )?;
+    attributes.extend([content_type, message_digest]);
+    let signed_attrs = SetOfVec::try_from(attributes)?;
+    let signature = key.sign(digest, &signed_attrs.to_der()?)?;
+    let digest_alg = AlgorithmIdentifierOwned {
+        oid: digest.oid(),
+        parameters: None,
+    };
+    let signer_info = SignerInfo {
+        version: CmsVersion::V1,
+        sid: SignerIdentifier::IssuerAndSerialNumber(issuer_and_serial(signer)),
+        digest_alg: digest_alg.clone(),
+        signed_attrs: Some(signed_attrs),
+        signature_algorithm: rsa_encryption(),
+        signature: OctetString::new(signature)?,
+        unsigned_attrs: None,
+    };
+    let signed = SignedData {
+        version: CmsVersion::V1,
+        digest_algorithms: DigestAlgorithmIdentifiers::try_from(vec![digest_alg])?,
+        encap_content_info: EncapsulatedContentInfo {
+            econtent_type: oid::DATA,
+            econtent: content
+                .map(|c| Any::new(Tag::OctetString, c.to_vec()))
+                .transpose()?,
+        },
+        certificates: Some(CertificateSet(SetOfVec::try_from(vec![
+            CertificateChoices::Certificate(signer.clone()),
+        ])?)),
+        crls: None,
+        signer_infos: SignerInfos(SetOfVec::try_from(vec![signer_info])?),
+    };
+    Ok(content_info(oid::SIGNED_DATA, &signed)?)
+}
+
+/// A SignedData as read, before its signature is checked: SCEP's attributes are readable
+/// (a reply to a message whose signature fails still echoes its transactionID).
+#[derive(Debug, Clone)]
+pub struct SignedMessage {
+    /// The signer's certificate, from the message's certificate set.
+    pub signer: Certificate,
+    /// The digest algorithm the signer used, if rampart knows it.
+    pub digest: Result<Digest, CryptoError>,
+    /// The encapsulated content's octets, if any.
+    pub content: Option<Vec<u8>>,
+    signer_info: SignerInfo,
+}
+
+impl SignedMessage {
+    /// Read a ContentInfo holding a SignedData with exactly one signer whose certificate
+    /// is included.
+    pub fn parse(der_bytes: &[u8]) -> Result<Self, FormatError> {
+        let info = ContentInfo::from_der(der_bytes).map_err(malformed("ContentInfo"))?;
+        if info.content_type != oid::SIGNED_DATA {
+            return Err(FormatError::Unsupported(format!(
+                "a pkiMessage is a SignedData, not {}",
+                info.content_type
+            )));
+        }
+        let signed: SignedData = info.content.decode_as().map_err(malformed("SignedData"))?;
+        let signer_info = match signed.signer_infos.0.as_slice() {
+            [one] => one.clone(),
+            _ => {
+                return Err(FormatError::Unsupported(
+                    "a pkiMessage has exactly one signer".into(),
+                ))
+            }
+        };
+        let certificates = signed
+            .certificates
+            .iter()
+            .flat_map(|set| set.0.iter())
+            .filter_map(|choice| match choice {
+                CertificateChoices::Certificate(cert) => Some(cert),
+                _ => None,
+            });
+        let signer = match &signer_info.sid {
+            SignerIdentifier::IssuerAndSerialNumber(id) => certificates
+                .into_iter()
+                .find(|c| {
+                    c.tbs_certificate.issuer == id.issuer
+                        && c.tbs_certificate.serial_number == id.serial_number
+                })
+                .cloned(),
+            SignerIdentifier::SubjectKeyIdentifier(ski) => certificates
+                .into_iter()
+                .find(|c| subject_key_identifier(c).as_ref() == Some(&ski.0))
+                .cloned(),
+        }
+        .ok_or_else(|| {
+            FormatError::Unsupported("the signer's certificate is not in the message".into())
+        })?;
+        let digest = Digest::from_oid(&signer_info.digest_alg.oid);
+        let content = match &signed.encap_content_info.econtent {
+            None => None,
+            Some(any) => Some(
+                any.decode_as::<OctetString>()
+                    .map_err(malformed("eContent"))?
+                    .into_bytes(),
+            ),
+        };
+        Ok(SignedMessage {
+            signer,
+            digest,
+            content,
+            signer_info,
+        })
+    }
+
+    /// The first value of the signed attribute `id`.
+    fn attribute(&self, id: ObjectIdentifier) -> Option<&Any> {
+        self.signer_info
+            .signed_attrs
+            .as_ref()?
+            .iter()
+            .find(|a| a.oid == id)?
+            .values
+            .iter()
+            .next()
+    }
+
+    /// A text attribute (PrintableString, or the UTF8String / IA5String some clients send).
+    pub fn text(&self, id: ObjectIdentifier) -> Option<String> {
+        let value = self.attribute(id)?;
+        match value.tag() {
+            Tag::PrintableString | Tag::Utf8String | Tag::Ia5String => {
+                std::str::from_utf8(value.value()).ok().map(str::to_string)
+            }
+            _ => None,
+        }
+    }
+
+    /// An OCTET STRING attribute.
+    pub fn octets(&self, id: ObjectIdentifier) -> Option<Vec<u8>> {
+        let value = self.attribute(id)?;
+        (value.tag() == Tag::OctetString).then(|| value.value().to_vec())
+    }
+
+    /// Check the signature over the signed attributes with the signer certificate's RSA key,
+    /// and that the messageDigest attribute is the content's digest.
+    pub fn verify(&self) -> Result<(), CryptoError> {
+        let attributes = self
+            .signer_info
+            .signed_attrs
+            .as_ref()
+            .ok_or(CryptoError::BadSignature)?;
+        let digest = self.digest.clone()?;
+        let expected = digest.digest(self.content.as_deref().unwrap_or_default());
+        if self.octets(oid::MESSAGE_DIGEST).as_deref() != Some(&expected[..]) {
+            return Err(CryptoError::BadSignature);
+        }
+        let signed_bytes = attributes.to_der().map_err(|_| CryptoError::BadSignature)?;
+        let spki = self
+            .signer
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .map_err(|_| CryptoError::BadSignature)?;
+        digest.verify_rsa(&spki, &signed_bytes, self.signer_info.signature.as_bytes())
+    }
+}
+
+/// The subjectKeyIdentifier extension's value.
+fn subject_key_identifier(cert: &Certificate) -> Option<OctetString> {
+    use x509_cert::ext::pkix::SubjectKeyIdentifier;
+    cert.tbs_certificate
+        .extensions
+        .iter()
+        .flatten()
+        .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_SUBJECT_KEY_IDENTIFIER)
+        .and_then(|e| SubjectKeyIdentifier::from_der(e.extn_value.as_bytes()).ok())
+        .map(|ski| ski.0)
+}
+
+/// An EnvelopedData (as ContentInfo DER) of `content` for the RSA key of `recipient`.
+pub fn seal(
+    content: &[u8],
+    recipient: &Certificate,
+    cipher: ContentCipher,
+) -> Result<Vec<u8>, BuildError> {
+    let (key, iv, ciphertext) = cipher.encrypt(content)?;
+    let spki = recipient.tbs_certificate.subject_public_key_info.to_der()?;
+    let encrypted_key = crate::crypto::rsa_encrypt(&spki, &key)?;
+    let recipient_info = RecipientInfo::Ktri(KeyTransRecipientInfo {
+        version: CmsVersion::V0,
+        rid: RecipientIdentifier::IssuerAndSerialNumber(issuer_and_serial(recipient)),
+        key_enc_alg: rsa_encryption(),
+        enc_key: OctetString::new(encrypted_key)?,
+    });
+    let enveloped = EnvelopedData {
+        version: CmsVersion::V0,
+        originator_info: None,
+        recip_infos: RecipientInfos(SetOfVec::try_from(vec![recipient_info])?),
+        encrypted_content: EncryptedContentInfo {
+            content_type: oid::DATA,
+            content_enc_alg: AlgorithmIdentifierOwned {
+                oid: cipher.oid(),
+                parameters: Some(Any::encode_from(&OctetString::new(iv)?)?),
+            },
+            encrypted_content: Some(OctetString::new(ciphertext)?),
+        },
+        unprotected_attrs: None,
+    };
+    Ok(content_info(oid::ENVELOPED_DATA, &enveloped)?)
+}
+
+/// Why an EnvelopedData could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// Structure.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// An algorithm rampart does not use.
+    #[error("{0}")]
+    Algorithm(String),
+    /// Not for this key, or corrupt.
+    #[error("{0}")]
+    Decrypt(String),
+}
+
+/// Decrypt an EnvelopedData (ContentInfo DER) addressed to `me` (whose key is `key`):
+/// the content and the cipher the sender chose.
+pub fn open(
+    der_bytes: &[u8],
+    me: &Certificate,
+    key: &RsaKey,
+) -> Result<(Vec<u8>, ContentCipher), OpenError> {
+    let info = ContentInfo::from_der(der_bytes).map_err(malformed("pkcsPKIEnvelope"))?;
+    if info.content_type != oid::ENVELOPED_DATA {
+        return Err(FormatError::Unsupported(format!(
+            "pkcsPKIEnvelope is an EnvelopedData, not {}",
+            info.content_type
+        ))
+        .into());
+    }
+    let enveloped: EnvelopedData = info
+        .content
+        .decode_as()
+        .map_err(malformed("EnvelopedData"))?;
+    let key_transports: Vec<&KeyTransRecipientInfo> = enveloped
+        .recip_infos
+        .0
+        .iter()
+        .filter_map(|r| match r {
+            RecipientInfo::Ktri(k) => Some(k),
+            _ => None,
+        })
+        .collect();
+    let mine = key_transports.iter().find(|k| match &k.rid {
+        RecipientIdentifier::IssuerAndSerialNumber(id) => {
+            id.issuer == me.tbs_certificate.issuer
+                && id.serial_number == me.tbs_certificate.serial_number
+        }
+        RecipientIdentifier::SubjectKeyIdentifier(ski) => {
+            subject_key_identifier(me).as_ref() == Some(&ski.0)
+        }
+    });
+    let recipient = match (mine, key_transports.as_slice()) {
+        (Some(k), _) => *k,
+        // Some clients name the recipient by another certificate of the chain; try the key.
+        (None, [only]) => *only,
+        (None, []) => {
+            return Err(OpenError::Algorithm(
+                "no RSA key-transport recipient in the envelope".into(),
+            ))
+        }
+        (None, _) => {
+            return Err(OpenError::Decrypt(
+                "the envelope is not addressed to this server's certificate".into(),
+            ))
+        }
+    };
+    if recipient.key_enc_alg.oid != oid::RSA_ENCRYPTION {
+        return Err(OpenError::Algorithm(format!(
+            "key transport {} is not rsaEncryption",
+            recipient.key_enc_alg.oid
+        )));
+    }
+    let encrypted = &enveloped.encrypted_content;
+    let cipher = ContentCipher::from_oid(&encrypted.content_enc_alg.oid)
+        .map_err(|e| OpenError::Algorithm(e.to_string()))?;
+    let iv = encrypted
+        .content_enc_alg
+        .parameters
+        .as_ref()
+        .and_then(|p| p.decode_as::<OctetString>().ok())
+        .ok_or_else(|| FormatError::Malformed("the content cipher has no IV".into()))?;
+    let ciphertext = encrypted
+        .encrypted_content
+        .as_ref()
+        .ok_or_else(|| FormatError::Malformed("the envelope has no encrypted content".into()))?;
+    let content_key = key
+        .decrypt(recipient.enc_key.as_bytes())
+        .map_err(|e| OpenError::Decrypt(e.to_string()))?;
+    let content = cipher
+        .decrypt(&content_key, iv.as_bytes(), ciphertext.as_bytes())
+        .map_err(|e| OpenError::Decrypt(e.to_string()))?;
+    Ok((content, cipher))
+}
+
+/// A degenerate certificates-only SignedData (ContentInfo DER, RFC 8894 §3.4) holding
+/// `certificates` and `crls` (DER). DER sorts a SET OF, so the order is not kept: a reply
+/// that must single out one certificate carries only that one.
+pub fn certs_only(certificates: &[Vec<u8>], crls: &[Vec<u8>]) -> Result<Vec<u8>, der::Error> {
+    let certificates = certificates
+        .iter()
+        .map(|der| Certificate::from_der(der).map(CertificateChoices::Certificate))
+        .collect::<Result<Vec<_>, _>>()?;
+    let crls = crls
+        .iter()
+        .map(|der| x509_cert::crl::CertificateList::from_der(der).map(RevocationInfoChoice::Crl))
+        .collect::<Result<Vec<_>, _>>()?;
+    let signed = SignedData {
+        version: CmsVersion::V1,
+        digest_algorithms: DigestAlgorithmIdentifiers::try_from(vec![])?,
+        encap_content_info: EncapsulatedContentInfo {
+            econtent_type: oid::DATA,
+            econtent: None,
+        },
+        certificates: (!certificates.is_empty())
+            .then(|| SetOfVec::try_from(certificates).map(CertificateSet))
+            .transpose()?,
+        crls: (!crls.is_empty())
+            .then(|| SetOfVec::try_from(crls).map(RevocationInfoChoices))
+            .transpose()?,
+        signer_infos: SignerInfos(SetOfVec::try_from(vec![])?),
+    };
+    content_info(oid::SIGNED_DATA, &signed)
+}
+
+/// The certificates (DER) and CRLs of a certificates-only SignedData.
+pub fn certificates_of(der_bytes: &[u8]) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>), FormatError> {
+    let info = ContentInfo::from_der(der_bytes).map_err(malformed("ContentInfo"))?;
+    let signed: SignedData = info.content.decode_as().map_err(malformed("SignedData"))?;
+    let certificates = signed
+        .certificates
+        .iter()
+        .flat_map(|set| set.0.iter())
+        .filter_map(|c| match c {
+            CertificateChoices::Certificate(cert) => cert.to_der().ok(),
+            _ => None,
+        })
+        .collect();
+    let crls = signed
+        .crls
+        .iter()
+        .flat_map(|set| set.0.iter())
+        .filter_map(|c| match c {
+            RevocationInfoChoice::Crl(crl) => crl.to_der().ok(),
+            _ => None,
+        })
+        .collect();
+    Ok((certificates, crls))
+}
