@@ -21,6 +21,8 @@ pub enum Protocol {
     Acme,
     /// EST (RFC 7030).
     Est,
+    /// SCEP (RFC 8894).
+    Scep,
     /// rampart itself (its own listener certificate).
     Internal,
 }
@@ -32,6 +34,7 @@ impl Protocol {
             Protocol::Api => "api",
             Protocol::Acme => "acme",
             Protocol::Est => "est",
+            Protocol::Scep => "scep",
             Protocol::Internal => "internal",
         }
     }
@@ -60,6 +63,13 @@ pub enum Credential {
     ClientCertificate {
         /// Its serial.
         serial: String,
+    },
+    /// A SCEP challenge password.
+    ScepChallenge {
+        /// The SCEP profile.
+        profile: String,
+        /// The one-time challenge's id, or none for the profile's static challenge.
+        one_time: Option<String>,
     },
     /// rampart acting on its own behalf.
     System,

@@ -458,6 +458,82 @@ pub async fn create_eab_key(
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
+/// `POST /api/v1/scep/challenges`: a one-time SCEP challenge (managers only), shown once.
+pub async fn create_scep_challenge(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    JsonBody(body): JsonBody<super::wire::ScepChallengeBody>,
+) -> Result<Response, ApiError> {
+    if !may_manage(state.pipeline.config(), &identity) {
+        return Err(ApiError::Forbidden(
+            "minting SCEP challenges needs a managing role".into(),
+        ));
+    }
+    let names = body
+        .names
+        .iter()
+        .map(|name| match name.parse() {
+            Ok(ip) => Ok(crate::model::Identifier::Ip(ip)),
+            Err(_) => crate::model::Identifier::dns(name).map_err(|e| ApiError::BadRequest {
+                code: "bad_name",
+                message: format!("`{name}`: {e}"),
+            }),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (challenge, record) = crate::gateway::scep::mint_challenge(
+        &state.pipeline,
+        &identity,
+        &body.profile,
+        &body.identity,
+        names,
+        body.valid_for_seconds,
+    )
+    .await
+    .map_err(|e| match e {
+        crate::gateway::scep::MintError::Invalid(message) => ApiError::BadRequest {
+            code: "bad_challenge_request",
+            message,
+        },
+        crate::gateway::scep::MintError::Store(e) => e.into(),
+    })?;
+    let answer = serde_json::json!({
+        "challenge": challenge,
+        "id": record.id,
+        "profile": record.profile,
+        "identity": record.identity,
+        "names": record.names.iter().map(|n| n.value()).collect::<Vec<_>>(),
+        "expires_at": record.expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+    });
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// `POST /api/v1/scep/ra/rotate`: a new RA key and certificate, served from now on
+/// (managers only). Clients fetch it with GetCACert.
+pub async fn rotate_scep_ra(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+) -> Result<Response, ApiError> {
+    if !may_manage(state.pipeline.config(), &identity) {
+        return Err(ApiError::Forbidden(
+            "rotating the SCEP RA needs a managing role".into(),
+        ));
+    }
+    let Some(scep) = &state.scep else {
+        return Err(ApiError::NotFound(
+            "the SCEP listener is not enabled".into(),
+        ));
+    };
+    let serial = scep
+        .rotate(&identity.name)
+        .await
+        .map_err(|e| ApiError::CaUnavailable(e.to_string()))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "serial": serial })),
+    )
+        .into_response())
+}
+
 /// `GET /api/v1/audit/verify`: walk the hash-chained audit log (managers only).
 pub async fn verify_audit(
     State(state): State<AppState>,

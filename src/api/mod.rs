@@ -20,11 +20,16 @@ use crate::pipeline::Pipeline;
 pub struct AppState {
     /// The pipeline (and through it config, store, CA, clock, metrics).
     pub pipeline: Pipeline,
+    /// The SCEP front end, when its listener runs (RA rotation).
+    pub scep: Option<std::sync::Arc<crate::gateway::scep::Backend>>,
 }
 
 /// The router.
-pub fn router(pipeline: Pipeline) -> Router {
-    let state = AppState { pipeline };
+pub fn router(
+    pipeline: Pipeline,
+    scep: Option<std::sync::Arc<crate::gateway::scep::Backend>>,
+) -> Router {
+    let state = AppState { pipeline, scep };
     Router::new()
         .route("/healthz", get(handlers::healthz))
         .route("/metrics", get(handlers::metrics))
@@ -45,6 +50,11 @@ pub fn router(pipeline: Pipeline) -> Router {
         )
         .route("/api/v1/acme/eab-keys", post(handlers::create_eab_key))
         .route("/api/v1/api-keys", post(handlers::create_api_key))
+        .route(
+            "/api/v1/scep/challenges",
+            post(handlers::create_scep_challenge),
+        )
+        .route("/api/v1/scep/ra/rotate", post(handlers::rotate_scep_ra))
         .route("/api/v1/audit/verify", get(handlers::verify_audit))
         .route("/api/v1/policy/check", post(handlers::policy_check))
         .route("/api/v1/approvals", get(handlers::list_approvals))

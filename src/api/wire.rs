@@ -175,6 +175,30 @@ pub struct EabKeyBody {
     pub roles: Vec<String>,
 }
 
+/// `POST /api/v1/scep/challenges` body: a one-time SCEP challenge for one device.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScepChallengeBody {
+    /// SCEP profile (default `default`).
+    #[serde(default = "default_profile")]
+    pub profile: String,
+    /// Identity the device enrolls as (owner of its certificate).
+    pub identity: String,
+    /// The only names (DNS names, IP addresses) the device may request.
+    pub names: Vec<String>,
+    /// Lifetime in seconds (default one day).
+    #[serde(default = "one_day")]
+    pub valid_for_seconds: u32,
+}
+
+fn default_profile() -> String {
+    "default".into()
+}
+
+fn one_day() -> u32 {
+    86_400
+}
+
 /// `POST /api/v1/policy/check` body: an enrollment, decided but not carried out.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -314,11 +314,7 @@ impl LocalCa {
             })
             .collect::<Result<_, _>>()?;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        if matches!(order.key_type, KeyType::Rsa { .. })
-            && order
-                .extended_key_usages
-                .contains(&ExtendedKeyUsage::ServerAuth)
-        {
+        if order.key_encipherment {
             params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
         }
         params.extended_key_usages = order
@@ -460,6 +456,7 @@ mod tests {
             not_before: now,
             not_after: now + Duration::days(9000),
             extended_key_usages: vec![ExtendedKeyUsage::ServerAuth],
+            key_encipherment: false,
         }
     }
 

@@ -66,6 +66,9 @@ pub struct IssuanceOrder {
     pub not_after: OffsetDateTime,
     /// Extended key usages from the template.
     pub extended_key_usages: Vec<ExtendedKeyUsage>,
+    /// Key usage keyEncipherment besides digitalSignature (RSA keys that receive
+    /// encrypted keys: TLS servers with RSA key exchange, the SCEP RA).
+    pub key_encipherment: bool,
 }
 
 /// A signed certificate.

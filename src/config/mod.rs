@@ -70,6 +70,8 @@ pub struct Config {
     pub acme: AcmeConfig,
     /// `[est]`
     pub est: EstConfig,
+    /// `[scep]`
+    pub scep: ScepConfig,
     /// `[templates.<name>]`
     pub templates: BTreeMap<String, TemplateConfig>,
     /// `[roles.<name>]`
@@ -209,6 +211,42 @@ pub enum EstAuth {
     Certificate,
     /// HTTP Basic and a client certificate together.
     Both,
+}
+
+/// `[scep]`: the SCEP (RFC 8894) listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScepConfig {
+    /// Whether the listener runs.
+    pub enabled: bool,
+    /// Socket address to bind (plain HTTP: SCEP messages are signed and encrypted).
+    pub listen: SocketAddr,
+    /// Lifetime of the RA certificate made when none exists, in days.
+    pub ra_validity_days: u32,
+    /// `[scep.profiles.<name>]`; `default` serves `/scep`.
+    pub profiles: BTreeMap<String, ScepProfileConfig>,
+}
+
+/// `[scep.profiles.<name>]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScepProfileConfig {
+    /// Template certificates are issued on.
+    pub template: String,
+    /// Identity of devices that enroll with the static challenge.
+    pub identity: String,
+    /// Roles of enrolling devices (static and one-time challenges, renewals).
+    pub roles: Vec<String>,
+    /// Argon2 hash of the static challenge password; none = only one-time challenges.
+    #[serde(default)]
+    pub challenge_hash: Option<String>,
+    /// Accept single-DES envelopes and SHA-1 signatures from legacy clients.
+    #[serde(default = "yes")]
+    pub legacy_algorithms: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[est.users.<name>]`.
@@ -603,6 +641,37 @@ impl Config {
                     format!("est.users.{user}.roles"),
                     &format!("role `{role}` is not defined"),
                 ));
+            }
+        }
+        if self.scep.enabled && !self.scep.profiles.contains_key("default") {
+            return Err(bad(
+                "scep.profiles".into(),
+                "the profile `default` must exist",
+            ));
+        }
+        for (name, profile) in &self.scep.profiles {
+            let key = |k: &str| format!("scep.profiles.{name}.{k}");
+            if !self.templates.contains_key(&profile.template) {
+                return Err(bad(
+                    key("template"),
+                    &format!("template `{}` is not defined", profile.template),
+                ));
+            }
+            if let Some(role) = profile.roles.iter().find(|r| !self.roles.contains_key(*r)) {
+                return Err(bad(key("roles"), &format!("role `{role}` is not defined")));
+            }
+            if profile
+                .challenge_hash
+                .as_ref()
+                .is_some_and(|h| !h.starts_with("$argon2"))
+            {
+                return Err(bad(
+                    key("challenge_hash"),
+                    "must be an argon2 hash from `rampart hash-password`",
+                ));
+            }
+            if profile.identity.trim().is_empty() {
+                return Err(bad(key("identity"), "must not be empty"));
             }
         }
         for (name, role) in &self.roles {

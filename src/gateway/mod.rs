@@ -6,3 +6,4 @@
 
 pub mod acme;
 pub mod est;
+pub mod scep;

@@ -106,6 +106,7 @@ struct Approved<'a> {
     public_key: Vec<u8>,
     key_type: KeyType,
     extended_key_usages: Vec<ExtendedKeyUsage>,
+    key_encipherment: bool,
     resource: Option<String>,
     metadata: std::collections::BTreeMap<String, String>,
     trace: Vec<Step>,
@@ -206,6 +207,7 @@ impl Pipeline {
             approval,
             public_key: csr.public_key,
             key_type: csr.key_type,
+            key_encipherment: key_encipherment(csr.key_type, &template.extended_key_usages),
             extended_key_usages: template.extended_key_usages.clone(),
             resource: request.resource.clone(),
             metadata: request.metadata.clone(),
@@ -305,6 +307,7 @@ impl Pipeline {
             },
             public_key: csr.public_key,
             key_type: csr.key_type,
+            key_encipherment: key_encipherment(csr.key_type, &template.extended_key_usages),
             extended_key_usages: template.extended_key_usages.clone(),
             resource: pending.resource.clone(),
             metadata,
@@ -421,22 +424,44 @@ impl Pipeline {
         }
     }
 
-    /// Issue a certificate for rampart itself (its listeners), outside the policy, which
-    /// governs requesters. Recorded and audited like any other issuance.
+    /// Issue a certificate for rampart itself (its listeners, the SCEP RA), outside the
+    /// policy, which governs requesters. Recorded and audited like any other issuance.
     pub async fn issue_internal(
         &self,
-        identifiers: Vec<Identifier>,
+        purpose: InternalPurpose,
         public_key: Vec<u8>,
         key_type: KeyType,
         validity_days: u32,
     ) -> Result<CertificateRecord, PipelineError> {
         let identity = Identity::system();
-        let common_name = identifiers.first().map(Identifier::value);
+        let (template, identifiers, common_name, extended_key_usages, key_encipherment) =
+            match purpose {
+                InternalPurpose::Listener(identifiers) => {
+                    let common_name = identifiers.first().map(Identifier::value);
+                    let ekus = vec![ExtendedKeyUsage::ServerAuth];
+                    let encipherment = self::key_encipherment(key_type, &ekus);
+                    (
+                        "rampart-listener",
+                        identifiers,
+                        common_name,
+                        ekus,
+                        encipherment,
+                    )
+                }
+                // RFC 8894 §2.1: the RA signs replies and decrypts requests' content keys.
+                InternalPurpose::ScepRa => (
+                    "rampart-scep-ra",
+                    vec![],
+                    Some(format!("{} SCEP RA", self.config.ca.common_name)),
+                    vec![],
+                    true,
+                ),
+            };
         let approved = Approved {
             request_id: Uuid::now_v7(),
             protocol: Protocol::Internal,
             identity: &identity,
-            template: "rampart-listener",
+            template,
             approval: Approval {
                 identifiers,
                 common_name,
@@ -445,7 +470,8 @@ impl Pipeline {
             },
             public_key,
             key_type,
-            extended_key_usages: vec![ExtendedKeyUsage::ServerAuth],
+            extended_key_usages,
+            key_encipherment,
             resource: None,
             metadata: Default::default(),
             trace: vec![],
@@ -610,6 +636,7 @@ impl Pipeline {
             sans: approved.approval.identifiers.clone(),
             not_before: now - BACKDATE,
             not_after: now + Duration::days(approved.approval.validity_days.into()),
+            key_encipherment: approved.key_encipherment,
             extended_key_usages: approved.extended_key_usages,
         };
         let issued = match self.ca.issue(&order).await {
@@ -691,12 +718,32 @@ impl Pipeline {
     }
 }
 
-/// The names to issue for: those the protocol authorized, else the CSR's SANs, else a
-/// CSR subject CN that is a DNS name or IP address (older clients put the name only there).
+/// keyEncipherment goes to RSA keys of TLS servers (RSA key exchange).
+fn key_encipherment(key_type: KeyType, extended_key_usages: &[ExtendedKeyUsage]) -> bool {
+    matches!(key_type, KeyType::Rsa { .. })
+        && extended_key_usages.contains(&ExtendedKeyUsage::ServerAuth)
+}
+
+/// What rampart issues to itself.
+#[derive(Debug, Clone)]
+pub enum InternalPurpose {
+    /// A listener's TLS certificate for these names.
+    Listener(Vec<Identifier>),
+    /// The SCEP RA certificate (RSA; digitalSignature + keyEncipherment, no names).
+    ScepRa,
+}
+
+/// The names to issue for: those the protocol authorized, else [`csr_identifiers`].
 fn requested_identifiers(request: &EnrollmentRequest, csr: &VerifiedCsr) -> Vec<Identifier> {
-    if let Some(ids) = &request.requested_identifiers {
-        return ids.clone();
+    match &request.requested_identifiers {
+        Some(ids) => ids.clone(),
+        None => csr_identifiers(csr),
     }
+}
+
+/// The names a CSR asks for: its SANs, else a subject CN that is a DNS name or IP address
+/// (older clients and many devices put the name only there).
+pub fn csr_identifiers(csr: &VerifiedCsr) -> Vec<Identifier> {
     if !csr.identifiers.is_empty() {
         return csr.identifiers.clone();
     }

@@ -62,6 +62,9 @@ pub enum ServerError {
     /// EST set-up.
     #[error("EST: {0}")]
     Est(String),
+    /// SCEP set-up (the RA).
+    #[error("SCEP: {0}")]
+    Scep(String),
     /// A listener address is taken or not allowed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -204,6 +207,10 @@ pub struct Daemon {
     pub api_addr: Option<SocketAddr>,
     /// The EST base URL, when EST is enabled.
     pub est_url: Option<String>,
+    /// SCEP URL (`http://…/scep`), when enabled.
+    pub scep_url: Option<String>,
+    /// Bound SCEP address, when enabled.
+    pub scep_addr: Option<SocketAddr>,
     /// Bound address of the EST listener.
     pub est_addr: Option<SocketAddr>,
     /// The default ACME directory URL, when ACME is enabled.
@@ -253,6 +260,40 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
     let tls_config = tls::server_config(&cert_path, &key_path, None)?;
     let (shutdown, signal) = watch::channel(false);
     let mut tasks = Vec::new();
+    let scep = &boot.pipeline.config().scep;
+    let (mut scep_url, mut scep_addr, mut scep_backend) = (None, None, None);
+    if scep.enabled {
+        let listener =
+            TcpListener::bind(scep.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: scep.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: scep.listen,
+            source,
+        })?;
+        let ra = crate::gateway::scep::ensure_ra(&boot.pipeline, &boot.data_dir)
+            .await
+            .map_err(|e| ServerError::Scep(e.to_string()))?;
+        let backend = Arc::new(crate::gateway::scep::Backend::new(
+            boot.pipeline.clone(),
+            ra,
+            boot.data_dir.clone(),
+        ));
+        let router = observed(
+            rampart_scep::router(backend.clone()),
+            "scep",
+            boot.pipeline.metrics().clone(),
+        );
+        // Plain HTTP: SCEP messages are signed and encrypted end to end.
+        tasks.push(tokio::spawn(serve(listener, router, None, signal.clone())));
+        let host = display_addr(addr, &boot.pipeline.config().server.public_hostname);
+        scep_url = Some(format!("http://{host}/scep"));
+        scep_addr = Some(addr);
+        scep_backend = Some(backend);
+    }
     let api = &boot.pipeline.config().api;
     let (mut api_url, mut api_addr) = (None, None);
     if api.enabled {
@@ -270,7 +311,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
             source,
         })?;
         let router = observed(
-            crate::api::router(boot.pipeline.clone()),
+            crate::api::router(boot.pipeline.clone(), scep_backend),
             "api",
             boot.pipeline.metrics().clone(),
         );
@@ -355,6 +396,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
         est_addr = Some(addr);
     }
     Ok(Daemon {
+        scep_url,
+        scep_addr,
         est_url,
         est_addr,
         api_url,

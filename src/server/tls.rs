@@ -101,7 +101,7 @@ pub async fn ensure_listener_certificate(
         .map_err(|e| ServerError::Tls(e.to_string()))?;
     let record = pipeline
         .issue_internal(
-            names.clone(),
+            crate::pipeline::InternalPurpose::Listener(names.clone()),
             key.der_bytes().to_vec(),
             KeyType::EcdsaP256,
             LISTENER_VALIDITY_DAYS,

@@ -31,6 +31,10 @@ pub enum AuditAction {
     CaCreated,
     /// An escrowed private key was handed out.
     KeyRecovered,
+    /// A one-time SCEP challenge was minted.
+    ChallengeCreated,
+    /// A SCEP RA certificate was issued (first start or rotation).
+    RaRotated,
 }
 
 /// One audit entry, before it is chained.

@@ -316,6 +316,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         durable: bool,
     ) -> Result<(), StoreError>;
 
+    /// Remove one protocol state value and return it: whoever gets `Some` owns it (one-time
+    /// secrets are consumed this way). Durable on return.
+    fn protocol_take(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
     /// One protocol state value.
     fn protocol_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 

@@ -617,6 +617,17 @@ impl Store for SledStore {
         Ok(Self::get(&self.t.meta, "meta", META_AUDIT_HEAD)?.unwrap_or_default())
     }
 
+    fn protocol_take(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let taken = self
+            .protocol_state
+            .remove(protocol_key(namespace, key))
+            .map_err(backend)?;
+        if taken.is_some() {
+            self.protocol_state.flush().map_err(backend)?;
+        }
+        Ok(taken.map(|v| v.to_vec()))
+    }
+
     fn protocol_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .protocol_state

@@ -10,6 +10,7 @@
 //! Imports only its own modules and the `cms`/`der`/`x509-cert`/`aws-lc-rs` crates; never
 //! the daemon.
 
+pub mod ber;
 pub mod client;
 pub mod crypto;
 pub mod pkimessage;

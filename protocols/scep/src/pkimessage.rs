@@ -165,7 +165,9 @@ impl SignedMessage {
     /// Read a ContentInfo holding a SignedData with exactly one signer whose certificate
     /// is included.
     pub fn parse(der_bytes: &[u8]) -> Result<Self, FormatError> {
-        let info = ContentInfo::from_der(der_bytes).map_err(malformed("ContentInfo"))?;
+        let normalized = crate::ber::normalize(der_bytes)
+            .map_err(|e| FormatError::Malformed(format!("pkiMessage: {e}")))?;
+        let info = ContentInfo::from_der(&normalized).map_err(malformed("ContentInfo"))?;
         if info.content_type != oid::SIGNED_DATA {
             return Err(FormatError::Unsupported(format!(
                 "a pkiMessage is a SignedData, not {}",
@@ -340,7 +342,9 @@ pub fn open(
     me: &Certificate,
     key: &RsaKey,
 ) -> Result<(Vec<u8>, ContentCipher), OpenError> {
-    let info = ContentInfo::from_der(der_bytes).map_err(malformed("pkcsPKIEnvelope"))?;
+    let normalized = crate::ber::normalize(der_bytes)
+        .map_err(|e| FormatError::Malformed(format!("pkcsPKIEnvelope: {e}")))?;
+    let info = ContentInfo::from_der(&normalized).map_err(malformed("pkcsPKIEnvelope"))?;
     if info.content_type != oid::ENVELOPED_DATA {
         return Err(FormatError::Unsupported(format!(
             "pkcsPKIEnvelope is an EnvelopedData, not {}",
@@ -348,10 +352,17 @@ pub fn open(
         ))
         .into());
     }
-    let enveloped: EnvelopedData = info
-        .content
-        .decode_as()
-        .map_err(malformed("EnvelopedData"))?;
+    let enveloped: EnvelopedData = match info.content.decode_as() {
+        Ok(enveloped) => enveloped,
+        // A constructed encrypted content (Go's PKCS#7 library sends one): join it.
+        Err(first) => info
+            .content
+            .to_der()
+            .ok()
+            .and_then(|bytes| crate::ber::join_implicit_octets(&bytes).ok())
+            .and_then(|bytes| EnvelopedData::from_der(&bytes).ok())
+            .ok_or_else(|| FormatError::Malformed(format!("EnvelopedData: {first}")))?,
+    };
     let key_transports: Vec<&KeyTransRecipientInfo> = enveloped
         .recip_infos
         .0

@@ -1,0 +1,614 @@
+//! [`rampart_scep::ScepBackend`] for the daemon: the RA identity (an RSA key and a
+//! certificate from the CA, kept in `<data_dir>/ca/`), challenge passwords (a profile's
+//! static one, argon2-hashed in the config, and one-time challenges minted over the API,
+//! stored hashed and consumed on use), renewals signed by a certificate rampart issued,
+//! transactions remembered so a re-sent or polled transactionID gets the same answer, and
+//! enrollment through the one pipeline.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use der::{Decode, Encode};
+use rampart_scep::{Answer, CertificateId, Enrollment, FailInfo, MessageType, Ra, ScepBackend};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::config::ScepProfileConfig;
+use crate::files;
+use crate::model::{
+    CertificateStatus, Credential, EnrollmentRequest, Identifier, Identity, KeyType, Protocol,
+};
+use crate::pipeline::{InternalPurpose, Outcome, Pipeline, PipelineError};
+use crate::pkix::csr::VerifiedCsr;
+use crate::pkix::{pem, sha256_hex};
+use crate::store::{AuditAction, AuditEntry, RequestState, StoreError};
+
+/// Protocol-state namespace: transaction → request id.
+const TRANSACTIONS: &str = "scep.tx";
+/// Protocol-state namespace: SHA-256 of a one-time challenge → [`OneTimeChallenge`].
+const CHALLENGES: &str = "scep.challenge";
+
+/// RA key and certificate files in the CA directory.
+fn ra_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
+    let dir = data_dir.join("ca");
+    (dir.join("scep-ra.cert.pem"), dir.join("scep-ra.key.pem"))
+}
+
+/// Why the RA could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RaError {
+    /// Reading or writing its files.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The files do not hold a usable RA.
+    #[error("{0}")]
+    Invalid(String),
+    /// Issuing its certificate failed.
+    #[error("issuing the SCEP RA certificate: {0}")]
+    Issue(#[from] PipelineError),
+}
+
+/// Load the RA from `<data_dir>/ca/`, or make one (RSA-2048 key, certificate from the CA)
+/// when there is none, or when its certificate has less than a third of its life left.
+pub async fn ensure_ra(pipeline: &Pipeline, data_dir: &Path) -> Result<Ra, RaError> {
+    let (cert_path, key_path) = ra_paths(data_dir);
+    if let (Ok(chain), Ok(key)) = (
+        std::fs::read_to_string(&cert_path),
+        std::fs::read_to_string(&key_path),
+    ) {
+        let ra = read_ra(&chain, &key)
+            .map_err(|e| RaError::Invalid(format!("{}: {e}", cert_path.display())))?;
+        let validity = &ra.certificate.tbs_certificate.validity;
+        let (from, to) = (
+            validity.not_before.to_unix_duration().as_secs() as i64,
+            validity.not_after.to_unix_duration().as_secs() as i64,
+        );
+        let now = pipeline.clock().now().unix_timestamp();
+        if to > now && (to - now) * 3 > (to - from) {
+            return Ok(ra);
+        }
+    }
+    rotate_ra(pipeline, data_dir, "rampart").await
+}
+
+fn read_ra(chain_pem: &str, key_pem: &str) -> Result<Ra, String> {
+    let certificate = pem::decode_certificates(chain_pem)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .next()
+        .ok_or("no certificate")?;
+    let key = rcgen::KeyPair::from_pem(key_pem).map_err(|e| e.to_string())?;
+    Ra::new(certificate, &key.serialize_der()).map_err(|e| e.to_string())
+}
+
+/// Make a new RA key and certificate, replacing the files; audited.
+pub async fn rotate_ra(pipeline: &Pipeline, data_dir: &Path, actor: &str) -> Result<Ra, RaError> {
+    let key = tokio::task::spawn_blocking(|| {
+        rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+    })
+    .await
+    .map_err(|e| RaError::Invalid(e.to_string()))?
+    .map_err(|e| RaError::Invalid(e.to_string()))?;
+    use rcgen::PublicKeyData;
+    let record = pipeline
+        .issue_internal(
+            InternalPurpose::ScepRa,
+            key.der_bytes().to_vec(),
+            KeyType::Rsa { bits: 2048 },
+            pipeline.config().scep.ra_validity_days,
+        )
+        .await?;
+    let (cert_path, key_path) = ra_paths(data_dir);
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| RaError::Io { path, source }
+    };
+    files::write_secret(&key_path, key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
+    let mut chain = vec![record.der.as_slice()];
+    chain.extend(record.chain.iter().map(Vec::as_slice));
+    files::write_public(&cert_path, pem::encode_certificates(chain).as_bytes())
+        .map_err(io(&cert_path))?;
+    let audit = AuditEntry {
+        time: pipeline.clock().now(),
+        request_id: None,
+        actor: actor.to_string(),
+        action: AuditAction::RaRotated,
+        outcome: "ok".into(),
+        layer: None,
+        rule: None,
+        reason: "SCEP RA key and certificate issued".into(),
+        subject: Some(record.serial.clone()),
+        details: json!({ "certificate": cert_path }),
+    };
+    pipeline
+        .with_store(move |store| store.append_audit(&audit))
+        .await
+        .map_err(|e| RaError::Invalid(e.to_string()))?;
+    tracing::info!(serial = %record.serial, "issued the SCEP RA certificate");
+    Ra::new(record.der, &key.serialize_der()).map_err(|e| RaError::Invalid(e.to_string()))
+}
+
+/// A one-time challenge as stored (under the SHA-256 of its text, never the text).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OneTimeChallenge {
+    /// Its public id (for audit).
+    pub id: String,
+    /// The SCEP profile it is valid on.
+    pub profile: String,
+    /// The identity the device enrolls as.
+    pub identity: String,
+    /// The only names the device may request.
+    pub names: Vec<Identifier>,
+    /// Expiry.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// Who minted it.
+    pub created_by: String,
+}
+
+/// Why a challenge could not be minted.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    /// Bad input.
+    #[error("{0}")]
+    Invalid(String),
+    /// Store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Mint a one-time challenge for `identity` on `profile`, for exactly `names`, valid for
+/// `valid_for` seconds; returns the challenge text (shown once) and the stored record.
+pub async fn mint_challenge(
+    pipeline: &Pipeline,
+    actor: &Identity,
+    profile: &str,
+    identity: &str,
+    names: Vec<Identifier>,
+    valid_for: u32,
+) -> Result<(String, OneTimeChallenge), MintError> {
+    if !pipeline.config().scep.profiles.contains_key(profile) {
+        return Err(MintError::Invalid(format!("no SCEP profile `{profile}`")));
+    }
+    if identity.trim().is_empty() {
+        return Err(MintError::Invalid("identity must not be empty".into()));
+    }
+    if names.is_empty() {
+        return Err(MintError::Invalid(
+            "name at least one DNS name or IP address the device may request".into(),
+        ));
+    }
+    if !(60..=30 * 86_400).contains(&valid_for) {
+        return Err(MintError::Invalid(
+            "valid_for_seconds must be between 60 and 2592000".into(),
+        ));
+    }
+    let mut secret = [0u8; 24];
+    aws_lc_rs::rand::fill(&mut secret).map_err(|_| MintError::Invalid("no randomness".into()))?;
+    let text = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, secret);
+    let now = pipeline.clock().now();
+    let record = OneTimeChallenge {
+        id: Uuid::now_v7().to_string(),
+        profile: profile.to_string(),
+        identity: identity.to_string(),
+        names,
+        expires_at: now + time::Duration::seconds(valid_for.into()),
+        created_by: actor.name.clone(),
+    };
+    let value = serde_json::to_vec(&record).expect("serializes");
+    let key = sha256_hex(text.as_bytes());
+    let audit = AuditEntry {
+        time: now,
+        request_id: None,
+        actor: actor.name.clone(),
+        action: AuditAction::ChallengeCreated,
+        outcome: "ok".into(),
+        layer: None,
+        rule: None,
+        reason: format!("one-time SCEP challenge for {identity} on profile {profile}"),
+        subject: Some(record.id.clone()),
+        details: json!({
+            "profile": profile,
+            "identity": identity,
+            "names": record.names,
+            "expires_at": record.expires_at.unix_timestamp(),
+        }),
+    };
+    pipeline
+        .with_store(move |store| {
+            store.protocol_put(CHALLENGES, &key, &value, true)?;
+            store.append_audit(&audit)
+        })
+        .await?;
+    Ok((text, record))
+}
+
+/// The daemon as a SCEP backend.
+pub struct Backend {
+    pipeline: Pipeline,
+    data_dir: PathBuf,
+    ra: RwLock<Arc<Ra>>,
+    /// SHA-256 of (profile, static challenge) pairs argon2 already accepted: argon2 is
+    /// deliberately slow, and a fleet enrolls with the same static challenge.
+    verified_static: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("scep::Backend").finish_non_exhaustive()
+    }
+}
+
+/// Who a request proved to be and, for one-time challenges, the only names it may request.
+struct Authenticated {
+    identity: Identity,
+    allowed_names: Option<Vec<Identifier>>,
+}
+
+impl Backend {
+    /// Over `pipeline` with the RA from [`ensure_ra`] (files in `data_dir`).
+    pub fn new(pipeline: Pipeline, ra: Ra, data_dir: PathBuf) -> Self {
+        Backend {
+            pipeline,
+            data_dir,
+            ra: RwLock::new(Arc::new(ra)),
+            verified_static: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Make a new RA and serve with it from now on; returns its certificate's serial.
+    pub async fn rotate(&self, actor: &str) -> Result<String, RaError> {
+        let ra = rotate_ra(&self.pipeline, &self.data_dir, actor).await?;
+        let serial =
+            rampart_acme::ari::serial_hex(ra.certificate.tbs_certificate.serial_number.as_bytes());
+        *self.ra.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ra);
+        Ok(serial)
+    }
+
+    fn profile_config(&self, profile: &str) -> Option<&ScepProfileConfig> {
+        self.pipeline.config().scep.profiles.get(profile)
+    }
+
+    /// Transactions are per profile, transactionID and signer key: another device re-using
+    /// a transactionID starts its own.
+    fn transaction_key(profile: &str, transaction_id: &str, signer_der: &[u8]) -> String {
+        let spki = x509_cert::Certificate::from_der(signer_der)
+            .ok()
+            .and_then(|c| c.tbs_certificate.subject_public_key_info.to_der().ok())
+            .unwrap_or_default();
+        sha256_hex(format!("{profile}\n{transaction_id}\n{}", hex::encode(spki)).as_bytes())
+    }
+
+    /// The answer for a known transaction, `None` when it is unknown or failed (a failed
+    /// one may be tried again).
+    async fn transaction_answer(&self, key: &str) -> Result<Option<Answer>, StoreError> {
+        let owned = key.to_string();
+        let Some(id) = self
+            .pipeline
+            .with_store(move |store| store.protocol_get(TRANSACTIONS, &owned))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let Ok(request_id) = String::from_utf8_lossy(&id).parse::<Uuid>() else {
+            return Ok(None);
+        };
+        Ok(match self.pipeline.request_state(request_id).await? {
+            Some(RequestState::Issued { serial }) => self
+                .pipeline
+                .with_store(move |store| store.certificate(&serial))
+                .await?
+                .map(|record| Answer::Certificate(record.der)),
+            Some(RequestState::Pending { .. } | RequestState::Issuing { .. }) => Some(
+                Answer::Pending(format!("request {request_id} waits for approval")),
+            ),
+            Some(RequestState::Denied { reason }) => Some(Answer::Failure(
+                FailInfo::BadRequest,
+                format!("{reason} (request {request_id})"),
+            )),
+            Some(RequestState::Failed { .. }) | None => None,
+        })
+    }
+
+    /// The challenge password decides who the device is.
+    async fn challenge_identity(
+        &self,
+        profile: &str,
+        config: &ScepProfileConfig,
+        challenge: Option<String>,
+    ) -> Result<Authenticated, Answer> {
+        let refused = |why: &str| Answer::Failure(FailInfo::BadRequest, why.to_string());
+        let Some(challenge) = challenge.filter(|c| !c.is_empty()) else {
+            return Err(refused("the CSR carries no challengePassword"));
+        };
+        // One-time challenges first: a hit consumes it, whatever happens next.
+        let key = sha256_hex(challenge.as_bytes());
+        let taken = self
+            .pipeline
+            .with_store(move |store| store.protocol_take(CHALLENGES, &key))
+            .await
+            .map_err(|e| Answer::Failure(FailInfo::BadRequest, format!("store: {e}")))?;
+        if let Some(bytes) = taken {
+            let record: OneTimeChallenge = serde_json::from_slice(&bytes)
+                .map_err(|_| refused("unreadable one-time challenge record"))?;
+            if record.profile != profile {
+                return Err(refused("the one-time challenge belongs to another profile"));
+            }
+            if record.expires_at <= self.pipeline.clock().now() {
+                return Err(refused("the one-time challenge has expired"));
+            }
+            return Ok(Authenticated {
+                identity: Identity {
+                    name: record.identity,
+                    roles: config.roles.clone(),
+                    credential: Credential::ScepChallenge {
+                        profile: profile.to_string(),
+                        one_time: Some(record.id),
+                    },
+                },
+                allowed_names: Some(record.names),
+            });
+        }
+        let Some(hash) = config.challenge_hash.clone() else {
+            return Err(refused("unknown or already used challenge"));
+        };
+        let memo = sha256_hex(format!("{profile}\n{challenge}").as_bytes());
+        let known = self
+            .verified_static
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&memo);
+        let verified = known
+            || tokio::task::spawn_blocking(move || {
+                use argon2::password_hash::{PasswordHash, PasswordVerifier};
+                PasswordHash::new(&hash).is_ok_and(|hash| {
+                    argon2::Argon2::default()
+                        .verify_password(challenge.as_bytes(), &hash)
+                        .is_ok()
+                })
+            })
+            .await
+            .unwrap_or(false);
+        if !verified {
+            return Err(refused("wrong challenge password"));
+        }
+        if !known {
+            self.verified_static
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(memo);
+        }
+        Ok(Authenticated {
+            identity: Identity {
+                name: config.identity.clone(),
+                roles: config.roles.clone(),
+                credential: Credential::ScepChallenge {
+                    profile: profile.to_string(),
+                    one_time: None,
+                },
+            },
+            allowed_names: None,
+        })
+    }
+
+    /// RenewalReq: signed by a valid certificate rampart issued; the renewal keeps its names.
+    async fn renewal_identity(
+        &self,
+        config: &ScepProfileConfig,
+        signer_der: &[u8],
+        csr: &VerifiedCsr,
+    ) -> Result<Authenticated, Answer> {
+        let refused = |why: String| Answer::Failure(FailInfo::BadRequest, why);
+        let cert = x509_cert::Certificate::from_der(signer_der)
+            .map_err(|e| refused(format!("signer certificate: {e}")))?;
+        let serial = rampart_acme::ari::serial_hex(cert.tbs_certificate.serial_number.as_bytes());
+        let owned = serial.clone();
+        let record = self
+            .pipeline
+            .with_store(move |store| store.certificate(&owned))
+            .await
+            .map_err(|e| refused(format!("store: {e}")))?
+            .filter(|r| r.der == signer_der)
+            .ok_or_else(|| {
+                Answer::Failure(
+                    FailInfo::BadCertId,
+                    "RenewalReq must be signed by a certificate rampart issued".into(),
+                )
+            })?;
+        match record.status_at(self.pipeline.clock().now()) {
+            CertificateStatus::Valid => {}
+            status => {
+                return Err(Answer::Failure(
+                    FailInfo::BadCertId,
+                    format!("the certificate to renew is {status:?}").to_lowercase(),
+                ))
+            }
+        }
+        let requested: BTreeSet<Identifier> =
+            crate::pipeline::csr_identifiers(csr).into_iter().collect();
+        let current: BTreeSet<Identifier> = record.sans.iter().cloned().collect();
+        if requested != current {
+            return Err(refused(
+                "a renewal must request the names of the certificate it renews".into(),
+            ));
+        }
+        Ok(Authenticated {
+            identity: Identity {
+                name: record.owner.clone(),
+                roles: config.roles.clone(),
+                credential: Credential::ClientCertificate { serial },
+            },
+            allowed_names: None,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl ScepBackend for Backend {
+    fn profile(&self, name: &str) -> Option<rampart_scep::Profile> {
+        self.profile_config(name).map(|p| rampart_scep::Profile {
+            legacy_algorithms: p.legacy_algorithms,
+        })
+    }
+
+    fn ra(&self) -> Arc<Ra> {
+        self.ra.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn ca_certificates(&self) -> Vec<Vec<u8>> {
+        let ca = self.pipeline.ca();
+        let mut certificates = ca.chain();
+        certificates.extend(ca.trust_anchors());
+        certificates
+    }
+
+    async fn enroll(&self, profile: &str, enrollment: Enrollment) -> Answer {
+        let unavailable =
+            |e: StoreError| Answer::Failure(FailInfo::BadRequest, format!("store: {e}"));
+        let Some(config) = self.profile_config(profile).cloned() else {
+            return Answer::Failure(FailInfo::BadRequest, "no such profile".into());
+        };
+        let transaction =
+            Self::transaction_key(profile, &enrollment.transaction_id, &enrollment.signer_der);
+        // A re-sent transaction gets the answer it got before, never a second certificate.
+        match self.transaction_answer(&transaction).await {
+            Ok(Some(answer)) => return answer,
+            Ok(None) => {}
+            Err(e) => return unavailable(e),
+        }
+        let csr = match VerifiedCsr::parse(&enrollment.csr_der) {
+            Ok(csr) => csr,
+            Err(e) => return Answer::Failure(FailInfo::BadRequest, e.to_string()),
+        };
+        let authenticated = match enrollment.message_type {
+            MessageType::RenewalReq => {
+                self.renewal_identity(&config, &enrollment.signer_der, &csr)
+                    .await
+            }
+            _ => {
+                self.challenge_identity(profile, &config, csr.challenge_password.clone())
+                    .await
+            }
+        };
+        let Authenticated {
+            identity,
+            allowed_names,
+        } = match authenticated {
+            Ok(a) => a,
+            Err(answer) => return answer,
+        };
+        if let Some(allowed) = &allowed_names {
+            let requested = crate::pipeline::csr_identifiers(&csr);
+            if let Some(extra) = requested.iter().find(|n| !allowed.contains(n)) {
+                return Answer::Failure(
+                    FailInfo::BadRequest,
+                    format!(
+                        "`{}` is not a name the one-time challenge allows",
+                        extra.value()
+                    ),
+                );
+            }
+        }
+        let request = EnrollmentRequest {
+            request_id: Uuid::now_v7(),
+            protocol: Protocol::Scep,
+            identity,
+            csr_der: enrollment.csr_der,
+            template: config.template.clone(),
+            requested_identifiers: None,
+            validity_days: None,
+            resource: None,
+            metadata: BTreeMap::from([
+                ("scep_profile".to_string(), profile.to_string()),
+                (
+                    "scep_message_type".to_string(),
+                    enrollment.message_type.to_string(),
+                ),
+                (
+                    "scep_transaction_id".to_string(),
+                    enrollment.transaction_id.clone(),
+                ),
+            ]),
+        };
+        // Remember the transaction before submitting: a crash in between leaves a request
+        // the store marks failed, which the client may simply send again.
+        let id = request.request_id.to_string();
+        if let Err(e) = self
+            .pipeline
+            .with_store(move |store| {
+                store.protocol_put(TRANSACTIONS, &transaction, id.as_bytes(), true)
+            })
+            .await
+        {
+            return unavailable(e);
+        }
+        match self.pipeline.submit(request).await {
+            Ok(Outcome::Issued(record)) => Answer::Certificate(record.der),
+            Ok(Outcome::Pending { request_id, reason }) => {
+                Answer::Pending(format!("{reason} (request {request_id})"))
+            }
+            // SCEP has one failInfo for every refusal of a well-formed request.
+            Ok(Outcome::Denied { request_id, denial }) => Answer::Failure(
+                FailInfo::BadRequest,
+                format!(
+                    "{} layer: {} (rule {}, request {request_id})",
+                    denial.layer.as_str(),
+                    denial.reason,
+                    denial.rule
+                ),
+            ),
+            Err(PipelineError::Ca(e)) => Answer::Failure(FailInfo::BadRequest, format!("CA: {e}")),
+            Err(PipelineError::Store(e)) => unavailable(e),
+        }
+    }
+
+    async fn poll(&self, profile: &str, transaction_id: &str, signer_der: &[u8]) -> Answer {
+        let key = Self::transaction_key(profile, transaction_id, signer_der);
+        match self.transaction_answer(&key).await {
+            Ok(Some(answer)) => answer,
+            Ok(None) => Answer::Failure(
+                FailInfo::BadCertId,
+                format!("no transaction {transaction_id} from this requester"),
+            ),
+            Err(e) => Answer::Failure(FailInfo::BadRequest, format!("store: {e}")),
+        }
+    }
+
+    async fn certificate(&self, _profile: &str, id: CertificateId) -> Answer {
+        let issuing = self.pipeline.ca().chain();
+        let ours = issuing.first().and_then(|der| {
+            x509_cert::Certificate::from_der(der)
+                .ok()
+                .and_then(|c| c.tbs_certificate.subject.to_der().ok())
+        });
+        if ours.as_deref() != Some(id.issuer_der.as_slice()) {
+            return Answer::Failure(FailInfo::BadCertId, "not issued by this CA".into());
+        }
+        let serial = rampart_acme::ari::serial_hex(&id.serial);
+        let looked_up = serial.clone();
+        match self
+            .pipeline
+            .with_store(move |store| store.certificate(&looked_up))
+            .await
+        {
+            Ok(Some(record)) => Answer::Certificate(record.der),
+            Ok(None) => Answer::Failure(FailInfo::BadCertId, format!("no certificate {serial}")),
+            Err(e) => Answer::Failure(FailInfo::BadRequest, format!("store: {e}")),
+        }
+    }
+
+    async fn crl(&self, _profile: &str, _id: CertificateId) -> Answer {
+        Answer::Failure(
+            FailInfo::BadRequest,
+            "rampart does not publish CRLs yet".into(),
+        )
+    }
+}
