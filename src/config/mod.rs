@@ -243,6 +243,14 @@ pub struct ScepProfileConfig {
     /// Accept single-DES envelopes and SHA-1 signatures from legacy clients.
     #[serde(default = "yes")]
     pub legacy_algorithms: bool,
+    /// Refuse (badTime) a request whose signingTime is further than this from the
+    /// server's clock, in seconds; 0 = do not check (devices without a real-time clock).
+    #[serde(default = "one_day_seconds")]
+    pub max_clock_skew_seconds: u64,
+}
+
+fn one_day_seconds() -> u64 {
+    86_400
 }
 
 fn yes() -> bool {

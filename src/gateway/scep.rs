@@ -456,7 +456,13 @@ impl ScepBackend for Backend {
     fn profile(&self, name: &str) -> Option<rampart_scep::Profile> {
         self.profile_config(name).map(|p| rampart_scep::Profile {
             legacy_algorithms: p.legacy_algorithms,
+            max_clock_skew: (p.max_clock_skew_seconds > 0)
+                .then(|| std::time::Duration::from_secs(p.max_clock_skew_seconds)),
         })
+    }
+
+    fn now(&self) -> std::time::SystemTime {
+        self.pipeline.clock().now().into()
     }
 
     fn ra(&self) -> Arc<Ra> {

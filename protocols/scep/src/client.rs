@@ -56,7 +56,9 @@ pub struct Outgoing {
 }
 
 /// Build a pkiMessage of `message_type` carrying `content` (a CSR, IssuerAndSubject or
-/// IssuerAndSerialNumber, DER) sealed for `recipient` (the RA certificate).
+/// IssuerAndSerialNumber, DER) sealed for `recipient` (the RA certificate), signed at
+/// `signed_at`.
+#[allow(clippy::too_many_arguments)]
 pub fn request(
     requester: &Requester,
     recipient: &Certificate,
@@ -65,6 +67,7 @@ pub fn request(
     content: &[u8],
     cipher: ContentCipher,
     digest: Digest,
+    signed_at: std::time::SystemTime,
 ) -> Result<Outgoing, BuildError> {
     let envelope = pkimessage::seal(content, recipient, cipher)?;
     let mut nonce = vec![0u8; 16];
@@ -80,6 +83,7 @@ pub fn request(
         &requester.key,
         digest,
         attributes,
+        signed_at,
     )?;
     Ok(Outgoing {
         message,

@@ -90,6 +90,9 @@ impl Ra {
 pub struct Profile {
     /// Accept SHA-1 signatures and single-DES envelopes from legacy clients.
     pub legacy_algorithms: bool,
+    /// A request whose signingTime is further than this from the server's clock gets
+    /// FAILURE badTime; `None` = not checked (devices without a real-time clock).
+    pub max_clock_skew: Option<std::time::Duration>,
 }
 
 /// An enrollment (PKCSReq) or renewal (RenewalReq).
@@ -136,6 +139,9 @@ pub trait ScepBackend: Send + Sync + 'static {
 
     /// The current RA identity.
     fn ra(&self) -> Arc<Ra>;
+
+    /// The server's clock.
+    fn now(&self) -> std::time::SystemTime;
 
     /// The CA chain clients must trust (issuing CA first, root last), DER.
     fn ca_certificates(&self) -> Vec<Vec<u8>>;
@@ -267,7 +273,7 @@ async fn pki_operation(
     message: &[u8],
 ) -> Response {
     let ra = backend.ra();
-    let request = match request::read(message, &ra, profile.legacy_algorithms) {
+    let request = match request::read(message, &ra, profile, backend.now()) {
         Ok(request) => request,
         Err(ReadError::Unreadable(reason)) => {
             tracing::info!(profile = profile_name, %reason, "unreadable SCEP message");
@@ -279,7 +285,7 @@ async fn pki_operation(
             reason,
         }) => {
             tracing::info!(profile = profile_name, transaction = %reply_to.transaction_id, %fail_info, %reason, "SCEP request refused");
-            return signed(&ra, &reply_to, Reply::Failure(fail_info));
+            return signed(&ra, &reply_to, Reply::Failure(fail_info), backend.now());
         }
     };
     let signer_der = match request.signer.to_der() {
@@ -322,11 +328,16 @@ async fn pki_operation(
         Answer::Crl(der) => pkimessage::certs_only(&[], &[der]),
         Answer::Pending(reason) => {
             tracing::info!(profile = profile_name, transaction = %transaction_id, %reason, "SCEP request pending");
-            return signed(&ra, &request.reply_to, Reply::Pending);
+            return signed(&ra, &request.reply_to, Reply::Pending, backend.now());
         }
         Answer::Failure(fail_info, reason) => {
             tracing::info!(profile = profile_name, transaction = %transaction_id, %fail_info, %reason, "SCEP request refused");
-            return signed(&ra, &request.reply_to, Reply::Failure(fail_info));
+            return signed(
+                &ra,
+                &request.reply_to,
+                Reply::Failure(fail_info),
+                backend.now(),
+            );
         }
     };
     match content {
@@ -338,6 +349,7 @@ async fn pki_operation(
                 recipient: &request.signer,
                 cipher: request.cipher,
             },
+            backend.now(),
         ),
         Err(e) => plain(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -346,8 +358,13 @@ async fn pki_operation(
     }
 }
 
-fn signed(ra: &Ra, to: &request::ReplyTo, reply: Reply<'_>) -> Response {
-    match reply::cert_rep(ra, to, reply) {
+fn signed(
+    ra: &Ra,
+    to: &request::ReplyTo,
+    reply: Reply<'_>,
+    now: std::time::SystemTime,
+) -> Response {
+    match reply::cert_rep(ra, to, reply, now) {
         Ok(der) => binary("application/x-pki-message", der),
         Err(e) => {
             tracing::error!(error = %e, "cannot sign a CertRep");

@@ -97,15 +97,22 @@ pub enum BuildError {
 }
 
 /// A SignedData (as ContentInfo DER) over `content` (absent for replies without one),
-/// signed by `key` whose certificate is `signer`, with `attributes` besides the CMS
-/// contentType and messageDigest.
+/// signed by `key` whose certificate is `signer` at `signed_at`, with `attributes` besides
+/// the CMS contentType, messageDigest and signingTime.
 pub fn sign(
     content: Option<&[u8]>,
     signer: &Certificate,
     key: &RsaKey,
     digest: Digest,
     mut attributes: Vec<Attribute>,
+    signed_at: std::time::SystemTime,
 ) -> Result<Vec<u8>, BuildError> {
+    // RFC 5652 §11.3: UTCTime through 2049, GeneralizedTime after, as x509-cert chooses.
+    let signing_time = x509_cert::time::Time::try_from(signed_at)?;
+    attributes.push(Attribute {
+        oid: oid::SIGNING_TIME,
+        values: SetOfVec::try_from(vec![Any::encode_from(&signing_time)?])?,
+    });
     let content_type = Attribute {
         oid: oid::CONTENT_TYPE,
         values: SetOfVec::try_from(vec![Any::encode_from(&oid::DATA)?])?,
@@ -245,6 +252,13 @@ impl SignedMessage {
             }
             _ => None,
         }
+    }
+
+    /// The signingTime attribute (UTCTime or GeneralizedTime), if present and readable.
+    pub fn signing_time(&self) -> Option<std::time::SystemTime> {
+        let value = self.attribute(oid::SIGNING_TIME)?;
+        let time = x509_cert::time::Time::from_der(&value.to_der().ok()?).ok()?;
+        Some(time.to_system_time())
     }
 
     /// An OCTET STRING attribute.

@@ -30,8 +30,13 @@ pub enum Reply<'a> {
     Failure(FailInfo),
 }
 
-/// Sign a CertRep answering `to`.
-pub fn cert_rep(ra: &Ra, to: &ReplyTo, reply: Reply<'_>) -> Result<Vec<u8>, BuildError> {
+/// Sign a CertRep answering `to`, at `now`.
+pub fn cert_rep(
+    ra: &Ra,
+    to: &ReplyTo,
+    reply: Reply<'_>,
+    now: std::time::SystemTime,
+) -> Result<Vec<u8>, BuildError> {
     let mut nonce = [0u8; 16];
     aws_lc_rs::rand::fill(&mut nonce)
         .map_err(|_| BuildError::Crypto(crate::crypto::CryptoError::Operation("randomness")))?;
@@ -67,5 +72,6 @@ pub fn cert_rep(ra: &Ra, to: &ReplyTo, reply: Reply<'_>) -> Result<Vec<u8>, Buil
         &ra.key,
         to.digest,
         attributes,
+        now,
     )
 }

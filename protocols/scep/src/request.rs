@@ -11,7 +11,8 @@ use x509_cert::Certificate;
 use crate::crypto::{ContentCipher, CryptoError, Digest};
 use crate::pkimessage::{self, OpenError, SignedMessage};
 use crate::wire::{oid, FailInfo, MessageType};
-use crate::Ra;
+use crate::{Profile, Ra};
+use std::time::SystemTime;
 
 /// What a reply must echo (§3.2.1.1, §3.2.1.5) and how it is signed.
 #[derive(Debug, Clone)]
@@ -77,8 +78,14 @@ pub enum ReadError {
     },
 }
 
-/// Read `message` with the RA's key; `legacy_allowed` admits SHA-1 and single DES.
-pub fn read(message: &[u8], ra: &Ra, legacy_allowed: bool) -> Result<Request, ReadError> {
+/// Read `message` with the RA's key, under `profile`'s algorithm and clock rules.
+pub fn read(
+    message: &[u8],
+    ra: &Ra,
+    profile: Profile,
+    now: SystemTime,
+) -> Result<Request, ReadError> {
+    let legacy_allowed = profile.legacy_algorithms;
     let signed = SignedMessage::parse(message).map_err(|e| ReadError::Unreadable(e.to_string()))?;
     let (Some(transaction_id), Some(sender_nonce)) = (
         signed.text(oid::TRANSACTION_ID),
@@ -119,6 +126,21 @@ pub fn read(message: &[u8], ra: &Ra, legacy_allowed: bool) -> Result<Request, Re
         ),
         other => refuse(FailInfo::BadAlg, format!("signature: {other}")),
     })?;
+    if let (Some(skew), Some(signed_at)) = (profile.max_clock_skew, signed.signing_time()) {
+        let off = signed_at
+            .duration_since(now)
+            .or_else(|_| now.duration_since(signed_at))
+            .unwrap_or_default();
+        if off > skew {
+            return Err(refuse(
+                FailInfo::BadTime,
+                format!(
+                    "signingTime is {}s away from the server's clock",
+                    off.as_secs()
+                ),
+            ));
+        }
+    }
     let message_type = signed
         .text(oid::MESSAGE_TYPE)
         .and_then(|t| MessageType::parse(&t))

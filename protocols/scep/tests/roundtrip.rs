@@ -7,7 +7,17 @@ use rampart_scep::crypto::{ContentCipher, Digest};
 use rampart_scep::reply::{cert_rep, Reply};
 use rampart_scep::request::{self, Content, ReadError};
 use rampart_scep::wire::{FailInfo, MessageType, PkiStatus};
-use rampart_scep::Ra;
+use rampart_scep::{Profile, Ra};
+use std::time::{Duration, SystemTime};
+
+const LEGACY: Profile = Profile {
+    legacy_algorithms: true,
+    max_clock_skew: Some(Duration::from_secs(86_400)),
+};
+const STRICT: Profile = Profile {
+    legacy_algorithms: false,
+    max_clock_skew: Some(Duration::from_secs(86_400)),
+};
 
 fn rsa_identity(cn: &str) -> (Vec<u8>, Vec<u8>) {
     let key = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
@@ -48,9 +58,10 @@ fn request_and_reply_round_trip_with_every_cipher() {
             &csr,
             cipher,
             Digest::Sha256,
+            SystemTime::now(),
         )
         .unwrap();
-        let read = request::read(&out.message, &ra, true).unwrap();
+        let read = request::read(&out.message, &ra, LEGACY, SystemTime::now()).unwrap();
         assert_eq!(read.message_type, MessageType::PkcsReq);
         assert_eq!(read.cipher, cipher);
         assert_eq!(read.reply_to.transaction_id, tid);
@@ -69,6 +80,7 @@ fn request_and_reply_round_trip_with_every_cipher() {
                 recipient: &read.signer,
                 cipher,
             },
+            SystemTime::now(),
         )
         .unwrap();
         let rep = client::read_reply(&reply, &requester).unwrap();
@@ -86,7 +98,7 @@ fn refusals_name_their_fail_info() {
     let ra = Ra::new(ra_cert, &ra_key).unwrap();
     let (req_cert, req_key) = rsa_identity("requester");
     let requester = Requester::new(&req_cert, &req_key).unwrap();
-    let build = |cipher, recipient: &x509_cert::Certificate| {
+    let build_at = |cipher, recipient: &x509_cert::Certificate, signed_at| {
         client::request(
             &requester,
             recipient,
@@ -95,41 +107,65 @@ fn refusals_name_their_fail_info() {
             &csr_for(&req_key),
             cipher,
             Digest::Sha256,
+            signed_at,
         )
         .unwrap()
         .message
     };
-    let fail = |message: &[u8], legacy| match request::read(message, &ra, legacy) {
-        Err(ReadError::Refused {
-            fail_info,
-            reply_to,
-            ..
-        }) => {
-            assert_eq!(reply_to.transaction_id, "tid-1");
-            fail_info
-        }
-        other => panic!("expected a refusal, got {other:?}"),
-    };
+    let build =
+        |cipher, recipient: &x509_cert::Certificate| build_at(cipher, recipient, SystemTime::now());
+    let fail =
+        |message: &[u8], profile| match request::read(message, &ra, profile, SystemTime::now()) {
+            Err(ReadError::Refused {
+                fail_info,
+                reply_to,
+                ..
+            }) => {
+                assert_eq!(reply_to.transaction_id, "tid-1");
+                fail_info
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        };
     // Single DES on a profile that refuses legacy algorithms.
     assert_eq!(
-        fail(&build(ContentCipher::DesCbc, &ra.certificate), false),
+        fail(&build(ContentCipher::DesCbc, &ra.certificate), STRICT),
         FailInfo::BadAlg
     );
     // A flipped byte in the signature.
     let mut tampered = build(ContentCipher::Aes128Cbc, &ra.certificate);
     let at = tampered.len() - 10;
     tampered[at] ^= 1;
-    assert_eq!(fail(&tampered, true), FailInfo::BadMessageCheck);
+    assert_eq!(fail(&tampered, LEGACY), FailInfo::BadMessageCheck);
     // Sealed for someone else's key.
     let (other_cert, _) = rsa_identity("not the RA");
     let other = x509_cert::Certificate::from_der(&other_cert).unwrap();
     assert_eq!(
-        fail(&build(ContentCipher::Aes128Cbc, &other), true),
+        fail(&build(ContentCipher::Aes128Cbc, &other), LEGACY),
         FailInfo::BadMessageCheck
     );
+    // Signed a day and a half ago, on a profile that allows a day of clock skew.
+    let stale = SystemTime::now() - Duration::from_secs(36 * 3600);
+    assert_eq!(
+        fail(
+            &build_at(ContentCipher::Aes128Cbc, &ra.certificate, stale),
+            LEGACY
+        ),
+        FailInfo::BadTime
+    );
+    let lenient = Profile {
+        max_clock_skew: None,
+        ..LEGACY
+    };
+    assert!(request::read(
+        &build_at(ContentCipher::Aes128Cbc, &ra.certificate, stale),
+        &ra,
+        lenient,
+        SystemTime::now()
+    )
+    .is_ok());
     // Garbage is not answerable at all.
     assert!(matches!(
-        request::read(b"\x30\x03\x02\x01\x00", &ra, true),
+        request::read(b"\x30\x03\x02\x01\x00", &ra, LEGACY, SystemTime::now()),
         Err(ReadError::Unreadable(_))
     ));
 }
