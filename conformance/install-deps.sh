@@ -11,6 +11,8 @@ done
 # Knot DNS (authoritative server, and kdig) for acme-certbot-dns.sh; knotd lives in /usr/sbin.
 command -v knotd >/dev/null 2>&1 || [[ -x /usr/sbin/knotd ]] || missing+=(knot)
 command -v kdig >/dev/null 2>&1 || missing+=(knot-dnsutils)
+# micromdm's SCEP client (scepclient) for scep-client.sh.
+command -v scepclient >/dev/null 2>&1 || missing+=(scep)
 # OpenSSL headers for josekit (JWS) through openssl-sys.
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
