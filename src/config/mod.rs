@@ -240,6 +240,10 @@ pub struct ScepProfileConfig {
     /// Argon2 hash of the static challenge password; none = only one-time challenges.
     #[serde(default)]
     pub challenge_hash: Option<String>,
+    /// URL an MDM answers challenge checks at (challenges that are neither one-time nor
+    /// the static one are POSTed there; see the README).
+    #[serde(default)]
+    pub challenge_webhook: Option<String>,
     /// Accept single-DES envelopes and SHA-1 signatures from legacy clients.
     #[serde(default = "yes")]
     pub legacy_algorithms: bool,
@@ -680,6 +684,14 @@ impl Config {
             }
             if profile.identity.trim().is_empty() {
                 return Err(bad(key("identity"), "must not be empty"));
+            }
+            if let Some(url) = &profile.challenge_webhook {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(bad(
+                        key("challenge_webhook"),
+                        "must be an http:// or https:// URL",
+                    ));
+                }
             }
         }
         for (name, role) in &self.roles {

@@ -231,6 +231,21 @@ pub async fn mint_challenge(
     Ok((text, record))
 }
 
+/// The HTTP client for challenge webhooks: 5 s overall, no redirects, and for HTTPS only
+/// rampart's own root trusted (an MDM endpoint with a rampart-issued certificate).
+fn webhook_client(anchors: &[Vec<u8>]) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .timeout(std::time::Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none());
+    for der in anchors {
+        if let Ok(cert) = reqwest::Certificate::from_der(der) {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().unwrap_or_default()
+}
+
 /// The daemon as a SCEP backend.
 pub struct Backend {
     pipeline: Pipeline,
@@ -239,6 +254,8 @@ pub struct Backend {
     /// SHA-256 of (profile, static challenge) pairs argon2 already accepted: argon2 is
     /// deliberately slow, and a fleet enrolls with the same static challenge.
     verified_static: Mutex<HashSet<String>>,
+    /// Client for challenge webhooks (5 s timeout; rampart's root trusted for HTTPS).
+    webhook: reqwest::Client,
 }
 
 impl std::fmt::Debug for Backend {
@@ -256,11 +273,13 @@ struct Authenticated {
 impl Backend {
     /// Over `pipeline` with the RA from [`ensure_ra`] (files in `data_dir`).
     pub fn new(pipeline: Pipeline, ra: Ra, data_dir: PathBuf) -> Self {
+        let pipeline_anchors = pipeline.ca().trust_anchors();
         Backend {
             pipeline,
             data_dir,
             ra: RwLock::new(Arc::new(ra)),
             verified_static: Mutex::new(HashSet::new()),
+            webhook: webhook_client(&pipeline_anchors),
         }
     }
 
@@ -323,8 +342,10 @@ impl Backend {
         &self,
         profile: &str,
         config: &ScepProfileConfig,
-        challenge: Option<String>,
+        csr: &VerifiedCsr,
+        transaction_id: &str,
     ) -> Result<Authenticated, Answer> {
+        let challenge = csr.challenge_password.clone();
         let refused = |why: &str| Answer::Failure(FailInfo::BadRequest, why.to_string());
         let Some(challenge) = challenge.filter(|c| !c.is_empty()) else {
             return Err(refused("the CSR carries no challengePassword"));
@@ -357,46 +378,127 @@ impl Backend {
                 allowed_names: Some(record.names),
             });
         }
-        let Some(hash) = config.challenge_hash.clone() else {
-            return Err(refused("unknown or already used challenge"));
-        };
+        if let Some(hash) = &config.challenge_hash {
+            if self
+                .static_challenge_matches(profile, hash, &challenge)
+                .await
+            {
+                return Ok(Authenticated {
+                    identity: Identity {
+                        name: config.identity.clone(),
+                        roles: config.roles.clone(),
+                        credential: Credential::ScepChallenge {
+                            profile: profile.to_string(),
+                            one_time: None,
+                        },
+                    },
+                    allowed_names: None,
+                });
+            }
+        }
+        if let Some(url) = &config.challenge_webhook {
+            let identity = self
+                .webhook_identity(url, profile, &challenge, csr, transaction_id)
+                .await
+                .map_err(|why| refused(&why))?;
+            return Ok(Authenticated {
+                identity: Identity {
+                    name: identity.unwrap_or_else(|| config.identity.clone()),
+                    roles: config.roles.clone(),
+                    credential: Credential::ScepChallenge {
+                        profile: profile.to_string(),
+                        one_time: None,
+                    },
+                },
+                allowed_names: None,
+            });
+        }
+        Err(refused(if config.challenge_hash.is_some() {
+            "wrong challenge password"
+        } else {
+            "unknown or already used challenge"
+        }))
+    }
+
+    /// The profile's static challenge (argon2; a value accepted once is remembered).
+    async fn static_challenge_matches(&self, profile: &str, hash: &str, challenge: &str) -> bool {
         let memo = sha256_hex(format!("{profile}\n{challenge}").as_bytes());
-        let known = self
+        if self
             .verified_static
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&memo);
-        let verified = known
-            || tokio::task::spawn_blocking(move || {
-                use argon2::password_hash::{PasswordHash, PasswordVerifier};
-                PasswordHash::new(&hash).is_ok_and(|hash| {
-                    argon2::Argon2::default()
-                        .verify_password(challenge.as_bytes(), &hash)
-                        .is_ok()
-                })
-            })
-            .await
-            .unwrap_or(false);
-        if !verified {
-            return Err(refused("wrong challenge password"));
+            .contains(&memo)
+        {
+            return true;
         }
-        if !known {
+        let (hash, challenge) = (hash.to_string(), challenge.to_string());
+        let verified = tokio::task::spawn_blocking(move || {
+            use argon2::password_hash::{PasswordHash, PasswordVerifier};
+            PasswordHash::new(&hash).is_ok_and(|hash| {
+                argon2::Argon2::default()
+                    .verify_password(challenge.as_bytes(), &hash)
+                    .is_ok()
+            })
+        })
+        .await
+        .unwrap_or(false);
+        if verified {
             self.verified_static
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(memo);
         }
-        Ok(Authenticated {
-            identity: Identity {
-                name: config.identity.clone(),
-                roles: config.roles.clone(),
-                credential: Credential::ScepChallenge {
-                    profile: profile.to_string(),
-                    one_time: None,
-                },
-            },
-            allowed_names: None,
-        })
+        verified
+    }
+
+    /// Ask the MDM's challenge webhook: POST JSON {profile, challenge, transaction_id,
+    /// subject, names}; it answers 200 {"allow": bool, "identity"?: str, "reason"?: str}.
+    /// Anything else — other status, malformed answer, timeout — is a refusal. Returns the
+    /// identity the webhook names, if any.
+    async fn webhook_identity(
+        &self,
+        url: &str,
+        profile: &str,
+        challenge: &str,
+        csr: &VerifiedCsr,
+        transaction_id: &str,
+    ) -> Result<Option<String>, String> {
+        #[derive(Deserialize)]
+        struct Verdict {
+            allow: bool,
+            #[serde(default)]
+            identity: Option<String>,
+            #[serde(default)]
+            reason: Option<String>,
+        }
+        let body = json!({
+            "profile": profile,
+            "challenge": challenge,
+            "transaction_id": transaction_id,
+            "subject": csr.subject,
+            "names": crate::pipeline::csr_identifiers(csr).iter().map(Identifier::value).collect::<Vec<_>>(),
+        });
+        let response = self
+            .webhook
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| format!("challenge webhook unreachable: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("challenge webhook answered {}", response.status()));
+        }
+        let verdict: Verdict = response
+            .json()
+            .await
+            .map_err(|e| format!("challenge webhook answer unreadable: {e}"))?;
+        if !verdict.allow {
+            return Err(format!(
+                "challenge refused by the webhook: {}",
+                verdict.reason.as_deref().unwrap_or("no reason given")
+            ));
+        }
+        Ok(verdict.identity.filter(|i| !i.trim().is_empty()))
     }
 
     /// RenewalReq: signed by a valid certificate rampart issued; the renewal keeps its names.
@@ -500,7 +602,7 @@ impl ScepBackend for Backend {
                     .await
             }
             _ => {
-                self.challenge_identity(profile, &config, csr.challenge_password.clone())
+                self.challenge_identity(profile, &config, &csr, &enrollment.transaction_id)
                     .await
             }
         };
