@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 use x509_cert::Certificate;
 
-use super::{CaAdapter, CaError, IssuanceOrder, IssuedCertificate, Serial};
+use super::{CaAdapter, CaError, CrlOrder, IssuanceOrder, IssuedCertificate, Serial};
 use crate::config::{CaConfig, ExtendedKeyUsage, KeyAlgorithm};
 use crate::files;
 use crate::model::{Identifier, KeyType};
@@ -434,6 +434,46 @@ impl CaAdapter for LocalCa {
 
     async fn issue(&self, order: &IssuanceOrder) -> Result<IssuedCertificate, CaError> {
         self.sign(order)
+    }
+
+    async fn sign_crl(&self, crl: &CrlOrder) -> Result<Vec<u8>, CaError> {
+        let reason = |code: u8| {
+            use rcgen::RevocationReason as R;
+            Some(match code {
+                1 => R::KeyCompromise,
+                2 => R::CaCompromise,
+                3 => R::AffiliationChanged,
+                4 => R::Superseded,
+                5 => R::CessationOfOperation,
+                6 => R::CertificateHold,
+                8 => R::RemoveFromCrl,
+                9 => R::PrivilegeWithdrawn,
+                10 => R::AaCompromise,
+                // RFC 5280 §5.3.1: unspecified is expressed by omitting the reason.
+                _ => return None,
+            })
+        };
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: crl.this_update,
+            next_update: crl.next_update,
+            crl_number: SerialNumber::from_slice(&crl.number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs: crl
+                .revoked
+                .iter()
+                .map(|(serial, at, code)| rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(serial),
+                    revocation_time: *at,
+                    reason_code: reason(*code),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.issuer)
+            .map(|crl| crl.der().to_vec())
+            .map_err(|e| CaError::Internal(format!("signing the CRL: {e}")))
     }
 }
 

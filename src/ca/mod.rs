@@ -111,4 +111,27 @@ pub trait CaAdapter: Send + Sync + fmt::Debug {
 
     /// Sign the order.
     async fn issue(&self, order: &IssuanceOrder) -> Result<IssuedCertificate, CaError>;
+
+    /// Sign a CRL (RFC 5280 §5) for the certificates this CA issued. CAs whose CRLs
+    /// someone else publishes refuse.
+    async fn sign_crl(&self, crl: &CrlOrder) -> Result<Vec<u8>, CaError> {
+        let _ = crl;
+        Err(CaError::Refused(format!(
+            "the `{}` CA does not sign CRLs through rampart",
+            self.id()
+        )))
+    }
+}
+
+/// What a CRL lists.
+#[derive(Debug, Clone)]
+pub struct CrlOrder {
+    /// The CRL number (monotonic).
+    pub number: u64,
+    /// thisUpdate.
+    pub this_update: OffsetDateTime,
+    /// nextUpdate.
+    pub next_update: OffsetDateTime,
+    /// Revoked certificates: serial (big-endian magnitude), time, RFC 5280 reason code.
+    pub revoked: Vec<(Vec<u8>, OffsetDateTime, u8)>,
 }

@@ -117,6 +117,9 @@ pub struct CaConfig {
     pub issuing_validity_days: u32,
     /// CRL distribution point URL written into issued certificates (empty = none).
     pub crl_url: String,
+    /// Lifetime of a CRL (thisUpdate → nextUpdate), in hours; a new one is signed after
+    /// half of it, and after every revocation.
+    pub crl_validity_hours: u32,
     /// AIA OCSP URL written into issued certificates (empty = none).
     pub ocsp_url: String,
     /// AIA caIssuers URL written into issued certificates (empty = none).
@@ -476,6 +479,9 @@ impl Config {
                 "ca.root_validity_days".into(),
                 "CA validity must be at least one day",
             ));
+        }
+        if self.ca.crl_validity_hours == 0 {
+            return Err(bad("ca.crl_validity_hours".into(), "must be at least 1"));
         }
         if self.ca.issuing_validity_days > self.ca.root_validity_days {
             return Err(bad(

@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::config::ScepProfileConfig;
 use crate::files;
+use crate::lifecycle::crl::Crls;
 use crate::model::{
     CertificateStatus, Credential, EnrollmentRequest, Identifier, Identity, KeyType, Protocol,
 };
@@ -249,6 +250,7 @@ fn webhook_client(anchors: &[Vec<u8>]) -> reqwest::Client {
 /// The daemon as a SCEP backend.
 pub struct Backend {
     pipeline: Pipeline,
+    crls: Arc<Crls>,
     data_dir: PathBuf,
     ra: RwLock<Arc<Ra>>,
     /// SHA-256 of (profile, static challenge) pairs argon2 already accepted: argon2 is
@@ -271,11 +273,12 @@ struct Authenticated {
 }
 
 impl Backend {
-    /// Over `pipeline` with the RA from [`ensure_ra`] (files in `data_dir`).
-    pub fn new(pipeline: Pipeline, ra: Ra, data_dir: PathBuf) -> Self {
+    /// Over `pipeline` with the CA's CRLs and the RA from [`ensure_ra`] (files in `data_dir`).
+    pub fn new(pipeline: Pipeline, crls: Arc<Crls>, ra: Ra, data_dir: PathBuf) -> Self {
         let pipeline_anchors = pipeline.ca().trust_anchors();
         Backend {
             pipeline,
+            crls,
             data_dir,
             ra: RwLock::new(Arc::new(ra)),
             verified_static: Mutex::new(HashSet::new()),
@@ -294,6 +297,17 @@ impl Backend {
 
     fn profile_config(&self, profile: &str) -> Option<&ScepProfileConfig> {
         self.pipeline.config().scep.profiles.get(profile)
+    }
+
+    /// Whether `issuer_der` (a Name) is the issuing CA's subject.
+    fn is_our_issuer(&self, issuer_der: &[u8]) -> bool {
+        let issuing = self.pipeline.ca().chain();
+        let ours = issuing.first().and_then(|der| {
+            x509_cert::Certificate::from_der(der)
+                .ok()
+                .and_then(|c| c.tbs_certificate.subject.to_der().ok())
+        });
+        ours.as_deref() == Some(issuer_der)
     }
 
     /// Transactions are per profile, transactionID and signer key: another device re-using
@@ -691,13 +705,7 @@ impl ScepBackend for Backend {
     }
 
     async fn certificate(&self, _profile: &str, id: CertificateId) -> Answer {
-        let issuing = self.pipeline.ca().chain();
-        let ours = issuing.first().and_then(|der| {
-            x509_cert::Certificate::from_der(der)
-                .ok()
-                .and_then(|c| c.tbs_certificate.subject.to_der().ok())
-        });
-        if ours.as_deref() != Some(id.issuer_der.as_slice()) {
+        if !self.is_our_issuer(&id.issuer_der) {
             return Answer::Failure(FailInfo::BadCertId, "not issued by this CA".into());
         }
         let serial = rampart_acme::ari::serial_hex(&id.serial);
@@ -713,10 +721,13 @@ impl ScepBackend for Backend {
         }
     }
 
-    async fn crl(&self, _profile: &str, _id: CertificateId) -> Answer {
-        Answer::Failure(
-            FailInfo::BadRequest,
-            "rampart does not publish CRLs yet".into(),
-        )
+    async fn crl(&self, _profile: &str, id: CertificateId) -> Answer {
+        if !self.is_our_issuer(&id.issuer_der) {
+            return Answer::Failure(FailInfo::BadCertId, "not issued by this CA".into());
+        }
+        match self.crls.current().await {
+            Ok(der) => Answer::Crl(der),
+            Err(e) => Answer::Failure(FailInfo::BadRequest, format!("CRL: {e}")),
+        }
     }
 }

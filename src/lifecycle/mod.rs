@@ -1,7 +1,8 @@
-//! What happens to certificates after issuance. For now: revocation. (Renewal, CRL
-//! publication, webhooks and discovery come with their issues.)
+//! What happens to certificates after issuance: revocation, CRLs, key escrow. (Renewal,
+//! OCSP, webhooks and discovery come with their issues.)
 //!
 //! Imports `pipeline` (store access and clock), `policy`, `store` and `model`.
 
+pub mod crl;
 pub mod escrow;
 pub mod revocation;

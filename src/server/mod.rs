@@ -260,6 +260,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
     let tls_config = tls::server_config(&cert_path, &key_path, None)?;
     let (shutdown, signal) = watch::channel(false);
     let mut tasks = Vec::new();
+    let crls = Arc::new(crate::lifecycle::crl::Crls::new(boot.pipeline.clone()));
     let scep = &boot.pipeline.config().scep;
     let (mut scep_url, mut scep_addr, mut scep_backend) = (None, None, None);
     if scep.enabled {
@@ -279,6 +280,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
             .map_err(|e| ServerError::Scep(e.to_string()))?;
         let backend = Arc::new(crate::gateway::scep::Backend::new(
             boot.pipeline.clone(),
+            crls.clone(),
             ra,
             boot.data_dir.clone(),
         ));

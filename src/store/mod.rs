@@ -296,6 +296,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         event: &NewEvent,
     ) -> Result<RevokeOutcome, StoreError>;
 
+    /// Every revoked certificate's serial and revocation, in serial order.
+    fn revoked(&self) -> Result<Vec<(String, Revocation)>, StoreError>;
+
     /// Store a new API key with its audit entry. Durable on return.
     fn insert_api_key(&self, key: &ApiKeyRecord, audit: &AuditEntry) -> Result<(), StoreError>;
 

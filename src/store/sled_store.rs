@@ -36,6 +36,14 @@ use crate::model::{CertificateRecord, Revocation, StoredStatus};
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_AUDIT_HEAD: &[u8] = b"audit_head";
 const META_OUTBOX_NEXT: &[u8] = b"outbox_next";
+/// `revoked/<serial>` → [`Revocation`]: the revoked certificates, for CRLs.
+const META_REVOKED_PREFIX: &[u8] = b"revoked/";
+/// Present once the revoked index covers every certificate (stores from before it).
+const META_REVOKED_INDEXED: &[u8] = b"revoked_indexed";
+
+fn revoked_key(serial: &str) -> Vec<u8> {
+    [META_REVOKED_PREFIX, serial.as_bytes()].concat()
+}
 
 /// sled-backed [`Store`].
 #[derive(Debug)]
@@ -233,6 +241,20 @@ impl SledStore {
                     });
                 }
             }
+        }
+        if t.meta.get(META_REVOKED_INDEXED).map_err(backend)?.is_none() {
+            for item in t.certificates.iter().values() {
+                let cert: CertificateRecord = decode("certificates", &item.map_err(backend)?)?;
+                if let Some(revocation) = &cert.revocation {
+                    t.meta
+                        .insert(revoked_key(&cert.serial), encode(revocation))
+                        .map_err(backend)?;
+                }
+            }
+            t.meta
+                .insert(META_REVOKED_INDEXED, encode(&true))
+                .map_err(backend)?;
+            db.flush().map_err(backend)?;
         }
         let protocol_state = tree("protocol_state")?;
         Ok(SledStore {
@@ -570,10 +592,24 @@ impl Store for SledStore {
             cert.status = StoredStatus::Revoked;
             cert.revocation = Some(revocation.clone());
             tx.put_certificate(&cert, false)?;
+            tx.meta.insert(revoked_key(serial), encode(revocation))?;
             tx.append_audit(audit)?;
             tx.push_event(event)?;
             Ok(RevokeOutcome::Revoked(Box::new(cert)))
         })
+    }
+
+    fn revoked(&self) -> Result<Vec<(String, Revocation)>, StoreError> {
+        self.t
+            .meta
+            .scan_prefix(META_REVOKED_PREFIX)
+            .map(|item| {
+                let (key, value) = item.map_err(backend)?;
+                let serial =
+                    String::from_utf8_lossy(&key[META_REVOKED_PREFIX.len()..]).into_owned();
+                Ok((serial, decode("meta", &value)?))
+            })
+            .collect()
     }
 
     fn insert_api_key(&self, key: &ApiKeyRecord, audit: &AuditEntry) -> Result<(), StoreError> {
