@@ -299,6 +299,11 @@ impl Backend {
         self.pipeline.config().scep.profiles.get(profile)
     }
 
+    /// The current RA certificate, DER.
+    pub fn ra_certificate(&self) -> Vec<u8> {
+        rampart_scep::ScepBackend::ra(self).certificate_der.clone()
+    }
+
     /// Whether `issuer_der` (a Name) is the issuing CA's subject.
     fn is_our_issuer(&self, issuer_der: &[u8]) -> bool {
         let issuing = self.pipeline.ca().chain();

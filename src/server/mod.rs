@@ -211,6 +211,8 @@ pub struct Daemon {
     pub scep_url: Option<String>,
     /// Bound SCEP address, when enabled.
     pub scep_addr: Option<SocketAddr>,
+    /// SHA-256 fingerprint (hex) of the SCEP RA certificate at start, when enabled.
+    pub scep_ra_fingerprint: Option<String>,
     /// Bound address of the EST listener.
     pub est_addr: Option<SocketAddr>,
     /// The default ACME directory URL, when ACME is enabled.
@@ -263,6 +265,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
     let crls = Arc::new(crate::lifecycle::crl::Crls::new(boot.pipeline.clone()));
     let scep = &boot.pipeline.config().scep;
     let (mut scep_url, mut scep_addr, mut scep_backend) = (None, None, None);
+    let mut scep_ra_fingerprint = None;
     if scep.enabled {
         let listener =
             TcpListener::bind(scep.listen)
@@ -293,6 +296,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
         tasks.push(tokio::spawn(serve(listener, router, None, signal.clone())));
         let host = display_addr(addr, &boot.pipeline.config().server.public_hostname);
         scep_url = Some(format!("http://{host}/scep"));
+        scep_ra_fingerprint = Some(crate::pkix::sha256_hex(&backend.ra_certificate()));
         scep_addr = Some(addr);
         scep_backend = Some(backend);
     }
@@ -399,6 +403,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
     }
     Ok(Daemon {
         scep_url,
+        scep_ra_fingerprint,
         scep_addr,
         est_url,
         est_addr,
