@@ -13,6 +13,7 @@ RAMPART_PID=""
 export RAMPART__ACME__LISTEN="${RAMPART__ACME__LISTEN:-127.0.0.1:0}"
 export RAMPART__EST__LISTEN="${RAMPART__EST__LISTEN:-127.0.0.1:0}"
 export RAMPART__SCEP__LISTEN="${RAMPART__SCEP__LISTEN:-127.0.0.1:0}"
+export RAMPART__PUBLISH__LISTEN="${RAMPART__PUBLISH__LISTEN:-127.0.0.1:0}"
 
 cleanup() {
     if [[ -n "$RAMPART_PID" ]]; then kill "$RAMPART_PID" 2>/dev/null || true; fi

@@ -72,6 +72,8 @@ pub struct Config {
     pub est: EstConfig,
     /// `[scep]`
     pub scep: ScepConfig,
+    /// `[publish]`
+    pub publish: PublishConfig,
     /// `[templates.<name>]`
     pub templates: BTreeMap<String, TemplateConfig>,
     /// `[roles.<name>]`
@@ -214,6 +216,16 @@ pub enum EstAuth {
     Certificate,
     /// HTTP Basic and a client certificate together.
     Both,
+}
+
+/// `[publish]`: the plain-HTTP listener relying parties fetch CRLs from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    /// Whether the listener runs.
+    pub enabled: bool,
+    /// Socket address to bind (plain HTTP, as RFC 5280 distribution points are).
+    pub listen: SocketAddr,
 }
 
 /// `[scep]`: the SCEP (RFC 8894) listener.
@@ -404,6 +416,22 @@ pub struct RoleConfig {
 }
 
 impl Config {
+    /// The CRL distribution point written into certificates: `ca.crl_url` when set, else
+    /// the publish listener's CRL URL (when it runs on a fixed port), else none.
+    pub fn crl_url(&self) -> Option<String> {
+        if !self.ca.crl_url.is_empty() {
+            return Some(self.ca.crl_url.clone());
+        }
+        (self.publish.enabled && self.publish.listen.port() != 0).then(|| {
+            let host = if self.publish.listen.ip().is_loopback() {
+                self.publish.listen.ip().to_string()
+            } else {
+                self.server.public_hostname.clone()
+            };
+            format!("http://{host}:{}/crl/local.crl", self.publish.listen.port())
+        })
+    }
+
     /// The embedded defaults, with environment overrides applied.
     pub fn load_default() -> Result<Self, ConfigError> {
         Self::load(None)

@@ -1,8 +1,10 @@
-//! What happens to certificates after issuance: revocation, CRLs, key escrow. (Renewal,
+//! What happens to certificates after issuance: revocation, CRLs and their
+//! publication endpoint, key escrow. (Renewal,
 //! OCSP, webhooks and discovery come with their issues.)
 //!
 //! Imports `pipeline` (store access and clock), `policy`, `store` and `model`.
 
 pub mod crl;
 pub mod escrow;
+pub mod publish;
 pub mod revocation;

@@ -110,7 +110,9 @@ pub async fn bootstrap(config: Config, clock: Arc<dyn Clock>) -> Result<Bootstra
     };
     let now = clock.now();
     let (ca, created) = {
-        let (dir, ca_config) = (data_dir.join("ca"), config.ca.clone());
+        let mut ca_config = config.ca.clone();
+        ca_config.crl_url = config.crl_url().unwrap_or_default();
+        let dir = data_dir.join("ca");
         tokio::task::spawn_blocking(move || LocalCa::create_or_load(&dir, &ca_config, now))
             .await
             .map_err(|e| StoreError::Backend(e.to_string()))??
@@ -211,6 +213,10 @@ pub struct Daemon {
     pub scep_url: Option<String>,
     /// Bound SCEP address, when enabled.
     pub scep_addr: Option<SocketAddr>,
+    /// URL of the CRL on the publish listener, when enabled.
+    pub crl_url: Option<String>,
+    /// Bound publish address, when enabled.
+    pub publish_addr: Option<SocketAddr>,
     /// SHA-256 fingerprint (hex) of the SCEP RA certificate at start, when enabled.
     pub scep_ra_fingerprint: Option<String>,
     /// Bound address of the EST listener.
@@ -299,6 +305,29 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
         scep_ra_fingerprint = Some(crate::pkix::sha256_hex(&backend.ra_certificate()));
         scep_addr = Some(addr);
         scep_backend = Some(backend);
+    }
+    let publish = &boot.pipeline.config().publish;
+    let (mut crl_url, mut publish_addr) = (None, None);
+    if publish.enabled {
+        let listener = TcpListener::bind(publish.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: publish.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: publish.listen,
+            source,
+        })?;
+        let router = observed(
+            crate::lifecycle::publish::router(crls.clone()),
+            "publish",
+            boot.pipeline.metrics().clone(),
+        );
+        tasks.push(tokio::spawn(serve(listener, router, None, signal.clone())));
+        let host = display_addr(addr, &boot.pipeline.config().server.public_hostname);
+        crl_url = Some(format!("http://{host}/crl/local.crl"));
+        publish_addr = Some(addr);
     }
     let api = &boot.pipeline.config().api;
     let (mut api_url, mut api_addr) = (None, None);
@@ -402,6 +431,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
         est_addr = Some(addr);
     }
     Ok(Daemon {
+        crl_url,
+        publish_addr,
         scep_url,
         scep_ra_fingerprint,
         scep_addr,

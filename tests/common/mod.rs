@@ -25,6 +25,7 @@ pub fn config_for(dir: &Path) -> Config {
     config.acme.listen = "127.0.0.1:0".parse().unwrap();
     config.est.listen = "127.0.0.1:0".parse().unwrap();
     config.scep.listen = "127.0.0.1:0".parse().unwrap();
+    config.publish.listen = "127.0.0.1:0".parse().unwrap();
     config
 }
 
