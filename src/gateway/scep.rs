@@ -27,8 +27,16 @@ use crate::pkix::csr::VerifiedCsr;
 use crate::pkix::{pem, sha256_hex};
 use crate::store::{AuditAction, AuditEntry, RequestState, StoreError};
 
-/// Protocol-state namespace: transaction → request id.
+/// Protocol-state namespace: transaction → [`Transaction`].
 const TRANSACTIONS: &str = "scep.tx";
+
+/// What a transaction became, and for which request.
+#[derive(Debug, Serialize, Deserialize)]
+struct Transaction {
+    request_id: Uuid,
+    /// SHA-256 (hex) of the PKCS#10 the transaction carried.
+    csr_sha256: String,
+}
 /// Protocol-state namespace: SHA-256 of a one-time challenge → [`OneTimeChallenge`].
 const CHALLENGES: &str = "scep.challenge";
 
@@ -192,9 +200,10 @@ pub async fn mint_challenge(
             "valid_for_seconds must be between 60 and 2592000".into(),
         ));
     }
-    let mut secret = [0u8; 24];
+    // Hex: every client can carry it, including in a PrintableString challengePassword.
+    let mut secret = [0u8; 20];
     aws_lc_rs::rand::fill(&mut secret).map_err(|_| MintError::Invalid("no randomness".into()))?;
-    let text = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, secret);
+    let text = hex::encode(secret);
     let now = pipeline.clock().now();
     let record = OneTimeChallenge {
         id: Uuid::now_v7().to_string(),
@@ -326,19 +335,28 @@ impl Backend {
     }
 
     /// The answer for a known transaction, `None` when it is unknown or failed (a failed
-    /// one may be tried again).
-    async fn transaction_answer(&self, key: &str) -> Result<Option<Answer>, StoreError> {
+    /// one may be tried again). With `csr`, only a re-send of the same request counts: a
+    /// new request under an old transactionID (a renewal by the same key) is a new one.
+    async fn transaction_answer(
+        &self,
+        key: &str,
+        csr: Option<&[u8]>,
+    ) -> Result<Option<Answer>, StoreError> {
         let owned = key.to_string();
-        let Some(id) = self
+        let Some(bytes) = self
             .pipeline
             .with_store(move |store| store.protocol_get(TRANSACTIONS, &owned))
             .await?
         else {
             return Ok(None);
         };
-        let Ok(request_id) = String::from_utf8_lossy(&id).parse::<Uuid>() else {
+        let Ok(transaction) = serde_json::from_slice::<Transaction>(&bytes) else {
             return Ok(None);
         };
+        if csr.is_some_and(|csr| sha256_hex(csr) != transaction.csr_sha256) {
+            return Ok(None);
+        }
+        let request_id = transaction.request_id;
         Ok(match self.pipeline.request_state(request_id).await? {
             Some(RequestState::Issued { serial }) => self
                 .pipeline
@@ -606,7 +624,10 @@ impl ScepBackend for Backend {
         let transaction =
             Self::transaction_key(profile, &enrollment.transaction_id, &enrollment.signer_der);
         // A re-sent transaction gets the answer it got before, never a second certificate.
-        match self.transaction_answer(&transaction).await {
+        match self
+            .transaction_answer(&transaction, Some(&enrollment.csr_der))
+            .await
+        {
             Ok(Some(answer)) => return answer,
             Ok(None) => {}
             Err(e) => return unavailable(e),
@@ -667,12 +688,14 @@ impl ScepBackend for Backend {
         };
         // Remember the transaction before submitting: a crash in between leaves a request
         // the store marks failed, which the client may simply send again.
-        let id = request.request_id.to_string();
+        let record = serde_json::to_vec(&Transaction {
+            request_id: request.request_id,
+            csr_sha256: sha256_hex(&request.csr_der),
+        })
+        .expect("serializes");
         if let Err(e) = self
             .pipeline
-            .with_store(move |store| {
-                store.protocol_put(TRANSACTIONS, &transaction, id.as_bytes(), true)
-            })
+            .with_store(move |store| store.protocol_put(TRANSACTIONS, &transaction, &record, true))
             .await
         {
             return unavailable(e);
@@ -699,7 +722,7 @@ impl ScepBackend for Backend {
 
     async fn poll(&self, profile: &str, transaction_id: &str, signer_der: &[u8]) -> Answer {
         let key = Self::transaction_key(profile, transaction_id, signer_der);
-        match self.transaction_answer(&key).await {
+        match self.transaction_answer(&key, None).await {
             Ok(Some(answer)) => answer,
             Ok(None) => Answer::Failure(
                 FailInfo::BadCertId,

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use const_oid::db::{rfc4519, rfc5912, rfc8410};
 use const_oid::ObjectIdentifier;
-use der::{Decode, Encode};
+use der::{Decode, Encode, Tagged};
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::SubjectAltName;
 use x509_cert::request::{CertReq, ExtensionReq};
@@ -160,6 +160,13 @@ fn directory_string(value: &der::Any) -> Option<String> {
                 .map(|s| s.as_str().to_string())
         })
         .ok()
+        .or_else(|| {
+            // Devices put characters outside its alphabet (`_`, `@`…) into a
+            // PrintableString; the text is still what the user typed.
+            (value.tag() == der::Tag::PrintableString)
+                .then(|| std::str::from_utf8(value.value()).ok().map(str::to_string))
+                .flatten()
+        })
 }
 
 fn key_type(spki: &spki::SubjectPublicKeyInfoOwned) -> Result<KeyType, CsrError> {

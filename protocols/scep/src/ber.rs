@@ -164,8 +164,16 @@ pub fn normalize(input: &[u8]) -> Result<Vec<u8>, BerError> {
     Ok(out)
 }
 
-/// A normalised SEQUENCE's children, as (identifier, constructed, whole TLV) triples.
-fn children(sequence: &[u8]) -> Result<Vec<(Vec<u8>, bool, Vec<u8>)>, BerError> {
+/// One child of a normalised SEQUENCE.
+struct Child {
+    identifier: Vec<u8>,
+    constructed: bool,
+    /// The whole tag-length-value.
+    tlv: Vec<u8>,
+}
+
+/// A normalised SEQUENCE's children.
+fn children(sequence: &[u8]) -> Result<Vec<Child>, BerError> {
     let mut pos = 0;
     let header = read_header(sequence, &mut pos)?;
     let length = header.length.ok_or(BerError("indefinite"))?;
@@ -180,7 +188,11 @@ fn children(sequence: &[u8]) -> Result<Vec<(Vec<u8>, bool, Vec<u8>)>, BerError> 
         let child_length = child.length.ok_or(BerError("indefinite"))?;
         at += child_length;
         let tlv = body.get(start..at).ok_or(BerError("truncated"))?;
-        out.push((child.identifier, child.constructed, tlv.to_vec()));
+        out.push(Child {
+            identifier: child.identifier,
+            constructed: child.constructed,
+            tlv: tlv.to_vec(),
+        });
     }
     Ok(out)
 }
@@ -191,24 +203,24 @@ fn children(sequence: &[u8]) -> Result<Vec<(Vec<u8>, bool, Vec<u8>)>, BerError> 
 pub fn join_implicit_octets(enveloped_data: &[u8]) -> Result<Vec<u8>, BerError> {
     let fields = children(enveloped_data)?;
     let mut body = Vec::new();
-    for (identifier, _, tlv) in &fields {
+    for field in &fields {
         // EncryptedContentInfo is the only SEQUENCE directly inside EnvelopedData.
-        if identifier == &[0x30] {
+        if field.identifier == [0x30] {
             let mut info_body = Vec::new();
-            for (inner_id, constructed, inner) in children(tlv)? {
-                if inner_id == [0xa0] && constructed {
+            for inner in children(&field.tlv)? {
+                if inner.identifier == [0xa0] && inner.constructed {
                     let mut pos = 0;
-                    let header = read_header(&inner, &mut pos)?;
+                    let header = read_header(&inner.tlv, &mut pos)?;
                     let length = header.length.ok_or(BerError("indefinite"))?;
-                    let joined = joined_octets(&inner[pos..pos + length])?;
+                    let joined = joined_octets(&inner.tlv[pos..pos + length])?;
                     push_tlv(&mut info_body, &[0x80], &joined);
                 } else {
-                    info_body.extend_from_slice(&inner);
+                    info_body.extend_from_slice(&inner.tlv);
                 }
             }
             push_tlv(&mut body, &[0x30], &info_body);
         } else {
-            body.extend_from_slice(tlv);
+            body.extend_from_slice(&field.tlv);
         }
     }
     let mut out = Vec::new();

@@ -175,7 +175,7 @@ pub fn read_reply(der_bytes: &[u8], requester: &Requester) -> Result<CertRep, Re
     signed
         .octets(oid::SENDER_NONCE)
         .ok_or(ReplyError::Attribute("no senderNonce"))?;
-    let (certificates, crls) = match (status, &signed.content) {
+    let delivered = match (status, &signed.content) {
         (PkiStatus::Success, Some(envelope)) => {
             let (content, _) = pkimessage::open(envelope, &requester.certificate, &requester.key)?;
             pkimessage::certificates_of(&content)?
@@ -183,7 +183,7 @@ pub fn read_reply(der_bytes: &[u8], requester: &Requester) -> Result<CertRep, Re
         (PkiStatus::Success, None) => {
             return Err(ReplyError::Attribute("SUCCESS without pkcsPKIEnvelope"))
         }
-        _ => (Vec::new(), Vec::new()),
+        _ => pkimessage::CertsOnly::default(),
     };
     Ok(CertRep {
         signer: signed.signer,
@@ -191,7 +191,7 @@ pub fn read_reply(der_bytes: &[u8], requester: &Requester) -> Result<CertRep, Re
         fail_info,
         transaction_id,
         recipient_nonce,
-        certificates,
-        crls,
+        certificates: delivered.certificates,
+        crls: delivered.crls,
     })
 }

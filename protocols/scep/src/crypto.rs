@@ -303,8 +303,8 @@ impl ContentCipher {
         }
     }
 
-    /// Encrypt under a fresh random key and IV: (key, iv, ciphertext).
-    pub fn encrypt(self, plaintext: &[u8]) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), CryptoError> {
+    /// Encrypt under a fresh random key and IV.
+    pub fn encrypt(self, plaintext: &[u8]) -> Result<Encrypted, CryptoError> {
         let failed = |_| CryptoError::Operation("content encryption");
         // Random keys are retried in the astronomically rare case DES calls one weak.
         for _ in 0..4 {
@@ -332,7 +332,11 @@ impl ContentCipher {
             encrypting
                 .less_safe_encrypt(&mut data, context)
                 .map_err(failed)?;
-            return Ok((key, iv, data));
+            return Ok(Encrypted {
+                key,
+                iv,
+                ciphertext: data,
+            });
         }
         Err(CryptoError::Operation("content encryption"))
     }
@@ -353,6 +357,17 @@ impl ContentCipher {
             .map_err(|_| CryptoError::Decrypt)?;
         Ok(plain.to_vec())
     }
+}
+
+/// Content encrypted under a fresh key.
+#[derive(Debug)]
+pub struct Encrypted {
+    /// The content-encryption key (to be sent by key transport).
+    pub key: Vec<u8>,
+    /// The CBC IV (the algorithm's parameters).
+    pub iv: Vec<u8>,
+    /// The ciphertext.
+    pub ciphertext: Vec<u8>,
 }
 
 /// The 8- or 16-byte CBC IV as the library's decryption context.
@@ -378,7 +393,11 @@ mod tests {
             ContentCipher::Aes256Cbc,
         ] {
             let plain = b"a PKCS#10 request, more or less".to_vec();
-            let (key, iv, ct) = cipher.encrypt(&plain).unwrap();
+            let Encrypted {
+                key,
+                iv,
+                ciphertext: ct,
+            } = cipher.encrypt(&plain).unwrap();
             assert_ne!(ct, plain);
             assert_eq!(cipher.decrypt(&key, &iv, &ct).unwrap(), plain, "{cipher:?}");
             assert_eq!(ContentCipher::from_oid(&cipher.oid()).unwrap(), cipher);

@@ -309,7 +309,11 @@ pub fn seal(
     recipient: &Certificate,
     cipher: ContentCipher,
 ) -> Result<Vec<u8>, BuildError> {
-    let (key, iv, ciphertext) = cipher.encrypt(content)?;
+    let crate::crypto::Encrypted {
+        key,
+        iv,
+        ciphertext,
+    } = cipher.encrypt(content)?;
     let spki = recipient.tbs_certificate.subject_public_key_info.to_der()?;
     let encrypted_key = crate::crypto::rsa_encrypt(&spki, &key)?;
     let recipient_info = RecipientInfo::Ktri(KeyTransRecipientInfo {
@@ -468,8 +472,17 @@ pub fn certs_only(certificates: &[Vec<u8>], crls: &[Vec<u8>]) -> Result<Vec<u8>,
     content_info(oid::SIGNED_DATA, &signed)
 }
 
+/// What a certificates-only SignedData carries.
+#[derive(Debug, Clone, Default)]
+pub struct CertsOnly {
+    /// Certificates, DER.
+    pub certificates: Vec<Vec<u8>>,
+    /// CRLs, DER.
+    pub crls: Vec<Vec<u8>>,
+}
+
 /// The certificates (DER) and CRLs of a certificates-only SignedData.
-pub fn certificates_of(der_bytes: &[u8]) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>), FormatError> {
+pub fn certificates_of(der_bytes: &[u8]) -> Result<CertsOnly, FormatError> {
     let info = ContentInfo::from_der(der_bytes).map_err(malformed("ContentInfo"))?;
     let signed: SignedData = info.content.decode_as().map_err(malformed("SignedData"))?;
     let certificates = signed
@@ -490,5 +503,5 @@ pub fn certificates_of(der_bytes: &[u8]) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>),
             _ => None,
         })
         .collect();
-    Ok((certificates, crls))
+    Ok(CertsOnly { certificates, crls })
 }

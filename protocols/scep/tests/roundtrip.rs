@@ -71,7 +71,8 @@ fn request_and_reply_round_trip_with_every_cipher() {
         };
         assert_eq!(got, &csr);
         // The reply carries "a certificate" (any DER certificate will do for the codec).
-        let content = rampart_scep::pkimessage::certs_only(&[ra_cert.clone()], &[]).unwrap();
+        let content =
+            rampart_scep::pkimessage::certs_only(std::slice::from_ref(&ra_cert), &[]).unwrap();
         let reply = cert_rep(
             &ra,
             &read.reply_to,
