@@ -13,7 +13,7 @@ use instant_acme::{
 };
 
 use super::responders::{serve_any_name_dns, serve_http01, Tokens};
-use super::{process_cpu_time, report, Stats};
+use super::{progress_bar, report, ServerCpu, Stats};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -64,10 +64,7 @@ impl AcmeBench {
         if let Some(dns) = self.dns_listen {
             serve_any_name_dns(dns).await?;
         }
-        let progress = indicatif::ProgressBar::new(self.count as u64);
-        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        }
+        let progress = progress_bar(self.count);
         let shared = Arc::new(Shared {
             run: format!("{:x}", rand_suffix()),
             config: self.clone(),
@@ -77,7 +74,7 @@ impl AcmeBench {
             new_order_lock: tokio::sync::Mutex::new(()),
             progress,
         });
-        let cpu_before = self.server_pid.and_then(process_cpu_time);
+        let server_cpu = ServerCpu::start(self.server_pid);
         let started = Instant::now();
         let workers: Vec<_> = (0..self.concurrency.max(1))
             .map(|w| tokio::spawn(worker(w, shared.clone())))
@@ -87,12 +84,8 @@ impl AcmeBench {
         }
         let elapsed = started.elapsed();
         shared.progress.finish_and_clear();
-        let cpu = match (cpu_before, self.server_pid.and_then(process_cpu_time)) {
-            (Some(before), Some(after)) => Some(after.saturating_sub(before)),
-            _ => None,
-        };
         let stats = std::mem::take(&mut *shared.stats.lock().expect("stats lock"));
-        report("acme", &stats, elapsed, cpu);
+        report("acme", &stats, elapsed, server_cpu.used());
         Ok(stats)
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod acme;
 pub mod responders;
+pub mod scep;
 
 use std::time::Duration;
 
@@ -19,6 +20,9 @@ pub struct Stats {
     pub failed: usize,
     /// The first distinct errors.
     pub first_errors: Vec<String>,
+    /// Protocol-specific counts (e.g. SCEP's duplicate serials), printed in the summary and
+    /// appended to the `RESULT` line as `key=value`.
+    pub counters: Vec<(&'static str, usize)>,
 }
 
 impl Stats {
@@ -55,6 +59,37 @@ pub fn process_cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
+/// A progress bar of `len` operations on stderr, hidden when stderr is not a terminal.
+pub(crate) fn progress_bar(len: usize) -> indicatif::ProgressBar {
+    let progress = indicatif::ProgressBar::new(len as u64);
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    progress
+}
+
+/// Measures the CPU time a server process uses during a run.
+pub(crate) struct ServerCpu {
+    pid: Option<u32>,
+    before: Option<Duration>,
+}
+
+impl ServerCpu {
+    /// Take the first reading (nothing is measured without a pid).
+    pub(crate) fn start(pid: Option<u32>) -> Self {
+        ServerCpu {
+            pid,
+            before: pid.and_then(process_cpu_time),
+        }
+    }
+
+    /// CPU time used since [`ServerCpu::start`], if both readings worked.
+    pub(crate) fn used(&self) -> Option<Duration> {
+        let after = self.pid.and_then(process_cpu_time)?;
+        Some(after.saturating_sub(self.before?))
+    }
+}
+
 /// Print the human summary and the `RESULT` line.
 pub fn report(protocol: &str, stats: &Stats, elapsed: Duration, server_cpu: Option<Duration>) {
     let completed = stats.latencies.len();
@@ -75,6 +110,9 @@ pub fn report(protocol: &str, stats: &Stats, elapsed: Duration, server_cpu: Opti
         stats.failed
     );
     println!("latency p50 {p50:.1} ms  p95 {p95:.1} ms  p99 {p99:.1} ms");
+    for (name, value) in &stats.counters {
+        println!("{name} {value}");
+    }
     for error in &stats.first_errors {
         println!("error: {error}");
     }
@@ -87,9 +125,14 @@ pub fn report(protocol: &str, stats: &Stats, elapsed: Duration, server_cpu: Opti
     let cpu_field = cpu_per_op
         .map(|c| format!(" server_cpu_ms_per_op={c:.3}"))
         .unwrap_or_default();
+    let counter_fields: String = stats
+        .counters
+        .iter()
+        .map(|(name, value)| format!(" {name}={value}"))
+        .collect();
     println!(
         "RESULT protocol={protocol} completed={completed} failed={} seconds={seconds:.3} per_second={rate:.2} \
-         p50_ms={p50:.2} p95_ms={p95:.2} p99_ms={p99:.2}{cpu_field}",
+         p50_ms={p50:.2} p95_ms={p95:.2} p99_ms={p99:.2}{cpu_field}{counter_fields}",
         stats.failed
     );
 }

@@ -183,6 +183,47 @@ enum BenchCommand {
         #[arg(long)]
         serialize_new_order: bool,
     },
+    /// Full SCEP PKCSReq enrollments, a fresh RSA key each (works against any SCEP server).
+    /// Exits 1 if an enrollment failed or a serial number was issued twice.
+    Scep {
+        /// SCEP URL of the server under test, e.g. http://127.0.0.1:8080/scep.
+        #[arg(long)]
+        target: String,
+        /// Parallel workers.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Enrollments in all; their keys and CSRs are made before the clock starts.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        /// Stop starting enrollments after this many seconds (--count still bounds the run).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// PKCS#9 challengePassword to put in each CSR.
+        #[arg(long)]
+        challenge: Option<String>,
+        /// Content-encryption algorithm of the request envelope.
+        #[arg(long, value_enum, default_value_t = ScepCipher::Aes256)]
+        cipher: ScepCipher,
+        /// pid of the server, to report its CPU time per enrollment from /proc/<pid>/stat.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// RSA key size of each enrollment's key (2048, 3072 or 4096).
+        #[arg(long, default_value_t = 2048)]
+        key_bits: u32,
+    },
+}
+
+/// Content-encryption algorithm of a SCEP request envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ScepCipher {
+    /// AES-256-CBC.
+    Aes256,
+    /// AES-128-CBC.
+    Aes128,
+    /// Three-key triple DES-CBC.
+    Des3,
+    /// Single DES-CBC (legacy).
+    Des,
 }
 
 /// Where and how to reach the admin API.
@@ -342,6 +383,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Bench(BenchCommand::Scep {
+            target,
+            concurrency,
+            count,
+            duration,
+            challenge,
+            cipher,
+            server_pid,
+            key_bits,
+        }) => {
+            use rampart_scep::crypto::ContentCipher;
+            let bench = crate::bench::scep::ScepBench {
+                target,
+                concurrency,
+                count,
+                duration: duration.map(std::time::Duration::from_secs),
+                challenge,
+                cipher: match cipher {
+                    ScepCipher::Aes256 => ContentCipher::Aes256Cbc,
+                    ScepCipher::Aes128 => ContentCipher::Aes128Cbc,
+                    ScepCipher::Des3 => ContentCipher::DesEde3Cbc,
+                    ScepCipher::Des => ContentCipher::DesCbc,
+                },
+                server_pid,
+                key_bits,
+            };
+            let stats = bench.run().await?;
+            let duplicates = stats
+                .counters
+                .iter()
+                .any(|(name, n)| *name == crate::bench::scep::DUPLICATE_SERIALS && *n > 0);
+            Ok(if stats.failed == 0 && !duplicates {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
     }
 }
 
@@ -357,6 +435,15 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
     }
     if let Some(url) = &daemon.est_url {
         println!("  EST         {url}/   (cacerts, simpleenroll, simplereenroll)");
+    }
+    if let Some(url) = &daemon.scep_url {
+        println!("  SCEP        {url}   (profiles: /scep/<profile>; ?operation=GetCACaps|GetCACert|PKIOperation)");
+    }
+    if let Some(url) = &daemon.crl_url {
+        println!("  CRL         {url}");
+    }
+    if let Some(fingerprint) = &daemon.scep_ra_fingerprint {
+        println!("  SCEP RA     sha256 {fingerprint}   (scepclient -ca-fingerprint)");
     }
     println!("  CA bundle   {}", daemon.ca_bundle.display());
     println!("  data        {}", daemon.data_dir.display());
