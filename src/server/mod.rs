@@ -273,17 +273,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
     let (mut scep_url, mut scep_addr, mut scep_backend) = (None, None, None);
     let mut scep_ra_fingerprint = None;
     if scep.enabled {
-        let listener =
-            TcpListener::bind(scep.listen)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: scep.listen,
-                    source,
-                })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: scep.listen,
-            source,
-        })?;
+        let (listener, addr) = bind(scep.listen).await?;
         let ra = crate::gateway::scep::ensure_ra(&boot.pipeline, &boot.data_dir)
             .await
             .map_err(|e| ServerError::Scep(e.to_string()))?;
@@ -309,16 +299,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
     let publish = &boot.pipeline.config().publish;
     let (mut crl_url, mut publish_addr) = (None, None);
     if publish.enabled {
-        let listener = TcpListener::bind(publish.listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: publish.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: publish.listen,
-            source,
-        })?;
+        let (listener, addr) = bind(publish.listen).await?;
         let router = observed(
             crate::lifecycle::publish::router(crls.clone()),
             "publish",
@@ -335,16 +316,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
         if !api.tls && !api.listen.ip().is_loopback() {
             tracing::warn!(listen = %api.listen, "the admin API is served over plain HTTP on a non-loopback address; set api.tls = true");
         }
-        let listener = TcpListener::bind(api.listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: api.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: api.listen,
-            source,
-        })?;
+        let (listener, addr) = bind(api.listen).await?;
         let router = observed(
             crate::api::router(boot.pipeline.clone(), scep_backend),
             "api",
@@ -362,17 +334,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
     let acme = &boot.pipeline.config().acme;
     let (mut acme_url, mut acme_addr) = (None, None);
     if acme.enabled {
-        let listener =
-            TcpListener::bind(acme.listen)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: acme.listen,
-                    source,
-                })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: acme.listen,
-            source,
-        })?;
+        let (listener, addr) = bind(acme.listen).await?;
         let server = crate::gateway::acme::server(&boot.pipeline).map_err(ServerError::Acme)?;
         let router = observed(
             rampart_acme::router(server),
@@ -392,16 +354,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
     let est = &boot.pipeline.config().est;
     let (mut est_url, mut est_addr) = (None, None);
     if est.enabled {
-        let listener = TcpListener::bind(est.listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: est.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: est.listen,
-            source,
-        })?;
+        let (listener, addr) = bind(est.listen).await?;
         // Client certificates are rampart's own: anchored at its root or, for devices that
         // send only their leaf (most do), at the issuing CA itself.
         // Manufacturer (IDevID) CAs are client roots too.
@@ -450,6 +403,14 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
         shutdown,
         tasks,
     })
+}
+
+/// Bind a listener; the address it got (the port when `addr` asks for port 0).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let bound = |source| ServerError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bound)?;
+    let local = listener.local_addr().map_err(bound)?;
+    Ok((listener, local))
 }
 
 /// Count and log every request of `listener`.
