@@ -7,24 +7,9 @@ use der::{Decode, Encode};
 use serde_json::json;
 use x509_cert::crl::CertificateList;
 
-/// Verify `crl` with the issuing CA's ECDSA P-256 key.
 fn verify(crl: &CertificateList, issuing_der: &[u8]) {
     let issuing = x509_cert::Certificate::from_der(issuing_der).unwrap();
-    assert_eq!(crl.tbs_cert_list.issuer, issuing.tbs_certificate.subject);
-    let key = issuing
-        .tbs_certificate
-        .subject_public_key_info
-        .subject_public_key
-        .raw_bytes();
-    aws_lc_rs::signature::UnparsedPublicKey::new(
-        &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
-        key,
-    )
-    .verify(
-        &crl.tbs_cert_list.to_der().unwrap(),
-        crl.signature.raw_bytes(),
-    )
-    .expect("the CRL signature verifies with the issuing CA's key");
+    common::assert_crl_signed_by(crl, &issuing);
 }
 
 fn number(crl: &CertificateList) -> Vec<u8> {

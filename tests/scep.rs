@@ -9,7 +9,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use common::{config_for, start_with, TestDaemon};
-use der::asn1::BitString;
 use der::{Decode, Encode};
 use rampart::clock::SystemClock;
 use rampart::config::Config;
@@ -20,16 +19,13 @@ use rampart_scep::wire::{FailInfo, MessageType, PkiStatus};
 use reqwest::Method;
 use serde_json::{json, Value};
 use x509_cert::crl::CertificateList;
-use x509_cert::name::Name;
 use x509_cert::request::CertReq;
 use x509_cert::serial_number::SerialNumber;
-use x509_cert::spki::AlgorithmIdentifierOwned;
 use x509_cert::Certificate;
 
 /// The static challenge of the `default` profile in every test daemon.
 const CHALLENGE: &str = "static scep secret";
 const RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
-const ECDSA_WITH_SHA256: &str = "1.2.840.10045.4.3.2";
 
 // ---------------------------------------------------------------------------------------
 // The daemon and its SCEP endpoint
@@ -161,42 +157,12 @@ async fn issuing_ca(d: &TestDaemon) -> Certificate {
     issuer_of(&ra_of(&certificates), &certificates).clone()
 }
 
-/// `signed` (a TBSCertificate or TBSCertList, DER) names `issuer` and carries an ECDSA
-/// P-256 signature by its key (the default CA key algorithm).
-fn assert_issued_by(
-    issuer_name: &Name,
-    signed: &[u8],
-    algorithm: &AlgorithmIdentifierOwned,
-    signature: &BitString,
-    issuer: &Certificate,
-) {
-    assert_eq!(issuer_name, &issuer.tbs_certificate.subject);
-    assert_eq!(algorithm.oid.to_string(), ECDSA_WITH_SHA256);
-    let key = issuer
-        .tbs_certificate
-        .subject_public_key_info
-        .subject_public_key
-        .raw_bytes();
-    aws_lc_rs::signature::UnparsedPublicKey::new(
-        &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
-        key,
-    )
-    .verify(signed, signature.raw_bytes())
-    .expect("the issuer's signature verifies");
-}
-
 fn assert_signed_by(certificate: &Certificate, issuer: &Certificate) {
-    let tbs = &certificate.tbs_certificate;
-    let signed = tbs.to_der().unwrap();
-    let (algorithm, signature) = (&certificate.signature_algorithm, &certificate.signature);
-    assert_issued_by(&tbs.issuer, &signed, algorithm, signature, issuer);
+    common::assert_certificate_signed_by(certificate, issuer);
 }
 
 fn assert_crl_signed_by(crl: &CertificateList, issuer: &Certificate) {
-    let tbs = &crl.tbs_cert_list;
-    let signed = tbs.to_der().unwrap();
-    let (algorithm, signature) = (&crl.signature_algorithm, &crl.signature);
-    assert_issued_by(&tbs.issuer, &signed, algorithm, signature, issuer);
+    common::assert_crl_signed_by(crl, issuer);
 }
 
 /// Serial as rampart writes it in the inventory.
@@ -781,11 +747,8 @@ async fn renewal_is_signed_by_the_current_certificate_and_keeps_its_names() {
     d.daemon.shutdown().await;
 }
 
-/// Server bug (src/gateway/scep.rs `transaction_key` and the early return in `enroll`): a
-/// transaction is keyed on profile, transactionID and signer key only, so a RenewalReq
-/// whose transactionID is the finished PKCSReq's — what a client hashing an unchanged key,
-/// or `Requester::transaction_id()` on the renewing certificate, produces — is answered
-/// with the old certificate, even when its CSR is for another key.
+/// A RenewalReq whose transactionID is the finished PKCSReq's (what a client hashing an
+/// unchanged key produces) is a new request, never answered with the old certificate.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_renewal_is_never_answered_with_the_certificate_it_renews() {
     let (_dir, d) = daemon(|_| {}).await;

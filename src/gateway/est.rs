@@ -186,13 +186,11 @@ impl Backend {
         let leaf = chain.first().ok_or_else(|| refused("none presented"))?;
         let cert = x509_cert::Certificate::from_der(leaf).map_err(|_| refused("unreadable"))?;
         let serial = rampart_acme::ari::serial_hex(cert.tbs_certificate.serial_number.as_bytes());
-        let owned = serial.clone();
         let record = self
             .pipeline
-            .with_store(move |store| store.certificate(&owned))
+            .issued_record(leaf)
             .await
-            .map_err(|e| EstError::Unavailable(e.to_string()))?
-            .filter(|r| r.der == *leaf);
+            .map_err(|e| EstError::Unavailable(e.to_string()))?;
         let Some(record) = record else {
             return self
                 .bootstrap_identity(&cert)

@@ -546,22 +546,18 @@ impl Backend {
         csr: &VerifiedCsr,
     ) -> Result<Authenticated, Answer> {
         let refused = |why: String| Answer::Failure(FailInfo::BadRequest, why);
-        let cert = x509_cert::Certificate::from_der(signer_der)
-            .map_err(|e| refused(format!("signer certificate: {e}")))?;
-        let serial = rampart_acme::ari::serial_hex(cert.tbs_certificate.serial_number.as_bytes());
-        let owned = serial.clone();
         let record = self
             .pipeline
-            .with_store(move |store| store.certificate(&owned))
+            .issued_record(signer_der)
             .await
             .map_err(|e| refused(format!("store: {e}")))?
-            .filter(|r| r.der == signer_der)
             .ok_or_else(|| {
                 Answer::Failure(
                     FailInfo::BadCertId,
                     "RenewalReq must be signed by a certificate rampart issued".into(),
                 )
             })?;
+        let serial = record.serial.clone();
         match record.status_at(self.pipeline.clock().now()) {
             CertificateStatus::Valid => {}
             status => {

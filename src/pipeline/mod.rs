@@ -479,6 +479,20 @@ impl Pipeline {
         self.issue(approved).await
     }
 
+    /// The inventory record of `der`, when it is a certificate rampart issued (same serial
+    /// and the very same bytes); `None` for anything else.
+    pub async fn issued_record(&self, der: &[u8]) -> Result<Option<CertificateRecord>, StoreError> {
+        use der::Decode;
+        let Ok(cert) = x509_cert::Certificate::from_der(der) else {
+            return Ok(None);
+        };
+        let serial = rampart_acme::ari::serial_hex(cert.tbs_certificate.serial_number.as_bytes());
+        let record = self
+            .with_store(move |store| store.certificate(&serial))
+            .await?;
+        Ok(record.filter(|r| r.der == der))
+    }
+
     /// Mark requests left in `issuing` by a crash as failed. Called once at start-up.
     pub async fn recover_interrupted(&self) -> Result<usize, StoreError> {
         let now = self.clock.now();

@@ -140,3 +140,61 @@ pub fn fixture(name: &str) -> String {
     )
     .unwrap()
 }
+
+/// `signed` (a TBSCertificate or TBSCertList, DER) names `issuer` and carries an ECDSA
+/// P-256 / SHA-256 signature by its key (the default CA key algorithm).
+pub fn assert_issued_by(
+    issuer_name: &x509_cert::name::Name,
+    signed: &[u8],
+    algorithm: &spki::AlgorithmIdentifierOwned,
+    signature: &der::asn1::BitString,
+    issuer: &x509_cert::Certificate,
+) {
+    assert_eq!(issuer_name, &issuer.tbs_certificate.subject);
+    assert_eq!(algorithm.oid.to_string(), "1.2.840.10045.4.3.2");
+    let key = issuer
+        .tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .raw_bytes();
+    aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+        key,
+    )
+    .verify(signed, signature.raw_bytes())
+    .expect("the issuer's signature verifies");
+}
+
+/// A certificate signed by `issuer`.
+pub fn assert_certificate_signed_by(
+    certificate: &x509_cert::Certificate,
+    issuer: &x509_cert::Certificate,
+) {
+    use der::Encode;
+    let tbs = &certificate.tbs_certificate;
+    let (algorithm, signature) = (&certificate.signature_algorithm, &certificate.signature);
+    assert_issued_by(
+        &tbs.issuer,
+        &tbs.to_der().unwrap(),
+        algorithm,
+        signature,
+        issuer,
+    );
+}
+
+/// A CRL signed by `issuer`.
+pub fn assert_crl_signed_by(
+    crl: &x509_cert::crl::CertificateList,
+    issuer: &x509_cert::Certificate,
+) {
+    use der::Encode;
+    let tbs = &crl.tbs_cert_list;
+    let (algorithm, signature) = (&crl.signature_algorithm, &crl.signature);
+    assert_issued_by(
+        &tbs.issuer,
+        &tbs.to_der().unwrap(),
+        algorithm,
+        signature,
+        issuer,
+    );
+}
