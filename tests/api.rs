@@ -668,7 +668,19 @@ async fn a_request_interrupted_while_signing_is_marked_failed_on_restart() {
             updated_at: now,
             pending: None,
         };
-        assert!(store.begin_issuance(&request).unwrap());
+        let decision = rampart::store::AuditEntry {
+            time: now,
+            request_id: Some(id),
+            actor: "admin".into(),
+            action: rampart::store::AuditAction::Decision,
+            outcome: "approved".into(),
+            layer: None,
+            rule: None,
+            reason: "test".into(),
+            subject: None,
+            details: serde_json::json!({}),
+        };
+        assert!(store.begin_issuance(&request, &decision).unwrap());
     }
     let d = start(dir.path()).await;
     let request = d.daemon.pipeline.store().request(id).unwrap().unwrap();

@@ -475,6 +475,15 @@ impl Config {
                 {
                     profile.insert("anonymous_role".into(), toml::Value::String(String::new()));
                 }
+                // So did the demo SCEP profile (its template and role): SCEP runs with the
+                // user's own profiles, or not at all.
+                if let Some(toml::Value::Table(scep)) = defaults.get_mut("scep") {
+                    scep.insert("profiles".into(), toml::Value::Table(toml::Table::new()));
+                    let user_profiles = table.get("scep").and_then(|s| s.get("profiles")).is_some();
+                    if !user_profiles {
+                        scep.insert("enabled".into(), toml::Value::Boolean(false));
+                    }
+                }
             }
             user = Some(table);
         }
@@ -953,8 +962,9 @@ mod tests {
         .unwrap();
         assert_eq!(config.templates.keys().collect::<Vec<_>>(), ["web"]);
         assert_eq!(config.roles.keys().collect::<Vec<_>>(), ["web"]);
-        // The demo's anonymous ACME role left with the demo policy.
+        // The demo's anonymous ACME role and SCEP profile left with the demo policy.
         assert_eq!(config.acme.profiles["default"].anonymous_role, "");
+        assert!(!config.scep.enabled && config.scep.profiles.is_empty());
     }
 
     #[test]

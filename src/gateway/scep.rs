@@ -265,6 +265,8 @@ pub struct Backend {
     /// SHA-256 of (profile, static challenge) pairs argon2 already accepted: argon2 is
     /// deliberately slow, and a fleet enrolls with the same static challenge.
     verified_static: Mutex<HashSet<String>>,
+    /// Serialises argon2 checks of static challenges.
+    argon2_turn: tokio::sync::Mutex<()>,
     /// Client for challenge webhooks (5 s timeout; rampart's root trusted for HTTPS).
     webhook: reqwest::Client,
 }
@@ -291,6 +293,7 @@ impl Backend {
             data_dir,
             ra: RwLock::new(Arc::new(ra)),
             verified_static: Mutex::new(HashSet::new()),
+            argon2_turn: tokio::sync::Mutex::new(()),
             webhook: webhook_client(&pipeline_anchors),
         }
     }
@@ -460,12 +463,19 @@ impl Backend {
     /// The profile's static challenge (argon2; a value accepted once is remembered).
     async fn static_challenge_matches(&self, profile: &str, hash: &str, challenge: &str) -> bool {
         let memo = sha256_hex(format!("{profile}\n{challenge}").as_bytes());
-        if self
-            .verified_static
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&memo)
-        {
+        let remembered = || {
+            self.verified_static
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&memo)
+        };
+        if remembered() {
+            return true;
+        }
+        // One argon2 run at a time: a fleet arriving together waits for the first check
+        // instead of each paying for its own, and guessing cannot take every core.
+        let _turn = self.argon2_turn.lock().await;
+        if remembered() {
             return true;
         }
         let (hash, challenge) = (hash.to_string(), challenge.to_string());
@@ -683,7 +693,8 @@ impl ScepBackend for Backend {
             ]),
         };
         // Remember the transaction before submitting: a crash in between leaves a request
-        // the store marks failed, which the client may simply send again.
+        // the store marks failed, which the client may simply send again. Not flushed on
+        // its own: the issuance's durable commit below flushes the whole log, this included.
         let record = serde_json::to_vec(&Transaction {
             request_id: request.request_id,
             csr_sha256: sha256_hex(&request.csr_der),

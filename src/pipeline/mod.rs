@@ -630,13 +630,7 @@ impl Pipeline {
             };
             let audit = decision.clone();
             let reserved = self
-                .with_store(move |store| {
-                    let reserved = store.begin_issuance(&request)?;
-                    if reserved {
-                        store.append_audit(&audit)?;
-                    }
-                    Ok(reserved)
-                })
+                .with_store(move |store| store.begin_issuance(&request, &audit))
                 .await?;
             if reserved {
                 break serial;

@@ -229,10 +229,15 @@ pub enum RevokeOutcome {
 
 /// The inventory.
 pub trait Store: Send + Sync + std::fmt::Debug {
-    /// Record a new request in state `Issuing` and reserve its serial. Returns `false`
-    /// (and writes nothing) if the serial is already taken. Not necessarily durable on
-    /// return: the following `complete_issuance` or `fail_issuance` makes it so.
-    fn begin_issuance(&self, request: &RequestRecord) -> Result<bool, StoreError>;
+    /// Record a new request in state `Issuing`, reserve its serial and append the audit
+    /// entry of the decision, atomically. Returns `false` (and writes nothing) if the
+    /// serial is already taken. Not necessarily durable on return: the following
+    /// `complete_issuance` or `fail_issuance` makes it so.
+    fn begin_issuance(
+        &self,
+        request: &RequestRecord,
+        decision: &AuditEntry,
+    ) -> Result<bool, StoreError>;
 
     /// Record the issued certificate, mark its request `Issued`, append the audit entry and
     /// queue the event, atomically. Durable on return.
