@@ -345,12 +345,10 @@ impl Backend {
         key: &str,
         csr: Option<&[u8]>,
     ) -> Result<Option<Answer>, StoreError> {
-        let owned = key.to_string();
-        let Some(bytes) = self
-            .pipeline
-            .with_store(move |store| store.protocol_get(TRANSACTIONS, &owned))
-            .await?
-        else {
+        // Reads and unflushed writes of the store are in-memory work of microseconds: they
+        // run on this task, as in the ACME gateway.
+        let store = self.pipeline.store();
+        let Some(bytes) = store.protocol_get(TRANSACTIONS, key)? else {
             return Ok(None);
         };
         let Ok(transaction) = serde_json::from_slice::<Transaction>(&bytes) else {
@@ -361,10 +359,8 @@ impl Backend {
         }
         let request_id = transaction.request_id;
         Ok(match self.pipeline.request_state(request_id).await? {
-            Some(RequestState::Issued { serial }) => self
-                .pipeline
-                .with_store(move |store| store.certificate(&serial))
-                .await?
+            Some(RequestState::Issued { serial }) => store
+                .certificate(&serial)?
                 .map(|record| Answer::Certificate(record.der)),
             Some(RequestState::Pending { .. } | RequestState::Issuing { .. }) => Some(
                 Answer::Pending(format!("request {request_id} waits for approval")),
@@ -700,10 +696,10 @@ impl ScepBackend for Backend {
             csr_sha256: sha256_hex(&request.csr_der),
         })
         .expect("serializes");
-        if let Err(e) = self
-            .pipeline
-            .with_store(move |store| store.protocol_put(TRANSACTIONS, &transaction, &record, true))
-            .await
+        if let Err(e) =
+            self.pipeline
+                .store()
+                .protocol_put(TRANSACTIONS, &transaction, &record, false)
         {
             return unavailable(e);
         }

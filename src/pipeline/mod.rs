@@ -378,10 +378,8 @@ impl Pipeline {
         &self,
         request_id: Uuid,
     ) -> Result<Option<RequestState>, StoreError> {
-        Ok(self
-            .with_store(move |store| store.request(request_id))
-            .await?
-            .map(|r| r.state))
+        // A read: microseconds in memory, cheaper on this task than a hop to the pool.
+        Ok(self.store.request(request_id)?.map(|r| r.state))
     }
 
     /// Decide on a request without recording or issuing anything (dry run: `policy check`).
@@ -628,10 +626,10 @@ impl Pipeline {
                 updated_at: now,
                 pending: None,
             };
-            let audit = decision.clone();
-            let reserved = self
-                .with_store(move |store| store.begin_issuance(&request, &audit))
-                .await?;
+            let audit = &decision;
+            // Not flushed (complete_issuance's flush covers it): an in-memory write, done
+            // on this task rather than paying a hop to the blocking pool.
+            let reserved = self.store.begin_issuance(&request, &audit)?;
             if reserved {
                 break serial;
             }
