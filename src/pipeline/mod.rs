@@ -626,10 +626,9 @@ impl Pipeline {
                 updated_at: now,
                 pending: None,
             };
-            let audit = &decision;
             // Not flushed (complete_issuance's flush covers it): an in-memory write, done
             // on this task rather than paying a hop to the blocking pool.
-            let reserved = self.store.begin_issuance(&request, &audit)?;
+            let reserved = self.store.begin_issuance(&request, &decision)?;
             if reserved {
                 break serial;
             }
