@@ -502,9 +502,21 @@ async fn init(dir: &Path) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("writing {}", config_path.display()))?;
     let config = Config::load(Some(&config_path))?;
     let boot = server::bootstrap(config, Arc::new(SystemClock)).await?;
+    // The SCEP RA is made now too, so its fingerprint can go to devices before first start.
+    let ra = if boot.pipeline.config().scep.enabled {
+        Some(crate::gateway::scep::ensure_ra(&boot.pipeline, &boot.data_dir).await?)
+    } else {
+        None
+    };
     println!("Initialised {}", dir.display());
     println!("  configuration  {}", config_path.display());
     println!("  CA bundle      {}", boot.ca_bundle.display());
+    if let Some(ra) = &ra {
+        println!(
+            "  SCEP RA        sha256 {}",
+            crate::pkix::sha256_hex(&ra.certificate_der)
+        );
+    }
     if let Some(key) = &boot.new_admin_key {
         print_new_key(key);
     }
