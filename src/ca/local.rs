@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 use x509_cert::Certificate;
 
-use super::{CaAdapter, CaError, CrlOrder, IssuanceOrder, IssuedCertificate, Serial};
+use super::{CaAdapter, CaError, CaSignature, CrlOrder, IssuanceOrder, IssuedCertificate, Serial};
 use crate::config::{CaConfig, ExtendedKeyUsage, KeyAlgorithm};
 use crate::files;
 use crate::model::{Identifier, KeyType};
@@ -434,6 +434,28 @@ impl CaAdapter for LocalCa {
 
     async fn issue(&self, order: &IssuanceOrder) -> Result<IssuedCertificate, CaError> {
         self.sign(order)
+    }
+
+    async fn sign_ocsp(&self, response_data: &[u8]) -> Result<CaSignature, CaError> {
+        use rcgen::SigningKey;
+        let key = self.issuer.key();
+        let (oid, null) = if key.algorithm() == &rcgen::PKCS_ECDSA_P256_SHA256 {
+            ("1.2.840.10045.4.3.2", false)
+        } else if key.algorithm() == &rcgen::PKCS_ECDSA_P384_SHA384 {
+            ("1.2.840.10045.4.3.3", false)
+        } else {
+            ("1.2.840.113549.1.1.11", true)
+        };
+        let signature = key
+            .sign(response_data)
+            .map_err(|e| CaError::Internal(format!("signing an OCSP response: {e}")))?;
+        Ok(CaSignature {
+            algorithm: spki::AlgorithmIdentifierOwned {
+                oid: const_oid::ObjectIdentifier::new_unwrap(oid),
+                parameters: null.then(der::Any::null),
+            },
+            signature,
+        })
     }
 
     async fn sign_crl(&self, crl: &CrlOrder) -> Result<Vec<u8>, CaError> {

@@ -121,6 +121,25 @@ pub trait CaAdapter: Send + Sync + fmt::Debug {
             self.id()
         )))
     }
+
+    /// Sign an OCSP ResponseData (DER, RFC 6960 §4.2.1) with the issuing CA's key. CAs
+    /// whose status someone else answers refuse.
+    async fn sign_ocsp(&self, response_data: &[u8]) -> Result<CaSignature, CaError> {
+        let _ = response_data;
+        Err(CaError::Refused(format!(
+            "the `{}` CA does not answer OCSP through rampart",
+            self.id()
+        )))
+    }
+}
+
+/// A signature by the issuing CA's key over bytes rampart built (an OCSP response).
+#[derive(Debug, Clone)]
+pub struct CaSignature {
+    /// The signature algorithm identifier.
+    pub algorithm: spki::AlgorithmIdentifierOwned,
+    /// The signature (as it goes into a BIT STRING).
+    pub signature: Vec<u8>,
 }
 
 /// What a CRL lists.

@@ -442,6 +442,9 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
     if let Some(url) = &daemon.crl_url {
         println!("  CRL         {url}");
     }
+    if let Some(url) = &daemon.ocsp_url {
+        println!("  OCSP        {url}");
+    }
     if let Some(fingerprint) = &daemon.scep_ra_fingerprint {
         println!("  SCEP RA     sha256 {fingerprint}   (scepclient -ca-fingerprint)");
     }

@@ -419,8 +419,18 @@ impl Config {
     /// The CRL distribution point written into certificates: `ca.crl_url` when set, else
     /// the publish listener's CRL URL (when it runs on a fixed port), else none.
     pub fn crl_url(&self) -> Option<String> {
-        if !self.ca.crl_url.is_empty() {
-            return Some(self.ca.crl_url.clone());
+        self.published_url(&self.ca.crl_url, "/crl/local.crl")
+    }
+
+    /// The AIA OCSP responder written into certificates: `ca.ocsp_url` when set, else the
+    /// publish listener's `/ocsp` (when it runs on a fixed port), else none.
+    pub fn ocsp_url(&self) -> Option<String> {
+        self.published_url(&self.ca.ocsp_url, "/ocsp")
+    }
+
+    fn published_url(&self, configured: &str, path: &str) -> Option<String> {
+        if !configured.is_empty() {
+            return Some(configured.to_string());
         }
         (self.publish.enabled && self.publish.listen.port() != 0).then(|| {
             let host = if self.publish.listen.ip().is_loopback() {
@@ -428,7 +438,7 @@ impl Config {
             } else {
                 self.server.public_hostname.clone()
             };
-            format!("http://{host}:{}/crl/local.crl", self.publish.listen.port())
+            format!("http://{host}:{}{path}", self.publish.listen.port())
         })
     }
 

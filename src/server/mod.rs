@@ -65,6 +65,9 @@ pub enum ServerError {
     /// SCEP set-up (the RA).
     #[error("SCEP: {0}")]
     Scep(String),
+    /// Publication set-up (the OCSP responder).
+    #[error("publish: {0}")]
+    Publish(String),
     /// A listener address is taken or not allowed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -112,6 +115,7 @@ pub async fn bootstrap(config: Config, clock: Arc<dyn Clock>) -> Result<Bootstra
     let (ca, created) = {
         let mut ca_config = config.ca.clone();
         ca_config.crl_url = config.crl_url().unwrap_or_default();
+        ca_config.ocsp_url = config.ocsp_url().unwrap_or_default();
         let dir = data_dir.join("ca");
         tokio::task::spawn_blocking(move || LocalCa::create_or_load(&dir, &ca_config, now))
             .await
@@ -215,6 +219,8 @@ pub struct Daemon {
     pub scep_addr: Option<SocketAddr>,
     /// URL of the CRL on the publish listener, when enabled.
     pub crl_url: Option<String>,
+    /// URL of the OCSP responder on the publish listener, when enabled.
+    pub ocsp_url: Option<String>,
     /// Bound publish address, when enabled.
     pub publish_addr: Option<SocketAddr>,
     /// SHA-256 fingerprint (hex) of the SCEP RA certificate at start, when enabled.
@@ -297,17 +303,24 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
         scep_backend = Some(backend);
     }
     let publish = &boot.pipeline.config().publish;
-    let (mut crl_url, mut publish_addr) = (None, None);
+    let (mut crl_url, mut ocsp_url, mut publish_addr) = (None, None, None);
     if publish.enabled {
         let (listener, addr) = bind(publish.listen).await?;
+        let ocsp = crate::lifecycle::ocsp::Responder::new(boot.pipeline.clone())
+            .map_err(ServerError::Publish)?;
+        let published = crate::lifecycle::publish::Published {
+            crls: crls.clone(),
+            ocsp: Arc::new(ocsp),
+        };
         let router = observed(
-            crate::lifecycle::publish::router(crls.clone()),
+            crate::lifecycle::publish::router(published),
             "publish",
             boot.pipeline.metrics().clone(),
         );
         tasks.push(tokio::spawn(serve(listener, router, None, signal.clone())));
         let host = display_addr(addr, &boot.pipeline.config().server.public_hostname);
         crl_url = Some(format!("http://{host}/crl/local.crl"));
+        ocsp_url = Some(format!("http://{host}/ocsp"));
         publish_addr = Some(addr);
     }
     let api = &boot.pipeline.config().api;
@@ -385,6 +398,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
     }
     Ok(Daemon {
         crl_url,
+        ocsp_url,
         publish_addr,
         scep_url,
         scep_ra_fingerprint,
