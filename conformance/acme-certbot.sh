@@ -22,7 +22,7 @@ openssl x509 -in "$LIVE/cert.pem" -noout -text | grep -q "DNS:localhost" || fail
 FIRST="$(openssl x509 -in "$LIVE/cert.pem" -noout -serial)"
 pass "certbot certonly --standalone (http-01) got a certificate that openssl verifies"
 
-"$CERTBOT" renew "${CB[@]}" --force-renewal --http-01-port "$HTTP01_PORT" --http-01-address 127.0.0.1 \
+"$CERTBOT" renew "${CB[@]}" --force-renewal --no-random-sleep-on-renew --http-01-port "$HTTP01_PORT" --http-01-address 127.0.0.1 \
     >"$WORK/renew.out" 2>&1 || fail "certbot renew: $(tail -20 "$WORK/renew.out")"
 SECOND="$(openssl x509 -in "$LIVE/cert.pem" -noout -serial)"
 [[ "$FIRST" != "$SECOND" ]] || fail "renew did not replace the certificate"

@@ -24,6 +24,19 @@ struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LifecycleLabels {
+    task: String,
+    target: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DiscoveryLabels {
+    source: String,
+    external: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProtocolLabels {
     protocol: String,
 }
@@ -39,7 +52,9 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     decisions: Family<DecisionLabels, Counter>,
+    lifecycle: Family<LifecycleLabels, Counter>,
     issuance_seconds: Family<ProtocolLabels, Histogram, fn() -> Histogram>,
+    discovered: Family<DiscoveryLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -54,6 +69,13 @@ impl Metrics {
         let mut registry = Registry::with_prefix("rampart");
         let requests = Family::<RequestLabels, Counter>::default();
         let decisions = Family::<DecisionLabels, Counter>::default();
+        let lifecycle = Family::<LifecycleLabels, Counter>::default();
+        registry.register(
+            "lifecycle_operations",
+            "Background lifecycle work (webhook deliveries, renewals, deliveries to targets), \
+             by task, target and outcome",
+            lifecycle.clone(),
+        );
         let issuance_seconds =
             Family::<ProtocolLabels, Histogram, fn() -> Histogram>::new_with_constructor(
                 latency_histogram,
@@ -73,12 +95,30 @@ impl Metrics {
             "Time from submission to a recorded certificate, by protocol",
             issuance_seconds.clone(),
         );
+        let discovered = Family::<DiscoveryLabels, Counter>::default();
+        registry.register(
+            "discovered_certificates",
+            "Certificates newly found by discovery, by source (tls, file) and whether rampart \
+             did not issue them",
+            discovered.clone(),
+        );
         Metrics {
             registry,
             requests,
             decisions,
+            lifecycle,
             issuance_seconds,
+            discovered,
         }
+    }
+
+    /// Count a certificate discovery found for the first time.
+    pub fn discovered(&self, source: &str, external: bool) {
+        let labels = DiscoveryLabels {
+            source: source.into(),
+            external: external.to_string(),
+        };
+        self.discovered.get_or_create(&labels).inc();
     }
 
     /// Count an answered HTTP request.
@@ -99,6 +139,22 @@ impl Metrics {
             layer: layer.into(),
         };
         self.decisions.get_or_create(&labels).inc();
+    }
+
+    /// Count one webhook delivery attempt's outcome (`delivered`, `failed`, `dead_lettered`).
+    pub fn webhook_delivery(&self, endpoint: &str, outcome: &str) {
+        self.lifecycle_operation("webhook", endpoint, outcome);
+    }
+
+    /// Count one background lifecycle operation (`task` = webhook, renewal, delivery…).
+    pub fn lifecycle_operation(&self, task: &str, target: &str, outcome: &str) {
+        self.lifecycle
+            .get_or_create(&LifecycleLabels {
+                task: task.into(),
+                target: target.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 
     /// Record one issuance's latency.

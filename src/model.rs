@@ -208,6 +208,9 @@ pub struct EnrollmentRequest {
     pub resource: Option<String>,
     /// Free-form labels kept with the record.
     pub metadata: BTreeMap<String, String>,
+    /// Serial of the certificate this one replaces (a renewal: EST re-enroll, SCEP
+    /// RenewalReq, rampart's own renewal), if any.
+    pub renews: Option<String>,
 }
 
 /// Lifecycle state of an issued certificate as stored (expiry is derived from time).

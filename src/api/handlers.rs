@@ -63,6 +63,7 @@ pub async fn enroll(
         validity_days: body.validity_days,
         resource: body.resource,
         metadata: body.metadata,
+        renews: None,
     };
     match state.pipeline.submit(request).await? {
         Outcome::Denied { request_id, denial } => Err(ApiError::Denied { request_id, denial }),
@@ -133,6 +134,7 @@ pub async fn policy_check(
         validity_days: body.validity_days,
         resource: None,
         metadata: Default::default(),
+        renews: None,
     };
     let assessment = state.pipeline.assess(&request);
     let mut answer = serde_json::json!({

@@ -4,9 +4,11 @@
 //! Imports `pipeline`, `lifecycle`, `policy` (access checks), `store` (queries),
 //! `apikeys`, `pkix` and `model`.
 
+pub mod discovery;
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod webhooks;
 pub mod wire;
 
 use axum::extract::DefaultBodyLimit;
@@ -22,14 +24,21 @@ pub struct AppState {
     pub pipeline: Pipeline,
     /// The SCEP front end, when its listener runs (RA rotation).
     pub scep: Option<std::sync::Arc<crate::gateway::scep::Backend>>,
+    /// Webhook delivery (state and replays).
+    pub webhooks: crate::lifecycle::webhooks::Webhooks,
 }
 
 /// The router.
 pub fn router(
     pipeline: Pipeline,
     scep: Option<std::sync::Arc<crate::gateway::scep::Backend>>,
+    webhooks: crate::lifecycle::webhooks::Webhooks,
 ) -> Router {
-    let state = AppState { pipeline, scep };
+    let state = AppState {
+        pipeline,
+        scep,
+        webhooks,
+    };
     Router::new()
         .route("/healthz", get(handlers::healthz))
         .route("/metrics", get(handlers::metrics))
@@ -66,6 +75,12 @@ pub fn router(
             "/api/v1/approvals/{request_id}/deny",
             post(handlers::deny_approval),
         )
+        .route(
+            "/api/v1/discovery",
+            get(discovery::list).post(discovery::record),
+        )
+        .route("/api/v1/webhooks", get(webhooks::list))
+        .route("/api/v1/webhooks/{endpoint}/replay", post(webhooks::replay))
         .fallback(handlers::not_found)
         // Bodies are limited by our own extractor (JSON 413); disable axum's plain-text one.
         .layer(DefaultBodyLimit::disable())

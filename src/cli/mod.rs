@@ -8,6 +8,8 @@
 
 mod certs;
 mod client;
+mod discover;
+mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -69,6 +71,9 @@ enum Command {
     /// Dry-run the policy on a CSR: the decision and each layer's verdict, nothing issued.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Webhook endpoints, dead letters and replays (through the running daemon's API).
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
     /// Check the tamper-evident audit log (through the running daemon's API).
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -76,6 +81,10 @@ enum Command {
     /// server's CPU time per operation.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Find certificates on TLS endpoints and in files (scanned from here) and add them to
+    /// the inventory, marking those rampart did not issue as external.
+    #[command(subcommand)]
+    Discover(discover::DiscoverCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -249,6 +258,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => serve(config.as_deref()).await,
         Command::Init { dir } => init(&dir).await,
         Command::Certs(command) => certs::run(command).await,
+        Command::Discover(command) => discover::run(command).await,
+        Command::Webhooks(command) => webhooks::run(command).await,
         Command::Approvals(command) => approvals(command).await,
         Command::Apikeys(ApikeysCommand::Create {
             identity,

@@ -74,6 +74,18 @@ pub struct Config {
     pub scep: ScepConfig,
     /// `[publish]`
     pub publish: PublishConfig,
+    /// `[webhooks]`
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
+    /// `[renewal]`
+    #[serde(default)]
+    pub renewal: RenewalConfig,
+    /// `[delivery]`
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    /// `[discovery]`
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
     /// `[templates.<name>]`
     pub templates: BTreeMap<String, TemplateConfig>,
     /// `[roles.<name>]`
@@ -226,6 +238,199 @@ pub struct PublishConfig {
     pub enabled: bool,
     /// Socket address to bind (plain HTTP, as RFC 5280 distribution points are).
     pub listen: SocketAddr,
+}
+
+/// `[webhooks]`: signed event notifications (Standard Webhooks) from the outbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Attempts per event and endpoint before the event is dead-lettered.
+    pub max_attempts: u32,
+    /// Delay before the first retry, in milliseconds; doubled per attempt, ±20 % jitter.
+    pub initial_backoff_ms: u64,
+    /// Longest delay between retries, in seconds.
+    pub max_backoff_seconds: u64,
+    /// Time limit of one delivery attempt, in seconds.
+    pub timeout_seconds: u64,
+    /// `[webhooks.endpoints.<name>]`
+    pub endpoints: BTreeMap<String, WebhookEndpointConfig>,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            max_attempts: 10,
+            initial_backoff_ms: 5_000,
+            max_backoff_seconds: 3_600,
+            timeout_seconds: 10,
+            endpoints: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[webhooks.endpoints.<name>]`: one subscriber.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEndpointConfig {
+    /// Where events are POSTed (http or https).
+    pub url: String,
+    /// File holding the signing secret (`whsec_…`, Standard Webhooks format; mode 0600).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Environment variable holding the signing secret (instead of `secret_file`).
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// Event types delivered (empty = all).
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Templates whose events are delivered (empty = all).
+    #[serde(default)]
+    pub templates: Vec<String>,
+}
+
+/// `[renewal]`: the renewal scheduler.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RenewalConfig {
+    /// Whether the scheduler runs.
+    pub enabled: bool,
+    /// Minutes between inventory scans.
+    pub interval_minutes: u32,
+    /// Renew-before window for templates that set none, as a share of the lifetime (%).
+    pub default_renew_before_percent: u8,
+    /// Attempts of a failing server-side renewal before it waits for the next window scan.
+    pub max_attempts: u32,
+    /// Delay before the first retry of a failed renewal, in seconds; doubled per attempt.
+    pub initial_backoff_seconds: u64,
+}
+
+impl Default for RenewalConfig {
+    fn default() -> Self {
+        RenewalConfig {
+            enabled: true,
+            interval_minutes: 60,
+            default_renew_before_percent: 33,
+            max_attempts: 8,
+            initial_backoff_seconds: 300,
+        }
+    }
+}
+
+/// `[discovery]`: scheduled certificate discovery.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// `[[discovery.jobs]]`, each run at start and then every `interval_minutes`.
+    #[serde(default)]
+    pub jobs: Vec<DiscoveryJobConfig>,
+}
+
+/// What a discovery job scans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscoveryKind {
+    /// TLS handshakes with `targets`.
+    Tls,
+    /// Certificate files below `path`.
+    Files,
+}
+
+/// `[[discovery.jobs]]`: one scheduled discovery job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryJobConfig {
+    /// Name (letters, digits, - and _), used in logs.
+    pub name: String,
+    /// `"tls"` or `"files"`.
+    pub kind: DiscoveryKind,
+    /// Kind `tls`: `host:port`, `IP:port`, `[IPv6]:port` or `CIDR:port` (at most 4096
+    /// addresses per range).
+    #[serde(default)]
+    pub targets: Vec<String>,
+    /// Kind `files`: the directory (or file) searched.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Minutes between runs; the first run is at start.
+    pub interval_minutes: u32,
+}
+
+/// `[delivery]`: places certificates are written to after issuance and renewal.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// `[delivery.targets.<name>]`
+    #[serde(default)]
+    pub targets: BTreeMap<String, DeliveryTargetConfig>,
+}
+
+/// What kind of place a delivery target is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryKind {
+    /// Files in a local directory, replaced by atomic rename.
+    Filesystem,
+}
+
+/// `[delivery.targets.<name>]`: one delivery target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryTargetConfig {
+    /// Kind of target (`"filesystem"`).
+    pub kind: DeliveryKind,
+    /// Absolute path of an existing directory the files are written to.
+    pub directory: PathBuf,
+    /// File name of the leaf certificate (PEM).
+    #[serde(default = "default_cert_file")]
+    pub cert_file: String,
+    /// File name of the issuer chain without the leaf (PEM).
+    #[serde(default = "default_chain_file")]
+    pub chain_file: String,
+    /// File name of the leaf followed by the issuer chain (PEM).
+    #[serde(default = "default_fullchain_file")]
+    pub fullchain_file: String,
+    /// File name of the private key (PKCS#8 PEM, mode 0600); written only when rampart
+    /// holds the key.
+    #[serde(default = "default_key_file")]
+    pub key_file: String,
+    /// File name of a PKCS#12 bundle (key, leaf and chain; mode 0600); none = no bundle.
+    #[serde(default)]
+    pub pkcs12_file: Option<String>,
+    /// Name of the environment variable holding the PKCS#12 password (never the password).
+    #[serde(default)]
+    pub pkcs12_password_env: Option<String>,
+    /// Command run after the files are in place, as argv (no shell); empty = none.
+    #[serde(default)]
+    pub reload_command: Vec<String>,
+    /// Seconds the reload command may run before it counts as failed.
+    #[serde(default = "default_reload_timeout_seconds")]
+    pub reload_timeout_seconds: u64,
+    /// Mode of the files that hold no key (certificate, chain, full chain).
+    #[serde(default = "default_file_mode")]
+    pub file_mode: u32,
+}
+
+fn default_cert_file() -> String {
+    "cert.pem".into()
+}
+
+fn default_chain_file() -> String {
+    "chain.pem".into()
+}
+
+fn default_fullchain_file() -> String {
+    "fullchain.pem".into()
+}
+
+fn default_key_file() -> String {
+    "key.pem".into()
+}
+
+fn default_reload_timeout_seconds() -> u64 {
+    30
+}
+
+fn default_file_mode() -> u32 {
+    0o644
 }
 
 /// `[scep]`: the SCEP (RFC 8894) listener.
@@ -399,6 +604,10 @@ pub struct TemplateConfig {
     /// Every request on this template waits for an approver (four eyes).
     #[serde(default)]
     pub approval_required: bool,
+    /// Days before not-after when renewal is due (default: `renewal.default_renew_before_percent`
+    /// of the lifetime).
+    #[serde(default)]
+    pub renew_before_days: Option<u32>,
 }
 
 /// `[roles.<name>]`: what holders of a role may request.
@@ -757,8 +966,234 @@ impl Config {
                 }
             }
         }
+        for (name, target) in &self.delivery.targets {
+            validate_delivery_target(name, target)
+                .map_err(|(k, reason)| bad(format!("delivery.targets.{name}{k}"), &reason))?;
+        }
+        let mut job_names = std::collections::BTreeSet::new();
+        for (i, job) in self.discovery.jobs.iter().enumerate() {
+            validate_discovery_job(job)
+                .map_err(|(k, reason)| bad(format!("discovery.jobs[{i}]{k}"), &reason))?;
+            if !job_names.insert(job.name.as_str()) {
+                return Err(bad(
+                    format!("discovery.jobs[{i}].name"),
+                    &format!("a job named `{}` exists already", job.name),
+                ));
+            }
+        }
+        self.webhooks
+            .validate()
+            .map_err(|(k, reason)| bad(format!("webhooks{k}"), &reason))?;
+        if self.renewal.interval_minutes == 0 {
+            return Err(bad("renewal.interval_minutes".into(), "must be at least 1"));
+        }
+        if !(1..=99).contains(&self.renewal.default_renew_before_percent) {
+            return Err(bad(
+                "renewal.default_renew_before_percent".into(),
+                "must be between 1 and 99",
+            ));
+        }
+        if self.renewal.max_attempts == 0 {
+            return Err(bad("renewal.max_attempts".into(), "must be at least 1"));
+        }
+        for (name, template) in &self.templates {
+            if let Some(days) = template.renew_before_days {
+                if days == 0 || days >= template.max_validity_days {
+                    return Err(bad(
+                        format!("templates.{name}.renew_before_days"),
+                        "must be at least 1 and shorter than max_validity_days",
+                    ));
+                }
+            }
+        }
         Ok(())
     }
+}
+
+impl WebhooksConfig {
+    /// Checks the retry settings and each endpoint; the error is (key suffix, reason).
+    /// Event type names are checked by `lifecycle::webhooks`, which owns them.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |k: String, reason: &str| Err((k, reason.to_string()));
+        if self.max_attempts == 0 {
+            return bad(".max_attempts".into(), "must be at least 1");
+        }
+        if self.timeout_seconds == 0 {
+            return bad(".timeout_seconds".into(), "must be at least 1");
+        }
+        if self.initial_backoff_ms == 0 || self.max_backoff_seconds == 0 {
+            return bad(".initial_backoff_ms".into(), "backoff must be positive");
+        }
+        for (name, endpoint) in &self.endpoints {
+            let key = |k: &str| format!(".endpoints.{name}{k}");
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return bad(key(""), "endpoint names may use letters, digits, - and _");
+            }
+            if !(endpoint.url.starts_with("http://") || endpoint.url.starts_with("https://")) {
+                return bad(key(".url"), "must be an http:// or https:// URL");
+            }
+            if endpoint.secret_file.is_some() == endpoint.secret_env.is_some() {
+                return bad(
+                    key(".secret_file"),
+                    "set exactly one of secret_file and secret_env (never the secret itself)",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks one `[[discovery.jobs]]`; the error is (key suffix, reason). Targets are checked
+/// for shape here; `lifecycle::discovery` parses and expands them.
+fn validate_discovery_job(job: &DiscoveryJobConfig) -> Result<(), (String, String)> {
+    let bad = |k: &str, reason: String| Err((format!(".{k}"), reason));
+    if job.name.is_empty()
+        || !job
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return bad("name", "job names may use letters, digits, - and _".into());
+    }
+    if job.interval_minutes == 0 {
+        return bad("interval_minutes", "must be at least 1".into());
+    }
+    match job.kind {
+        DiscoveryKind::Tls => {
+            if job.targets.is_empty() || job.path.is_some() {
+                return bad("targets", "a `tls` job lists targets and no path".into());
+            }
+            for target in &job.targets {
+                check_discovery_target(target)
+                    .map_err(|reason| (".targets".to_string(), format!("`{target}`: {reason}")))?;
+            }
+        }
+        DiscoveryKind::Files => {
+            if job.path.is_none() || !job.targets.is_empty() {
+                return bad("path", "a `files` job names a path and no targets".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The shape of a TLS discovery target: `host:port`, `[IPv6]:port` or `CIDR:port` with at
+/// most 4096 addresses.
+fn check_discovery_target(target: &str) -> Result<(), &'static str> {
+    let (host, port) = match target.strip_prefix('[') {
+        Some(rest) => rest
+            .split_once("]:")
+            .ok_or("write IPv6 targets as [address]:port")?,
+        None => target.rsplit_once(':').ok_or("missing :port")?,
+    };
+    if port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err("the port must be 1 to 65535");
+    }
+    if host.is_empty() || (!target.starts_with('[') && host.contains(':')) {
+        return Err("write IPv6 targets as [address]:port");
+    }
+    if host.contains('/') {
+        let net: IpNet = host.parse().map_err(|_| "not a CIDR range")?;
+        if net.max_prefix_len() - net.prefix_len() > 12 {
+            return Err("ranges may hold at most 4096 addresses");
+        }
+    }
+    Ok(())
+}
+
+/// Checks one `[delivery.targets.<name>]`; the error is (key suffix, reason).
+fn validate_delivery_target(
+    name: &str,
+    target: &DeliveryTargetConfig,
+) -> Result<(), (String, String)> {
+    let bad = |k: &str, reason: &str| Err((format!(".{k}"), reason.to_string()));
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err((
+            String::new(),
+            "target names may use letters, digits, - and _".into(),
+        ));
+    }
+    if !target.directory.is_absolute() {
+        return bad("directory", "must be an absolute path");
+    }
+    let mut files = vec![
+        ("cert_file", &target.cert_file),
+        ("chain_file", &target.chain_file),
+        ("fullchain_file", &target.fullchain_file),
+        ("key_file", &target.key_file),
+    ];
+    if let Some(pkcs12) = &target.pkcs12_file {
+        files.push(("pkcs12_file", pkcs12));
+    }
+    for (i, (key, file)) in files.iter().enumerate() {
+        if file.is_empty()
+            || *file == "."
+            || *file == ".."
+            || file.contains('/')
+            || file.contains('\0')
+        {
+            return bad(key, "must be a plain file name (no directory part)");
+        }
+        if let Some((other, _)) = files[..i].iter().find(|(_, f)| f == file) {
+            return bad(key, &format!("`{file}` is already used by {other}"));
+        }
+    }
+    match (&target.pkcs12_file, &target.pkcs12_password_env) {
+        (Some(_), None) => {
+            return bad(
+                "pkcs12_password_env",
+                "must name the environment variable holding the PKCS#12 password",
+            )
+        }
+        (None, Some(_)) => {
+            return bad(
+                "pkcs12_password_env",
+                "goes with pkcs12_file, which is not set",
+            )
+        }
+        (Some(_), Some(var)) => {
+            let mut bytes = var.bytes();
+            let valid = bytes
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                return bad(
+                    "pkcs12_password_env",
+                    "must be an environment variable name (letters, digits and _), not the password",
+                );
+            }
+        }
+        (None, None) => {}
+    }
+    if target
+        .reload_command
+        .first()
+        .is_some_and(|program| program.trim().is_empty())
+    {
+        return bad(
+            "reload_command",
+            "the program (first element) must not be empty",
+        );
+    }
+    if !(1..=3600).contains(&target.reload_timeout_seconds) {
+        return bad("reload_timeout_seconds", "must be between 1 and 3600");
+    }
+    if target.file_mode > 0o777 || target.file_mode & 0o002 != 0 {
+        return bad(
+            "file_mode",
+            "must be a permission mode up to 0o777 that others cannot write",
+        );
+    }
+    Ok(())
 }
 
 /// A DNS name pattern: `**` (any name), `name` (exactly), `*.zone` (exactly one label
@@ -1020,6 +1455,84 @@ mod tests {
         for pattern in ["**", "*.a.b", "**.a", "host.example"] {
             assert!(validate_dns_pattern(pattern).is_ok(), "{pattern}");
         }
+    }
+
+    #[test]
+    fn delivery_targets_parse_with_defaults_and_are_validated() {
+        assert!(Config::load_with_env(None, no_env())
+            .unwrap()
+            .delivery
+            .targets
+            .is_empty());
+        let base = "[delivery.targets.web]\nkind = \"filesystem\"\ndirectory = \"/srv/tls\"\n";
+        let target = &load_text(base).unwrap().delivery.targets["web"];
+        assert_eq!(target.kind, DeliveryKind::Filesystem);
+        assert_eq!(
+            (
+                target.cert_file.as_str(),
+                target.chain_file.as_str(),
+                target.fullchain_file.as_str(),
+                target.key_file.as_str()
+            ),
+            ("cert.pem", "chain.pem", "fullchain.pem", "key.pem")
+        );
+        assert_eq!(
+            (target.reload_timeout_seconds, target.file_mode),
+            (30, 0o644)
+        );
+        assert!(target.reload_command.is_empty() && target.pkcs12_file.is_none());
+        let with_p12 = format!(
+            "{base}pkcs12_file = \"web.p12\"\npkcs12_password_env = \"WEB_P12\"\nfile_mode = 0o640\n\
+             reload_command = [\"systemctl\", \"reload\", \"nginx\"]\n"
+        );
+        assert_eq!(
+            load_text(&with_p12).unwrap().delivery.targets["web"].file_mode,
+            0o640
+        );
+        for (extra, key) in [
+            ("", "delivery.targets.web.directory"),
+            (
+                "pkcs12_file = \"web.p12\"\n",
+                "delivery.targets.web.pkcs12_password_env",
+            ),
+            (
+                "pkcs12_file = \"web.p12\"\npkcs12_password_env = \"hunter2!\"\n",
+                "delivery.targets.web.pkcs12_password_env",
+            ),
+            (
+                "key_file = \"../key.pem\"\n",
+                "delivery.targets.web.key_file",
+            ),
+            (
+                "chain_file = \"cert.pem\"\n",
+                "delivery.targets.web.chain_file",
+            ),
+            (
+                "reload_timeout_seconds = 0\n",
+                "delivery.targets.web.reload_timeout_seconds",
+            ),
+            (
+                "reload_command = [\"\"]\n",
+                "delivery.targets.web.reload_command",
+            ),
+            ("file_mode = 0o666\n", "delivery.targets.web.file_mode"),
+        ] {
+            let text = if extra.is_empty() {
+                base.replace("/srv/tls", "srv/tls")
+            } else {
+                format!("{base}{extra}")
+            };
+            let err = load_text(&text).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{extra}: {err}");
+        }
+        let err = load_text(&format!("{base}password = \"x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("password"), "{err}");
+        let err = load_text("[delivery.targets.web]\nkind = \"ftp\"\ndirectory = \"/srv\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ftp"), "{err}");
     }
 
     #[test]

@@ -188,6 +188,7 @@ impl AcmeBackend for Backend {
                 ("acme_account".to_string(), account.id.clone()),
                 ("acme_order".to_string(), order.id.clone()),
             ]),
+            renews: None,
         };
         match self.pipeline.submit(request).await {
             Ok(Outcome::Issued(record)) => Ok(Issuance::Issued {

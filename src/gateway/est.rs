@@ -388,6 +388,11 @@ impl Backend {
         csr_der: Vec<u8>,
         operation: Operation,
     ) -> Result<Vec<u8>, EstError> {
+        // A re-enrollment authenticated by the certificate it replaces renews it.
+        let renews = match (&operation, &identity.credential) {
+            (Operation::Reenroll, Credential::ClientCertificate { serial }) => Some(serial.clone()),
+            _ => None,
+        };
         let operation = match operation {
             Operation::Enroll => "simpleenroll",
             Operation::Reenroll => "simplereenroll",
@@ -403,6 +408,7 @@ impl Backend {
             validity_days: None,
             resource: None,
             metadata: BTreeMap::from([("est_operation".to_string(), operation.to_string())]),
+            renews,
         };
         let resend_key = crate::pkix::sha256_hex(
             format!(

@@ -667,6 +667,13 @@ impl ScepBackend for Backend {
                 );
             }
         }
+        // A RenewalReq authenticated by the certificate it replaces renews it.
+        let renews = match (&enrollment.message_type, &identity.credential) {
+            (MessageType::RenewalReq, Credential::ClientCertificate { serial }) => {
+                Some(serial.clone())
+            }
+            _ => None,
+        };
         let request = EnrollmentRequest {
             request_id: Uuid::now_v7(),
             protocol: Protocol::Scep,
@@ -687,6 +694,7 @@ impl ScepBackend for Backend {
                     enrollment.transaction_id.clone(),
                 ),
             ]),
+            renews,
         };
         // Remember the transaction before submitting: a crash in between leaves a request
         // the store marks failed, which the client may simply send again. Not flushed on

@@ -4,9 +4,10 @@
 use serde_json::json;
 
 use crate::model::{CertificateRecord, Identity, Revocation, RevocationReason};
+use crate::pipeline::events;
 use crate::pipeline::Pipeline;
 use crate::policy::identity::may_manage;
-use crate::store::{AuditAction, AuditEntry, EventKind, NewEvent, RevokeOutcome, StoreError};
+use crate::store::{AuditAction, AuditEntry, RevokeOutcome, StoreError};
 
 /// Why a revocation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -100,11 +101,15 @@ pub async fn revoke_authorized(
         subject: Some(serial.to_string()),
         details: json!({ "reason_code": reason.code() }),
     };
-    let event = NewEvent {
-        kind: EventKind::CertificateRevoked,
-        time: now,
-        data: json!({ "serial": serial, "reason": reason.name(), "revoked_by": actor }),
+    let owned = serial.to_string();
+    let Some(mut record) = pipeline
+        .with_store(move |store| store.certificate(&owned))
+        .await?
+    else {
+        return Err(RevokeError::NotFound(serial.to_string()));
     };
+    record.revocation = Some(revocation.clone());
+    let event = events::revoked(&record, now);
     let owned = serial.to_string();
     let outcome = pipeline
         .with_store(move |store| store.revoke(&owned, &revocation, &audit, &event))

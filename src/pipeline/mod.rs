@@ -5,6 +5,8 @@
 //!
 //! Imports `policy`, `ca`, `store`, `model`, `pkix`, `config`, `clock`, `metrics`.
 
+pub mod events;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,7 +25,7 @@ use crate::pkix::csr::{CsrError, VerifiedCsr};
 use crate::pkix::sha256_hex;
 use crate::policy::{self, Approval, Decision, Denial, Evaluation, Layer, PolicyRequest, Step};
 use crate::store::{
-    AuditAction, AuditEntry, EventKind, NewEvent, PendingEnrollment, RequestRecord, RequestState,
+    AuditAction, AuditEntry, EventKind, PendingEnrollment, RequestRecord, RequestState,
     Store, StoreError,
 };
 
@@ -109,6 +111,7 @@ struct Approved<'a> {
     key_encipherment: bool,
     resource: Option<String>,
     metadata: std::collections::BTreeMap<String, String>,
+    renews: Option<String>,
     trace: Vec<Step>,
 }
 
@@ -211,6 +214,7 @@ impl Pipeline {
             extended_key_usages: template.extended_key_usages.clone(),
             resource: request.resource.clone(),
             metadata: request.metadata.clone(),
+            renews: request.renews.clone(),
             trace: evaluation.trace,
         };
         let record = self.issue(approved).await?;
@@ -249,6 +253,7 @@ impl Pipeline {
                 validity_days: approval.validity_days,
                 resource: request.resource.clone(),
                 metadata: request.metadata.clone(),
+                renews: request.renews.clone(),
             }),
         };
         let audit = AuditEntry {
@@ -264,12 +269,15 @@ impl Pipeline {
             details: json!({ "protocol": request.protocol, "template": request.template,
                 "identifiers": approval.identifiers, "trace": trace }),
         };
-        let event = NewEvent {
-            kind: EventKind::ApprovalRequested,
-            time: now,
-            data: json!({ "request_id": request.request_id, "identity": request.identity.name,
-                "template": request.template, "identifiers": approval.identifiers }),
-        };
+        let event = events::request(
+            EventKind::RequestPending,
+            request.request_id,
+            &request.identity.name,
+            &request.template,
+            &approval.identifiers,
+            json!({ "reason": reason, "protocol": request.protocol }),
+            now,
+        );
         self.with_store(move |store| store.record_pending(&record, &audit, &event))
             .await?;
         tracing::info!(request_id = %request.request_id, %reason, "request waits for approval");
@@ -311,12 +319,25 @@ impl Pipeline {
             extended_key_usages: template.extended_key_usages.clone(),
             resource: pending.resource.clone(),
             metadata,
+            renews: pending.renews.clone(),
             trace: vec![Step {
                 layer: Layer::Template,
                 verdict: "approved",
                 detail: format!("approved by {}", approver.name),
             }],
         };
+        let event = events::request(
+            EventKind::RequestApproved,
+            request_id,
+            &pending.identity.name,
+            &record.template,
+            &record.identifiers,
+            json!({ "approver": approver.name, "protocol": record.protocol }),
+            self.clock.now(),
+        );
+        self.with_store(move |store| store.record_event(None, &event))
+            .await
+            .map_err(PipelineError::from)?;
         Ok(self.issue(approved).await?)
     }
 
@@ -338,6 +359,7 @@ impl Pipeline {
             validity_days: Some(pending.validity_days),
             resource: pending.resource,
             metadata: pending.metadata,
+            renews: pending.renews,
         };
         let denial = Denial::new(
             Layer::Template,
@@ -472,6 +494,7 @@ impl Pipeline {
             key_encipherment,
             resource: None,
             metadata: Default::default(),
+            renews: None,
             trace: vec![],
         };
         self.issue(approved).await
@@ -559,18 +582,16 @@ impl Pipeline {
                 "trace": trace,
             }),
         };
-        let event = NewEvent {
-            kind: EventKind::RequestDenied,
-            time: now,
-            data: json!({
-                "request_id": request.request_id,
-                "identity": request.identity.name,
-                "template": request.template,
-                "layer": denial.layer,
-                "rule": denial.rule,
-                "reason": denial.reason,
-            }),
-        };
+        let event = events::request(
+            EventKind::RequestDenied,
+            request.request_id,
+            &request.identity.name,
+            &request.template,
+            &identifiers,
+            json!({ "protocol": request.protocol, "layer": denial.layer,
+                "rule": denial.rule, "reason": denial.reason }),
+            now,
+        );
         self.with_store(move |store| store.record_denial(&record, &audit, &event))
             .await?;
         Ok(Outcome::Denied {
@@ -667,7 +688,7 @@ impl Pipeline {
                 return Err(error.into());
             }
         };
-        let record = CertificateRecord {
+        let mut record = CertificateRecord {
             serial: serial.to_string(),
             request_id: approved.request_id,
             protocol: approved.protocol,
@@ -703,17 +724,21 @@ impl Pipeline {
                 "sha256_fingerprint": record.sha256_fingerprint,
             }),
         };
-        let event = NewEvent {
-            kind: EventKind::CertificateIssued,
-            time: audit.time,
-            data: json!({
-                "serial": record.serial,
-                "request_id": record.request_id,
-                "owner": record.owner,
-                "template": record.template,
-                "sans": record.sans,
-                "not_after": record.not_after.unix_timestamp(),
-            }),
+        // A renewal names the certificate it replaces; the event links the two when that
+        // certificate is the same requester's.
+        let replaced = match &approved.renews {
+            Some(serial) => self
+                .store
+                .certificate(serial)?
+                .filter(|old| old.owner == record.owner),
+            None => None,
+        };
+        if let Some(old) = &replaced {
+            record.metadata.insert("renews".into(), old.serial.clone());
+        }
+        let event = match &replaced {
+            Some(old) => events::renewed(&record, old, audit.time),
+            None => events::issued(&record, audit.time),
         };
         let stored = record.clone();
         self.with_store(move |store| store.complete_issuance(&stored, &audit, &event))

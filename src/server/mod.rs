@@ -65,6 +65,9 @@ pub enum ServerError {
     /// SCEP set-up (the RA).
     #[error("SCEP: {0}")]
     Scep(String),
+    /// Webhook set-up (secrets, event names).
+    #[error("{0}")]
+    Webhooks(String),
     /// Publication set-up (the OCSP responder).
     #[error("publish: {0}")]
     Publish(String),
@@ -275,6 +278,9 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
     let (shutdown, signal) = watch::channel(false);
     let mut tasks = Vec::new();
     let crls = Arc::new(crate::lifecycle::crl::Crls::new(boot.pipeline.clone()));
+    let webhooks = crate::lifecycle::webhooks::Webhooks::new(boot.pipeline.clone())
+        .map_err(|e| ServerError::Webhooks(e.to_string()))?;
+    tasks.extend(webhooks.spawn(signal.clone()));
     let scep = &boot.pipeline.config().scep;
     let (mut scep_url, mut scep_addr, mut scep_backend) = (None, None, None);
     let mut scep_ra_fingerprint = None;
@@ -331,7 +337,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
         }
         let (listener, addr) = bind(api.listen).await?;
         let router = observed(
-            crate::api::router(boot.pipeline.clone(), scep_backend),
+            crate::api::router(boot.pipeline.clone(), scep_backend, webhooks.clone()),
             "api",
             boot.pipeline.metrics().clone(),
         );
@@ -396,6 +402,11 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
         est_url = Some(format!("https://{host}/.well-known/est"));
         est_addr = Some(addr);
     }
+    // Scheduled discovery jobs ([[discovery.jobs]]), stopped with the listeners.
+    tasks.extend(crate::lifecycle::discovery::run_jobs(
+        &boot.pipeline,
+        signal.clone(),
+    ));
     Ok(Daemon {
         crl_url,
         ocsp_url,

@@ -126,6 +126,9 @@ pub struct PendingEnrollment {
     pub resource: Option<String>,
     /// Labels.
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// Serial of the certificate the request renews.
+    #[serde(default)]
+    pub renews: Option<String>,
 }
 
 /// An API key as stored: the secret only as a SHA-256 hash (keys are 256-bit random, so
@@ -145,18 +148,73 @@ pub struct ApiKeyRecord {
     pub created_at: OffsetDateTime,
 }
 
-/// Kinds of events put in the outbox for webhooks and other consumers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Kinds of events put in the outbox for webhooks and other consumers. The snake_case
+/// names are the webhook `type`s subscribers filter on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A certificate was issued.
     CertificateIssued,
+    /// A certificate was issued to replace an older one (server-side renewal).
+    CertificateRenewed,
     /// A certificate was revoked.
     CertificateRevoked,
-    /// A request was denied.
-    RequestDenied,
+    /// A certificate entered its template's renew-before window (once per window).
+    CertificateExpiring,
     /// A request waits for approval.
-    ApprovalRequested,
+    #[serde(alias = "approval_requested")]
+    RequestPending,
+    /// A person approved a pending request.
+    RequestApproved,
+    /// A request was denied (by policy or by a person).
+    RequestDenied,
+    /// A server-side renewal failed; it is retried with backoff.
+    RenewalFailed,
+    /// Writing a certificate to a delivery target failed (its previous files restored).
+    DeliveryFailed,
+}
+
+impl EventKind {
+    /// Every kind, for validating subscriptions.
+    pub const ALL: [EventKind; 9] = [
+        EventKind::CertificateIssued,
+        EventKind::CertificateRenewed,
+        EventKind::CertificateRevoked,
+        EventKind::CertificateExpiring,
+        EventKind::RequestPending,
+        EventKind::RequestApproved,
+        EventKind::RequestDenied,
+        EventKind::RenewalFailed,
+        EventKind::DeliveryFailed,
+    ];
+
+    /// The snake_case name (the webhook `type`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::CertificateIssued => "certificate_issued",
+            EventKind::CertificateRenewed => "certificate_renewed",
+            EventKind::CertificateRevoked => "certificate_revoked",
+            EventKind::CertificateExpiring => "certificate_expiring",
+            EventKind::RequestPending => "request_pending",
+            EventKind::RequestApproved => "request_approved",
+            EventKind::RequestDenied => "request_denied",
+            EventKind::RenewalFailed => "renewal_failed",
+            EventKind::DeliveryFailed => "delivery_failed",
+        }
+    }
+}
+
+impl std::str::FromStr for EventKind {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        EventKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+            .ok_or_else(|| {
+                let names: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+                format!("unknown event type `{text}` ({})", names.join(", "))
+            })
+    }
 }
 
 /// An event waiting in the outbox.
@@ -343,6 +401,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Audit records with `seq >= from`, at most `limit`.
     fn audit_records(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Queue an event on its own (with its audit entry, when it has one), atomically and
+    /// durably: for lifecycle events whose cause is not another store change.
+    fn record_event(&self, audit: Option<&AuditEntry>, event: &NewEvent)
+        -> Result<(), StoreError>;
+
+    /// The sequence number the next event will get (= events ever queued).
+    fn outbox_next(&self) -> Result<u64, StoreError>;
 
     /// Events in the outbox with `seq >= from`, at most `limit`.
     fn events(&self, from: u64, limit: usize) -> Result<Vec<Event>, StoreError>;

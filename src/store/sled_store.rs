@@ -765,6 +765,23 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn record_event(
+        &self,
+        audit: Option<&AuditEntry>,
+        event: &NewEvent,
+    ) -> Result<(), StoreError> {
+        self.transact(true, |tx| {
+            if let Some(audit) = audit {
+                tx.append_audit(audit)?;
+            }
+            tx.push_event(event)
+        })
+    }
+
+    fn outbox_next(&self) -> Result<u64, StoreError> {
+        Ok(Self::get(&self.t.meta, "meta", META_OUTBOX_NEXT)?.unwrap_or(0))
+    }
+
     fn events(&self, from: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         self.t
             .outbox
