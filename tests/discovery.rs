@@ -39,7 +39,9 @@ fn loopback(port: u16) -> Target {
 fn certified(cn: &str) -> (Vec<u8>, Arc<CertifiedKey>) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = rcgen::CertificateParams::new(vec![cn.to_string()]).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
     let der = params.self_signed(&key).unwrap().der().to_vec();
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let signing = provider
@@ -180,7 +182,10 @@ async fn the_daemons_own_listeners_are_found_as_issued_by_rampart() {
             .contains(&json!("dns:localhost")));
         // The same bytes are in rampart's inventory under the same serial.
         let (status, cert) = d
-            .get(&format!("/api/v1/certificates/{}", item["serial"].as_str().unwrap()))
+            .get(&format!(
+                "/api/v1/certificates/{}",
+                item["serial"].as_str().unwrap()
+            ))
             .await;
         assert_eq!(status, 200, "{cert}");
         assert_eq!(cert["sha256_fingerprint"], item["sha256_fingerprint"]);
@@ -208,27 +213,44 @@ async fn a_foreign_tls_server_is_external_and_sni_picks_its_certificate() {
     let d = common::start(dir.path()).await;
     let server = sni_server().await;
     let port = server.addr.port();
-    let targets = discovery::parse_targets([format!("localhost:{port},127.0.0.0/30:{port}").as_str()])
-        .unwrap();
+    let targets =
+        discovery::parse_targets([format!("localhost:{port},127.0.0.0/30:{port}").as_str()])
+            .unwrap();
     assert_eq!(targets.len(), 3, "a name and the two hosts of a /30");
     let probes = discovery::scan_tls(targets, 2, Duration::from_secs(5)).await;
 
     let named = &probes[0];
-    assert_eq!(named.result.as_ref().unwrap()[0], server.named, "SNI localhost");
+    assert_eq!(
+        named.result.as_ref().unwrap()[0],
+        server.named,
+        "SNI localhost"
+    );
     assert!(
-        named.location.ends_with(&format!(":{port} (sni localhost)")),
+        named
+            .location
+            .ends_with(&format!(":{port} (sni localhost)")),
         "{}",
         named.location
     );
     let by_address = &probes[1];
     assert_eq!(by_address.location, format!("127.0.0.1:{port}"));
-    assert_eq!(by_address.result.as_ref().unwrap()[0], server.default, "no SNI");
+    assert_eq!(
+        by_address.result.as_ref().unwrap()[0],
+        server.default,
+        "no SNI"
+    );
     let closed = &probes[2];
     assert_eq!(closed.location, format!("127.0.0.2:{port}"));
-    assert!(closed.result.as_ref().unwrap_err().contains("connect"), "{closed:?}");
+    assert!(
+        closed.result.as_ref().unwrap_err().contains("connect"),
+        "{closed:?}"
+    );
     let names = server.names_seen.lock().unwrap().clone();
     assert!(names.contains(&Some("localhost".into())), "{names:?}");
-    assert!(names.contains(&None), "addresses are scanned without SNI: {names:?}");
+    assert!(
+        names.contains(&None),
+        "addresses are scanned without SNI: {names:?}"
+    );
 
     for probe in &probes[..2] {
         let chain = probe.result.as_ref().unwrap();
@@ -245,9 +267,10 @@ async fn a_foreign_tls_server_is_external_and_sni_picks_its_certificate() {
 
     let (_, metrics) = d.get("/metrics").await;
     assert!(
-        metrics.as_str().unwrap().contains(
-            r#"rampart_discovered_certificates_total{source="tls",external="true"} 2"#
-        ),
+        metrics
+            .as_str()
+            .unwrap()
+            .contains(r#"rampart_discovered_certificates_total{source="tls",external="true"} 2"#),
         "{metrics}"
     );
     d.daemon.shutdown().await;
@@ -271,7 +294,11 @@ async fn silent_servers_time_out() {
         Duration::from_millis(300),
     )
     .await;
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     for probe in probes {
         assert_eq!(probe.result, Err("no answer within 300 ms".to_string()));
     }
@@ -328,7 +355,10 @@ async fn the_fixture_directory_is_found_and_encrypted_pkcs12_is_skipped() {
     ] {
         let item = by_subject(&items, cn);
         assert_eq!(item["source"], "file");
-        assert_eq!(item["location"], fixtures().join(file).display().to_string());
+        assert_eq!(
+            item["location"],
+            fixtures().join(file).display().to_string()
+        );
         assert_eq!(item["issued_by_rampart"], false);
     }
     assert_eq!(listed(&d, "?external=false").await.len(), 5);
@@ -370,7 +400,11 @@ async fn the_api_needs_a_managing_role_and_refuses_bad_input() {
         http: d.http.clone(),
     };
     let (status, body) = viewer.post("/api/v1/discovery", good.clone()).await;
-    assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
     let (status, _) = viewer.get("/api/v1/discovery").await;
     assert_eq!(status, 403);
     let status = viewer
@@ -462,7 +496,10 @@ async fn scheduled_jobs_scan_files_and_tls_and_stop_with_the_daemon() {
     assert_eq!(items.len(), 6, "{items:#?}");
     let named = by_subject(&items, "named.discovery.test");
     assert_eq!(named["source"], "tls");
-    assert!(named["location"].as_str().unwrap().ends_with("(sni localhost)"));
+    assert!(named["location"]
+        .as_str()
+        .unwrap()
+        .ends_with("(sni localhost)"));
     by_subject(&items, "p12-empty.discovery.test");
     let stopping = tokio::time::timeout(Duration::from_secs(15), d.daemon.shutdown()).await;
     assert!(stopping.is_ok(), "the jobs stop with the daemon");
@@ -476,26 +513,54 @@ fn bad_discovery_jobs_are_refused_naming_the_key() {
         format!("[[discovery.jobs]]\nname = \"scan\"\ninterval_minutes = 5\n{extra}\n")
     };
     for (text, key, reason) in [
-        (job("kind = \"tls\"\ntargets = [\"10.0.0.0/8:443\"]"), "discovery.jobs[0].targets", "4096"),
-        (job("kind = \"tls\"\ntargets = [\"example.test\"]"), "discovery.jobs[0].targets", "port"),
-        (job("kind = \"tls\"\ntargets = []"), "discovery.jobs[0].targets", "lists targets"),
-        (job("kind = \"files\""), "discovery.jobs[0].path", "names a path"),
         (
-            job("kind = \"files\"\npath = \"/tmp\"\ninterval_minutes = 0").replace("interval_minutes = 5\n", ""),
+            job("kind = \"tls\"\ntargets = [\"10.0.0.0/8:443\"]"),
+            "discovery.jobs[0].targets",
+            "4096",
+        ),
+        (
+            job("kind = \"tls\"\ntargets = [\"example.test\"]"),
+            "discovery.jobs[0].targets",
+            "port",
+        ),
+        (
+            job("kind = \"tls\"\ntargets = []"),
+            "discovery.jobs[0].targets",
+            "lists targets",
+        ),
+        (
+            job("kind = \"files\""),
+            "discovery.jobs[0].path",
+            "names a path",
+        ),
+        (
+            job("kind = \"files\"\npath = \"/tmp\"\ninterval_minutes = 0")
+                .replace("interval_minutes = 5\n", ""),
             "discovery.jobs[0].interval_minutes",
             "at least 1",
         ),
         (
-            format!("{}{}", job("kind = \"files\"\npath = \"/a\""), job("kind = \"files\"\npath = \"/b\"")),
+            format!(
+                "{}{}",
+                job("kind = \"files\"\npath = \"/a\""),
+                job("kind = \"files\"\npath = \"/b\"")
+            ),
             "discovery.jobs[1].name",
             "exists already",
         ),
-        (job("kind = \"files\"\npath = \"/a\"\ncolour = \"red\""), "colour", ""),
+        (
+            job("kind = \"files\"\npath = \"/a\"\ncolour = \"red\""),
+            "colour",
+            "",
+        ),
         (job("kind = \"smtp\""), "smtp", ""),
     ] {
         std::fs::write(&file, &text).unwrap();
         let error = Config::load(Some(&file)).unwrap_err().to_string();
-        assert!(error.contains(key) && error.contains(reason), "{text}\n→ {error}");
+        assert!(
+            error.contains(key) && error.contains(reason),
+            "{text}\n→ {error}"
+        );
     }
     std::fs::write(
         &file,

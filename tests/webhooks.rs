@@ -70,7 +70,12 @@ async fn receive(
 ) -> StatusCode {
     assert!(signature_valid(&headers, &body), "bad webhook signature");
     let id = headers["webhook-id"].to_str().unwrap().to_string();
-    *receiver.attempts.lock().unwrap().entry(id.clone()).or_default() += 1;
+    *receiver
+        .attempts
+        .lock()
+        .unwrap()
+        .entry(id.clone())
+        .or_default() += 1;
     {
         let mut failures = receiver.failures.lock().unwrap();
         if *failures > 0 {
@@ -219,7 +224,10 @@ async fn dead_letters_are_kept_and_replayed() {
     let mut dead = Vec::new();
     for _ in 0..200 {
         let (_, list) = d.get("/api/v1/webhooks").await;
-        dead = list[0]["dead_letters"].as_array().cloned().unwrap_or_default();
+        dead = list[0]["dead_letters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         if list[0]["backlog"] == 0 && !dead.is_empty() {
             break;
         }
@@ -233,7 +241,10 @@ async fn dead_letters_are_kept_and_replayed() {
     // The receiver recovers; the operator replays the dead letters.
     *receiver.failures.lock().unwrap() = 0;
     let (status, answer) = d
-        .post("/api/v1/webhooks/hook/replay", json!({"dead_letters": true}))
+        .post(
+            "/api/v1/webhooks/hook/replay",
+            json!({"dead_letters": true}),
+        )
         .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["queued"], dead.len());
@@ -335,5 +346,8 @@ async fn a_world_readable_secret_or_unknown_event_type_stops_the_start() {
             Ok(_) => panic!("started with an unknown event type"),
         }
     };
-    assert!(error.contains("unknown event type `cert_issued`"), "{error}");
+    assert!(
+        error.contains("unknown event type `cert_issued`"),
+        "{error}"
+    );
 }

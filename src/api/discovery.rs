@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::extract::{Caller, JsonBody};
 use super::AppState;
-use crate::lifecycle::discovery::{self as inventory, DiscoveredCertificate, DiscoveryError, Source};
+use crate::lifecycle::discovery::{
+    self as inventory, DiscoveredCertificate, DiscoveryError, Source,
+};
 use crate::model::Identity;
 use crate::policy::identity::may_manage;
 
@@ -103,7 +105,12 @@ pub async fn record(
         }
         DiscoveryError::BadLocation => ApiError::bad_request("bad_location", error.to_string()),
     })?;
-    tracing::info!(by = %identity.name, source = body.source.as_str(), location = %body.location, "discovery reported");
+    tracing::info!(
+        by = %identity.name,
+        source = body.source.as_str(),
+        location = %body.location,
+        "discovery reported"
+    );
     Ok(Json(
         json!({ "items": records.iter().map(view).collect::<Vec<_>>() }),
     ))

@@ -15,11 +15,13 @@ use super::wire::{
     RevokeBody,
 };
 use super::AppState;
+use crate::lifecycle::renewal::{self, KeySource, Managed};
 use crate::lifecycle::revocation::{self, may_access};
 use crate::model::{
-    CertificateRecord, CertificateStatus, EnrollmentRequest, Protocol, RevocationReason,
+    CertificateRecord, CertificateStatus, EnrollmentRequest, Identifier, Protocol, RevocationReason,
 };
 use crate::pipeline::Outcome;
+use crate::pkix::keygen;
 use crate::pkix::{pem, pkcs7};
 use crate::policy::identity::may_manage;
 use crate::store::CertificateQuery;
@@ -46,13 +48,87 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// `POST /api/v1/enrollments`.
+/// `POST /api/v1/enrollments`: a CSR, or names with `generate_key`; optionally managed
+/// by rampart afterwards (`auto_renew`, `delivery_targets`).
 pub async fn enroll(
     State(state): State<AppState>,
     Caller(identity): Caller,
     JsonBody(body): JsonBody<EnrollmentBody>,
 ) -> Result<Response, ApiError> {
-    let csr_der = csr_from_pem(&body.csr)?;
+    let config = state.pipeline.config();
+    if let Some(unknown) = body
+        .delivery_targets
+        .iter()
+        .find(|t| !config.delivery.targets.contains_key(*t))
+    {
+        return Err(ApiError::bad_request(
+            "unknown_delivery_target",
+            format!("no delivery target `{unknown}` under [delivery.targets]"),
+        ));
+    }
+    let (csr_der, generated, key_source) = match (&body.csr, &body.generate_key) {
+        (Some(csr), None) => {
+            if !body.names.is_empty() || body.common_name.is_some() {
+                return Err(ApiError::bad_request(
+                    "bad_request",
+                    "`names` and `common_name` go with `generate_key`; a CSR names itself",
+                ));
+            }
+            let der = csr_from_pem(csr)?;
+            let source = KeySource::Csr {
+                csr_der: der.clone(),
+            };
+            (der, None, source)
+        }
+        (None, Some(key_type)) => {
+            if config
+                .templates
+                .get(&body.template)
+                .is_some_and(|t| t.approval_required)
+            {
+                return Err(ApiError::bad_request(
+                    "bad_request",
+                    "generate_key is not offered on a template that requires approval; send a CSR",
+                ));
+            }
+            let key_type = keygen::parse_key_type(key_type)
+                .map_err(|e| ApiError::bad_request("bad_key_type", e))?;
+            let identifiers = parse_names(&body.names)?;
+            let common_name = body
+                .common_name
+                .clone()
+                .or_else(|| identifiers.first().map(Identifier::value));
+            let generated = keygen::key_and_csr(key_type, common_name.as_deref(), &identifiers)
+                .map_err(|e| ApiError::bad_request("bad_request", e))?;
+            let der = generated.csr_der.clone();
+            (der, Some(generated), KeySource::Generated { key_type })
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "bad_request",
+                "give exactly one of `csr` and `generate_key`",
+            ))
+        }
+    };
+    let managed = (body.auto_renew || !body.delivery_targets.is_empty()).then(|| {
+        let csr = crate::pkix::csr::VerifiedCsr::parse(&csr_der).ok();
+        Managed {
+            identity: identity.clone(),
+            template: body.template.clone(),
+            key: key_source,
+            common_name: csr.as_ref().and_then(|c| c.common_name.clone()),
+            identifiers: csr.map(|c| c.identifiers).unwrap_or_default(),
+            validity_days: body.validity_days,
+            resource: body.resource.clone(),
+            metadata: body.metadata.clone(),
+            auto_renew: body.auto_renew,
+            delivery_targets: body.delivery_targets.clone(),
+            renewed_by: None,
+            pending_renewal: None,
+            failed_attempts: 0,
+            retry_after: None,
+        }
+    });
     let request = EnrollmentRequest {
         request_id: Uuid::now_v7(),
         protocol: Protocol::Api,
@@ -73,12 +149,21 @@ pub async fn enroll(
             Ok((StatusCode::ACCEPTED, Json(body)).into_response())
         }
         Outcome::Issued(record) => {
+            let key = generated.as_ref().map(|g| &g.pkcs8[..]);
+            let deliveries = match &managed {
+                Some(managed) => renewal::adopt(&state.pipeline, &record, managed, key)
+                    .await
+                    .map_err(ApiError::Storage)?,
+                None => Vec::new(),
+            };
             let now = state.pipeline.clock().now();
             let location = format!("/api/v1/certificates/{}", record.serial);
             let body = EnrollmentResponse {
                 request_id: record.request_id,
                 state: "issued",
                 certificate: CertificateDetail::new(&record, now),
+                private_key: key.map(|k| pem::encode("PRIVATE KEY", k)),
+                deliveries,
             };
             let mut response = (StatusCode::CREATED, Json(body)).into_response();
             if let Ok(value) = HeaderValue::from_str(&location) {
@@ -87,6 +172,23 @@ pub async fn enroll(
             Ok(response)
         }
     }
+}
+
+/// Names for a generated key's CSR: IP literals become IP identifiers, the rest DNS names.
+fn parse_names(names: &[String]) -> Result<Vec<Identifier>, ApiError> {
+    if names.is_empty() {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "`generate_key` needs at least one entry in `names`",
+        ));
+    }
+    names
+        .iter()
+        .map(|name| match name.parse() {
+            Ok(ip) => Ok(Identifier::Ip(ip)),
+            Err(_) => Identifier::dns(name).map_err(|e| ApiError::bad_request("bad_name", e)),
+        })
+        .collect()
 }
 
 fn csr_from_pem(text: &str) -> Result<Vec<u8>, ApiError> {

@@ -13,10 +13,28 @@ use crate::pkix::pem;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollmentBody {
-    /// PKCS#10 request, PEM.
-    pub csr: String,
+    /// PKCS#10 request, PEM (or `generate_key` with `names`).
+    #[serde(default)]
+    pub csr: Option<String>,
+    /// Have rampart generate the key (`ecdsa-p256`, `ecdsa-p384`, `ed25519`, `rsa-2048`,
+    /// `rsa-3072`, `rsa-4096`); it is kept in escrow and returned once.
+    #[serde(default)]
+    pub generate_key: Option<String>,
+    /// With `generate_key`: the names (DNS names or IP addresses).
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// With `generate_key`: the subject CN (default: the first name).
+    #[serde(default)]
+    pub common_name: Option<String>,
     /// Template name.
     pub template: String,
+    /// rampart renews the certificate itself inside its renew-before window.
+    #[serde(default)]
+    pub auto_renew: bool,
+    /// `[delivery.targets.<name>]` the certificate (and a generated key) is written to,
+    /// now and after every renewal.
+    #[serde(default)]
+    pub delivery_targets: Vec<String>,
     /// Requested lifetime in days (default: the template's).
     pub validity_days: Option<u32>,
     /// Resource the certificate is for.
@@ -154,6 +172,12 @@ pub struct EnrollmentResponse {
     /// The certificate.
     #[serde(flatten)]
     pub certificate: CertificateDetail,
+    /// The generated private key, PKCS#8 PEM (only with `generate_key`, only in this answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    /// Deliveries to the requested targets.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deliveries: Vec<crate::lifecycle::renewal::DeliveryOutcome>,
 }
 
 /// A page of certificates.

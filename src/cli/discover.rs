@@ -29,7 +29,11 @@ pub enum DiscoverCommand {
         #[arg(long, required = true, value_delimiter = ',')]
         targets: Vec<String>,
         /// Handshakes at once.
-        #[arg(long, default_value_t = discovery::DEFAULT_CONCURRENCY, value_parser = parse_concurrency)]
+        #[arg(
+            long,
+            default_value_t = discovery::DEFAULT_CONCURRENCY,
+            value_parser = parse_concurrency
+        )]
         concurrency: usize,
         /// Time per target for connect and handshake: e.g. 5s, 500ms.
         #[arg(long, default_value = "5s", value_parser = parse_timeout)]
@@ -213,7 +217,8 @@ impl Report {
     }
 
     fn failed(&mut self, location: &str, what: &str, reason: &str) {
-        self.failures.push(format!("{what:<11} {location}: {reason}"));
+        self.failures
+            .push(format!("{what:<11} {location}: {reason}"));
     }
 
     fn print(&self) {
@@ -260,7 +265,7 @@ fn print_table(items: &[Value]) {
         };
         println!(
             "{:<16} {:<8} {:<20} {:<40} {:<32} {}",
-            fit(&text("sha256_fingerprint"), 16),
+            text("sha256_fingerprint").get(..16).unwrap_or_default(),
             issued,
             text("not_after"),
             fit(&text("location"), 40),

@@ -76,7 +76,10 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
                         text(&retry["last_error"])
                     );
                 }
-                let dead = endpoint["dead_letters"].as_array().cloned().unwrap_or_default();
+                let dead = endpoint["dead_letters"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 println!("  dead letters: {}", dead.len());
                 for letter in dead {
                     println!(

@@ -9,9 +9,7 @@ use rampart_est::{Credentials, EstBackend, EstError, Operation};
 use uuid::Uuid;
 
 use crate::config::{AcceptedKeyType, EstAuth};
-use crate::model::{
-    CertificateStatus, Credential, EnrollmentRequest, Identifier, Identity, Protocol,
-};
+use crate::model::{CertificateStatus, Credential, EnrollmentRequest, Identity, Protocol};
 use crate::pipeline::{Outcome, Pipeline, PipelineError};
 use crate::pkix::csr::VerifiedCsr;
 use crate::pkix::pkcs7;
@@ -543,35 +541,17 @@ impl EstBackend for Backend {
         // The client's CSR names the certificate; rampart makes the key (never stored).
         let requested =
             VerifiedCsr::parse(&csr_der).map_err(|e| EstError::BadRequest(e.to_string()))?;
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| EstError::Unavailable(e.to_string()))?;
-        let mut params = rcgen::CertificateParams::default();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        if let Some(cn) = &requested.common_name {
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, cn.as_str());
-        }
-        params.subject_alt_names = requested
-            .identifiers
-            .iter()
-            .map(|id| match id {
-                Identifier::Dns(name) => name
-                    .as_str()
-                    .try_into()
-                    .map(rcgen::SanType::DnsName)
-                    .map_err(|_| EstError::BadRequest(format!("bad name {name}"))),
-                Identifier::Ip(ip) => Ok(rcgen::SanType::IpAddress(*ip)),
-            })
-            .collect::<Result<_, _>>()?;
-        let generated = params
-            .serialize_request(&key)
-            .map_err(|e| EstError::BadRequest(e.to_string()))?;
+        let generated = crate::pkix::keygen::key_and_csr(
+            crate::model::KeyType::EcdsaP256,
+            requested.common_name.as_deref(),
+            &requested.identifiers,
+        )
+        .map_err(EstError::BadRequest)?;
         let pkcs7 = self
             .submit(
                 identity,
                 template,
-                generated.der().to_vec(),
+                generated.csr_der,
                 Operation::ServerKeygen,
             )
             .await?;
@@ -585,11 +565,11 @@ impl EstBackend for Backend {
         if escrow {
             let serial = issued_serial(&pkcs7)
                 .ok_or_else(|| EstError::Unavailable("unreadable issued PKCS#7".into()))?;
-            crate::lifecycle::escrow::deposit(&self.pipeline, &serial, &key.serialize_der())
+            crate::lifecycle::escrow::deposit(&self.pipeline, &serial, &generated.pkcs8)
                 .await
                 .map_err(|e| EstError::Unavailable(format!("key escrow: {e}")))?;
         }
-        Ok((key.serialize_der(), pkcs7))
+        Ok((generated.pkcs8.to_vec(), pkcs7))
     }
 
     async fn enroll(

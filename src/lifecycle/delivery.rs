@@ -5,7 +5,8 @@
 //! certificate, the issuer chain, leaf + chain, and — when rampart holds the private key —
 //! the key (PKCS#8 PEM, 0600) and optionally a PKCS#12 bundle (PBES2 with AES-256-CBC and
 //! an HMAC-SHA256 MAC, as OpenSSL 3 writes by default; built by `p12-keystore`), encrypted
-//! with a password taken from an environment variable.
+//! with a password taken from an environment variable. Before anything is written the
+//! certificates must parse and the key must be the certificate's.
 //!
 //! [`deliver`] is a small transaction over one directory:
 //! 1. every file is written to `.<file>.rampart-new` in the target directory (created
@@ -14,7 +15,8 @@
 //!    renamed there where hard links are not possible) and the new one renamed over it, so
 //!    the file name never disappears; then the directory is fsynced;
 //! 3. the reload command runs (argv, no shell, stdin closed, with a timeout; the last 4 KiB of
-//!    its stderr are kept);
+//!    its stderr are kept; `RAMPART_DELIVERY_TARGET` and `RAMPART_DELIVERY_DIRECTORY` are
+//!    set for it and the PKCS#12 password variable is removed from its environment);
 //! 4. on success the backups are removed. When the command fails, times out or cannot start,
 //!    or any file operation fails midway, every previous file is renamed back and files that
 //!    did not exist before are removed, and the error says whether that worked.

@@ -66,6 +66,9 @@ const MAX_LOCATIONS: usize = 32;
 /// Nesting of PKCS#12 SafeContents bags followed.
 const MAX_BAG_NESTING: usize = 4;
 
+/// The certificates (DER) found at one place, or why none could be read there.
+pub type Found = Result<Vec<Vec<u8>>, String>;
+
 /// Where a certificate was seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -308,7 +311,7 @@ pub struct TlsProbe {
     /// (`10.0.0.5:443 (sni www.example)`).
     pub location: String,
     /// The chain the server presented (leaf first), or why none was seen.
-    pub result: Result<Vec<Vec<u8>>, String>,
+    pub result: Found,
 }
 
 /// Handshake with every target, at most `concurrency` at a time, each within `timeout`
@@ -418,12 +421,32 @@ async fn handshake(
 ///
 /// This is an inventory scanner, not a trust decision: discovery must see expired,
 /// self-signed, misnamed and foreign certificates too, and nothing is sent over the
-/// connection. The handshake signature is still checked, so a recorded certificate was
-/// presented by a server holding its key.
+/// connection. The handshake signature is still checked, and a chain whose key did not
+/// sign the handshake is dropped: what is recorded was presented by a server holding its key.
 #[derive(Debug)]
 struct RecordingVerifier {
     provider: Arc<CryptoProvider>,
     presented: Arc<Mutex<Option<Vec<Vec<u8>>>>>,
+}
+
+impl RecordingVerifier {
+    fn keep(&self, chain: Option<Vec<Vec<u8>>>) {
+        *self
+            .presented
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = chain;
+    }
+
+    /// The signature check's verdict; a failure forgets the chain.
+    fn checked(
+        &self,
+        verdict: Result<HandshakeSignatureValid, rustls::Error>,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        if verdict.is_err() {
+            self.keep(None);
+        }
+        verdict
+    }
 }
 
 impl ServerCertVerifier for RecordingVerifier {
@@ -439,10 +462,7 @@ impl ServerCertVerifier for RecordingVerifier {
             .chain(intermediates)
             .map(|c| c.to_vec())
             .collect();
-        *self
-            .presented
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(chain);
+        self.keep(Some(chain));
         Ok(ServerCertVerified::assertion())
     }
 
@@ -452,12 +472,12 @@ impl ServerCertVerifier for RecordingVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
+        self.checked(rustls::crypto::verify_tls12_signature(
             message,
             cert,
             dss,
             &self.provider.signature_verification_algorithms,
-        )
+        ))
     }
 
     fn verify_tls13_signature(
@@ -466,12 +486,12 @@ impl ServerCertVerifier for RecordingVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
+        self.checked(rustls::crypto::verify_tls13_signature(
             message,
             cert,
             dss,
             &self.provider.signature_verification_algorithms,
-        )
+        ))
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -487,7 +507,7 @@ pub struct FileFinding {
     /// The file.
     pub path: PathBuf,
     /// Its certificates, or why it was skipped (an encrypted PKCS#12, an unreadable file).
-    pub result: Result<Vec<Vec<u8>>, String>,
+    pub result: Found,
 }
 
 /// Search `root` (a directory, walked recursively, or a single file) for certificates:
@@ -577,7 +597,7 @@ fn scan_file(path: &Path, size: u64, findings: &mut Vec<FileFinding>) {
 
 /// The certificates in a file's contents: `None` when it holds none (or is not a
 /// certificate format), an error when it does but cannot be read without a password.
-pub fn certificates_in(bytes: &[u8]) -> Option<Result<Vec<Vec<u8>>, String>> {
+pub fn certificates_in(bytes: &[u8]) -> Option<Found> {
     if bytes.windows(11).any(|w| w == b"-----BEGIN ") {
         let mut reader = bytes;
         let certificates: Vec<Vec<u8>> = rustls_pemfile::certs(&mut reader)
@@ -599,12 +619,12 @@ pub fn certificates_in(bytes: &[u8]) -> Option<Result<Vec<Vec<u8>>, String>> {
 
 /// Certificates of a PKCS#12 file (RFC 7292): those in unencrypted SafeContents as they
 /// are, those in encrypted ones when the empty password opens them.
-fn pkcs12_certificates(bytes: &[u8]) -> Option<Result<Vec<Vec<u8>>, String>> {
+fn pkcs12_certificates(bytes: &[u8]) -> Option<Found> {
     use const_oid::db::rfc5911::{ID_DATA, ID_ENCRYPTED_DATA, ID_ENVELOPED_DATA};
     let pfx = pkcs12::pfx::Pfx::from_der(bytes).ok()?;
     if pfx.auth_safe.content_type != ID_DATA {
         return Some(Err(
-            "PKCS#12 in public-key privacy mode: skipped (not supported)".into(),
+            "PKCS#12 in public-key integrity mode (signed): skipped, not supported".into(),
         ));
     }
     let Some(safes) = octets(&pfx.auth_safe.content)
@@ -939,7 +959,7 @@ async fn run_once(
     job: &DiscoveryJobConfig,
     targets: &[Target],
 ) -> Result<RunSummary, String> {
-    let sightings: Vec<(Source, String, Result<Vec<Vec<u8>>, String>)> = match job.kind {
+    let sightings: Vec<(Source, String, Found)> = match job.kind {
         DiscoveryKind::Tls => scan_tls(targets.to_vec(), DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT)
             .await
             .into_iter()
@@ -987,7 +1007,12 @@ async fn run_once(
             }
             Err(error) => {
                 summary.skipped += 1;
-                tracing::warn!(job = %job.name, %location, %error, "discovered certificates not recorded");
+                tracing::warn!(
+                    job = %job.name,
+                    %location,
+                    %error,
+                    "discovered certificates not recorded"
+                );
             }
         }
     }

@@ -1,10 +1,12 @@
 //! What happens to certificates after issuance: revocation, CRLs, OCSP and
 //! their publication endpoint, key escrow, delivery to filesystem targets (with a reload
-//! command and rollback), discovery of deployed certificates (TLS endpoints and files,
-//! recorded as rampart-issued or external). (Renewal and webhooks come with their issues.)
+//! command and rollback), renewal (windows, the scheduler, ARI), signed webhooks from the
+//! outbox, and discovery of deployed certificates (TLS endpoints and files, recorded as
+//! rampart-issued or external). Each background part runs as its own task started by
+//! `server`.
 //!
-//! Imports `pipeline` (store access and clock), `policy`, `store` and `model`; `delivery`
-//! only `config` and `pkix`.
+//! Imports `pipeline` (store access, clock, metrics, event payloads), `policy`, `store`,
+//! `config`, `pkix` and `model`; `delivery` only `config` and `pkix`.
 
 pub mod crl;
 pub mod delivery;
@@ -12,5 +14,6 @@ pub mod discovery;
 pub mod escrow;
 pub mod ocsp;
 pub mod publish;
+pub mod renewal;
 pub mod revocation;
 pub mod webhooks;

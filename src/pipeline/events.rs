@@ -17,7 +17,10 @@ use crate::store::{EventKind, NewEvent};
 /// SHA-1 of a DER certificate, hex: the "thumbprint" Windows tooling and many inventories
 /// still key on (identification only, never trust).
 pub fn sha1_thumbprint(der: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der))
+    hex::encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        der,
+    ))
 }
 
 fn rfc3339(at: OffsetDateTime) -> String {

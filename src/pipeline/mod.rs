@@ -25,8 +25,8 @@ use crate::pkix::csr::{CsrError, VerifiedCsr};
 use crate::pkix::sha256_hex;
 use crate::policy::{self, Approval, Decision, Denial, Evaluation, Layer, PolicyRequest, Step};
 use crate::store::{
-    AuditAction, AuditEntry, EventKind, PendingEnrollment, RequestRecord, RequestState,
-    Store, StoreError,
+    AuditAction, AuditEntry, EventKind, PendingEnrollment, RequestRecord, RequestState, Store,
+    StoreError,
 };
 
 /// Certificates start this long before the moment of issuance, to absorb clock skew.

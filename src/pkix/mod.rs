@@ -5,6 +5,7 @@
 //! from aws-lc-rs. Imports only `model`.
 
 pub mod csr;
+pub mod keygen;
 pub mod pem;
 pub mod pkcs7;
 

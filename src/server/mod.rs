@@ -281,6 +281,11 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
     let webhooks = crate::lifecycle::webhooks::Webhooks::new(boot.pipeline.clone())
         .map_err(|e| ServerError::Webhooks(e.to_string()))?;
     tasks.extend(webhooks.spawn(signal.clone()));
+    if boot.pipeline.config().renewal.enabled {
+        tasks.push(
+            crate::lifecycle::renewal::Scheduler::new(boot.pipeline.clone()).spawn(signal.clone()),
+        );
+    }
     let scep = &boot.pipeline.config().scep;
     let (mut scep_url, mut scep_addr, mut scep_backend) = (None, None, None);
     let mut scep_ra_fingerprint = None;

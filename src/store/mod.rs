@@ -404,8 +404,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Queue an event on its own (with its audit entry, when it has one), atomically and
     /// durably: for lifecycle events whose cause is not another store change.
-    fn record_event(&self, audit: Option<&AuditEntry>, event: &NewEvent)
-        -> Result<(), StoreError>;
+    fn record_event(&self, audit: Option<&AuditEntry>, event: &NewEvent) -> Result<(), StoreError>;
 
     /// The sequence number the next event will get (= events ever queued).
     fn outbox_next(&self) -> Result<u64, StoreError>;

@@ -765,11 +765,7 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn record_event(
-        &self,
-        audit: Option<&AuditEntry>,
-        event: &NewEvent,
-    ) -> Result<(), StoreError> {
+    fn record_event(&self, audit: Option<&AuditEntry>, event: &NewEvent) -> Result<(), StoreError> {
         self.transact(true, |tx| {
             if let Some(audit) = audit {
                 tx.append_audit(audit)?;
