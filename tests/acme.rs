@@ -443,6 +443,11 @@ async fn renewal_info_replaces_and_certificate_profiles() {
         record.not_before < start && start < end && end < record.not_after,
         "{start} {end}"
     );
+    // The same window the renewal scheduler acts on.
+    assert_eq!(
+        start,
+        rampart::lifecycle::renewal::window(lab.d.daemon.pipeline.config(), &record)
+    );
 
     // A renewal order that names what it replaces; the same certificate cannot be replaced twice.
     let identifiers = [Identifier::Dns("www.example".into())];
@@ -462,6 +467,18 @@ async fn renewal_info_replaces_and_certificate_profiles() {
         panic!("a certificate was replaced twice");
     };
     assert!(error.to_string().contains("alreadyReplaced"), "{error}");
+    // Finalized, the replacement is recorded as the old certificate's renewal.
+    renewal.finalize().await.unwrap();
+    let renewed_chain = renewal.poll_certificate(&retries()).await.unwrap();
+    let renewed = lab
+        .d
+        .daemon
+        .pipeline
+        .store()
+        .certificate(&serial_of(&renewed_chain))
+        .unwrap()
+        .unwrap();
+    assert_eq!(renewed.metadata["renews"], serial_of(&chain));
 
     // Certificate profiles: `client` is offered and issues a clientAuth certificate.
     let mut order = account

@@ -188,7 +188,12 @@ impl AcmeBackend for Backend {
                 ("acme_account".to_string(), account.id.clone()),
                 ("acme_order".to_string(), order.id.clone()),
             ]),
-            renews: None,
+            // RFC 9773 `replaces` (checked at newOrder): a renewal of that certificate.
+            renews: order
+                .replaces
+                .as_deref()
+                .and_then(|id| rampart_acme::ari::CertId::parse(id).ok())
+                .map(|id| id.serial),
         };
         match self.pipeline.submit(request).await {
             Ok(Outcome::Issued(record)) => Ok(Issuance::Issued {
@@ -265,6 +270,11 @@ impl AcmeBackend for Backend {
             not_before: record.not_before,
             not_after: record.not_after,
             revoked: record.revocation.is_some(),
+            // The same window the renewal scheduler uses (template renew_before_days).
+            renewal_window: Some(crate::lifecycle::renewal::suggested_window(
+                self.pipeline.config(),
+                &record,
+            )),
             der: record.der,
         }))
     }

@@ -618,7 +618,9 @@ pub fn certificates_in(bytes: &[u8]) -> Option<Found> {
 }
 
 /// Certificates of a PKCS#12 file (RFC 7292): those in unencrypted SafeContents as they
-/// are, those in encrypted ones when the empty password opens them.
+/// are, those in encrypted ones when the empty password opens them (PBES2 here, the
+/// legacy PKCS#12 PBE schemes through `p12-keystore`, which returns the certificates that
+/// go with a key or carry Java's trust attribute).
 fn pkcs12_certificates(bytes: &[u8]) -> Option<Found> {
     use const_oid::db::rfc5911::{ID_DATA, ID_ENCRYPTED_DATA, ID_ENVELOPED_DATA};
     let pfx = pkcs12::pfx::Pfx::from_der(bytes).ok()?;
@@ -641,7 +643,14 @@ fn pkcs12_certificates(bytes: &[u8]) -> Option<Found> {
             {
                 collect_cert_bags(&bags, 0, &mut found);
             }
-        } else if safe.content_type == ID_ENCRYPTED_DATA || safe.content_type == ID_ENVELOPED_DATA {
+        } else if safe.content_type == ID_ENCRYPTED_DATA {
+            match decrypt_with_empty_password(&safe.content)
+                .and_then(|data| pkcs12::safe_bag::SafeContents::from_der(&data).ok())
+            {
+                Some(bags) => collect_cert_bags(&bags, 0, &mut found),
+                None => sealed = true,
+            }
+        } else if safe.content_type == ID_ENVELOPED_DATA {
             sealed = true;
         }
     }
@@ -674,6 +683,21 @@ fn pkcs12_certificates(bytes: &[u8]) -> Option<Found> {
         return Some(Err("PKCS#12 without a readable certificate: skipped".into()));
     }
     Some(Ok(found))
+}
+
+/// An EncryptedData (RFC 5652 §8) under PBES2 (RFC 8018), opened with the empty password.
+/// A wrong password yields `None` (or, rarely, bytes that do not parse as SafeContents).
+fn decrypt_with_empty_password(content: &der::Any) -> Option<Vec<u8>> {
+    let encrypted = cms::encrypted_data::EncryptedData::from_der(&content.to_der().ok()?).ok()?;
+    let info = &encrypted.enc_content_info;
+    if info.content_enc_alg.oid != pkcs5::pbes2::PBES2_OID {
+        return None;
+    }
+    let parameters = info.content_enc_alg.parameters.as_ref()?.to_der().ok()?;
+    pkcs5::pbes2::Parameters::from_der(&parameters)
+        .ok()?
+        .decrypt("", info.encrypted_content.as_ref()?.as_bytes())
+        .ok()
 }
 
 /// The bytes of an OCTET STRING held in a ContentInfo's content.

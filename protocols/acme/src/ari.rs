@@ -75,14 +75,17 @@ pub fn authority_key_id(der_bytes: &[u8]) -> Option<Vec<u8>> {
     aki.key_identifier.map(|k| k.as_bytes().to_vec())
 }
 
-/// The suggested renewal window: the last third of the lifetime, starting a little
-/// before two thirds in; for a revoked certificate, now.
+/// The suggested renewal window: the embedder's when it gives one, else the last third of
+/// the lifetime, starting a little before two thirds in; for a revoked certificate, now.
 pub fn suggested_window(
     certificate: &KnownCertificate,
     now: OffsetDateTime,
 ) -> (OffsetDateTime, OffsetDateTime) {
     if certificate.revoked {
         return (now - Duration::hours(1), now);
+    }
+    if let Some(window) = certificate.renewal_window {
+        return window;
     }
     let lifetime = certificate.not_after - certificate.not_before;
     let start = certificate.not_before + lifetime * 2 / 3;

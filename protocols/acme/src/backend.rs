@@ -46,6 +46,9 @@ pub struct KnownCertificate {
     pub not_after: OffsetDateTime,
     /// Already revoked.
     pub revoked: bool,
+    /// The embedder's renewal window (start, end) for ARI, when it has one; otherwise the
+    /// last third of the lifetime is suggested.
+    pub renewal_window: Option<(OffsetDateTime, OffsetDateTime)>,
 }
 
 /// An external account (MAC) key the embedder handed out (RFC 8555 §7.3.4).
