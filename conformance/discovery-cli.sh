@@ -64,17 +64,17 @@ pass "discover tls: rampart's EST listener is rampart's, s_server's certificates
     || fail "discover files: $(cat "$WORK/files.out" "$WORK/files.err")"
 grep -q "^skipped     fixtures/discovery/encrypted.p12: encrypted PKCS#12" "$WORK/files.out" \
     || fail "the encrypted PKCS#12 is not reported skipped: $(cat "$WORK/files.out")"
-grep -q "^4 file(s) with certificates, 5 certificate(s) recorded, 1 skipped" "$WORK/files.out" \
+grep -q "^6 file(s) with certificates, 7 certificate(s) recorded, 1 skipped" "$WORK/files.out" \
     || fail "summary: $(cat "$WORK/files.out")"
 grep -q "junk" "$WORK/files.out" && fail "junk files were reported: $(cat "$WORK/files.out")"
-pass "discover files: PEM bundle, DER, clear and empty-password PKCS#12 found; encrypted PKCS#12 skipped; junk left out"
+pass "discover files: PEM bundle, DER, PKCS#12 (clear, empty password, legacy, certificates only) found; encrypted PKCS#12 skipped; junk left out"
 
 "$RAMPART" discover list >"$WORK/list.out" || fail "discover list"
-grep -q "^8 certificate(s)" "$WORK/list.out" || fail "the inventory does not hold 8 discovered certificates: $(cat "$WORK/list.out")"
+grep -q "^10 certificate(s)" "$WORK/list.out" || fail "the inventory does not hold 10 discovered certificates: $(cat "$WORK/list.out")"
 [[ "$(grep -cE '^[0-9a-f]{16} +rampart ' "$WORK/list.out")" == 1 ]] || fail "not exactly one rampart certificate: $(cat "$WORK/list.out")"
-[[ "$(grep -cE '^[0-9a-f]{16} +external ' "$WORK/list.out")" == 7 ]] || fail "not 7 external certificates: $(cat "$WORK/list.out")"
+[[ "$(grep -cE '^[0-9a-f]{16} +external ' "$WORK/list.out")" == 9 ]] || fail "not 9 external certificates: $(cat "$WORK/list.out")"
 "$RAMPART" discover list --external >"$WORK/external.out" || fail "discover list --external"
-grep -q "^7 certificate(s)" "$WORK/external.out" || fail "--external: $(cat "$WORK/external.out")"
+grep -q "^9 certificate(s)" "$WORK/external.out" || fail "--external: $(cat "$WORK/external.out")"
 grep -qE ' rampart ' "$WORK/external.out" && fail "--external lists rampart's certificate: $(cat "$WORK/external.out")"
 list_json
 jq -e --arg loc "$ROOT/fixtures/discovery/nested/cert.der" \
@@ -82,9 +82,9 @@ jq -e --arg loc "$ROOT/fixtures/discovery/nested/cert.der" \
     "$WORK/list.json" >/dev/null || fail "one certificate seen twice is not one record with both places: $(cat "$WORK/list.json")"
 SERIAL="$(jq -r '.items[] | select(.issued_by_rampart) | .serial' "$WORK/list.json")"
 "$RAMPART" certs show "$SERIAL" >/dev/null || fail "the rampart certificate found on the listener is not in rampart's inventory"
-curl -sf "$API/metrics" | grep -q 'rampart_discovered_certificates_total{source="file",external="true"} 5' \
+curl -sf "$API/metrics" | grep -q 'rampart_discovered_certificates_total{source="file",external="true"} 7' \
     || fail "the discovery counter is missing from /metrics"
-pass "discover list: 1 rampart, 7 external (--external shows only those); a certificate seen twice is one record"
+pass "discover list: 1 rampart, 9 external (--external shows only those); a certificate seen twice is one record"
 
 "$RAMPART" discover tls --targets 10.0.0.0/8:443 >"$WORK/range.out" 2>&1 && fail "a /8 range was scanned"
 grep -q "more than 4096 addresses" "$WORK/range.out" || fail "the range refusal does not say why: $(cat "$WORK/range.out")"

@@ -1,6 +1,6 @@
 # Shared helpers for conformance scripts (sourced, not run).
 # Provides: RAMPART (binary), WORK (temp dir, removed on exit), fail, pass, free_port,
-# start_rampart/stop_rampart, wait_http, enroll, acme_lab_config, certbot_venv.
+# start_rampart/stop_rampart, wait_http, enroll, acme_lab_config, certbot_venv, webhooks_venv.
 
 set -euo pipefail
 
@@ -80,4 +80,15 @@ certbot_venv() {
         "$venv/bin/pip" install -q certbot certbot-dns-rfc2136
     fi
     CERTBOT="$venv/bin/certbot"
+}
+
+# webhooks_venv — the Standard Webhooks reference library from PyPI in a cached venv; sets
+# WEBHOOK_PYTHON.
+webhooks_venv() {
+    local venv="${WEBHOOKS_VENV:-$HOME/.cache/rampart-webhooks}"
+    if ! "$venv/bin/python" -c 'import standardwebhooks' 2>/dev/null; then
+        [[ -x "$venv/bin/pip" ]] || python3 -m venv "$venv"
+        "$venv/bin/pip" install -q standardwebhooks
+    fi
+    WEBHOOK_PYTHON="$venv/bin/python"
 }

@@ -322,9 +322,11 @@ async fn the_fixture_directory_is_found_and_encrypted_pkcs12_is_skipped() {
         names,
         [
             "bundle.pem",
+            "certs-only.p12",
             "clear.p12",
             "empty-password.p12",
             "encrypted.p12",
+            "legacy.p12",
             "nested/cert.der"
         ],
         "junk and the README are left out"
@@ -333,8 +335,11 @@ async fn the_fixture_directory_is_found_and_encrypted_pkcs12_is_skipped() {
         .iter()
         .map(|f| f.result.as_ref().ok().map(Vec::len))
         .collect();
-    assert_eq!(counts, [Some(2), Some(1), Some(1), None, Some(1)]);
-    let skipped = findings[3].result.as_ref().unwrap_err();
+    assert_eq!(
+        counts,
+        [Some(2), Some(1), Some(1), Some(1), None, Some(1), Some(1)]
+    );
+    let skipped = findings[4].result.as_ref().unwrap_err();
     assert!(skipped.contains("encrypted PKCS#12"), "{skipped}");
 
     let dir = tempfile::tempdir().unwrap();
@@ -345,13 +350,15 @@ async fn the_fixture_directory_is_found_and_encrypted_pkcs12_is_skipped() {
         }
     }
     let items = listed(&d, "?external=true").await;
-    assert_eq!(items.len(), 5, "{items:#?}");
+    assert_eq!(items.len(), 7, "{items:#?}");
     for (cn, file) in [
         ("pem-one.discovery.test", "bundle.pem"),
         ("pem-two.discovery.test", "bundle.pem"),
         ("der.discovery.test", "nested/cert.der"),
         ("p12-clear.discovery.test", "clear.p12"),
         ("p12-empty.discovery.test", "empty-password.p12"),
+        ("p12-legacy.discovery.test", "legacy.p12"),
+        ("p12-certs-only.discovery.test", "certs-only.p12"),
     ] {
         let item = by_subject(&items, cn);
         assert_eq!(item["source"], "file");
@@ -361,7 +368,7 @@ async fn the_fixture_directory_is_found_and_encrypted_pkcs12_is_skipped() {
         );
         assert_eq!(item["issued_by_rampart"], false);
     }
-    assert_eq!(listed(&d, "?external=false").await.len(), 5);
+    assert_eq!(listed(&d, "?external=false").await.len(), 7);
 
     // Seen again elsewhere later: one record, first sighting kept, both places listed.
     let first = by_subject(&items, "der.discovery.test").clone();
@@ -375,7 +382,7 @@ async fn the_fixture_directory_is_found_and_encrypted_pkcs12_is_skipped() {
         again[0]["locations"],
         json!([first["location"], "/srv/app/cert.der"])
     );
-    assert_eq!(listed(&d, "").await.len(), 5);
+    assert_eq!(listed(&d, "").await.len(), 7);
     d.daemon.shutdown().await;
 }
 
@@ -488,12 +495,12 @@ async fn scheduled_jobs_scan_files_and_tls_and_stop_with_the_daemon() {
     let mut items = Vec::new();
     for _ in 0..100 {
         items = listed(&d, "").await;
-        if items.len() == 6 {
+        if items.len() == 8 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(items.len(), 6, "{items:#?}");
+    assert_eq!(items.len(), 8, "{items:#?}");
     let named = by_subject(&items, "named.discovery.test");
     assert_eq!(named["source"], "tls");
     assert!(named["location"]

@@ -22,7 +22,8 @@ const FAILURES_SHOWN: usize = 20;
 
 #[derive(Debug, Subcommand)]
 pub enum DiscoverCommand {
-    /// Handshake with TLS endpoints and add the certificate each presents to the inventory.
+    /// Handshake with TLS endpoints and add the certificate each presents to the inventory
+    /// (exit status 1 when no target answered).
     Tls {
         /// Comma-separated host:port (sent as SNI), IP:port, [IPv6]:port or CIDR:port
         /// (at most 4096 addresses per range).

@@ -834,11 +834,17 @@ pub async fn record(
                     r.sha256_fingerprint
                         .eq_ignore_ascii_case(&facts.fingerprint)
                 });
+                // An unreadable earlier record is replaced by this sighting.
                 let known = store
                     .protocol_get(NAMESPACE, &facts.fingerprint)?
-                    .map(|bytes| serde_json::from_slice::<DiscoveredCertificate>(&bytes))
-                    .transpose()
-                    .map_err(corrupt)?;
+                    .and_then(|bytes| {
+                        serde_json::from_slice::<DiscoveredCertificate>(&bytes)
+                            .inspect_err(|error| {
+                                tracing::warn!(key = %facts.fingerprint, %error,
+                                    "unreadable discovery record replaced");
+                            })
+                            .ok()
+                    });
                 let is_new = known.is_none();
                 let (first_seen, mut locations) = known
                     .map(|k| (k.first_seen.min(now), k.locations))

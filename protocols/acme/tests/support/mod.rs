@@ -180,6 +180,7 @@ impl AcmeBackend for FakeBackend {
                 not_before: now - time::Duration::hours(1),
                 not_after: now + time::Duration::days(90),
                 revoked: revoked.iter().any(|(s, _)| *s == i.serial),
+                renewal_window: None,
             }))
     }
 
