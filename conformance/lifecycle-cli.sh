@@ -12,6 +12,7 @@
 # - events dead-lettered after max_attempts are listed by `rampart webhooks list` and
 #   delivered by `rampart webhooks replay --dead-letters`; `rampart audit verify` passes.
 source "$(dirname "$0")/lib.sh"
+shopt -s extglob # ${serial##+(0)}: openssl prints serials without leading zeros
 webhooks_venv
 
 DIR="$WORK/ra"
@@ -88,10 +89,23 @@ start_rampart "$WORK/lifecycle.toml"
 wait_event ".type == \"certificate_renewed\" and .data.old_serial == \"$FIRST\""
 SECOND="$(jq -r "select(.type == \"certificate_renewed\" and .data.old_serial == \"$FIRST\") | .data.serial" "$EVENTS" | head -1)"
 DELIVERED="$(openssl x509 -in "$WORK/web/cert.pem" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f' | sed 's/^0*//')"
-[[ "$DELIVERED" == "$SECOND" ]] || fail "the target holds $DELIVERED, not the renewed $SECOND"
+[[ "$DELIVERED" == "${SECOND##+(0)}" ]] || fail "the target holds $DELIVERED, not the renewed $SECOND"
 [[ "$(wc -l <"$WORK/reloads.log")" == 2 ]] || fail "the reload command did not run after the renewal"
 "$RAMPART" certs show "$SECOND" >"$WORK/show.out" || fail "certs show $SECOND"
 pass "the scheduler renewed $FIRST as $SECOND, delivered it, reloaded, and sent certificate_renewed"
+
+served() { openssl x509 -in "$WORK/web/cert.pem" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f' | sed 's/^0*//'; }
+"$RAMPART" renewal list --json >"$WORK/managed.json" || fail "renewal list"
+[[ "$(jq -r ".[] | select(.serial == \"$FIRST\") | .renewed_by" "$WORK/managed.json")" == "$SECOND" ]] ||
+    fail "renewal list does not link $FIRST to $SECOND: $(cat "$WORK/managed.json")"
+"$RAMPART" renewal list | grep -q "$SECOND" || fail "renewal list does not show $SECOND"
+"$RAMPART" certs deliver "$FIRST" --target web >/dev/null || fail "certs deliver $FIRST"
+[[ "$(served)" == "${FIRST##+(0)}" ]] || fail "certs deliver did not put $FIRST back"
+"$RAMPART" certs deliver "$SECOND" --target web >/dev/null || fail "certs deliver $SECOND"
+[[ "$(served)" == "${SECOND##+(0)}" && "$(wc -l <"$WORK/reloads.log")" == 4 ]] || fail "certs deliver did not restore $SECOND with a reload"
+"$RAMPART" renewal scan >"$WORK/scan.out" || fail "renewal scan"
+grep -q "renewed $SECOND -> " "$WORK/scan.out" || fail "renewal scan did not renew the due $SECOND: $(cat "$WORK/scan.out")"
+pass "rampart renewal list links old and new, rampart certs deliver rolls a target back and forth, rampart renewal scan renews what is due"
 
 # 3. Revocation from the CLI.
 "$RAMPART" certs revoke "$SECOND" --reason keyCompromise >/dev/null || fail "certs revoke"

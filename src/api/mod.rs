@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod renewal;
 pub mod webhooks;
 pub mod wire;
 
@@ -79,6 +80,12 @@ pub fn router(
             "/api/v1/discovery",
             get(discovery::list).post(discovery::record),
         )
+        .route(
+            "/api/v1/certificates/{serial}/deliver",
+            post(renewal::deliver),
+        )
+        .route("/api/v1/renewal", get(renewal::list))
+        .route("/api/v1/renewal/scan", post(renewal::scan))
         .route("/api/v1/webhooks", get(webhooks::list))
         .route("/api/v1/webhooks/{endpoint}/replay", post(webhooks::replay))
         .fallback(handlers::not_found)

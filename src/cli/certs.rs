@@ -42,6 +42,17 @@ pub enum CertsCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Write a certificate (and the key, when rampart holds it) to delivery targets now,
+    /// running their reload commands.
+    Deliver {
+        /// Serial (hex).
+        serial: String,
+        /// A `[delivery.targets.<name>]` (repeatable).
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Write a certificate (pem: with chain; der: leaf only; p7b: PKCS#7 with chain).
     Export {
         /// Serial (hex).
@@ -200,6 +211,32 @@ pub async fn run(command: CertsCommand) -> anyhow::Result<ExitCode> {
                 cert["serial"].as_str().unwrap_or(&serial),
                 cert["revocation"]["reason"].as_str().unwrap_or("")
             );
+        }
+        CertsCommand::Deliver {
+            serial,
+            targets,
+            api,
+        } => {
+            let client = ApiClient::new(&api)?;
+            let path = format!("/api/v1/certificates/{}/deliver", urlencode(&serial));
+            let body = client
+                .send(Method::POST, &path, Some(json!({ "targets": targets })))
+                .await?;
+            let outcomes: Vec<Value> = serde_json::from_slice(&body)?;
+            let mut failed = false;
+            for outcome in &outcomes {
+                let target = outcome["target"].as_str().unwrap_or("?");
+                match outcome["error"].as_str() {
+                    None => println!("delivered {serial} to {target}"),
+                    Some(error) => {
+                        failed = true;
+                        println!("NOT delivered to {target}: {error}");
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         CertsCommand::Export {
             serial,

@@ -9,6 +9,7 @@
 mod certs;
 mod client;
 mod discover;
+mod renewal;
 mod webhooks;
 
 use std::path::{Path, PathBuf};
@@ -71,6 +72,9 @@ enum Command {
     /// Dry-run the policy on a CSR: the decision and each layer's verdict, nothing issued.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Managed certificates and the renewal scheduler (through the running daemon's API).
+    #[command(subcommand)]
+    Renewal(renewal::RenewalCommand),
     /// Webhook endpoints, dead letters and replays (through the running daemon's API).
     #[command(subcommand)]
     Webhooks(webhooks::WebhooksCommand),
@@ -260,6 +264,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Certs(command) => certs::run(command).await,
         Command::Discover(command) => discover::run(command).await,
         Command::Webhooks(command) => webhooks::run(command).await,
+        Command::Renewal(command) => renewal::run(command).await,
         Command::Approvals(command) => approvals(command).await,
         Command::Apikeys(ApikeysCommand::Create {
             identity,

@@ -577,3 +577,66 @@ enum Attempt {
     Pending(Uuid),
     Failed(String),
 }
+
+/// A managed certificate as `rampart renewal list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManagedView {
+    /// Serial.
+    pub serial: String,
+    /// The management record.
+    #[serde(flatten)]
+    pub managed: Managed,
+    /// When its renew-before window opens (absent when the certificate is gone).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub window_opens: Option<OffsetDateTime>,
+    /// Not-after.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub not_after: Option<OffsetDateTime>,
+}
+
+/// Every managed certificate, in serial order.
+pub async fn managed(pipeline: &Pipeline) -> Result<Vec<ManagedView>, StoreError> {
+    let entries = pipeline
+        .with_store(|store| store.protocol_scan(NAMESPACE, "managed/"))
+        .await?;
+    let mut out = Vec::new();
+    for (key, value) in entries {
+        let serial = key.trim_start_matches("managed/").to_string();
+        let managed: Managed = decode(&value)?;
+        let owned = serial.clone();
+        let record = pipeline
+            .with_store(move |store| store.certificate(&owned))
+            .await?;
+        out.push(ManagedView {
+            window_opens: record.as_ref().map(|r| window(pipeline.config(), r)),
+            not_after: record.as_ref().map(|r| r.not_after),
+            serial,
+            managed,
+        });
+    }
+    Ok(out)
+}
+
+/// Deliver an issued certificate (with its escrowed key, if rampart holds one) to `targets`
+/// again; `None` when there is no such certificate.
+pub async fn redeliver(
+    pipeline: &Pipeline,
+    serial: &str,
+    targets: &[String],
+) -> Result<Option<Vec<DeliveryOutcome>>, String> {
+    let owned = serial.to_string();
+    let Some(record) = pipeline
+        .with_store(move |store| store.certificate(&owned))
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    let key = escrow::withdraw(pipeline, serial)
+        .await
+        .map_err(|e| format!("key escrow: {e}"))?
+        .map(Zeroizing::new);
+    Ok(Some(
+        deliver_all(pipeline, &record, key.as_deref().map(|k| &k[..]), targets).await,
+    ))
+}
