@@ -128,8 +128,9 @@ impl IntoResponse for ApiError {
                 json!({"error": code, "message": message}),
             ),
             ApiError::Denied { request_id, denial } => {
-                let (status, code) = match denial.layer {
-                    Layer::Input => (StatusCode::BAD_REQUEST, "bad_csr"),
+                let (status, code) = match (denial.layer, denial.rule) {
+                    (Layer::Input, _) => (StatusCode::BAD_REQUEST, "bad_csr"),
+                    (_, "rate_limited") => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
                     _ => (StatusCode::FORBIDDEN, "policy_denied"),
                 };
                 let body = json!({

@@ -691,6 +691,10 @@ fn approval_error(error: crate::pipeline::ApprovalError) -> ApiError {
     use crate::pipeline::ApprovalError;
     match error {
         ApprovalError::NotFound => ApiError::NotFound("no such request".into()),
+        ApprovalError::Expired => ApiError::Conflict {
+            code: "expired",
+            message: error.to_string(),
+        },
         ApprovalError::NotPending => ApiError::Conflict {
             code: "not_pending",
             message: error.to_string(),

@@ -80,6 +80,9 @@ pub struct Config {
     /// `[renewal]`
     #[serde(default)]
     pub renewal: RenewalConfig,
+    /// `[approvals]`
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
     /// `[delivery]`
     #[serde(default)]
     pub delivery: DeliveryConfig,
@@ -286,6 +289,22 @@ pub struct WebhookEndpointConfig {
     /// Templates whose events are delivered (empty = all).
     #[serde(default)]
     pub templates: Vec<String>,
+}
+
+/// `[approvals]`: requests held for a person.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalsConfig {
+    /// Hours a request waits for a decision before it is denied as expired (0 = never).
+    pub pending_expiry_hours: u32,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        ApprovalsConfig {
+            pending_expiry_hours: 72,
+        }
+    }
 }
 
 /// `[renewal]`: the renewal scheduler.
@@ -608,6 +627,19 @@ pub struct TemplateConfig {
     /// of the lifetime).
     #[serde(default)]
     pub renew_before_days: Option<u32>,
+    /// Requests naming a wildcard (`*.zone`) wait for an approver.
+    #[serde(default)]
+    pub approval_for_wildcards: bool,
+    /// Requests for a longer lifetime than this many days wait for an approver.
+    #[serde(default)]
+    pub approval_above_days: Option<u32>,
+    /// Roles whose holders may approve requests on this template (empty: any managing
+    /// role). Nobody approves their own request.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// Most certificates one identity gets on this template in any 24 hours (none: no limit).
+    #[serde(default)]
+    pub rate_limit_per_day: Option<u32>,
 }
 
 /// `[roles.<name>]`: what holders of a role may request.
@@ -997,6 +1029,22 @@ impl Config {
             return Err(bad("renewal.max_attempts".into(), "must be at least 1"));
         }
         for (name, template) in &self.templates {
+            if let Some(unknown) = template
+                .approvers
+                .iter()
+                .find(|r| !self.roles.contains_key(*r))
+            {
+                return Err(bad(
+                    format!("templates.{name}.approvers"),
+                    &format!("role `{unknown}` is not defined under [roles]"),
+                ));
+            }
+            if template.rate_limit_per_day == Some(0) {
+                return Err(bad(
+                    format!("templates.{name}.rate_limit_per_day"),
+                    "must be at least 1 (leave it out for no limit)",
+                ));
+            }
             if let Some(days) = template.renew_before_days {
                 if days == 0 || days >= template.max_validity_days {
                     return Err(bad(

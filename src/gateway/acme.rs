@@ -391,10 +391,11 @@ impl KeyValue for StoreKv {
 
 /// A policy denial as an ACME problem: by the layer that decided.
 fn denial_problem(request_id: Uuid, denial: &crate::policy::Denial) -> Problem {
-    let kind = match denial.layer {
-        Layer::Input | Layer::Template => ProblemType::BadCsr,
-        Layer::Names => ProblemType::RejectedIdentifier,
-        Layer::Identity => ProblemType::Unauthorized,
+    let kind = match (denial.layer, denial.rule) {
+        (_, "rate_limited") => ProblemType::RateLimited,
+        (Layer::Input | Layer::Template, _) => ProblemType::BadCsr,
+        (Layer::Names, _) => ProblemType::RejectedIdentifier,
+        (Layer::Identity, _) => ProblemType::Unauthorized,
     };
     Problem::new(
         kind,

@@ -52,9 +52,13 @@ pub enum ApprovalError {
     /// The request is not waiting for approval.
     #[error("the request is not waiting for approval")]
     NotPending,
-    /// The approver holds no managing role.
-    #[error("approving needs a managing role")]
+    /// The approver holds none of the template's approver roles (or, when it names none,
+    /// no managing role).
+    #[error("approving needs one of the template's approver roles (or a managing role when it names none)")]
     NotAnApprover,
+    /// The request waited longer than `approvals.pending_expiry_hours` and was denied.
+    #[error("the request expired before anyone decided on it")]
+    Expired,
     /// Four eyes: nobody approves their own request.
     #[error("requesters cannot decide on their own requests")]
     OwnRequest,
@@ -123,6 +127,16 @@ pub struct Pipeline {
     ca: Arc<dyn CaAdapter>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
+    /// Serialises decide-and-issue on rate-limited templates, so concurrent requests cannot
+    /// all see the same count.
+    rate_gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Store namespace of issuance times on rate-limited templates.
+const RATE_LIMIT_NAMESPACE: &str = "ratelimit";
+
+fn rate_limit_prefix(template: &str, identity: &str) -> String {
+    format!("{template}/{}/", hex::encode(identity))
 }
 
 impl Pipeline {
@@ -140,6 +154,7 @@ impl Pipeline {
             ca,
             clock,
             metrics,
+            rate_gate: Arc::default(),
         }
     }
 
@@ -179,8 +194,42 @@ impl Pipeline {
             .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
     }
 
+    /// Certificates `identity` got on `template` in the 24 hours before now; older entries
+    /// are dropped on the way.
+    fn issued_last_day(&self, template: &str, identity: &str) -> Result<u32, StoreError> {
+        let cutoff = (self.clock.now() - Duration::days(1)).unix_timestamp_nanos();
+        let mut count = 0;
+        for (key, _) in self
+            .store
+            .protocol_scan(RATE_LIMIT_NAMESPACE, &rate_limit_prefix(template, identity))?
+        {
+            // `<prefix><issued at, ns>.<request id>`
+            let at: i128 = key
+                .rsplit('/')
+                .next()
+                .and_then(|t| t.split('.').next())
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0);
+            if at < cutoff {
+                self.store.protocol_take(RATE_LIMIT_NAMESPACE, &key)?;
+            } else {
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
     /// Submit an enrollment request: decide, and issue when approved.
     pub async fn submit(&self, request: EnrollmentRequest) -> Result<Outcome, PipelineError> {
+        let limited = self
+            .config
+            .templates
+            .get(&request.template)
+            .is_some_and(|t| t.rate_limit_per_day.is_some());
+        let _gate = match limited {
+            true => Some(self.rate_gate.lock().await),
+            false => None,
+        };
         let started = Instant::now();
         let Assessment {
             csr,
@@ -386,13 +435,68 @@ impl Pipeline {
         else {
             return Err(ApprovalError::NotPending);
         };
-        if !policy::identity::may_manage(&self.config, approver) {
+        if self.expired(&record) {
+            self.expire(record, pending).await?;
+            return Err(ApprovalError::Expired);
+        }
+        if !policy::identity::may_approve(&self.config, approver, &record.template) {
             return Err(ApprovalError::NotAnApprover);
         }
         if approver.name == pending.identity.name {
             return Err(ApprovalError::OwnRequest);
         }
         Ok((record, pending))
+    }
+
+    /// Whether a pending request waited past `approvals.pending_expiry_hours`.
+    fn expired(&self, record: &RequestRecord) -> bool {
+        let hours = self.config.approvals.pending_expiry_hours;
+        hours > 0 && self.clock.now() - record.created_at > Duration::hours(hours.into())
+    }
+
+    /// Deny an expired pending request (audited, `request_denied` event).
+    async fn expire(
+        &self,
+        record: RequestRecord,
+        pending: PendingEnrollment,
+    ) -> Result<(), PipelineError> {
+        let request = EnrollmentRequest {
+            request_id: record.request_id,
+            protocol: record.protocol,
+            identity: pending.identity,
+            csr_der: pending.csr_der,
+            template: record.template,
+            requested_identifiers: Some(record.identifiers.clone()),
+            validity_days: Some(pending.validity_days),
+            resource: pending.resource,
+            metadata: pending.metadata,
+            renews: pending.renews,
+        };
+        let denial = Denial::new(
+            Layer::Template,
+            "approval_expired",
+            format!(
+                "nobody decided within {} hours",
+                self.config.approvals.pending_expiry_hours
+            ),
+        );
+        self.deny(&request, record.identifiers, denial, Vec::new())
+            .await?;
+        Ok(())
+    }
+
+    /// Deny every pending request that waited too long; returns how many.
+    pub async fn expire_pending(&self) -> Result<usize, PipelineError> {
+        let pending = self.with_store(|store| store.pending_requests()).await?;
+        let mut expired = 0;
+        for record in pending {
+            if let (true, Some(enrollment)) = (self.expired(&record), record.pending.clone()) {
+                tracing::info!(request_id = %record.request_id, "pending request expired");
+                self.expire(record, enrollment).await?;
+                expired += 1;
+            }
+        }
+        Ok(expired)
     }
 
     /// Where a request stands (for protocols polling a pending request).
@@ -426,6 +530,18 @@ impl Pipeline {
             }
         };
         let identifiers = requested_identifiers(request, &csr);
+        let limited = self
+            .config
+            .templates
+            .get(&request.template)
+            .is_some_and(|t| t.rate_limit_per_day.is_some());
+        // A store that cannot be read counts as the limit reached (the template layer says so).
+        let issued_last_day = match limited {
+            true => self
+                .issued_last_day(&request.template, &request.identity.name)
+                .unwrap_or(u32::MAX),
+            false => 0,
+        };
         let evaluation = policy::evaluate(
             &self.config,
             &PolicyRequest {
@@ -435,6 +551,7 @@ impl Pipeline {
                 common_name: csr.common_name.as_deref(),
                 key_type: csr.key_type,
                 validity_days: request.validity_days,
+                issued_last_day,
             },
         );
         Assessment {
@@ -743,6 +860,21 @@ impl Pipeline {
         let stored = record.clone();
         self.with_store(move |store| store.complete_issuance(&stored, &audit, &event))
             .await?;
+        if self
+            .config
+            .templates
+            .get(&record.template)
+            .is_some_and(|t| t.rate_limit_per_day.is_some())
+        {
+            let key = format!(
+                "{}{:020}.{}",
+                rate_limit_prefix(&record.template, &record.owner),
+                now.unix_timestamp_nanos(),
+                record.request_id
+            );
+            self.with_store(move |store| store.protocol_put(RATE_LIMIT_NAMESPACE, &key, b"", true))
+                .await?;
+        }
         tracing::info!(request_id = %record.request_id, serial = %record.serial, owner = %record.owner, "certificate issued");
         Ok(record)
     }

@@ -47,6 +47,17 @@ pub fn roles_for_template<'c>(
     Ok(allowed)
 }
 
+/// Whether the identity may approve requests on `template`: it holds one of the template's
+/// approver roles, or — when the template names none — a managing role.
+pub fn may_approve(config: &Config, identity: &Identity, template: &str) -> bool {
+    match config.templates.get(template) {
+        Some(t) if !t.approvers.is_empty() => {
+            identity.roles.iter().any(|r| t.approvers.contains(r))
+        }
+        _ => may_manage(config, identity),
+    }
+}
+
 /// Whether the identity may manage every certificate (not only its own).
 pub fn may_manage(config: &Config, identity: &Identity) -> bool {
     identity

@@ -114,6 +114,9 @@ pub struct PolicyRequest<'a> {
     pub key_type: KeyType,
     /// Lifetime asked for, if any.
     pub validity_days: Option<u32>,
+    /// Certificates this identity got on this template in the last 24 hours (counted by
+    /// the pipeline when the template has a rate limit).
+    pub issued_last_day: u32,
 }
 
 /// A decision with its trace.
@@ -172,10 +175,24 @@ fn run_layers(
         detail: format!("{} name(s) allowed", request.identifiers.len()),
     });
     let approval = template::check(template, request)?;
+    let mut detail = format!("{} key, {} days", request.key_type, approval.validity_days);
+    if let Some(limit) = template.rate_limit_per_day {
+        detail.push_str(&format!(
+            ", {} of {limit} today",
+            request.issued_last_day + 1
+        ));
+    }
+    if let Some(reason) = &approval.needs_approval {
+        detail.push_str(&format!("; {reason}"));
+    }
     trace.push(Step {
         layer: Layer::Template,
-        verdict: "passed",
-        detail: format!("{} key, {} days", request.key_type, approval.validity_days),
+        verdict: if approval.needs_approval.is_some() {
+            "needs_approval"
+        } else {
+            "passed"
+        },
+        detail,
     });
     Ok(approval)
 }
@@ -232,6 +249,7 @@ pub(crate) mod tests {
             common_name: Some("www.example"),
             key_type: KeyType::EcdsaP256,
             validity_days: None,
+            issued_last_day: 0,
         };
         let evaluation = evaluate(&config, &request);
         assert_eq!(
@@ -259,6 +277,7 @@ pub(crate) mod tests {
             common_name: None,
             key_type: KeyType::EcdsaP256,
             validity_days: None,
+            issued_last_day: 0,
         };
         let Decision::Denied(denial) = evaluate(&config, &request).decision else {
             panic!("approved")

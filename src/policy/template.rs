@@ -78,9 +78,37 @@ pub fn check(template: &TemplateConfig, request: &PolicyRequest<'_>) -> Result<A
             Some(cn.to_ascii_lowercase())
         }
     };
-    let needs_approval = template
-        .approval_required
-        .then(|| format!("template `{}` requires approval", request.template));
+    if let Some(limit) = template.rate_limit_per_day {
+        if request.issued_last_day >= limit {
+            return deny(
+                "rate_limited",
+                format!(
+                    "{} of {limit} certificates on template `{}` in the last 24 hours",
+                    request.issued_last_day, request.template
+                ),
+            );
+        }
+    }
+    let wildcard = request.identifiers.iter().find(|id| id.is_wildcard());
+    let needs_approval = if template.approval_required {
+        Some(format!("template `{}` requires approval", request.template))
+    } else if let (true, Some(name)) = (template.approval_for_wildcards, wildcard) {
+        Some(format!(
+            "wildcard `{}` on template `{}` requires approval",
+            name.value(),
+            request.template
+        ))
+    } else {
+        template
+            .approval_above_days
+            .filter(|limit| validity_days > *limit)
+            .map(|limit| {
+                format!(
+                    "a lifetime of {validity_days} days (over {limit}) on template `{}` requires approval",
+                    request.template
+                )
+            })
+    };
     Ok(Approval {
         identifiers: request.identifiers.to_vec(),
         common_name,
@@ -114,6 +142,7 @@ mod tests {
             common_name: cn,
             key_type,
             validity_days: validity,
+            issued_last_day: 0,
         };
         check(&config.templates["client"], &request).map_err(|d| d.rule)
     }
@@ -166,6 +195,7 @@ mod tests {
             common_name: None,
             key_type: KeyType::Ed25519,
             validity_days: None,
+            issued_last_day: 0,
         };
         assert_eq!(
             check(&config.templates["client"], &request)

@@ -281,6 +281,12 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
     let webhooks = crate::lifecycle::webhooks::Webhooks::new(boot.pipeline.clone())
         .map_err(|e| ServerError::Webhooks(e.to_string()))?;
     tasks.extend(webhooks.spawn(signal.clone()));
+    if boot.pipeline.config().approvals.pending_expiry_hours > 0 {
+        tasks.push(tokio::spawn(expire_pending_requests(
+            boot.pipeline.clone(),
+            signal.clone(),
+        )));
+    }
     if boot.pipeline.config().renewal.enabled {
         tasks.push(
             crate::lifecycle::renewal::Scheduler::new(boot.pipeline.clone()).spawn(signal.clone()),
@@ -433,6 +439,19 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
         shutdown,
         tasks,
     })
+}
+
+/// Deny pending requests nobody decided on in time, once a minute until shutdown.
+async fn expire_pending_requests(pipeline: Pipeline, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if let Err(error) = pipeline.expire_pending().await {
+            tracing::error!(%error, "expiring pending requests failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 /// Bind a listener; the address it got (the port when `addr` asks for port 0).

@@ -1,0 +1,169 @@
+//! Template rules beyond key and lifetime: rate limits over a rolling day (persisted, not
+//! spent by dry runs), approval for wildcards and long lifetimes, approver roles per
+//! template, and expiry of requests nobody decides on.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{config_for, csr, p256, start_with};
+use rampart::clock::ManualClock;
+use rampart::config::RoleConfig;
+use rampart::model::{Credential, Identity};
+use rampart::pipeline::ApprovalError;
+use rampart::store::RequestState;
+use serde_json::json;
+use time::Duration;
+
+fn identity(name: &str, role: &str) -> Identity {
+    Identity {
+        name: name.into(),
+        roles: vec![role.into()],
+        credential: Credential::System,
+    }
+}
+
+#[tokio::test]
+async fn rate_limits_count_a_rolling_day_and_dry_runs_spend_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    config
+        .templates
+        .get_mut("server")
+        .unwrap()
+        .rate_limit_per_day = Some(2);
+    let clock = ManualClock::new(time::OffsetDateTime::now_utc());
+    let d = start_with(config, Arc::new(clock.clone()), None).await;
+
+    let request = |name: &str| csr(&p256(), Some(name), &[name]);
+    for _ in 0..3 {
+        let (status, check) = d
+            .post(
+                "/api/v1/policy/check",
+                json!({"csr": request("dry.test"), "template": "server"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{check}");
+        assert_eq!(check["decision"], "approved", "{check}");
+    }
+    for name in ["r1.test", "r2.test"] {
+        let (status, body) = d.enroll(&request(name), "server").await;
+        assert_eq!(status, 201, "dry runs spent the limit: {body}");
+    }
+    let (status, body) = d.enroll(&request("r3.test"), "server").await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["rule"], "rate_limited");
+    assert!(
+        body["message"].as_str().unwrap().contains("2 of 2"),
+        "{body}"
+    );
+    // Other templates and other identities are not affected.
+    let (status, _) = d.enroll(&request("c1.test"), "client").await;
+    assert_eq!(status, 201);
+
+    // A day later the window has moved on.
+    clock.advance(Duration::hours(25));
+    let (status, check) = d
+        .post(
+            "/api/v1/policy/check",
+            json!({"csr": request("r4.test"), "template": "server"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let template_step = check["trace"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["layer"] == "template")
+        .unwrap()
+        .clone();
+    assert!(
+        template_step["detail"]
+            .as_str()
+            .unwrap()
+            .contains("1 of 2 today"),
+        "{check}"
+    );
+    let (status, body) = d.enroll(&request("r4.test"), "server").await;
+    assert_eq!(status, 201, "{body}");
+    d.daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn wildcards_and_long_lifetimes_wait_for_the_templates_approvers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    let server = config.templates.get_mut("server").unwrap();
+    server.approval_for_wildcards = true;
+    server.approval_above_days = Some(100);
+    server.approvers = vec!["security".into()];
+    config.roles.insert(
+        "security".into(),
+        RoleConfig {
+            templates: vec![],
+            dns_names: vec![],
+            ip_ranges: vec![],
+            manage: false,
+        },
+    );
+    let clock = ManualClock::new(time::OffsetDateTime::now_utc());
+    let d = start_with(config, Arc::new(clock.clone()), None).await;
+    let pipeline = d.daemon.pipeline.clone();
+
+    // Plain names with the default lifetime: issued at once.
+    let (status, _) = d
+        .enroll(&csr(&p256(), Some("plain.test"), &["plain.test"]), "server")
+        .await;
+    assert_eq!(status, 201);
+    // A wildcard waits.
+    let (status, wildcard) = d.enroll(&csr(&p256(), None, &["*.w.test"]), "server").await;
+    assert_eq!(status, 202, "{wildcard}");
+    assert!(wildcard["reason"].as_str().unwrap().contains("wildcard"));
+    // So does a lifetime above the threshold.
+    let (status, long) = d
+        .post(
+            "/api/v1/enrollments",
+            json!({"csr": csr(&p256(), None, &["long.test"]), "template": "server", "validity_days": 200}),
+        )
+        .await;
+    assert_eq!(status, 202, "{long}");
+    assert!(long["reason"].as_str().unwrap().contains("200 days"));
+
+    // A manager without the template's approver role cannot approve; a security officer can.
+    let wildcard_id = wildcard["request_id"].as_str().unwrap().parse().unwrap();
+    let (status, answer) = d
+        .post(
+            &format!("/api/v1/approvals/{wildcard_id}/approve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(matches!(
+        pipeline
+            .approve(wildcard_id, &identity("carol", "admin"))
+            .await,
+        Err(ApprovalError::NotAnApprover)
+    ));
+    let issued = pipeline
+        .approve(wildcard_id, &identity("sam", "security"))
+        .await
+        .unwrap();
+    assert_eq!(issued.metadata["approved_by"], "sam");
+
+    // Nobody decides on the long one: after pending_expiry_hours (72) it is denied.
+    let long_id = long["request_id"].as_str().unwrap().parse().unwrap();
+    clock.advance(Duration::hours(73));
+    assert_eq!(pipeline.expire_pending().await.unwrap(), 1);
+    let state = pipeline.request_state(long_id).await.unwrap().unwrap();
+    assert!(
+        matches!(&state, RequestState::Denied { reason } if reason.contains("72 hours")),
+        "{state:?}"
+    );
+    assert!(matches!(
+        pipeline
+            .approve(long_id, &identity("sam", "security"))
+            .await,
+        Err(ApprovalError::NotPending)
+    ));
+    d.daemon.shutdown().await;
+}
