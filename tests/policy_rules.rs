@@ -57,6 +57,25 @@ async fn rate_limits_count_a_rolling_day_and_dry_runs_spend_nothing() {
         body["message"].as_str().unwrap().contains("2 of 2"),
         "{body}"
     );
+    // The audit log explains it: filtered by decision, by name and by identity.
+    let (status, page) = d.get("/api/v1/audit?decision=denied").await;
+    assert_eq!(status, 200, "{page}");
+    let denials = page["items"].as_array().unwrap();
+    assert_eq!(denials.len(), 1, "{page}");
+    assert_eq!(denials[0]["entry"]["rule"], "rate_limited");
+    let (_, by_name) = d.get("/api/v1/audit?name=R3.TEST").await;
+    assert_eq!(by_name["items"].as_array().unwrap().len(), 1, "{by_name}");
+    let (_, by_name) = d.get("/api/v1/audit?name=r1.test&action=issued").await;
+    assert_eq!(by_name["items"].as_array().unwrap().len(), 1, "{by_name}");
+    let (_, nobody) = d.get("/api/v1/audit?identity=mallory").await;
+    assert_eq!(nobody["items"], json!([]));
+    let (_, first) = d.get("/api/v1/audit?limit=1").await;
+    assert_eq!(first["items"].as_array().unwrap().len(), 1);
+    let after = first["next_after"].as_u64().unwrap();
+    let (_, second) = d.get(&format!("/api/v1/audit?limit=1&after={after}")).await;
+    assert!(second["items"][0]["seq"].as_u64().unwrap() > after);
+    let (status, _) = d.get("/api/v1/audit?limit=x").await;
+    assert_eq!(status, 400);
     // Other templates and other identities are not affected.
     let (status, _) = d.enroll(&request("c1.test"), "client").await;
     assert_eq!(status, 201);
@@ -129,8 +148,19 @@ async fn wildcards_and_long_lifetimes_wait_for_the_templates_approvers() {
     assert_eq!(status, 202, "{long}");
     assert!(long["reason"].as_str().unwrap().contains("200 days"));
 
-    // A manager without the template's approver role cannot approve; a security officer can.
+    // What waits can be inspected.
     let wildcard_id = wildcard["request_id"].as_str().unwrap().parse().unwrap();
+    let (status, shown) = d.get(&format!("/api/v1/approvals/{wildcard_id}")).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["state"]["state"], "pending");
+    assert_eq!(shown["identifiers"][0]["value"], "*.w.test");
+    assert!(shown["csr"]
+        .as_str()
+        .unwrap()
+        .contains("CERTIFICATE REQUEST"));
+    let (status, _) = d.get("/api/v1/approvals/not-a-uuid").await;
+    assert_eq!(status, 404);
+    // A manager without the template's approver role cannot approve; a security officer can.
     let (status, answer) = d
         .post(
             &format!("/api/v1/approvals/{wildcard_id}/approve"),

@@ -687,6 +687,51 @@ pub async fn list_approvals(
     Ok(Json(serde_json::json!({ "items": items })))
 }
 
+/// `GET /api/v1/approvals/{request_id}`: one request with what it asks for and where it
+/// stands (managing roles only).
+pub async fn show_approval(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+    Path(request_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !may_manage(state.pipeline.config(), &identity) {
+        return Err(ApiError::Forbidden(
+            "reading requests needs a managing role".into(),
+        ));
+    }
+    let id: Uuid = request_id
+        .parse()
+        .map_err(|_| ApiError::NotFound("no such request".into()))?;
+    let record = state
+        .pipeline
+        .with_store(move |store| store.request(id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such request".into()))?;
+    let rfc3339 = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    let mut body = serde_json::json!({
+        "request_id": record.request_id,
+        "identity": record.identity,
+        "protocol": record.protocol,
+        "template": record.template,
+        "identifiers": record.identifiers,
+        "state": record.state,
+        "created_at": rfc3339(record.created_at),
+        "updated_at": rfc3339(record.updated_at),
+    });
+    if let Some(pending) = &record.pending {
+        body["csr"] = pem::encode(pem::CERTIFICATE_REQUEST, &pending.csr_der).into();
+        body["validity_days"] = pending.validity_days.into();
+        body["common_name"] = pending.common_name.clone().into();
+        body["roles"] = pending.identity.roles.clone().into();
+        body["resource"] = pending.resource.clone().into();
+        body["metadata"] = serde_json::to_value(&pending.metadata).unwrap_or_default();
+    }
+    Ok(Json(body))
+}
+
 fn approval_error(error: crate::pipeline::ApprovalError) -> ApiError {
     use crate::pipeline::ApprovalError;
     match error {

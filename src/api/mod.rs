@@ -4,6 +4,7 @@
 //! Imports `pipeline`, `lifecycle`, `policy` (access checks), `store` (queries),
 //! `apikeys`, `pkix` and `model`.
 
+pub mod audit;
 pub mod discovery;
 pub mod error;
 pub mod extract;
@@ -65,9 +66,14 @@ pub fn router(
             post(handlers::create_scep_challenge),
         )
         .route("/api/v1/scep/ra/rotate", post(handlers::rotate_scep_ra))
+        .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/audit/verify", get(handlers::verify_audit))
         .route("/api/v1/policy/check", post(handlers::policy_check))
         .route("/api/v1/approvals", get(handlers::list_approvals))
+        .route(
+            "/api/v1/approvals/{request_id}",
+            get(handlers::show_approval),
+        )
         .route(
             "/api/v1/approvals/{request_id}/approve",
             post(handlers::approve),

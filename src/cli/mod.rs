@@ -113,6 +113,13 @@ enum ApprovalsCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Show one request: who asked, for what, why it waits, and its CSR.
+    Show {
+        /// Request id.
+        request_id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Approve a request: it is issued now (not by its own requester).
     Approve {
         /// Request id.
@@ -158,6 +165,29 @@ enum PolicyCommand {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
+    /// List audit records (oldest first), filtered.
+    List {
+        /// Only records by this identity.
+        #[arg(long)]
+        identity: Option<String>,
+        /// Only records mentioning this name (DNS name, IP, serial, key id).
+        #[arg(long)]
+        name: Option<String>,
+        /// Only this outcome: approved, denied, pending, ok, failed.
+        #[arg(long)]
+        decision: Option<String>,
+        /// Only this action: decision, issued, issuance_failed, revoked, api_key_created, …
+        #[arg(long)]
+        action: Option<String>,
+        /// At most this many records.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Walk the hash chain; exit 1 and name the first bad record if it was edited,
     /// removed, reordered or truncated.
     Verify {
@@ -347,6 +377,53 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 Ok(ExitCode::FAILURE)
             }
+        }
+        Command::Audit(AuditCommand::List {
+            identity,
+            name,
+            decision,
+            action,
+            limit,
+            json,
+            api,
+        }) => {
+            let mut query = vec![format!("limit={limit}")];
+            for (key, value) in [
+                ("identity", identity),
+                ("name", name),
+                ("decision", decision),
+                ("action", action),
+            ] {
+                if let Some(value) = value {
+                    query.push(format!("{key}={}", certs::urlencode(&value)));
+                }
+            }
+            let page = client::ApiClient::new(&api)?
+                .get_json(&format!("/api/v1/audit?{}", query.join("&")))
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&page)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+            for record in page["items"].as_array().into_iter().flatten() {
+                let entry = &record["entry"];
+                let decided = match (entry["layer"].as_str(), entry["rule"].as_str()) {
+                    (Some(layer), Some(rule)) => format!(" [{layer}/{rule}]"),
+                    _ => String::new(),
+                };
+                println!(
+                    "{:>6} {} {:<14} {:<16} {:<8}{} {}",
+                    record["seq"],
+                    text(&entry["time"]),
+                    text(&entry["actor"]),
+                    text(&entry["action"]),
+                    text(&entry["outcome"]),
+                    decided,
+                    text(&entry["reason"])
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Audit(AuditCommand::Verify { api }) => {
             let result = client::ApiClient::new(&api)?
@@ -548,6 +625,11 @@ async fn init(dir: &Path) -> anyhow::Result<ExitCode> {
 
 async fn approvals(command: ApprovalsCommand) -> anyhow::Result<ExitCode> {
     match command {
+        ApprovalsCommand::Show { request_id, api } => {
+            let path = format!("/api/v1/approvals/{request_id}");
+            let request = client::ApiClient::new(&api)?.get_json(&path).await?;
+            println!("{}", serde_json::to_string_pretty(&request)?);
+        }
         ApprovalsCommand::List { api } => {
             let list = client::ApiClient::new(&api)?
                 .get_json("/api/v1/approvals")

@@ -63,6 +63,44 @@ pub struct AuditEntry {
     pub details: serde_json::Value,
 }
 
+/// Filters for listing audit records; every set filter must match.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// The actor (identity name), exactly.
+    pub identity: Option<String>,
+    /// A name (DNS name, IP, serial, key id) the record mentions, case-insensitive substring.
+    pub name: Option<String>,
+    /// The outcome (`approved`, `denied`, `pending`, `ok`, `failed`).
+    pub outcome: Option<String>,
+    /// The action (`decision`, `issued`, `revoked`, …).
+    pub action: Option<String>,
+}
+
+impl AuditQuery {
+    /// Whether `entry` passes every set filter.
+    pub fn matches(&self, entry: &AuditEntry) -> bool {
+        let action = serde_json::to_value(entry.action)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        self.identity.as_ref().is_none_or(|i| *i == entry.actor)
+            && self.outcome.as_ref().is_none_or(|o| *o == entry.outcome)
+            && self.action.as_ref().is_none_or(|a| *a == action)
+            && self.name.as_ref().is_none_or(|name| {
+                let needle = name.to_ascii_lowercase();
+                entry
+                    .subject
+                    .as_ref()
+                    .is_some_and(|s| s.to_ascii_lowercase().contains(&needle))
+                    || entry
+                        .details
+                        .to_string()
+                        .to_ascii_lowercase()
+                        .contains(&needle)
+            })
+    }
+}
+
 /// A chained audit record as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {

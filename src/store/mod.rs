@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::model::{CertificateRecord, CertificateStatus, Identifier, Protocol, Revocation};
 
-pub use audit::{AuditAction, AuditEntry, AuditRecord, AuditVerification};
+pub use audit::{AuditAction, AuditEntry, AuditQuery, AuditRecord, AuditVerification};
 
 /// Schema version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
