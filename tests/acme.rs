@@ -446,7 +446,7 @@ async fn renewal_info_replaces_and_certificate_profiles() {
     // The same window the renewal scheduler acts on.
     assert_eq!(
         start,
-        rampart::lifecycle::renewal::window(lab.d.daemon.pipeline.config(), &record)
+        rampart::lifecycle::renewal::window(&lab.d.daemon.pipeline.config(), &record)
     );
 
     // A renewal order that names what it replaces; the same certificate cannot be replaced twice.

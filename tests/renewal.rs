@@ -210,7 +210,7 @@ async fn managed_certificates_renew_in_their_window_and_others_are_announced() {
         .certificate(&new)
         .unwrap()
         .unwrap();
-    let (start, end) = renewal::suggested_window(d.daemon.pipeline.config(), &record);
+    let (start, end) = renewal::suggested_window(&d.daemon.pipeline.config(), &record);
     assert_eq!(start, record.not_after - Duration::days(30));
     assert!(start < end && end < record.not_after);
     d.daemon.shutdown().await;

@@ -34,7 +34,7 @@ pub async fn list(
     Caller(caller): Caller,
     params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if !may_manage(state.pipeline.config(), &caller) {
+    if !may_manage(&state.pipeline.config(), &caller) {
         return Err(ApiError::Forbidden(
             "reading the audit log needs a managing role".into(),
         ));

@@ -42,7 +42,7 @@ pub struct DiscoveryParams {
 }
 
 fn require_manage(state: &AppState, identity: &Identity) -> Result<(), ApiError> {
-    if may_manage(state.pipeline.config(), identity) {
+    if may_manage(&state.pipeline.config(), identity) {
         Ok(())
     } else {
         Err(ApiError::Forbidden(

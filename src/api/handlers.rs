@@ -214,7 +214,7 @@ pub async fn policy_check(
     let identity = match body.identity {
         None => caller,
         Some(name) => {
-            if !may_manage(state.pipeline.config(), &caller) {
+            if !may_manage(&state.pipeline.config(), &caller) {
                 return Err(ApiError::Forbidden(
                     "checking for another identity needs a managing role".into(),
                 ));
@@ -324,7 +324,7 @@ pub async fn list(
             )
         })?;
     // Identities that do not manage see only their own certificates.
-    let owner = if may_manage(state.pipeline.config(), &identity) {
+    let owner = if may_manage(&state.pipeline.config(), &identity) {
         params.owner
     } else {
         Some(identity.name.clone())
@@ -471,7 +471,7 @@ fn check_new_credential(
     roles: &[String],
 ) -> Result<(), ApiError> {
     let config = state.pipeline.config();
-    if !may_manage(config, caller) {
+    if !may_manage(&config, caller) {
         return Err(ApiError::Forbidden(format!(
             "creating {what} needs a managing role"
         )));
@@ -568,7 +568,7 @@ pub async fn create_scep_challenge(
     Caller(identity): Caller,
     JsonBody(body): JsonBody<super::wire::ScepChallengeBody>,
 ) -> Result<Response, ApiError> {
-    if !may_manage(state.pipeline.config(), &identity) {
+    if !may_manage(&state.pipeline.config(), &identity) {
         return Err(ApiError::Forbidden(
             "minting SCEP challenges needs a managing role".into(),
         ));
@@ -617,7 +617,7 @@ pub async fn rotate_scep_ra(
     State(state): State<AppState>,
     Caller(identity): Caller,
 ) -> Result<Response, ApiError> {
-    if !may_manage(state.pipeline.config(), &identity) {
+    if !may_manage(&state.pipeline.config(), &identity) {
         return Err(ApiError::Forbidden(
             "rotating the SCEP RA needs a managing role".into(),
         ));
@@ -638,12 +638,43 @@ pub async fn rotate_scep_ra(
         .into_response())
 }
 
+/// `POST /api/v1/reload`: read the configuration again and apply its policy (managers
+/// only). A configuration that does not validate changes nothing and answers 400.
+pub async fn reload(
+    State(state): State<AppState>,
+    Caller(identity): Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !may_manage(&state.pipeline.config(), &identity) {
+        return Err(ApiError::Forbidden(
+            "reloading the policy needs a managing role".into(),
+        ));
+    }
+    let source = state.config_source.clone();
+    let pipeline = state.pipeline.clone();
+    let actor = identity.name.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let config = source.read().map_err(|e| e.to_string())?;
+        pipeline.reload_policy(config, &actor)
+    })
+    .await
+    .map_err(|e| ApiError::Storage(e.to_string()))?;
+    match outcome {
+        Ok(needs_restart) => Ok(Json(
+            serde_json::json!({ "reloaded": true, "needs_restart": needs_restart }),
+        )),
+        Err(reason) => {
+            tracing::warn!(%reason, "reload refused; the running policy stays");
+            Err(ApiError::bad_request("invalid_config", reason))
+        }
+    }
+}
+
 /// `GET /api/v1/audit/verify`: walk the hash-chained audit log (managers only).
 pub async fn verify_audit(
     State(state): State<AppState>,
     Caller(identity): Caller,
 ) -> Result<Json<crate::store::AuditVerification>, ApiError> {
-    if !may_manage(state.pipeline.config(), &identity) {
+    if !may_manage(&state.pipeline.config(), &identity) {
         return Err(ApiError::Forbidden(
             "verifying the audit log needs a managing role".into(),
         ));
@@ -661,7 +692,7 @@ pub async fn list_approvals(
     State(state): State<AppState>,
     Caller(identity): Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if !may_manage(state.pipeline.config(), &identity) {
+    if !may_manage(&state.pipeline.config(), &identity) {
         return Err(ApiError::Forbidden(
             "listing approvals needs a managing role".into(),
         ));
@@ -694,7 +725,7 @@ pub async fn show_approval(
     Caller(identity): Caller,
     Path(request_id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if !may_manage(state.pipeline.config(), &identity) {
+    if !may_manage(&state.pipeline.config(), &identity) {
         return Err(ApiError::Forbidden(
             "reading requests needs a managing role".into(),
         ));
@@ -801,7 +832,7 @@ pub async fn escrowed_key(
     Caller(identity): Caller,
     Path(serial): Path<String>,
 ) -> Result<Response, ApiError> {
-    if !may_manage(state.pipeline.config(), &identity) {
+    if !may_manage(&state.pipeline.config(), &identity) {
         return Err(ApiError::Forbidden(
             "recovering escrowed keys needs a managing role".into(),
         ));

@@ -28,6 +28,8 @@ pub struct AppState {
     pub scep: Option<std::sync::Arc<crate::gateway::scep::Backend>>,
     /// Webhook delivery (state and replays).
     pub webhooks: crate::lifecycle::webhooks::Webhooks,
+    /// Where the configuration is read again on `POST /api/v1/reload`.
+    pub config_source: crate::config::ConfigSource,
 }
 
 /// The router.
@@ -35,11 +37,13 @@ pub fn router(
     pipeline: Pipeline,
     scep: Option<std::sync::Arc<crate::gateway::scep::Backend>>,
     webhooks: crate::lifecycle::webhooks::Webhooks,
+    config_source: crate::config::ConfigSource,
 ) -> Router {
     let state = AppState {
         pipeline,
         scep,
         webhooks,
+        config_source,
     };
     Router::new()
         .route("/healthz", get(handlers::healthz))
@@ -67,6 +71,7 @@ pub fn router(
         )
         .route("/api/v1/scep/ra/rotate", post(handlers::rotate_scep_ra))
         .route("/api/v1/audit", get(audit::list))
+        .route("/api/v1/reload", post(handlers::reload))
         .route("/api/v1/audit/verify", get(handlers::verify_audit))
         .route("/api/v1/policy/check", post(handlers::policy_check))
         .route("/api/v1/approvals", get(handlers::list_approvals))

@@ -14,7 +14,7 @@ use crate::model::Identity;
 use crate::policy::identity::may_manage;
 
 fn check_manager(state: &AppState, caller: &Identity, what: &str) -> Result<(), ApiError> {
-    if may_manage(state.pipeline.config(), caller) {
+    if may_manage(&state.pipeline.config(), caller) {
         Ok(())
     } else {
         Err(ApiError::Forbidden(format!("{what} needs a managing role")))

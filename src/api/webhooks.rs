@@ -14,7 +14,7 @@ use crate::model::Identity;
 use crate::policy::identity::may_manage;
 
 fn managed<'a>(state: &'a AppState, caller: &Identity) -> Result<&'a Webhooks, ApiError> {
-    if !may_manage(state.pipeline.config(), caller) {
+    if !may_manage(&state.pipeline.config(), caller) {
         return Err(ApiError::Forbidden(
             "managing webhooks needs a managing role".into(),
         ));

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 use x509_cert::Certificate;
 
+use super::lint::Linter;
 use super::{CaAdapter, CaError, CaSignature, CrlOrder, IssuanceOrder, IssuedCertificate, Serial};
 use crate::config::{CaConfig, ExtendedKeyUsage, KeyAlgorithm};
 use crate::files;
@@ -68,6 +69,8 @@ struct Publication {
 /// The built-in CA.
 pub struct LocalCa {
     issuer: Issuer<'static, KeyPair>,
+    /// Signs every leaf's parameters with a throwaway key first and lints the result.
+    linter: Linter,
     issuing_der: Vec<u8>,
     issuing_not_after: OffsetDateTime,
     root_der: Vec<u8>,
@@ -270,6 +273,7 @@ impl LocalCa {
             Some(0),
         );
         Ok(LocalCa {
+            linter: Linter::new(params.clone(), key.algorithm()).map_err(crypto)?,
             issuer: Issuer::new(params, key),
             issuing_der,
             issuing_not_after,
@@ -334,6 +338,7 @@ impl LocalCa {
             key_type: order.key_type,
             bytes: &order.public_key,
         };
+        self.linter.check(&params, &public_key)?;
         let cert = params
             .signed_by(&public_key, &self.issuer)
             .map_err(|e| CaError::Refused(e.to_string()))?;

@@ -5,6 +5,7 @@
 //!
 //! Imports `model`, `pkix`, `config` and `files`.
 
+pub mod lint;
 pub mod local;
 
 use std::fmt;
@@ -95,6 +96,10 @@ pub enum CaError {
     /// The CA's key or storage failed.
     #[error("CA failure: {0}")]
     Internal(String),
+    /// The certificate would break a profile rule ([`lint`]); nothing was signed. The text
+    /// starts with the rule's name.
+    #[error("pre-issuance lint failed: {0}")]
+    Lint(String),
 }
 
 /// A certificate authority rampart forwards approved orders to.

@@ -78,6 +78,12 @@ enum Command {
     /// Webhook endpoints, dead letters and replays (through the running daemon's API).
     #[command(subcommand)]
     Webhooks(webhooks::WebhooksCommand),
+    /// Re-read the configuration and apply its policy (templates, roles, approvals, key
+    /// policy) without a restart; an invalid file changes nothing. Same as SIGHUP.
+    Reload {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Check the tamper-evident audit log (through the running daemon's API).
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -294,6 +300,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Certs(command) => certs::run(command).await,
         Command::Discover(command) => discover::run(command).await,
         Command::Webhooks(command) => webhooks::run(command).await,
+        Command::Reload { api } => {
+            let answer = client::ApiClient::new(&api)?
+                .send(reqwest::Method::POST, "/api/v1/reload", None)
+                .await?;
+            let answer: serde_json::Value = serde_json::from_slice(&answer)?;
+            println!("policy reloaded");
+            for section in answer["needs_restart"].as_array().into_iter().flatten() {
+                println!(
+                    "  [{}] changed too: it takes effect after a restart",
+                    section.as_str().unwrap_or("?")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Renewal(command) => renewal::run(command).await,
         Command::Approvals(command) => approvals(command).await,
         Command::Apikeys(ApikeysCommand::Create {
@@ -518,7 +538,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_file)?;
-    let daemon = server::start(config, Arc::new(SystemClock)).await?;
+    let source = crate::config::ConfigSource::Loaded(config_file.map(Path::to_path_buf));
+    let daemon = server::start_from(config, Arc::new(SystemClock), source.clone()).await?;
     println!("rampart {} is running", env!("CARGO_PKG_VERSION"));
     if let Some(url) = &daemon.api_url {
         println!("  admin API   {url}/api/v1/   (also {url}/healthz and {url}/metrics)");
@@ -546,8 +567,32 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
     if let Some(key) = &daemon.new_admin_key {
         print_new_key(key);
     }
-    println!("Stop with Ctrl-C (or SIGTERM).");
-    shutdown_signal().await;
+    println!("Stop with Ctrl-C (or SIGTERM); SIGHUP or `rampart reload` reloads the policy.");
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = hangup.recv() => {
+                let pipeline = daemon.pipeline.clone();
+                let source = source.clone();
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let config = source.read().map_err(|e| e.to_string())?;
+                    pipeline.reload_policy(config, "SIGHUP")
+                })
+                .await;
+                match outcome {
+                    Ok(Ok(needs_restart)) if needs_restart.is_empty() => {}
+                    Ok(Ok(needs_restart)) => tracing::warn!(sections = ?needs_restart,
+                        "SIGHUP: these sections changed and take effect only after a restart"),
+                    Ok(Err(reason)) => tracing::error!(%reason,
+                        "SIGHUP: the configuration is invalid; the running policy stays"),
+                    Err(error) => tracing::error!(%error, "SIGHUP: reload task failed"),
+                }
+            }
+        }
+    }
     tracing::info!("shutting down: draining in-flight requests");
     daemon.shutdown().await;
     Ok(ExitCode::SUCCESS)

@@ -54,6 +54,27 @@ pub enum ConfigError {
     },
 }
 
+/// Where the running configuration came from, so that it can be read again on reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// The embedded defaults, this file (if any) and the environment ([`Config::load`]).
+    Loaded(Option<PathBuf>),
+    /// Built in memory by an embedder (tests): there is nothing to read again.
+    Memory,
+}
+
+impl ConfigSource {
+    /// Read the configuration again from its source.
+    pub fn read(&self) -> Result<Config, ConfigError> {
+        match self {
+            ConfigSource::Loaded(path) => Config::load(path.as_deref()),
+            ConfigSource::Memory => Err(ConfigError::Invalid(
+                "this daemon was configured in memory; there is no file to reload".into(),
+            )),
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,6 +110,9 @@ pub struct Config {
     /// `[discovery]`
     #[serde(default)]
     pub discovery: DiscoveryConfig,
+    /// `[policy]`
+    #[serde(default)]
+    pub policy: PolicySettingsConfig,
     /// `[templates.<name>]`
     pub templates: BTreeMap<String, TemplateConfig>,
     /// `[roles.<name>]`
@@ -333,6 +357,15 @@ impl Default for RenewalConfig {
             initial_backoff_seconds: 300,
         }
     }
+}
+
+/// `[policy]`: settings that apply to every request, whatever its template.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySettingsConfig {
+    /// Public keys refused as weak (rule `weak_key`): the SHA-256, hex, of each key's
+    /// SubjectPublicKeyInfo DER (`openssl pkey -pubin -outform DER | sha256sum`).
+    pub blocked_spki_sha256: Vec<String>,
 }
 
 /// `[discovery]`: scheduled certificate discovery.
@@ -802,6 +835,17 @@ impl Config {
             if !file.is_empty() && !Path::new(file).is_file() {
                 return Err(bad(key.into(), &format!("file {file} does not exist")));
             }
+        }
+        if let Some(entry) = self
+            .policy
+            .blocked_spki_sha256
+            .iter()
+            .find(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(bad(
+                "policy.blocked_spki_sha256".into(),
+                &format!("`{entry}` is not a SHA-256 in hex (64 hex digits)"),
+            ));
         }
         if self.api.max_body_bytes < 1024 {
             return Err(bad("api.max_body_bytes".into(), "must be at least 1024"));

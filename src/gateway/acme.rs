@@ -37,7 +37,7 @@ impl Backend {
             .acme
             .profiles
             .iter()
-            .map(|(name, p)| (name.clone(), acme_profile(config, p)))
+            .map(|(name, p)| (name.clone(), acme_profile(&config, p)))
             .collect();
         Backend { pipeline, profiles }
     }
@@ -137,7 +137,7 @@ impl AcmeBackend for Backend {
             }
         }
         if let Err(denied) = policy::precheck_names(
-            self.pipeline.config(),
+            &self.pipeline.config(),
             &identity_of(account),
             certificate_profile,
             &model,
@@ -161,9 +161,8 @@ impl AcmeBackend for Backend {
         order: &OrderRecord,
         csr_der: Vec<u8>,
     ) -> Result<Issuance, Problem> {
-        let profile = self
-            .pipeline
-            .config()
+        let config = self.pipeline.config();
+        let profile = config
             .acme
             .profiles
             .get(&order.profile)
@@ -272,7 +271,7 @@ impl AcmeBackend for Backend {
             revoked: record.revocation.is_some(),
             // The same window the renewal scheduler uses (template renew_before_days).
             renewal_window: Some(crate::lifecycle::renewal::suggested_window(
-                self.pipeline.config(),
+                &self.pipeline.config(),
                 &record,
             )),
             der: record.der,

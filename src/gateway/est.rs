@@ -471,7 +471,8 @@ impl EstBackend for Backend {
         let template = self
             .template(label)
             .ok_or_else(|| EstError::NotFound("no such EST label".into()))?;
-        let Some(template) = self.pipeline.config().templates.get(&template) else {
+        let config = self.pipeline.config();
+        let Some(template) = config.templates.get(&template) else {
             return Ok(None);
         };
         let oid = der::oid::ObjectIdentifier::new_unwrap;

@@ -307,8 +307,8 @@ impl Backend {
         Ok(serial)
     }
 
-    fn profile_config(&self, profile: &str) -> Option<&ScepProfileConfig> {
-        self.pipeline.config().scep.profiles.get(profile)
+    fn profile_config(&self, profile: &str) -> Option<ScepProfileConfig> {
+        self.pipeline.config().scep.profiles.get(profile).cloned()
     }
 
     /// The current RA certificate, DER.
@@ -620,7 +620,7 @@ impl ScepBackend for Backend {
     async fn enroll(&self, profile: &str, enrollment: Enrollment) -> Answer {
         let unavailable =
             |e: StoreError| Answer::Failure(FailInfo::BadRequest, format!("store: {e}"));
-        let Some(config) = self.profile_config(profile).cloned() else {
+        let Some(config) = self.profile_config(profile) else {
             return Answer::Failure(FailInfo::BadRequest, "no such profile".into());
         };
         let transaction =

@@ -183,7 +183,8 @@ pub async fn deliver_all(
     };
     let mut outcomes = Vec::new();
     for name in targets {
-        let Some(target) = pipeline.config().delivery.targets.get(name) else {
+        let config = pipeline.config();
+        let Some(target) = config.delivery.targets.get(name) else {
             outcomes.push(DeliveryOutcome {
                 target: name.clone(),
                 delivered: false,
@@ -340,7 +341,7 @@ impl Scheduler {
             for record in &page.items {
                 // A successor issued by this very scan waits for the next one.
                 let issued_now = report.renewed.iter().any(|(_, new)| *new == record.serial);
-                if !issued_now && now >= window(config, record) {
+                if !issued_now && now >= window(&config, record) {
                     report.due += 1;
                     self.due(record, now, &mut report).await?;
                 }
@@ -392,7 +393,7 @@ impl Scheduler {
         }
         // Event first, then the marker: a crash in between repeats the event rather than
         // losing it (at least once).
-        let event = events::expiring(record, window(self.pipeline.config(), record), now);
+        let event = events::expiring(record, window(&self.pipeline.config(), record), now);
         self.pipeline
             .with_store(move |store| {
                 store.record_event(None, &event)?;
@@ -608,7 +609,7 @@ pub async fn managed(pipeline: &Pipeline) -> Result<Vec<ManagedView>, StoreError
             .with_store(move |store| store.certificate(&owned))
             .await?;
         out.push(ManagedView {
-            window_opens: record.as_ref().map(|r| window(pipeline.config(), r)),
+            window_opens: record.as_ref().map(|r| window(&pipeline.config(), r)),
             not_after: record.as_ref().map(|r| r.not_after),
             serial,
             managed,

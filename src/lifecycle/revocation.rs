@@ -37,7 +37,7 @@ pub fn may_access(
     identity: &Identity,
     certificate: &CertificateRecord,
 ) -> bool {
-    certificate.owner == identity.name || may_manage(pipeline.config(), identity)
+    certificate.owner == identity.name || may_manage(&pipeline.config(), identity)
 }
 
 /// Reasons a requester may give. `removeFromCRL` only exists in delta CRLs and

@@ -22,6 +22,7 @@ use crate::model::{
     CertificateRecord, EnrollmentRequest, Identifier, Identity, KeyType, Protocol, StoredStatus,
 };
 use crate::pkix::csr::{CsrError, VerifiedCsr};
+use crate::pkix::goodkey;
 use crate::pkix::sha256_hex;
 use crate::policy::{self, Approval, Decision, Denial, Evaluation, Layer, PolicyRequest, Step};
 use crate::store::{
@@ -122,7 +123,8 @@ struct Approved<'a> {
 /// The enrollment pipeline and its collaborators.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
-    config: Arc<Config>,
+    /// Swapped whole by [`Pipeline::reload_policy`]; readers take a snapshot per use.
+    config: Arc<arc_swap::ArcSwap<Config>>,
     store: Arc<dyn Store>,
     ca: Arc<dyn CaAdapter>,
     clock: Arc<dyn Clock>,
@@ -149,7 +151,7 @@ impl Pipeline {
         metrics: Arc<Metrics>,
     ) -> Self {
         Pipeline {
-            config,
+            config: Arc::new(arc_swap::ArcSwap::new(config)),
             store,
             ca,
             clock,
@@ -159,8 +161,57 @@ impl Pipeline {
     }
 
     /// The configuration it decides on.
-    pub fn config(&self) -> &Config {
-        &self.config
+    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// Replace the policy — `[templates]`, `[roles]`, `[approvals]` and `[policy]` — with
+    /// those of `new`, which must validate together with the running configuration;
+    /// audited. Other sections are fixed at start: the ones `new` changes are returned
+    /// (they take effect after a restart). On error nothing changes.
+    pub fn reload_policy(&self, new: Config, actor: &str) -> Result<Vec<String>, String> {
+        let current = self.config();
+        let mut merged = Config::clone(&current);
+        merged.templates = new.templates.clone();
+        merged.roles = new.roles.clone();
+        merged.approvals = new.approvals.clone();
+        merged.policy = new.policy.clone();
+        merged.validate().map_err(|e| e.to_string())?;
+        let sections = |config: &Config| match serde_json::to_value(config) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        let (before, after, wanted) = (sections(&current), sections(&merged), sections(&new));
+        let changed: Vec<String> = after
+            .iter()
+            .filter(|(key, value)| before.get(*key) != Some(*value))
+            .map(|(key, _)| key.clone())
+            .collect();
+        let needs_restart: Vec<String> = wanted
+            .iter()
+            .filter(|(key, value)| after.get(*key) != Some(*value))
+            .map(|(key, _)| key.clone())
+            .collect();
+        let audit = AuditEntry {
+            time: self.clock.now(),
+            request_id: None,
+            actor: actor.to_string(),
+            action: AuditAction::PolicyReloaded,
+            outcome: "ok".into(),
+            layer: None,
+            rule: None,
+            reason: if changed.is_empty() {
+                "policy reloaded, nothing changed".into()
+            } else {
+                format!("policy reloaded: {} changed", changed.join(", "))
+            },
+            subject: None,
+            details: json!({ "changed": changed, "needs_restart": needs_restart }),
+        };
+        self.store.append_audit(&audit).map_err(|e| e.to_string())?;
+        self.config.store(Arc::new(merged));
+        tracing::info!(changed = ?changed, needs_restart = ?needs_restart, by = %actor, "policy reloaded");
+        Ok(needs_restart)
     }
 
     /// The store.
@@ -222,7 +273,7 @@ impl Pipeline {
     /// Submit an enrollment request: decide, and issue when approved.
     pub async fn submit(&self, request: EnrollmentRequest) -> Result<Outcome, PipelineError> {
         let limited = self
-            .config
+            .config()
             .templates
             .get(&request.template)
             .is_some_and(|t| t.rate_limit_per_day.is_some());
@@ -250,7 +301,7 @@ impl Pipeline {
                 .hold(&request, approval, evaluation.trace, reason)
                 .await;
         }
-        let template = &self.config.templates[&request.template];
+        let template = &self.config().templates[&request.template];
         let approved = Approved {
             request_id: request.request_id,
             protocol: request.protocol,
@@ -346,7 +397,11 @@ impl Pipeline {
         let (record, pending) = self.pending(request_id, approver).await?;
         let csr = VerifiedCsr::parse(&pending.csr_der)
             .map_err(|e| ApprovalError::Unusable(e.to_string()))?;
-        let template = self.config.templates.get(&record.template).ok_or_else(|| {
+        // The blocked-key list may have grown while the request waited.
+        goodkey::check(&csr.spki_der, &self.config().policy.blocked_spki_sha256)
+            .map_err(|e| ApprovalError::Unusable(e.to_string()))?;
+        let config = self.config();
+        let template = config.templates.get(&record.template).ok_or_else(|| {
             ApprovalError::Unusable(format!("template `{}` no longer exists", record.template))
         })?;
         let mut metadata = pending.metadata.clone();
@@ -439,7 +494,7 @@ impl Pipeline {
             self.expire(record, pending).await?;
             return Err(ApprovalError::Expired);
         }
-        if !policy::identity::may_approve(&self.config, approver, &record.template) {
+        if !policy::identity::may_approve(&self.config(), approver, &record.template) {
             return Err(ApprovalError::NotAnApprover);
         }
         if approver.name == pending.identity.name {
@@ -450,7 +505,7 @@ impl Pipeline {
 
     /// Whether a pending request waited past `approvals.pending_expiry_hours`.
     fn expired(&self, record: &RequestRecord) -> bool {
-        let hours = self.config.approvals.pending_expiry_hours;
+        let hours = self.config().approvals.pending_expiry_hours;
         hours > 0 && self.clock.now() - record.created_at > Duration::hours(hours.into())
     }
 
@@ -477,7 +532,7 @@ impl Pipeline {
             "approval_expired",
             format!(
                 "nobody decided within {} hours",
-                self.config.approvals.pending_expiry_hours
+                self.config().approvals.pending_expiry_hours
             ),
         );
         self.deny(&request, record.identifiers, denial, Vec::new())
@@ -531,7 +586,7 @@ impl Pipeline {
         };
         let identifiers = requested_identifiers(request, &csr);
         let limited = self
-            .config
+            .config()
             .templates
             .get(&request.template)
             .is_some_and(|t| t.rate_limit_per_day.is_some());
@@ -542,8 +597,8 @@ impl Pipeline {
                 .unwrap_or(u32::MAX),
             false => 0,
         };
-        let evaluation = policy::evaluate(
-            &self.config,
+        let mut evaluation = policy::evaluate(
+            &self.config(),
             &PolicyRequest {
                 identity: &request.identity,
                 template: &request.template,
@@ -554,6 +609,22 @@ impl Pipeline {
                 issued_last_day,
             },
         );
+        // Weak keys are refused once policy would approve (its precise reasons, such as a
+        // template's RSA size floor, come first) and before anything is held or signed.
+        if matches!(evaluation.decision, Decision::Approved(_)) {
+            if let Err(weak) =
+                goodkey::check(&csr.spki_der, &self.config().policy.blocked_spki_sha256)
+            {
+                let denial = csr_denial(&CsrError::WeakKey(weak));
+                let detail = denial.reason.clone();
+                evaluation.trace.push(Step {
+                    layer: Layer::Input,
+                    verdict: "denied",
+                    detail,
+                });
+                evaluation.decision = Decision::Denied(denial);
+            }
+        }
         Assessment {
             csr: Some(csr),
             identifiers,
@@ -589,7 +660,7 @@ impl Pipeline {
                 InternalPurpose::ScepRa => (
                     "rampart-scep-ra",
                     vec![],
-                    Some(format!("{} SCEP RA", self.config.ca.common_name)),
+                    Some(format!("{} SCEP RA", self.config().ca.common_name)),
                     vec![],
                     true,
                 ),
@@ -861,7 +932,7 @@ impl Pipeline {
         self.with_store(move |store| store.complete_issuance(&stored, &audit, &event))
             .await?;
         if self
-            .config
+            .config()
             .templates
             .get(&record.template)
             .is_some_and(|t| t.rate_limit_per_day.is_some())
@@ -924,6 +995,7 @@ fn csr_denial(error: &CsrError) -> Denial {
         CsrError::UnsupportedKey(_) => "unsupported_key",
         CsrError::BadSignature => "bad_csr_signature",
         CsrError::BadName(_) => "bad_name",
+        CsrError::WeakKey(_) => "weak_key",
     };
     Denial::new(Layer::Input, rule, error.to_string())
 }

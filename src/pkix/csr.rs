@@ -39,6 +39,9 @@ pub enum CsrError {
     /// A requested subject alternative name is not valid or not supported.
     #[error("invalid subject alternative name: {0}")]
     BadName(String),
+    /// The public key is weak ([`goodkey`](super::goodkey)).
+    #[error("weak public key: {0}")]
+    WeakKey(#[from] super::goodkey::WeakKey),
 }
 
 /// A PKCS#10 request whose signature verified, with what rampart reads from it.
@@ -76,6 +79,8 @@ impl VerifiedCsr {
             })?
             .to_vec();
         let key_type = key_type(spki)?;
+        // Before the signature: a point off its curve is a weak key, not a bad signature.
+        super::goodkey::check_ec_point(key_type, &public_key)?;
         let algorithm = verification_algorithm(&request.algorithm.oid, key_type)?;
         let signed = info
             .to_der()

@@ -1,10 +1,12 @@
 //! PKIX building blocks shared by the pipeline, the CA adapters and the API: PKCS#10 parsing
-//! with signature verification, PEM, PKCS#7 certs-only bundles and fingerprints.
+//! with signature verification, weak-key checks, PEM, PKCS#7 certs-only bundles and
+//! fingerprints.
 //!
 //! Wire formats come from RustCrypto (`x509-cert`, `der`, `cms`), signature verification
 //! from aws-lc-rs. Imports only `model`.
 
 pub mod csr;
+pub mod goodkey;
 pub mod keygen;
 pub mod pem;
 pub mod pkcs7;

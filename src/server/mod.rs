@@ -244,6 +244,8 @@ pub struct Daemon {
     pub new_admin_key: Option<String>,
     /// The pipeline the listeners serve (for embedding and tests).
     pub pipeline: Pipeline,
+    /// Where the configuration came from (read again on reload).
+    pub config_source: crate::config::ConfigSource,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -260,6 +262,16 @@ impl Daemon {
 
 /// Bootstrap and start every enabled listener.
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, ServerError> {
+    start_from(config, clock, crate::config::ConfigSource::Memory).await
+}
+
+/// Like [`start`], remembering where the configuration came from so that the policy can be
+/// reloaded from there (SIGHUP, `rampart reload`).
+pub async fn start_from(
+    config: Config,
+    clock: Arc<dyn Clock>,
+    source: crate::config::ConfigSource,
+) -> Result<Daemon, ServerError> {
     // One process-wide TLS crypto provider (aws-lc-rs) for every rustls user, including
     // HTTP clients inside validators; an embedder that chose one already keeps it.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -348,7 +360,12 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
         }
         let (listener, addr) = bind(api.listen).await?;
         let router = observed(
-            crate::api::router(boot.pipeline.clone(), scep_backend, webhooks.clone()),
+            crate::api::router(
+                boot.pipeline.clone(),
+                scep_backend,
+                webhooks.clone(),
+                source.clone(),
+            ),
             "api",
             boot.pipeline.metrics().clone(),
         );
@@ -436,6 +453,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Daemon, Serv
         listener_certificate: cert_path,
         new_admin_key: boot.new_admin_key,
         pipeline: boot.pipeline,
+        config_source: source,
         shutdown,
         tasks,
     })

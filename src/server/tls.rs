@@ -82,7 +82,7 @@ pub async fn ensure_listener_certificate(
 ) -> Result<(PathBuf, PathBuf), ServerError> {
     let (cert_path, key_path) = listener_paths(data_dir);
     let meta_path = data_dir.join("tls").join("listener.json");
-    let names = listener_names(pipeline.config());
+    let names = listener_names(&pipeline.config());
     let now = pipeline.clock().now();
     let current = std::fs::read_to_string(&meta_path)
         .ok()

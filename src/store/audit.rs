@@ -35,6 +35,8 @@ pub enum AuditAction {
     ChallengeCreated,
     /// A SCEP RA certificate was issued (first start or rotation).
     RaRotated,
+    /// The policy (templates, roles, approvals, key policy) was reloaded.
+    PolicyReloaded,
 }
 
 /// One audit entry, before it is chained.

@@ -45,22 +45,29 @@ pub async fn start_with(config: Config, clock: Arc<dyn Clock>, key: Option<Strin
             Err(error) => panic!("daemon starts: {error:?}"),
         }
     };
-    let key = daemon.new_admin_key.clone().or(key).expect("an admin key");
-    let mut builder = reqwest::Client::builder().use_rustls_tls();
-    let pem = std::fs::read(&daemon.ca_bundle).unwrap();
-    for cert in reqwest::Certificate::from_pem_bundle(&pem).unwrap() {
-        builder = builder.add_root_certificate(cert);
-    }
-    let url = daemon
-        .api_url
-        .clone()
-        .unwrap()
-        .replace("127.0.0.1", "localhost");
-    TestDaemon {
-        daemon,
-        url,
-        key,
-        http: builder.build().unwrap(),
+    TestDaemon::attach(daemon, key)
+}
+
+impl TestDaemon {
+    /// Wrap a started daemon: its first admin key (or `key`) and an HTTPS-capable client.
+    pub fn attach(daemon: Daemon, key: Option<String>) -> TestDaemon {
+        let key = daemon.new_admin_key.clone().or(key).expect("an admin key");
+        let mut builder = reqwest::Client::builder().use_rustls_tls();
+        let pem = std::fs::read(&daemon.ca_bundle).unwrap();
+        for cert in reqwest::Certificate::from_pem_bundle(&pem).unwrap() {
+            builder = builder.add_root_certificate(cert);
+        }
+        let url = daemon
+            .api_url
+            .clone()
+            .unwrap()
+            .replace("127.0.0.1", "localhost");
+        TestDaemon {
+            daemon,
+            url,
+            key,
+            http: builder.build().unwrap(),
+        }
     }
 }
 
