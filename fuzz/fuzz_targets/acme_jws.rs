@@ -97,7 +97,7 @@ fn payload(bytes: &[u8], jwk: &Map<String, Value>, url: &str) {
 
 /// A JWS body: parse, verify with its own key (newAccount-style) or the fixed account key
 /// (`kid`-style), then its payload; keyChange nests one more JWS in the payload.
-fn jws(body: &[u8], depth: u8) {
+fn body(body: &[u8], depth: u8) {
     let Ok(jws) = Jws::parse(body) else {
         return;
     };
@@ -114,11 +114,11 @@ fn jws(body: &[u8], depth: u8) {
     let _ = jws.json::<Value>();
     payload(&jws.payload, &jwk, &jws.url);
     if depth == 0 {
-        jws(&jws.payload, 1);
+        self::body(&jws.payload, 1);
     }
 }
 
 fuzz_target!(|data: &[u8]| {
-    jws(data, 0);
+    body(data, 0);
     payload(data, &rampart_fuzz::p256_jwk(), "https://acme.test/new-account");
 });

@@ -49,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = config.crl_url();
     let _ = config.ocsp_url();
-    let _ = config.resolver_addr();
+    let _ = config.acme.resolver_addr();
     let identity = Identity {
         name: "fuzz".into(),
         roles: config.roles.keys().cloned().collect(),

@@ -234,11 +234,11 @@ pub async fn policy_check(
         template: body.template,
         requested_identifiers: None,
         validity_days: body.validity_days,
-        resource: None,
+        resource: body.resource,
         metadata: Default::default(),
         renews: None,
     };
-    let assessment = state.pipeline.assess(&request);
+    let assessment = state.pipeline.assess(&request).await;
     let mut answer = serde_json::json!({
         "identity": request.identity.name,
         "template": request.template,

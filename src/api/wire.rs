@@ -238,4 +238,7 @@ pub struct PolicyCheckBody {
     /// That identity's roles (with `identity`).
     #[serde(default)]
     pub roles: Vec<String>,
+    /// The resource the certificate would be for.
+    #[serde(default)]
+    pub resource: Option<String>,
 }

@@ -164,6 +164,9 @@ enum PolicyCommand {
         /// A role of that identity (repeatable).
         #[arg(long = "role")]
         roles: Vec<String>,
+        /// The resource the certificate would be for (server, namespace…).
+        #[arg(long)]
+        resource: Option<String>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -359,13 +362,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             validity_days,
             identity,
             roles,
+            resource,
             api,
         }) => {
             let csr = std::fs::read_to_string(&csr)
                 .with_context(|| format!("reading {}", csr.display()))?;
             let body = serde_json::json!({
                 "csr": csr, "template": template, "validity_days": validity_days,
-                "identity": identity, "roles": roles,
+                "identity": identity, "roles": roles, "resource": resource,
             });
             let client = client::ApiClient::new(&api)?;
             let answer: serde_json::Value = serde_json::from_slice(

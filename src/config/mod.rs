@@ -104,6 +104,9 @@ pub struct Config {
     /// `[approvals]`
     #[serde(default)]
     pub approvals: ApprovalsConfig,
+    /// `[resources]`
+    #[serde(default)]
+    pub resources: ResourcesConfig,
     /// `[delivery]`
     #[serde(default)]
     pub delivery: DeliveryConfig,
@@ -313,6 +316,58 @@ pub struct WebhookEndpointConfig {
     /// Templates whose events are delivered (empty = all).
     #[serde(default)]
     pub templates: Vec<String>,
+}
+
+/// `[resources]`: policy layer 3, who owns the resources certificates are for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResourcesConfig {
+    /// A TOML registry: `[<resource>] owner = "<role>", environment = "<env>"`.
+    pub registry_file: Option<PathBuf>,
+    /// An HTTP JSON CMDB: `GET {cmdb_url}/{resource}` → `{"owner": …, "environment": …}`;
+    /// 404 = no such resource; errors and timeouts deny.
+    pub cmdb_url: Option<String>,
+    /// Time limit of one CMDB look-up, in milliseconds.
+    pub cmdb_timeout_ms: u64,
+    /// How long an answer (found or not found) is reused, in seconds.
+    pub cache_ttl_seconds: u64,
+    /// Names that map to resources when the request names none.
+    pub mappings: Vec<ResourceMappingConfig>,
+    /// `[resources.environments.<env>]`
+    pub environments: BTreeMap<String, EnvironmentConfig>,
+}
+
+impl Default for ResourcesConfig {
+    fn default() -> Self {
+        ResourcesConfig {
+            registry_file: None,
+            cmdb_url: None,
+            cmdb_timeout_ms: 2_000,
+            cache_ttl_seconds: 300,
+            mappings: Vec::new(),
+            environments: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[[resources.mappings]]`: requested names matching `pattern` concern `resource`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceMappingConfig {
+    /// DNS name pattern (as in roles).
+    pub pattern: DnsNamePattern,
+    /// The resource those names belong to.
+    pub resource: String,
+}
+
+/// `[resources.environments.<env>]`: what certificates for resources in it may be.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvironmentConfig {
+    /// Templates allowed (empty = any the role allows).
+    pub templates: Vec<String>,
+    /// Every request for such a resource waits for an approver.
+    pub approval_required: bool,
 }
 
 /// `[approvals]`: requests held for a person.
@@ -1071,6 +1126,34 @@ impl Config {
         }
         if self.renewal.max_attempts == 0 {
             return Err(bad("renewal.max_attempts".into(), "must be at least 1"));
+        }
+        if let Some(url) = &self.resources.cmdb_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(bad(
+                    "resources.cmdb_url".into(),
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
+        for (env, environment) in &self.resources.environments {
+            if let Some(unknown) = environment
+                .templates
+                .iter()
+                .find(|t| !self.templates.contains_key(*t))
+            {
+                return Err(bad(
+                    format!("resources.environments.{env}.templates"),
+                    &format!("template `{unknown}` is not defined"),
+                ));
+            }
+        }
+        for (i, mapping) in self.resources.mappings.iter().enumerate() {
+            if mapping.resource.trim().is_empty() {
+                return Err(bad(
+                    format!("resources.mappings[{i}].resource"),
+                    "must not be empty",
+                ));
+            }
         }
         for (name, template) in &self.templates {
             if let Some(unknown) = template

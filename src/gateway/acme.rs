@@ -394,7 +394,7 @@ fn denial_problem(request_id: Uuid, denial: &crate::policy::Denial) -> Problem {
         (_, "rate_limited") => ProblemType::RateLimited,
         (Layer::Input | Layer::Template, _) => ProblemType::BadCsr,
         (Layer::Names, _) => ProblemType::RejectedIdentifier,
-        (Layer::Identity, _) => ProblemType::Unauthorized,
+        (Layer::Identity | Layer::Resource, _) => ProblemType::Unauthorized,
     };
     Problem::new(
         kind,

@@ -6,6 +6,7 @@
 //! Imports `policy`, `ca`, `store`, `model`, `pkix`, `config`, `clock`, `metrics`.
 
 pub mod events;
+pub mod resources;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -132,6 +133,8 @@ pub struct Pipeline {
     /// Serialises decide-and-issue on rate-limited templates, so concurrent requests cannot
     /// all see the same count.
     rate_gate: Arc<tokio::sync::Mutex<()>>,
+    /// Resource ownership look-ups (policy layer 3), cached.
+    resources: Arc<resources::Directory>,
 }
 
 /// Store namespace of issuance times on rate-limited templates.
@@ -157,6 +160,7 @@ impl Pipeline {
             clock,
             metrics,
             rate_gate: Arc::default(),
+            resources: Arc::default(),
         }
     }
 
@@ -165,7 +169,8 @@ impl Pipeline {
         self.config.load()
     }
 
-    /// Replace the policy — `[templates]`, `[roles]`, `[approvals]` and `[policy]` — with
+    /// Replace the policy — `[templates]`, `[roles]`, `[approvals]`, `[policy]` and
+    /// `[resources]` — with
     /// those of `new`, which must validate together with the running configuration;
     /// audited. Other sections are fixed at start: the ones `new` changes are returned
     /// (they take effect after a restart). On error nothing changes.
@@ -176,6 +181,7 @@ impl Pipeline {
         merged.roles = new.roles.clone();
         merged.approvals = new.approvals.clone();
         merged.policy = new.policy.clone();
+        merged.resources = new.resources.clone();
         merged.validate().map_err(|e| e.to_string())?;
         let sections = |config: &Config| match serde_json::to_value(config) {
             Ok(serde_json::Value::Object(map)) => map,
@@ -210,6 +216,7 @@ impl Pipeline {
         };
         self.store.append_audit(&audit).map_err(|e| e.to_string())?;
         self.config.store(Arc::new(merged));
+        self.resources.clear();
         tracing::info!(changed = ?changed, needs_restart = ?needs_restart, by = %actor, "policy reloaded");
         Ok(needs_restart)
     }
@@ -286,7 +293,7 @@ impl Pipeline {
             csr,
             identifiers,
             evaluation,
-        } = self.assess(&request);
+        } = self.assess(&request).await;
         let (csr, approval) = match (csr, evaluation.decision) {
             (Some(csr), Decision::Approved(approval)) => (csr, approval),
             (_, Decision::Denied(denial)) => {
@@ -564,7 +571,7 @@ impl Pipeline {
     }
 
     /// Decide on a request without recording or issuing anything (dry run: `policy check`).
-    pub fn assess(&self, request: &EnrollmentRequest) -> Assessment {
+    pub async fn assess(&self, request: &EnrollmentRequest) -> Assessment {
         let csr = match VerifiedCsr::parse(&request.csr_der) {
             Ok(csr) => csr,
             Err(error) => {
@@ -597,8 +604,23 @@ impl Pipeline {
                 .unwrap_or(u32::MAX),
             false => 0,
         };
+        // Layer 3's input: who owns the resources the request concerns.
+        let config = self.config.load_full();
+        let concerned = policy::resources::concerned(
+            &config.resources,
+            request.resource.as_deref(),
+            &identifiers,
+        );
+        let lookups = match concerned.is_empty() {
+            true => Vec::new(),
+            false => {
+                self.resources
+                    .lookup_all(&config.resources, &concerned)
+                    .await
+            }
+        };
         let mut evaluation = policy::evaluate(
-            &self.config(),
+            &config,
             &PolicyRequest {
                 identity: &request.identity,
                 template: &request.template,
@@ -607,6 +629,7 @@ impl Pipeline {
                 key_type: csr.key_type,
                 validity_days: request.validity_days,
                 issued_last_day,
+                resources: &lookups,
             },
         );
         // Weak keys are refused once policy would approve (its precise reasons, such as a

@@ -264,7 +264,7 @@ fn factorize(mut n: u32) -> Vec<(u32, u32)> {
     let mut q = 2;
     while q * q <= n {
         let mut k = 0;
-        while n % q == 0 {
+        while n.is_multiple_of(q) {
             n /= q;
             k += 1;
         }
@@ -517,10 +517,7 @@ mod tests {
         assert_eq!(fermat_factor(&n, FERMAT_ROUNDS), None);
         // A validly signed CSR whose primes are close (see the fixture README).
         let spki = fixture_spki("weak-keys/close-primes.csr.pem");
-        assert!(matches!(
-            check(&spki, &[]),
-            Err(WeakKey::RsaCloseFactors(_))
-        ));
+        assert_eq!(check(&spki, &[]), Err(WeakKey::RsaCloseFactors(1)));
     }
 
     #[test]

@@ -3,14 +3,14 @@
 //! layer's verdict, so the audit log can say exactly why.
 //!
 //! Layers, in order (DESIGN.md): 1 identity RBAC ([`identity`]) → 2 SAN validation
-//! ([`names`]) → 3 resource binding (not built yet: requests naming a resource are
-//! recorded with it, nothing is enforced) → 4 template policy ([`template`]).
+//! ([`names`]) → 3 resource binding ([`resources`]) → 4 template policy ([`template`]).
 //!
 //! Imports `config` and `model` only: no store, no CA, no I/O. What a decision needs
 //! (time, look-ups) comes in as plain inputs.
 
 pub mod identity;
 pub mod names;
+pub mod resources;
 pub mod template;
 
 use serde::Serialize;
@@ -28,6 +28,8 @@ pub enum Layer {
     Identity,
     /// 2: which names the identity may get.
     Names,
+    /// 3: whose resources the certificate is for.
+    Resource,
     /// 4: what the template allows.
     Template,
 }
@@ -39,6 +41,7 @@ impl Layer {
             Layer::Input => "input",
             Layer::Identity => "identity",
             Layer::Names => "names",
+            Layer::Resource => "resource",
             Layer::Template => "template",
         }
     }
@@ -117,6 +120,9 @@ pub struct PolicyRequest<'a> {
     /// Certificates this identity got on this template in the last 24 hours (counted by
     /// the pipeline when the template has a rate limit).
     pub issued_last_day: u32,
+    /// The resources the request concerns ([`resources::concerned`]) as the pipeline
+    /// looked them up.
+    pub resources: &'a [(String, resources::Lookup)],
 }
 
 /// A decision with its trace.
@@ -174,7 +180,26 @@ fn run_layers(
         verdict: "passed",
         detail: format!("{} name(s) allowed", request.identifiers.len()),
     });
-    let approval = template::check(template, request)?;
+    let resource_approval = resources::check(
+        &config.resources,
+        request.identity,
+        request.template,
+        request.resources,
+    )?;
+    trace.push(Step {
+        layer: Layer::Resource,
+        verdict: "passed",
+        detail: if request.resources.is_empty() {
+            "no resource named or mapped".into()
+        } else {
+            let names: Vec<&str> = request.resources.iter().map(|(r, _)| r.as_str()).collect();
+            format!("owned by the requester's team: {}", names.join(", "))
+        },
+    });
+    let mut approval = template::check(template, request)?;
+    if approval.needs_approval.is_none() {
+        approval.needs_approval = resource_approval;
+    }
     let mut detail = format!("{} key, {} days", request.key_type, approval.validity_days);
     if let Some(limit) = template.rate_limit_per_day {
         detail.push_str(&format!(
@@ -250,6 +275,7 @@ pub(crate) mod tests {
             key_type: KeyType::EcdsaP256,
             validity_days: None,
             issued_last_day: 0,
+            resources: &[],
         };
         let evaluation = evaluate(&config, &request);
         assert_eq!(
@@ -262,7 +288,15 @@ pub(crate) mod tests {
             })
         );
         let layers: Vec<_> = evaluation.trace.iter().map(|s| s.layer).collect();
-        assert_eq!(layers, [Layer::Identity, Layer::Names, Layer::Template]);
+        assert_eq!(
+            layers,
+            [
+                Layer::Identity,
+                Layer::Names,
+                Layer::Resource,
+                Layer::Template
+            ]
+        );
     }
 
     #[test]
@@ -278,6 +312,7 @@ pub(crate) mod tests {
             key_type: KeyType::EcdsaP256,
             validity_days: None,
             issued_last_day: 0,
+            resources: &[],
         };
         let Decision::Denied(denial) = evaluate(&config, &request).decision else {
             panic!("approved")

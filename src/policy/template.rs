@@ -143,6 +143,7 @@ mod tests {
             key_type,
             validity_days: validity,
             issued_last_day: 0,
+            resources: &[],
         };
         check(&config.templates["client"], &request).map_err(|d| d.rule)
     }
@@ -196,6 +197,7 @@ mod tests {
             key_type: KeyType::Ed25519,
             validity_days: None,
             issued_last_day: 0,
+            resources: &[],
         };
         assert_eq!(
             check(&config.templates["client"], &request)
