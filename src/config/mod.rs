@@ -421,6 +421,10 @@ pub struct PolicySettingsConfig {
     /// Public keys refused as weak (rule `weak_key`): the SHA-256, hex, of each key's
     /// SubjectPublicKeyInfo DER (`openssl pkey -pubin -outform DER | sha256sum`).
     pub blocked_spki_sha256: Vec<String>,
+    /// DNS names nobody gets, whatever their roles allow (patterns as in roles).
+    pub deny_dns_names: Vec<DnsNamePattern>,
+    /// IP ranges nobody gets.
+    pub deny_ip_ranges: Vec<IpNet>,
 }
 
 /// `[discovery]`: scheduled certificate discovery.

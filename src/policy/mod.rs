@@ -174,7 +174,7 @@ fn run_layers(
             request.template
         ),
     });
-    names::check(&roles, request.identifiers)?;
+    names::check(&config.policy, &roles, request.identifiers)?;
     trace.push(Step {
         layer: Layer::Names,
         verdict: "passed",
@@ -241,7 +241,12 @@ pub fn precheck_names(
     }
     let roles = identity::roles_for_template(config, identity, template)
         .map_err(|d| all_refused(d.reason))?;
-    let refused = names::refused(&roles, identifiers);
+    let mut refused = names::globally_denied(&config.policy, identifiers);
+    let by_roles: Vec<_> = names::refused(&roles, identifiers)
+        .into_iter()
+        .filter(|(id, _)| !refused.iter().any(|(denied, _)| denied == id))
+        .collect();
+    refused.extend(by_roles);
     if refused.is_empty() {
         Ok(())
     } else {
@@ -296,6 +301,62 @@ pub(crate) mod tests {
                 Layer::Resource,
                 Layer::Template
             ]
+        );
+    }
+
+    /// config/policy.example.toml loads and decides as its header says.
+    #[test]
+    fn the_enterprise_example_policy_decides_as_documented() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("config")
+            .join("policy.example.toml");
+        let config = Config::load(Some(&path)).unwrap();
+        let decide = |role: &str, template: &str, name: &str| {
+            let identity = Identity {
+                name: "someone".into(),
+                roles: vec![role.into()],
+                credential: crate::model::Credential::System,
+            };
+            let ids = [Identifier::dns(name).unwrap()];
+            let request = PolicyRequest {
+                identity: &identity,
+                template,
+                identifiers: &ids,
+                common_name: None,
+                key_type: KeyType::EcdsaP256,
+                validity_days: None,
+                issued_last_day: 0,
+                resources: &[],
+            };
+            match evaluate(&config, &request).decision {
+                Decision::Approved(a) if a.needs_approval.is_some() => "pending",
+                Decision::Approved(_) => "approved",
+                Decision::Denied(d) => d.rule,
+            }
+        };
+        assert_eq!(
+            decide("web-devs", "tls-server", "app.dev.example.com"),
+            "approved"
+        );
+        assert_eq!(
+            decide("web-devs", "tls-server", "a.b.dev.example.com"),
+            "identifier_not_allowed"
+        );
+        assert_eq!(
+            decide("web-devs", "tls-server-prod", "app.dev.example.com"),
+            "template_not_allowed"
+        );
+        assert_eq!(
+            decide("platform", "tls-server-prod", "a.b.prod.example.com"),
+            "pending"
+        );
+        assert_eq!(
+            decide("devices", "device-identity", "d1.devices.example.com"),
+            "approved"
+        );
+        assert_eq!(
+            decide("pki-admins", "tls-server", "x.corp.example.com"),
+            "identifier_denied"
         );
     }
 
