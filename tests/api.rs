@@ -793,7 +793,12 @@ async fn policy_check_decides_without_issuing_or_recording() {
         .collect();
     assert_eq!(
         layers,
-        [json!("identity"), json!("names"), json!("template")]
+        [
+            json!("identity"),
+            json!("names"),
+            json!("resource"),
+            json!("template")
+        ]
     );
 
     let foreign = csr(&p256(), None, &["www.google.com"]);
