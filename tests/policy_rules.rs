@@ -123,6 +123,7 @@ async fn wildcards_and_long_lifetimes_wait_for_the_templates_approvers() {
             dns_names: vec![],
             ip_ranges: vec![],
             manage: false,
+            dns_checks: None,
         },
     );
     let clock = ManualClock::new(time::OffsetDateTime::now_utc());

@@ -37,6 +37,7 @@ fn role(templates: &[&str]) -> RoleConfig {
         dns_names: vec!["**.test".to_string().try_into().unwrap()],
         ip_ranges: vec![],
         manage: false,
+        dns_checks: None,
     }
 }
 

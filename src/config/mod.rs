@@ -425,6 +425,8 @@ pub struct PolicySettingsConfig {
     pub deny_dns_names: Vec<DnsNamePattern>,
     /// IP ranges nobody gets.
     pub deny_ip_ranges: Vec<IpNet>,
+    /// Nameserver for roles' DNS checks (`host:port`; empty: the system's resolvers).
+    pub dns_resolver: String,
 }
 
 /// `[discovery]`: scheduled certificate discovery.
@@ -648,16 +650,28 @@ pub struct AcmeProfileConfig {
 impl AcmeConfig {
     /// The resolver address, when one is configured.
     pub fn resolver_addr(&self) -> Option<SocketAddr> {
-        let text = self.dns_resolver.trim();
-        if text.is_empty() {
-            return None;
-        }
-        text.parse().ok().or_else(|| {
-            text.parse::<std::net::IpAddr>()
-                .ok()
-                .map(|ip| SocketAddr::new(ip, 53))
-        })
+        resolver_addr(&self.dns_resolver)
     }
+}
+
+impl PolicySettingsConfig {
+    /// The resolver address for roles' DNS checks, when one is configured.
+    pub fn resolver_addr(&self) -> Option<SocketAddr> {
+        resolver_addr(&self.dns_resolver)
+    }
+}
+
+/// `ip` or `ip:port` (port 53 by default); `None` when empty or unparseable.
+fn resolver_addr(text: &str) -> Option<SocketAddr> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    text.parse().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, 53))
+    })
 }
 
 /// An extended key usage a template can grant.
@@ -746,6 +760,21 @@ pub struct RoleConfig {
     pub ip_ranges: Vec<IpNet>,
     /// May manage every certificate and API keys.
     pub manage: bool,
+    /// DNS checks on the names this role allows (`[roles.<name>.dns_checks]`).
+    #[serde(default)]
+    pub dns_checks: Option<DnsChecksConfig>,
+}
+
+/// `[roles.<name>.dns_checks]`: what the DNS must say about a name before the role allows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsChecksConfig {
+    /// The name must resolve (A or AAAA).
+    pub resolve: bool,
+    /// Every address it resolves to must fall in one of these ranges (empty: any).
+    pub addresses_in: Vec<IpNet>,
+    /// Its DNS zone (the closest enclosing SOA) must be one of these (empty: any).
+    pub zones: Vec<String>,
 }
 
 impl Config {
@@ -947,6 +976,12 @@ impl Config {
             return Err(bad(
                 "acme.http01_port".into(),
                 "validation ports must not be 0",
+            ));
+        }
+        if !self.policy.dns_resolver.trim().is_empty() && self.policy.resolver_addr().is_none() {
+            return Err(bad(
+                "policy.dns_resolver".into(),
+                "must be `ip` or `ip:port`, or empty",
             ));
         }
         if !acme.dns_resolver.trim().is_empty() && acme.resolver_addr().is_none() {

@@ -5,6 +5,7 @@
 //!
 //! Imports `policy`, `ca`, `store`, `model`, `pkix`, `config`, `clock`, `metrics`.
 
+pub mod dns;
 pub mod events;
 pub mod resources;
 
@@ -619,6 +620,11 @@ impl Pipeline {
                     .await
             }
         };
+        // Layer 2's input for roles with DNS checks: what the DNS says about the names.
+        let dns_facts = match policy::needs_dns(&config, &request.identity, &request.template) {
+            true => Some(dns::facts(&config.policy, &identifiers).await),
+            false => None,
+        };
         let mut evaluation = policy::evaluate(
             &config,
             &PolicyRequest {
@@ -630,6 +636,7 @@ impl Pipeline {
                 validity_days: request.validity_days,
                 issued_last_day,
                 resources: &lookups,
+                dns: dns_facts.as_ref(),
             },
         );
         // Weak keys are refused once policy would approve (its precise reasons, such as a

@@ -123,6 +123,16 @@ pub struct PolicyRequest<'a> {
     /// The resources the request concerns ([`resources::concerned`]) as the pipeline
     /// looked them up.
     pub resources: &'a [(String, resources::Lookup)],
+    /// DNS facts of the requested names, when a role with DNS checks is involved
+    /// ([`needs_dns`]); `None` skips DNS checks.
+    pub dns: Option<&'a names::DnsFactsMap>,
+}
+
+/// Whether deciding on this request needs DNS facts: a role that may use the template has
+/// DNS checks.
+pub fn needs_dns(config: &Config, identity: &Identity, template: &str) -> bool {
+    identity::roles_for_template(config, identity, template)
+        .is_ok_and(|roles| names::needs_dns(&roles))
 }
 
 /// A decision with its trace.
@@ -174,7 +184,7 @@ fn run_layers(
             request.template
         ),
     });
-    names::check(&config.policy, &roles, request.identifiers)?;
+    names::check(&config.policy, &roles, request.identifiers, request.dns)?;
     trace.push(Step {
         layer: Layer::Names,
         verdict: "passed",
@@ -242,9 +252,10 @@ pub fn precheck_names(
     let roles = identity::roles_for_template(config, identity, template)
         .map_err(|d| all_refused(d.reason))?;
     let mut refused = names::globally_denied(&config.policy, identifiers);
-    let by_roles: Vec<_> = names::refused(&roles, identifiers)
+    let by_roles: Vec<_> = names::refused(&roles, identifiers, None)
         .into_iter()
-        .filter(|(id, _)| !refused.iter().any(|(denied, _)| denied == id))
+        .filter(|r| !refused.iter().any(|(denied, _)| *denied == r.identifier))
+        .map(|r| (r.identifier, r.reason))
         .collect();
     refused.extend(by_roles);
     if refused.is_empty() {
@@ -281,6 +292,7 @@ pub(crate) mod tests {
             validity_days: None,
             issued_last_day: 0,
             resources: &[],
+            dns: None,
         };
         let evaluation = evaluate(&config, &request);
         assert_eq!(
@@ -327,6 +339,7 @@ pub(crate) mod tests {
                 validity_days: None,
                 issued_last_day: 0,
                 resources: &[],
+                dns: None,
             };
             match evaluate(&config, &request).decision {
                 Decision::Approved(a) if a.needs_approval.is_some() => "pending",
@@ -374,6 +387,7 @@ pub(crate) mod tests {
             validity_days: None,
             issued_last_day: 0,
             resources: &[],
+            dns: None,
         };
         let Decision::Denied(denial) = evaluate(&config, &request).decision else {
             panic!("approved")

@@ -144,6 +144,7 @@ mod tests {
             validity_days: validity,
             issued_last_day: 0,
             resources: &[],
+            dns: None,
         };
         check(&config.templates["client"], &request).map_err(|d| d.rule)
     }
@@ -198,6 +199,7 @@ mod tests {
             validity_days: None,
             issued_last_day: 0,
             resources: &[],
+            dns: None,
         };
         assert_eq!(
             check(&config.templates["client"], &request)
