@@ -775,17 +775,30 @@ async fn a_renewal_is_never_answered_with_the_certificate_it_renews() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_held_request_is_pending_until_approved_then_polled() {
+    // Wildcards wait for an approver on this template; other names do not.
     let (_dir, d) = daemon(|config| {
         let template = &config.scep.profiles["default"].template;
         config
             .templates
             .get_mut(template)
             .unwrap()
-            .approval_required = true;
+            .approval_for_wildcards = true;
     })
     .await;
+    // A name outside the profile's role: FAILURE, nothing issued.
+    let outsider = Device::new();
+    let refused = enroll(
+        &d,
+        Via::default(),
+        &outsider,
+        &outsider.csr(&["www.google.com"], Some(CHALLENGE)),
+    )
+    .await;
+    assert_eq!(failure(&refused), FailInfo::BadRequest);
+    assert!(scep_inventory(&d).await.is_empty());
+
     let device = Device::new();
-    let csr = device.csr(&["held.test"], Some(CHALLENGE));
+    let csr = device.csr(&["*.held.test"], Some(CHALLENGE));
     let tid = device.transaction_id();
     let rep = enroll(&d, Via::default(), &device, &csr).await;
     assert_eq!(rep.status, PkiStatus::Pending, "{rep:?}");
