@@ -25,6 +25,7 @@ listen = "127.0.0.1:$API_PORT"
 [est.bootstrap.example-mfg]
 ca_file = "$WORK/mfg.pem"
 roles = ["admin"]
+subject_cn_pattern = "sn-*"
 [est.users.device-7]
 password_hash = "$HASH"
 roles = ["admin"]
@@ -85,6 +86,14 @@ OWNER="$(curl -sf -H "Authorization: Bearer $(grep -o 'rpk_[A-Za-z0-9_-]*' "$WOR
 enroll_est simplereenroll --cert "$WORK/idevid.pem" --key "$WORK/idevid.key" --data-binary @"$WORK/ldev.csr.b64"
 [[ "$(cat "$WORK/status")" == 401 ]] || fail "a manufacturer certificate re-enrolled: $(cat "$WORK/status")"
 pass "IDevID bootstrap: a manufacturer-CA device certificate enrolls as example-mfg:sn-000123, cannot re-enroll"
+# The same manufacturer's certificate for a CN outside the entry's subject_cn_pattern: refused.
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/other.key" -subj "/CN=lab-99" \
+    -out "$WORK/other.csr" 2>/dev/null
+openssl x509 -req -in "$WORK/other.csr" -CA "$WORK/mfg.pem" -CAkey "$WORK/mfg.key" -CAcreateserial -days 3650 \
+    -extfile "$WORK/idevid.ext" -out "$WORK/other.pem" 2>/dev/null || fail "making the second device certificate"
+enroll_est simpleenroll --cert "$WORK/other.pem" --key "$WORK/other.key" --data-binary @"$WORK/ldev.csr.b64"
+[[ "$(cat "$WORK/status")" == 401 ]] || fail "a device CN outside subject_cn_pattern enrolled: $(cat "$WORK/status")"
+pass "IDevID mapping by issuer and subject CN pattern: CN lab-99 does not match sn-* and is refused"
 
 # serverkeygen: rampart makes the key; the answer is multipart/mixed with key and certificate.
 "${CURL[@]}" -o "$WORK/keygen.out" -D "$WORK/keygen.headers" -u device-7:s3cret -H 'Content-Type: application/pkcs10' \

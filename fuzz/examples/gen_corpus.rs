@@ -336,7 +336,7 @@ fn scep(dir: &Path, csr: &[u8]) {
     let serial = client::issuer_and_serial(&requester.certificate).expect("IssuerAndSerial");
     let messages = [
         ("pkcsreq-aes128", MessageType::PkcsReq, csr, ContentCipher::Aes128Cbc, Digest::Sha256),
-        ("pkcsreq-des-sha1", MessageType::PkcsReq, csr, ContentCipher::DesCbc, Digest::Sha1),
+        ("pkcsreq-des", MessageType::PkcsReq, csr, ContentCipher::DesCbc, Digest::Sha256),
         ("renewal-3des-sha512", MessageType::RenewalReq, csr, ContentCipher::DesEde3Cbc, Digest::Sha512),
         ("certpoll-aes256", MessageType::CertPoll, &poll[..], ContentCipher::Aes256Cbc, Digest::Sha256),
         ("getcert", MessageType::GetCert, &serial[..], ContentCipher::Aes192Cbc, Digest::Sha384),

@@ -223,6 +223,10 @@ pub struct EstBootstrapConfig {
     pub ca_file: PathBuf,
     /// Roles of devices authenticated this way; a device enrolls as `<name>:<subject CN>`.
     pub roles: Vec<String>,
+    /// Only device certificates whose subject CN matches this glob (`*` = any run of
+    /// characters, e.g. `SN-*`) map to this entry; several entries may share one CA.
+    #[serde(default)]
+    pub subject_cn_pattern: Option<String>,
 }
 
 /// `[est.profiles.<label>]`.

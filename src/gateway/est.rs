@@ -41,6 +41,7 @@ struct BootstrapCa {
     name: String,
     subject: x509_cert::name::Name,
     roles: Vec<String>,
+    subject_cn_pattern: Option<String>,
 }
 
 /// The daemon as an EST backend.
@@ -72,11 +73,13 @@ impl Backend {
         for (name, der) in bootstrap_cas.iter().cloned() {
             let cert = x509_cert::Certificate::from_der(&der)
                 .map_err(|e| format!("bootstrap CA {name}: {e}"))?;
-            let roles = pipeline.config().est.bootstrap[&name].roles.clone();
+            let entry = pipeline.config().est.bootstrap[&name].clone();
+            let (roles, subject_cn_pattern) = (entry.roles, entry.subject_cn_pattern);
             bootstrap.push(BootstrapCa {
                 name,
                 subject: cert.tbs_certificate.subject,
                 roles,
+                subject_cn_pattern,
             });
         }
         Ok(Backend {
@@ -135,17 +138,19 @@ impl Backend {
     }
 
     /// A device certificate from a manufacturer CA (the TLS handshake verified the chain;
-    /// this finds which CA by its issuer name): identity `<bootstrap name>:<subject CN>`.
+    /// this finds the entry by issuer name and subject CN pattern): identity
+    /// `<bootstrap name>:<subject CN>`.
     fn bootstrap_identity(&self, cert: &x509_cert::Certificate) -> Result<Identity, EstError> {
-        let bootstrap = self
+        let mut by_issuer = self
             .bootstrap
             .iter()
-            .find(|b| b.subject == cert.tbs_certificate.issuer)
-            .ok_or_else(|| {
-                EstError::Unauthenticated(
-                    "client certificate refused: not issued by rampart".into(),
-                )
-            })?;
+            .filter(|b| b.subject == cert.tbs_certificate.issuer)
+            .peekable();
+        if by_issuer.peek().is_none() {
+            return Err(EstError::Unauthenticated(
+                "client certificate refused: not issued by rampart".into(),
+            ));
+        }
         let common_name = cert
             .tbs_certificate
             .subject
@@ -164,6 +169,17 @@ impl Backend {
             })
             .ok_or_else(|| {
                 EstError::Unauthenticated("device certificate without a subject CN".into())
+            })?;
+        let bootstrap = by_issuer
+            .find(|b| {
+                b.subject_cn_pattern
+                    .as_deref()
+                    .is_none_or(|pattern| crate::policy::identity::glob_matches(pattern, &common_name))
+            })
+            .ok_or_else(|| {
+                EstError::Unauthenticated(format!(
+                    "device certificate refused: subject CN `{common_name}` matches no bootstrap entry of its CA"
+                ))
             })?;
         let serial = rampart_acme::ari::serial_hex(cert.tbs_certificate.serial_number.as_bytes());
         Ok(Identity {

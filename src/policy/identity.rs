@@ -58,6 +58,28 @@ pub fn may_approve(config: &Config, identity: &Identity, template: &str) -> bool
     }
 }
 
+/// Whether `text` matches a glob where `*` stands for any run of characters (ASCII
+/// case-insensitive): how certificate subjects map to identities.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let (pattern, text) = (pattern.to_ascii_lowercase(), text.to_ascii_lowercase());
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
 /// Whether the identity may manage every certificate (not only its own).
 pub fn may_manage(config: &Config, identity: &Identity) -> bool {
     identity
@@ -70,6 +92,29 @@ pub fn may_manage(config: &Config, identity: &Identity) -> bool {
 mod tests {
     use super::*;
     use crate::policy::tests::admin;
+
+    #[test]
+    fn globs_match_whole_texts() {
+        for (pattern, text) in [
+            ("SN-*", "sn-0042"),
+            ("*", ""),
+            ("*.devices.example", "cam1.devices.example"),
+            ("a*b*c", "aXbYc"),
+            ("exact", "EXACT"),
+            ("a*a", "aa"),
+        ] {
+            assert!(glob_matches(pattern, text), "{pattern} {text}");
+        }
+        for (pattern, text) in [
+            ("SN-*", "XSN-1"),
+            ("*.devices.example", "devices.example"),
+            ("a*b*c", "aXbY"),
+            ("exact", "exactly"),
+            ("a*a", "a"),
+        ] {
+            assert!(!glob_matches(pattern, text), "{pattern} {text}");
+        }
+    }
 
     #[test]
     fn role_must_exist_and_list_the_template() {
