@@ -105,6 +105,10 @@ pub enum Identifier {
     Dns(String),
     /// iPAddress.
     Ip(IpAddr),
+    /// rfc822Name (S/MIME): `local@domain`, the domain lower-cased.
+    Email(String),
+    /// uniformResourceIdentifier (SPIFFE IDs, URNs…), as given.
+    Uri(String),
 }
 
 impl fmt::Display for Identifier {
@@ -112,6 +116,8 @@ impl fmt::Display for Identifier {
         match self {
             Identifier::Dns(name) => write!(f, "dns:{name}"),
             Identifier::Ip(ip) => write!(f, "ip:{ip}"),
+            Identifier::Email(address) => write!(f, "email:{address}"),
+            Identifier::Uri(uri) => write!(f, "uri:{uri}"),
         }
     }
 }
@@ -145,6 +151,45 @@ impl Identifier {
         Ok(Identifier::Dns(lower))
     }
 
+    /// An email identifier: one `@`, a non-empty printable ASCII local part, a valid DNS
+    /// domain (lower-cased).
+    pub fn email(address: &str) -> Result<Identifier, String> {
+        let (local, domain) = address
+            .rsplit_once('@')
+            .ok_or_else(|| format!("`{address}` is not an email address"))?;
+        let printable = |c: char| c.is_ascii_graphic() && c != '@';
+        if local.is_empty() || local.len() > 64 || !local.chars().all(printable) {
+            return Err(format!("`{address}` has an invalid local part"));
+        }
+        let Identifier::Dns(domain) = Identifier::dns(domain)? else {
+            unreachable!("dns() returns DNS identifiers")
+        };
+        if domain.starts_with("*.") {
+            return Err(format!("`{address}` has a wildcard domain"));
+        }
+        Ok(Identifier::Email(format!("{local}@{domain}")))
+    }
+
+    /// A URI identifier: an absolute URI (`scheme:rest`, RFC 3986 scheme), printable ASCII,
+    /// at most 2048 characters.
+    pub fn uri(text: &str) -> Result<Identifier, String> {
+        let (scheme, rest) = text
+            .split_once(':')
+            .ok_or_else(|| format!("`{text}` is not an absolute URI"))?;
+        let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+        if !scheme_ok
+            || rest.is_empty()
+            || text.len() > 2048
+            || !text.chars().all(|c| c.is_ascii_graphic())
+        {
+            return Err(format!("`{text}` is not an absolute URI"));
+        }
+        Ok(Identifier::Uri(text.to_string()))
+    }
+
     /// Whether this is a wildcard DNS name (`*.zone`).
     pub fn is_wildcard(&self) -> bool {
         matches!(self, Identifier::Dns(name) if name.starts_with("*."))
@@ -155,6 +200,8 @@ impl Identifier {
         match self {
             Identifier::Dns(name) => name.clone(),
             Identifier::Ip(ip) => ip.to_string(),
+            Identifier::Email(address) => address.clone(),
+            Identifier::Uri(uri) => uri.clone(),
         }
     }
 }
@@ -473,6 +520,33 @@ mod tests {
             &"a".repeat(64),
         ] {
             assert!(Identifier::dns(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn email_and_uri_identifiers_are_checked() {
+        assert_eq!(
+            Identifier::email("Alice.B@Example.TEST").unwrap(),
+            Identifier::Email("Alice.B@example.test".into())
+        );
+        for bad in [
+            "alice",
+            "@example.test",
+            "a@",
+            "a b@example.test",
+            "a@*.example.test",
+            "a@-x.test",
+        ] {
+            assert!(Identifier::email(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            Identifier::uri("spiffe://prod.example/ns/web")
+                .unwrap()
+                .to_string(),
+            "uri:spiffe://prod.example/ns/web"
+        );
+        for bad in ["/relative", "no-scheme", "1x:y", "x:", "spiffe://a b"] {
+            assert!(Identifier::uri(bad).is_err(), "{bad}");
         }
     }
 

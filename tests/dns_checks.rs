@@ -100,6 +100,8 @@ async fn names_must_resolve_into_the_roles_ranges_and_zones() {
             templates: vec!["server".into()],
             dns_names: vec!["**.test".to_string().try_into().unwrap()],
             ip_ranges: vec![],
+            email_domains: vec![],
+            uri_prefixes: vec![],
             manage: false,
             dns_checks: Some(DnsChecksConfig {
                 resolve: true,

@@ -122,6 +122,8 @@ async fn wildcards_and_long_lifetimes_wait_for_the_templates_approvers() {
             templates: vec![],
             dns_names: vec![],
             ip_ranges: vec![],
+            email_domains: vec![],
+            uri_prefixes: vec![],
             manage: false,
             dns_checks: None,
         },
@@ -196,5 +198,83 @@ async fn wildcards_and_long_lifetimes_wait_for_the_templates_approvers() {
             .await,
         Err(ApprovalError::NotPending)
     ));
+    d.daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn email_and_uri_names_follow_the_roles_domains_and_prefixes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    let admin = config.roles.get_mut("admin").unwrap();
+    admin.email_domains = vec!["example.test".into(), ".staff.example.test".into()];
+    admin.uri_prefixes = vec!["spiffe://prod.example.test/".into()];
+    let d = start_with(
+        config,
+        Arc::new(ManualClock::new(time::OffsetDateTime::now_utc())),
+        None,
+    )
+    .await;
+    let request = |sans: Vec<rcgen::SanType>| {
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.subject_alt_names = sans;
+        params.serialize_request(&p256()).unwrap().pem().unwrap()
+    };
+    let email = |a: &str| rcgen::SanType::Rfc822Name(a.try_into().unwrap());
+    let uri = |u: &str| rcgen::SanType::URI(u.try_into().unwrap());
+
+    let (status, body) = d
+        .enroll(
+            &request(vec![
+                email("alice@example.test"),
+                email("bob@it.staff.example.test"),
+            ]),
+            "client",
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let pem = body["certificate"].as_str().unwrap();
+    let der = rampart::pkix::pem::decode_certificates(pem)
+        .unwrap()
+        .remove(0);
+    use der::Decode;
+    let cert = x509_cert::Certificate::from_der(&der).unwrap();
+    use der::Encode;
+    let san = cert
+        .tbs_certificate
+        .extensions
+        .unwrap()
+        .into_iter()
+        .find(|e| e.extn_id.to_string() == "2.5.29.17")
+        .unwrap();
+    let names = x509_cert::ext::pkix::SubjectAltName::from_der(san.extn_value.as_bytes()).unwrap();
+    assert!(
+        matches!(&names.0[0], x509_cert::ext::pkix::name::GeneralName::Rfc822Name(a) if a.as_str() == "alice@example.test"),
+        "{:?}",
+        names.0[0].to_der()
+    );
+    assert_eq!(body["sans"][0]["type"], "email", "{body}");
+
+    let (status, body) = d
+        .enroll(
+            &request(vec![uri("spiffe://prod.example.test/ns/web/sa/api")]),
+            "client",
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        body["sans"][0]["value"],
+        "spiffe://prod.example.test/ns/web/sa/api"
+    );
+
+    for sans in [
+        vec![email("mallory@example.org")],
+        vec![email("eve@staff.example.test")],
+        vec![uri("spiffe://dev.example.test/ns/web")],
+    ] {
+        let (status, body) = d.enroll(&request(sans), "client").await;
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(body["rule"], "identifier_not_allowed", "{body}");
+    }
     d.daemon.shutdown().await;
 }

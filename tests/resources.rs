@@ -36,6 +36,8 @@ fn role(templates: &[&str]) -> RoleConfig {
         templates: templates.iter().map(|t| t.to_string()).collect(),
         dns_names: vec!["**.test".to_string().try_into().unwrap()],
         ip_ranges: vec![],
+        email_domains: vec![],
+        uri_prefixes: vec![],
         manage: false,
         dns_checks: None,
     }

@@ -117,9 +117,10 @@ fn p256_csr(names: &[&str]) -> Vec<u8> {
     let mut params =
         rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
             .expect("names");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, names.first().copied().unwrap_or("device"));
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        names.first().copied().unwrap_or("device"),
+    );
     params
         .serialize_request(&key)
         .expect("a CSR")
@@ -220,12 +221,17 @@ fn acme(dir: &Path, csr: &[u8]) {
 
 fn csr(dir: &Path, root: &Path, p256: &[u8]) {
     for fixture in ["rsa1024.csr.pem", "bad-signature.csr.pem"] {
-        let text = std::fs::read_to_string(root.join("fixtures/csr").join(fixture))
-            .expect("CSR fixture");
-        write(dir, &fixture.replace('.', "-"), text.as_bytes());
+        let text =
+            std::fs::read_to_string(root.join("fixtures/csr").join(fixture)).expect("CSR fixture");
+        let name = fixture.trim_end_matches(".csr.pem");
+        write(dir, &format!("{name}.pem"), text.as_bytes());
         let der = rampart::pkix::pem::decode(&text, &[rampart::pkix::pem::CERTIFICATE_REQUEST])
             .expect("PEM CSR");
-        write(dir, &fixture.replace(".pem", ".der").replace('.', "-"), &der);
+        write(
+            dir,
+            &fixture.replace(".pem", ".der").replace('.', "-"),
+            &der,
+        );
     }
     write(dir, "p256-san.der", p256);
     write(
@@ -286,7 +292,11 @@ fn csr(dir: &Path, root: &Path, p256: &[u8]) {
 fn to_ber(der: &[u8]) -> Vec<u8> {
     fn element(input: &[u8], out: &mut Vec<u8>) -> usize {
         let identifier = input[0];
-        assert_ne!(identifier & 0x1f, 0x1f, "no high tag numbers in our messages");
+        assert_ne!(
+            identifier & 0x1f,
+            0x1f,
+            "no high tag numbers in our messages"
+        );
         let (length, header) = match input[1] {
             short if short & 0x80 == 0 => (usize::from(short), 2),
             long => {
@@ -335,12 +345,48 @@ fn scep(dir: &Path, csr: &[u8]) {
     .expect("IssuerAndSubject");
     let serial = client::issuer_and_serial(&requester.certificate).expect("IssuerAndSerial");
     let messages = [
-        ("pkcsreq-aes128", MessageType::PkcsReq, csr, ContentCipher::Aes128Cbc, Digest::Sha256),
-        ("pkcsreq-des", MessageType::PkcsReq, csr, ContentCipher::DesCbc, Digest::Sha256),
-        ("renewal-3des-sha512", MessageType::RenewalReq, csr, ContentCipher::DesEde3Cbc, Digest::Sha512),
-        ("certpoll-aes256", MessageType::CertPoll, &poll[..], ContentCipher::Aes256Cbc, Digest::Sha256),
-        ("getcert", MessageType::GetCert, &serial[..], ContentCipher::Aes192Cbc, Digest::Sha384),
-        ("getcrl", MessageType::GetCrl, &serial[..], ContentCipher::Aes128Cbc, Digest::Sha256),
+        (
+            "pkcsreq-aes128",
+            MessageType::PkcsReq,
+            csr,
+            ContentCipher::Aes128Cbc,
+            Digest::Sha256,
+        ),
+        (
+            "pkcsreq-des",
+            MessageType::PkcsReq,
+            csr,
+            ContentCipher::DesCbc,
+            Digest::Sha256,
+        ),
+        (
+            "renewal-3des-sha512",
+            MessageType::RenewalReq,
+            csr,
+            ContentCipher::DesEde3Cbc,
+            Digest::Sha512,
+        ),
+        (
+            "certpoll-aes256",
+            MessageType::CertPoll,
+            &poll[..],
+            ContentCipher::Aes256Cbc,
+            Digest::Sha256,
+        ),
+        (
+            "getcert",
+            MessageType::GetCert,
+            &serial[..],
+            ContentCipher::Aes192Cbc,
+            Digest::Sha384,
+        ),
+        (
+            "getcrl",
+            MessageType::GetCrl,
+            &serial[..],
+            ContentCipher::Aes128Cbc,
+            Digest::Sha256,
+        ),
     ];
     let code = |t: MessageType| match t {
         MessageType::PkcsReq => 0u8,
@@ -362,7 +408,11 @@ fn scep(dir: &Path, csr: &[u8]) {
             now,
         )
         .expect("a pkiMessage");
-        write(dir, &format!("whole-{name}"), &[&[0u8][..], &out.message].concat());
+        write(
+            dir,
+            &format!("whole-{name}"),
+            &[&[0u8][..], &out.message].concat(),
+        );
         let envelope =
             pkimessage::seal(content, &ra.certificate, cipher).expect("an EnvelopedData");
         write(
@@ -407,8 +457,8 @@ fn scep(dir: &Path, csr: &[u8]) {
         sender_nonce: vec![9; 16],
         digest: Digest::Sha256,
     };
-    let content = pkimessage::certs_only(&[rampart_fuzz::REQUESTER_CERT.to_vec()], &[])
-        .expect("certs-only");
+    let content =
+        pkimessage::certs_only(&[rampart_fuzz::REQUESTER_CERT.to_vec()], &[]).expect("certs-only");
     let success = cert_rep(
         ra,
         &reply_to,
@@ -420,10 +470,18 @@ fn scep(dir: &Path, csr: &[u8]) {
         now,
     )
     .expect("a CertRep");
-    write(dir, "whole-certrep-success", &[&[0u8][..], &success].concat());
-    let failure = cert_rep(ra, &reply_to, Reply::Failure(FailInfo::BadRequest), now)
-        .expect("a CertRep");
-    write(dir, "whole-certrep-failure", &[&[0u8][..], &failure].concat());
+    write(
+        dir,
+        "whole-certrep-success",
+        &[&[0u8][..], &success].concat(),
+    );
+    let failure =
+        cert_rep(ra, &reply_to, Reply::Failure(FailInfo::BadRequest), now).expect("a CertRep");
+    write(
+        dir,
+        "whole-certrep-failure",
+        &[&[0u8][..], &failure].concat(),
+    );
 }
 
 fn est(dir: &Path, csr: &[u8]) {
@@ -439,11 +497,31 @@ fn est(dir: &Path, csr: &[u8]) {
     let seed = |route: u8, flags: u8, auth: &[u8], body: &[u8]| {
         [&[route, flags][..], auth, &[0], body].concat()
     };
-    write(dir, "simpleenroll-basic", &seed(0, 4, basic, lines(csr, "\n").as_bytes()));
-    write(dir, "simpleenroll-crlf", &seed(6, 5, basic, lines(csr, "\r\n").as_bytes()));
-    write(dir, "simplereenroll-cert", &seed(1, 8, b"", STANDARD.encode(csr).as_bytes()));
-    write(dir, "serverkeygen-both", &seed(2, 12, basic, lines(csr, "\n").as_bytes()));
-    write(dir, "simpleenroll-binding", &seed(0, 20, basic, lines(csr, "\n").as_bytes()));
+    write(
+        dir,
+        "simpleenroll-basic",
+        &seed(0, 4, basic, lines(csr, "\n").as_bytes()),
+    );
+    write(
+        dir,
+        "simpleenroll-crlf",
+        &seed(6, 5, basic, lines(csr, "\r\n").as_bytes()),
+    );
+    write(
+        dir,
+        "simplereenroll-cert",
+        &seed(1, 8, b"", STANDARD.encode(csr).as_bytes()),
+    );
+    write(
+        dir,
+        "serverkeygen-both",
+        &seed(2, 12, basic, lines(csr, "\n").as_bytes()),
+    );
+    write(
+        dir,
+        "simpleenroll-binding",
+        &seed(0, 20, basic, lines(csr, "\n").as_bytes()),
+    );
     write(dir, "cacerts", &seed(0x83, 3, b"", b""));
     write(dir, "csrattrs-lab", &seed(0x88, 3, b"", b""));
     write(dir, "fullcmc", &seed(5, 0, b"", b""));

@@ -18,8 +18,8 @@ use rampart_acme::jws::{
     VerifierCache,
 };
 use rampart_acme::wire::{
-    validate_contacts, AccountUpdate, AuthzUpdate, ChallengeType, Finalize, Identifier,
-    KeyChange, NewAccount, NewAuthz, NewOrder, RevokeCert,
+    validate_contacts, AccountUpdate, AuthzUpdate, ChallengeType, Finalize, Identifier, KeyChange,
+    NewAccount, NewAuthz, NewOrder, RevokeCert,
 };
 use serde_json::{Map, Value};
 
@@ -120,5 +120,9 @@ fn body(body: &[u8], depth: u8) {
 
 fuzz_target!(|data: &[u8]| {
     body(data, 0);
-    payload(data, &rampart_fuzz::p256_jwk(), "https://acme.test/new-account");
+    payload(
+        data,
+        &rampart_fuzz::p256_jwk(),
+        "https://acme.test/new-account",
+    );
 });

@@ -19,9 +19,7 @@ use axum::http::{header, HeaderValue, Method, Request};
 use http_body_util::BodyExt;
 use libfuzzer_sys::fuzz_target;
 use rampart::pkix::csr::VerifiedCsr;
-use rampart_est::{
-    ChannelBinding, Credentials, EstBackend, EstError, Operation, PeerCertificates,
-};
+use rampart_est::{ChannelBinding, Credentials, EstBackend, EstError, Operation, PeerCertificates};
 use tower::ServiceExt;
 
 const PATHS: [&str; 12] = [
@@ -129,9 +127,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if flags & 8 != 0 {
-        request
-            .extensions_mut()
-            .insert(PeerCertificates(vec![rampart_fuzz::REQUESTER_CERT.to_vec()]));
+        request.extensions_mut().insert(PeerCertificates(vec![
+            rampart_fuzz::REQUESTER_CERT.to_vec()
+        ]));
     }
     if flags & 16 != 0 {
         request

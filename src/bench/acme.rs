@@ -13,7 +13,7 @@ use instant_acme::{
 };
 
 use super::responders::{serve_any_name_dns, serve_http01, Tokens};
-use super::{progress_bar, report, ServerCpu, Stats};
+use super::{progress_bar, report, root_store, ServerCpu, Stats};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -35,9 +35,6 @@ pub struct AcmeBench {
     /// Send newOrder requests one at a time (for servers that wedge otherwise).
     pub serialize_new_order: bool,
 }
-
-/// Debian's system trust store, used when no bundle is given.
-const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 struct Shared {
     config: AcmeBench,
@@ -99,14 +96,7 @@ fn rand_suffix() -> u32 {
 /// An HTTPS client for instant-acme with TCP_NODELAY: without it each POST's body waits
 /// for the ACK of its headers (Nagle + delayed ACK, ~40 ms per request).
 fn http_client(ca_bundle: Option<&PathBuf>) -> Result<Box<dyn instant_acme::HttpClient>, String> {
-    let bundle = ca_bundle
-        .cloned()
-        .unwrap_or_else(|| PathBuf::from(SYSTEM_BUNDLE));
-    let pem = std::fs::read_to_string(&bundle).map_err(|e| format!("{}: {e}", bundle.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for der in crate::pkix::pem::decode_certificates(&pem).map_err(|e| e.to_string())? {
-        roots.add(der.into()).map_err(|e| e.to_string())?;
-    }
+    let roots = root_store(ca_bundle.map(PathBuf::as_path))?;
     let tls = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();

@@ -3,13 +3,26 @@
 //! server's pid — the server's own CPU time per operation, which is what carries over
 //! from machine to machine when client and server share the cores.
 //!
-//! Imports nothing from the daemon but `pkix`; it talks to servers over the network only.
+//! The protocol benches import nothing from the daemon but `pkix`; they talk to servers
+//! over the network only. `rampart bench store` ([`store`]) is the exception: it seeds and
+//! measures a store directory directly, with no daemon running.
 
 pub mod acme;
+pub mod est;
 pub mod responders;
 pub mod scep;
+pub mod store;
 
-use std::time::Duration;
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use x509_cert::Certificate;
+
+/// Name of the counter of serial numbers issued more than once (enrollment benches).
+pub const DUPLICATE_SERIALS: &str = "duplicate_serials";
 
 /// Outcome of a run.
 #[derive(Debug, Default)]
@@ -59,6 +72,26 @@ pub fn process_cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
+/// Debian's system trust store, used when no bundle is given.
+pub(crate) const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The certificates of a PEM bundle (default: [`SYSTEM_BUNDLE`]) as TLS trust anchors.
+pub(crate) fn root_store(
+    ca_bundle: Option<&std::path::Path>,
+) -> Result<rustls::RootCertStore, String> {
+    let bundle = ca_bundle.unwrap_or(std::path::Path::new(SYSTEM_BUNDLE));
+    let pem = std::fs::read_to_string(bundle).map_err(|e| format!("{}: {e}", bundle.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in crate::pkix::pem::decode_certificates(&pem)
+        .map_err(|e| format!("{}: {e}", bundle.display()))?
+    {
+        roots
+            .add(der.into())
+            .map_err(|e| format!("{}: {e}", bundle.display()))?;
+    }
+    Ok(roots)
+}
+
 /// A progress bar of `len` operations on stderr, hidden when stderr is not a terminal.
 pub(crate) fn progress_bar(len: usize) -> indicatif::ProgressBar {
     let progress = indicatif::ProgressBar::new(len as u64);
@@ -87,6 +120,152 @@ impl ServerCpu {
     pub(crate) fn used(&self) -> Option<Duration> {
         let after = self.pid.and_then(process_cpu_time)?;
         Some(after.saturating_sub(self.before?))
+    }
+}
+
+/// Make `count` items with `make(i)` (i = 0..count) on every core, off the async workers,
+/// with a progress bar; returned in index order. Used for the keys and CSRs enrollment
+/// benches prepare before the clock starts.
+pub(crate) async fn prepare<T, F>(count: usize, make: F) -> anyhow::Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> anyhow::Result<T> + Send + Sync + 'static,
+{
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(count.max(1));
+    let next = Arc::new(AtomicUsize::new(0));
+    let make = Arc::new(make);
+    let progress = progress_bar(count);
+    let tasks: Vec<_> = (0..threads)
+        .map(|_| {
+            let (next, progress, make) = (next.clone(), progress.clone(), make.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut made = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= count {
+                        return Ok::<_, anyhow::Error>(made);
+                    }
+                    made.push((i, make(i)?));
+                    progress.inc(1);
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(count);
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    progress.finish_and_clear();
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, item)| item).collect())
+}
+
+/// What [`enroll_all`] measured.
+#[derive(Debug)]
+pub(crate) struct Run {
+    /// Latencies, failures and the [`DUPLICATE_SERIALS`] counter.
+    pub stats: Stats,
+    /// Wall time from the first request to the last answer.
+    pub elapsed: Duration,
+    /// The server's CPU time over the run, when its pid was given and readable.
+    pub server_cpu: Option<Duration>,
+}
+
+/// Run one enrollment per prepared item with `concurrency` workers, each taking the next
+/// item until none is left or `duration` has passed. `enroll(worker, item)` returns the
+/// serial number of the certificate it obtained; serials seen twice are counted as
+/// [`DUPLICATE_SERIALS`]. Only this loop is timed.
+pub(crate) async fn enroll_all<T, F, Fut>(
+    items: Vec<T>,
+    concurrency: usize,
+    duration: Option<Duration>,
+    server_pid: Option<u32>,
+    enroll: F,
+) -> anyhow::Result<Run>
+where
+    T: Send + 'static,
+    F: Fn(usize, T) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<u8>, String>> + Send,
+{
+    #[derive(Default)]
+    struct Tally {
+        stats: Stats,
+        serials: Vec<Vec<u8>>,
+    }
+    let progress = progress_bar(items.len());
+    let queue = Arc::new(Mutex::new(items.into_iter()));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let enroll = Arc::new(enroll);
+    let server_cpu = ServerCpu::start(server_pid);
+    let started = Instant::now();
+    let deadline = duration.map(|d| started + d);
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|worker| {
+            let (queue, tally, enroll, progress) =
+                (queue.clone(), tally.clone(), enroll.clone(), progress.clone());
+            tokio::spawn(async move {
+                loop {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return;
+                    }
+                    let Some(item) = queue.lock().expect("queue lock").next() else {
+                        return;
+                    };
+                    let begun = Instant::now();
+                    let outcome = enroll(worker, item).await;
+                    let latency = begun.elapsed();
+                    let mut tally = tally.lock().expect("tally lock");
+                    match outcome {
+                        Ok(serial) => {
+                            tally.stats.latencies.push(latency);
+                            tally.serials.push(serial);
+                        }
+                        Err(error) => tally.stats.fail(error),
+                    }
+                    progress.inc(1);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await?;
+    }
+    let elapsed = started.elapsed();
+    let server_cpu = server_cpu.used();
+    progress.finish_and_clear();
+    let Tally { mut stats, serials } = std::mem::take(&mut *tally.lock().expect("tally lock"));
+    let distinct = serials.iter().collect::<HashSet<_>>().len();
+    stats
+        .counters
+        .push((DUPLICATE_SERIALS, serials.len() - distinct));
+    Ok(Run {
+        stats,
+        elapsed,
+        server_cpu,
+    })
+}
+
+/// The serial number (DER INTEGER contents) of the one certificate among `certificates`
+/// (DER) whose public key is `key`: an enrollment answer must deliver exactly one.
+pub(crate) fn issued_serial(
+    certificates: &[Vec<u8>],
+    key: &spki::SubjectPublicKeyInfoOwned,
+) -> Result<Vec<u8>, String> {
+    use der::Decode;
+    let issued: Vec<Certificate> = certificates
+        .iter()
+        .filter_map(|der| Certificate::from_der(der).ok())
+        .filter(|c| &c.tbs_certificate.subject_public_key_info == key)
+        .collect();
+    match issued.as_slice() {
+        [one] => Ok(one.tbs_certificate.serial_number.as_bytes().to_vec()),
+        [] => Err(format!(
+            "none of the {} certificates returned has the CSR's key",
+            certificates.len()
+        )),
+        _ => Err("several certificates returned have the CSR's key".into()),
     }
 }
 

@@ -8,10 +8,8 @@
 //! delivers exactly one certificate with the CSR's key. Serial numbers of the issued
 //! certificates are compared, and the `RESULT` line says how many were issued twice.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use der::{Decode, Encode};
@@ -23,10 +21,9 @@ use reqwest::header::CONTENT_TYPE;
 use x509_cert::ext::pkix::BasicConstraints;
 use x509_cert::Certificate;
 
-use super::{progress_bar, report, ServerCpu, Stats};
+use super::{enroll_all, issued_serial, prepare, report, Stats};
 
-/// Name of the counter of serial numbers issued more than once.
-pub const DUPLICATE_SERIALS: &str = "duplicate_serials";
+pub use super::DUPLICATE_SERIALS;
 
 /// PKCS#9 challengePassword, as rcgen takes attribute types.
 const CHALLENGE_PASSWORD_ARCS: &[u64] = &[1, 2, 840, 113549, 1, 9, 7];
@@ -58,21 +55,10 @@ struct Enrollment {
     csr_der: Vec<u8>,
 }
 
-#[derive(Default)]
-struct Tally {
-    stats: Stats,
-    /// Serial numbers of the issued certificates.
-    serials: Vec<Vec<u8>>,
-}
-
 struct Shared {
     config: ScepBench,
     http: reqwest::Client,
     recipient: Certificate,
-    queue: Mutex<std::vec::IntoIter<Enrollment>>,
-    deadline: Option<Instant>,
-    tally: Mutex<Tally>,
-    progress: indicatif::ProgressBar,
 }
 
 impl ScepBench {
@@ -94,34 +80,29 @@ impl ScepBench {
             "encrypting for {}; generating {} RSA-{} keys and CSRs (not timed)",
             recipient.tbs_certificate.subject, self.count, self.key_bits
         );
-        let enrollments = prepare(self.count, key_size, self.challenge.clone()).await?;
+        let challenge = self.challenge.clone();
+        let enrollments = prepare(self.count, move |i| {
+            enrollment(i + 1, key_size, challenge.as_deref())
+        })
+        .await?;
         let shared = Arc::new(Shared {
             http,
             recipient,
-            queue: Mutex::new(enrollments.into_iter()),
-            deadline: self.duration.map(|d| Instant::now() + d),
-            tally: Mutex::new(Tally::default()),
-            progress: progress_bar(self.count),
             config: self.clone(),
         });
-        let server_cpu = ServerCpu::start(self.server_pid);
-        let started = Instant::now();
-        let workers: Vec<_> = (0..self.concurrency.max(1))
-            .map(|_| tokio::spawn(worker(shared.clone())))
-            .collect();
-        for worker in workers {
-            worker.await?;
-        }
-        let elapsed = started.elapsed();
-        shared.progress.finish_and_clear();
-        let Tally { mut stats, serials } =
-            std::mem::take(&mut *shared.tally.lock().expect("tally lock"));
-        let distinct = serials.iter().collect::<HashSet<_>>().len();
-        stats
-            .counters
-            .push((DUPLICATE_SERIALS, serials.len() - distinct));
-        report("scep", &stats, elapsed, server_cpu.used());
-        Ok(stats)
+        let run = enroll_all(
+            enrollments,
+            self.concurrency,
+            self.duration,
+            self.server_pid,
+            move |_, enrollment| {
+                let shared = shared.clone();
+                async move { enroll(&shared, &enrollment).await }
+            },
+        )
+        .await?;
+        report("scep", &run.stats, run.elapsed, run.server_cpu);
+        Ok(run.stats)
     }
 }
 
@@ -188,42 +169,6 @@ fn is_ca(certificate: &Certificate) -> bool {
         .is_some_and(|constraints| constraints.ca)
 }
 
-/// Keys, requester certificates and CSRs for `count` enrollments, on every core.
-async fn prepare(
-    count: usize,
-    key_size: rcgen::RsaKeySize,
-    challenge: Option<String>,
-) -> anyhow::Result<Vec<Enrollment>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(count.max(1));
-    let next = Arc::new(AtomicUsize::new(0));
-    let progress = progress_bar(count);
-    let tasks: Vec<_> = (0..threads)
-        .map(|_| {
-            let (next, progress, challenge) = (next.clone(), progress.clone(), challenge.clone());
-            tokio::task::spawn_blocking(move || {
-                let mut made = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= count {
-                        return Ok::<_, anyhow::Error>(made);
-                    }
-                    made.push((i, enrollment(i + 1, key_size, challenge.as_deref())?));
-                    progress.inc(1);
-                }
-            })
-        })
-        .collect();
-    let mut all = Vec::with_capacity(count);
-    for task in tasks {
-        all.extend(task.await??);
-    }
-    progress.finish_and_clear();
-    all.sort_by_key(|(i, _)| *i);
-    Ok(all.into_iter().map(|(_, e)| e).collect())
-}
-
 /// Enrollment `n`: a fresh key, a CSR for `bench-<n>.scep.test` (CN and DNS SAN) with the
 /// challengePassword if any, and a self-signed requester certificate for the same key.
 fn enrollment(
@@ -254,29 +199,6 @@ fn enrollment(
         requester: Requester::new(certificate.der(), &key.serialize_der())?,
         csr_der: csr.der().to_vec(),
     })
-}
-
-async fn worker(shared: Arc<Shared>) {
-    loop {
-        if shared.deadline.is_some_and(|d| Instant::now() >= d) {
-            return;
-        }
-        let Some(enrollment) = shared.queue.lock().expect("queue lock").next() else {
-            return;
-        };
-        let started = Instant::now();
-        let outcome = enroll(&shared, &enrollment).await;
-        let latency = started.elapsed();
-        let mut tally = shared.tally.lock().expect("tally lock");
-        match outcome {
-            Ok(serial) => {
-                tally.stats.latencies.push(latency);
-                tally.serials.push(serial);
-            }
-            Err(error) => tally.stats.fail(error),
-        }
-        shared.progress.inc(1);
-    }
 }
 
 /// One PKCSReq exchange; the issued certificate's serial number.
@@ -334,20 +256,7 @@ async fn enroll(shared: &Shared, enrollment: &Enrollment) -> Result<Vec<u8>, Str
         .certificate
         .tbs_certificate
         .subject_public_key_info;
-    let issued: Vec<Certificate> = reply
-        .certificates
-        .iter()
-        .filter_map(|der| Certificate::from_der(der).ok())
-        .filter(|c| &c.tbs_certificate.subject_public_key_info == key)
-        .collect();
-    match issued.as_slice() {
-        [one] => Ok(one.tbs_certificate.serial_number.as_bytes().to_vec()),
-        [] => Err(format!(
-            "CertRep: SUCCESS, but none of its {} certificates has the CSR's key",
-            reply.certificates.len()
-        )),
-        _ => Err("CertRep: SUCCESS, but several certificates have the CSR's key".into()),
-    }
+    issued_serial(&reply.certificates, key).map_err(|e| format!("CertRep: SUCCESS, but {e}"))
 }
 
 #[cfg(test)]

@@ -24,8 +24,8 @@
 //!   TLS can use with the key (digitalSignature, or keyEncipherment for RSA, keyAgreement for
 //!   EC) (§4.2.1.12).
 //! - (`subject_alt_name`) when present: not empty, every name well formed (a dNSName in
-//!   preferred name syntax, at most a leading `*.` label; an iPAddress of 4 or 16 octets;
-//!   rampart issues no other name types). Required on serverAuth certificates and whenever the
+//!   preferred name syntax, at most a leading `*.` label; an iPAddress of 4 or 16 octets; an
+//!   rfc822Name `local@domain`; an absolute URI; rampart issues no other name types). Required on serverAuth certificates and whenever the
 //!   subject is empty. Only rampart's SCEP RA certificate (a named subject, no serverAuth)
 //!   goes without (§4.2.1.6).
 //! - (`empty_subject`) an empty subject needs a critical subjectAltName (§4.1.2.6).
@@ -387,7 +387,13 @@ fn well_formed(name: &GeneralName) -> Result<(), String> {
             4 | 16 => Ok(()),
             n => Err(format!("iPAddress of {n} octets")),
         },
-        _ => Err("only dNSName and iPAddress names are issued".into()),
+        GeneralName::Rfc822Name(address) => Identifier::email(address.as_str())
+            .map(drop)
+            .map_err(|e| format!("rfc822Name: {e}")),
+        GeneralName::UniformResourceIdentifier(uri) => Identifier::uri(uri.as_str())
+            .map(drop)
+            .map_err(|e| format!("uniformResourceIdentifier: {e}")),
+        _ => Err("only dNSName, iPAddress, rfc822Name and URI names are issued".into()),
     }
 }
 
@@ -406,6 +412,8 @@ fn common_name(tbs: &TbsCertificate) -> Option<String> {
 fn names_the_same(name: &GeneralName, cn: &str) -> bool {
     match name {
         GeneralName::DnsName(dns) => dns.as_str().eq_ignore_ascii_case(cn),
+        GeneralName::Rfc822Name(address) => address.as_str().eq_ignore_ascii_case(cn),
+        GeneralName::UniformResourceIdentifier(uri) => uri.as_str() == cn,
         GeneralName::IpAddress(octets) => match (cn.parse::<IpAddr>(), octets.as_bytes()) {
             (Ok(IpAddr::V4(ip)), bytes) => ip.octets() == bytes,
             (Ok(IpAddr::V6(ip)), bytes) => ip.octets() == bytes,
@@ -758,11 +766,16 @@ mod tests {
             OctetString::new(vec![10, 0, 0]).unwrap(),
         )]);
         assert_eq!(rule(lint_tbs(&short_ip)), "subject_alt_name");
-        // An email address: not in rampart's profile.
+        // An email address without a domain.
         let email = set_san(vec![GeneralName::Rfc822Name(
-            der::asn1::Ia5String::new("a@a.test").unwrap(),
+            der::asn1::Ia5String::new("nobody").unwrap(),
         )]);
         assert_eq!(rule(lint_tbs(&email)), "subject_alt_name");
+        // A relative URI.
+        let uri = set_san(vec![GeneralName::UniformResourceIdentifier(
+            der::asn1::Ia5String::new("/relative").unwrap(),
+        )]);
+        assert_eq!(rule(lint_tbs(&uri)), "subject_alt_name");
         // An empty GeneralNames.
         assert_eq!(rule(lint_tbs(&set_san(vec![]))), "subject_alt_name");
     }

@@ -47,6 +47,9 @@ pub enum LocalCaError {
     /// Key generation or signing failed.
     #[error("CA key operation failed: {0}")]
     Crypto(String),
+    /// A CA key file is readable by others than its owner.
+    #[error(transparent)]
+    Exposed(#[from] files::SecretFileError),
 }
 
 /// What `ca.json` records.
@@ -241,6 +244,10 @@ impl LocalCa {
     }
 
     fn load(files: &CaFiles) -> Result<Self, LocalCaError> {
+        // Refused before use: a key others can read is a key others may have copied. The
+        // root key may have been moved offline; when it is there, it is checked too.
+        files::check_secret_permissions(&files.path("issuing.key.pem"))?;
+        files::check_secret_permissions_if_present(&files.path("root.key.pem"))?;
         let metadata: CaMetadata = serde_json::from_str(&files.read("ca.json")?)
             .map_err(|e| files.invalid("ca.json", e))?;
         let key_pem = files.read("issuing.key.pem")?;
@@ -315,6 +322,16 @@ impl LocalCa {
                     .map(SanType::DnsName)
                     .map_err(|_| CaError::Refused(format!("`{name}` is not an IA5 string"))),
                 Identifier::Ip(ip) => Ok(SanType::IpAddress(*ip)),
+                Identifier::Email(address) => address
+                    .as_str()
+                    .try_into()
+                    .map(SanType::Rfc822Name)
+                    .map_err(|_| CaError::Refused(format!("`{address}` is not an IA5 string"))),
+                Identifier::Uri(uri) => uri
+                    .as_str()
+                    .try_into()
+                    .map(SanType::URI)
+                    .map_err(|_| CaError::Refused(format!("`{uri}` is not an IA5 string"))),
             })
             .collect::<Result<_, _>>()?;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -586,5 +603,28 @@ mod tests {
         .unwrap();
         let error = LocalCa::create_or_load(&ca_dir, &config, now).unwrap_err();
         assert!(error.to_string().contains("does not match"), "{error}");
+    }
+
+    #[test]
+    fn group_or_world_readable_ca_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_dir = dir.path().join("ca");
+        let config = Config::load_default().unwrap().ca;
+        let now = OffsetDateTime::now_utc();
+        LocalCa::create_or_load(&ca_dir, &config, now).unwrap();
+        for key in ["issuing.key.pem", "root.key.pem"] {
+            let path = ca_dir.join(key);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let error = LocalCa::create_or_load(&ca_dir, &config, now).unwrap_err();
+            assert!(matches!(error, LocalCaError::Exposed(_)), "{error}");
+            assert!(
+                error
+                    .to_string()
+                    .contains(&format!("chmod 600 {}", path.display())),
+                "{error}"
+            );
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        LocalCa::create_or_load(&ca_dir, &config, now).unwrap();
     }
 }

@@ -116,6 +116,9 @@ pub struct Config {
     /// `[policy]`
     #[serde(default)]
     pub policy: PolicySettingsConfig,
+    /// `[limits]`
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// `[templates.<name>]`
     pub templates: BTreeMap<String, TemplateConfig>,
     /// `[roles.<name>]`
@@ -372,6 +375,39 @@ pub struct EnvironmentConfig {
     pub templates: Vec<String>,
     /// Every request for such a resource waits for an approver.
     pub approval_required: bool,
+}
+
+/// `[limits]`: abuse limits of every listener (connections, slow clients, request rates).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Connections one listener serves at a time; further clients wait in the kernel's
+    /// accept queue until one closes.
+    pub max_connections_per_listener: usize,
+    /// Seconds an HTTP/1 client has to send a request's headers (also how long an idle
+    /// keep-alive connection waits for the next request); slower clients are disconnected.
+    pub header_read_timeout_seconds: u64,
+    /// Seconds a connection may go without a byte read or written (a stalled body, a
+    /// client that stopped reading, an idle HTTP/2 connection) before it is closed.
+    pub idle_timeout_seconds: u64,
+    /// Enrollment requests one client address (IPv6: its /64) may make per minute and
+    /// listener, with bursts up to the same number: ACME newNonce, newAccount and newOrder;
+    /// EST simpleenroll, simplereenroll and serverkeygen; SCEP PKIOperation. 0 = no limit.
+    pub per_ip_requests_per_minute: u32,
+    /// ACME orders one account may have pending, ready or processing at once (0 = no limit).
+    pub max_pending_orders_per_account: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections_per_listener: 1024,
+            header_read_timeout_seconds: 10,
+            idle_timeout_seconds: 60,
+            per_ip_requests_per_minute: 300,
+            max_pending_orders_per_account: 100,
+        }
+    }
 }
 
 /// `[approvals]`: requests held for a person.
@@ -762,6 +798,13 @@ pub struct RoleConfig {
     pub dns_names: Vec<DnsNamePattern>,
     /// IP ranges.
     pub ip_ranges: Vec<IpNet>,
+    /// Email domains for rfc822Name SANs: `example.com` (exactly) or `.example.com` (any
+    /// subdomain).
+    #[serde(default)]
+    pub email_domains: Vec<String>,
+    /// URI prefixes for uniformResourceIdentifier SANs (`spiffe://prod.example.com/`).
+    #[serde(default)]
+    pub uri_prefixes: Vec<String>,
     /// May manage every certificate and API keys.
     pub manage: bool,
     /// DNS checks on the names this role allows (`[roles.<name>.dns_checks]`).
@@ -941,6 +984,24 @@ impl Config {
         }
         if self.api.max_body_bytes < 1024 {
             return Err(bad("api.max_body_bytes".into(), "must be at least 1024"));
+        }
+        let limits = &self.limits;
+        if limits.max_connections_per_listener == 0 {
+            return Err(bad(
+                "limits.max_connections_per_listener".into(),
+                "must be at least 1",
+            ));
+        }
+        for (key, seconds) in [
+            (
+                "limits.header_read_timeout_seconds",
+                limits.header_read_timeout_seconds,
+            ),
+            ("limits.idle_timeout_seconds", limits.idle_timeout_seconds),
+        ] {
+            if seconds == 0 || seconds > 3600 {
+                return Err(bad(key.into(), "must be between 1 and 3600 seconds"));
+            }
         }
         if self.api.default_page_size == 0 || self.api.default_page_size > self.api.max_page_size {
             return Err(bad(
@@ -1582,6 +1643,33 @@ mod tests {
         assert!(err.contains("listen_addr"), "{err}");
         let err = load_text("[nosuch]\nx = 1\n").unwrap_err().to_string();
         assert!(err.contains("nosuch"), "{err}");
+    }
+
+    #[test]
+    fn limits_have_defaults_and_are_validated() {
+        let config = load_text("[api]\nlisten = \"127.0.0.1:19000\"\n").unwrap();
+        assert_eq!(config.limits, LimitsConfig::default());
+        let config = load_text("[limits]\nper_ip_requests_per_minute = 0\n").unwrap();
+        assert_eq!(config.limits.per_ip_requests_per_minute, 0);
+        assert_eq!(config.limits.max_connections_per_listener, 1024);
+        for (text, key) in [
+            (
+                "[limits]\nmax_connections_per_listener = 0\n",
+                "limits.max_connections_per_listener",
+            ),
+            (
+                "[limits]\nheader_read_timeout_seconds = 0\n",
+                "limits.header_read_timeout_seconds",
+            ),
+            (
+                "[limits]\nidle_timeout_seconds = 100000\n",
+                "limits.idle_timeout_seconds",
+            ),
+            ("[limits]\nmax_body = 1\n", "max_body"),
+        ] {
+            let err = load_text(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

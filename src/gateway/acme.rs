@@ -102,10 +102,12 @@ fn to_model(identifier: &rampart_acme::wire::Identifier) -> Option<Identifier> {
     }
 }
 
-fn to_acme(identifier: &Identifier) -> rampart_acme::wire::Identifier {
+/// Model identifier → ACME identifier; email and URI names have no ACME type.
+fn to_acme(identifier: &Identifier) -> Option<rampart_acme::wire::Identifier> {
     match identifier {
-        Identifier::Dns(name) => rampart_acme::wire::Identifier::dns(name.clone()),
-        Identifier::Ip(ip) => rampart_acme::wire::Identifier::ip(*ip),
+        Identifier::Dns(name) => Some(rampart_acme::wire::Identifier::dns(name.clone())),
+        Identifier::Ip(ip) => Some(rampart_acme::wire::Identifier::ip(*ip)),
+        Identifier::Email(_) | Identifier::Uri(_) => None,
     }
 }
 
@@ -145,7 +147,7 @@ impl AcmeBackend for Backend {
             refused.extend(
                 denied
                     .iter()
-                    .map(|(id, reason)| (to_acme(id), reason.clone())),
+                    .filter_map(|(id, reason)| Some((to_acme(id)?, reason.clone()))),
             );
         }
         if refused.is_empty() {
@@ -264,7 +266,7 @@ impl AcmeBackend for Backend {
         Ok(Some(KnownCertificate {
             serial: record.serial.clone(),
             owner: record.owner.clone(),
-            identifiers: record.sans.iter().map(to_acme).collect(),
+            identifiers: record.sans.iter().filter_map(to_acme).collect(),
             spki_der,
             not_before: record.not_before,
             not_after: record.not_after,

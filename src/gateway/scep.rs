@@ -69,6 +69,9 @@ pub enum RaError {
 /// when there is none, or when its certificate has less than a third of its life left.
 pub async fn ensure_ra(pipeline: &Pipeline, data_dir: &Path) -> Result<Ra, RaError> {
     let (cert_path, key_path) = ra_paths(data_dir);
+    // An RA key others can read is refused, not silently replaced: the operator decides.
+    files::check_secret_permissions_if_present(&key_path)
+        .map_err(|e| RaError::Invalid(e.to_string()))?;
     if let (Ok(chain), Ok(key)) = (
         std::fs::read_to_string(&cert_path),
         std::fs::read_to_string(&key_path),

@@ -244,14 +244,15 @@ fn general_name(name: &GeneralName) -> Result<Identifier, CsrError> {
             };
             Ok(Identifier::Ip(ip))
         }
-        GeneralName::Rfc822Name(_) => Err(CsrError::BadName(
-            "email addresses (rfc822Name) are not issued yet".into(),
-        )),
-        GeneralName::UniformResourceIdentifier(_) => {
-            Err(CsrError::BadName("URIs are not issued yet".into()))
+        GeneralName::Rfc822Name(address) => {
+            Identifier::email(address.as_str()).map_err(CsrError::BadName)
+        }
+        GeneralName::UniformResourceIdentifier(uri) => {
+            Identifier::uri(uri.as_str()).map_err(CsrError::BadName)
         }
         _ => Err(CsrError::BadName(
-            "only dNSName and iPAddress names are supported".into(),
+            "only dNSName, iPAddress, rfc822Name and uniformResourceIdentifier names are supported"
+                .into(),
         )),
     }
 }

@@ -76,6 +76,16 @@ pub fn key_and_csr(
                 .map(rcgen::SanType::DnsName)
                 .map_err(|_| format!("`{name}` cannot be put in a CSR")),
             Identifier::Ip(ip) => Ok(rcgen::SanType::IpAddress(*ip)),
+            Identifier::Email(address) => address
+                .as_str()
+                .try_into()
+                .map(rcgen::SanType::Rfc822Name)
+                .map_err(|_| format!("`{address}` cannot be put in a CSR")),
+            Identifier::Uri(uri) => uri
+                .as_str()
+                .try_into()
+                .map(rcgen::SanType::URI)
+                .map_err(|_| format!("`{uri}` cannot be put in a CSR")),
         })
         .collect::<Result<_, _>>()?;
     let csr = params

@@ -54,6 +54,7 @@ pub fn globally_denied(
                     .iter()
                     .find(|net| net.contains(ip))
                     .map(|net| net.to_string()),
+                Identifier::Email(_) | Identifier::Uri(_) => None,
             }?;
             Some((
                 identifier.clone(),
@@ -125,6 +126,23 @@ fn dns_check(checks: &DnsChecksConfig, name: &str, facts: Option<&DnsFacts>) -> 
     Ok(())
 }
 
+/// Whether an address's domain is one of `domains` (`example.com` exactly, `.example.com`
+/// any subdomain of it).
+fn email_allowed(domains: &[String], address: &str) -> bool {
+    let Some((_, domain)) = address.rsplit_once('@') else {
+        return false;
+    };
+    domains.iter().any(|allowed| {
+        let allowed = allowed.to_ascii_lowercase();
+        match allowed.strip_prefix('.') {
+            Some(parent) => domain
+                .strip_suffix(parent)
+                .is_some_and(|rest| rest.ends_with('.') && rest.len() > 1),
+            None => domain == allowed,
+        }
+    })
+}
+
 /// A name no role allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -169,6 +187,11 @@ pub fn refused(
                         }
                     }
                     Identifier::Ip(ip) => role.ip_ranges.iter().any(|net| net.contains(ip)),
+                    Identifier::Email(address) => email_allowed(&role.email_domains, address),
+                    Identifier::Uri(uri) => role
+                        .uri_prefixes
+                        .iter()
+                        .any(|prefix| !prefix.is_empty() && uri.starts_with(prefix.as_str())),
                 };
                 if allowed {
                     return None;

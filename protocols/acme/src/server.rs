@@ -3,6 +3,7 @@
 //! hold no policy of their own.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -44,6 +45,9 @@ const RETRY_AFTER_SECONDS: &str = "1";
 const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 /// How often clients should re-check renewal information (6 hours).
 const ARI_RETRY_AFTER_SECONDS: &str = "21600";
+/// Seconds a client refused for too many pending orders is asked to wait when none of
+/// them expires (all wait for an approval).
+const PENDING_ORDERS_RETRY_AFTER_SECONDS: u64 = 3600;
 /// RFC 5280 reasons a client may give (no CA/AA compromise, hold or removeFromCRL).
 const ALLOWED_REASONS: [u8; 6] = [0, 1, 3, 4, 5, 9];
 
@@ -59,6 +63,8 @@ pub struct AcmeServer {
     clock: Clock,
     finalizing: Mutex<HashSet<String>>,
     verifiers: crate::jws::VerifierCache,
+    /// Most orders one account may have pending, ready or processing; 0 = no limit.
+    max_pending_orders: AtomicUsize,
 }
 
 impl std::fmt::Debug for AcmeServer {
@@ -83,11 +89,50 @@ impl AcmeServer {
             clock,
             finalizing: Mutex::new(HashSet::new()),
             verifiers: crate::jws::VerifierCache::default(),
+            max_pending_orders: AtomicUsize::new(0),
         })
     }
 
     fn now(&self) -> OffsetDateTime {
         (self.clock)().replace_nanosecond(0).expect("valid")
+    }
+
+    /// Refuse newOrder (`rateLimited`) for an account that already has `max` orders
+    /// pending, ready or processing; 0 (the default) = no limit.
+    pub fn set_max_pending_orders(&self, max: usize) {
+        self.max_pending_orders.store(max, Ordering::Relaxed);
+    }
+
+    /// The answer for a request an embedder's rate limiter in front of [`router`] refused:
+    /// a `rateLimited` problem (429) with `Retry-After`, carrying a fresh nonce, the
+    /// directory link and `Cache-Control: no-store` like every other response.
+    pub fn rate_limited(
+        &self,
+        headers: &HeaderMap,
+        uri: &Uri,
+        retry_after_seconds: u64,
+        detail: &str,
+    ) -> Response {
+        let response = Problem::new(ProblemType::RateLimited, detail).into_response();
+        let mut response = with_header(
+            response,
+            header::RETRY_AFTER,
+            &retry_after_seconds.max(1).to_string(),
+        );
+        self.decorate(&mut response, index_link(headers, uri));
+        response
+    }
+
+    /// Adds what every response carries: a fresh nonce, no-store and the index link.
+    fn decorate(&self, response: &mut Response, index: Option<String>) {
+        let headers = response.headers_mut();
+        if let Ok(nonce) = HeaderValue::from_str(&self.nonces.issue()) {
+            headers.insert("replay-nonce", nonce);
+        }
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(Ok(link)) = index.map(|l| HeaderValue::from_str(&l)) {
+            headers.append(header::LINK, link);
+        }
     }
 }
 
@@ -134,22 +179,20 @@ async fn add_nonce(
     request: Request,
     next: Next,
 ) -> Response {
-    let index = profile_of(request.uri().path()).map(|profile| {
+    let index = index_link(request.headers(), request.uri());
+    let mut response = next.run(request).await;
+    server.decorate(&mut response, index);
+    response
+}
+
+/// The `Link: <…/directory>;rel="index"` value for a request under a profile.
+fn index_link(headers: &HeaderMap, uri: &Uri) -> Option<String> {
+    profile_of(uri.path()).map(|profile| {
         format!(
             "<{}/acme/{profile}/directory>;rel=\"index\"",
-            base_url(request.headers(), request.uri())
+            base_url(headers, uri)
         )
-    });
-    let mut response = next.run(request).await;
-    let headers = response.headers_mut();
-    if let Ok(nonce) = HeaderValue::from_str(&server.nonces.issue()) {
-        headers.insert("replay-nonce", nonce);
-    }
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(Ok(link)) = index.map(|l| HeaderValue::from_str(&l)) {
-        headers.append(header::LINK, link);
-    }
-    response
+    })
 }
 
 fn profile_of(path: &str) -> Option<&str> {
@@ -814,6 +857,65 @@ impl AcmeServer {
 }
 
 impl AcmeServer {
+    /// A `rateLimited` answer when `account` already has as many orders in progress
+    /// (pending, ready or processing) as allowed; `None` when it may order.
+    async fn pending_orders_refusal(
+        &self,
+        account: &AccountRecord,
+    ) -> Result<Option<Response>, Problem> {
+        let max = self.max_pending_orders.load(Ordering::Relaxed);
+        if max == 0 {
+            return Ok(None);
+        }
+        let now = self.now();
+        let mut in_progress = 0;
+        // The soonest moment one of them stops counting by itself (expiry).
+        let mut soonest: Option<OffsetDateTime> = None;
+        for id in self.records.order_ids(&account.id).await? {
+            let Some(order) = self.records.order(&id).await? else {
+                continue;
+            };
+            let counts = match order.status {
+                OrderStatus::Processing => true,
+                // Cheap first: an expired order is invalid whatever its authorizations say.
+                OrderStatus::Pending | OrderStatus::Ready if now < order.expires => {
+                    let (status, _) = self.order_view(&order).await?;
+                    if matches!(status, OrderStatus::Pending | OrderStatus::Ready) {
+                        soonest = Some(soonest.map_or(order.expires, |s| s.min(order.expires)));
+                        true
+                    } else {
+                        false
+                    }
+                }
+                _ => false,
+            };
+            if counts {
+                in_progress += 1;
+                if in_progress >= max {
+                    break;
+                }
+            }
+        }
+        if in_progress < max {
+            return Ok(None);
+        }
+        let retry_after = soonest.map_or(PENDING_ORDERS_RETRY_AFTER_SECONDS, |at| {
+            u64::try_from((at - now).whole_seconds()).unwrap_or(1)
+        });
+        tracing::info!(account = %account.id, max, "ACME newOrder refused: too many pending orders");
+        let problem = Problem::new(
+            ProblemType::RateLimited,
+            format!(
+                "the account has {max} orders pending, ready or processing (the most allowed): finalize one, or deactivate its authorizations, first"
+            ),
+        );
+        Ok(Some(with_header(
+            problem.into_response(),
+            header::RETRY_AFTER,
+            &retry_after.max(1).to_string(),
+        )))
+    }
+
     /// A valid authorization of `account` for `identifier` that lasts at least another day,
     /// or a new pending one.
     async fn authorization_for(
@@ -925,6 +1027,9 @@ async fn new_order(
         return Err(Problem::malformed(format!(
             "an order needs 1 to {MAX_IDENTIFIERS} identifiers"
         )));
+    }
+    if let Some(refusal) = server.pending_orders_refusal(&account).await? {
+        return Ok(refusal);
     }
     let mut identifiers = BTreeSet::new();
     let mut subproblems = Vec::new();

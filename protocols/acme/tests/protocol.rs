@@ -916,3 +916,98 @@ async fn pre_authorization_lets_a_later_order_start_ready() {
     assert_eq!(order["authorizations"], json!([authz_url]));
     assert_eq!(lab.backend.issued_count(), 0);
 }
+
+// ---------------------------------------------------------------------------------------
+// Abuse limits
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn orders_beyond_the_pending_limit_are_rate_limited_until_one_settles() {
+    let lab = Lab::start().await;
+    lab.server.set_max_pending_orders(2);
+    let account = lab.account().await;
+    let first = lab.new_order(&account, &[("dns", "a.example.test")]).await;
+    first.expect(201);
+    lab.new_order(&account, &[("dns", "b.example.test")])
+        .await
+        .expect(201);
+
+    let refused = lab.new_order(&account, &[("dns", "c.example.test")]).await;
+    let problem = refused.problem(429, "rateLimited");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("2 orders"),
+        "{problem}"
+    );
+    let retry_after: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        retry_after > 0 && retry_after <= 7 * 86_400,
+        "{retry_after}"
+    );
+    refused.nonce();
+    assert_eq!(lab.order_list(&account).await.len(), 2);
+
+    // Another account is not affected.
+    let other = lab.account().await;
+    lab.new_order(&other, &[("dns", "c.example.test")])
+        .await
+        .expect(201);
+
+    // Deactivating the first order's authorization makes it invalid: a slot frees up.
+    let authz_url = first.json()["authorizations"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    lab.post(
+        &authz_url,
+        Some(&json!({"status": "deactivated"})),
+        Signer::Kid(&account),
+    )
+    .await
+    .expect(200);
+    lab.new_order(&account, &[("dns", "c.example.test")])
+        .await
+        .expect(201);
+    lab.new_order(&account, &[("dns", "d.example.test")])
+        .await
+        .problem(429, "rateLimited");
+
+    // 0 lifts the limit.
+    lab.server.set_max_pending_orders(0);
+    lab.new_order(&account, &[("dns", "d.example.test")])
+        .await
+        .expect(201);
+}
+
+#[tokio::test]
+async fn an_embedders_rate_limit_answer_is_a_problem_with_retry_after_and_a_nonce() {
+    let lab = Lab::start().await;
+    let uri: axum::http::Uri = "/acme/default/new-order".parse().unwrap();
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("host", "localhost".parse().unwrap());
+    let response = lab
+        .server
+        .rate_limited(&headers, &uri, 7, "too many requests from 192.0.2.1");
+    let (parts, body) = response.into_parts();
+    let reply = support::Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: axum::body::to_bytes(body, usize::MAX).await.unwrap(),
+    };
+    let problem = reply.problem(429, "rateLimited");
+    assert_eq!(problem["detail"], "too many requests from 192.0.2.1");
+    assert_eq!(reply.header("retry-after").as_deref(), Some("7"));
+    assert_eq!(reply.header("cache-control").as_deref(), Some("no-store"));
+    assert!(reply
+        .header("link")
+        .unwrap()
+        .contains("/acme/default/directory>;rel=\"index\""));
+    // The nonce it carries is good for the next request.
+    let nonce = reply.nonce();
+    let account = lab.account().await;
+    let url = lab.url("new-order");
+    let payload = json!({"identifiers": [{"type": "dns", "value": "www.example.test"}]});
+    let mut header = lab.protected(&url, Signer::Kid(&account)).await;
+    header["nonce"] = json!(nonce);
+    let jws = account.key.sign(&header, &payload_text(Some(&payload)));
+    lab.post_jws(&url, &jws).await.expect(201);
+}

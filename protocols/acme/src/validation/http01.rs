@@ -360,6 +360,132 @@ mod tests {
         hold.abort();
     }
 
+    #[tokio::test]
+    async fn redirect_hops_resolve_through_the_policy_resolver() {
+        // `other.test` exists only in the test DNS: following the redirect at all shows
+        // the hop was resolved by the validation resolver (never /etc/hosts or the system).
+        let dns = DnsResponder::start(vec![a_record("other.test", [127, 0, 0, 1])]).await;
+        let port = Arc::new(std::sync::atomic::AtomicU16::new(0));
+        let own = port.clone();
+        let server = HttpResponder::start(move |path| {
+            if path == "/elsewhere" {
+                HttpReply::ok(KEY_AUTHZ)
+            } else {
+                let port = own.load(std::sync::atomic::Ordering::SeqCst);
+                HttpReply::redirect(&format!("http://other.test:{port}/elsewhere"))
+            }
+        })
+        .await;
+        port.store(server.port, std::sync::atomic::Ordering::SeqCst);
+        let v = validator(server.port, Some(dns.addr)).await;
+        v.http01(&localhost(), TOKEN, KEY_AUTHZ).await.unwrap();
+        assert_eq!(server.hits(), 2);
+    }
+
+    /// The client http-01 uses, with private targets refused, asked for a loopback URL
+    /// directly (an IP literal is not resolved, so it stands in for a public first hop
+    /// that redirects).
+    async fn first_hop_then_redirect(
+        location: impl Fn(u16) -> String + Send + Sync + 'static,
+    ) -> (ValidationError, usize) {
+        let dns = DnsResponder::start(vec![a_record("private.test", [127, 0, 0, 1])]).await;
+        let port = Arc::new(std::sync::atomic::AtomicU16::new(0));
+        let own = port.clone();
+        let server = HttpResponder::start(move |_| {
+            HttpReply::redirect(&location(own.load(std::sync::atomic::Ordering::SeqCst)))
+        })
+        .await;
+        port.store(server.port, std::sync::atomic::Ordering::SeqCst);
+        let settings = ValidationSettings {
+            http01_port: server.port,
+            allow_private_targets: false,
+            ..settings(Some(dns.addr))
+        };
+        let resolver = super::super::resolver::DnsSettings::new(Some(dns.addr), settings.timeout)
+            .unwrap()
+            .resolver();
+        let tls = super::super::tls::client_config(&[b"http/1.1"]).unwrap();
+        let client = client(&settings, &tls, resolver).unwrap();
+        let url = format!("http://127.0.0.1:{}/start", server.port);
+        let error = client.get(&url).send().await.unwrap_err();
+        (classify(&error, &url), server.hits())
+    }
+
+    #[tokio::test]
+    async fn redirect_to_a_name_with_a_private_address_is_refused_after_resolution() {
+        let (err, hits) =
+            first_hop_then_redirect(|port| format!("http://private.test:{port}/x")).await;
+        assert!(
+            matches!(err, ValidationError::Connection(ref m) if m.contains("loopback")),
+            "{err:?}"
+        );
+        assert_eq!(hits, 1, "the redirect target must not be contacted");
+    }
+
+    #[tokio::test]
+    async fn redirect_to_a_private_literal_other_port_or_scheme_is_refused() {
+        let (err, hits) = first_hop_then_redirect(|port| format!("http://10.0.0.1:{port}/x")).await;
+        assert!(
+            matches!(err, ValidationError::Connection(ref m) if m.contains("private")),
+            "{err:?}"
+        );
+        assert_eq!(hits, 1);
+        let (err, _) = first_hop_then_redirect(|port| format!("https://8.8.8.8:{port}/x")).await;
+        assert!(
+            matches!(err, ValidationError::IncorrectResponse(ref m) if m.contains("not allowed")),
+            "{err:?}"
+        );
+        let (err, _) = first_hop_then_redirect(|_| "http://8.8.8.8:8443/x".to_string()).await;
+        assert!(
+            matches!(err, ValidationError::IncorrectResponse(ref m) if m.contains("not allowed")),
+            "{err:?}"
+        );
+        // reqwest hands other schemes back as the 3xx itself, which fails the check too.
+        let server = HttpResponder::start(|_| HttpReply::redirect("file:///etc/passwd")).await;
+        let v = validator(server.port, None).await;
+        let err = v.http01(&localhost(), TOKEN, KEY_AUTHZ).await.unwrap_err();
+        assert!(
+            matches!(err, ValidationError::IncorrectResponse(ref m) if m.contains("302")),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_that_trickles_is_cut_at_the_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let drip = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = stream.read(&mut buf).await;
+                    let head = "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n";
+                    if stream.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    for _ in 0..1000 {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        if stream.write_all(b"a").await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let v = Validator::new(ValidationSettings {
+            http01_port: port,
+            timeout: std::time::Duration::from_millis(400),
+            ..settings(None)
+        })
+        .unwrap();
+        let started = std::time::Instant::now();
+        let err = v.http01(&localhost(), TOKEN, KEY_AUTHZ).await.unwrap_err();
+        assert!(matches!(err, ValidationError::Connection(_)), "{err:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(3));
+        drip.abort();
+    }
+
     #[test]
     fn redirect_rules() {
         let ok = |u: &str| check_redirect(&Url::parse(u).unwrap(), 8080, false).is_ok();

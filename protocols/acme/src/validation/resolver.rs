@@ -194,4 +194,24 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ValidationError::Dns(_)), "{err:?}");
     }
+
+    #[tokio::test]
+    async fn private_addresses_in_a_mixed_answer_are_never_connect_targets() {
+        // A rebinding-style answer: one public, one private address. The addresses
+        // returned are the only ones connected to (no second lookup happens), so the
+        // private one can never be reached.
+        let dns = DnsResponder::start(vec![
+            a_record("mixed.test", [127, 0, 0, 1]),
+            a_record("mixed.test", [1, 1, 1, 1]),
+        ])
+        .await;
+        let resolver = settings(dns.addr).resolver();
+        let ips = lookup_addresses(&resolver, "mixed.test", false)
+            .await
+            .unwrap();
+        assert_eq!(ips, vec![IpAddr::from([1, 1, 1, 1])]);
+        let target = Target::Dns("mixed.test".into());
+        let ips = target_addresses(&resolver, &target, false).await.unwrap();
+        assert_eq!(ips, vec![IpAddr::from([1, 1, 1, 1])]);
+    }
 }

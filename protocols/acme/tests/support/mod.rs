@@ -452,6 +452,8 @@ impl Reply {
 /// go through the router in-process with `Host: localhost`.
 pub struct Lab {
     router: Router,
+    /// The server behind the router (for its settings).
+    pub server: Arc<AcmeServer>,
     /// The backend.
     pub backend: Arc<FakeBackend>,
     /// The http-01 responder the validator is pointed at.
@@ -479,7 +481,8 @@ impl Lab {
             Arc::new(time::OffsetDateTime::now_utc),
         );
         Lab {
-            router: rampart_acme::router(server),
+            router: rampart_acme::router(server.clone()),
+            server,
             backend,
             http01,
         }
