@@ -461,25 +461,12 @@ impl Pipeline {
         reason: &str,
     ) -> Result<(), ApprovalError> {
         let (record, pending) = self.pending(request_id, approver).await?;
-        let request = EnrollmentRequest {
-            request_id,
-            protocol: record.protocol,
-            identity: pending.identity,
-            csr_der: pending.csr_der,
-            template: record.template,
-            requested_identifiers: Some(record.identifiers.clone()),
-            validity_days: Some(pending.validity_days),
-            resource: pending.resource,
-            metadata: pending.metadata,
-            renews: pending.renews,
-        };
         let denial = Denial::new(
             Layer::Template,
             "approval_denied",
             format!("denied by {}: {reason}", approver.name),
         );
-        self.deny(&request, record.identifiers, denial, Vec::new())
-            .await?;
+        self.deny_held(record, pending, denial).await?;
         Ok(())
     }
 
@@ -517,11 +504,12 @@ impl Pipeline {
         hours > 0 && self.clock.now() - record.created_at > Duration::hours(hours.into())
     }
 
-    /// Deny an expired pending request (audited, `request_denied` event).
-    async fn expire(
+    /// Deny a held request (audited, `request_denied` event) with `denial`.
+    async fn deny_held(
         &self,
         record: RequestRecord,
         pending: PendingEnrollment,
+        denial: Denial,
     ) -> Result<(), PipelineError> {
         let request = EnrollmentRequest {
             request_id: record.request_id,
@@ -535,6 +523,17 @@ impl Pipeline {
             metadata: pending.metadata,
             renews: pending.renews,
         };
+        self.deny(&request, record.identifiers, denial, Vec::new())
+            .await?;
+        Ok(())
+    }
+
+    /// Deny an expired pending request.
+    async fn expire(
+        &self,
+        record: RequestRecord,
+        pending: PendingEnrollment,
+    ) -> Result<(), PipelineError> {
         let denial = Denial::new(
             Layer::Template,
             "approval_expired",
@@ -543,9 +542,7 @@ impl Pipeline {
                 self.config().approvals.pending_expiry_hours
             ),
         );
-        self.deny(&request, record.identifiers, denial, Vec::new())
-            .await?;
-        Ok(())
+        self.deny_held(record, pending, denial).await
     }
 
     /// Deny every pending request that waited too long; returns how many.

@@ -218,6 +218,58 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
+    /// Label boundaries, case, trailing dots, IDNs, wildcard requests against `*.` and `**.`,
+    /// and CIDR edges, as the names layer sees them (names normalised by `Identifier`).
+    #[test]
+    fn patterns_and_ranges_at_their_edges() {
+        let role = RoleConfig {
+            templates: vec![],
+            dns_names: ["*.dev.example", "**.prod.example", "xn--bcher-kva.example"]
+                .iter()
+                .map(|p| p.to_string().try_into().unwrap())
+                .collect(),
+            ip_ranges: vec![
+                "10.0.0.0/24".parse().unwrap(),
+                "2001:db8::/126".parse().unwrap(),
+            ],
+            email_domains: vec![],
+            uri_prefixes: vec![],
+            manage: false,
+            dns_checks: None,
+        };
+        let roles = [("r", &role)];
+        let allowed = |text: &str| -> Option<bool> {
+            let id = match text.parse() {
+                Ok(ip) => Identifier::Ip(ip),
+                Err(_) => Identifier::dns(text).ok()?,
+            };
+            Some(refused(&roles, &[id], None).is_empty())
+        };
+        let cases: [(&str, Option<bool>); 18] = [
+            ("api.dev.example", Some(true)),
+            ("API.Dev.Example", Some(true)),    // case folds
+            ("a.api.dev.example", Some(false)), // `*.` is exactly one label
+            ("dev.example", Some(false)),       // not the zone itself
+            ("baddev.example", Some(false)),    // label boundary
+            ("*.dev.example", Some(true)),      // a wildcard request under `*.`
+            ("*.x.dev.example", Some(false)),
+            ("a.b.prod.example", Some(true)), // `**.` any depth
+            ("*.b.prod.example", Some(true)),
+            ("prod.example", Some(false)),
+            ("xn--bcher-kva.example", Some(true)), // IDNs as punycode
+            ("bücher.example", None),              // not as Unicode
+            ("api.dev.example.", None),            // no trailing dot
+            ("10.0.0.0", Some(true)),              // CIDR edges
+            ("10.0.0.255", Some(true)),
+            ("10.0.1.0", Some(false)),
+            ("2001:db8::3", Some(true)),
+            ("2001:db8::4", Some(false)),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(allowed(text), expected, "{text}");
+        }
+    }
+
     #[test]
     fn dns_checks_decide_by_addresses_zone_and_resolution() {
         let checks = DnsChecksConfig {
