@@ -203,8 +203,12 @@ where
     let deadline = duration.map(|d| started + d);
     let workers: Vec<_> = (0..concurrency.max(1))
         .map(|worker| {
-            let (queue, tally, enroll, progress) =
-                (queue.clone(), tally.clone(), enroll.clone(), progress.clone());
+            let (queue, tally, enroll, progress) = (
+                queue.clone(),
+                tally.clone(),
+                enroll.clone(),
+                progress.clone(),
+            );
             tokio::spawn(async move {
                 loop {
                     if deadline.is_some_and(|d| Instant::now() >= d) {

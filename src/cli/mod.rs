@@ -263,6 +263,97 @@ enum BenchCommand {
         #[arg(long, default_value_t = 2048)]
         key_bits: u32,
     },
+    /// EST simpleenroll (RFC 7030), a fresh key and CSR each (works against any EST server).
+    /// Exits 1 if an enrollment failed or a serial number was issued twice.
+    Est {
+        /// EST base URL of the server under test, e.g.
+        /// https://localhost:9443/.well-known/est (a label may follow).
+        #[arg(long)]
+        target: String,
+        /// PEM bundle the client trusts (default: /etc/ssl/certs/ca-certificates.crt).
+        #[arg(long)]
+        ca_bundle: Option<PathBuf>,
+        /// Parallel workers.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Enrollments in all; their keys and CSRs are made before the clock starts.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        /// Stop starting enrollments after this many seconds (--count still bounds the run).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// keepalive: one connection per worker, reused; handshake: a new connection and
+        /// full TLS handshake (no resumption) per enrollment.
+        #[arg(long, value_enum, default_value_t = EstMode::Keepalive)]
+        mode: EstMode,
+        /// HTTP Basic user.
+        #[arg(long, requires = "password_env")]
+        user: Option<String>,
+        /// Environment variable holding the HTTP Basic password.
+        #[arg(long, requires = "user")]
+        password_env: Option<String>,
+        /// TLS client certificate (PEM, leaf first).
+        #[arg(long, requires = "client_key")]
+        client_cert: Option<PathBuf>,
+        /// Private key of the client certificate (PEM).
+        #[arg(long, requires = "client_cert")]
+        client_key: Option<PathBuf>,
+        /// Key type of each enrollment's fresh key.
+        #[arg(long, value_enum, default_value_t = EstKey::P256)]
+        key_type: EstKey,
+        /// DNS zone of the requested names (est-<run>-<n>.<domain>).
+        #[arg(long, default_value = "bench.test")]
+        domain: String,
+        /// pid of the server, to report its CPU time per enrollment from /proc/<pid>/stat.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
+    /// Seed a data directory's store with N certificates (no daemon may be running on it),
+    /// then report seeding rate, size on disk, open time and in-process query latency.
+    Store {
+        /// The data directory (server.data_dir): store in DIR/store, CA in DIR/ca.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Certificates to add.
+        #[arg(long, default_value_t = 10_000)]
+        certs: usize,
+        /// Configuration (CA settings; policy for the decision traces). Default: embedded.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Threads writing to the store at once (durable writes share log flushes).
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
+        /// Certificates signed before each round of writes.
+        #[arg(long, default_value_t = 10_000)]
+        batch: usize,
+        /// Seed of the names, owners, dates and key choices.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Share of the certificates revoked afterwards, per mille.
+        #[arg(long, default_value_t = 10)]
+        revoked_per_mille: u32,
+        /// Queries of each kind timed in process after reopening (0: none).
+        #[arg(long, default_value_t = 50)]
+        queries: usize,
+    },
+}
+
+/// Connection use of `bench est`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EstMode {
+    /// One persistent connection per worker.
+    Keepalive,
+    /// A new connection and full TLS handshake per enrollment.
+    Handshake,
+}
+
+/// Key type of `bench est` enrollments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EstKey {
+    /// ECDSA P-256.
+    P256,
+    /// RSA 2048.
+    Rsa2048,
 }
 
 /// Content-encryption algorithm of a SCEP request envelope.
@@ -536,6 +627,85 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Bench(BenchCommand::Est {
+            target,
+            ca_bundle,
+            concurrency,
+            count,
+            duration,
+            mode,
+            user,
+            password_env,
+            client_cert,
+            client_key,
+            key_type,
+            domain,
+            server_pid,
+        }) => {
+            use crate::bench::est::{ConnectionMode, EnrollKey, EstBench, EstCredentials};
+            let basic = match (user, password_env) {
+                (Some(user), Some(var)) => {
+                    let password = std::env::var(&var)
+                        .with_context(|| format!("--password-env {var}: not set"))?;
+                    Some((user, password))
+                }
+                _ => None,
+            };
+            let bench = EstBench {
+                target,
+                ca_bundle,
+                concurrency,
+                count,
+                duration: duration.map(std::time::Duration::from_secs),
+                mode: match mode {
+                    EstMode::Keepalive => ConnectionMode::KeepAlive,
+                    EstMode::Handshake => ConnectionMode::Handshake,
+                },
+                credentials: EstCredentials {
+                    basic,
+                    client_certificate: client_cert.zip(client_key),
+                },
+                key: match key_type {
+                    EstKey::P256 => EnrollKey::EcdsaP256,
+                    EstKey::Rsa2048 => EnrollKey::Rsa2048,
+                },
+                domain,
+                server_pid,
+            };
+            let stats = bench.run().await?;
+            let duplicates = stats
+                .counters
+                .iter()
+                .any(|(name, n)| *name == crate::bench::DUPLICATE_SERIALS && *n > 0);
+            Ok(if stats.failed == 0 && !duplicates {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Bench(BenchCommand::Store {
+            data_dir,
+            certs,
+            config,
+            writers,
+            batch,
+            seed,
+            revoked_per_mille,
+            queries,
+        }) => {
+            let bench = crate::bench::store::StoreBench {
+                data_dir,
+                certs,
+                writers,
+                batch,
+                seed,
+                revoked_per_mille,
+                queries,
+                config: Config::load(config.as_deref())?,
+            };
+            tokio::task::spawn_blocking(move || bench.run()).await??;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

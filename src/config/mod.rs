@@ -986,10 +986,10 @@ impl Config {
             return Err(bad("api.max_body_bytes".into(), "must be at least 1024"));
         }
         let limits = &self.limits;
-        if limits.max_connections_per_listener == 0 {
+        if !(1..=1_000_000).contains(&limits.max_connections_per_listener) {
             return Err(bad(
                 "limits.max_connections_per_listener".into(),
-                "must be at least 1",
+                "must be between 1 and 1000000",
             ));
         }
         for (key, seconds) in [

@@ -33,14 +33,13 @@ fn key_path(data_dir: &Path) -> std::path::PathBuf {
 
 /// Refuse an escrow key file that group or others may read (checked at start and on use);
 /// a missing one is fine (it is created on first use).
-pub fn check_key_file(data_dir: &Path) -> Result<(), EscrowError> {
+pub fn check_key_file(data_dir: &Path) -> Result<(), files::SecretFileError> {
     files::check_secret_permissions_if_present(&key_path(data_dir))
-        .map_err(|e| EscrowError::Key(e.to_string()))
 }
 
 fn sealing_key(data_dir: &Path) -> Result<LessSafeKey, EscrowError> {
     let path = key_path(data_dir);
-    check_key_file(data_dir)?;
+    check_key_file(data_dir).map_err(|e| EscrowError::Key(e.to_string()))?;
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -4,6 +4,7 @@
 //!
 //! Imports `api`, `pipeline`, `ca`, `store`, `config`, `clock`, `apikeys`, `files`.
 
+pub mod limits;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -12,11 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::apikeys;
@@ -71,6 +72,9 @@ pub enum ServerError {
     /// Publication set-up (the OCSP responder).
     #[error("publish: {0}")]
     Publish(String),
+    /// A key file is readable by others than its owner.
+    #[error(transparent)]
+    SecretFile(#[from] files::SecretFileError),
     /// A listener address is taken or not allowed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -286,7 +290,14 @@ pub async fn start_from(
         Some(paths) => paths,
         None => tls::ensure_listener_certificate(&boot.pipeline, &boot.data_dir).await?,
     };
+    // Keys loaded at start must be their owner's alone (the CA's are checked as it loads,
+    // the SCEP RA's in `ensure_ra`).
+    files::check_secret_permissions(&key_path)?;
+    crate::lifecycle::escrow::check_key_file(&boot.data_dir)?;
     let tls_config = tls::server_config(&cert_path, &key_path, None)?;
+    let limits_config = boot.pipeline.config().limits.clone();
+    let connection_limits = limits::ConnectionLimits::from_config(&limits_config);
+    let rate_limiter = || limits::RateLimiter::per_minute(limits_config.per_ip_requests_per_minute);
     let (shutdown, signal) = watch::channel(false);
     let mut tasks = Vec::new();
     let crls = Arc::new(crate::lifecycle::crl::Crls::new(boot.pipeline.clone()));
@@ -319,12 +330,22 @@ pub async fn start_from(
             boot.data_dir.clone(),
         ));
         let router = observed(
-            rampart_scep::router(backend.clone()),
+            limits::limit_enrollments(
+                rampart_scep::router(backend.clone()),
+                rate_limiter(),
+                limits::Enrollments::Scep,
+            ),
             "scep",
             boot.pipeline.metrics().clone(),
         );
         // Plain HTTP: SCEP messages are signed and encrypted end to end.
-        tasks.push(tokio::spawn(serve(listener, router, None, signal.clone())));
+        tasks.push(tokio::spawn(serve(
+            listener,
+            router,
+            None,
+            connection_limits,
+            signal.clone(),
+        )));
         let host = display_addr(addr, &boot.pipeline.config().server.public_hostname);
         scep_url = Some(format!("http://{host}/scep"));
         scep_ra_fingerprint = Some(crate::pkix::sha256_hex(&backend.ra_certificate()));
@@ -346,7 +367,13 @@ pub async fn start_from(
             "publish",
             boot.pipeline.metrics().clone(),
         );
-        tasks.push(tokio::spawn(serve(listener, router, None, signal.clone())));
+        tasks.push(tokio::spawn(serve(
+            listener,
+            router,
+            None,
+            connection_limits,
+            signal.clone(),
+        )));
         let host = display_addr(addr, &boot.pipeline.config().server.public_hostname);
         crl_url = Some(format!("http://{host}/crl/local.crl"));
         ocsp_url = Some(format!("http://{host}/ocsp"));
@@ -371,7 +398,13 @@ pub async fn start_from(
         );
         let scheme = if api.tls { "https" } else { "http" };
         let tls = api.tls.then(|| tls_config.clone());
-        tasks.push(tokio::spawn(serve(listener, router, tls, signal.clone())));
+        tasks.push(tokio::spawn(serve(
+            listener,
+            router,
+            tls,
+            connection_limits,
+            signal.clone(),
+        )));
         api_url = Some(format!(
             "{scheme}://{}",
             display_addr(addr, &boot.pipeline.config().server.public_hostname)
@@ -383,8 +416,13 @@ pub async fn start_from(
     if acme.enabled {
         let (listener, addr) = bind(acme.listen).await?;
         let server = crate::gateway::acme::server(&boot.pipeline).map_err(ServerError::Acme)?;
+        server.set_max_pending_orders(limits_config.max_pending_orders_per_account);
         let router = observed(
-            rampart_acme::router(server),
+            limits::limit_enrollments(
+                rampart_acme::router(server.clone()),
+                rate_limiter(),
+                limits::Enrollments::Acme(server),
+            ),
             "acme",
             boot.pipeline.metrics().clone(),
         );
@@ -392,6 +430,7 @@ pub async fn start_from(
             listener,
             router,
             Some(tls_config.clone()),
+            connection_limits,
             signal.clone(),
         )));
         let host = display_addr(addr, &boot.pipeline.config().server.public_hostname);
@@ -416,7 +455,11 @@ pub async fn start_from(
                 .map_err(ServerError::Est)?,
         );
         let router = observed(
-            rampart_est::router(backend),
+            limits::limit_enrollments(
+                rampart_est::router(backend),
+                rate_limiter(),
+                limits::Enrollments::Est,
+            ),
             "est",
             boot.pipeline.metrics().clone(),
         );
@@ -424,6 +467,7 @@ pub async fn start_from(
             listener,
             router,
             Some(est_tls),
+            connection_limits,
             signal.clone(),
         )));
         let host = display_addr(addr, &boot.pipeline.config().server.public_hostname);
@@ -516,19 +560,42 @@ async fn wait_for(mut signal: watch::Receiver<bool>) {
 }
 
 /// Serve `router` on `listener`, over TLS when `tls` is set, until `signal` fires; then
-/// drain for at most [`DRAIN_TIMEOUT`].
+/// drain for at most [`DRAIN_TIMEOUT`]. At most `limits.max_connections` connections are
+/// served at once (the next is accepted when one closes); HTTP/1 request heads must arrive
+/// within `limits.header_read_timeout`, and a connection that moves no byte for
+/// `limits.idle_timeout` is closed. Every request carries the peer's address
+/// ([`axum::extract::ConnectInfo`]).
 async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
+    limits: limits::ConnectionLimits,
     signal: watch::Receiver<bool>,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let stop = wait_for(signal);
     tokio::pin!(stop);
     loop {
+        if slots.available_permits() == 0 {
+            tracing::debug!(
+                max = limits.max_connections,
+                "connection limit reached; waiting for a connection to close"
+            );
+        }
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            _ = &mut stop => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -544,71 +611,25 @@ async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
         }
-        match &acceptor {
-            None => {
-                let service = TowerToHyperService::new(router.clone());
-                let connection = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let watched = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(error) = watched.await {
-                        tracing::debug!(%peer, %error, "connection ended with an error");
-                    }
-                });
+        let activity = limits::Activity::new();
+        let connection = serve_connection(
+            limits::Tracked::new(stream, activity.clone()),
+            peer,
+            router.clone(),
+            acceptor.clone(),
+            builder.clone(),
+            graceful.watcher(),
+        );
+        let idle_timeout = limits.idle_timeout;
+        tokio::spawn(async move {
+            let _slot = slot;
+            tokio::select! {
+                () = connection => {}
+                () = activity.idle(idle_timeout) => {
+                    tracing::debug!(%peer, ?idle_timeout, "closing a connection idle for too long");
+                }
             }
-            Some(acceptor) => {
-                let router = router.clone();
-                let acceptor = acceptor.clone();
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(
-                        HANDSHAKE_TIMEOUT,
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(error)) => {
-                            tracing::debug!(%peer, %error, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    // The client certificate chain, for handlers that authenticate with it.
-                    let peer_certificates = rampart_est::PeerCertificates(
-                        stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .map(|chain| chain.iter().map(|c| c.to_vec()).collect())
-                            .unwrap_or_default(),
-                    );
-                    // RFC 9266 tls-exporter, for EST proof-of-possession linking.
-                    let channel_binding = stream
-                        .get_ref()
-                        .1
-                        .export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", Some(&[]))
-                        .map(|value| rampart_est::ChannelBinding(value.to_vec()))
-                        .unwrap_or_default();
-                    let service = TowerToHyperService::new(
-                        router
-                            .layer(axum::Extension(peer_certificates))
-                            .layer(axum::Extension(channel_binding)),
-                    );
-                    let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    if let Err(error) = watcher.watch(connection).await {
-                        tracing::debug!(%peer, %error, "connection ended with an error");
-                    }
-                });
-            }
-        }
+        });
     }
     drop(listener);
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
@@ -616,5 +637,79 @@ async fn serve(
         .is_err()
     {
         tracing::warn!("some connections were still open after the drain timeout");
+    }
+}
+
+/// One connection: the TLS handshake (bounded by [`HANDSHAKE_TIMEOUT`]) when `acceptor`
+/// is set, then HTTP until either side closes.
+async fn serve_connection(
+    stream: limits::Tracked<TcpStream>,
+    peer: SocketAddr,
+    router: Router,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let with_peer = |router: Router| {
+        tower::ServiceExt::map_request(
+            router,
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                request
+            },
+        )
+    };
+    let served = match acceptor {
+        None => {
+            let service = TowerToHyperService::new(with_peer(router));
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            watcher.watch(connection).await
+        }
+        Some(acceptor) => {
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            // The client certificate chain, for handlers that authenticate with it.
+            let peer_certificates = rampart_est::PeerCertificates(
+                stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .map(|chain| chain.iter().map(|c| c.to_vec()).collect())
+                    .unwrap_or_default(),
+            );
+            // RFC 9266 tls-exporter, for EST proof-of-possession linking.
+            let channel_binding = stream
+                .get_ref()
+                .1
+                .export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", Some(&[]))
+                .map(|value| rampart_est::ChannelBinding(value.to_vec()))
+                .unwrap_or_default();
+            let service = TowerToHyperService::new(with_peer(
+                router
+                    .layer(axum::Extension(peer_certificates))
+                    .layer(axum::Extension(channel_binding)),
+            ));
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            watcher.watch(connection).await
+        }
+    };
+    if let Err(error) = served {
+        tracing::debug!(%peer, %error, "connection ended with an error");
     }
 }

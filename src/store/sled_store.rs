@@ -5,9 +5,11 @@
 //! | `certificates`  | serial                            | CertificateRecord   |
 //! | `requests`      | request id (16 bytes)             | RequestRecord       |
 //! | `serials`       | serial                            | request id          |
-//! | `idx_not_after` | not-after (sortable u64) `/` serial | —                 |
+//! | `idx_expiry`    | not-after day (u32 BE) serial     | not-after (sortable u64) |
 //! | `idx_owner`     | owner `\0` serial                 | —                   |
 //! | `idx_san`       | SAN value `\0` serial             | —                   |
+//! | `idx_san_text`  | serial                            | SAN values, `\n`-joined |
+//! | `idx_open_requests` | request id (16 bytes), requests issuing or pending | — |
 //! | `audit`         | seq (u64 BE)                      | AuditRecord         |
 //! | `outbox`        | seq (u64 BE)                      | Event               |
 //! | `api_keys`      | key id                            | ApiKeyRecord        |
@@ -16,7 +18,28 @@
 //!
 //! Values are JSON. Every change runs in one multi-tree transaction; issuance and
 //! revocation flush to disk before returning.
+//!
+//! Listings come a page at a time in serial order, and each filter has an index that yields
+//! candidates in that order, so a page costs about `limit` record reads whatever the
+//! inventory's size:
+//! - owner: `idx_owner`, a range scan from `owner \0 after`;
+//! - expiry window: `idx_expiry`, one range per day of the window (each in serial order),
+//!   merged;
+//! - SAN substring: [`SanCatalog`], every certificate's SAN values in memory in serial
+//!   order (built from `idx_san_text` at open), searched with `str::contains` block by
+//!   block. A substring index (n-grams) would cost tens of index entries per name on every
+//!   issuance and gigabytes at a million certificates; the catalog costs about the SAN text
+//!   itself in memory (~110 MB at a million certificates with two names each) and a scan of
+//!   it (tens of ms) for a substring found nowhere, less when matches are frequent.
+//!
+//! Requests waiting for approval or left issuing by a crash (read at every start) come from
+//! `idx_open_requests`, not from a scan of every request ever made.
+//!
+//! Stores written before these indexes get them at the first open (`idx_expiry` from the
+//! former `idx_not_after`, `idx_san_text` from the certificates, `idx_open_requests` from
+//! the requests).
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -40,6 +63,17 @@ const META_OUTBOX_NEXT: &[u8] = b"outbox_next";
 const META_REVOKED_PREFIX: &[u8] = b"revoked/";
 /// Present once the revoked index covers every certificate (stores from before it).
 const META_REVOKED_INDEXED: &[u8] = b"revoked_indexed";
+
+/// Present once `idx_san_text` covers every certificate (stores from before it).
+const META_SAN_TEXT_INDEXED: &[u8] = b"san_text_indexed";
+/// Present once `idx_open_requests` covers every request (stores from before it).
+const META_OPEN_REQUESTS_INDEXED: &[u8] = b"open_requests_indexed";
+/// The expiry index before `idx_expiry` (not-after `/` serial, in time order): emptied into
+/// `idx_expiry` at open.
+const LEGACY_NOT_AFTER_TREE: &str = "idx_not_after";
+/// Expiry windows longer than this many days are served by a scan in serial order (most of
+/// the inventory matches them) rather than by merging one range per day.
+const MAX_EXPIRY_DAYS_MERGED: i64 = 1024;
 
 fn revoked_key(serial: &str) -> Vec<u8> {
     [META_REVOKED_PREFIX, serial.as_bytes()].concat()
@@ -107,6 +141,8 @@ pub struct SledStore {
     /// Protocol state (ACME accounts, orders…): `namespace \0 key` → value. Outside the
     /// transactional trees: each write stands alone.
     protocol_state: sled::Tree,
+    /// Every certificate's SAN values, for substring queries.
+    san_catalog: std::sync::RwLock<SanCatalog>,
 }
 
 #[derive(Debug)]
@@ -114,9 +150,11 @@ struct Trees {
     certificates: sled::Tree,
     requests: sled::Tree,
     serials: sled::Tree,
-    idx_not_after: sled::Tree,
+    idx_expiry: sled::Tree,
     idx_owner: sled::Tree,
     idx_san: sled::Tree,
+    idx_san_text: sled::Tree,
+    idx_open_requests: sled::Tree,
     audit: sled::Tree,
     outbox: sled::Tree,
     api_keys: sled::Tree,
@@ -128,9 +166,11 @@ struct Tx<'a> {
     certificates: &'a TransactionalTree,
     requests: &'a TransactionalTree,
     serials: &'a TransactionalTree,
-    idx_not_after: &'a TransactionalTree,
+    idx_expiry: &'a TransactionalTree,
     idx_owner: &'a TransactionalTree,
     idx_san: &'a TransactionalTree,
+    idx_san_text: &'a TransactionalTree,
+    idx_open_requests: &'a TransactionalTree,
     audit: &'a TransactionalTree,
     outbox: &'a TransactionalTree,
     api_keys: &'a TransactionalTree,
@@ -158,15 +198,37 @@ fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
     ConflictableTransactionError::Abort(e)
 }
 
-fn not_after_key(at: OffsetDateTime, serial: &str) -> Vec<u8> {
-    let mut key = sortable_time(at).to_be_bytes().to_vec();
-    key.push(b'/');
+fn sortable_time(at: OffsetDateTime) -> u64 {
+    (at.unix_timestamp() as u64) ^ (1 << 63)
+}
+
+/// The day (UTC) of `at`, as the sortable first four bytes of `idx_expiry` keys.
+fn expiry_day(at: OffsetDateTime) -> u32 {
+    day_bucket(at.unix_timestamp())
+}
+
+fn day_bucket(unix_seconds: i64) -> u32 {
+    (unix_seconds.div_euclid(86_400) + (1 << 31)) as u32
+}
+
+fn expiry_key(day: u32, serial: &str) -> Vec<u8> {
+    let mut key = day.to_be_bytes().to_vec();
     key.extend_from_slice(serial.as_bytes());
     key
 }
 
-fn sortable_time(at: OffsetDateTime) -> u64 {
-    (at.unix_timestamp() as u64) ^ (1 << 63)
+/// Whether a request in `state` is kept in `idx_open_requests`.
+fn is_open(state: &RequestState) -> bool {
+    matches!(
+        state,
+        RequestState::Issuing { .. } | RequestState::Pending { .. }
+    )
+}
+
+/// SAN values as `idx_san_text` and the catalog keep them.
+fn san_text(cert: &CertificateRecord) -> String {
+    let values: Vec<String> = cert.sans.iter().map(|s| s.value()).collect();
+    values.join("\n")
 }
 
 fn protocol_key(namespace: &str, key: &str) -> Vec<u8> {
@@ -221,6 +283,13 @@ impl Tx<'_> {
     fn put_request(&self, request: &RequestRecord) -> TxResult<()> {
         self.requests
             .insert(request.request_id.as_bytes(), encode(request))?;
+        if is_open(&request.state) {
+            self.idx_open_requests
+                .insert(request.request_id.as_bytes(), &[])?;
+        } else {
+            self.idx_open_requests
+                .remove(request.request_id.as_bytes())?;
+        }
         Ok(())
     }
 
@@ -235,8 +304,12 @@ impl Tx<'_> {
         self.certificates
             .insert(cert.serial.as_bytes(), encode(cert))?;
         if new {
-            self.idx_not_after
-                .insert(not_after_key(cert.not_after, &cert.serial), &[])?;
+            self.idx_expiry.insert(
+                expiry_key(expiry_day(cert.not_after), &cert.serial),
+                &sortable_time(cert.not_after).to_be_bytes(),
+            )?;
+            self.idx_san_text
+                .insert(cert.serial.as_bytes(), san_text(cert).as_bytes())?;
             self.idx_owner
                 .insert(pair_key(&cert.owner, &cert.serial), &[])?;
             for san in &cert.sans {
@@ -272,9 +345,11 @@ impl SledStore {
             certificates: tree("certificates")?,
             requests: tree("requests")?,
             serials: tree("serials")?,
-            idx_not_after: tree("idx_not_after")?,
+            idx_expiry: tree("idx_expiry")?,
             idx_owner: tree("idx_owner")?,
             idx_san: tree("idx_san")?,
+            idx_san_text: tree("idx_san_text")?,
+            idx_open_requests: tree("idx_open_requests")?,
             audit: tree("audit")?,
             outbox: tree("outbox")?,
             api_keys: tree("api_keys")?,
@@ -311,6 +386,49 @@ impl SledStore {
                 .map_err(backend)?;
             db.flush().map_err(backend)?;
         }
+        // A store last written by a rampart from before `idx_expiry` (or a downgrade since)
+        // has entries in the legacy expiry index, and may have certificates missing from
+        // `idx_san_text`: index them.
+        let legacy = tree(LEGACY_NOT_AFTER_TREE)?;
+        if legacy.first().map_err(backend)?.is_some() {
+            migrate_legacy_expiry(&legacy, &t.idx_expiry)?;
+            t.meta.remove(META_SAN_TEXT_INDEXED).map_err(backend)?;
+        }
+        if t.meta
+            .get(META_SAN_TEXT_INDEXED)
+            .map_err(backend)?
+            .is_none()
+        {
+            for item in t.certificates.iter().values() {
+                let cert: CertificateRecord = decode("certificates", &item.map_err(backend)?)?;
+                t.idx_san_text
+                    .insert(cert.serial.as_bytes(), san_text(&cert).as_bytes())
+                    .map_err(backend)?;
+            }
+            t.meta
+                .insert(META_SAN_TEXT_INDEXED, encode(&true))
+                .map_err(backend)?;
+            db.flush().map_err(backend)?;
+        }
+        if t.meta
+            .get(META_OPEN_REQUESTS_INDEXED)
+            .map_err(backend)?
+            .is_none()
+        {
+            for item in t.requests.iter().values() {
+                let request: RequestRecord = decode("requests", &item.map_err(backend)?)?;
+                if is_open(&request.state) {
+                    t.idx_open_requests
+                        .insert(request.request_id.as_bytes(), &[])
+                        .map_err(backend)?;
+                }
+            }
+            t.meta
+                .insert(META_OPEN_REQUESTS_INDEXED, encode(&true))
+                .map_err(backend)?;
+            db.flush().map_err(backend)?;
+        }
+        let san_catalog = SanCatalog::load(&t.idx_san_text)?;
         let protocol_state = tree("protocol_state")?;
         Ok(SledStore {
             protocol_state,
@@ -318,6 +436,7 @@ impl SledStore {
             db,
             path: path.to_path_buf(),
             t,
+            san_catalog: std::sync::RwLock::new(san_catalog),
         })
     }
 
@@ -336,9 +455,11 @@ impl SledStore {
             &t.certificates,
             &t.requests,
             &t.serials,
-            &t.idx_not_after,
+            &t.idx_expiry,
             &t.idx_owner,
             &t.idx_san,
+            &t.idx_san_text,
+            &t.idx_open_requests,
             &t.audit,
             &t.outbox,
             &t.api_keys,
@@ -349,9 +470,11 @@ impl SledStore {
                     certificates,
                     requests,
                     serials,
-                    idx_not_after,
+                    idx_expiry,
                     idx_owner,
                     idx_san,
+                    idx_san_text,
+                    idx_open_requests,
                     audit,
                     outbox,
                     api_keys,
@@ -361,9 +484,11 @@ impl SledStore {
                         certificates,
                         requests,
                         serials,
-                        idx_not_after,
+                        idx_expiry,
                         idx_owner,
                         idx_san,
+                        idx_san_text,
+                        idx_open_requests,
                         audit,
                         outbox,
                         api_keys,
@@ -392,15 +517,18 @@ impl SledStore {
         }
     }
 
-    /// Serials > `after` that the query's most selective index yields, in serial order.
-    /// Requests whose state passes `keep` (a scan: pending and interrupted requests are few).
+    /// Open requests (issuing or pending: few) whose state passes `keep`.
     fn requests_where(
         &self,
         keep: impl Fn(&RequestState) -> bool,
     ) -> Result<Vec<RequestRecord>, StoreError> {
         let mut out = Vec::new();
-        for item in self.t.requests.iter().values() {
-            let request: RequestRecord = decode("requests", &item.map_err(backend)?)?;
+        for id in self.t.idx_open_requests.iter().keys() {
+            let Some(request) =
+                Self::get::<RequestRecord>(&self.t.requests, "requests", &id.map_err(backend)?)?
+            else {
+                continue;
+            };
             if keep(&request.state) {
                 out.push(request);
             }
@@ -408,41 +536,408 @@ impl SledStore {
         Ok(out)
     }
 
-    fn candidate_serials(
+    /// Serials of the certificates the query's most selective index yields, ascending and
+    /// after `query.after`; `None` when no index applies (then every certificate is a
+    /// candidate, in serial order).
+    fn candidates(
         &self,
         query: &CertificateQuery,
         now: OffsetDateTime,
-    ) -> Result<Vec<String>, StoreError> {
-        let after = query.after.clone().unwrap_or_default();
-        let serial_of = |key: &[u8], prefix_len: usize| {
-            String::from_utf8_lossy(&key[prefix_len..]).into_owned()
-        };
-        let mut serials: Vec<String> = if let Some(owner) = &query.owner {
+    ) -> Result<Option<Candidates<'_>>, StoreError> {
+        let after = query.after.clone();
+        if let Some(needle) = &query.san_contains {
+            let needle = needle.to_ascii_lowercase();
+            let answers = self
+                .san_catalog
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .answers(&needle);
+            if answers {
+                return Ok(Some(Box::new(SanCandidates {
+                    catalog: &self.san_catalog,
+                    needle,
+                    after,
+                    batch: std::collections::VecDeque::new(),
+                    exhausted: false,
+                })));
+            }
+        }
+        if let Some(owner) = &query.owner {
             let prefix = pair_key(owner, "");
-            self.t
-                .idx_owner
-                .scan_prefix(&prefix)
-                .keys()
-                .map(|k| k.map(|k| serial_of(&k, prefix.len())))
-                .collect::<Result<_, _>>()
-                .map_err(backend)?
-        } else if let Some(within) = query.expiring_within {
-            let start = sortable_time(now).to_be_bytes().to_vec();
-            let end = (sortable_time(now + within) + 1).to_be_bytes().to_vec();
-            self.t
-                .idx_not_after
-                .range(start..end)
-                .keys()
-                .map(|k| k.map(|k| serial_of(&k, 9)))
-                .collect::<Result<_, _>>()
-                .map_err(backend)?
-        } else {
-            return Ok(Vec::new());
-        };
-        serials.retain(|s| s.as_str() > after.as_str());
-        serials.sort();
-        Ok(serials)
+            let lower = match &after {
+                Some(after) => Bound::Excluded(pair_key(owner, after)),
+                None => Bound::Included(prefix.clone()),
+            };
+            let mut upper = owner.as_bytes().to_vec();
+            upper.push(1);
+            let skip = prefix.len();
+            return Ok(Some(Box::new(
+                self.t
+                    .idx_owner
+                    .range::<Vec<u8>, _>((lower, Bound::Excluded(upper)))
+                    .keys()
+                    .map(move |key| {
+                        key.map(|k| String::from_utf8_lossy(&k[skip..]).into_owned())
+                            .map_err(backend)
+                    }),
+            )));
+        }
+        if let Some(within) = query
+            .expiring_within
+            .filter(|w| w.whole_days() <= MAX_EXPIRY_DAYS_MERGED)
+        {
+            return Ok(Some(Box::new(ExpiryMerge::new(
+                &self.t.idx_expiry,
+                now,
+                now + within,
+                after.as_deref(),
+            )?)));
+        }
+        Ok(None)
     }
+}
+
+/// Candidate serials, ascending.
+type Candidates<'a> = Box<dyn Iterator<Item = Result<String, StoreError>> + 'a>;
+
+/// Serials whose SAN text contains the needle, from the catalog a batch at a time (the
+/// catalog is not locked while the caller reads certificates).
+struct SanCandidates<'a> {
+    catalog: &'a std::sync::RwLock<SanCatalog>,
+    needle: String,
+    after: Option<String>,
+    batch: std::collections::VecDeque<String>,
+    exhausted: bool,
+}
+
+impl Iterator for SanCandidates<'_> {
+    type Item = Result<String, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        const BATCH: usize = 64;
+        if self.batch.is_empty() && !self.exhausted {
+            let found = self
+                .catalog
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .matches_after(&self.needle, self.after.as_deref(), BATCH)
+                .unwrap_or_default();
+            self.exhausted = found.len() < BATCH;
+            self.after = found.last().cloned();
+            self.batch.extend(found);
+        }
+        self.batch.pop_front().map(Ok)
+    }
+}
+
+/// The serials of `idx_expiry` with a not-after in `[start, end]`, ascending: one range
+/// per day of the window (each in serial order), merged.
+struct ExpiryMerge {
+    days: Vec<sled::Iter>,
+    /// The next entry of each day: (serial, day index, sortable not-after).
+    heads: std::collections::BinaryHeap<std::cmp::Reverse<(Vec<u8>, usize, u64)>>,
+    start: u64,
+    end: u64,
+}
+
+impl ExpiryMerge {
+    fn new(
+        tree: &sled::Tree,
+        start: OffsetDateTime,
+        end: OffsetDateTime,
+        after: Option<&str>,
+    ) -> Result<Self, StoreError> {
+        let mut merge = ExpiryMerge {
+            days: Vec::new(),
+            heads: std::collections::BinaryHeap::new(),
+            start: sortable_time(start),
+            end: sortable_time(end),
+        };
+        for day in expiry_day(start)..=expiry_day(end) {
+            let lower = match after {
+                Some(after) => Bound::Excluded(expiry_key(day, after)),
+                None => Bound::Included(day.to_be_bytes().to_vec()),
+            };
+            let upper = match day.checked_add(1) {
+                Some(next) => Bound::Excluded(next.to_be_bytes().to_vec()),
+                None => Bound::Unbounded,
+            };
+            merge.days.push(tree.range::<Vec<u8>, _>((lower, upper)));
+            merge.advance(merge.days.len() - 1)?;
+        }
+        Ok(merge)
+    }
+
+    /// Put day `index`'s next entry among the heads.
+    fn advance(&mut self, index: usize) -> Result<(), StoreError> {
+        if let Some(item) = self.days[index].next() {
+            let (key, value) = item.map_err(backend)?;
+            let at = value
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt {
+                    tree: "idx_expiry",
+                    reason: "not-after is not 8 bytes".into(),
+                })?;
+            self.heads
+                .push(std::cmp::Reverse((key[4..].to_vec(), index, at)));
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for ExpiryMerge {
+    type Item = Result<String, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let std::cmp::Reverse((serial, index, at)) = self.heads.pop()?;
+            if let Err(e) = self.advance(index) {
+                return Some(Err(e));
+            }
+            // The first and last days also hold certificates outside the window.
+            if (self.start..=self.end).contains(&at) {
+                return Some(Ok(String::from_utf8_lossy(&serial).into_owned()));
+            }
+        }
+    }
+}
+
+/// Move the legacy expiry index (`sortable not-after / serial` keys) into `idx_expiry`.
+fn migrate_legacy_expiry(legacy: &sled::Tree, expiry: &sled::Tree) -> Result<(), StoreError> {
+    for key in legacy.iter().keys() {
+        let key = key.map_err(backend)?;
+        let (Some(at), Some(serial)) = (key.get(..8), key.get(9..)) else {
+            return Err(StoreError::Corrupt {
+                tree: "idx_not_after",
+                reason: "key too short".into(),
+            });
+        };
+        let at: [u8; 8] = at.try_into().expect("8 bytes");
+        let unix = (u64::from_be_bytes(at) ^ (1 << 63)) as i64;
+        let serial = String::from_utf8_lossy(serial);
+        expiry
+            .insert(expiry_key(day_bucket(unix), &serial), &at)
+            .map_err(backend)?;
+    }
+    legacy.clear().map_err(backend)?;
+    Ok(())
+}
+
+/// Every certificate's SAN values in memory, for substring search in serial order: a
+/// sorted main segment and a small unsorted tail of recent additions, merged into the
+/// main segment when it grows past [`SanCatalog::TAIL_LIMIT`].
+#[derive(Debug, Default)]
+struct SanCatalog {
+    main: Segment,
+    tail: Segment,
+    /// Set if the text outgrew 32-bit offsets (billions of names): searches then fall
+    /// back to scanning the certificates.
+    overflowed: bool,
+}
+
+/// Entries (serial, SAN text) packed in two strings. Each entry's text is its values, each
+/// followed by a line feed, so that a needle without one matches within a single value.
+#[derive(Debug, Default)]
+struct Segment {
+    serials: String,
+    serial_ends: Vec<u32>,
+    text: String,
+    text_ends: Vec<u32>,
+}
+
+impl Segment {
+    fn len(&self) -> usize {
+        self.serial_ends.len()
+    }
+
+    fn serial(&self, i: usize) -> &str {
+        let start = if i == 0 {
+            0
+        } else {
+            self.serial_ends[i - 1] as usize
+        };
+        &self.serials[start..self.serial_ends[i] as usize]
+    }
+
+    fn text_start(&self, i: usize) -> usize {
+        if i == 0 {
+            0
+        } else {
+            self.text_ends[i - 1] as usize
+        }
+    }
+
+    fn entry_text(&self, i: usize) -> &str {
+        &self.text[self.text_start(i)..self.text_ends[i] as usize]
+    }
+
+    /// Append an entry (`text`: values each followed by `\n`); false if offsets overflow.
+    fn push(&mut self, serial: &str, text: &str) -> bool {
+        let (Ok(serial_end), Ok(text_end)) = (
+            u32::try_from(self.serials.len() + serial.len()),
+            u32::try_from(self.text.len() + text.len()),
+        ) else {
+            return false;
+        };
+        self.serials.push_str(serial);
+        self.serial_ends.push(serial_end);
+        self.text.push_str(text);
+        self.text_ends.push(text_end);
+        true
+    }
+
+    /// The entry whose text holds byte `offset`.
+    fn entry_at(&self, offset: usize) -> usize {
+        self.text_ends
+            .partition_point(|end| (*end as usize) <= offset)
+    }
+
+    /// Entries from `first` on whose text contains `needle`, in entry order, until `max`
+    /// are found (`None`: no limit). Scans blocks of about 64 KiB with `str::contains`
+    /// (SIMD-accelerated) and looks closer only at blocks that match.
+    fn find(&self, needle: &str, first: usize, max: Option<usize>, out: &mut Vec<usize>) {
+        const BLOCK: usize = 64 * 1024;
+        let mut position = self.text_start(first.min(self.len()));
+        while position < self.text.len() {
+            // Blocks end on entry boundaries.
+            let last = self.entry_at((position + BLOCK).min(self.text.len()) - 1);
+            let block_end = self.text_ends[last] as usize;
+            if self.text[position..block_end].contains(needle) {
+                let mut from = position;
+                while let Some(found) = self.text[from..block_end].find(needle) {
+                    let entry = self.entry_at(from + found);
+                    out.push(entry);
+                    if max.is_some_and(|max| out.len() >= max) {
+                        return;
+                    }
+                    from = self.text_ends[entry] as usize;
+                }
+            }
+            position = block_end;
+        }
+    }
+}
+
+impl SanCatalog {
+    /// Entries kept unsorted before a merge into the main segment.
+    const TAIL_LIMIT: usize = 32 * 1024;
+
+    /// From `idx_san_text` (in serial order already).
+    fn load(tree: &sled::Tree) -> Result<Self, StoreError> {
+        let mut catalog = SanCatalog::default();
+        let mut text = String::new();
+        for item in tree.iter() {
+            let (serial, values) = item.map_err(backend)?;
+            text.clear();
+            for value in String::from_utf8_lossy(&values).split('\n') {
+                text.push_str(value);
+                text.push('\n');
+            }
+            if !catalog.main.push(&String::from_utf8_lossy(&serial), &text) {
+                catalog.overflowed = true;
+                break;
+            }
+        }
+        Ok(catalog)
+    }
+
+    /// Record a new certificate's SAN values.
+    fn insert(&mut self, serial: &str, values: &str) {
+        if self.overflowed {
+            return;
+        }
+        let mut text = String::with_capacity(values.len() + 1);
+        for value in values.split('\n') {
+            text.push_str(value);
+            text.push('\n');
+        }
+        if !self.tail.push(serial, &text) {
+            self.overflowed = true;
+            return;
+        }
+        if self.tail.len() >= Self::TAIL_LIMIT {
+            self.merge_tail();
+        }
+    }
+
+    /// Rebuild the main segment with the tail's entries in place.
+    fn merge_tail(&mut self) {
+        let tail = std::mem::take(&mut self.tail);
+        let mut order: Vec<usize> = (0..tail.len()).collect();
+        order.sort_by(|a, b| tail.serial(*a).cmp(tail.serial(*b)));
+        let main = std::mem::take(&mut self.main);
+        let mut merged = Segment {
+            serials: String::with_capacity(main.serials.len() + tail.serials.len()),
+            serial_ends: Vec::with_capacity(main.len() + tail.len()),
+            text: String::with_capacity(main.text.len() + tail.text.len()),
+            text_ends: Vec::with_capacity(main.len() + tail.len()),
+        };
+        let (mut i, mut j) = (0, 0);
+        while i < main.len() || j < order.len() {
+            let from_main =
+                j == order.len() || (i < main.len() && main.serial(i) <= tail.serial(order[j]));
+            let ok = if from_main {
+                i += 1;
+                merged.push(main.serial(i - 1), main.entry_text(i - 1))
+            } else {
+                j += 1;
+                merged.push(tail.serial(order[j - 1]), tail.entry_text(order[j - 1]))
+            };
+            if !ok {
+                self.overflowed = true;
+                return;
+            }
+        }
+        self.main = merged;
+    }
+
+    /// Whether [`SanCatalog::matches_after`] can search for `needle`: values are separated
+    /// by line feeds (no SAN holds one), and the catalog gives up past 4 GiB of names.
+    fn answers(&self, needle: &str) -> bool {
+        !self.overflowed && !needle.contains('\n')
+    }
+
+    /// Up to `max` serials, ascending and after `after`, of certificates with a SAN value
+    /// containing `needle`; `None` if the catalog cannot answer.
+    fn matches_after(&self, needle: &str, after: Option<&str>, max: usize) -> Option<Vec<String>> {
+        if !self.answers(needle) {
+            return None;
+        }
+        let first = match after {
+            Some(after) => partition(self.main.len(), |i| self.main.serial(i) <= after),
+            None => 0,
+        };
+        let mut found = Vec::new();
+        self.main.find(needle, first, Some(max), &mut found);
+        let mut serials: Vec<&str> = found.iter().map(|i| self.main.serial(*i)).collect();
+        let mut recent = Vec::new();
+        self.tail.find(needle, 0, None, &mut recent);
+        serials.extend(
+            recent
+                .iter()
+                .map(|i| self.tail.serial(*i))
+                .filter(|serial| after.is_none_or(|after| *serial > after)),
+        );
+        serials.sort_unstable();
+        serials.truncate(max);
+        Some(serials.into_iter().map(str::to_string).collect())
+    }
+}
+
+/// The first index in `0..len` for which `before` is false (`before` is true on a prefix).
+fn partition(len: usize, before: impl Fn(usize) -> bool) -> usize {
+    let (mut low, mut high) = (0, len);
+    while low < high {
+        let middle = low + (high - low) / 2;
+        if before(middle) {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    low
 }
 
 fn matches(query: &CertificateQuery, cert: &CertificateRecord, now: OffsetDateTime) -> bool {
@@ -520,7 +1015,12 @@ impl Store for SledStore {
             tx.put_certificate(cert, true)?;
             tx.append_audit(audit)?;
             tx.push_event(event)
-        })
+        })?;
+        self.san_catalog
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(&cert.serial, &san_text(cert));
+        Ok(())
     }
 
     fn fail_issuance(
@@ -602,9 +1102,9 @@ impl Store for SledStore {
             items.push(cert);
             true
         };
-        if query.owner.is_some() || query.expiring_within.is_some() {
-            for serial in self.candidate_serials(query, now)? {
-                if let Some(cert) = self.certificate(&serial)? {
+        if let Some(candidates) = self.candidates(query, now)? {
+            for serial in candidates {
+                if let Some(cert) = self.certificate(&serial?)? {
                     if !take(cert) {
                         break;
                     }
@@ -612,13 +1112,13 @@ impl Store for SledStore {
             }
         } else {
             let start = match &query.after {
-                Some(after) => std::ops::Bound::Excluded(after.as_bytes().to_vec()),
-                None => std::ops::Bound::Unbounded,
+                Some(after) => Bound::Excluded(after.as_bytes().to_vec()),
+                None => Bound::Unbounded,
             };
             for item in self
                 .t
                 .certificates
-                .range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
+                .range::<Vec<u8>, _>((start, Bound::Unbounded))
                 .values()
             {
                 let cert: CertificateRecord = decode("certificates", &item.map_err(backend)?)?;
@@ -786,5 +1286,292 @@ impl Store for SledStore {
             .take(limit)
             .map(|v| decode("outbox", &v.map_err(backend)?))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Identifier, KeyType, Protocol};
+    use crate::store::{AuditAction, EventKind};
+    use std::collections::BTreeMap;
+
+    const NAMES: [&str; 6] = ["api", "www", "payments", "mail", "db", "vpn"];
+
+    fn entry(time: OffsetDateTime, action: AuditAction) -> AuditEntry {
+        AuditEntry {
+            time,
+            request_id: None,
+            actor: "t".into(),
+            action,
+            outcome: "ok".into(),
+            layer: None,
+            rule: None,
+            reason: String::new(),
+            subject: None,
+            details: serde_json::json!({}),
+        }
+    }
+
+    /// Certificate `i`: a pseudo-random serial, one of three owners, 1–3 names, a not-after
+    /// from 100 days ago to 200 days ahead.
+    fn issue(store: &SledStore, i: u64, now: OffsetDateTime) -> CertificateRecord {
+        let mix = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (i << 7);
+        let serial = format!("{:x}", mix | 1 << 40);
+        let sans = (0..=(mix % 3))
+            .map(|k| {
+                let name = NAMES[((mix >> (8 * k)) % 6) as usize];
+                Identifier::dns(&format!("{name}-{}.zone{}.test", i % 97, k)).unwrap()
+            })
+            .collect::<Vec<_>>();
+        let mut sans_unique = Vec::new();
+        for san in sans {
+            if !sans_unique.contains(&san) {
+                sans_unique.push(san);
+            }
+        }
+        let not_after = now - time::Duration::days(100)
+            + time::Duration::seconds(((mix >> 16) % (300 * 86_400)) as i64);
+        let request_id = Uuid::new_v4();
+        let request = RequestRecord {
+            request_id,
+            protocol: Protocol::Api,
+            identity: format!("owner-{}", i % 3),
+            template: "server".into(),
+            identifiers: sans_unique.clone(),
+            state: RequestState::Issuing {
+                serial: serial.clone(),
+            },
+            created_at: now,
+            updated_at: now,
+            pending: None,
+        };
+        assert!(store
+            .begin_issuance(&request, &entry(now, AuditAction::Decision))
+            .unwrap());
+        let cert = CertificateRecord {
+            serial,
+            request_id,
+            protocol: Protocol::Api,
+            owner: format!("owner-{}", i % 3),
+            template: if i % 4 == 0 { "client" } else { "server" }.into(),
+            issuer: "local".into(),
+            subject: String::new(),
+            sans: sans_unique,
+            key_type: KeyType::EcdsaP256,
+            not_before: not_after - time::Duration::days(90),
+            not_after: not_after.replace_nanosecond(0).unwrap(),
+            sha256_fingerprint: String::new(),
+            resource: None,
+            metadata: BTreeMap::new(),
+            status: StoredStatus::Valid,
+            revocation: None,
+            der: Vec::new(),
+            chain: Vec::new(),
+        };
+        let event = NewEvent {
+            kind: EventKind::CertificateIssued,
+            time: now,
+            data: serde_json::json!({}),
+        };
+        store
+            .complete_issuance(&cert, &entry(now, AuditAction::Issued), &event)
+            .unwrap();
+        cert
+    }
+
+    fn queries() -> Vec<CertificateQuery> {
+        let days = |d| Some(time::Duration::days(d));
+        let san = |s: &str| Some(s.to_string());
+        vec![
+            CertificateQuery::default(),
+            CertificateQuery {
+                expiring_within: days(1),
+                ..Default::default()
+            },
+            CertificateQuery {
+                expiring_within: days(30),
+                ..Default::default()
+            },
+            CertificateQuery {
+                expiring_within: days(5000),
+                ..Default::default()
+            },
+            CertificateQuery {
+                owner: san("owner-1"),
+                ..Default::default()
+            },
+            CertificateQuery {
+                owner: san("owner-2"),
+                expiring_within: days(60),
+                ..Default::default()
+            },
+            CertificateQuery {
+                san_contains: san("PAYMENTS-"),
+                ..Default::default()
+            },
+            CertificateQuery {
+                san_contains: san("-42.zone"),
+                ..Default::default()
+            },
+            CertificateQuery {
+                san_contains: san("nowhere"),
+                ..Default::default()
+            },
+            CertificateQuery {
+                san_contains: san("api"),
+                expiring_within: days(90),
+                template: san("server"),
+                ..Default::default()
+            },
+            CertificateQuery {
+                san_contains: san("zone2"),
+                owner: san("owner-0"),
+                ..Default::default()
+            },
+            CertificateQuery {
+                san_contains: san("a\nb"),
+                ..Default::default()
+            },
+        ]
+    }
+
+    /// Every query, paged by 7, gives exactly the brute-force answer in serial order.
+    fn check_queries(store: &SledStore, all: &[CertificateRecord], now: OffsetDateTime) {
+        for query in queries() {
+            let mut expected: Vec<&str> = all
+                .iter()
+                .filter(|c| matches(&query, c, now))
+                .map(|c| c.serial.as_str())
+                .collect();
+            expected.sort_unstable();
+            let mut got = Vec::new();
+            let mut page_query = CertificateQuery {
+                limit: 7,
+                ..query.clone()
+            };
+            loop {
+                let page = store.list_certificates(&page_query, now).unwrap();
+                assert!(page.items.len() <= 7);
+                got.extend(page.items.iter().map(|c| c.serial.clone()));
+                match page.next_after {
+                    Some(after) => page_query.after = Some(after),
+                    None => break,
+                }
+            }
+            assert_eq!(got, expected, "{query:?}");
+        }
+    }
+
+    #[test]
+    fn indexed_listings_agree_with_a_scan_before_and_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let all: Vec<CertificateRecord> = {
+            let store = SledStore::open(dir.path()).unwrap();
+            let all: Vec<_> = (0..400).map(|i| issue(&store, i, now)).collect();
+            // Only the tail holds them yet.
+            check_queries(&store, &all, now);
+            // Merged into the main segment.
+            store.san_catalog.write().unwrap().merge_tail();
+            check_queries(&store, &all, now);
+            // A main segment and a tail.
+            let mut all = all;
+            all.extend((400..500).map(|i| issue(&store, i, now)));
+            check_queries(&store, &all, now);
+            all
+        };
+        // Rebuilt from idx_san_text.
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.san_catalog.read().unwrap().main.len(), 500);
+        check_queries(&store, &all, now);
+    }
+
+    #[test]
+    fn stores_with_the_legacy_expiry_index_are_reindexed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let all: Vec<CertificateRecord> = {
+            let store = SledStore::open(dir.path()).unwrap();
+            let all: Vec<_> = (0..200).map(|i| issue(&store, i, now)).collect();
+            let interrupted = RequestRecord {
+                request_id: Uuid::new_v4(),
+                protocol: Protocol::Api,
+                identity: "t".into(),
+                template: "server".into(),
+                identifiers: Vec::new(),
+                state: RequestState::Issuing {
+                    serial: "ff".into(),
+                },
+                created_at: now,
+                updated_at: now,
+                pending: None,
+            };
+            assert!(store
+                .begin_issuance(&interrupted, &entry(now, AuditAction::Decision))
+                .unwrap());
+            assert_eq!(store.interrupted_requests().unwrap(), [interrupted.clone()]);
+            // As a rampart from before idx_expiry, idx_san_text and idx_open_requests left it.
+            store.t.idx_open_requests.clear().unwrap();
+            store.t.meta.remove(META_OPEN_REQUESTS_INDEXED).unwrap();
+            store.t.idx_expiry.clear().unwrap();
+            store.t.idx_san_text.clear().unwrap();
+            store.t.meta.remove(META_SAN_TEXT_INDEXED).unwrap();
+            let legacy = store.db.open_tree(LEGACY_NOT_AFTER_TREE).unwrap();
+            for cert in &all {
+                let mut key = sortable_time(cert.not_after).to_be_bytes().to_vec();
+                key.push(b'/');
+                key.extend_from_slice(cert.serial.as_bytes());
+                legacy.insert(key, &[]).unwrap();
+            }
+            store.db.flush().unwrap();
+            all
+        };
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(store
+            .db
+            .open_tree(LEGACY_NOT_AFTER_TREE)
+            .unwrap()
+            .is_empty());
+        assert_eq!(store.t.idx_expiry.len(), 200);
+        check_queries(&store, &all, now);
+        let interrupted = store.interrupted_requests().unwrap();
+        assert_eq!(interrupted.len(), 1);
+        // Failing it closes it.
+        store
+            .fail_issuance(
+                interrupted[0].request_id,
+                "interrupted",
+                &entry(now, AuditAction::IssuanceFailed),
+            )
+            .unwrap();
+        assert!(store.interrupted_requests().unwrap().is_empty());
+        assert!(store.pending_requests().unwrap().is_empty());
+    }
+
+    #[test]
+    fn catalog_merges_keep_serial_order() {
+        let mut catalog = SanCatalog::default();
+        for serial in ["c", "a", "e"] {
+            catalog.insert(serial, &format!("{serial}.test\nwww.{serial}.test"));
+        }
+        catalog.merge_tail();
+        for serial in ["d", "b", "f"] {
+            catalog.insert(serial, &format!("{serial}.test"));
+        }
+        assert_eq!(
+            catalog.matches_after(".test", None, 10).unwrap(),
+            ["a", "b", "c", "d", "e", "f"]
+        );
+        assert_eq!(
+            catalog.matches_after(".test", Some("b"), 2).unwrap(),
+            ["c", "d"]
+        );
+        assert_eq!(catalog.matches_after("www.", None, 10).unwrap(), ["a", "c", "e"]);
+        // A needle never spans two values.
+        assert!(catalog.matches_after("test\nwww", None, 10).is_none());
+        catalog.merge_tail();
+        assert_eq!(catalog.main.len(), 6);
+        assert_eq!(catalog.main.entry_text(1), "b.test\n");
     }
 }

@@ -1,0 +1,548 @@
+//! Abuse limits end to end against a daemon started in-process: request bodies over the
+//! limit (413 on every listener), slow request heads (slowloris) and stalled bodies cut
+//! off, the connection cap, the per-client rate limit on ACME, EST and SCEP enrollment
+//! endpoints (429 in each protocol's format, with Retry-After), the ACME pending-orders
+//! limit, and key files others can read refusing the start.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{config_for, start_with, TestDaemon};
+use instant_acme::{Account, Identifier, NewAccount, NewOrder};
+use rampart::clock::SystemClock;
+use rampart::config::Config;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn daemon(adjust: impl FnOnce(&mut Config)) -> (TestDaemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    adjust(&mut config);
+    (start_with(config, Arc::new(SystemClock), None).await, dir)
+}
+
+fn acme_base(d: &TestDaemon) -> String {
+    format!(
+        "https://localhost:{}/acme/default",
+        d.daemon.acme_addr.unwrap().port()
+    )
+}
+
+fn est_base(d: &TestDaemon) -> String {
+    format!(
+        "https://localhost:{}/.well-known/est",
+        d.daemon.est_addr.unwrap().port()
+    )
+}
+
+fn scep_url(d: &TestDaemon) -> String {
+    d.daemon.scep_url.clone().unwrap()
+}
+
+fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+async fn anonymous_account(d: &TestDaemon) -> Account {
+    Account::builder_with_root(&d.daemon.ca_bundle)
+        .unwrap()
+        .create(
+            &NewAccount {
+                contact: &[],
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            format!("{}/directory", acme_base(d)),
+            None,
+        )
+        .await
+        .unwrap()
+        .0
+}
+
+// ---------------------------------------------------------------------------------------
+// Request bodies
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_refused_with_413_on_every_listener() {
+    let (d, _dir) = daemon(|_| {}).await;
+    let big = vec![b'a'; 70 * 1024];
+    let post = |url: String, content_type: &'static str, body: Vec<u8>| {
+        d.http
+            .post(url)
+            .bearer_auth(&d.key)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+
+    let api = post(
+        format!("{}/api/v1/enrollments", d.url),
+        "application/json",
+        big.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(api.status(), 413, "admin API");
+
+    let acme = post(
+        format!("{}/new-order", acme_base(&d)),
+        "application/jose+json",
+        big.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(acme.status(), 413, "ACME");
+    assert_eq!(
+        header(&acme, "content-type").as_deref(),
+        Some("application/problem+json")
+    );
+    assert!(header(&acme, "replay-nonce").is_some());
+
+    let est = post(
+        format!("{}/simpleenroll", est_base(&d)),
+        "application/pkcs10",
+        big.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(est.status(), 413, "EST");
+
+    let scep = post(
+        format!("{}?operation=PKIOperation", scep_url(&d)),
+        "application/x-pki-message",
+        big.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(scep.status(), 413, "SCEP");
+
+    let ocsp = post(
+        d.daemon.ocsp_url.clone().unwrap(),
+        "application/ocsp-request",
+        vec![0u8; 9 * 1024],
+    )
+    .await
+    .unwrap();
+    assert_eq!(ocsp.status(), 413, "OCSP on the publish listener");
+
+    // Nothing was issued for any of them, and the listeners still serve.
+    assert_eq!(d.get("/api/v1/certificates").await.0, 200);
+}
+
+// ---------------------------------------------------------------------------------------
+// Slow clients and the connection cap
+// ---------------------------------------------------------------------------------------
+
+/// Send `request` one byte every 200 ms and return how long the server kept the
+/// connection open; fails if it is still open once every byte went out.
+async fn trickle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, request: &[u8]) -> Duration {
+    let started = Instant::now();
+    let mut buf = [0u8; 512];
+    for byte in request {
+        if stream.write_all(&[*byte]).await.is_err() {
+            return started.elapsed();
+        }
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            // Whatever the server says (a 408), it must then close: keep reading.
+            Ok(Ok(_)) | Err(_) => {}
+        }
+    }
+    panic!(
+        "the connection stayed open for {:?} while the request head trickled in",
+        started.elapsed()
+    );
+}
+
+fn slow_head(host: &str) -> Vec<u8> {
+    format!(
+        "GET /scep?operation=GetCACaps HTTP/1.1\r\nHost: {host}\r\nUser-Agent: slowloris-{}\r\n\r\n",
+        "x".repeat(40)
+    )
+    .into_bytes()
+}
+
+async fn tls_to(addr: SocketAddr, bundle: &Path) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(bundle).unwrap();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn request_heads_sent_slower_than_the_header_timeout_are_cut_off() {
+    let (d, _dir) = daemon(|c| c.limits.header_read_timeout_seconds = 1).await;
+    // Plain HTTP (SCEP, the admin API) and HTTPS (ACME) listeners alike.
+    for addr in [d.daemon.scep_addr.unwrap(), d.daemon.api_addr.unwrap()] {
+        let open = trickle(TcpStream::connect(addr).await.unwrap(), &slow_head("x")).await;
+        assert!(
+            open >= Duration::from_millis(800) && open < Duration::from_secs(4),
+            "{addr}: closed after {open:?}"
+        );
+    }
+    let stream = tls_to(d.daemon.acme_addr.unwrap(), &d.daemon.ca_bundle).await;
+    let open = trickle(stream, &slow_head("localhost")).await;
+    assert!(open < Duration::from_secs(4), "ACME: closed after {open:?}");
+
+    // A client at normal speed is served.
+    let caps = d
+        .http
+        .get(format!("{}?operation=GetCACaps", scep_url(&d)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(caps.status(), 200);
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_is_cut_off_at_the_idle_timeout() {
+    let (d, _dir) = daemon(|c| c.limits.idle_timeout_seconds = 1).await;
+    let mut stream = TcpStream::connect(d.daemon.scep_addr.unwrap())
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"POST /scep?operation=PKIOperation HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 512];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("a stalled body kept the connection open for 5 s"),
+        }
+    }
+    let open = started.elapsed();
+    assert!(
+        open >= Duration::from_millis(800) && open < Duration::from_secs(4),
+        "closed after {open:?}"
+    );
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    let (d, _dir) = daemon(|c| {
+        c.limits.max_connections_per_listener = 2;
+        c.limits.header_read_timeout_seconds = 60;
+    })
+    .await;
+    let addr = d.daemon.api_addr.unwrap();
+    let healthz = format!("http://{addr}/healthz");
+    let first = TcpStream::connect(addr).await.unwrap();
+    let _second = TcpStream::connect(addr).await.unwrap();
+    // Both slots are taken by clients that say nothing: the next one is not served.
+    let client = || {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+    };
+    let waiting = client()
+        .get(&healthz)
+        .timeout(Duration::from_millis(1500))
+        .send()
+        .await;
+    assert!(
+        waiting.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "{waiting:?}"
+    );
+    // Another listener has its own slots.
+    let caps = d
+        .http
+        .get(format!("{}?operation=GetCACaps", scep_url(&d)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(caps.status(), 200);
+    // One slot frees up: served again.
+    drop(first);
+    let served = client()
+        .get(&healthz)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-client rate limits
+// ---------------------------------------------------------------------------------------
+
+const PER_MINUTE: u32 = 4;
+
+fn retry_after(response: &reqwest::Response) -> u64 {
+    let value: u64 = header(response, "retry-after")
+        .expect("a Retry-After header")
+        .parse()
+        .expect("Retry-After in seconds");
+    // One request every 60 / PER_MINUTE seconds.
+    assert!((1..=u64::from(60 / PER_MINUTE)).contains(&value), "{value}");
+    value
+}
+
+#[tokio::test]
+async fn acme_new_nonce_account_and_order_are_rate_limited_per_client() {
+    let (d, _dir) = daemon(|c| c.limits.per_ip_requests_per_minute = PER_MINUTE).await;
+    // instant-acme: newNonce + newAccount, then newNonce + newOrder — the whole allowance.
+    let account = anonymous_account(&d).await;
+    account
+        .new_order(&NewOrder::new(&[Identifier::Dns("www.example".into())]))
+        .await
+        .unwrap();
+
+    let url = format!("{}/new-order", acme_base(&d));
+    let refused = d
+        .http
+        .post(&url)
+        .header("content-type", "application/jose+json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    retry_after(&refused);
+    assert!(header(&refused, "replay-nonce").is_some());
+    assert_eq!(
+        header(&refused, "content-type").as_deref(),
+        Some("application/problem+json")
+    );
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:ietf:params:acme:error:rateLimited");
+    assert_eq!(problem["status"], 429);
+
+    // newNonce and newAccount share the client's allowance.
+    let nonce = d
+        .http
+        .head(format!("{}/new-nonce", acme_base(&d)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nonce.status(), 429);
+    retry_after(&nonce);
+    let new_account = d
+        .http
+        .post(format!("{}/new-account", acme_base(&d)))
+        .header("content-type", "application/jose+json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(new_account.status(), 429);
+    // Everything else is not limited: the directory, the account's own resources.
+    let directory = d
+        .http
+        .get(format!("{}/directory", acme_base(&d)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(directory.status(), 200);
+    // The other listeners keep their own allowance.
+    let est = d
+        .http
+        .post(format!("{}/simpleenroll", est_base(&d)))
+        .header("content-type", "application/pkcs10")
+        .body("AAAA")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(est.status(), 401);
+}
+
+#[tokio::test]
+async fn est_and_scep_enrollments_are_rate_limited_per_client() {
+    let (d, _dir) = daemon(|c| c.limits.per_ip_requests_per_minute = PER_MINUTE).await;
+    let enroll = format!("{}/simpleenroll", est_base(&d));
+    for _ in 0..PER_MINUTE {
+        let response = d
+            .http
+            .post(&enroll)
+            .header("content-type", "application/pkcs10")
+            .body("AAAA")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401);
+    }
+    for operation in ["simpleenroll", "simplereenroll", "serverkeygen"] {
+        let refused = d
+            .http
+            .post(format!("{}/{operation}", est_base(&d)))
+            .header("content-type", "application/pkcs10")
+            .body("AAAA")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 429, "{operation}");
+        retry_after(&refused);
+        assert_eq!(
+            header(&refused, "content-type").as_deref(),
+            Some("text/plain; charset=utf-8")
+        );
+        assert!(refused.text().await.unwrap().contains("retry after"));
+    }
+    let cacerts = d
+        .http
+        .get(format!("{}/cacerts", est_base(&d)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cacerts.status(), 200, "cacerts is not limited");
+
+    let pki_operation = format!("{}?operation=PKIOperation", scep_url(&d));
+    for _ in 0..PER_MINUTE {
+        let response = d
+            .http
+            .post(&pki_operation)
+            .header("content-type", "application/x-pki-message")
+            .body("not a pkiMessage")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+    }
+    let refused = d
+        .http
+        .post(&pki_operation)
+        .header("content-type", "application/x-pki-message")
+        .body("not a pkiMessage")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    retry_after(&refused);
+    // GET PKIOperation, on another profile path, shares the allowance.
+    let by_get = d
+        .http
+        .get(format!(
+            "{}/other?operation=PKIOperation&message=AAAA",
+            scep_url(&d)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_get.status(), 429);
+    let caps = d
+        .http
+        .get(format!("{}?operation=GetCACaps", scep_url(&d)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(caps.status(), 200, "GetCACaps is not limited");
+    // The admin API is not rate limited.
+    for _ in 0..2 * PER_MINUTE {
+        assert_eq!(d.get("/api/v1/certificates").await.0, 200);
+    }
+}
+
+#[tokio::test]
+async fn acme_orders_beyond_the_pending_limit_are_rate_limited() {
+    let (d, _dir) = daemon(|c| {
+        c.limits.per_ip_requests_per_minute = 0;
+        c.limits.max_pending_orders_per_account = 2;
+    })
+    .await;
+    let account = anonymous_account(&d).await;
+    for name in ["a.example", "b.example"] {
+        account
+            .new_order(&NewOrder::new(&[Identifier::Dns(name.into())]))
+            .await
+            .unwrap();
+    }
+    let Err(instant_acme::Error::Api(problem)) = account
+        .new_order(&NewOrder::new(&[Identifier::Dns("c.example".into())]))
+        .await
+    else {
+        panic!("a third pending order was accepted");
+    };
+    assert_eq!(
+        problem.r#type.as_deref(),
+        Some("urn:ietf:params:acme:error:rateLimited")
+    );
+    assert_eq!(problem.status, Some(429));
+    // Another account orders as usual.
+    anonymous_account(&d)
+        .await
+        .new_order(&NewOrder::new(&[Identifier::Dns("c.example".into())]))
+        .await
+        .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Key files
+// ---------------------------------------------------------------------------------------
+
+async fn try_start(
+    config: &Config,
+) -> Result<rampart::server::Daemon, rampart::server::ServerError> {
+    // The store of the daemon stopped just before may stay locked for a moment.
+    for _ in 0..50 {
+        match rampart::server::start(config.clone(), Arc::new(SystemClock)).await {
+            Err(rampart::server::ServerError::Store(rampart::store::StoreError::Locked {
+                ..
+            })) => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => return other,
+        }
+    }
+    panic!("the store stayed locked");
+}
+
+#[tokio::test]
+async fn key_files_others_can_read_refuse_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_for(dir.path());
+    try_start(&config).await.unwrap().shutdown().await;
+    let data = dir.path();
+    let escrow = data.join("escrow.key");
+    std::fs::write(&escrow, [7u8; 32]).unwrap();
+    std::fs::set_permissions(&escrow, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for key in [
+        data.join("ca/issuing.key.pem"),
+        data.join("ca/root.key.pem"),
+        data.join("ca/scep-ra.key.pem"),
+        data.join("tls/listener.key.pem"),
+        escrow.clone(),
+    ] {
+        assert!(key.is_file(), "{}", key.display());
+        for mode in [0o644, 0o640] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            let error = try_start(&config)
+                .await
+                .expect_err("a daemon started with an exposed key")
+                .to_string();
+            assert!(
+                error.contains(&format!("chmod 600 {}", key.display())),
+                "{}: {error}",
+                key.display()
+            );
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    try_start(&config).await.unwrap().shutdown().await;
+}
