@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Crash safety: enrollments run over the API and EST (curl) and SCEP (micromdm's
-# scepclient) while the daemon is killed with SIGKILL at random moments, three times, and
+# Crash safety: enrollments run over ACME (`rampart bench acme`, real http-01), the API and
+# EST (curl) and SCEP (micromdm's scepclient) while the daemon is killed with SIGKILL at random moments, three times, and
 # restarted. Afterwards: every certificate a client received is in the inventory, no
 # serial was handed out twice, every issued certificate has its audit record and its
 # certificate_issued webhook (verified with the standardwebhooks library) arrives,
@@ -16,6 +16,9 @@ PORT="$(free_port)"
 EST_PORT="$(free_port)"
 SCEP_PORT="$(free_port)"
 HOOK_PORT="$(free_port)"
+ACME_PORT="$(free_port)"
+HTTP01_PORT="$(free_port)"
+DNS_PORT="$(free_port)"
 API="http://127.0.0.1:$PORT"
 export RAMPART_API_URL="$API"
 HASH="$(printf 'crash-pw' | "$RAMPART" hash-password)" || fail "hash-password"
@@ -30,6 +33,11 @@ cat >"$WORK/crash.toml" <<EOF
 data_dir = "$DIR"
 [api]
 listen = "127.0.0.1:$PORT"
+[acme]
+listen = "127.0.0.1:$ACME_PORT"
+http01_port = $HTTP01_PORT
+dns_resolver = "127.0.0.1:$DNS_PORT"
+allow_private_targets = true
 [est]
 listen = "127.0.0.1:$EST_PORT"
 [est.users.loader]
@@ -56,7 +64,7 @@ url = "http://127.0.0.1:$HOOK_PORT/hook"
 secret_file = "$WORK/hook.whsec"
 events = ["certificate_issued"]
 EOF
-unset RAMPART__EST__LISTEN RAMPART__SCEP__LISTEN
+unset RAMPART__EST__LISTEN RAMPART__SCEP__LISTEN RAMPART__ACME__LISTEN
 "$WEBHOOK_PYTHON" "$(dirname "$0")/webhook-receiver.py" "$HOOK_PORT" "$WORK/hook.whsec" "$EVENTS" &
 start_rampart "$WORK/crash.toml"
 FP="$(grep -o 'sha256 [0-9a-f]*' "$WORK/rampart.out" | cut -d' ' -f2 | tr 'a-f' 'A-F')"
@@ -106,6 +114,12 @@ scep_loader() {
         fi
     done
 }
+# ACME: full orders through the bench tool, every chain it receives appended to a file.
+"$RAMPART" bench acme --target "https://localhost:$ACME_PORT/acme/default/directory" \
+    --ca-bundle "$DIR/ca-bundle.pem" --concurrency 2 --count 100000 \
+    --http01-listen "127.0.0.1:$HTTP01_PORT" --dns-listen "127.0.0.1:$DNS_PORT" \
+    --certificates-out "$WORK/acme-chains.pem" >"$WORK/bench.out" 2>&1 &
+ACME_LOADER=$!
 api_loader &
 API_LOADER=$!
 est_loader &
@@ -124,17 +138,33 @@ for round in 1 2 3; do
 done
 sleep 2
 touch "$WORK/stop"
-wait "$API_LOADER" "$EST_LOADER" "$SCEP_LOADER" 2>/dev/null || true
+kill "$ACME_LOADER" 2>/dev/null || true
+wait "$ACME_LOADER" "$API_LOADER" "$EST_LOADER" "$SCEP_LOADER" 2>/dev/null || true
+# The leaves among the complete PEM blocks the ACME bench received.
+python3 - "$WORK/acme-chains.pem" "$WORK/acme-blocks" <<'PY'
+import os, re, sys
+text = open(sys.argv[1]).read() if os.path.exists(sys.argv[1]) else ""
+os.makedirs(sys.argv[2], exist_ok=True)
+blocks = re.findall(r"-----BEGIN CERTIFICATE-----\n.*?-----END CERTIFICATE-----\n", text, re.S)
+for i, block in enumerate(blocks):
+    open(os.path.join(sys.argv[2], f"{i:06}.pem"), "w").write(block)
+PY
+for pem in "$WORK"/acme-blocks/*.pem; do
+    [[ -e "$pem" ]] || continue
+    if openssl x509 -in "$pem" -noout -ext subjectAltName 2>/dev/null | grep -q 'bench.test'; then
+        openssl x509 -in "$pem" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f' >>"$RECEIVED/acme"
+    fi
+done
 
 cat "$RECEIVED"/* 2>/dev/null | sed 's/^0*//' | sort >"$WORK/all-received"
 TOTAL="$(wc -l <"$WORK/all-received")"
 ((TOTAL > 10)) || fail "only $TOTAL certificates were received under load"
-for kind in api est scep; do
+for kind in acme api est scep; do
     [[ -s "$RECEIVED/$kind" ]] || fail "no $kind enrollment succeeded under load"
 done
 DUPS="$(uniq -d "$WORK/all-received" | wc -l)"
 ((DUPS == 0)) || fail "$DUPS serial(s) were received twice"
-pass "$TOTAL certificates received over API, EST and SCEP ($(wc -l <"$RECEIVED/api") / $(wc -l <"$RECEIVED/est") / $(wc -l <"$RECEIVED/scep")), no serial twice"
+pass "$TOTAL certificates received over ACME, API, EST and SCEP ($(wc -l <"$RECEIVED/acme") / $(wc -l <"$RECEIVED/api") / $(wc -l <"$RECEIVED/est") / $(wc -l <"$RECEIVED/scep")), no serial twice"
 
 # Every received certificate is in the inventory and has its issuance audit record
 # (serials compared without leading zeros: openssl prints them without).

@@ -34,6 +34,9 @@ pub struct AcmeBench {
     pub server_pid: Option<u32>,
     /// Send newOrder requests one at a time (for servers that wedge otherwise).
     pub serialize_new_order: bool,
+    /// Append every certificate chain received (PEM) to this file (crash tests compare it
+    /// with the server's inventory).
+    pub certificates_out: Option<PathBuf>,
 }
 
 struct Shared {
@@ -42,6 +45,8 @@ struct Shared {
     next: AtomicUsize,
     stats: Mutex<Stats>,
     new_order_lock: tokio::sync::Mutex<()>,
+    /// One writer at a time for `certificates_out`.
+    chains_out: Mutex<()>,
     run: String,
     progress: indicatif::ProgressBar,
 }
@@ -69,6 +74,7 @@ impl AcmeBench {
             next: AtomicUsize::new(0),
             stats: Mutex::new(Stats::default()),
             new_order_lock: tokio::sync::Mutex::new(()),
+            chains_out: Mutex::new(()),
             progress,
         });
         let server_cpu = ServerCpu::start(self.server_pid);
@@ -203,9 +209,19 @@ async fn order(shared: &Shared, account: &Account, name: String) -> Result<(), S
         .finalize()
         .await
         .map_err(|e| format!("finalize: {e}"))?;
-    order
+    let chain = order
         .poll_certificate(&retries())
         .await
         .map_err(|e| format!("certificate: {e}"))?;
+    if let Some(path) = &shared.config.certificates_out {
+        let _one_writer = shared.chains_out.lock().expect("writer lock");
+        use std::io::Write as _;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut file| file.write_all(chain.as_bytes()))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
     Ok(())
 }

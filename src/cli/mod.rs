@@ -234,6 +234,9 @@ enum BenchCommand {
         /// Send newOrder requests one at a time (servers that wedge under concurrency).
         #[arg(long)]
         serialize_new_order: bool,
+        /// Append every certificate chain received (PEM) to this file.
+        #[arg(long)]
+        certificates_out: Option<PathBuf>,
     },
     /// Full SCEP PKCSReq enrollments, a fresh RSA key each (works against any SCEP server).
     /// Exits 1 if an enrollment failed or a serial number was issued twice.
@@ -572,6 +575,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dns_listen,
             server_pid,
             serialize_new_order,
+            certificates_out,
         }) => {
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
             let bench = crate::bench::acme::AcmeBench {
@@ -583,6 +587,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 dns_listen,
                 server_pid,
                 serialize_new_order,
+                certificates_out,
             };
             let stats = bench.run().await?;
             Ok(if stats.failed == 0 {
