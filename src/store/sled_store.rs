@@ -64,6 +64,8 @@ const META_REVOKED_PREFIX: &[u8] = b"revoked/";
 /// Present once the revoked index covers every certificate (stores from before it).
 const META_REVOKED_INDEXED: &[u8] = b"revoked_indexed";
 
+/// Bytes of decoded pages sled keeps in memory.
+const SLED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 /// Present once `idx_san_text` covers every certificate (stores from before it).
 const META_SAN_TEXT_INDEXED: &[u8] = b"san_text_indexed";
 /// Present once `idx_open_requests` covers every request (stores from before it).
@@ -142,7 +144,27 @@ pub struct SledStore {
     /// transactional trees: each write stands alone.
     protocol_state: sled::Tree,
     /// Every certificate's SAN values, for substring queries.
-    san_catalog: std::sync::RwLock<SanCatalog>,
+    san: std::sync::Arc<SanIndex>,
+    /// The thread loading the SAN catalog at open (joined on drop).
+    san_loader: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        // The loader holds the database open: stop it before the store is released, so
+        // that the directory can be opened again at once.
+        self.san
+            .closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let loader = self
+            .san_loader
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(loader) = loader {
+            let _ = loader.join();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -328,6 +350,10 @@ impl SledStore {
             .path(path)
             // Favour CPU over disk space: fewer rewrites of segments and node fragments.
             .mode(sled::Mode::HighThroughput)
+            // sled's own page cache (default 1 GiB) keeps every page read until it is full:
+            // at a million certificates that made the daemon's memory grow to gigabytes.
+            // Pages beyond it are read again through the kernel's page cache.
+            .cache_capacity(SLED_CACHE_BYTES)
             .open()
             .map_err(|e| match &e {
                 sled::Error::Io(io)
@@ -428,7 +454,22 @@ impl SledStore {
                 .map_err(backend)?;
             db.flush().map_err(backend)?;
         }
-        let san_catalog = SanCatalog::load(&t.idx_san_text)?;
+        // Reading every certificate's names takes a while at a million certificates: the
+        // store opens without waiting, and SAN queries wait for the catalog.
+        let san = std::sync::Arc::new(SanIndex::default());
+        let loader = {
+            let (san, tree) = (san.clone(), t.idx_san_text.clone());
+            std::thread::Builder::new()
+                .name("san-catalog".into())
+                .spawn(move || san.finish(Segment::load(&tree, &san.closing)))
+        };
+        let loader = match loader {
+            Ok(handle) => Some(handle),
+            Err(_) => {
+                san.finish(Segment::load(&t.idx_san_text, &san.closing));
+                None
+            }
+        };
         let protocol_state = tree("protocol_state")?;
         Ok(SledStore {
             protocol_state,
@@ -436,7 +477,8 @@ impl SledStore {
             db,
             path: path.to_path_buf(),
             t,
-            san_catalog: std::sync::RwLock::new(san_catalog),
+            san,
+            san_loader: std::sync::Mutex::new(loader),
         })
     }
 
@@ -547,14 +589,9 @@ impl SledStore {
         let after = query.after.clone();
         if let Some(needle) = &query.san_contains {
             let needle = needle.to_ascii_lowercase();
-            let answers = self
-                .san_catalog
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .answers(&needle);
-            if answers {
+            if self.san.loaded_catalog().answers(&needle) {
                 return Ok(Some(Box::new(SanCandidates {
-                    catalog: &self.san_catalog,
+                    catalog: &self.san.catalog,
                     needle,
                     after,
                     batch: std::collections::VecDeque::new(),
@@ -732,8 +769,8 @@ fn migrate_legacy_expiry(legacy: &sled::Tree, expiry: &sled::Tree) -> Result<(),
 struct SanCatalog {
     main: Segment,
     tail: Segment,
-    /// Set if the text outgrew 32-bit offsets (billions of names): searches then fall
-    /// back to scanning the certificates.
+    /// Set if the text outgrew 32-bit offsets (billions of names) or could not be loaded:
+    /// searches then fall back to scanning the certificates.
     overflowed: bool,
 }
 
@@ -788,6 +825,47 @@ impl Segment {
         true
     }
 
+    /// From `idx_san_text` (in serial order already); stops early, with an error, once
+    /// `closing` is set.
+    fn load(
+        tree: &sled::Tree,
+        closing: &std::sync::atomic::AtomicBool,
+    ) -> Result<Segment, StoreError> {
+        let mut segment = Segment::default();
+        let mut text = String::new();
+        for (n, item) in tree.iter().enumerate() {
+            if n % 4096 == 0 && closing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Backend("the store closed".into()));
+            }
+            let (serial, values) = item.map_err(backend)?;
+            text.clear();
+            for value in String::from_utf8_lossy(&values).split('\n') {
+                text.push_str(value);
+                text.push('\n');
+            }
+            if !segment.push(&String::from_utf8_lossy(&serial), &text) {
+                return Err(StoreError::Backend(
+                    "SAN catalog: more than 4 GiB of names".into(),
+                ));
+            }
+        }
+        segment.shrink();
+        Ok(segment)
+    }
+
+    fn shrink(&mut self) {
+        self.serials.shrink_to_fit();
+        self.serial_ends.shrink_to_fit();
+        self.text.shrink_to_fit();
+        self.text_ends.shrink_to_fit();
+    }
+
+    /// Whether the segment (sorted) holds `serial`.
+    fn contains(&self, serial: &str) -> bool {
+        let at = partition(self.len(), |i| self.serial(i) < serial);
+        at < self.len() && self.serial(at) == serial
+    }
+
     /// The entry whose text holds byte `offset`.
     fn entry_at(&self, offset: usize) -> usize {
         self.text_ends
@@ -823,25 +901,6 @@ impl Segment {
 impl SanCatalog {
     /// Entries kept unsorted before a merge into the main segment.
     const TAIL_LIMIT: usize = 32 * 1024;
-
-    /// From `idx_san_text` (in serial order already).
-    fn load(tree: &sled::Tree) -> Result<Self, StoreError> {
-        let mut catalog = SanCatalog::default();
-        let mut text = String::new();
-        for item in tree.iter() {
-            let (serial, values) = item.map_err(backend)?;
-            text.clear();
-            for value in String::from_utf8_lossy(&values).split('\n') {
-                text.push_str(value);
-                text.push('\n');
-            }
-            if !catalog.main.push(&String::from_utf8_lossy(&serial), &text) {
-                catalog.overflowed = true;
-                break;
-            }
-        }
-        Ok(catalog)
-    }
 
     /// Record a new certificate's SAN values.
     fn insert(&mut self, serial: &str, values: &str) {
@@ -890,6 +949,7 @@ impl SanCatalog {
                 return;
             }
         }
+        merged.shrink();
         self.main = merged;
     }
 
@@ -923,6 +983,63 @@ impl SanCatalog {
         serials.sort_unstable();
         serials.truncate(max);
         Some(serials.into_iter().map(str::to_string).collect())
+    }
+}
+
+/// The SAN catalog of a store, loaded in the background at open.
+#[derive(Debug, Default)]
+struct SanIndex {
+    catalog: std::sync::RwLock<SanCatalog>,
+    /// Whether loading has finished (the catalog is unusable if it failed).
+    loaded: std::sync::Mutex<bool>,
+    loaded_signal: std::sync::Condvar,
+    /// Set when the store closes: the loader stops.
+    closing: std::sync::atomic::AtomicBool,
+}
+
+impl SanIndex {
+    /// The catalog, once loaded.
+    fn loaded_catalog(&self) -> std::sync::RwLockReadGuard<'_, SanCatalog> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        while !*loaded {
+            loaded = self
+                .loaded_signal
+                .wait(loaded)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        drop(loaded);
+        self.catalog.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Install the loaded main segment, keeping the certificates recorded meanwhile that
+    /// the load did not see, and wake the waiting queries.
+    fn finish(&self, loaded: Result<Segment, StoreError>) {
+        let mut catalog = self.catalog.write().unwrap_or_else(|e| e.into_inner());
+        match loaded {
+            Ok(main) => {
+                // Only certificates recorded during the load are in the catalog yet (in
+                // its tail, or merged into its main segment if many).
+                let early = [
+                    std::mem::replace(&mut catalog.main, main),
+                    std::mem::take(&mut catalog.tail),
+                ];
+                for segment in &early {
+                    for i in 0..segment.len() {
+                        let (serial, text) = (segment.serial(i), segment.entry_text(i));
+                        if !catalog.main.contains(serial) && !catalog.tail.push(serial, text) {
+                            catalog.overflowed = true;
+                        }
+                    }
+                }
+                if catalog.tail.len() >= SanCatalog::TAIL_LIMIT {
+                    catalog.merge_tail();
+                }
+            }
+            Err(_) => catalog.overflowed = true,
+        }
+        drop(catalog);
+        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.loaded_signal.notify_all();
     }
 }
 
@@ -1016,7 +1133,8 @@ impl Store for SledStore {
             tx.append_audit(audit)?;
             tx.push_event(event)
         })?;
-        self.san_catalog
+        self.san
+            .catalog
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(&cert.serial, &san_text(cert));
@@ -1354,7 +1472,12 @@ mod tests {
             request_id,
             protocol: Protocol::Api,
             owner: format!("owner-{}", i % 3),
-            template: if i % 4 == 0 { "client" } else { "server" }.into(),
+            template: if i.is_multiple_of(4) {
+                "client"
+            } else {
+                "server"
+            }
+            .into(),
             issuer: "local".into(),
             subject: String::new(),
             sans: sans_unique,
@@ -1473,7 +1596,8 @@ mod tests {
             // Only the tail holds them yet.
             check_queries(&store, &all, now);
             // Merged into the main segment.
-            store.san_catalog.write().unwrap().merge_tail();
+            drop(store.san.loaded_catalog());
+            store.san.catalog.write().unwrap().merge_tail();
             check_queries(&store, &all, now);
             // A main segment and a tail.
             let mut all = all;
@@ -1483,7 +1607,7 @@ mod tests {
         };
         // Rebuilt from idx_san_text.
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.san_catalog.read().unwrap().main.len(), 500);
+        assert_eq!(store.san.loaded_catalog().main.len(), 500);
         check_queries(&store, &all, now);
     }
 
@@ -1510,7 +1634,10 @@ mod tests {
             assert!(store
                 .begin_issuance(&interrupted, &entry(now, AuditAction::Decision))
                 .unwrap());
-            assert_eq!(store.interrupted_requests().unwrap(), [interrupted.clone()]);
+            assert_eq!(
+                store.interrupted_requests().unwrap(),
+                std::slice::from_ref(&interrupted)
+            );
             // As a rampart from before idx_expiry, idx_san_text and idx_open_requests left it.
             store.t.idx_open_requests.clear().unwrap();
             store.t.meta.remove(META_OPEN_REQUESTS_INDEXED).unwrap();
@@ -1567,7 +1694,10 @@ mod tests {
             catalog.matches_after(".test", Some("b"), 2).unwrap(),
             ["c", "d"]
         );
-        assert_eq!(catalog.matches_after("www.", None, 10).unwrap(), ["a", "c", "e"]);
+        assert_eq!(
+            catalog.matches_after("www.", None, 10).unwrap(),
+            ["a", "c", "e"]
+        );
         // A needle never spans two values.
         assert!(catalog.matches_after("test\nwww", None, 10).is_none());
         catalog.merge_tail();
