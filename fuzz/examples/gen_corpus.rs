@@ -2,11 +2,12 @@
 //! project's own encoders and the fixed keys in `keys/`.
 //!
 //! ```sh
-//! cargo run --release --example gen_corpus --target-dir ~/.cache/rampart-fuzz-target -- corpus
+//! cargo run --example gen_corpus --target-dir ~/.cache/rampart-fuzz-target
 //! ```
 //!
-//! Seeds are written as `seed-<name>`; files the fuzzer added (named by their hash) and the
-//! crash regressions (`regression-*`) are left alone.
+//! Seeds are written as `seed-<name>` (the P-384 and Ed25519 CSRs with fresh keys each
+//! time); the minimised finds of the long runs (`min-*`) and crash reproducers
+//! (`regression-*`) are left alone.
 
 use std::path::{Path, PathBuf};
 

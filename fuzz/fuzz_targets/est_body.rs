@@ -7,8 +7,9 @@
 //! EST has no multipart *request* parser to fuzz: serverkeygen requests are a base64
 //! PKCS#10 like simpleenroll; multipart/mixed is only produced, in the response.
 //!
-//! Input: byte 0 picks the path (low 7 bits) and method (high bit: GET), byte 1 the headers
-//! (bits 0-1 Content-Type, 2 Authorization, 3 a client certificate, 4 a channel binding); the rest is
+//! Input: byte 0 picks the path (low 7 bits) and the method (high bit set: GET), byte 1
+//! the request's extras (bits 0-1 the Content-Type, bit 2 an Authorization header, bit 3 a
+//! TLS client certificate, bit 4 a tls-exporter channel binding); the rest is
 //! `<Authorization value> NUL <body>`.
 #![no_main]
 
