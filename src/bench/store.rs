@@ -456,22 +456,7 @@ impl Seeder {
             der: issued.der,
             chain: issued.chain,
         };
-        let issued_audit = AuditEntry {
-            time: issued_at,
-            request_id: Some(request_id),
-            actor: owner,
-            action: AuditAction::Issued,
-            outcome: "ok".into(),
-            layer: None,
-            rule: None,
-            reason: format!("issued by `{}`", record.issuer),
-            subject: Some(record.serial.clone()),
-            details: json!({
-                "sans": record.sans,
-                "not_after": record.not_after.unix_timestamp(),
-                "sha256_fingerprint": record.sha256_fingerprint,
-            }),
-        };
+        let issued_audit = crate::pipeline::issued_audit(&record, owner, issued_at);
         let event = events::issued(&record, issued_at);
         Ok(Issuance {
             request,
@@ -523,18 +508,7 @@ fn data_dir_ca(
     let (ca, created) = LocalCa::create_or_load(&dir, &ca_config, now)
         .with_context(|| format!("the CA in {}", dir.display()))?;
     if created {
-        store.append_audit(&AuditEntry {
-            time: now,
-            request_id: None,
-            actor: "rampart".into(),
-            action: AuditAction::CaCreated,
-            outcome: "ok".into(),
-            layer: None,
-            rule: None,
-            reason: format!("built-in CA created ({:?})", config.ca.key_algorithm),
-            subject: None,
-            details: json!({ "directory": dir }),
-        })?;
+        store.append_audit(&crate::server::ca_created_audit(config, &dir, now))?;
     }
     Ok(ca)
 }

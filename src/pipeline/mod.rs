@@ -923,22 +923,7 @@ impl Pipeline {
             der: issued.der,
             chain: issued.chain,
         };
-        let audit = AuditEntry {
-            time: self.clock.now(),
-            request_id: Some(record.request_id),
-            actor,
-            action: AuditAction::Issued,
-            outcome: "ok".into(),
-            layer: None,
-            rule: None,
-            reason: format!("issued by `{}`", record.issuer),
-            subject: Some(record.serial.clone()),
-            details: json!({
-                "sans": record.sans,
-                "not_after": record.not_after.unix_timestamp(),
-                "sha256_fingerprint": record.sha256_fingerprint,
-            }),
-        };
+        let audit = issued_audit(&record, actor, self.clock.now());
         // A renewal names the certificate it replaces; the event links the two when that
         // certificate is the same requester's.
         let replaced = match &approved.renews {
@@ -975,6 +960,30 @@ impl Pipeline {
         }
         tracing::info!(request_id = %record.request_id, serial = %record.serial, owner = %record.owner, "certificate issued");
         Ok(record)
+    }
+}
+
+/// The audit entry of a recorded issuance (the pipeline's, and seeding tools').
+pub fn issued_audit(
+    record: &CertificateRecord,
+    actor: String,
+    time: time::OffsetDateTime,
+) -> AuditEntry {
+    AuditEntry {
+        time,
+        request_id: Some(record.request_id),
+        actor,
+        action: AuditAction::Issued,
+        outcome: "ok".into(),
+        layer: None,
+        rule: None,
+        reason: format!("issued by `{}`", record.issuer),
+        subject: Some(record.serial.clone()),
+        details: json!({
+            "sans": record.sans,
+            "not_after": record.not_after.unix_timestamp(),
+            "sha256_fingerprint": record.sha256_fingerprint,
+        }),
     }
 }
 

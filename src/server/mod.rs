@@ -98,6 +98,26 @@ pub struct Bootstrap {
     pub new_admin_key: Option<String>,
 }
 
+/// The audit entry of the built-in CA's creation in `dir` (start-up and seeding tools).
+pub fn ca_created_audit(
+    config: &Config,
+    dir: &std::path::Path,
+    now: time::OffsetDateTime,
+) -> AuditEntry {
+    AuditEntry {
+        time: now,
+        request_id: None,
+        actor: "rampart".into(),
+        action: AuditAction::CaCreated,
+        outcome: "ok".into(),
+        layer: None,
+        rule: None,
+        reason: format!("built-in CA created ({:?})", config.ca.key_algorithm),
+        subject: None,
+        details: json!({ "directory": dir }),
+    }
+}
+
 /// Prepare data directory, store, CA, first admin key. Used by `serve` and `init`.
 pub async fn bootstrap(config: Config, clock: Arc<dyn Clock>) -> Result<Bootstrap, ServerError> {
     let data_dir = config.server.data_dir.clone();
@@ -130,18 +150,7 @@ pub async fn bootstrap(config: Config, clock: Arc<dyn Clock>) -> Result<Bootstra
     };
     if created {
         tracing::info!(algorithm = ?config.ca.key_algorithm, "created the built-in root and issuing CA");
-        store.append_audit(&AuditEntry {
-            time: now,
-            request_id: None,
-            actor: "rampart".into(),
-            action: AuditAction::CaCreated,
-            outcome: "ok".into(),
-            layer: None,
-            rule: None,
-            reason: format!("built-in CA created ({:?})", config.ca.key_algorithm),
-            subject: None,
-            details: json!({ "directory": data_dir.join("ca") }),
-        })?;
+        store.append_audit(&ca_created_audit(&config, &data_dir.join("ca"), now))?;
     }
     let ca_bundle = data_dir.join("ca-bundle.pem");
     let anchors = ca.trust_anchors();
