@@ -171,6 +171,7 @@ fn signing(c: &mut Criterion) {
             not_after: now + time::Duration::days(90),
             extended_key_usages: vec![ExtendedKeyUsage::ServerAuth],
             key_encipherment: false,
+            csr_der: Vec::new(),
         };
         // What the CA does per certificate: lint with a throwaway key, then sign.
         group.bench_function(name, |b| {

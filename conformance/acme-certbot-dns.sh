@@ -6,74 +6,10 @@
 # *.dnslab.test is checked with openssl verify against rampart's CA bundle.
 source "$(dirname "$0")/lib.sh"
 
-# Debian puts knotd and keymgr in /usr/sbin, which a non-root PATH may lack.
-PATH="$PATH:/usr/sbin"
-for tool in knotd keymgr kdig; do
-    command -v "$tool" >/dev/null 2>&1 \
-        || fail "$tool not found: install the Debian packages knot and knot-dnsutils (.ci/run does)"
-done
-
 certbot_venv
 
 # --- The authoritative DNS server: zone dnslab.test, dynamic updates signed with a TSIG key.
-ZONE="dnslab.test"
-KNOT="$WORK/knot"
-DNS_PORT="$(free_port)"
-TSIG_NAME="rampart-certbot"
-mkdir -p "$KNOT/db" "$KNOT/run"
-TSIG_SECRET="$(keymgr -t "$TSIG_NAME" hmac-sha256 | sed -n 's/^ *secret: *//p')"
-[[ -n "$TSIG_SECRET" ]] || fail "keymgr -t did not generate a TSIG secret"
-cat >"$KNOT/$ZONE.zone" <<ZONEFILE
-\$ORIGIN $ZONE.
-\$TTL 60
-@   SOA ns.$ZONE. hostmaster.$ZONE. 1 3600 600 86400 60
-@   NS  ns
-ns  A   127.0.0.1
-@   A   127.0.0.1
-ZONEFILE
-cat >"$KNOT/knot.conf" <<CONF
-server:
-    rundir: "$KNOT/run"
-    pidfile: "$KNOT/run/knot.pid"
-    listen: 127.0.0.1@$DNS_PORT
-database:
-    storage: "$KNOT/db"
-log:
-  - target: "$KNOT/knot.log"
-    any: info
-key:
-  - id: $TSIG_NAME
-    algorithm: hmac-sha256
-    secret: $TSIG_SECRET
-acl:
-  - id: certbot-update
-    address: 127.0.0.1
-    key: $TSIG_NAME
-    action: update
-zone:
-  - domain: $ZONE
-    storage: "$KNOT"
-    file: "$ZONE.zone"
-    acl: certbot-update
-CONF
-knotd --config "$KNOT/knot.conf" >"$KNOT/knotd.out" 2>&1 &
-KNOTD_PID=$!
-# Stop knotd and wait for it before lib.sh's cleanup removes $WORK (knotd writes its timer DB
-# there on the way out), on every exit path.
-stop_knotd() {
-    if [[ -n "$KNOTD_PID" ]]; then kill -TERM "$KNOTD_PID" 2>/dev/null || true; wait "$KNOTD_PID" 2>/dev/null || true; fi
-    KNOTD_PID=""
-}
-trap 'stop_knotd; cleanup' EXIT
-KDIG=(kdig @127.0.0.1 -p "$DNS_PORT" +time=1 +retry=0)
-soa_serial() { "${KDIG[@]}" +short "$ZONE" SOA | awk '{print $3}'; }
-for _ in $(seq 1 50); do
-    [[ "$(soa_serial 2>/dev/null)" == 1 ]] && break
-    kill -0 "$KNOTD_PID" 2>/dev/null || fail "knotd exited: $(tail -20 "$KNOT/knotd.out" "$KNOT/knot.log" 2>/dev/null)"
-    sleep 0.1
-done
-[[ "$(soa_serial)" == 1 ]] || fail "knotd does not answer for $ZONE on 127.0.0.1:$DNS_PORT: $(tail -20 "$KNOT/knot.log" 2>/dev/null)"
-[[ "$("${KDIG[@]}" +short "$ZONE" A)" == 127.0.0.1 ]] || fail "knotd does not serve the $ZONE A record"
+start_knot dnslab.test
 [[ -z "$("${KDIG[@]}" +short "_acme-challenge.$ZONE" TXT)" ]] || fail "a TXT record exists before certbot ran"
 pass "knotd is authoritative for $ZONE on 127.0.0.1:$DNS_PORT (SOA serial 1, no _acme-challenge TXT)"
 
@@ -132,6 +68,4 @@ TXT="$("${KDIG[@]}" +short "_acme-challenge.$ZONE" TXT)"
 pass "certbot cleaned up: _acme-challenge.$ZONE has no TXT record at knotd afterwards"
 
 stop_rampart
-kill -TERM "$KNOTD_PID"
-wait "$KNOTD_PID" || fail "knotd did not exit cleanly on SIGTERM: $(tail -5 "$KNOT/knot.log")"
-KNOTD_PID=""
+stop_knotd || fail "knotd did not exit cleanly on SIGTERM: $(tail -5 "$KNOT/knot.log")"

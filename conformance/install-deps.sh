@@ -13,6 +13,8 @@ command -v knotd >/dev/null 2>&1 || [[ -x /usr/sbin/knotd ]] || missing+=(knot)
 command -v kdig >/dev/null 2>&1 || missing+=(knot-dnsutils)
 # micromdm's SCEP client (scepclient) for scep-client.sh.
 command -v scepclient >/dev/null 2>&1 || missing+=(scep)
+# Pebble (Let's Encrypt's test ACME CA), the upstream CA of acme-upstream-pebble.sh.
+command -v pebble >/dev/null 2>&1 || missing+=(pebble)
 # OpenSSL headers for josekit (JWS) through openssl-sys.
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)

@@ -1,6 +1,7 @@
 # Shared helpers for conformance scripts (sourced, not run).
 # Provides: RAMPART (binary), WORK (temp dir, removed on exit), fail, pass, free_port,
-# start_rampart/stop_rampart, wait_http, enroll, acme_lab_config, certbot_venv, webhooks_venv.
+# start_rampart/stop_rampart, wait_http, enroll, acme_lab_config, certbot_venv, webhooks_venv,
+# start_knot/stop_knotd.
 
 set -euo pipefail
 
@@ -8,6 +9,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RAMPART="${RAMPART:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/rampart}"
 WORK="$(mktemp -d)"
 RAMPART_PID=""
+KNOTD_PID=""
 # Listeners a script does not care about go to ephemeral ports, so scripts never collide
 # with each other or with whatever else runs on the machine.
 export RAMPART__ACME__LISTEN="${RAMPART__ACME__LISTEN:-127.0.0.1:0}"
@@ -17,6 +19,7 @@ export RAMPART__PUBLISH__LISTEN="${RAMPART__PUBLISH__LISTEN:-127.0.0.1:0}"
 
 cleanup() {
     if [[ -n "$RAMPART_PID" ]]; then kill "$RAMPART_PID" 2>/dev/null || true; fi
+    stop_knotd
     jobs -p | xargs -r kill 2>/dev/null || true
     rm -rf "$WORK"
 }
@@ -91,4 +94,81 @@ webhooks_venv() {
         "$venv/bin/pip" install -q standardwebhooks
     fi
     WEBHOOK_PYTHON="$venv/bin/python"
+}
+
+# start_knot <zone> — Knot DNS, authoritative for <zone> (apex A 127.0.0.1), on a free
+# loopback port, accepting dynamic updates signed with a fresh TSIG key (hmac-sha256).
+# Sets KNOT (its directory), DNS_PORT, TSIG_NAME, TSIG_SECRET, KNOTD_PID, KDIG (an array:
+# kdig at that server) and ZONE; soa_serial prints the zone's serial.
+start_knot() {
+    ZONE="$1"
+    PATH="$PATH:/usr/sbin" # Debian puts knotd and keymgr there
+    local tool
+    for tool in knotd keymgr kdig; do
+        command -v "$tool" >/dev/null 2>&1 \
+            || fail "$tool not found: install the Debian packages knot and knot-dnsutils (.ci/run does)"
+    done
+    KNOT="$WORK/knot"
+    DNS_PORT="$(free_port)"
+    TSIG_NAME="rampart-test"
+    mkdir -p "$KNOT/db" "$KNOT/run"
+    TSIG_SECRET="$(keymgr -t "$TSIG_NAME" hmac-sha256 | sed -n 's/^ *secret: *//p')"
+    [[ -n "$TSIG_SECRET" ]] || fail "keymgr -t did not generate a TSIG secret"
+    cat >"$KNOT/$ZONE.zone" <<ZONEFILE
+\$ORIGIN $ZONE.
+\$TTL 60
+@   SOA ns.$ZONE. hostmaster.$ZONE. 1 3600 600 86400 60
+@   NS  ns
+ns  A   127.0.0.1
+@   A   127.0.0.1
+ZONEFILE
+    cat >"$KNOT/knot.conf" <<CONF
+server:
+    rundir: "$KNOT/run"
+    pidfile: "$KNOT/run/knot.pid"
+    listen: 127.0.0.1@$DNS_PORT
+database:
+    storage: "$KNOT/db"
+log:
+  - target: "$KNOT/knot.log"
+    any: info
+key:
+  - id: $TSIG_NAME
+    algorithm: hmac-sha256
+    secret: $TSIG_SECRET
+acl:
+  - id: tsig-update
+    address: 127.0.0.1
+    key: $TSIG_NAME
+    action: update
+zone:
+  - domain: $ZONE
+    storage: "$KNOT"
+    file: "$ZONE.zone"
+    acl: tsig-update
+CONF
+    knotd --config "$KNOT/knot.conf" >"$KNOT/knotd.out" 2>&1 &
+    KNOTD_PID=$!
+    KDIG=(kdig @127.0.0.1 -p "$DNS_PORT" +time=1 +retry=0)
+    local _
+    for _ in $(seq 1 50); do
+        [[ "$(soa_serial 2>/dev/null)" == 1 ]] && break
+        kill -0 "$KNOTD_PID" 2>/dev/null || fail "knotd exited: $(tail -20 "$KNOT/knotd.out" "$KNOT/knot.log" 2>/dev/null)"
+        sleep 0.1
+    done
+    [[ "$(soa_serial)" == 1 ]] || fail "knotd does not answer for $ZONE on 127.0.0.1:$DNS_PORT: $(tail -20 "$KNOT/knot.log" 2>/dev/null)"
+    [[ "$("${KDIG[@]}" +short "$ZONE" A)" == 127.0.0.1 ]] || fail "knotd does not serve the $ZONE A record"
+}
+
+soa_serial() { "${KDIG[@]}" +short "$ZONE" SOA | awk '{print $3}'; }
+
+# stop_knotd — SIGTERM knotd and wait for it (it writes its timer DB under $WORK on the way
+# out, so before cleanup removes $WORK); fails when it does not exit cleanly.
+stop_knotd() {
+    if [[ -n "$KNOTD_PID" ]]; then
+        local pid="$KNOTD_PID"
+        KNOTD_PID=""
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || return 1
+    fi
 }

@@ -4,11 +4,13 @@
 
 mod common;
 
+use common::est_certificates as certificates;
+
 use std::sync::Arc;
 
 use base64::Engine;
 use common::{config_for, csr, p256, start_with};
-use der::{Decode, Encode};
+use der::Decode;
 use rampart::clock::SystemClock;
 use rampart::config::EstUserConfig;
 use rampart::model::Protocol;
@@ -93,29 +95,6 @@ impl Est {
 fn b64_csr(pem: &str) -> String {
     let der = rampart::pkix::pem::decode(pem, &["CERTIFICATE REQUEST"]).unwrap();
     base64::engine::general_purpose::STANDARD.encode(der)
-}
-
-/// The certificates of a base64 certs-only PKCS#7 body.
-fn certificates(body: &[u8]) -> Vec<Vec<u8>> {
-    let text: String = String::from_utf8(body.to_vec())
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .unwrap();
-    let info = cms::content_info::ContentInfo::from_der(&der).unwrap();
-    let signed: cms::signed_data::SignedData = info.content.decode_as().unwrap();
-    signed
-        .certificates
-        .unwrap()
-        .0
-        .iter()
-        .map(|c| match c {
-            cms::cert::CertificateChoices::Certificate(c) => c.to_der().unwrap(),
-            _ => panic!("unexpected certificate choice"),
-        })
-        .collect()
 }
 
 #[tokio::test]

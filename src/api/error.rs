@@ -94,6 +94,7 @@ impl From<RevokeError> for ApiError {
                 message: error.to_string(),
             },
             RevokeError::ReasonNotAllowed(message) => ApiError::bad_request("bad_reason", message),
+            RevokeError::Ca { .. } => ApiError::CaUnavailable(error.to_string()),
             RevokeError::Store(e) => e.into(),
         }
     }

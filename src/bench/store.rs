@@ -428,6 +428,7 @@ impl Seeder {
             key_encipherment: matches!(key_type, KeyType::Rsa { .. })
                 && extended_key_usages.contains(&ExtendedKeyUsage::ServerAuth),
             extended_key_usages,
+            csr_der: Vec::new(),
         };
         let issued = ready(self.ca.issue(&order))
             .context("the built-in CA did not sign synchronously")?

@@ -860,6 +860,7 @@ mod tests {
             not_after: now + Duration::days(30),
             extended_key_usages: vec![Eku::ServerAuth],
             key_encipherment,
+            csr_der: Vec::new(),
         };
         let issued = ca.issue(&order(false, "a.test")).await.unwrap();
         assert_eq!(lint_der(&issued.der), Ok(()));

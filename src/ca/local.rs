@@ -362,6 +362,7 @@ impl LocalCa {
         let der = cert.der().to_vec();
         let parsed = Certificate::from_der(&der).map_err(|e| CaError::Internal(e.to_string()))?;
         Ok(IssuedCertificate {
+            serial: order.serial.to_string(),
             subject: parsed.tbs_certificate.subject.to_string(),
             not_before: order.not_before,
             not_after,
@@ -541,6 +542,7 @@ mod tests {
             not_after: now + Duration::days(9000),
             extended_key_usages: vec![ExtendedKeyUsage::ServerAuth],
             key_encipherment: false,
+            csr_der: Vec::new(),
         }
     }
 

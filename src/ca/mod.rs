@@ -1,12 +1,15 @@
 //! Certificate authorities behind one small trait. The pipeline hands an approved
 //! [`IssuanceOrder`] — built from the template, never copied from the CSR — to a
-//! [`CaAdapter`], which signs it. `local` is the built-in CA; upstream ACME and PKCS#11
-//! adapters plug in here later.
+//! [`CaAdapter`], which signs it. `local` is the built-in CA; `upstream_acme` forwards the
+//! requester's CSR to an upstream ACME CA, proving the names with dns-01 records that
+//! `dns01` publishes.
 //!
-//! Imports `model`, `pkix`, `config` and `files`.
+//! Imports `model`, `pkix`, `config`, `files` and (for the upstream account) `store`.
 
+pub mod dns01;
 pub mod lint;
 pub mod local;
+pub mod upstream_acme;
 
 use std::fmt;
 
@@ -70,11 +73,17 @@ pub struct IssuanceOrder {
     /// Key usage keyEncipherment besides digitalSignature (RSA keys that receive
     /// encrypted keys: TLS servers with RSA key exchange, the SCEP RA).
     pub key_encipherment: bool,
+    /// The requester's CSR, DER (empty for rampart's own certificates). Adapters that
+    /// forward requests to another CA send it; the built-in CA signs from the fields above.
+    pub csr_der: Vec<u8>,
 }
 
 /// A signed certificate.
 #[derive(Debug, Clone)]
 pub struct IssuedCertificate {
+    /// Its serial number as rampart records it (hex of the big-endian magnitude): the
+    /// order's for the built-in CA, the upstream's choice for others.
+    pub serial: String,
     /// The certificate, DER.
     pub der: Vec<u8>,
     /// Issuer chain (issuing CA first, root excluded), DER.
@@ -96,6 +105,9 @@ pub enum CaError {
     /// The CA's key or storage failed.
     #[error("CA failure: {0}")]
     Internal(String),
+    /// An upstream CA failed or refused; the text carries its problem detail.
+    #[error("upstream CA: {0}")]
+    Upstream(String),
     /// The certificate would break a profile rule ([`lint`]); nothing was signed. The text
     /// starts with the rule's name.
     #[error("pre-issuance lint failed: {0}")]
@@ -116,6 +128,14 @@ pub trait CaAdapter: Send + Sync + fmt::Debug {
 
     /// Sign the order.
     async fn issue(&self, order: &IssuanceOrder) -> Result<IssuedCertificate, CaError>;
+
+    /// Revoke a certificate it issued (`der`) with an RFC 5280 reason code, before rampart
+    /// records the revocation. The built-in CA has nothing to do here: its CRL and OCSP
+    /// answers come from rampart's own records. Upstream CAs are told.
+    async fn revoke(&self, der: &[u8], reason: u8) -> Result<(), CaError> {
+        let _ = (der, reason);
+        Ok(())
+    }
 
     /// Sign a CRL (RFC 5280 §5) for the certificates this CA issued. CAs whose CRLs
     /// someone else publishes refuse.

@@ -119,6 +119,9 @@ pub struct Config {
     /// `[limits]`
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[ca_adapters.<name>]`: CAs besides the built-in one, chosen per template (`ca`).
+    #[serde(default)]
+    pub ca_adapters: BTreeMap<String, CaAdapterConfig>,
     /// `[templates.<name>]`
     pub templates: BTreeMap<String, TemplateConfig>,
     /// `[roles.<name>]`
@@ -171,6 +174,176 @@ pub struct CaConfig {
     pub ocsp_url: String,
     /// AIA caIssuers URL written into issued certificates (empty = none).
     pub ca_issuers_url: String,
+}
+
+/// Name of the built-in CA, the one templates use unless they name another (`ca`).
+pub const BUILT_IN_CA: &str = "local";
+
+/// `[ca_adapters.<name>]`: a CA rampart forwards approved requests to, by `type`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum CaAdapterConfig {
+    /// An upstream ACME CA (RFC 8555): Let's Encrypt, ZeroSSL, a corporate ACME CA, another
+    /// rampart.
+    Acme(UpstreamAcmeConfig),
+}
+
+/// `type = "acme"`: one account at an upstream ACME CA; names proven by dns-01.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamAcmeConfig {
+    /// The upstream's directory URL (https).
+    pub directory_url: String,
+    /// PEM file with the root that the upstream's HTTPS certificate chains to (none: the
+    /// Mozilla roots that rustls ships).
+    #[serde(default)]
+    pub trust_root_file: Option<PathBuf>,
+    /// Account contacts (`mailto:` URLs).
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// External account binding key id, when the upstream requires EAB.
+    #[serde(default)]
+    pub eab_key_id: Option<String>,
+    /// File holding the EAB HMAC key (base64url, mode 0600).
+    #[serde(default)]
+    pub eab_hmac_key_file: Option<PathBuf>,
+    /// Environment variable holding the EAB HMAC key (instead of the file).
+    #[serde(default)]
+    pub eab_hmac_key_env: Option<String>,
+    /// ACME profile asked for in each newOrder (`meta.profiles` of the upstream).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// How long one upstream order may take, validation and retries included, in seconds.
+    #[serde(default = "default_upstream_order_timeout")]
+    pub order_timeout_seconds: u64,
+    /// How rampart publishes the dns-01 TXT records the upstream checks.
+    pub dns01: Dns01Config,
+}
+
+fn default_upstream_order_timeout() -> u64 {
+    40
+}
+
+/// `[ca_adapters.<name>.dns01]`: where `_acme-challenge` TXT records are published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "kebab-case")]
+pub enum Dns01Config {
+    /// RFC 2136 dynamic updates, TSIG-signed, sent to the zone's primary server.
+    Rfc2136(Rfc2136Config),
+    /// A command run as `COMMAND… set|clear RECORD_NAME TOKEN VALUE` (DNS providers with
+    /// their own APIs).
+    Exec(ExecHookConfig),
+}
+
+/// `method = "rfc2136"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rfc2136Config {
+    /// The primary server accepting updates (`address:port`, TCP).
+    pub server: SocketAddr,
+    /// The zone to update (none: the zone whose SOA the server returns for the record).
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// TSIG key name, as the server knows it.
+    pub tsig_key_name: String,
+    /// TSIG algorithm: hmac-sha256, hmac-sha384 or hmac-sha512.
+    #[serde(default = "default_tsig_algorithm")]
+    pub tsig_algorithm: String,
+    /// File holding the base64 TSIG secret (mode 0600).
+    #[serde(default)]
+    pub tsig_secret_file: Option<PathBuf>,
+    /// Environment variable holding the base64 TSIG secret (instead of the file).
+    #[serde(default)]
+    pub tsig_secret_env: Option<String>,
+    /// TTL of the TXT records, in seconds.
+    #[serde(default = "default_txt_ttl")]
+    pub ttl: u32,
+    /// Seconds to wait after the primary serves the record (secondaries catching up).
+    #[serde(default)]
+    pub propagation_seconds: u64,
+}
+
+fn default_tsig_algorithm() -> String {
+    "hmac-sha256".into()
+}
+
+fn default_txt_ttl() -> u32 {
+    60
+}
+
+/// `method = "exec"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecHookConfig {
+    /// Program and leading arguments (argv; no shell).
+    pub command: Vec<String>,
+    /// Longest a run may take, in seconds.
+    #[serde(default = "default_hook_timeout")]
+    pub timeout_seconds: u64,
+    /// Seconds to wait after `set` succeeded before asking the upstream to validate.
+    #[serde(default)]
+    pub propagation_seconds: u64,
+}
+
+fn default_hook_timeout() -> u64 {
+    60
+}
+
+impl UpstreamAcmeConfig {
+    /// Checks one upstream; the error is (key suffix, reason).
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, reason: &str| Err((k.to_string(), reason.to_string()));
+        if !self.directory_url.starts_with("https://") {
+            return bad(".directory_url", "must be an https:// URL");
+        }
+        if self.contact.iter().any(|c| !c.starts_with("mailto:")) {
+            return bad(".contact", "contacts are mailto: URLs");
+        }
+        let eab_secret =
+            self.eab_hmac_key_file.is_some() as u8 + self.eab_hmac_key_env.is_some() as u8;
+        match (&self.eab_key_id, eab_secret) {
+            (None, 0) | (Some(_), 1) => {}
+            (None, _) => return bad(".eab_key_id", "an EAB HMAC key needs its eab_key_id"),
+            (Some(_), _) => return bad(
+                ".eab_hmac_key_file",
+                "set exactly one of eab_hmac_key_file and eab_hmac_key_env (never the key itself)",
+            ),
+        }
+        if self.order_timeout_seconds == 0 {
+            return bad(".order_timeout_seconds", "must be at least 1");
+        }
+        match &self.dns01 {
+            Dns01Config::Rfc2136(update) => {
+                if update.tsig_secret_file.is_some() == update.tsig_secret_env.is_some() {
+                    return bad(
+                        ".dns01.tsig_secret_file",
+                        "set exactly one of tsig_secret_file and tsig_secret_env (never the secret itself)",
+                    );
+                }
+                if !matches!(
+                    update.tsig_algorithm.as_str(),
+                    "hmac-sha256" | "hmac-sha384" | "hmac-sha512"
+                ) {
+                    return bad(
+                        ".dns01.tsig_algorithm",
+                        "must be hmac-sha256, hmac-sha384 or hmac-sha512",
+                    );
+                }
+                if update.tsig_key_name.trim().is_empty() {
+                    return bad(".dns01.tsig_key_name", "must not be empty");
+                }
+            }
+            Dns01Config::Exec(hook) => {
+                if hook.command.first().is_none_or(|c| c.is_empty()) {
+                    return bad(".dns01.command", "must name a program");
+                }
+                if hook.timeout_seconds == 0 {
+                    return bad(".dns01.timeout_seconds", "must be at least 1");
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[tls]`: the HTTPS listeners' own certificate.
@@ -786,6 +959,9 @@ pub struct TemplateConfig {
     /// Most certificates one identity gets on this template in any 24 hours (none: no limit).
     #[serde(default)]
     pub rate_limit_per_day: Option<u32>,
+    /// The CA that signs: a `[ca_adapters]` name (none: the built-in CA).
+    #[serde(default)]
+    pub ca: Option<String>,
 }
 
 /// `[roles.<name>]`: what holders of a role may request.
@@ -1009,8 +1185,37 @@ impl Config {
                 "must be between 1 and api.max_page_size",
             ));
         }
+        for (name, adapter) in &self.ca_adapters {
+            let key = |k: &str| format!("ca_adapters.{name}{k}");
+            if name == BUILT_IN_CA
+                || name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(bad(
+                    key(""),
+                    "adapter names use letters, digits, - and _ (and `local` is the built-in CA)",
+                ));
+            }
+            match adapter {
+                CaAdapterConfig::Acme(upstream) => upstream
+                    .validate()
+                    .map_err(|(k, reason)| bad(key(&k), &reason))?,
+            }
+        }
         for (name, t) in &self.templates {
             let key = |k: &str| format!("templates.{name}.{k}");
+            if let Some(ca) = &t.ca {
+                if ca != BUILT_IN_CA && !self.ca_adapters.contains_key(ca) {
+                    return Err(bad(
+                        key("ca"),
+                        &format!(
+                            "CA `{ca}` is not defined under [ca_adapters] (and is not `local`)"
+                        ),
+                    ));
+                }
+            }
             if t.key_types.is_empty() {
                 return Err(bad(key("key_types"), "must list at least one key type"));
             }

@@ -329,6 +329,7 @@ impl AcmeBackend for Backend {
             Err(RevokeError::ReasonNotAllowed(message)) => {
                 Err(Problem::new(ProblemType::BadRevocationReason, message))
             }
+            Err(error @ RevokeError::Ca { .. }) => Err(Problem::internal(error.to_string())),
             Err(RevokeError::Store(error)) => Err(store_problem(error)),
         }
     }

@@ -8,6 +8,7 @@ use der::Decode;
 use rampart_est::{Credentials, EstBackend, EstError, Operation};
 use uuid::Uuid;
 
+use crate::ca::CaError;
 use crate::config::{AcceptedKeyType, EstAuth};
 use crate::model::{CertificateStatus, Credential, EnrollmentRequest, Identity, Protocol};
 use crate::pipeline::{Outcome, Pipeline, PipelineError};
@@ -459,6 +460,9 @@ impl Backend {
                     Layer::Input => EstError::BadRequest(message),
                     _ => EstError::Forbidden(message),
                 })
+            }
+            Err(PipelineError::Ca(error @ CaError::Upstream(_))) => {
+                Err(EstError::BadGateway(error.to_string()))
             }
             Err(PipelineError::Ca(error)) => Err(EstError::Unavailable(format!("CA: {error}"))),
             Err(PipelineError::Store(error)) => {

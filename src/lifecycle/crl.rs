@@ -53,7 +53,28 @@ impl Crls {
     /// last, or half of its validity has passed.
     pub async fn current(&self) -> Result<Vec<u8>, CrlError> {
         let mut current = self.current.lock().await;
-        let revoked = self.pipeline.with_store(|store| store.revoked()).await?;
+        // Only the built-in CA's certificates: upstream CAs publish their own revocations.
+        let own_issuer = self.pipeline.ca().id().to_string();
+        let only_built_in = !self.pipeline.has_other_cas();
+        let revoked = self
+            .pipeline
+            .with_store(move |store| {
+                let mut own = store.revoked()?;
+                if only_built_in {
+                    return Ok(own);
+                }
+                let mut kept = Vec::with_capacity(own.len());
+                for (serial, revocation) in own.drain(..) {
+                    if store
+                        .certificate(&serial)?
+                        .is_none_or(|cert| cert.issuer == own_issuer)
+                    {
+                        kept.push((serial, revocation));
+                    }
+                }
+                Ok(kept)
+            })
+            .await?;
         let now = self.pipeline.clock().now();
         if let Some(crl) = current.as_ref() {
             let half = crl.this_update + (crl.next_update - crl.this_update) / 2;

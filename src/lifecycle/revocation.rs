@@ -26,6 +26,15 @@ pub enum RevokeError {
     /// A reason that is not a revocation.
     #[error("{0}")]
     ReasonNotAllowed(String),
+    /// The CA that issued the certificate (an upstream CA) refused or failed; nothing was
+    /// recorded.
+    #[error("the issuing CA did not revoke {serial}: {reason}")]
+    Ca {
+        /// Serial.
+        serial: String,
+        /// What the CA said.
+        reason: String,
+    },
     /// Storage failure.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -108,6 +117,18 @@ pub async fn revoke_authorized(
     else {
         return Err(RevokeError::NotFound(serial.to_string()));
     };
+    // A CA other than the built-in one learns of the revocation first: rampart records only
+    // what the issuing CA accepted. (A certificate revoked before is refused by the store.)
+    if record.revocation.is_none() {
+        if let Some(ca) = pipeline.ca_by_id(&record.issuer) {
+            ca.revoke(&record.der, reason.code())
+                .await
+                .map_err(|e| RevokeError::Ca {
+                    serial: serial.to_string(),
+                    reason: e.to_string(),
+                })?;
+        }
+    }
     record.revocation = Some(revocation.clone());
     let event = events::revoked(&record, now);
     let owned = serial.to_string();

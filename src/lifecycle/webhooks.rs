@@ -12,7 +12,6 @@
 //!
 //! Imports `pipeline` (store, clock, metrics), `store`, `config` and `files`.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -124,25 +123,12 @@ fn load_secret(name: &str, endpoint: &WebhookEndpointConfig) -> Result<Secret, W
         endpoint: name.to_string(),
         reason,
     };
-    let text = match (&endpoint.secret_file, &endpoint.secret_env) {
-        (Some(path), _) => read_secret_file(path).map_err(fail)?,
-        (None, Some(var)) => std::env::var(var)
-            .map_err(|_| fail(format!("environment variable `{var}` is not set")))?,
-        (None, None) => return Err(fail("no secret_file or secret_env".into())),
-    };
+    let text = crate::files::read_configured_secret(
+        endpoint.secret_file.as_deref(),
+        endpoint.secret_env.as_deref(),
+    )
+    .map_err(fail)?;
     Secret::parse(&text).map_err(fail)
-}
-
-fn read_secret_file(path: &Path) -> Result<String, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let shown = path.display();
-    let metadata = std::fs::metadata(path).map_err(|e| format!("secret_file {shown}: {e}"))?;
-    if metadata.permissions().mode() & 0o077 != 0 {
-        return Err(format!(
-            "secret_file {shown} is readable by group or others; chmod 600 it"
-        ));
-    }
-    std::fs::read_to_string(path).map_err(|e| format!("secret_file {shown}: {e}"))
 }
 
 /// One configured endpoint, ready to deliver.

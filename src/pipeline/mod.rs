@@ -9,6 +9,7 @@ pub mod dns;
 pub mod events;
 pub mod resources;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -113,6 +114,8 @@ struct Approved<'a> {
     template: &'a str,
     approval: Approval,
     public_key: Vec<u8>,
+    /// The request as sent (empty for rampart's own certificates).
+    csr_der: Vec<u8>,
     key_type: KeyType,
     extended_key_usages: Vec<ExtendedKeyUsage>,
     key_encipherment: bool,
@@ -129,6 +132,8 @@ pub struct Pipeline {
     config: Arc<arc_swap::ArcSwap<Config>>,
     store: Arc<dyn Store>,
     ca: Arc<dyn CaAdapter>,
+    /// `[ca_adapters]` by name: the CAs templates may name besides the built-in one.
+    other_cas: Arc<BTreeMap<String, Arc<dyn CaAdapter>>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     /// Serialises decide-and-issue on rate-limited templates, so concurrent requests cannot
@@ -158,6 +163,7 @@ impl Pipeline {
             config: Arc::new(arc_swap::ArcSwap::new(config)),
             store,
             ca,
+            other_cas: Arc::default(),
             clock,
             metrics,
             rate_gate: Arc::default(),
@@ -227,9 +233,40 @@ impl Pipeline {
         &self.store
     }
 
-    /// The CA adapter.
+    /// Add the `[ca_adapters]` CAs, by name.
+    pub fn with_ca_adapters(mut self, adapters: BTreeMap<String, Arc<dyn CaAdapter>>) -> Self {
+        self.other_cas = Arc::new(adapters);
+        self
+    }
+
+    /// The built-in CA: it signs rampart's own certificates, CRLs and OCSP answers, and
+    /// every template that names no other.
     pub fn ca(&self) -> &Arc<dyn CaAdapter> {
         &self.ca
+    }
+
+    /// The CA that signs for `template` (its `ca`, else the built-in one).
+    pub fn ca_for_template(&self, template: &str) -> Arc<dyn CaAdapter> {
+        self.config()
+            .templates
+            .get(template)
+            .and_then(|t| t.ca.as_deref())
+            .and_then(|name| self.other_cas.get(name))
+            .unwrap_or(&self.ca)
+            .clone()
+    }
+
+    /// Whether `[ca_adapters]` added any CA besides the built-in one.
+    pub fn has_other_cas(&self) -> bool {
+        !self.other_cas.is_empty()
+    }
+
+    /// The CA whose [`CaAdapter::id`] is `id` (a certificate record's `issuer`).
+    pub fn ca_by_id(&self, id: &str) -> Option<Arc<dyn CaAdapter>> {
+        if self.ca.id() == id {
+            return Some(self.ca.clone());
+        }
+        self.other_cas.values().find(|ca| ca.id() == id).cloned()
     }
 
     /// The clock.
@@ -317,6 +354,7 @@ impl Pipeline {
             template: &request.template,
             approval,
             public_key: csr.public_key,
+            csr_der: csr.der,
             key_type: csr.key_type,
             key_encipherment: key_encipherment(csr.key_type, &template.extended_key_usages),
             extended_key_usages: template.extended_key_usages.clone(),
@@ -426,6 +464,7 @@ impl Pipeline {
                 needs_approval: None,
             },
             public_key: csr.public_key,
+            csr_der: csr.der,
             key_type: csr.key_type,
             key_encipherment: key_encipherment(csr.key_type, &template.extended_key_usages),
             extended_key_usages: template.extended_key_usages.clone(),
@@ -704,6 +743,7 @@ impl Pipeline {
                 needs_approval: None,
             },
             public_key,
+            csr_der: Vec::new(),
             key_type,
             extended_key_usages,
             key_encipherment,
@@ -879,8 +919,14 @@ impl Pipeline {
             not_after: now + Duration::days(approved.approval.validity_days.into()),
             key_encipherment: approved.key_encipherment,
             extended_key_usages: approved.extended_key_usages,
+            csr_der: approved.csr_der,
         };
-        let issued = match self.ca.issue(&order).await {
+        // rampart's own certificates (no CSR) always come from the built-in CA.
+        let ca = match order.csr_der.is_empty() {
+            true => self.ca.clone(),
+            false => self.ca_for_template(approved.template),
+        };
+        let issued = match ca.issue(&order).await {
             Ok(issued) => issued,
             Err(error) => {
                 tracing::error!(request_id = %approved.request_id, %serial, %error, "CA failed");
@@ -895,7 +941,7 @@ impl Pipeline {
                     rule: None,
                     reason: reason.clone(),
                     subject: Some(serial.to_string()),
-                    details: json!({ "ca": self.ca.id() }),
+                    details: json!({ "ca": ca.id() }),
                 };
                 let request_id = approved.request_id;
                 self.with_store(move |store| store.fail_issuance(request_id, &reason, &audit))
@@ -904,12 +950,12 @@ impl Pipeline {
             }
         };
         let mut record = CertificateRecord {
-            serial: serial.to_string(),
+            serial: issued.serial,
             request_id: approved.request_id,
             protocol: approved.protocol,
             owner: actor.clone(),
             template: approved.template.to_string(),
-            issuer: self.ca.id().to_string(),
+            issuer: ca.id().to_string(),
             subject: issued.subject,
             sans: order.sans,
             key_type: order.key_type,

@@ -7,6 +7,7 @@
 pub mod limits;
 pub mod tls;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,8 +23,10 @@ use tokio::task::JoinHandle;
 
 use crate::apikeys;
 use crate::ca::local::{LocalCa, LocalCaError};
+use crate::ca::upstream_acme::UpstreamAcme;
 use crate::ca::CaAdapter;
 use crate::clock::Clock;
+use crate::config::CaAdapterConfig;
 use crate::config::Config;
 use crate::files;
 use crate::metrics::Metrics;
@@ -54,6 +57,9 @@ pub enum ServerError {
     /// The built-in CA.
     #[error(transparent)]
     Ca(#[from] LocalCaError),
+    /// A `[ca_adapters]` CA (its secrets).
+    #[error("{0}")]
+    CaAdapter(String),
     /// TLS set-up.
     #[error("TLS: {0}")]
     Tls(String),
@@ -169,7 +175,18 @@ pub async fn bootstrap(config: Config, clock: Arc<dyn Clock>) -> Result<Bootstra
     } else {
         None
     };
-    let pipeline = Pipeline::new(config, store, Arc::new(ca), clock, Arc::new(Metrics::new()));
+    let mut adapters: BTreeMap<String, Arc<dyn CaAdapter>> = BTreeMap::new();
+    for (name, adapter) in &config.ca_adapters {
+        let built: Arc<dyn CaAdapter> = match adapter {
+            CaAdapterConfig::Acme(upstream) => Arc::new(
+                UpstreamAcme::new(name, upstream, store.clone())
+                    .map_err(|e| ServerError::CaAdapter(e.to_string()))?,
+            ),
+        };
+        adapters.insert(name.clone(), built);
+    }
+    let pipeline = Pipeline::new(config, store, Arc::new(ca), clock, Arc::new(Metrics::new()))
+        .with_ca_adapters(adapters);
     let recovered = pipeline.recover_interrupted().await?;
     if recovered > 0 {
         tracing::warn!(

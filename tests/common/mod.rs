@@ -205,3 +205,28 @@ pub fn assert_crl_signed_by(
         issuer,
     );
 }
+
+/// The certificates of a base64 certs-only PKCS#7 body (an EST answer).
+pub fn est_certificates(body: &[u8]) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    use der::{Decode, Encode};
+    let text: String = String::from_utf8(body.to_vec())
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap();
+    let info = cms::content_info::ContentInfo::from_der(&der).unwrap();
+    let signed: cms::signed_data::SignedData = info.content.decode_as().unwrap();
+    signed
+        .certificates
+        .unwrap()
+        .0
+        .iter()
+        .map(|c| match c {
+            cms::cert::CertificateChoices::Certificate(c) => c.to_der().unwrap(),
+            _ => panic!("unexpected certificate choice"),
+        })
+        .collect()
+}

@@ -89,6 +89,9 @@ pub enum EstError {
     /// Waiting for an approval: 202 with Retry-After; the client re-sends the same request.
     #[error("{0}")]
     Pending(String),
+    /// The CA behind the server (an upstream CA) failed: 502.
+    #[error("{0}")]
+    BadGateway(String),
 }
 
 impl IntoResponse for EstError {
@@ -100,6 +103,7 @@ impl IntoResponse for EstError {
             EstError::NotFound(_) => StatusCode::NOT_FOUND,
             EstError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             EstError::Pending(_) => StatusCode::ACCEPTED,
+            EstError::BadGateway(_) => StatusCode::BAD_GATEWAY,
         };
         let mut response = (status, format!("{self}\n")).into_response();
         let headers = response.headers_mut();
