@@ -3,6 +3,7 @@
 //! the one pipeline, PKCS#7 certs-only answers.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use der::Decode;
 use rampart_est::{Credentials, EstBackend, EstError, Operation};
@@ -10,6 +11,7 @@ use uuid::Uuid;
 
 use crate::ca::CaError;
 use crate::config::{AcceptedKeyType, EstAuth};
+use crate::gateway::passwords::PasswordChecker;
 use crate::model::{CertificateStatus, Credential, EnrollmentRequest, Identity, Protocol};
 use crate::pipeline::{Outcome, Pipeline, PipelineError};
 use crate::pkix::csr::VerifiedCsr;
@@ -50,6 +52,8 @@ struct BootstrapCa {
 pub struct Backend {
     pipeline: Pipeline,
     bootstrap: Vec<BootstrapCa>,
+    /// Basic users' passwords against their argon2 hashes, remembered once verified.
+    passwords: Arc<PasswordChecker>,
 }
 
 /// The certificates of `[est.bootstrap]`, DER (also the TLS layer's extra client roots).
@@ -86,6 +90,7 @@ impl Backend {
         Ok(Backend {
             pipeline,
             bootstrap,
+            passwords: Arc::default(),
         })
     }
 
@@ -108,24 +113,16 @@ impl Backend {
             .map(|p| p.template.clone())
     }
 
-    /// Check a Basic user's password (argon2, off the async workers).
+    /// Check a Basic user's password (argon2 off the async workers, remembered once right).
     async fn basic_identity(&self, user: String, password: String) -> Result<Identity, EstError> {
         let wrong = || EstError::Unauthenticated("unknown user or wrong password".into());
         let Some(entry) = self.pipeline.config().est.users.get(&user).cloned() else {
             return Err(wrong());
         };
-        let verified = tokio::task::spawn_blocking(move || {
-            use argon2::password_hash::{PasswordHash, PasswordVerifier};
-            PasswordHash::new(&entry.password_hash)
-                .map(|hash| {
-                    argon2::Argon2::default()
-                        .verify_password(password.as_bytes(), &hash)
-                        .is_ok()
-                })
-                .unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false);
+        let verified = self
+            .passwords
+            .verify(&user, &entry.password_hash, &password)
+            .await;
         if !verified {
             tracing::info!(%user, "EST Basic authentication failed");
             return Err(wrong());

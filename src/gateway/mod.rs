@@ -6,4 +6,5 @@
 
 pub mod acme;
 pub mod est;
+pub mod passwords;
 pub mod scep;

@@ -5,9 +5,9 @@
 //! transactions remembered so a re-sent or polled transactionID gets the same answer, and
 //! enrollment through the one pipeline.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use der::{Decode, Encode};
 use rampart_scep::{Answer, CertificateId, Enrollment, FailInfo, MessageType, Ra, ScepBackend};
@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::config::ScepProfileConfig;
 use crate::files;
+use crate::gateway::passwords::PasswordChecker;
 use crate::lifecycle::crl::Crls;
 use crate::model::{
     CertificateStatus, Credential, EnrollmentRequest, Identifier, Identity, KeyType, Protocol,
@@ -265,11 +266,8 @@ pub struct Backend {
     crls: Arc<Crls>,
     data_dir: PathBuf,
     ra: RwLock<Arc<Ra>>,
-    /// SHA-256 of (profile, static challenge) pairs argon2 already accepted: argon2 is
-    /// deliberately slow, and a fleet enrolls with the same static challenge.
-    verified_static: Mutex<HashSet<String>>,
-    /// Serialises argon2 checks of static challenges.
-    argon2_turn: tokio::sync::Mutex<()>,
+    /// Static challenges against their argon2 hashes, remembered once verified.
+    static_challenges: PasswordChecker,
     /// Client for challenge webhooks (5 s timeout; rampart's root trusted for HTTPS).
     webhook: reqwest::Client,
 }
@@ -295,8 +293,7 @@ impl Backend {
             crls,
             data_dir,
             ra: RwLock::new(Arc::new(ra)),
-            verified_static: Mutex::new(HashSet::new()),
-            argon2_turn: tokio::sync::Mutex::new(()),
+            static_challenges: PasswordChecker::default(),
             webhook: webhook_client(&pipeline_anchors),
         }
     }
@@ -419,7 +416,8 @@ impl Backend {
         }
         if let Some(hash) = &config.challenge_hash {
             if self
-                .static_challenge_matches(profile, hash, &challenge)
+                .static_challenges
+                .verify(profile, hash, &challenge)
                 .await
             {
                 return Ok(Authenticated {
@@ -457,44 +455,6 @@ impl Backend {
         } else {
             "unknown or already used challenge"
         }))
-    }
-
-    /// The profile's static challenge (argon2; a value accepted once is remembered).
-    async fn static_challenge_matches(&self, profile: &str, hash: &str, challenge: &str) -> bool {
-        let memo = sha256_hex(format!("{profile}\n{challenge}").as_bytes());
-        let remembered = || {
-            self.verified_static
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&memo)
-        };
-        if remembered() {
-            return true;
-        }
-        // One argon2 run at a time: a fleet arriving together waits for the first check
-        // instead of each paying for its own, and guessing cannot take every core.
-        let _turn = self.argon2_turn.lock().await;
-        if remembered() {
-            return true;
-        }
-        let (hash, challenge) = (hash.to_string(), challenge.to_string());
-        let verified = tokio::task::spawn_blocking(move || {
-            use argon2::password_hash::{PasswordHash, PasswordVerifier};
-            PasswordHash::new(&hash).is_ok_and(|hash| {
-                argon2::Argon2::default()
-                    .verify_password(challenge.as_bytes(), &hash)
-                    .is_ok()
-            })
-        })
-        .await
-        .unwrap_or(false);
-        if verified {
-            self.verified_static
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(memo);
-        }
-        verified
     }
 
     /// Ask the MDM's challenge webhook: POST JSON {profile, challenge, transaction_id,
