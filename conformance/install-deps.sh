@@ -15,6 +15,8 @@ command -v kdig >/dev/null 2>&1 || missing+=(knot-dnsutils)
 command -v scepclient >/dev/null 2>&1 || missing+=(scep)
 # Pebble (Let's Encrypt's test ACME CA), the upstream CA of acme-upstream-pebble.sh.
 command -v pebble >/dev/null 2>&1 || missing+=(pebble)
+# SoftHSM2, the PKCS#11 token of tests/pkcs11.rs and pkcs11-softhsm.sh (module and softhsm2-util).
+{ [[ -f /usr/lib/softhsm/libsofthsm2.so ]] && command -v softhsm2-util >/dev/null 2>&1; } || missing+=(softhsm2)
 # OpenSSL headers for josekit (JWS) through openssl-sys.
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)

@@ -26,13 +26,18 @@ use crate::pkix::{pem, pkcs7};
 use crate::policy::identity::may_manage;
 use crate::store::CertificateQuery;
 
-/// `GET /healthz`: 200 when the store answers.
-pub async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+/// `GET /healthz`: 200 when the store answers and the built-in CA can sign; 503 with the
+/// CA's failure (a PKCS#11 token that stopped answering, a PIN it refused) when it cannot.
+pub async fn healthz(State(state): State<AppState>) -> Result<Response, ApiError> {
     state
         .pipeline
         .with_store(|store| store.api_key_count())
         .await?;
-    Ok(Json(serde_json::json!({"status": "ok"})))
+    if let Err(reason) = state.pipeline.ca().health().await {
+        let body = serde_json::json!({"status": "unavailable", "ca": reason});
+        return Ok((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response());
+    }
+    Ok(Json(serde_json::json!({"status": "ok"})).into_response())
 }
 
 /// `GET /metrics`: Prometheus text format.

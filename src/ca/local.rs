@@ -1,21 +1,31 @@
 //! The built-in CA: a root and an issuing CA kept in `<data_dir>/ca/`, created on first
 //! start, reloaded afterwards. Keys are PKCS#8 PEM files written 0600; `ca.json` keeps
-//! what is needed to rebuild the issuer (algorithm and names). The root signs only the
-//! issuing CA; the issuing CA signs every leaf.
+//! what is needed to rebuild the issuer (algorithm, names, and where the issuing key is).
+//! The root signs only the issuing CA; the issuing CA signs every leaf, CRL and OCSP
+//! response.
+//!
+//! The issuing key may instead live in a PKCS#11 token (`[ca] key = "pkcs11:…"`, see
+//! [`super::pkcs11`]): it is generated there (or found there) when the CA is created, no
+//! key file is written for it, and each load checks that the token's public key is the
+//! issuing certificate's. Either way the key is a [`CaKey`], and certificates are built by
+//! one code path: prepared and linted here, then signed once — on a blocking thread when
+//! the key is in a token. The root key stays a file (an operator may move it offline).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use der::{Decode, Encode};
 use rcgen::{
     BasicConstraints, CertificateParams, CrlDistributionPoint, CustomExtension, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
-    SanType, SerialNumber, SignatureAlgorithm,
+    SanType, SerialNumber, SignatureAlgorithm, SigningKey,
 };
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 use x509_cert::Certificate;
 
 use super::lint::Linter;
+use super::pkcs11::{PinSource, Pkcs11Error, Pkcs11Key, TokenKeySpec};
 use super::{CaAdapter, CaError, CaSignature, CrlOrder, IssuanceOrder, IssuedCertificate, Serial};
 use crate::config::{CaConfig, ExtendedKeyUsage, KeyAlgorithm};
 use crate::files;
@@ -50,6 +60,12 @@ pub enum LocalCaError {
     /// A CA key file is readable by others than its owner.
     #[error(transparent)]
     Exposed(#[from] files::SecretFileError),
+    /// Where the issuing key is cannot be worked out from `[ca]` and `ca.json`.
+    #[error("CA key: {0}")]
+    KeyLocation(String),
+    /// The PKCS#11 token holding the issuing key failed.
+    #[error("issuing CA key in the PKCS#11 token: {0}")]
+    Token(#[from] Pkcs11Error),
 }
 
 /// What `ca.json` records.
@@ -59,6 +75,94 @@ struct CaMetadata {
     root_subject_cn: String,
     issuing_subject_cn: String,
     organization: String,
+    /// The `pkcs11:` URI of the issuing key when it is in a token (absent: `issuing.key.pem`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    issuing_key: Option<String>,
+}
+
+/// The issuing CA's signing key: a PKCS#8 file read into memory, or a key in a PKCS#11
+/// token that signs there.
+pub enum CaKey {
+    /// `issuing.key.pem`.
+    File(KeyPair),
+    /// A token key.
+    Token(Box<Pkcs11Key>),
+}
+
+impl std::fmt::Debug for CaKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CaKey::File(key) => write!(f, "CaKey::File({:?})", key.algorithm()),
+            CaKey::Token(key) => write!(f, "CaKey::Token({})", key.uri()),
+        }
+    }
+}
+
+impl CaKey {
+    /// Signing blocks the thread (a token round trip): run it off the async runtime.
+    fn blocks(&self) -> bool {
+        matches!(self, CaKey::Token(_))
+    }
+
+    /// What went wrong signing, with the token's own error when rcgen could carry none.
+    fn failure(&self, what: &str, error: rcgen::Error) -> CaError {
+        match (self, error) {
+            (CaKey::Token(key), rcgen::Error::RemoteKeyError) => CaError::Internal(format!(
+                "{what}: {}",
+                key.last_error()
+                    .unwrap_or_else(|| "the PKCS#11 token failed".into())
+            )),
+            (_, error) => CaError::Internal(format!("{what}: {error}")),
+        }
+    }
+}
+
+impl PublicKeyData for CaKey {
+    fn der_bytes(&self) -> &[u8] {
+        match self {
+            CaKey::File(key) => key.der_bytes(),
+            CaKey::Token(key) => key.der_bytes(),
+        }
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        match self {
+            CaKey::File(key) => key.algorithm(),
+            CaKey::Token(key) => key.algorithm(),
+        }
+    }
+}
+
+impl SigningKey for CaKey {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        match self {
+            CaKey::File(key) => key.sign(message),
+            CaKey::Token(key) => key.sign(message),
+        }
+    }
+}
+
+/// Where the issuing key is: `[ca] key` when set (a key moved into a token is found there),
+/// else what `ca.json` recorded when the CA was created.
+fn token_spec(
+    config: &CaConfig,
+    recorded: Option<&str>,
+) -> Result<Option<TokenKeySpec>, LocalCaError> {
+    let uri = match (config.key.as_str(), recorded) {
+        ("", None) => return Ok(None),
+        ("", Some(recorded)) => recorded,
+        (configured, _) => configured,
+    };
+    if config.pkcs11_module.is_empty() {
+        return Err(LocalCaError::KeyLocation(format!(
+            "the issuing key is {uri}: set [ca] pkcs11_module to the token's PKCS#11 library"
+        )));
+    }
+    Ok(Some(TokenKeySpec {
+        module: PathBuf::from(&config.pkcs11_module),
+        uri: uri.parse().map_err(Pkcs11Error::Uri)?,
+        pin: PinSource::from_config(&config.pin_file),
+    }))
 }
 
 /// URLs written into issued certificates.
@@ -71,7 +175,8 @@ struct Publication {
 
 /// The built-in CA.
 pub struct LocalCa {
-    issuer: Issuer<'static, KeyPair>,
+    /// Shared with the blocking thread that signs when the key is in a token.
+    issuer: Arc<Issuer<'static, CaKey>>,
     /// Signs every leaf's parameters with a throwaway key first and lints the result.
     linter: Linter,
     issuing_der: Vec<u8>,
@@ -178,7 +283,7 @@ impl LocalCa {
         if created {
             Self::create(&files, config, now)?;
         }
-        let mut ca = Self::load(&files)?;
+        let mut ca = Self::load(&files, config)?;
         ca.publication = Publication {
             crl_url: Some(config.crl_url.clone()).filter(|u| !u.is_empty()),
             ocsp_url: Some(config.ocsp_url.clone()).filter(|u| !u.is_empty()),
@@ -189,11 +294,13 @@ impl LocalCa {
 
     fn create(files: &CaFiles, config: &CaConfig, now: OffsetDateTime) -> Result<(), LocalCaError> {
         files::create_private_dir(&files.dir).map_err(io_error(&files.dir))?;
+        let token = token_spec(config, None)?;
         let metadata = CaMetadata {
             key_algorithm: config.key_algorithm,
             root_subject_cn: format!("{} Root CA", config.common_name),
             issuing_subject_cn: format!("{} Issuing CA", config.common_name),
             organization: config.organization.clone(),
+            issuing_key: token.as_ref().map(|spec| spec.uri.to_string()),
         };
         let not_before = now - Duration::minutes(5);
 
@@ -205,7 +312,21 @@ impl LocalCa {
         let root_cert = root_params.self_signed(&root_key).map_err(crypto)?;
         let root_issuer = Issuer::new(root_params, &root_key);
 
-        let issuing_key = generate_key(config.key_algorithm)?;
+        let issuing_key = match &token {
+            None => CaKey::File(generate_key(config.key_algorithm)?),
+            Some(spec) => {
+                let (key, generated) = Pkcs11Key::open_or_generate(spec, config.key_algorithm)?;
+                if key.algorithm() != signature_algorithm(config.key_algorithm) {
+                    return Err(LocalCaError::KeyLocation(format!(
+                        "the token already holds {} as a {:?} key; set [ca] key_algorithm to match it",
+                        spec.uri,
+                        key.key_algorithm()
+                    )));
+                }
+                tracing::info!(uri = %spec.uri, generated, "issuing CA key in the PKCS#11 token");
+                CaKey::Token(Box::new(key))
+            }
+        };
         let mut issuing_params = ca_params(
             &metadata.issuing_subject_cn,
             &metadata.organization,
@@ -229,7 +350,9 @@ impl LocalCa {
             files::write_public(&path, text.as_bytes()).map_err(io_error(&path))
         };
         write_secret("root.key.pem", root_key.serialize_pem())?;
-        write_secret("issuing.key.pem", issuing_key.serialize_pem())?;
+        if let CaKey::File(issuing_key) = &issuing_key {
+            write_secret("issuing.key.pem", issuing_key.serialize_pem())?;
+        }
         write_public(
             "root.cert.pem",
             pem::encode(pem::CERTIFICATE, root_cert.der()),
@@ -243,20 +366,30 @@ impl LocalCa {
         write_public("ca.json", json)
     }
 
-    fn load(files: &CaFiles) -> Result<Self, LocalCaError> {
-        // Refused before use: a key others can read is a key others may have copied. The
-        // root key may have been moved offline; when it is there, it is checked too.
-        files::check_secret_permissions(&files.path("issuing.key.pem"))?;
-        files::check_secret_permissions_if_present(&files.path("root.key.pem"))?;
+    fn load(files: &CaFiles, config: &CaConfig) -> Result<Self, LocalCaError> {
         let metadata: CaMetadata = serde_json::from_str(&files.read("ca.json")?)
             .map_err(|e| files.invalid("ca.json", e))?;
-        let key_pem = files.read("issuing.key.pem")?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| files.invalid("issuing.key.pem", e))?;
+        // Refused before use: a key others can read is a key others may have copied. The
+        // root key may have been moved offline; when it is there, it is checked too.
+        files::check_secret_permissions_if_present(&files.path("root.key.pem"))?;
+        let (key, key_name) = match token_spec(config, metadata.issuing_key.as_deref())? {
+            None => {
+                files::check_secret_permissions(&files.path("issuing.key.pem"))?;
+                let key_pem = files.read("issuing.key.pem")?;
+                let key =
+                    KeyPair::from_pem(&key_pem).map_err(|e| files.invalid("issuing.key.pem", e))?;
+                (CaKey::File(key), "issuing.key.pem".to_string())
+            }
+            Some(spec) => (
+                CaKey::Token(Box::new(Pkcs11Key::open(&spec)?)),
+                spec.uri.to_string(),
+            ),
+        };
         if key.algorithm() != signature_algorithm(metadata.key_algorithm) {
-            return Err(files.invalid(
-                "issuing.key.pem",
-                "key does not match the algorithm in ca.json",
-            ));
+            return Err(LocalCaError::Invalid {
+                path: files.path("ca.json"),
+                reason: format!("{key_name} is not a {:?} key", metadata.key_algorithm),
+            });
         }
         let issuing_der = pem::decode(&files.read("issuing.cert.pem")?, &[pem::CERTIFICATE])
             .map_err(|e| files.invalid("issuing.cert.pem", e))?;
@@ -272,7 +405,10 @@ impl LocalCa {
             .raw_bytes()
             .to_vec();
         if issuing_spki != key.der_bytes() {
-            return Err(files.invalid("issuing.key.pem", "key does not match issuing.cert.pem"));
+            return Err(files.invalid(
+                "issuing.cert.pem",
+                format!("{key_name}: key does not match issuing.cert.pem"),
+            ));
         }
         let params = ca_params(
             &metadata.issuing_subject_cn,
@@ -281,7 +417,7 @@ impl LocalCa {
         );
         Ok(LocalCa {
             linter: Linter::new(params.clone(), key.algorithm()).map_err(crypto)?,
-            issuer: Issuer::new(params, key),
+            issuer: Arc::new(Issuer::new(params, key)),
             issuing_der,
             issuing_not_after,
             root_der,
@@ -294,7 +430,12 @@ impl LocalCa {
         &self.issuing_der
     }
 
-    fn sign(&self, order: &IssuanceOrder) -> Result<IssuedCertificate, CaError> {
+    /// Phase one of an issuance: the leaf's parameters, built from the order and linted
+    /// (signed with the throwaway lint key only), and its actual not-after.
+    fn prepare(
+        &self,
+        order: &IssuanceOrder,
+    ) -> Result<(CertificateParams, OffsetDateTime), CaError> {
         let not_after = order.not_after.min(self.issuing_not_after);
         if not_after <= order.not_before {
             return Err(CaError::Refused(
@@ -356,19 +497,22 @@ impl LocalCa {
             bytes: &order.public_key,
         };
         self.linter.check(&params, &public_key)?;
-        let cert = params
-            .signed_by(&public_key, &self.issuer)
-            .map_err(|e| CaError::Refused(e.to_string()))?;
-        let der = cert.der().to_vec();
-        let parsed = Certificate::from_der(&der).map_err(|e| CaError::Internal(e.to_string()))?;
-        Ok(IssuedCertificate {
-            serial: order.serial.to_string(),
-            subject: parsed.tbs_certificate.subject.to_string(),
-            not_before: order.not_before,
-            not_after,
-            chain: self.chain(),
-            der,
-        })
+        Ok((params, not_after))
+    }
+
+    /// Run `sign` with the issuer: in place for a key file, on a blocking thread for a token
+    /// key (a round trip to the device must not stall the runtime).
+    async fn with_issuer<T: Send + 'static>(
+        &self,
+        sign: impl FnOnce(&Issuer<'static, CaKey>) -> T + Send + 'static,
+    ) -> Result<T, CaError> {
+        if !self.issuer.key().blocks() {
+            return Ok(sign(&self.issuer));
+        }
+        let issuer = self.issuer.clone();
+        tokio::task::spawn_blocking(move || sign(&issuer))
+            .await
+            .map_err(|e| CaError::Internal(format!("the signing task failed: {e}")))
     }
 
     fn authority_info_access(&self) -> Result<Option<CustomExtension>, CaError> {
@@ -456,11 +600,49 @@ impl CaAdapter for LocalCa {
     }
 
     async fn issue(&self, order: &IssuanceOrder) -> Result<IssuedCertificate, CaError> {
-        self.sign(order)
+        let (params, not_after) = self.prepare(order)?;
+        // Phase two: signed once, with the CA key.
+        let (key_type, public_key) = (order.key_type, order.public_key.clone());
+        let der = self
+            .with_issuer(move |issuer| {
+                let requester = RequesterKey {
+                    key_type,
+                    bytes: &public_key,
+                };
+                match params.signed_by(&requester, issuer) {
+                    Ok(cert) => Ok(cert.der().to_vec()),
+                    Err(e @ rcgen::Error::RemoteKeyError) => {
+                        Err(issuer.key().failure("signing the certificate", e))
+                    }
+                    Err(e) => Err(CaError::Refused(e.to_string())),
+                }
+            })
+            .await??;
+        let parsed = Certificate::from_der(&der).map_err(|e| CaError::Internal(e.to_string()))?;
+        Ok(IssuedCertificate {
+            serial: order.serial.to_string(),
+            subject: parsed.tbs_certificate.subject.to_string(),
+            not_before: order.not_before,
+            not_after,
+            chain: self.chain(),
+            der,
+        })
+    }
+
+    async fn health(&self) -> Result<(), String> {
+        let CaKey::Token(_) = self.issuer.key() else {
+            return Ok(());
+        };
+        self.with_issuer(|issuer| match issuer.key() {
+            CaKey::Token(key) => key.check().map_err(|e| e.to_string()),
+            CaKey::File(_) => Ok(()),
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("issuing CA key in the PKCS#11 token: {e}"))
     }
 
     async fn sign_ocsp(&self, response_data: &[u8]) -> Result<CaSignature, CaError> {
-        use rcgen::SigningKey;
         let key = self.issuer.key();
         let (oid, null) = if key.algorithm() == &rcgen::PKCS_ECDSA_P256_SHA256 {
             ("1.2.840.10045.4.3.2", false)
@@ -469,9 +651,15 @@ impl CaAdapter for LocalCa {
         } else {
             ("1.2.840.113549.1.1.11", true)
         };
-        let signature = key
-            .sign(response_data)
-            .map_err(|e| CaError::Internal(format!("signing an OCSP response: {e}")))?;
+        let data = response_data.to_vec();
+        let signature = self
+            .with_issuer(move |issuer| {
+                issuer
+                    .key()
+                    .sign(&data)
+                    .map_err(|e| issuer.key().failure("signing an OCSP response", e))
+            })
+            .await??;
         Ok(CaSignature {
             algorithm: spki::AlgorithmIdentifierOwned {
                 oid: const_oid::ObjectIdentifier::new_unwrap(oid),
@@ -515,10 +703,13 @@ impl CaAdapter for LocalCa {
                 .collect(),
             key_identifier_method: rcgen::KeyIdMethod::Sha256,
         };
-        params
-            .signed_by(&self.issuer)
-            .map(|crl| crl.der().to_vec())
-            .map_err(|e| CaError::Internal(format!("signing the CRL: {e}")))
+        self.with_issuer(move |issuer| {
+            params
+                .signed_by(issuer)
+                .map(|crl| crl.der().to_vec())
+                .map_err(|e| issuer.key().failure("signing the CRL", e))
+        })
+        .await?
     }
 }
 

@@ -3,12 +3,14 @@
 //! [`CaAdapter`], which signs it. `local` is the built-in CA; `upstream_acme` forwards the
 //! requester's CSR to an upstream ACME CA, proving the names with dns-01 records that
 //! `dns01` publishes.
+//! The built-in CA's issuing key may be held by a PKCS#11 token (`pkcs11`).
 //!
 //! Imports `model`, `pkix`, `config`, `files` and (for the upstream account) `store`.
 
 pub mod dns01;
 pub mod lint;
 pub mod local;
+pub mod pkcs11;
 pub mod upstream_acme;
 
 use std::fmt;
@@ -134,6 +136,12 @@ pub trait CaAdapter: Send + Sync + fmt::Debug {
     /// answers come from rampart's own records. Upstream CAs are told.
     async fn revoke(&self, der: &[u8], reason: u8) -> Result<(), CaError> {
         let _ = (der, reason);
+        Ok(())
+    }
+
+    /// Whether the CA can sign now; the error says why not (a PKCS#11 token that stopped
+    /// answering, a PIN the token refused…). Reported by `/healthz`. May probe the CA.
+    async fn health(&self) -> Result<(), String> {
         Ok(())
     }
 

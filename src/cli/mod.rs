@@ -57,6 +57,8 @@ enum Command {
         /// Directory to initialise (created if missing).
         #[arg(long)]
         dir: PathBuf,
+        #[command(flatten)]
+        pkcs11: Pkcs11InitArgs,
     },
     /// Inspect, revoke and export issued certificates (through the running daemon's API).
     #[command(subcommand)]
@@ -372,6 +374,23 @@ enum ScepCipher {
     Des,
 }
 
+/// `init` with the issuing CA key in a PKCS#11 token.
+#[derive(Debug, Args)]
+struct Pkcs11InitArgs {
+    /// PKCS#11 module (shared library) of the token, e.g. /usr/lib/softhsm/libsofthsm2.so.
+    #[arg(long, requires = "pkcs11_uri")]
+    pkcs11_module: Option<PathBuf>,
+    /// RFC 7512 URI of the issuing CA key, e.g. "pkcs11:token=rampart;object=issuing-ca":
+    /// generated in the token unless it holds that key already. The user PIN comes from
+    /// --pkcs11-pin-file or the RAMPART_PKCS11_PIN environment variable.
+    #[arg(long, requires = "pkcs11_module")]
+    pkcs11_uri: Option<String>,
+    /// File holding the token's user PIN (mode 0600), written into the configuration as
+    /// ca.pin_file (default: the RAMPART_PKCS11_PIN environment variable).
+    #[arg(long, requires = "pkcs11_uri")]
+    pkcs11_pin_file: Option<PathBuf>,
+}
+
 /// Where and how to reach the admin API.
 #[derive(Debug, Args)]
 pub struct ApiArgs {
@@ -393,7 +412,7 @@ pub struct ApiArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => serve(config.as_deref()).await,
-        Command::Init { dir } => init(&dir).await,
+        Command::Init { dir, pkcs11 } => init(&dir, &pkcs11).await,
         Command::Certs(command) => certs::run(command).await,
         Command::Discover(command) => discover::run(command).await,
         Command::Webhooks(command) => webhooks::run(command).await,
@@ -795,18 +814,64 @@ async fn shutdown_signal() {
 
 /// The embedded commented configuration with `server.data_dir` set to `data_dir`.
 fn config_text_for(data_dir: &Path) -> anyhow::Result<String> {
-    const DEFAULT_LINE: &str = "data_dir = \"./rampart-data\"";
-    if !DEFAULT_CONFIG_TOML.contains(DEFAULT_LINE) {
-        bail!("the embedded configuration lost its data_dir line");
-    }
-    let path = data_dir
-        .to_str()
-        .context("the directory path is not UTF-8")?;
-    let value = toml::Value::String(path.to_string());
-    Ok(DEFAULT_CONFIG_TOML.replacen(DEFAULT_LINE, &format!("data_dir = {value}"), 1))
+    set_config_value(
+        DEFAULT_CONFIG_TOML,
+        "data_dir = \"./rampart-data\"",
+        "data_dir",
+        data_dir,
+    )
 }
 
-async fn init(dir: &Path) -> anyhow::Result<ExitCode> {
+/// `text` with its `default_line` replaced by `key = <value>` (a TOML string).
+fn set_config_value(
+    text: &str,
+    default_line: &str,
+    key: &str,
+    value: &Path,
+) -> anyhow::Result<String> {
+    if !text.lines().any(|line| line == default_line) {
+        bail!("the embedded configuration lost its `{default_line}` line");
+    }
+    let value = value
+        .to_str()
+        .with_context(|| format!("{key}: the path is not UTF-8"))?;
+    let value = toml::Value::String(value.to_string());
+    Ok(text.replacen(
+        &format!("\n{default_line}\n"),
+        &format!("\n{key} = {value}\n"),
+        1,
+    ))
+}
+
+/// The `[ca]` lines for a token-held issuing key.
+fn with_pkcs11(text: String, pkcs11: &Pkcs11InitArgs) -> anyhow::Result<String> {
+    let (Some(module), Some(uri)) = (&pkcs11.pkcs11_module, &pkcs11.pkcs11_uri) else {
+        return Ok(text);
+    };
+    // Refused here, before anything is written: a URI the daemon could not use.
+    uri.parse::<crate::ca::pkcs11::Pkcs11Uri>()
+        .with_context(|| format!("--pkcs11-uri {uri}"))?;
+    let module = std::path::absolute(module)
+        .with_context(|| format!("--pkcs11-module {}", module.display()))?;
+    if !module.is_file() {
+        bail!(
+            "--pkcs11-module {}: no such file (for SoftHSM2: apt-get install softhsm2)",
+            module.display()
+        );
+    }
+    let text = set_config_value(&text, "key = \"\"", "key", Path::new(uri))?;
+    let text = set_config_value(&text, "pkcs11_module = \"\"", "pkcs11_module", &module)?;
+    match &pkcs11.pkcs11_pin_file {
+        Some(pin_file) => {
+            let pin_file = std::path::absolute(pin_file)
+                .with_context(|| format!("--pkcs11-pin-file {}", pin_file.display()))?;
+            set_config_value(&text, "pin_file = \"\"", "pin_file", &pin_file)
+        }
+        None => Ok(text),
+    }
+}
+
+async fn init(dir: &Path, pkcs11: &Pkcs11InitArgs) -> anyhow::Result<ExitCode> {
     let config_path = dir.join("rampart.toml");
     if config_path.exists() {
         bail!(
@@ -818,10 +883,21 @@ async fn init(dir: &Path) -> anyhow::Result<ExitCode> {
     let dir = dir
         .canonicalize()
         .with_context(|| format!("resolving {}", dir.display()))?;
-    crate::files::write_public(&config_path, config_text_for(&dir)?.as_bytes())
+    let text = with_pkcs11(config_text_for(&dir)?, pkcs11)?;
+    crate::files::write_public(&config_path, text.as_bytes())
         .with_context(|| format!("writing {}", config_path.display()))?;
     let config = Config::load(Some(&config_path))?;
-    let boot = server::bootstrap(config, Arc::new(SystemClock)).await?;
+    let boot = match server::bootstrap(config, Arc::new(SystemClock)).await {
+        Ok(boot) => boot,
+        Err(error) => {
+            // No CA was made (a token that refused the PIN, say): take back the
+            // configuration so that init can simply be run again.
+            if !dir.join("ca").join("ca.json").exists() {
+                let _ = std::fs::remove_file(&config_path);
+            }
+            return Err(error.into());
+        }
+    };
     // The SCEP RA is made now too, so its fingerprint can go to devices before first start.
     let ra = if boot.pipeline.config().scep.enabled {
         Some(crate::gateway::scep::ensure_ra(&boot.pipeline, &boot.data_dir).await?)
@@ -831,6 +907,9 @@ async fn init(dir: &Path) -> anyhow::Result<ExitCode> {
     println!("Initialised {}", dir.display());
     println!("  configuration  {}", config_path.display());
     println!("  CA bundle      {}", boot.ca_bundle.display());
+    if let Some(uri) = &pkcs11.pkcs11_uri {
+        println!("  issuing key    {uri}   (in the PKCS#11 token; no key file)");
+    }
     if let Some(ra) = &ra {
         println!(
             "  SCEP RA        sha256 {}",
@@ -925,5 +1004,47 @@ mod tests {
             config.roles.len(),
             Config::load_default().unwrap().roles.len()
         );
+    }
+
+    #[test]
+    fn init_writes_the_token_key_into_the_ca_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let module = dir.path().join("libtoken.so");
+        std::fs::write(&module, b"").unwrap();
+        let args = |uri: &str| Pkcs11InitArgs {
+            pkcs11_module: Some(module.clone()),
+            pkcs11_uri: Some(uri.into()),
+            pkcs11_pin_file: Some(dir.path().join("token.pin")),
+        };
+        let base = config_text_for(dir.path()).unwrap();
+        let text = with_pkcs11(base.clone(), &args("pkcs11:token=ra;object=issuing-ca")).unwrap();
+        let file = dir.path().join("rampart.toml");
+        std::fs::write(&file, text).unwrap();
+        let config = Config::load(Some(&file)).unwrap();
+        assert_eq!(config.ca.key, "pkcs11:token=ra;object=issuing-ca");
+        assert_eq!(PathBuf::from(&config.ca.pkcs11_module), module);
+        assert_eq!(
+            PathBuf::from(&config.ca.pin_file),
+            dir.path().join("token.pin")
+        );
+        // Only [ca] changed: tls.key_file and the like keep their defaults.
+        assert_eq!(config.tls.key_file, "");
+
+        let error = with_pkcs11(base.clone(), &args("pkcs11:object=k?pin-value=1234"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--pkcs11-uri"), "{error}");
+        let missing = Pkcs11InitArgs {
+            pkcs11_module: Some(dir.path().join("missing.so")),
+            ..args("pkcs11:object=k")
+        };
+        let error = with_pkcs11(base.clone(), &missing).unwrap_err().to_string();
+        assert!(error.contains("no such file"), "{error}");
+        let none = Pkcs11InitArgs {
+            pkcs11_module: None,
+            pkcs11_uri: None,
+            pkcs11_pin_file: None,
+        };
+        assert_eq!(with_pkcs11(base.clone(), &none).unwrap(), base);
     }
 }

@@ -174,6 +174,50 @@ pub struct CaConfig {
     pub ocsp_url: String,
     /// AIA caIssuers URL written into issued certificates (empty = none).
     pub ca_issuers_url: String,
+    /// Where the issuing CA's private key lives: empty = a key file in `<data_dir>/ca/`;
+    /// an RFC 7512 `pkcs11:` URI = a key in a PKCS#11 token, which signs every certificate,
+    /// CRL and OCSP response (created there on first start when the token holds none).
+    #[serde(default)]
+    pub key: String,
+    /// The PKCS#11 module (shared library) for a `pkcs11:` key.
+    #[serde(default)]
+    pub pkcs11_module: String,
+    /// File holding the token's user PIN (mode 0600); empty = the `RAMPART_PKCS11_PIN`
+    /// environment variable. Never the PIN itself.
+    #[serde(default)]
+    pub pin_file: String,
+}
+
+impl CaConfig {
+    /// `key` is empty or a `pkcs11:` URI that carries no PIN (`pin-value`, `pin-source`),
+    /// with `pkcs11_module` set. The URI's own grammar is checked where the key is opened
+    /// (`ca::pkcs11`).
+    fn check_key_location(&self) -> Result<(), String> {
+        if self.key.is_empty() {
+            return Ok(());
+        }
+        let Some(rest) = self.key.strip_prefix("pkcs11:") else {
+            return Err(
+                "must be empty (key files in <data_dir>/ca/) or an RFC 7512 pkcs11: URI".into(),
+            );
+        };
+        let names = rest.split([';', '?', '&']).map(|attribute| {
+            attribute
+                .split_once('=')
+                .map_or(attribute, |(name, _)| name)
+        });
+        for name in names {
+            if name == "pin-value" || name == "pin-source" {
+                return Err(format!(
+                    "`{name}` would put the token PIN in the configuration; use ca.pin_file or the RAMPART_PKCS11_PIN environment variable"
+                ));
+            }
+        }
+        if self.pkcs11_module.is_empty() {
+            return Err("a pkcs11: key needs ca.pkcs11_module (the PKCS#11 library)".into());
+        }
+        Ok(())
+    }
 }
 
 /// Name of the built-in CA, the one templates use unless they name another (`ca`).
@@ -1120,6 +1164,9 @@ impl Config {
                 "ca.issuing_validity_days".into(),
                 "the issuing CA cannot outlive the root CA",
             ));
+        }
+        if let Err(reason) = self.ca.check_key_location() {
+            return Err(bad("ca.key".into(), &reason));
         }
         for (key, url) in [
             ("ca.crl_url", &self.ca.crl_url),

@@ -110,6 +110,11 @@ pub fn ca_created_audit(
     dir: &std::path::Path,
     now: time::OffsetDateTime,
 ) -> AuditEntry {
+    let mut details = json!({ "directory": dir });
+    if !config.ca.key.is_empty() {
+        // The issuing key is in a PKCS#11 token: which one.
+        details["issuing_key"] = json!(config.ca.key);
+    }
     AuditEntry {
         time: now,
         request_id: None,
@@ -120,7 +125,7 @@ pub fn ca_created_audit(
         rule: None,
         reason: format!("built-in CA created ({:?})", config.ca.key_algorithm),
         subject: None,
-        details: json!({ "directory": dir }),
+        details,
     }
 }
 
