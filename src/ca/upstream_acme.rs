@@ -15,15 +15,21 @@
 //!
 //! Imports `config`, `model`, `store`, `files` and `pkix`.
 
-use std::sync::{Arc, RwLock};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use base64::Engine;
 use der::Decode;
+use hyper::body::Bytes;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey,
-    Identifier as AcmeIdentifier, NewAccount, NewOrder, Order, OrderStatus, RetryPolicy,
-    RevocationReason, RevocationRequest,
+    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeType,
+    ExternalAccountKey, HttpClient, Identifier as AcmeIdentifier, NewAccount, NewOrder, Order,
+    OrderStatus, RetryPolicy, RevocationReason, RevocationRequest,
 };
 use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
@@ -41,8 +47,104 @@ use crate::store::Store;
 const NAMESPACE: &str = "upstream-acme";
 /// Attempts at one upstream call that the upstream asked to retry (rateLimited, 503…).
 const ATTEMPTS: u32 = 3;
-/// Wait before the first retry; doubled after each.
+/// Wait before the first retry when the upstream names no `Retry-After`; doubled after each.
 const FIRST_RETRY: Duration = Duration::from_secs(2);
+
+type Https = HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>;
+
+/// The HTTPS client instant-acme talks to the upstream through, noting the `Retry-After` of
+/// each answer (RFC 8555 §6.6: rate-limited and 503 answers say when to come back), which
+/// instant-acme does not expose on its errors.
+#[derive(Clone)]
+struct UpstreamHttp {
+    client: Https,
+    retry_after: Arc<Mutex<Option<Duration>>>,
+}
+
+impl UpstreamHttp {
+    fn new(trust_root_file: Option<&std::path::Path>) -> Result<Self, CaError> {
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let builder = match trust_root_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| CaError::Internal(format!("{}: {e}", path.display())))?;
+                let mut roots = rustls::RootCertStore::empty();
+                for der in pem::decode_certificates(&text)
+                    .map_err(|e| CaError::Internal(format!("{}: {e}", path.display())))?
+                {
+                    roots
+                        .add(CertificateDer::from(der))
+                        .map_err(|e| CaError::Internal(format!("{}: {e}", path.display())))?;
+                }
+                let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| CaError::Internal(e.to_string()))?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                builder.with_tls_config(config)
+            }
+            None => builder
+                .try_with_platform_verifier()
+                .map_err(|e| CaError::Internal(format!("the system's trust store: {e}")))?,
+        };
+        let connector = builder.https_only().enable_http1().enable_http2().build();
+        Ok(UpstreamHttp {
+            client: HyperClient::builder(TokioExecutor::new()).build(connector),
+            retry_after: Arc::default(),
+        })
+    }
+
+    /// The `Retry-After` of the latest answer that had one, taken.
+    fn take_retry_after(&self) -> Option<Duration> {
+        self.retry_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}
+
+impl HttpClient for UpstreamHttp {
+    fn request(
+        &self,
+        request: hyper::Request<BodyWrapper<Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let response = self.client.request(request);
+        let slot = self.retry_after.clone();
+        Box::pin(async move {
+            let response = response
+                .await
+                .map_err(|e| instant_acme::Error::Other(Box::new(e)))?;
+            if let Some(wait) = response
+                .headers()
+                .get(hyper::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after)
+            {
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(wait);
+            }
+            Ok(BytesResponse::from(response))
+        })
+    }
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3).
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    if let Ok(seconds) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let format = time::format_description::well_known::Rfc2822;
+    let when = OffsetDateTime::parse(value.trim(), &format).ok()?;
+    let seconds = (when - OffsetDateTime::now_utc()).whole_seconds().max(0);
+    Some(Duration::from_secs(seconds as u64))
+}
+
+/// How long to wait before retry number `tries` (from 1): what the upstream asked for, else
+/// exponential backoff — or `None` when that would pass the order's deadline.
+fn retry_wait(asked: Option<Duration>, tries: u32, remaining: Duration) -> Option<Duration> {
+    let wait = asked.unwrap_or(FIRST_RETRY * 2u32.pow(tries.saturating_sub(1)));
+    (wait < remaining).then_some(wait)
+}
 
 /// What the store keeps of the upstream account.
 #[derive(Serialize, Deserialize)]
@@ -58,6 +160,7 @@ pub struct UpstreamAcme {
     config: UpstreamAcmeConfig,
     store: Arc<dyn Store>,
     dns: Dns01Publisher,
+    http: UpstreamHttp,
     account: tokio::sync::Mutex<Option<Account>>,
     /// The issuer chain of the last certificate (empty before the first).
     last_chain: RwLock<Vec<Vec<u8>>>,
@@ -114,24 +217,33 @@ fn retryable(error: &instant_acme::Error) -> bool {
     }
 }
 
-/// Call `attempt` until it succeeds, fails for good, or [`ATTEMPTS`] ran out.
-async fn with_retries<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, instant_acme::Error>
+/// Call `attempt` until it succeeds, fails for good, [`ATTEMPTS`] ran out, or the wait the
+/// upstream asks for would pass `deadline`.
+async fn with_retries<T, F, Fut>(
+    what: &str,
+    http: &UpstreamHttp,
+    deadline: tokio::time::Instant,
+    mut attempt: F,
+) -> Result<T, instant_acme::Error>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, instant_acme::Error>>,
+    Fut: Future<Output = Result<T, instant_acme::Error>>,
 {
-    let mut wait = FIRST_RETRY;
     let mut tries = 1;
     loop {
-        match attempt().await {
-            Err(error) if tries < ATTEMPTS && retryable(&error) => {
-                tracing::warn!(%error, what, retry_in_s = wait.as_secs(), "upstream ACME asked to retry");
-                tokio::time::sleep(wait).await;
-                wait *= 2;
-                tries += 1;
-            }
+        http.take_retry_after();
+        let error = match attempt().await {
+            Err(error) if tries < ATTEMPTS && retryable(&error) => error,
             other => return other,
-        }
+        };
+        let asked = http.take_retry_after();
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(wait) = retry_wait(asked, tries, remaining) else {
+            return Err(error);
+        };
+        tracing::warn!(%error, what, retry_in_s = wait.as_secs(), "upstream ACME asked to retry");
+        tokio::time::sleep(wait).await;
+        tries += 1;
     }
 }
 
@@ -152,6 +264,8 @@ impl UpstreamAcme {
             config: config.clone(),
             store,
             dns,
+            http: UpstreamHttp::new(config.trust_root_file.as_deref())
+                .map_err(|e| CaError::Internal(format!("ca_adapters.{name}: {e}")))?,
             account: tokio::sync::Mutex::new(None),
             last_chain: RwLock::new(Vec::new()),
         })
@@ -161,15 +275,17 @@ impl UpstreamAcme {
         format!("{}/account", self.name)
     }
 
-    fn builder(&self) -> Result<instant_acme::AccountBuilder, instant_acme::Error> {
-        match &self.config.trust_root_file {
-            Some(path) => Account::builder_with_root(path),
-            None => Account::builder(),
-        }
+    fn builder(&self) -> instant_acme::AccountBuilder {
+        Account::builder_with_http(Box::new(self.http.clone()))
+    }
+
+    /// When an operation started now must be done.
+    fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(self.config.order_timeout_seconds)
     }
 
     /// The upstream account: from the store, or registered now.
-    async fn account(&self) -> Result<Account, CaError> {
+    async fn account(&self, deadline: tokio::time::Instant) -> Result<Account, CaError> {
         let mut slot = self.account.lock().await;
         if let Some(account) = slot.as_ref() {
             return Ok(account.clone());
@@ -181,20 +297,20 @@ impl UpstreamAcme {
             .and_then(|bytes| serde_json::from_slice::<StoredAccount>(&bytes).ok())
             .filter(|stored| stored.directory_url == self.config.directory_url);
         let account = match stored {
-            Some(stored) => with_retries("account", || async {
+            Some(stored) => with_retries("account", &self.http, deadline, || async {
                 let credentials: AccountCredentials =
                     serde_json::from_value(stored.credentials.clone())?;
-                self.builder()?.from_credentials(credentials).await
+                self.builder().from_credentials(credentials).await
             })
             .await
             .map_err(upstream)?,
-            None => self.register().await?,
+            None => self.register(deadline).await?,
         };
         *slot = Some(account.clone());
         Ok(account)
     }
 
-    async fn register(&self) -> Result<Account, CaError> {
+    async fn register(&self, deadline: tokio::time::Instant) -> Result<Account, CaError> {
         let contacts: Vec<&str> = self.config.contact.iter().map(String::as_str).collect();
         let new_account = NewAccount {
             contact: &contacts,
@@ -205,8 +321,8 @@ impl UpstreamAcme {
             Some(_) => Some(eab_key(&self.name, &self.config)?),
             None => None,
         };
-        let (account, credentials) = with_retries("newAccount", || async {
-            self.builder()?
+        let (account, credentials) = with_retries("newAccount", &self.http, deadline, || async {
+            self.builder()
                 .create(
                     &new_account,
                     self.config.directory_url.clone(),
@@ -239,14 +355,16 @@ impl UpstreamAcme {
         published: &mut Vec<ChallengeRecord>,
         deadline: tokio::time::Instant,
     ) -> Result<String, CaError> {
-        let account = self.account().await?;
+        let account = self.account(deadline).await?;
         let mut new_order = NewOrder::new(identifiers);
         if let Some(profile) = &self.config.profile {
             new_order = new_order.profile(profile);
         }
-        let mut upstream_order: Order = with_retries("newOrder", || account.new_order(&new_order))
-            .await
-            .map_err(upstream)?;
+        let mut upstream_order: Order = with_retries("newOrder", &self.http, deadline, || {
+            account.new_order(&new_order)
+        })
+        .await
+        .map_err(upstream)?;
         let mut ready = Vec::new();
         {
             let mut authorizations = upstream_order.authorizations();
@@ -376,7 +494,7 @@ impl CaAdapter for UpstreamAcme {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let limit = Duration::from_secs(self.config.order_timeout_seconds);
-        let deadline = tokio::time::Instant::now() + limit;
+        let deadline = self.deadline();
         let mut published = Vec::new();
         let outcome = tokio::time::timeout_at(
             deadline,
@@ -427,13 +545,18 @@ impl CaAdapter for UpstreamAcme {
     }
 
     async fn revoke(&self, der: &[u8], code: u8) -> Result<(), CaError> {
-        let account = self.account().await?;
+        let deadline = self.deadline();
+        let account = self.account(deadline).await?;
         let certificate = CertificateDer::from(der.to_vec());
         let request = RevocationRequest {
             certificate: &certificate,
             reason: Some(reason(code)),
         };
-        match with_retries("revokeCert", || account.revoke(&request)).await {
+        match with_retries("revokeCert", &self.http, deadline, || {
+            account.revoke(&request)
+        })
+        .await
+        {
             Ok(()) => Ok(()),
             // Revoked upstream before (by someone else): what rampart is about to record.
             Err(instant_acme::Error::Api(problem))
@@ -473,6 +596,24 @@ mod tests {
         .unwrap();
         assert!(retryable(&instant_acme::Error::Api(limited)));
         assert!(!retryable(&instant_acme::Error::Api(problem)));
+    }
+
+    #[test]
+    fn retry_waits_follow_retry_after_else_back_off_within_the_deadline() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(retry_wait(None, 1, minute), Some(FIRST_RETRY));
+        assert_eq!(retry_wait(None, 2, minute), Some(FIRST_RETRY * 2));
+        let asked = Duration::from_secs(7);
+        assert_eq!(retry_wait(Some(asked), 2, minute), Some(asked));
+        assert_eq!(retry_wait(Some(minute), 1, Duration::from_secs(30)), None);
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        let later = OffsetDateTime::now_utc() + time::Duration::seconds(90);
+        let date = later
+            .format(&time::format_description::well_known::Rfc2822)
+            .unwrap();
+        let parsed = parse_retry_after(&date).unwrap().as_secs();
+        assert!((85..=90).contains(&parsed), "{date}: {parsed}");
+        assert_eq!(parse_retry_after("soon"), None);
     }
 
     #[test]
