@@ -11,7 +11,7 @@ done
 # Knot DNS (authoritative server, and kdig) for acme-certbot-dns.sh; knotd lives in /usr/sbin.
 command -v knotd >/dev/null 2>&1 || [[ -x /usr/sbin/knotd ]] || missing+=(knot)
 command -v kdig >/dev/null 2>&1 || missing+=(knot-dnsutils)
-# micromdm's SCEP client (scepclient) for scep-client.sh.
+# micromdm's SCEP client (scepclient) for scep-client.sh and pkcs11-softhsm.sh.
 command -v scepclient >/dev/null 2>&1 || missing+=(scep)
 # Pebble (Let's Encrypt's test ACME CA), the upstream CA of acme-upstream-pebble.sh.
 command -v pebble >/dev/null 2>&1 || missing+=(pebble)

@@ -4,13 +4,16 @@
 # pair is generated in the token), `rampart serve` with the PIN in RAMPART_PKCS11_PIN,
 # enrollment with curl over the admin API and with curl+openssl over EST, `openssl verify`
 # of each certificate against the root, the CRL and an OCSP answer verified too, a restart
-# that finds the key in the token again, a refused PIN stopping the start — and no file on
-# disk holding the issuing CA's private key, no PIN in any file or log.
+# that finds the key in the token again, the SCEP RA key moved into the token too
+# (`[scep] ra_key`) with micromdm's scepclient enrolling against it before and after an RA
+# rotation, a refused PIN stopping the start — and no file on disk holding the issuing CA's
+# or the RA's private key, no PIN in any file or log.
 source "$(dirname "$0")/lib.sh"
 
 MODULE=/usr/lib/softhsm/libsofthsm2.so
 [[ -f "$MODULE" ]] || fail "$MODULE is missing: apt-get install softhsm2 (conformance/install-deps.sh does)"
 command -v softhsm2-util >/dev/null 2>&1 || fail "softhsm2-util is missing: apt-get install softhsm2"
+command -v scepclient >/dev/null 2>&1 || fail "scepclient is missing: apt-get install scep"
 
 # A token of our own, in a token directory of our own.
 export SOFTHSM2_CONF="$WORK/softhsm2.conf"
@@ -33,19 +36,20 @@ grep -qF "$URI" "$DIR/ca/ca.json" || fail "ca.json does not record the token key
 [[ ! -e "$DIR/ca/issuing.key.pem" ]] || fail "init wrote an issuing key file"
 pass "init generated the issuing key in the token and wrote its URI into rampart.toml and ca.json"
 
-# Every private key file rampart wrote, checked against the issuing CA's public key.
-openssl x509 -in "$DIR/ca/issuing.cert.pem" -noout -pubkey >"$WORK/issuing.pub"
-no_issuing_key_on_disk() {
+# Every private key file rampart wrote, checked against a public key (PEM file).
+no_private_key_on_disk() { # <public key PEM> <whose>
     local file keys=0
     while IFS= read -r -d '' file; do
         grep -q 'PRIVATE KEY' "$file" || continue
         keys=$((keys + 1))
-        if openssl pkey -in "$file" -pubout 2>/dev/null | cmp -s - "$WORK/issuing.pub"; then
-            fail "$file holds the issuing CA's private key"
+        if openssl pkey -in "$file" -pubout 2>/dev/null | cmp -s - "$1"; then
+            fail "$file holds the $2 private key"
         fi
     done < <(find "$DIR" -type f -print0)
-    ((keys > 0)) || fail "found no private key file at all (root, SCEP RA): is the check looking in the right place?"
+    ((keys > 0)) || fail "found no private key file at all (root CA): is the check looking in the right place?"
 }
+openssl x509 -in "$DIR/ca/issuing.cert.pem" -noout -pubkey >"$WORK/issuing.pub"
+no_issuing_key_on_disk() { no_private_key_on_disk "$WORK/issuing.pub" "issuing CA's"; }
 no_issuing_key_on_disk
 
 API_PORT="$(free_port)"
@@ -115,6 +119,78 @@ jq -r .certificate "$WORK/resp.json" >"$WORK/again.pem"
 verify "$WORK/again.pem"
 stop_rampart
 pass "after a restart the token key signs again"
+
+# The SCEP RA key moves into the token: `init` made it a key file; with [scep] ra_key set,
+# the next start generates an RSA-2048 key in the token and has the CA certify it, and the
+# old file is no longer used (the operator deletes it, as rampart's warning says).
+RA_URI="pkcs11:token=rampart-ca;object=scep-ra"
+sed -i "s|^ra_key = \"\"|ra_key = \"$RA_URI\"|" "$DIR/rampart.toml"
+grep -qF "ra_key = \"$RA_URI\"" "$DIR/rampart.toml" || fail "could not set [scep] ra_key in rampart.toml"
+printf '\n[scep.profiles.token]\ntemplate = "client"\nidentity = "scep-token"\nroles = ["admin"]\nchallenge_hash = "%s"\n' \
+    "$HASH" >>"$DIR/rampart.toml"
+SCEP_PORT="$(free_port)"
+export RAMPART__SCEP__LISTEN="127.0.0.1:$SCEP_PORT"
+SCEP="http://127.0.0.1:$SCEP_PORT/scep/token"
+start_rampart "$DIR/rampart.toml"
+grep -q "no longer used" "$WORK/rampart.err" || fail "no warning about the RA key file the token replaced"
+rm -f "$DIR/ca/scep-ra.key.pem"
+jq -e --arg uri "$RA_URI" '.configured == $uri and .key == $uri' "$DIR/ca/scep-ra.json" >/dev/null \
+    || fail "scep-ra.json does not record the token key: $(cat "$DIR/ca/scep-ra.json")"
+status="$(curl -s -o "$WORK/health.json" -w '%{http_code}' "$API/healthz")"
+[[ "$status" == 200 ]] || fail "/healthz answered $status $(cat "$WORK/health.json") with the RA key in the token"
+
+# ra_cert <name> — GetCACert's RSA certificate (the RA) in $WORK/<name>.pem, its public key
+# in $WORK/<name>.pub; sets RA_FP (its SHA-256 fingerprint, for scepclient).
+ra_cert() {
+    local pem
+    curl -sf -o "$WORK/$1.p7" "$SCEP?operation=GetCACert" || fail "GetCACert"
+    openssl pkcs7 -inform DER -in "$WORK/$1.p7" -print_certs -out "$WORK/$1.all.pem" || fail "GetCACert is not DER PKCS#7"
+    awk -v p="$WORK/$1.cert." '/BEGIN CERTIFICATE/ {n++; on=1} on {print > (p n ".pem")} /END CERTIFICATE/ {on=0}' "$WORK/$1.all.pem"
+    for pem in "$WORK/$1.cert."*.pem; do
+        if openssl x509 -in "$pem" -noout -text | grep -q 'Public Key Algorithm: rsaEncryption'; then
+            cp "$pem" "$WORK/$1.pem"
+        fi
+    done
+    [[ -f "$WORK/$1.pem" ]] || fail "GetCACert holds no RSA RA certificate"
+    openssl x509 -in "$WORK/$1.pem" -noout -text | grep -q 'Public-Key: (2048 bit)' || fail "the RA key is not RSA 2048"
+    verify "$WORK/$1.pem"
+    openssl x509 -in "$WORK/$1.pem" -noout -pubkey >"$WORK/$1.pub"
+    RA_FP="$(openssl x509 -in "$WORK/$1.pem" -noout -fingerprint -sha256 | cut -d= -f2 | tr -d :)"
+}
+# scep_enroll <run> <cn> — micromdm's scepclient (single DES, SHA-1: the token decrypts and
+# signs) with the profile's static challenge; verifies the certificate it got.
+scep_enroll() {
+    mkdir -p "$WORK/$1"
+    timeout 60 scepclient -debug -server-url "$SCEP" -ca-fingerprint "$RA_FP" -private-key "$WORK/$1/key.pem" \
+        -certificate "$WORK/$1/cert.pem" -cn "$2" -challenge s3cret >"$WORK/$1/out" 2>&1 \
+        || fail "scepclient against the token-held RA: $(tail -5 "$WORK/$1/out")"
+    openssl x509 -in "$WORK/$1/cert.pem" -noout -subject -nameopt RFC2253 | grep -q "CN=$2" \
+        || fail "scepclient's certificate is not for CN $2"
+    verify "$WORK/$1/cert.pem"
+    [[ "$(openssl x509 -in "$WORK/$1/cert.pem" -noout -pubkey)" == "$(openssl pkey -in "$WORK/$1/key.pem" -pubout)" ]] \
+        || fail "the certificate is not for scepclient's key"
+}
+ra_cert ra1
+[[ "$(openssl x509 -in "$WORK/ra1.pem" -noout -serial)" != "$(openssl x509 -in "$DIR/ca/scep-ra.cert.pem" -noout -serial 2>/dev/null || true)" ]] \
+    && fail "GetCACert serves another RA than scep-ra.cert.pem"
+scep_enroll scep1 scep1.hsm.test
+no_private_key_on_disk "$WORK/ra1.pub" "SCEP RA's"
+[[ ! -e "$DIR/ca/scep-ra.key.pem" ]] || fail "an RA key file exists with the RA key in the token"
+pass "SCEP RA key in the token: scepclient enrolls (envelope decrypted, CertRep signed by the token), no RA key file"
+
+# Rotation: a new key in the token under scep-ra-<unix time>; the old one stays there.
+AUTH=(-H "Authorization: Bearer $KEY")
+status="$(curl -s -o "$WORK/rotate.json" -w '%{http_code}' -X POST "${AUTH[@]}" "$API/api/v1/scep/ra/rotate")"
+[[ "$status" == 201 ]] || fail "POST scep/ra/rotate answered $status: $(cat "$WORK/rotate.json")"
+jq -e --arg uri "$RA_URI" '.configured == $uri and (.key | test("^pkcs11:token=rampart-ca;object=scep-ra-[0-9]+$"))' \
+    "$DIR/ca/scep-ra.json" >/dev/null || fail "scep-ra.json after the rotation: $(cat "$DIR/ca/scep-ra.json")"
+ra_cert ra2
+cmp -s "$WORK/ra1.pub" "$WORK/ra2.pub" && fail "the rotated RA has the old key"
+scep_enroll scep2 scep2.hsm.test
+no_private_key_on_disk "$WORK/ra2.pub" "rotated SCEP RA's"
+[[ ! -e "$DIR/ca/scep-ra.key.pem" ]] || fail "the rotation wrote an RA key file"
+stop_rampart
+pass "RA rotation generates a new token key ($(jq -r .key "$DIR/ca/scep-ra.json" | sed 's/.*object=//')); scepclient enrolls against it"
 
 # A PIN the token refuses stops the start, with a clear message that does not echo it.
 if RAMPART_PKCS11_PIN="wrong-$PIN" "$RAMPART" serve --config "$DIR/rampart.toml" >"$WORK/wrong.out" 2>"$WORK/wrong.err"; then

@@ -5,6 +5,12 @@
 //! logs the daemon out is recovered from, a PIN the token refuses shows in `/healthz` until
 //! the PIN file is fixed, and a PIN in the configuration itself is refused.
 //!
+//! The SCEP RA key in a token (`[scep] ra_key`), beside the CA key or alone: generated there
+//! (sign + decrypt, sensitive, not extractable), PKCSReq with AES and DES answered SUCCESS
+//! by CertReps the token signed for envelopes it decrypted, no RA key file, rotation to a
+//! new token key, a restart that finds it, a bad envelope refused without harming the
+//! token's health, and a token failure in `/healthz`.
+//!
 //! SoftHSM2 is required (CI installs it): these tests fail, not skip, without it.
 
 mod common;
@@ -15,18 +21,24 @@ use std::sync::{Arc, OnceLock};
 
 use base64::Engine;
 use common::{config_for, csr, p256, start_with, TestDaemon};
-use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 use der::{Decode, Encode};
-use rampart::clock::SystemClock;
+use rampart::clock::{Clock, ManualClock, SystemClock};
 use rampart::config::{Config, EstUserConfig, KeyAlgorithm};
+use rampart_scep::client::{self, CertRep, Requester};
+use rampart_scep::crypto::{ContentCipher, Digest};
+use rampart_scep::wire::{FailInfo, MessageType, PkiStatus};
+use x509_cert::Certificate;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const PIN: &str = "4711-user";
 const SO_PIN: &str = "0815-so";
 /// One token per test, so that tests running at once never share a login.
-const TOKENS: &[&str] = &["p256", "p384", "rsa", "recover", "startup"];
+const TOKENS: &[&str] = &[
+    "p256", "p384", "rsa", "recover", "startup", "scep", "scep-ra",
+];
 const EST_USER: &str = "device-1";
 const EST_PASSWORD: &str = "est-secret";
 
@@ -549,5 +561,634 @@ fn a_pin_in_the_configuration_is_refused() {
         .to_string()
         .contains("pkcs11_module"));
     config.ca.pkcs11_module = MODULE.into();
+    config.validate().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// The SCEP RA key in a token
+// ---------------------------------------------------------------------------------------
+
+/// The static challenge of the `default` SCEP profile in these tests.
+const SCEP_CHALLENGE: &str = "scep in the token";
+
+/// `config` with the SCEP RA key `object` in `token` (module and PIN file from `[ca]`,
+/// which `token_config` set or this sets) and the static challenge on `default`.
+fn with_token_ra(mut config: Config, dir: &Path, token: &str, object: &str) -> Config {
+    softhsm();
+    config.scep.ra_key = format!("pkcs11:token={token};object={object}");
+    config.ca.pkcs11_module = MODULE.into();
+    let pin_file = dir.join("token.pin");
+    if !pin_file.exists() {
+        write_pin(&pin_file, PIN);
+    }
+    config.ca.pin_file = pin_file.to_str().unwrap().into();
+    let hash = {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let salt = SaltString::encode_b64(b"scep-token-salt!").unwrap();
+        argon2::Argon2::default()
+            .hash_password(SCEP_CHALLENGE.as_bytes(), &salt)
+            .unwrap()
+            .to_string()
+    };
+    config
+        .scep
+        .profiles
+        .get_mut("default")
+        .unwrap()
+        .challenge_hash = Some(hash);
+    config
+}
+
+/// GetCACert: the RA certificate (the RSA one) among those served.
+async fn scep_ra(d: &TestDaemon) -> Certificate {
+    let url = d.daemon.scep_url.clone().unwrap();
+    let body = reqwest::get(format!("{url}?operation=GetCACert"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let bundle = rampart_scep::pkimessage::certificates_of(&body).unwrap();
+    let mut ras = bundle
+        .certificates
+        .iter()
+        .map(|der| Certificate::from_der(der).unwrap())
+        .filter(|c| {
+            c.tbs_certificate.subject_public_key_info.algorithm.oid
+                == const_oid::db::rfc5912::RSA_ENCRYPTION
+        });
+    let ra = ras.next().expect("an RSA RA certificate");
+    assert!(ras.next().is_none(), "one RSA certificate");
+    ra
+}
+
+/// A device: its RSA key (PKCS#8) and the self-signed certificate it signs requests with.
+fn scep_device() -> (Vec<u8>, Requester) {
+    let key = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        .unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "token test device");
+    let certificate = params.self_signed(&key).unwrap();
+    let requester = Requester::new(certificate.der(), &key.serialize_der()).unwrap();
+    (key.serialize_der(), requester)
+}
+
+/// A CSR for `name` by the device key, with the static challenge.
+fn scep_csr(key: &[u8], name: &str) -> Vec<u8> {
+    let key = rcgen::KeyPair::try_from(key).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    // challengePassword: SET OF { UTF8String }.
+    let mut values = vec![
+        0x31,
+        (SCEP_CHALLENGE.len() + 2) as u8,
+        0x0c,
+        SCEP_CHALLENGE.len() as u8,
+    ];
+    values.extend_from_slice(SCEP_CHALLENGE.as_bytes());
+    let challenge = rcgen::Attribute {
+        oid: &[1, 2, 840, 113549, 1, 9, 7],
+        values,
+    };
+    params
+        .serialize_request_with_attributes(&key, vec![challenge])
+        .unwrap()
+        .der()
+        .to_vec()
+}
+
+/// PKCSReq for `name`, sealed for `recipient` with `cipher`, signed with `digest`: the
+/// HTTP status and, on 200, the CertRep — whose signature `read_reply` verifies against the
+/// signer certificate it carries.
+async fn scep_pkcs_req(
+    d: &TestDaemon,
+    recipient: &Certificate,
+    name: &str,
+    cipher: ContentCipher,
+    digest: Digest,
+) -> (u16, Option<CertRep>) {
+    let (key, requester) = scep_device();
+    let csr = scep_csr(&key, name);
+    let outgoing = client::request(
+        &requester,
+        recipient,
+        MessageType::PkcsReq,
+        &requester.transaction_id(),
+        &csr,
+        cipher,
+        digest,
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let url = d.daemon.scep_url.clone().unwrap();
+    let response = d
+        .http
+        .post(format!("{url}?operation=PKIOperation"))
+        .header("content-type", "application/x-pki-message")
+        .body(outgoing.message)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.bytes().await.unwrap();
+    if status != 200 {
+        return (status, None);
+    }
+    let rep = client::read_reply(&body, &requester).unwrap();
+    assert_eq!(rep.recipient_nonce, outgoing.sender_nonce);
+    (status, Some(rep))
+}
+
+/// Enroll `name` over SCEP: SUCCESS, a CertRep signed by `ra`, a certificate that
+/// `openssl verify` accepts.
+async fn scep_enrolls(
+    d: &TestDaemon,
+    ra: &Certificate,
+    chain: &Chain,
+    work: &Path,
+    name: &str,
+    cipher: ContentCipher,
+    digest: Digest,
+) {
+    let (status, rep) = scep_pkcs_req(d, ra, name, cipher, digest).await;
+    assert_eq!(status, 200, "{name}");
+    let rep = rep.unwrap();
+    assert_eq!(rep.status, PkiStatus::Success, "{name}: {rep:?}");
+    assert_eq!(&rep.signer, ra, "{name}: the CertRep is signed by the RA");
+    assert_eq!(rep.certificates.len(), 1);
+    openssl_verify(chain, &pem(&rep.certificates[0]), work, name);
+}
+
+/// The token's RSA private keys: label → (CKA_SIGN, CKA_DECRYPT, CKA_SENSITIVE,
+/// CKA_EXTRACTABLE), and the public keys' moduli by label.
+struct TokenRsaKeys {
+    private: std::collections::BTreeMap<String, [bool; 4]>,
+    modulus: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+fn token_rsa_keys(token: &str) -> TokenRsaKeys {
+    let session = test_session(token, PIN);
+    let mut keys = TokenRsaKeys {
+        private: Default::default(),
+        modulus: Default::default(),
+    };
+    let label = |attributes: &[Attribute]| {
+        attributes
+            .iter()
+            .find_map(|a| match a {
+                Attribute::Label(l) => Some(String::from_utf8(l.clone()).unwrap()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    let rsa = |class| [Attribute::Class(class), Attribute::KeyType(KeyType::RSA)];
+    for handle in session
+        .find_objects(&rsa(ObjectClass::PRIVATE_KEY))
+        .unwrap()
+    {
+        let attributes = session
+            .get_attributes(
+                handle,
+                &[
+                    AttributeType::Label,
+                    AttributeType::Sign,
+                    AttributeType::Decrypt,
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
+                ],
+            )
+            .unwrap();
+        let mut flags = [false; 4];
+        for attribute in &attributes {
+            match attribute {
+                Attribute::Sign(v) => flags[0] = *v,
+                Attribute::Decrypt(v) => flags[1] = *v,
+                Attribute::Sensitive(v) => flags[2] = *v,
+                Attribute::Extractable(v) => flags[3] = *v,
+                _ => {}
+            }
+        }
+        keys.private.insert(label(&attributes), flags);
+    }
+    for handle in session.find_objects(&rsa(ObjectClass::PUBLIC_KEY)).unwrap() {
+        let attributes = session
+            .get_attributes(handle, &[AttributeType::Label, AttributeType::Modulus])
+            .unwrap();
+        let modulus = attributes
+            .iter()
+            .find_map(|a| match a {
+                Attribute::Modulus(m) => Some(m.clone()),
+                _ => None,
+            })
+            .unwrap();
+        keys.modulus.insert(label(&attributes), modulus);
+    }
+    keys
+}
+
+/// The modulus of an RSA certificate's key, without leading zeros.
+fn certificate_modulus(certificate: &Certificate) -> Vec<u8> {
+    let spki = &certificate.tbs_certificate.subject_public_key_info;
+    let key = pkcs1::RsaPublicKey::from_der(spki.subject_public_key.raw_bytes()).unwrap();
+    key.modulus.as_bytes().to_vec()
+}
+
+fn trimmed(bytes: &[u8]) -> Vec<u8> {
+    bytes.iter().copied().skip_while(|b| *b == 0).collect()
+}
+
+/// `<data_dir>/ca/scep-ra.json`.
+fn ra_record(d: &TestDaemon) -> serde_json::Value {
+    let text = std::fs::read_to_string(d.data_dir().join("ca/scep-ra.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scep_ra_key_in_the_token_enrolls_and_rotates() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let data = data_dir(&dir.path().join("data"));
+    let config = with_token_ra(
+        token_config(&data, "scep", KeyAlgorithm::EcdsaP256),
+        &data,
+        "scep",
+        "scep-ra",
+    );
+    let d = start_with(config.clone(), Arc::new(SystemClock), None).await;
+    let chain = chain_files(&d, &work);
+    let ca = d.data_dir().join("ca");
+    let no_ra_key_file = || {
+        assert!(
+            !ca.join("scep-ra.key.pem").exists(),
+            "an RA key file exists"
+        );
+    };
+    no_ra_key_file();
+    assert_eq!(ra_record(&d)["key"], config.scep.ra_key.as_str());
+
+    // Generated in the token for signing and decrypting, sensitive, never extractable; the
+    // RA certificate GetCACert serves is for that key.
+    let ra = scep_ra(&d).await;
+    let keys = token_rsa_keys("scep");
+    assert_eq!(
+        keys.private.get("scep-ra"),
+        Some(&[true, true, true, false]),
+        "CKA_SIGN, CKA_DECRYPT, CKA_SENSITIVE, !CKA_EXTRACTABLE"
+    );
+    assert_eq!(trimmed(&keys.modulus["scep-ra"]), certificate_modulus(&ra));
+    assert_eq!(certificate_modulus(&ra).len(), 256, "RSA-2048");
+    let (status, health) = d.get("/healthz").await;
+    assert_eq!(
+        (status, health["status"].as_str()),
+        (200, Some("ok")),
+        "{health}"
+    );
+
+    // PKCSReq with AES and with single DES: decrypted and answered by the token key.
+    scep_enrolls(
+        &d,
+        &ra,
+        &chain,
+        &work,
+        "aes.scep.test",
+        ContentCipher::Aes256Cbc,
+        Digest::Sha256,
+    )
+    .await;
+    scep_enrolls(
+        &d,
+        &ra,
+        &chain,
+        &work,
+        "des.scep.test",
+        ContentCipher::DesCbc,
+        Digest::Sha512,
+    )
+    .await;
+    scep_enrolls(
+        &d,
+        &ra,
+        &chain,
+        &work,
+        "3des.scep.test",
+        ContentCipher::DesEde3Cbc,
+        Digest::Sha384,
+    )
+    .await;
+
+    // An envelope for another key: the token cannot decrypt it. A signed FAILURE
+    // badMessageCheck, and the token stays healthy.
+    let (_, stranger) = scep_device();
+    let (status, rep) = scep_pkcs_req(
+        &d,
+        &stranger.certificate,
+        "stranger.scep.test",
+        ContentCipher::Aes128Cbc,
+        Digest::Sha256,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let rep = rep.unwrap();
+    assert_eq!(
+        (rep.status, rep.fail_info),
+        (PkiStatus::Failure, Some(FailInfo::BadMessageCheck))
+    );
+    assert_eq!(rep.signer, ra);
+    let (status, health) = d.get("/healthz").await;
+    assert_eq!(
+        (status, health["status"].as_str()),
+        (200, Some("ok")),
+        "{health}"
+    );
+
+    // Rotation: a new key in the token under <object>-<unix time>, the old one kept.
+    let (status, answer) = d
+        .post("/api/v1/scep/ra/rotate", serde_json::json!({}))
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    let rotated = scep_ra(&d).await;
+    assert_ne!(
+        certificate_modulus(&rotated),
+        certificate_modulus(&ra),
+        "a new key"
+    );
+    let record = ra_record(&d);
+    let label = record["key"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("pkcs11:token=scep;object=")
+        .unwrap()
+        .to_string();
+    let suffix = label.strip_prefix("scep-ra-").unwrap();
+    assert!(suffix.bytes().all(|b| b.is_ascii_digit()), "{label}");
+    assert_eq!(record["configured"], config.scep.ra_key.as_str());
+    let keys = token_rsa_keys("scep");
+    assert_eq!(keys.private.get(&label), Some(&[true, true, true, false]));
+    assert_eq!(
+        trimmed(&keys.modulus[&label]),
+        certificate_modulus(&rotated)
+    );
+    assert!(keys.private.contains_key("scep-ra"), "the old key is kept");
+    scep_enrolls(
+        &d,
+        &rotated,
+        &chain,
+        &work,
+        "rotated.scep.test",
+        ContentCipher::Aes128Cbc,
+        Digest::Sha256,
+    )
+    .await;
+    // A second rotation in the same second takes a label of its own.
+    let (status, answer) = d
+        .post("/api/v1/scep/ra/rotate", serde_json::json!({}))
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    let again = scep_ra(&d).await;
+    assert_ne!(certificate_modulus(&again), certificate_modulus(&rotated));
+    assert_eq!(token_rsa_keys("scep").private.len(), 3, "three RA keys");
+    no_ra_key_file();
+
+    // A restart finds the current key in the token and serves the same RA.
+    let key = d.key.clone();
+    d.daemon.shutdown().await;
+    let d = start_with(config, Arc::new(SystemClock), Some(key)).await;
+    assert_eq!(scep_ra(&d).await, again);
+    scep_enrolls(
+        &d,
+        &again,
+        &chain,
+        &work,
+        "restart.scep.test",
+        ContentCipher::Aes256Cbc,
+        Digest::Sha256,
+    )
+    .await;
+    no_ra_key_file();
+    d.daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scep_ra_token_failure_shows_in_healthz_and_an_aging_ra_is_rotated() {
+    // Only the RA key in the token; the CA keeps its key files.
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let data = data_dir(&dir.path().join("data"));
+    let mut config = with_token_ra(config_for(&data), &data, "scep-ra", "ra");
+    // An RA certificate of three days, and a clock the test moves past two thirds of it
+    // (requests' signingTime is not checked against that clock).
+    config.scep.ra_validity_days = 3;
+    config
+        .scep
+        .profiles
+        .get_mut("default")
+        .unwrap()
+        .max_clock_skew_seconds = 0;
+    let clock = ManualClock::new(time::OffsetDateTime::now_utc());
+    let pin_file = PathBuf::from(&config.ca.pin_file);
+    let d = start_with(config.clone(), Arc::new(clock.clone()), None).await;
+    let chain = chain_files(&d, &work);
+    assert!(
+        d.data_dir().join("ca/issuing.key.pem").exists(),
+        "the CA key is a file"
+    );
+    assert!(!d.data_dir().join("ca/scep-ra.key.pem").exists());
+    let ra = scep_ra(&d).await;
+    scep_enrolls(
+        &d,
+        &ra,
+        &chain,
+        &work,
+        "before.ra.test",
+        ContentCipher::Aes128Cbc,
+        Digest::Sha256,
+    )
+    .await;
+
+    // The PIN is changed on the token and the daemon logged out: its PIN file is stale.
+    let new_pin = "4713-user";
+    {
+        let session = test_session("scep-ra", PIN);
+        session
+            .set_pin(&AuthPin::new(PIN.into()), &AuthPin::new(new_pin.into()))
+            .unwrap();
+        session.logout().unwrap();
+    }
+    let (status, health) = d.get("/healthz").await;
+    assert_eq!(status, 503, "{health}");
+    assert!(health.get("ca").is_none(), "the CA is fine: {health}");
+    let reason = health["scep_ra"].as_str().unwrap();
+    assert!(reason.contains("refused the PIN"), "{reason}");
+    assert!(
+        !reason.contains(PIN) && !reason.contains(new_pin),
+        "{reason}"
+    );
+    // SCEP cannot decrypt nor sign: 503, nothing issued.
+    let (status, _) = scep_pkcs_req(
+        &d,
+        &ra,
+        "stale.ra.test",
+        ContentCipher::Aes128Cbc,
+        Digest::Sha256,
+    )
+    .await;
+    assert_eq!(status, 503);
+
+    // The operator fixes the PIN file: healthy again without a restart.
+    write_pin(&pin_file, new_pin);
+    let (status, health) = d.get("/healthz").await;
+    assert_eq!(
+        (status, health["status"].as_str()),
+        (200, Some("ok")),
+        "{health}"
+    );
+    scep_enrolls(
+        &d,
+        &ra,
+        &chain,
+        &work,
+        "after.ra.test",
+        ContentCipher::DesCbc,
+        Digest::Sha256,
+    )
+    .await;
+
+    // Two and a half days later the RA certificate has less than a third of its life
+    // left: the next start generates a new token key, certifies it and keeps the old key.
+    let key = d.key.clone();
+    d.daemon.shutdown().await;
+    clock.advance(time::Duration::hours(60));
+    let d = start_with(config.clone(), Arc::new(clock.clone()), Some(key)).await;
+    let renewed = scep_ra(&d).await;
+    assert_ne!(certificate_modulus(&renewed), certificate_modulus(&ra));
+    let current = ra_record(&d)["key"].as_str().unwrap().to_string();
+    let label = current
+        .strip_prefix("pkcs11:token=scep-ra;object=")
+        .unwrap();
+    assert_eq!(
+        label,
+        format!("ra-{}", clock.now().unix_timestamp()),
+        "{current}"
+    );
+    let keys = token_rsa_keys("scep-ra");
+    assert!(keys.private.contains_key("ra"), "the old key is kept");
+    assert_eq!(trimmed(&keys.modulus[label]), certificate_modulus(&renewed));
+    let (status, audit) = d.get("/api/v1/audit?action=ra_rotated").await;
+    assert_eq!(status, 200, "{audit}");
+    let last = audit["items"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .to_string();
+    assert!(
+        last.contains(r#""previous_key":"pkcs11:token=scep-ra;object=ra""#),
+        "{last}"
+    );
+    assert!(last.contains(&format!(r#""key":"{current}""#)), "{last}");
+    // Served at once (the certificate it issues starts at the moved clock: not checked
+    // with openssl here).
+    let (status, rep) = scep_pkcs_req(
+        &d,
+        &renewed,
+        "renewed.ra.test",
+        ContentCipher::Aes128Cbc,
+        Digest::Sha256,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let rep = rep.unwrap();
+    assert_eq!((rep.status, &rep.signer), (PkiStatus::Success, &renewed));
+    assert!(!d.data_dir().join("ca/scep-ra.key.pem").exists());
+
+    // Someone deletes the current key from the token: the start stops and says how to
+    // begin again; without scep-ra.json the configured key (still there) is the RA's again.
+    let key = d.key.clone();
+    d.daemon.shutdown().await;
+    {
+        let session = test_session("scep-ra", new_pin);
+        for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
+            for handle in session
+                .find_objects(&[
+                    Attribute::Class(class),
+                    Attribute::Label(label.as_bytes().to_vec()),
+                ])
+                .unwrap()
+            {
+                session.destroy_object(handle).unwrap();
+            }
+        }
+    }
+    let error = rampart::server::start(config.clone(), Arc::new(clock.clone()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("no private key")
+            && error.contains("delete")
+            && error.contains("scep-ra.json"),
+        "{error}"
+    );
+    std::fs::remove_file(data.join("ca/scep-ra.json")).unwrap();
+    let d = start_with(config.clone(), Arc::new(clock.clone()), Some(key)).await;
+    let back = scep_ra(&d).await;
+    assert_eq!(
+        certificate_modulus(&back),
+        certificate_modulus(&ra),
+        "the configured key"
+    );
+    assert_eq!(ra_record(&d)["key"], config.scep.ra_key.as_str());
+
+    // `ra_key` emptied again: the RA moves back to a key file, with a new certificate.
+    let key = d.key.clone();
+    d.daemon.shutdown().await;
+    config.scep.ra_key = String::new();
+    let d = start_with(config, Arc::new(clock.clone()), Some(key)).await;
+    let ca = d.data_dir().join("ca");
+    assert!(ca.join("scep-ra.key.pem").exists());
+    assert!(!ca.join("scep-ra.json").exists());
+    let from_file = scep_ra(&d).await;
+    assert_ne!(
+        certificate_modulus(&from_file),
+        certificate_modulus(&renewed)
+    );
+    let (status, rep) = scep_pkcs_req(
+        &d,
+        &from_file,
+        "file.ra.test",
+        ContentCipher::Aes128Cbc,
+        Digest::Sha256,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let rep = rep.unwrap();
+    assert_eq!((rep.status, &rep.signer), (PkiStatus::Success, &from_file));
+    d.daemon.shutdown().await;
+}
+
+#[test]
+fn a_token_ra_key_needs_the_module() {
+    let mut config = Config::load_default().unwrap();
+    config.scep.ra_key = "pkcs11:token=rampart;object=scep-ra".into();
+    let error = config.validate().unwrap_err().to_string();
+    assert!(
+        error.contains("scep.ra_key") && error.contains("pkcs11_module"),
+        "{error}"
+    );
+    assert_eq!(error.lines().count(), 1, "{error}");
+    config.scep.ra_key = "pkcs11:token=rampart;object=scep-ra?pin-value=1234".into();
+    config.ca.pkcs11_module = MODULE.into();
+    let error = config.validate().unwrap_err().to_string();
+    assert!(
+        error.contains("scep.ra_key") && !error.contains("1234"),
+        "{error}"
+    );
+    config.scep.ra_key = "pkcs11:token=rampart;object=scep-ra".into();
     config.validate().unwrap();
 }

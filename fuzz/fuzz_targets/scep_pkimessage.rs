@@ -57,7 +57,7 @@ fn whole(message: &[u8], profile: Profile) {
         }) => {
             let _ = cert_rep(ra, &reply_to, Reply::Failure(fail_info), now);
         }
-        Err(ReadError::Unreadable(_)) => {}
+        Err(ReadError::Unreadable(_) | ReadError::KeyUnavailable(_)) => {}
     }
     // Each layer on its own, past the points where `read` stops.
     if let Ok(signed) = SignedMessage::parse(message) {

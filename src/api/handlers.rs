@@ -26,18 +26,28 @@ use crate::pkix::{pem, pkcs7};
 use crate::policy::identity::may_manage;
 use crate::store::CertificateQuery;
 
-/// `GET /healthz`: 200 when the store answers and the built-in CA can sign; 503 with the
-/// CA's failure (a PKCS#11 token that stopped answering, a PIN it refused) when it cannot.
+/// `GET /healthz`: 200 when the store answers, the built-in CA can sign and the SCEP RA key
+/// can be used; 503 with the failure in `ca` / `scep_ra` (a PKCS#11 token that stopped
+/// answering, a PIN it refused) when one cannot.
 pub async fn healthz(State(state): State<AppState>) -> Result<Response, ApiError> {
     state
         .pipeline
         .with_store(|store| store.api_key_count())
         .await?;
+    let mut body = serde_json::json!({"status": "ok"});
     if let Err(reason) = state.pipeline.ca().health().await {
-        let body = serde_json::json!({"status": "unavailable", "ca": reason});
+        body["ca"] = reason.into();
+    }
+    if let Some(scep) = &state.scep {
+        if let Err(reason) = scep.health().await {
+            body["scep_ra"] = reason.into();
+        }
+    }
+    if body.get("ca").is_some() || body.get("scep_ra").is_some() {
+        body["status"] = "unavailable".into();
         return Ok((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response());
     }
-    Ok(Json(serde_json::json!({"status": "ok"})).into_response())
+    Ok(Json(body).into_response())
 }
 
 /// `GET /metrics`: Prometheus text format.

@@ -25,7 +25,7 @@ use time::{Duration, OffsetDateTime};
 use x509_cert::Certificate;
 
 use super::lint::Linter;
-use super::pkcs11::{PinSource, Pkcs11Error, Pkcs11Key, TokenKeySpec};
+use super::pkcs11::{KeyUsage, PinSource, Pkcs11Error, Pkcs11Key, TokenKeySpec};
 use super::{CaAdapter, CaError, CaSignature, CrlOrder, IssuanceOrder, IssuedCertificate, Serial};
 use crate::config::{CaConfig, ExtendedKeyUsage, KeyAlgorithm};
 use crate::files;
@@ -315,7 +315,8 @@ impl LocalCa {
         let issuing_key = match &token {
             None => CaKey::File(generate_key(config.key_algorithm)?),
             Some(spec) => {
-                let (key, generated) = Pkcs11Key::open_or_generate(spec, config.key_algorithm)?;
+                let (key, generated) =
+                    Pkcs11Key::open_or_generate(spec, config.key_algorithm.into(), KeyUsage::Sign)?;
                 if key.algorithm() != signature_algorithm(config.key_algorithm) {
                     return Err(LocalCaError::KeyLocation(format!(
                         "the token already holds {} as a {:?} key; set [ca] key_algorithm to match it",
@@ -381,7 +382,7 @@ impl LocalCa {
                 (CaKey::File(key), "issuing.key.pem".to_string())
             }
             Some(spec) => (
-                CaKey::Token(Box::new(Pkcs11Key::open(&spec)?)),
+                CaKey::Token(Box::new(Pkcs11Key::open(&spec, KeyUsage::Sign)?)),
                 spec.uri.to_string(),
             ),
         };

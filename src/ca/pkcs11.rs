@@ -17,8 +17,10 @@
 //! - The last failure is kept for `/healthz` ([`Pkcs11Key::check`]).
 //! - Signatures: ECDSA P-256 / P-384 as `CKM_ECDSA` over a SHA-256 / SHA-384 digest
 //!   computed here (aws-lc-rs), returned DER-encoded (ECDSA-Sig-Value, RFC 3279 §2.2.3);
-//!   RSA as `CKM_SHA256_RSA_PKCS` (PKCS#1 v1.5). Calls block: callers run them on a
-//!   blocking thread.
+//!   RSA as `CKM_SHA256_RSA_PKCS` (PKCS#1 v1.5; SHA-384 / SHA-512 on request,
+//!   [`Pkcs11Key::sign_rsa`]). Decryption, for an RSA key made to decrypt (the SCEP RA's,
+//!   [`KeyUsage::SignAndDecrypt`]), as `CKM_RSA_PKCS` ([`Pkcs11Key::decrypt`]). Calls
+//!   block: callers run them on a blocking thread.
 //! - A module is loaded and initialised (`C_Initialize`) once per process ([`module`]) and
 //!   shared by every key using it.
 //!
@@ -195,6 +197,45 @@ impl FromStr for Pkcs11Uri {
     }
 }
 
+impl Pkcs11Uri {
+    /// The same token, and the key labelled `label` (no `id`): where a new key of a series
+    /// goes (`object=scep-ra` → `object=scep-ra-1767225600`).
+    pub fn with_label(&self, label: &str) -> Pkcs11Uri {
+        let path = self.text["pkcs11:".len()..]
+            .split('?')
+            .next()
+            .unwrap_or_default();
+        let mut attributes: Vec<String> = path
+            .split(';')
+            .filter(|a| !a.is_empty())
+            .filter(|a| {
+                let name = a.split_once('=').map_or(*a, |(name, _)| name);
+                name != "object" && name != "id"
+            })
+            .map(str::to_string)
+            .collect();
+        attributes.push(format!("object={}", percent_encode(label)));
+        let mut uri = self.clone();
+        uri.object = Some(label.to_string());
+        uri.id = None;
+        uri.text = format!("pkcs11:{}", attributes.join(";"));
+        uri
+    }
+}
+
+/// RFC 3986 percent-encoding of everything but unreserved characters.
+fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 impl fmt::Display for Pkcs11Uri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
@@ -271,6 +312,16 @@ pub enum Pkcs11Error {
         /// The URI.
         uri: String,
     },
+    /// A key was to be generated under a label and/or id the token already holds.
+    #[error("the token already holds a key matching {uri}")]
+    KeyExists {
+        /// The URI.
+        uri: String,
+    },
+    /// The token could not decrypt a ciphertext while its session stayed usable: the
+    /// ciphertext is at fault (bad padding, wrong key, wrong length), not the token.
+    #[error("the token cannot decrypt this ciphertext ({0})")]
+    Undecryptable(String),
     /// The key is of a type or size rampart does not sign with.
     #[error("the key {uri} cannot be used: {reason}")]
     UnsupportedKey {
@@ -345,6 +396,12 @@ fn token_error(source: CkError) -> Pkcs11Error {
 }
 
 impl Pkcs11Error {
+    /// Whether the failure is about the input of an operation the token answered, which
+    /// says nothing about the token's health.
+    fn input_refused(&self) -> bool {
+        matches!(self, Pkcs11Error::Undecryptable(_))
+    }
+
     /// Whether a new session (and login) may cure it.
     fn session_lost(&self) -> bool {
         let Pkcs11Error::Token {
@@ -478,6 +535,62 @@ pub struct TokenKeySpec {
     pub pin: PinSource,
 }
 
+/// What a token key is for. Set as CKA_SIGN / CKA_DECRYPT when rampart generates the key,
+/// and checked when it opens one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUsage {
+    /// Signing only (a CA key): CKA_SIGN, and CKA_DECRYPT false when generated.
+    Sign,
+    /// Signing and RSA PKCS#1 v1.5 decryption (the SCEP RA key, which signs replies and
+    /// decrypts the requester's content-encryption key): CKA_SIGN and CKA_DECRYPT; RSA only.
+    SignAndDecrypt,
+}
+
+/// A key pair rampart generates in a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewKeyPair {
+    /// ECDSA on P-256.
+    EcdsaP256,
+    /// ECDSA on P-384.
+    EcdsaP384,
+    /// RSA with a modulus of `bits` (exponent 65537).
+    Rsa {
+        /// Modulus length: 2048 or more.
+        bits: u32,
+    },
+}
+
+impl From<KeyAlgorithm> for NewKeyPair {
+    fn from(algorithm: KeyAlgorithm) -> Self {
+        match algorithm {
+            KeyAlgorithm::EcdsaP256 => NewKeyPair::EcdsaP256,
+            KeyAlgorithm::EcdsaP384 => NewKeyPair::EcdsaP384,
+            KeyAlgorithm::Rsa3072 => NewKeyPair::Rsa { bits: 3072 },
+        }
+    }
+}
+
+/// The hash of an RSA PKCS#1 v1.5 signature made in the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RsaHash {
+    /// `CKM_SHA256_RSA_PKCS`.
+    Sha256,
+    /// `CKM_SHA384_RSA_PKCS`.
+    Sha384,
+    /// `CKM_SHA512_RSA_PKCS`.
+    Sha512,
+}
+
+impl RsaHash {
+    fn mechanism(self) -> Mechanism<'static> {
+        match self {
+            RsaHash::Sha256 => Mechanism::Sha256RsaPkcs,
+            RsaHash::Sha384 => Mechanism::Sha384RsaPkcs,
+            RsaHash::Sha512 => Mechanism::Sha512RsaPkcs,
+        }
+    }
+}
+
 /// What the token key is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -559,6 +672,79 @@ fn find_one(
     }
 }
 
+/// Generate a key pair `new` in the token, labelled (and identified) as `uri` says:
+/// private half sensitive, never extractable, signing — and decrypting only for
+/// [`KeyUsage::SignAndDecrypt`].
+fn generate_pair(
+    session: &Session,
+    uri: &Pkcs11Uri,
+    new: NewKeyPair,
+    usage: KeyUsage,
+) -> Result<(), Pkcs11Error> {
+    let Some(label) = &uri.object else {
+        return Err(Pkcs11Error::UnsupportedKey {
+            uri: uri.to_string(),
+            reason: "a key generated by rampart needs a label: add object=<label>".into(),
+        });
+    };
+    let decrypts = usage == KeyUsage::SignAndDecrypt;
+    if decrypts && !matches!(new, NewKeyPair::Rsa { .. }) {
+        return Err(Pkcs11Error::UnsupportedKey {
+            uri: uri.to_string(),
+            reason: "a key that decrypts is an RSA key".into(),
+        });
+    }
+    let mut public = vec![
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Verify(true),
+        Attribute::Encrypt(decrypts),
+        Attribute::Wrap(false),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ];
+    let mut private = vec![
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+        // A CA key signs and nothing else; the SCEP RA key also decrypts key transport.
+        Attribute::Decrypt(decrypts),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ];
+    if let Some(id) = &uri.id {
+        public.push(Attribute::Id(id.clone()));
+        private.push(Attribute::Id(id.clone()));
+    }
+    let mechanism = match new {
+        NewKeyPair::EcdsaP256 | NewKeyPair::EcdsaP384 => {
+            let kind = match new {
+                NewKeyPair::EcdsaP384 => Kind::EcdsaP384,
+                _ => Kind::EcdsaP256,
+            };
+            public.push(Attribute::EcParams(curve_params(kind)));
+            Mechanism::EccKeyPairGen
+        }
+        NewKeyPair::Rsa { bits } => {
+            if (bits as usize) < MIN_RSA_BITS {
+                return Err(Pkcs11Error::UnsupportedKey {
+                    uri: uri.to_string(),
+                    reason: format!("a {bits}-bit RSA key is too weak (at least {MIN_RSA_BITS})"),
+                });
+            }
+            public.push(Attribute::ModulusBits(u64::from(bits).into()));
+            public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
+            Mechanism::RsaPkcsKeyPairGen
+        }
+    };
+    session
+        .generate_key_pair(&mechanism, &public, &private)
+        .map_err(token_error)?;
+    Ok(())
+}
+
 /// CKA_EC_PARAMS of the curve: its OID, DER (RFC 5480 namedCurve).
 fn curve_params(kind: Kind) -> Vec<u8> {
     let oid = match kind {
@@ -569,79 +755,65 @@ fn curve_params(kind: Kind) -> Vec<u8> {
 }
 
 impl Pkcs11Key {
-    /// Open the key the spec names: find the token, log in, find the key pair.
-    pub fn open(spec: &TokenKeySpec) -> Result<Self, Pkcs11Error> {
+    /// Open the key the spec names for `usage`: find the token, log in, find the key pair.
+    pub fn open(spec: &TokenKeySpec, usage: KeyUsage) -> Result<Self, Pkcs11Error> {
         let context = module(&spec.module)?;
         let session = login_session(&context, spec, &mut Connection::default(), false)?;
-        Self::load(spec.clone(), context, session)
+        Self::load(spec.clone(), context, session, usage)
     }
 
-    /// Open the key the spec names, generating a key pair of `algorithm` in the token when
-    /// it holds none. Returns the key and whether it was generated now.
+    /// Open the key the spec names, generating a key pair `new` for `usage` in the token
+    /// when it holds none. Returns the key and whether it was generated now.
     pub fn open_or_generate(
         spec: &TokenKeySpec,
-        algorithm: KeyAlgorithm,
+        new: NewKeyPair,
+        usage: KeyUsage,
     ) -> Result<(Self, bool), Pkcs11Error> {
         let context = module(&spec.module)?;
         let session = login_session(&context, spec, &mut Connection::default(), true)?;
         let uri = &spec.uri;
         if find_one(&session, &key_template(ObjectClass::PRIVATE_KEY, uri), uri)?.is_some() {
-            return Ok((Self::load(spec.clone(), context, session)?, false));
+            return Ok((Self::load(spec.clone(), context, session, usage)?, false));
         }
-        let Some(label) = &uri.object else {
-            return Err(Pkcs11Error::UnsupportedKey {
-                uri: uri.to_string(),
-                reason: "a key generated by rampart needs a label: add object=<label>".into(),
-            });
-        };
-        let mut public = vec![
-            Attribute::Token(true),
-            Attribute::Private(false),
-            Attribute::Verify(true),
-            Attribute::Encrypt(false),
-            Attribute::Wrap(false),
-            Attribute::Label(label.as_bytes().to_vec()),
-        ];
-        let mut private = vec![
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Sign(true),
-            // A CA key signs; nothing else.
-            Attribute::Decrypt(false),
-            Attribute::Unwrap(false),
-            Attribute::Derive(false),
-            Attribute::Label(label.as_bytes().to_vec()),
-        ];
-        if let Some(id) = &uri.id {
-            public.push(Attribute::Id(id.clone()));
-            private.push(Attribute::Id(id.clone()));
+        generate_pair(&session, uri, new, usage)?;
+        Ok((Self::load(spec.clone(), context, session, usage)?, true))
+    }
+
+    /// Generate a key pair `new` for `usage` under the spec's label (and id), which must be
+    /// free: a key the token already holds there is [`Pkcs11Error::KeyExists`], never
+    /// reused.
+    pub fn generate(
+        spec: &TokenKeySpec,
+        new: NewKeyPair,
+        usage: KeyUsage,
+    ) -> Result<Self, Pkcs11Error> {
+        let context = module(&spec.module)?;
+        let session = login_session(&context, spec, &mut Connection::default(), true)?;
+        let uri = &spec.uri;
+        // Public keys count too: a stray one under the label would be paired with ours.
+        for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
+            if !session
+                .find_objects(&key_template(class, uri))
+                .map_err(token_error)?
+                .is_empty()
+            {
+                return Err(Pkcs11Error::KeyExists {
+                    uri: uri.to_string(),
+                });
+            }
         }
-        let mechanism = match algorithm {
-            KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 => {
-                let kind = match algorithm {
-                    KeyAlgorithm::EcdsaP384 => Kind::EcdsaP384,
-                    _ => Kind::EcdsaP256,
-                };
-                public.push(Attribute::EcParams(curve_params(kind)));
-                Mechanism::EccKeyPairGen
-            }
-            KeyAlgorithm::Rsa3072 => {
-                public.push(Attribute::ModulusBits(3072u64.into()));
-                public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
-                Mechanism::RsaPkcsKeyPairGen
-            }
-        };
-        session
-            .generate_key_pair(&mechanism, &public, &private)
-            .map_err(token_error)?;
-        Ok((Self::load(spec.clone(), context, session)?, true))
+        generate_pair(&session, uri, new, usage)?;
+        Self::load(spec.clone(), context, session, usage)
     }
 
     /// The key pair `spec` names, read through the logged-in `session`, which stays open as
     /// the key's live session.
-    fn load(spec: TokenKeySpec, context: Pkcs11, session: Session) -> Result<Self, Pkcs11Error> {
+    fn load(
+        spec: TokenKeySpec,
+        context: Pkcs11,
+        session: Session,
+        usage: KeyUsage,
+    ) -> Result<Self, Pkcs11Error> {
         let uri = &spec.uri;
         let private = find_one(&session, &key_template(ObjectClass::PRIVATE_KEY, uri), uri)?
             .ok_or_else(|| Pkcs11Error::NoKey {
@@ -656,7 +828,14 @@ impl Pkcs11Key {
             reason,
         };
         let attributes = session
-            .get_attributes(private, &[AttributeType::KeyType, AttributeType::Sign])
+            .get_attributes(
+                private,
+                &[
+                    AttributeType::KeyType,
+                    AttributeType::Sign,
+                    AttributeType::Decrypt,
+                ],
+            )
             .map_err(token_error)?;
         let mut key_type = None;
         for attribute in attributes {
@@ -667,8 +846,18 @@ impl Pkcs11Key {
                         "the private key may not sign (CKA_SIGN false)".into(),
                     ))
                 }
+                Attribute::Decrypt(false) if usage == KeyUsage::SignAndDecrypt => {
+                    return Err(unsupported(
+                        "the private key may not decrypt (CKA_DECRYPT false)".into(),
+                    ))
+                }
                 _ => {}
             }
+        }
+        if usage == KeyUsage::SignAndDecrypt && key_type != Some(KeyType::RSA) {
+            return Err(unsupported(format!(
+                "key type {key_type:?}: a key that decrypts must be RSA"
+            )));
         }
         let (kind, public_key) = match key_type {
             Some(t) if t == KeyType::EC => {
@@ -789,18 +978,83 @@ impl Pkcs11Key {
         })
     }
 
+    /// Sign `message` in the token with RSA PKCS#1 v1.5 over `hash` (an RSA key only).
+    /// Blocks.
+    pub fn sign_rsa(&self, hash: RsaHash, message: &[u8]) -> Result<Vec<u8>, Pkcs11Error> {
+        self.require_rsa()?;
+        let mechanism = hash.mechanism();
+        self.with_session(|session, key| {
+            session.sign(&mechanism, key, message).map_err(token_error)
+        })
+    }
+
+    /// Decrypt an RSA PKCS#1 v1.5 ciphertext (`CKM_RSA_PKCS`) in the token (an RSA key
+    /// opened for [`KeyUsage::SignAndDecrypt`]). A ciphertext the token cannot decrypt is
+    /// [`Pkcs11Error::Undecryptable`], which neither counts as a token failure nor is
+    /// retried. Blocks.
+    pub fn decrypt(&self, ciphertext: &[u8]) -> Result<Vec<u8>, Pkcs11Error> {
+        self.require_rsa()?;
+        let modulus = self.rsa_modulus_len();
+        if ciphertext.len() != modulus {
+            return Err(Pkcs11Error::Undecryptable(format!(
+                "{} bytes for a {}-byte modulus",
+                ciphertext.len(),
+                modulus
+            )));
+        }
+        self.with_session(|session, key| {
+            match session.decrypt(&Mechanism::RsaPkcs, key, ciphertext) {
+                Ok(plain) => Ok(plain),
+                Err(CkError::Pkcs11(
+                    rv @ (RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange),
+                    _,
+                )) => Err(Pkcs11Error::Undecryptable(return_value(&rv))),
+                Err(error) => {
+                    // Some tokens (SoftHSM2) answer bad padding with CKR_GENERAL_ERROR. If
+                    // the session is still logged in afterwards, the token is fine and the
+                    // ciphertext was at fault; otherwise the session is renewed and retried.
+                    let error = token_error(error);
+                    if error.session_lost() && logged_in(session) {
+                        Err(Pkcs11Error::Undecryptable(describe_token_error(&error)))
+                    } else {
+                        Err(error)
+                    }
+                }
+            }
+        })
+    }
+
+    fn require_rsa(&self) -> Result<(), Pkcs11Error> {
+        if self.kind == Kind::Rsa {
+            return Ok(());
+        }
+        Err(Pkcs11Error::UnsupportedKey {
+            uri: self.spec.uri.to_string(),
+            reason: "RSA signatures and decryption need an RSA key".into(),
+        })
+    }
+
+    /// Length of the RSA modulus in bytes (0 for other keys).
+    fn rsa_modulus_len(&self) -> usize {
+        use der::Decode as _;
+        pkcs1::RsaPublicKey::from_der(&self.public_key)
+            .map(|key| key.modulus.as_bytes().len())
+            .unwrap_or(0)
+    }
+
     /// Probe the token: the session is open and logged in (re-opening and logging in again
     /// when not, as signing would). Blocks.
     pub fn check(&self) -> Result<(), Pkcs11Error> {
         self.with_session(|session, _| {
-            let info = session.get_session_info().map_err(token_error)?;
-            match info.session_state() {
-                SessionState::RoUser | SessionState::RwUser => Ok(()),
-                _ => Err(token_error(CkError::Pkcs11(
-                    RvError::UserNotLoggedIn,
-                    Function::GetSessionInfo,
-                ))),
+            if logged_in(session) {
+                return Ok(());
             }
+            // The session's own error when it has one (closed, device gone), else this.
+            session.get_session_info().map_err(token_error)?;
+            Err(token_error(CkError::Pkcs11(
+                RvError::UserNotLoggedIn,
+                Function::GetSessionInfo,
+            )))
         })
     }
 
@@ -842,6 +1096,14 @@ impl Pkcs11Key {
                         tracing::info!(uri = %self.spec.uri, "PKCS#11 token usable again");
                     }
                     return Ok(value);
+                }
+                // The token answered; the input was wrong. Not the token's failure.
+                Err(error) if error.input_refused() => {
+                    if connection.last_error.take().is_some() {
+                        tracing::info!(uri = %self.spec.uri, "PKCS#11 token usable again");
+                    }
+                    tracing::debug!(uri = %self.spec.uri, %error, "PKCS#11 token refused the input");
+                    return Err(error);
                 }
                 Err(error) if error.session_lost() && attempt < MAX_ATTEMPTS => {
                     tracing::warn!(uri = %self.spec.uri, %error, attempt,
@@ -971,6 +1233,24 @@ fn find_slot(context: &Pkcs11, uri: &Pkcs11Uri) -> Result<Slot, Pkcs11Error> {
     }
 }
 
+/// Whether `session` is open and its user logged in.
+fn logged_in(session: &Session) -> bool {
+    session.get_session_info().is_ok_and(|info| {
+        matches!(
+            info.session_state(),
+            SessionState::RoUser | SessionState::RwUser
+        )
+    })
+}
+
+/// `CKR_GENERAL_ERROR` (the return value alone) for a token error, the whole text else.
+fn describe_token_error(error: &Pkcs11Error) -> String {
+    match error {
+        Pkcs11Error::Token { source, .. } => describe(source),
+        other => other.to_string(),
+    }
+}
+
 /// The uncompressed point from CKA_EC_POINT, which tokens give DER-wrapped in an OCTET
 /// STRING (as the specification asks) or, some of them, raw.
 fn ec_point(kind: Kind, value: &[u8]) -> Option<Vec<u8>> {
@@ -1056,6 +1336,22 @@ mod tests {
         let uri: Pkcs11Uri = "pkcs11:slot-id=7;object=ca".parse().unwrap();
         assert_eq!(uri.slot_id, Some(7));
         assert_eq!(uri.to_string(), "pkcs11:slot-id=7;object=ca");
+    }
+
+    #[test]
+    fn a_new_label_keeps_the_token_and_drops_the_id() {
+        let uri: Pkcs11Uri = "pkcs11:token=My%20Token;object=scep-ra;id=%01;serial=42"
+            .parse()
+            .unwrap();
+        let next = uri.with_label("scep-ra-1767225600");
+        assert_eq!(
+            next.to_string(),
+            "pkcs11:token=My%20Token;serial=42;object=scep-ra-1767225600"
+        );
+        assert_eq!(next, next.to_string().parse().unwrap());
+        let odd = uri.with_label("ra key;1");
+        assert_eq!(odd.object.as_deref(), Some("ra key;1"));
+        assert_eq!(odd, odd.to_string().parse().unwrap());
     }
 
     #[test]

@@ -193,31 +193,38 @@ impl CaConfig {
     /// with `pkcs11_module` set. The URI's own grammar is checked where the key is opened
     /// (`ca::pkcs11`).
     fn check_key_location(&self) -> Result<(), String> {
-        if self.key.is_empty() {
-            return Ok(());
-        }
-        let Some(rest) = self.key.strip_prefix("pkcs11:") else {
-            return Err(
-                "must be empty (key files in <data_dir>/ca/) or an RFC 7512 pkcs11: URI".into(),
-            );
-        };
-        let names = rest.split([';', '?', '&']).map(|attribute| {
-            attribute
-                .split_once('=')
-                .map_or(attribute, |(name, _)| name)
-        });
-        for name in names {
-            if name == "pin-value" || name == "pin-source" {
-                return Err(format!(
-                    "`{name}` would put the token PIN in the configuration; use ca.pin_file or the RAMPART_PKCS11_PIN environment variable"
-                ));
-            }
-        }
-        if self.pkcs11_module.is_empty() {
-            return Err("a pkcs11: key needs ca.pkcs11_module (the PKCS#11 library)".into());
-        }
-        Ok(())
+        check_pkcs11_key(&self.key, &self.pkcs11_module)
     }
+}
+
+/// A private key's location: empty (a key file in `<data_dir>/ca/`) or a `pkcs11:` URI that
+/// carries no PIN (`pin-value`, `pin-source`), with `[ca] pkcs11_module` set. The URI's own
+/// grammar is checked where the key is opened (`ca::pkcs11`).
+fn check_pkcs11_key(key: &str, pkcs11_module: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Ok(());
+    }
+    let Some(rest) = key.strip_prefix("pkcs11:") else {
+        return Err(
+            "must be empty (key files in <data_dir>/ca/) or an RFC 7512 pkcs11: URI".into(),
+        );
+    };
+    let names = rest.split([';', '?', '&']).map(|attribute| {
+        attribute
+            .split_once('=')
+            .map_or(attribute, |(name, _)| name)
+    });
+    for name in names {
+        if name == "pin-value" || name == "pin-source" {
+            return Err(format!(
+                "`{name}` would put the token PIN in the configuration; use ca.pin_file or the RAMPART_PKCS11_PIN environment variable"
+            ));
+        }
+    }
+    if pkcs11_module.is_empty() {
+        return Err("a pkcs11: key needs ca.pkcs11_module (the PKCS#11 library)".into());
+    }
+    Ok(())
 }
 
 /// Name of the built-in CA, the one templates use unless they name another (`ca`).
@@ -813,6 +820,11 @@ pub struct ScepConfig {
     pub listen: SocketAddr,
     /// Lifetime of the RA certificate made when none exists, in days.
     pub ra_validity_days: u32,
+    /// Where the RA's RSA key lives: empty = a key file in `<data_dir>/ca/`; an RFC 7512
+    /// `pkcs11:` URI = a key in the PKCS#11 token of `[ca] pkcs11_module` (PIN from
+    /// `[ca] pin_file` or `RAMPART_PKCS11_PIN`), which decrypts requests and signs replies.
+    #[serde(default)]
+    pub ra_key: String,
     /// `[scep.profiles.<name>]`; `default` serves `/scep`.
     pub profiles: BTreeMap<String, ScepProfileConfig>,
 }
@@ -1167,6 +1179,9 @@ impl Config {
         }
         if let Err(reason) = self.ca.check_key_location() {
             return Err(bad("ca.key".into(), &reason));
+        }
+        if let Err(reason) = check_pkcs11_key(&self.scep.ra_key, &self.ca.pkcs11_module) {
+            return Err(bad("scep.ra_key".into(), &reason));
         }
         for (key, url) in [
             ("ca.crl_url", &self.ca.crl_url),

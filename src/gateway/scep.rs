@@ -1,22 +1,27 @@
 //! [`rampart_scep::ScepBackend`] for the daemon: the RA identity (an RSA key and a
-//! certificate from the CA, kept in `<data_dir>/ca/`), challenge passwords (a profile's
-//! static one, argon2-hashed in the config, and one-time challenges minted over the API,
-//! stored hashed and consumed on use), renewals signed by a certificate rampart issued,
-//! transactions remembered so a re-sent or polled transactionID gets the same answer, and
-//! enrollment through the one pipeline.
+//! certificate from the CA, kept in `<data_dir>/ca/`, or with `[scep] ra_key` the key in a
+//! PKCS#11 token that signs and decrypts there, see [`ensure_ra`]), challenge passwords (a
+//! profile's static one, argon2-hashed in the config, and one-time challenges minted over
+//! the API, stored hashed and consumed on use), renewals signed by a certificate rampart
+//! issued, transactions remembered so a re-sent or polled transactionID gets the same
+//! answer, and enrollment through the one pipeline.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use der::{Decode, Encode};
+use rampart_scep::crypto::{CryptoError, Digest, RsaPrivateKey};
 use rampart_scep::{Answer, CertificateId, Enrollment, FailInfo, MessageType, Ra, ScepBackend};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::config::ScepProfileConfig;
+use crate::ca::pkcs11::{
+    KeyUsage, NewKeyPair, PinSource, Pkcs11Error, Pkcs11Key, RsaHash, TokenKeySpec,
+};
+use crate::config::{Config, ScepProfileConfig};
 use crate::files;
 use crate::gateway::passwords::PasswordChecker;
 use crate::lifecycle::crl::Crls;
@@ -47,6 +52,28 @@ fn ra_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
     (dir.join("scep-ra.cert.pem"), dir.join("scep-ra.key.pem"))
 }
 
+/// With the RA key in a PKCS#11 token: which token key is the RA's now.
+fn ra_record_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("ca").join("scep-ra.json")
+}
+
+/// The RA key rampart generates: RSA-2048, which every SCEP client encrypts to.
+const RA_KEY_BITS: u32 = 2048;
+
+/// Label stem of rotated token keys when `[scep] ra_key` names its key by `id` only.
+const DEFAULT_RA_LABEL: &str = "scep-ra";
+
+/// `<data_dir>/ca/scep-ra.json`, written when the RA key is in a token: the `[scep] ra_key`
+/// it follows, and the key in use — that URI itself at first, a rotated
+/// `<object>-<unix time>` after [`rotate_ra`]. Holds no secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct TokenRaRecord {
+    /// `[scep] ra_key` when the key was chosen.
+    configured: String,
+    /// The `pkcs11:` URI of the current RA key.
+    key: String,
+}
+
 /// Why the RA could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum RaError {
@@ -64,32 +91,222 @@ pub enum RaError {
     /// Issuing its certificate failed.
     #[error("issuing the SCEP RA certificate: {0}")]
     Issue(#[from] PipelineError),
+    /// The PKCS#11 token that holds (or is to hold) the RA key failed or refused it.
+    #[error("SCEP RA key in the PKCS#11 token: {0}")]
+    Token(#[from] Pkcs11Error),
+    /// The RA key does not work as the RA certificate's key (or could not be reached).
+    #[error("SCEP RA key: {0}")]
+    Key(#[from] CryptoError),
+    /// The blocking task that used the key did not finish (it panicked).
+    #[error("the SCEP RA key task failed: {0}")]
+    Task(String),
 }
 
-/// Load the RA from `<data_dir>/ca/`, or make one (RSA-2048 key, certificate from the CA)
-/// when there is none, or when its certificate has less than a third of its life left.
+/// The RA key in a PKCS#11 token as the SCEP crate's [`RsaPrivateKey`]: the token signs
+/// CertReps and decrypts the requester's content-encryption key; every call blocks, so the
+/// SCEP handlers make it on a blocking thread.
+#[derive(Debug)]
+struct TokenRaKey(Pkcs11Key);
+
+impl RsaPrivateKey for TokenRaKey {
+    fn sign(&self, digest: Digest, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let hash = match digest {
+            Digest::Sha256 => RsaHash::Sha256,
+            Digest::Sha384 => RsaHash::Sha384,
+            Digest::Sha512 => RsaHash::Sha512,
+            Digest::Sha1 => return Err(CryptoError::UnsupportedAlgorithm("SHA-1 signing".into())),
+        };
+        self.0
+            .sign_rsa(hash, message)
+            .map_err(|e| CryptoError::KeyUnavailable(e.to_string()))
+    }
+
+    fn decrypt(&self, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.0.decrypt(ciphertext).map_err(|e| match e {
+            Pkcs11Error::Undecryptable(_) => CryptoError::Decrypt,
+            e => CryptoError::KeyUnavailable(e.to_string()),
+        })
+    }
+
+    fn blocks(&self) -> bool {
+        true
+    }
+
+    fn check(&self) -> Result<(), CryptoError> {
+        self.0
+            .check()
+            .map_err(|e| CryptoError::KeyUnavailable(e.to_string()))
+    }
+}
+
+/// Where `[scep] ra_key` puts the RA key: `None` for the key file, else the token key
+/// (module and PIN from `[ca]`: one token configuration for the daemon).
+fn ra_token_spec(config: &Config) -> Result<Option<TokenKeySpec>, RaError> {
+    let uri = &config.scep.ra_key;
+    if uri.is_empty() {
+        return Ok(None);
+    }
+    if config.ca.pkcs11_module.is_empty() {
+        return Err(RaError::Invalid(format!(
+            "scep.ra_key is {uri}: set [ca] pkcs11_module to the token's PKCS#11 library"
+        )));
+    }
+    Ok(Some(TokenKeySpec {
+        module: PathBuf::from(&config.ca.pkcs11_module),
+        uri: uri.parse().map_err(Pkcs11Error::Uri)?,
+        pin: PinSource::from_config(&config.ca.pin_file),
+    }))
+}
+
+/// Token calls block: run them off the async runtime.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RaError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| RaError::Task(e.to_string()))
+}
+
+/// Whether the RA certificate has at least a third of its life left.
+fn fresh(pipeline: &Pipeline, ra: &Ra) -> bool {
+    let validity = &ra.certificate.tbs_certificate.validity;
+    let (from, to) = (
+        validity.not_before.to_unix_duration().as_secs() as i64,
+        validity.not_after.to_unix_duration().as_secs() as i64,
+    );
+    let now = pipeline.clock().now().unix_timestamp();
+    to > now && (to - now) * 3 > (to - from)
+}
+
+fn read_record(data_dir: &Path) -> Result<Option<TokenRaRecord>, RaError> {
+    let path = ra_record_path(data_dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| RaError::Invalid(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(RaError::Io {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// The first certificate of the RA certificate file, if there is one.
+fn read_ra_certificate(cert_path: &Path) -> Option<Vec<u8>> {
+    let text = std::fs::read_to_string(cert_path).ok()?;
+    pem::decode_certificates(&text).ok()?.into_iter().next()
+}
+
+/// Load the RA, or make one (RSA-2048 key, certificate from the CA) when there is none, or
+/// when its certificate has less than a third of its life left. With `[scep] ra_key`
+/// unset the key is `<data_dir>/ca/scep-ra.key.pem`; with a `pkcs11:` URI it is in the
+/// token, generated there on first use, and no key file is written.
 pub async fn ensure_ra(pipeline: &Pipeline, data_dir: &Path) -> Result<Ra, RaError> {
+    let token = ra_token_spec(&pipeline.config())?;
+    match token {
+        None => ensure_file_ra(pipeline, data_dir).await,
+        Some(spec) => ensure_token_ra(pipeline, data_dir, spec).await,
+    }
+}
+
+async fn ensure_file_ra(pipeline: &Pipeline, data_dir: &Path) -> Result<Ra, RaError> {
     let (cert_path, key_path) = ra_paths(data_dir);
     // An RA key others can read is refused, not silently replaced: the operator decides.
     files::check_secret_permissions_if_present(&key_path)
         .map_err(|e| RaError::Invalid(e.to_string()))?;
+    if ra_record_path(data_dir).exists() {
+        // The certificate is a token key's: the RA moves (back) to a key file.
+        tracing::info!(
+            "[scep] ra_key is empty: the SCEP RA moves from the PKCS#11 token to a key file"
+        );
+        return rotate_ra(pipeline, data_dir, "rampart").await;
+    }
     if let (Ok(chain), Ok(key)) = (
         std::fs::read_to_string(&cert_path),
         std::fs::read_to_string(&key_path),
     ) {
         let ra = read_ra(&chain, &key)
             .map_err(|e| RaError::Invalid(format!("{}: {e}", cert_path.display())))?;
-        let validity = &ra.certificate.tbs_certificate.validity;
-        let (from, to) = (
-            validity.not_before.to_unix_duration().as_secs() as i64,
-            validity.not_after.to_unix_duration().as_secs() as i64,
-        );
-        let now = pipeline.clock().now().unix_timestamp();
-        if to > now && (to - now) * 3 > (to - from) {
+        if fresh(pipeline, &ra) {
             return Ok(ra);
         }
     }
     rotate_ra(pipeline, data_dir, "rampart").await
+}
+
+/// The RA with its key in the token: the key `scep-ra.json` names when it follows the
+/// configured `ra_key`, else the configured key itself (generated when the token holds
+/// none); a certificate is issued when the one on disk is not that key's or is stale.
+async fn ensure_token_ra(
+    pipeline: &Pipeline,
+    data_dir: &Path,
+    spec: TokenKeySpec,
+) -> Result<Ra, RaError> {
+    let (cert_path, key_path) = ra_paths(data_dir);
+    if key_path.exists() {
+        tracing::warn!(path = %key_path.display(),
+            "the SCEP RA key is in the PKCS#11 token ([scep] ra_key); this key file is no longer used and may be deleted");
+    }
+    let configured = spec.uri.to_string();
+    let current = read_record(data_dir)?
+        .filter(|record| record.configured == configured)
+        .map(|record| record.key.parse().map_err(Pkcs11Error::Uri))
+        .transpose()?;
+    let Some(current) = current else {
+        // First use of this `ra_key`: its key, generated in the token when it holds none.
+        let (key, generated) = blocking(move || {
+            Pkcs11Key::open_or_generate(
+                &spec,
+                NewKeyPair::Rsa { bits: RA_KEY_BITS },
+                KeyUsage::SignAndDecrypt,
+            )
+        })
+        .await??;
+        tracing::info!(uri = %configured, generated, "SCEP RA key in the PKCS#11 token");
+        let new = NewRaKey::Token {
+            key: Arc::new(TokenRaKey(key)),
+            configured,
+            previous: None,
+        };
+        return install_ra(pipeline, data_dir, "rampart", new).await;
+    };
+    let current_spec = TokenKeySpec {
+        uri: current,
+        ..spec
+    };
+    let key = match blocking(move || Pkcs11Key::open(&current_spec, KeyUsage::SignAndDecrypt))
+        .await?
+    {
+        Ok(key) => key,
+        Err(error @ Pkcs11Error::NoKey { .. }) => {
+            let record = ra_record_path(data_dir);
+            return Err(RaError::Invalid(format!(
+                "{error}, which {} names as the current SCEP RA key; delete {} to start over from [scep] ra_key",
+                record.display(),
+                record.display()
+            )));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let key = Arc::new(TokenRaKey(key));
+    if let Some(certificate) = read_ra_certificate(&cert_path) {
+        let probe = key.clone();
+        match blocking(move || Ra::with_key(certificate, probe)).await? {
+            Ok(ra) if fresh(pipeline, &ra) => return Ok(ra),
+            Ok(_) => return rotate_ra(pipeline, data_dir, "rampart").await,
+            Err(error @ CryptoError::KeyUnavailable(_)) => return Err(error.into()),
+            // A start interrupted between recording a new key and writing its certificate.
+            Err(error) => tracing::warn!(%error, path = %cert_path.display(),
+                "the SCEP RA certificate is not the token key's: issuing one for it"),
+        }
+    }
+    let new = NewRaKey::Token {
+        key,
+        configured,
+        previous: None,
+    };
+    install_ra(pipeline, data_dir, "rampart", new).await
 }
 
 fn read_ra(chain_pem: &str, key_pem: &str) -> Result<Ra, String> {
@@ -102,29 +319,143 @@ fn read_ra(chain_pem: &str, key_pem: &str) -> Result<Ra, String> {
     Ra::new(certificate, &key.serialize_der()).map_err(|e| e.to_string())
 }
 
-/// Make a new RA key and certificate, replacing the files; audited.
+/// Make a new RA key and certificate; audited. With the key in a token, the new key is
+/// generated there under `<object>-<unix time>` (the configured `ra_key`'s label, or
+/// `scep-ra`) and recorded as current in `scep-ra.json`; the previous key stays in the
+/// token, for the operator to delete.
 pub async fn rotate_ra(pipeline: &Pipeline, data_dir: &Path, actor: &str) -> Result<Ra, RaError> {
-    let key = tokio::task::spawn_blocking(|| {
-        rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
-    })
-    .await
-    .map_err(|e| RaError::Invalid(e.to_string()))?
-    .map_err(|e| RaError::Invalid(e.to_string()))?;
+    let token = ra_token_spec(&pipeline.config())?;
+    let new = match token {
+        None => {
+            let key = blocking(|| {
+                rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+            })
+            .await?
+            .map_err(|e| RaError::Invalid(e.to_string()))?;
+            NewRaKey::File(key)
+        }
+        Some(spec) => {
+            let configured = spec.uri.to_string();
+            let previous = read_record(data_dir)?
+                .filter(|record| record.configured == configured)
+                .map(|record| record.key);
+            let now = pipeline.clock().now().unix_timestamp();
+            let key = blocking(move || generate_rotated(&spec, now)).await??;
+            NewRaKey::Token {
+                key: Arc::new(TokenRaKey(key)),
+                configured,
+                previous,
+            }
+        }
+    };
+    install_ra(pipeline, data_dir, actor, new).await
+}
+
+/// A fresh RA key in the token, labelled `<object>-<now>` (`-<n>` appended when a rotation
+/// in the same second took that label).
+fn generate_rotated(spec: &TokenKeySpec, now: i64) -> Result<Pkcs11Key, Pkcs11Error> {
+    let stem = spec
+        .uri
+        .object
+        .clone()
+        .unwrap_or_else(|| DEFAULT_RA_LABEL.to_string());
+    let mut n = 0;
+    loop {
+        let label = match n {
+            0 => format!("{stem}-{now}"),
+            n => format!("{stem}-{now}-{n}"),
+        };
+        let candidate = TokenKeySpec {
+            uri: spec.uri.with_label(&label),
+            ..spec.clone()
+        };
+        match Pkcs11Key::generate(
+            &candidate,
+            NewKeyPair::Rsa { bits: RA_KEY_BITS },
+            KeyUsage::SignAndDecrypt,
+        ) {
+            Err(Pkcs11Error::KeyExists { .. }) if n < 7 => n += 1,
+            other => return other,
+        }
+    }
+}
+
+/// The key a new RA certificate is issued for.
+enum NewRaKey {
+    /// A key generated now, to be written to `scep-ra.key.pem`.
+    File(rcgen::KeyPair),
+    /// A key in the token, to be recorded in `scep-ra.json` as current for `configured`.
+    Token {
+        key: Arc<TokenRaKey>,
+        configured: String,
+        /// The key it replaces (audited; it stays in the token).
+        previous: Option<String>,
+    },
+}
+
+/// Have the CA issue the RA certificate for `new`, check the key against it, then write
+/// the files (the key file or the token record, then the certificate) and audit.
+async fn install_ra(
+    pipeline: &Pipeline,
+    data_dir: &Path,
+    actor: &str,
+    new: NewRaKey,
+) -> Result<Ra, RaError> {
     use rcgen::PublicKeyData;
+    let public_key = match &new {
+        NewRaKey::File(key) => key.der_bytes().to_vec(),
+        NewRaKey::Token { key, .. } => key.0.der_bytes().to_vec(),
+    };
+    let bits = {
+        use der::Decode as _;
+        pkcs1::RsaPublicKey::from_der(&public_key)
+            .map(|key| key.modulus.as_bytes().len() * 8)
+            .map_err(|e| RaError::Invalid(format!("the RA public key: {e}")))?
+    };
     let record = pipeline
         .issue_internal(
             InternalPurpose::ScepRa,
-            key.der_bytes().to_vec(),
-            KeyType::Rsa { bits: 2048 },
+            public_key,
+            KeyType::Rsa { bits: bits as u32 },
             pipeline.config().scep.ra_validity_days,
         )
         .await?;
     let (cert_path, key_path) = ra_paths(data_dir);
+    let record_path = ra_record_path(data_dir);
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |source| RaError::Io { path, source }
     };
-    files::write_secret(&key_path, key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
+    let (ra, details) = match new {
+        NewRaKey::File(key) => {
+            let ra = Ra::new(record.der.clone(), &key.serialize_der())?;
+            files::write_secret(&key_path, key.serialize_pem().as_bytes())
+                .map_err(io(&key_path))?;
+            if record_path.exists() {
+                std::fs::remove_file(&record_path).map_err(io(&record_path))?;
+            }
+            (ra, json!({ "certificate": cert_path, "key": key_path }))
+        }
+        NewRaKey::Token {
+            key,
+            configured,
+            previous,
+        } => {
+            let uri = key.0.uri().to_string();
+            let der = record.der.clone();
+            let ra = blocking(move || Ra::with_key(der, key)).await??;
+            let text = serde_json::to_string_pretty(&TokenRaRecord {
+                configured,
+                key: uri.clone(),
+            })
+            .expect("the record serializes");
+            files::write_public(&record_path, text.as_bytes()).map_err(io(&record_path))?;
+            (
+                ra,
+                json!({ "certificate": cert_path, "key": uri, "previous_key": previous }),
+            )
+        }
+    };
     let mut chain = vec![record.der.as_slice()];
     chain.extend(record.chain.iter().map(Vec::as_slice));
     files::write_public(&cert_path, pem::encode_certificates(chain).as_bytes())
@@ -139,14 +470,14 @@ pub async fn rotate_ra(pipeline: &Pipeline, data_dir: &Path, actor: &str) -> Res
         rule: None,
         reason: "SCEP RA key and certificate issued".into(),
         subject: Some(record.serial.clone()),
-        details: json!({ "certificate": cert_path }),
+        details,
     };
     pipeline
         .with_store(move |store| store.append_audit(&audit))
         .await
         .map_err(|e| RaError::Invalid(e.to_string()))?;
     tracing::info!(serial = %record.serial, "issued the SCEP RA certificate");
-    Ra::new(record.der, &key.serialize_der()).map_err(|e| RaError::Invalid(e.to_string()))
+    Ok(ra)
 }
 
 /// A one-time challenge as stored (under the SHA-256 of its text, never the text).
@@ -305,6 +636,20 @@ impl Backend {
             rampart_acme::ari::serial_hex(ra.certificate.tbs_certificate.serial_number.as_bytes());
         *self.ra.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ra);
         Ok(serial)
+    }
+
+    /// Whether the RA key can be used now: a key in a PKCS#11 token is probed (re-opening
+    /// the session and logging in again when needed, as an enrollment would); a key file
+    /// always can. Reported by `/healthz`.
+    pub async fn health(&self) -> Result<(), String> {
+        let ra = rampart_scep::ScepBackend::ra(self);
+        if !ra.key.blocks() {
+            return ra.key.check().map_err(|e| e.to_string());
+        }
+        tokio::task::spawn_blocking(move || ra.key.check())
+            .await
+            .map_err(|e| format!("the SCEP RA key probe failed: {e}"))?
+            .map_err(|e| e.to_string())
     }
 
     fn profile_config(&self, profile: &str) -> Option<ScepProfileConfig> {

@@ -2,6 +2,10 @@
 //! signatures and key transport, and the CBC content ciphers (AES, and DES / 3DES for the
 //! legacy clients that still send them). Nothing here is hand-written crypto; this module
 //! maps SCEP's algorithm identifiers to the library's algorithms.
+//!
+//! The RA's private-key operations go through one trait, [`RsaPrivateKey`]: [`RsaKey`] holds
+//! the key in memory, and an embedder implements the trait for a key it keeps elsewhere (the
+//! daemon's PKCS#11 token), so the protocol code never knows where the key is.
 
 // DES and 3DES are deprecated in aws-lc-rs, rightly; SCEP clients in the field still send
 // them, and a profile refuses single DES with `legacy_algorithms = false`.
@@ -40,6 +44,10 @@ pub enum CryptoError {
     /// Signing or encryption failed.
     #[error("{0} failed")]
     Operation(&'static str),
+    /// The key is held elsewhere (an HSM) and that holder could not be reached or failed;
+    /// the request itself may be fine. The text says why.
+    #[error("the RA key is unavailable: {0}")]
+    KeyUnavailable(String),
 }
 
 /// A message digest algorithm (SignerInfo `digestAlgorithm`).
@@ -177,8 +185,57 @@ pub fn rsa_encrypt(spki_der: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoE
     Ok(out)
 }
 
-/// An RSA private key that signs (PKCS#1 v1.5) and decrypts key transport: the RA's, or a
-/// requester's on the client side.
+/// The private half of an RSA key pair as SCEP uses it: PKCS#1 v1.5 signatures over
+/// SignerInfo attributes, and PKCS#1 v1.5 decryption of the key-transport recipient's
+/// encrypted content-encryption key (RFC 8894 §3.2, RFC 5652 §6.2.1).
+///
+/// [`RsaKey`] is the in-memory implementation. An embedder whose key lives in a device (a
+/// PKCS#11 token) implements it there and says so with [`RsaPrivateKey::blocks`]: the server
+/// then runs every operation with the key on a blocking thread.
+pub trait RsaPrivateKey: Send + Sync + std::fmt::Debug {
+    /// Sign `message` with `digest` (RSASSA-PKCS1-v1_5). SHA-1 may be refused
+    /// ([`CryptoError::UnsupportedAlgorithm`]): replies use [`Digest::for_reply`].
+    fn sign(&self, digest: Digest, message: &[u8]) -> Result<Vec<u8>, CryptoError>;
+
+    /// Decrypt a PKCS#1 v1.5 key-transport ciphertext (RSAES-PKCS1-v1_5). A ciphertext the
+    /// key cannot decrypt is [`CryptoError::Decrypt`]; a key that cannot be reached is
+    /// [`CryptoError::KeyUnavailable`].
+    fn decrypt(&self, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError>;
+
+    /// Whether an operation waits on something outside this process (a device round trip,
+    /// a re-login): the server then calls it on a blocking thread, not on the async runtime.
+    fn blocks(&self) -> bool {
+        false
+    }
+
+    /// Whether the key can be used now, probing its holder when it has one (a health
+    /// check). Blocks when [`RsaPrivateKey::blocks`] says so.
+    fn check(&self) -> Result<(), CryptoError> {
+        Ok(())
+    }
+}
+
+/// A shared key is the key (the RA keeps its key behind an [`std::sync::Arc`]).
+impl<K: RsaPrivateKey + ?Sized> RsaPrivateKey for std::sync::Arc<K> {
+    fn sign(&self, digest: Digest, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        (**self).sign(digest, message)
+    }
+
+    fn decrypt(&self, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        (**self).decrypt(ciphertext)
+    }
+
+    fn blocks(&self) -> bool {
+        (**self).blocks()
+    }
+
+    fn check(&self) -> Result<(), CryptoError> {
+        (**self).check()
+    }
+}
+
+/// An RSA private key in memory that signs (PKCS#1 v1.5) and decrypts key transport: the
+/// RA's from a key file, or a requester's on the client side.
 pub struct RsaKey {
     signing: RsaKeyPair,
     decrypting: Pkcs1PrivateDecryptingKey,
@@ -229,6 +286,16 @@ impl RsaKey {
             .decrypt(ciphertext, &mut out)
             .map_err(|_| CryptoError::Decrypt)?;
         Ok(plain.to_vec())
+    }
+}
+
+impl RsaPrivateKey for RsaKey {
+    fn sign(&self, digest: Digest, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        RsaKey::sign(self, digest, message)
+    }
+
+    fn decrypt(&self, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        RsaKey::decrypt(self, ciphertext)
     }
 }
 

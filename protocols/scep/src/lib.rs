@@ -31,7 +31,8 @@ use base64::Engine;
 use der::{Decode, Encode};
 use x509_cert::Certificate;
 
-use crate::crypto::{CryptoError, Digest, RsaKey};
+use crate::crypto::{CryptoError, Digest, RsaKey, RsaPrivateKey};
+use crate::pkimessage::BuildError;
 use crate::reply::Reply;
 use crate::request::{Content, ReadError};
 pub use crate::wire::{FailInfo, MessageType};
@@ -44,14 +45,16 @@ pub const CAPABILITIES: &str =
     "POSTPKIOperation\nRenewal\nSHA-256\nSHA-512\nAES\nDES3\nSCEPStandard\n";
 
 /// The registration authority: the RSA certificate and key that decrypt requests and sign
-/// replies (distinct from the CA key, which may be ECDSA).
+/// replies (distinct from the CA key, which may be ECDSA). The key is in memory
+/// ([`RsaKey`], from a key file) or held by the embedder ([`RsaPrivateKey`], e.g. in a
+/// PKCS#11 token); the protocol code uses both alike.
 pub struct Ra {
     /// The RA certificate, DER.
     pub certificate_der: Vec<u8>,
     /// The RA certificate.
     pub certificate: Certificate,
-    /// Its key.
-    pub key: RsaKey,
+    /// Its private key.
+    pub key: Arc<dyn RsaPrivateKey>,
 }
 
 impl std::fmt::Debug for Ra {
@@ -64,9 +67,19 @@ impl Ra {
     /// From the certificate (DER) and its PKCS#8 key; refuses a key that is not the
     /// certificate's.
     pub fn new(certificate_der: Vec<u8>, key_pkcs8: &[u8]) -> Result<Self, CryptoError> {
+        Self::with_key(certificate_der, Arc::new(RsaKey::from_pkcs8(key_pkcs8)?))
+    }
+
+    /// From the certificate (DER) and a key held anywhere. The key is tried once each way
+    /// before it is accepted: its signature must verify with the certificate's public key,
+    /// and it must decrypt what is encrypted to the certificate (a token key without
+    /// CKA_DECRYPT fails here, not at the first enrollment). Blocks when the key does.
+    pub fn with_key(
+        certificate_der: Vec<u8>,
+        key: Arc<dyn RsaPrivateKey>,
+    ) -> Result<Self, CryptoError> {
         let certificate = Certificate::from_der(&certificate_der)
             .map_err(|e| CryptoError::BadKey(format!("RA certificate: {e}")))?;
-        let key = RsaKey::from_pkcs8(key_pkcs8)?;
         let spki = certificate
             .tbs_certificate
             .subject_public_key_info
@@ -77,6 +90,18 @@ impl Ra {
         Digest::Sha256
             .verify_rsa(&spki, probe, &signature)
             .map_err(|_| CryptoError::BadKey("the RA key is not the RA certificate's".into()))?;
+        let mut secret = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut secret).map_err(|_| CryptoError::Operation("randomness"))?;
+        let sealed = crypto::rsa_encrypt(&spki, &secret)?;
+        match key.decrypt(&sealed) {
+            Ok(opened) if opened == secret => {}
+            Ok(_) | Err(CryptoError::Decrypt) => {
+                return Err(CryptoError::BadKey(
+                    "the RA key does not decrypt what is encrypted to the RA certificate".into(),
+                ))
+            }
+            Err(other) => return Err(other),
+        }
         Ok(Ra {
             certificate_der,
             certificate,
@@ -230,7 +255,7 @@ async fn dispatch(
             }
         }
         ("PKIOperation", &Method::POST) => {
-            pki_operation(&*backend, &profile_name, profile, &body).await
+            pki_operation(&*backend, &profile_name, profile, body).await
         }
         ("PKIOperation", &Method::GET) => {
             // §4.1: base64 in `message`; '+' may arrive as a space when not percent-encoded.
@@ -245,7 +270,7 @@ async fn dispatch(
                 .unwrap_or_default();
             match base64::engine::general_purpose::STANDARD.decode(text) {
                 Ok(message) if !message.is_empty() => {
-                    pki_operation(&*backend, &profile_name, profile, &message).await
+                    pki_operation(&*backend, &profile_name, profile, message.into()).await
                 }
                 _ => plain(
                     StatusCode::BAD_REQUEST,
@@ -265,28 +290,33 @@ async fn dispatch(
     }
 }
 
-/// One pkiMessage in, one CertRep out (or HTTP 400 when there is nothing to answer).
+/// One pkiMessage in, one CertRep out (or HTTP 400 when there is nothing to answer, 503
+/// when the RA key cannot be used).
 async fn pki_operation(
     backend: &dyn ScepBackend,
     profile_name: &str,
     profile: Profile,
-    message: &[u8],
+    message: Bytes,
 ) -> Response {
     let ra = backend.ra();
-    let request = match request::read(message, &ra, profile, backend.now()) {
-        Ok(request) => request,
-        Err(ReadError::Unreadable(reason)) => {
+    let now = backend.now();
+    let read = with_key(&ra, move |ra| request::read(&message, ra, profile, now)).await;
+    let request = match read {
+        Ok(Ok(request)) => request,
+        Ok(Err(ReadError::Unreadable(reason))) => {
             tracing::info!(profile = profile_name, %reason, "unreadable SCEP message");
             return plain(StatusCode::BAD_REQUEST, reason);
         }
-        Err(ReadError::Refused {
+        Ok(Err(ReadError::Refused {
             reply_to,
             fail_info,
             reason,
-        }) => {
+        })) => {
             tracing::info!(profile = profile_name, transaction = %reply_to.transaction_id, %fail_info, %reason, "SCEP request refused");
-            return signed(&ra, &reply_to, Reply::Failure(fail_info), backend.now());
+            return signed(&ra, reply_to, Outcome::Failure(fail_info), backend.now()).await;
         }
+        Ok(Err(ReadError::KeyUnavailable(reason))) => return key_unavailable(&reason),
+        Err(task) => return key_unavailable(&task),
     };
     let signer_der = match request.signer.to_der() {
         Ok(der) => der,
@@ -328,29 +358,28 @@ async fn pki_operation(
         Answer::Crl(der) => pkimessage::certs_only(&[], &[der]),
         Answer::Pending(reason) => {
             tracing::info!(profile = profile_name, transaction = %transaction_id, %reason, "SCEP request pending");
-            return signed(&ra, &request.reply_to, Reply::Pending, backend.now());
+            return signed(&ra, request.reply_to, Outcome::Pending, backend.now()).await;
         }
         Answer::Failure(fail_info, reason) => {
             tracing::info!(profile = profile_name, transaction = %transaction_id, %fail_info, %reason, "SCEP request refused");
             return signed(
                 &ra,
-                &request.reply_to,
-                Reply::Failure(fail_info),
+                request.reply_to,
+                Outcome::Failure(fail_info),
                 backend.now(),
-            );
+            )
+            .await;
         }
     };
     match content {
-        Ok(content) => signed(
-            &ra,
-            &request.reply_to,
-            Reply::Success {
+        Ok(content) => {
+            let outcome = Outcome::Success {
                 content,
-                recipient: &request.signer,
+                recipient: Box::new(request.signer),
                 cipher: request.cipher,
-            },
-            backend.now(),
-        ),
+            };
+            signed(&ra, request.reply_to, outcome, backend.now()).await
+        }
         Err(e) => plain(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("cannot encode the reply: {e}"),
@@ -358,15 +387,76 @@ async fn pki_operation(
     }
 }
 
-fn signed(
-    ra: &Ra,
-    to: &request::ReplyTo,
-    reply: Reply<'_>,
+/// Run `work` with the RA: in place when its key is in memory, on a blocking thread when
+/// the key's operations wait on a device (an HSM round trip, a re-login), so that the
+/// runtime goes on serving other requests meanwhile. Fails only if the task panicked.
+async fn with_key<T: Send + 'static>(
+    ra: &Arc<Ra>,
+    work: impl FnOnce(&Ra) -> T + Send + 'static,
+) -> Result<T, String> {
+    if !ra.key.blocks() {
+        return Ok(work(ra));
+    }
+    let ra = ra.clone();
+    tokio::task::spawn_blocking(move || work(&ra))
+        .await
+        .map_err(|e| format!("the RA key task failed: {e}"))
+}
+
+/// HTTP 503: the RA key cannot be used, so nothing can be decrypted or signed. The cause
+/// is logged, not sent.
+fn key_unavailable(reason: &str) -> Response {
+    tracing::error!(%reason, "SCEP RA key unavailable");
+    plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the SCEP RA key is unavailable",
+    )
+}
+
+/// What a CertRep says, owned (it may be signed on another thread).
+enum Outcome {
+    Success {
+        content: Vec<u8>,
+        recipient: Box<Certificate>,
+        cipher: crypto::ContentCipher,
+    },
+    Pending,
+    Failure(FailInfo),
+}
+
+async fn signed(
+    ra: &Arc<Ra>,
+    to: request::ReplyTo,
+    outcome: Outcome,
     now: std::time::SystemTime,
 ) -> Response {
-    match reply::cert_rep(ra, to, reply, now) {
-        Ok(der) => binary("application/x-pki-message", der),
-        Err(e) => {
+    let built = with_key(ra, move |ra| -> Result<Vec<u8>, BuildError> {
+        match outcome {
+            Outcome::Success {
+                content,
+                recipient,
+                cipher,
+            } => reply::cert_rep(
+                ra,
+                &to,
+                Reply::Success {
+                    content,
+                    recipient: &recipient,
+                    cipher,
+                },
+                now,
+            ),
+            Outcome::Pending => reply::cert_rep(ra, &to, Reply::Pending, now),
+            Outcome::Failure(fail_info) => reply::cert_rep(ra, &to, Reply::Failure(fail_info), now),
+        }
+    })
+    .await;
+    match built {
+        Ok(Ok(der)) => binary("application/x-pki-message", der),
+        Ok(Err(BuildError::Crypto(CryptoError::KeyUnavailable(reason)))) | Err(reason) => {
+            key_unavailable(&reason)
+        }
+        Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot sign a CertRep");
             plain(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -24,7 +24,7 @@ use spki::AlgorithmIdentifierOwned;
 use x509_cert::attr::Attribute;
 use x509_cert::Certificate;
 
-use crate::crypto::{ContentCipher, CryptoError, Digest, RsaKey};
+use crate::crypto::{ContentCipher, CryptoError, Digest, RsaPrivateKey};
 use crate::wire::oid;
 
 /// A pkiMessage layer could not be read.
@@ -102,7 +102,7 @@ pub enum BuildError {
 pub fn sign(
     content: Option<&[u8]>,
     signer: &Certificate,
-    key: &RsaKey,
+    key: &dyn RsaPrivateKey,
     digest: Digest,
     mut attributes: Vec<Attribute>,
     signed_at: std::time::SystemTime,
@@ -351,6 +351,9 @@ pub enum OpenError {
     /// Not for this key, or corrupt.
     #[error("{0}")]
     Decrypt(String),
+    /// The key is held elsewhere and could not be used (not the message's fault).
+    #[error("{0}")]
+    KeyUnavailable(String),
 }
 
 /// Decrypt an EnvelopedData (ContentInfo DER) addressed to `me` (whose key is `key`):
@@ -358,7 +361,7 @@ pub enum OpenError {
 pub fn open(
     der_bytes: &[u8],
     me: &Certificate,
-    key: &RsaKey,
+    key: &dyn RsaPrivateKey,
 ) -> Result<(Vec<u8>, ContentCipher), OpenError> {
     let normalized = crate::ber::normalize(der_bytes)
         .map_err(|e| FormatError::Malformed(format!("pkcsPKIEnvelope: {e}")))?;
@@ -435,7 +438,10 @@ pub fn open(
         .ok_or_else(|| FormatError::Malformed("the envelope has no encrypted content".into()))?;
     let content_key = key
         .decrypt(recipient.enc_key.as_bytes())
-        .map_err(|e| OpenError::Decrypt(e.to_string()))?;
+        .map_err(|e| match e {
+            CryptoError::KeyUnavailable(_) => OpenError::KeyUnavailable(e.to_string()),
+            e => OpenError::Decrypt(e.to_string()),
+        })?;
     let content = cipher
         .decrypt(&content_key, iv.as_bytes(), ciphertext.as_bytes())
         .map_err(|e| OpenError::Decrypt(e.to_string()))?;

@@ -69,7 +69,7 @@ pub fn cert_rep(
     pkimessage::sign(
         envelope.as_deref(),
         &ra.certificate,
-        &ra.key,
+        &*ra.key,
         to.digest,
         attributes,
         now,

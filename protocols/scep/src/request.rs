@@ -66,6 +66,10 @@ pub enum ReadError {
     /// Not a pkiMessage anyone could answer (no transactionID or nonce to echo).
     #[error("{0}")]
     Unreadable(String),
+    /// The RA key could not be used (its HSM failed): the server's fault, not the
+    /// message's; answered with HTTP 503, as a CertRep could not be signed either.
+    #[error("{0}")]
+    KeyUnavailable(String),
     /// Answered with a signed CertRep FAILURE.
     #[error("{fail_info}: {reason}")]
     Refused {
@@ -150,10 +154,11 @@ pub fn read(
         .as_deref()
         .ok_or_else(|| refuse(FailInfo::BadRequest, "no pkcsPKIEnvelope".into()))?;
     let (content, cipher) =
-        pkimessage::open(envelope, &ra.certificate, &ra.key).map_err(|e| match e {
+        pkimessage::open(envelope, &ra.certificate, &*ra.key).map_err(|e| match e {
             OpenError::Algorithm(reason) => refuse(FailInfo::BadAlg, reason),
             OpenError::Decrypt(reason) => refuse(FailInfo::BadMessageCheck, reason),
             OpenError::Format(reason) => refuse(FailInfo::BadRequest, reason.to_string()),
+            OpenError::KeyUnavailable(reason) => ReadError::KeyUnavailable(reason),
         })?;
     if cipher.is_legacy() && !legacy_allowed {
         return Err(refuse(
