@@ -116,7 +116,7 @@ openssl verify -CAfile "$WORK/pebble-root.pem" -untrusted "$LIVE/chain.pem" "$LI
 openssl x509 -in "$LIVE/cert.pem" -noout -issuer | grep -q "Pebble Intermediate CA" \
     || fail "the certificate was not issued by pebble: $(openssl x509 -in "$LIVE/cert.pem" -noout -issuer)"
 openssl x509 -in "$LIVE/cert.pem" -noout -ext subjectAltName | grep -qF "DNS:$ZONE" || fail "certificate lacks DNS:$ZONE"
-SERIAL="$(openssl x509 -in "$LIVE/cert.pem" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f' | sed 's/^0*//')"
+SERIAL="$(openssl x509 -in "$LIVE/cert.pem" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f' | sed 's/^\(00\)*//')"
 RECORD="$(curl -sf -H "Authorization: Bearer $KEY" "$API/api/v1/certificates/$SERIAL")" \
     || fail "the inventory has no certificate $SERIAL"
 [[ "$(jq -r '.issuer + " " + .status + " " + .template' <<<"$RECORD")" == "pebble valid server" ]] \
@@ -175,10 +175,11 @@ STATUS="$(curl -sf -H "Authorization: Bearer $KEY" "$API/api/v1/certificates/$SE
 pass "certbot revoke → rampart → pebble: pebble lists $SERIAL as Revoked, and so does the inventory"
 
 # The EST certificate, revoked by an operator through the API.
-DEV_SERIAL="$(openssl x509 -in "$WORK/dev.pem" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f' | sed 's/^0*//')"
-curl -sf -X POST -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
-    -d '{"reason": "cessationOfOperation"}' "$API/api/v1/certificates/$DEV_SERIAL/revoke" >/dev/null \
-    || fail "revoking the EST certificate over the API"
+DEV_SERIAL="$(openssl x509 -in "$WORK/dev.pem" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f' | sed 's/^\(00\)*//')"
+STATUS="$(curl -s -o "$WORK/revoke-api.json" -w '%{http_code}' -X POST -H "Authorization: Bearer $KEY" \
+    -H 'Content-Type: application/json' -d '{"reason": "cessationOfOperation"}' \
+    "$API/api/v1/certificates/$DEV_SERIAL/revoke")"
+[[ "$STATUS" == 200 ]] || fail "revoking the EST certificate over the API answered $STATUS: $(cat "$WORK/revoke-api.json")"
 [[ "$(pebble_status "$DEV_SERIAL")" == Revoked ]] || fail "pebble says $DEV_SERIAL is $(pebble_status "$DEV_SERIAL")"
 pass "API revocation of the EST certificate reached pebble"
 

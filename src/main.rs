@@ -6,6 +6,11 @@ use clap::Parser;
 use rampart::cli::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than glibc malloc: allocation-heavy request handling on many threads
+/// (async workers, the blocking pool, sled's I/O threads) contends on glibc's arena locks.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

@@ -109,7 +109,7 @@ fn body(body: &[u8], depth: u8) {
         KeyRef::Kid(_) => rampart_fuzz::p256_jwk(),
     };
     let _ = jws.verify(&jwk);
-    let _ = jws.verify_cached(&jwk, cache());
+    let _ = jws.verify_cached(&jwk, None, cache());
     let _ = jws.is_post_as_get();
     let _ = jws.json::<Value>();
     payload(&jws.payload, &jwk, &jws.url);

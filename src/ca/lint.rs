@@ -1,9 +1,11 @@
 //! Pre-issuance lint, the way boulder does it: before the built-in CA signs for real, the
-//! very same certificate parameters are signed with a throwaway *lint key* of the CA's
+//! very same certificate parameters are encoded under a stand-in *lint issuer* of the CA's
 //! algorithm (see [`Linter`]), the result is parsed with x509-cert and checked against the
 //! RFC 5280 profile of an end-entity certificate ([`lint_tbs`]). A failure names its rule and
 //! nothing is signed with the CA's key: the pipeline records the request as failed with that
-//! reason.
+//! reason. The lint certificate carries an empty signature: the rules read the TBS part
+//! only, so signing it (boulder uses a throwaway key) would cost a signature per issuance
+//! and prove nothing more.
 //!
 //! The rules (the name in parentheses is what a failure reports):
 //!
@@ -36,7 +38,7 @@ use std::net::IpAddr;
 
 use const_oid::db::{rfc4519, rfc5280, rfc5912, rfc8410};
 use der::Decode;
-use rcgen::{CertificateParams, Issuer, KeyPair, PublicKeyData, SignatureAlgorithm};
+use rcgen::{CertificateParams, Issuer, KeyPair, PublicKeyData, SignatureAlgorithm, SigningKey};
 use x509_cert::certificate::Version;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{
@@ -123,10 +125,11 @@ impl From<LintError> for CaError {
     }
 }
 
-/// Signs certificate parameters with a throwaway key of the CA's algorithm, under the CA's
-/// name, and lints the result. The lint key never leaves memory and signs nothing else.
+/// Encodes certificate parameters under the CA's name with a stand-in issuer key of the
+/// CA's algorithm and an empty signature, and lints the result. Nothing is signed: the lint
+/// certificate is the TBS the CA will sign, and it is dropped once linted.
 pub struct Linter {
-    issuer: Issuer<'static, KeyPair>,
+    issuer: Issuer<'static, LintIssuerKey>,
 }
 
 impl std::fmt::Debug for Linter {
@@ -135,10 +138,33 @@ impl std::fmt::Debug for Linter {
     }
 }
 
+/// The lint issuer's key: the public half of a key of the CA's algorithm (the authority key
+/// identifier is derived from it) and a signature that is always empty.
+struct LintIssuerKey {
+    public_key: Vec<u8>,
+    algorithm: &'static SignatureAlgorithm,
+}
+
+impl PublicKeyData for LintIssuerKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.public_key
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        self.algorithm
+    }
+}
+
+impl SigningKey for LintIssuerKey {
+    fn sign(&self, _message: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        Ok(Vec::new())
+    }
+}
+
 impl Linter {
     /// A linter for the issuer described by `issuer_params` (its name and key identifier
-    /// method), with a fresh lint key of `algorithm` (RSA lint keys are 2048 bits: the
-    /// signature algorithm is what matters).
+    /// method) whose key is of `algorithm` (RSA stand-in keys are 2048 bits: the signature
+    /// algorithm is what matters). The stand-in key's private half is dropped at once.
     pub fn new(
         issuer_params: CertificateParams,
         algorithm: &'static SignatureAlgorithm,
@@ -148,12 +174,16 @@ impl Linter {
         } else {
             KeyPair::generate_for(algorithm)?
         };
+        let key = LintIssuerKey {
+            public_key: key.der_bytes().to_vec(),
+            algorithm,
+        };
         Ok(Linter {
             issuer: Issuer::new(issuer_params, key),
         })
     }
 
-    /// Sign `params` for `public_key` with the lint key and lint the result.
+    /// Encode `params` for `public_key` under the lint issuer (unsigned) and lint the result.
     pub fn check(
         &self,
         params: &CertificateParams,
@@ -818,7 +848,7 @@ mod tests {
     }
 
     #[test]
-    fn linter_signs_with_a_throwaway_key_and_names_the_rule() {
+    fn linter_signs_nothing_and_names_the_rule() {
         let mut issuer_params = CertificateParams::default();
         issuer_params
             .distinguished_name
@@ -827,6 +857,12 @@ mod tests {
             let linter = Linter::new(issuer_params.clone(), algorithm).unwrap();
             let key = p256();
             assert!(linter.check(&leaf(), &key).is_ok());
+            // What is linted: the TBS under the CA's name and algorithm, with no signature.
+            let linted = leaf().signed_by(&key, &linter.issuer).unwrap();
+            let linted = Certificate::from_der(linted.der()).unwrap();
+            assert!(linted.signature.raw_bytes().is_empty());
+            assert_eq!(linted.signature_algorithm, linted.tbs_certificate.signature);
+            assert_eq!(linted.tbs_certificate.issuer.to_string(), "CN=lint test CA");
             let mut params = leaf();
             params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
             match linter.check(&params, &key) {

@@ -177,7 +177,7 @@ struct Publication {
 pub struct LocalCa {
     /// Shared with the blocking thread that signs when the key is in a token.
     issuer: Arc<Issuer<'static, CaKey>>,
-    /// Signs every leaf's parameters with a throwaway key first and lints the result.
+    /// Encodes every leaf's parameters (unsigned) first and lints the result.
     linter: Linter,
     issuing_der: Vec<u8>,
     issuing_not_after: OffsetDateTime,
@@ -432,7 +432,7 @@ impl LocalCa {
     }
 
     /// Phase one of an issuance: the leaf's parameters, built from the order and linted
-    /// (signed with the throwaway lint key only), and its actual not-after.
+    /// (encoded unsigned for the lint, nothing signed yet), and its actual not-after.
     fn prepare(
         &self,
         order: &IssuanceOrder,

@@ -235,11 +235,11 @@ impl AcmeBackend for Backend {
     }
 
     async fn certificate_chain(&self, serial: &str) -> Result<Option<String>, Problem> {
-        let owned = serial.to_string();
+        // A read: on this task, like the ACME records' (see `StoreKv`).
         let record = self
             .pipeline
-            .with_store(move |store| store.certificate(&owned))
-            .await
+            .store()
+            .certificate(serial)
             .map_err(store_problem)?;
         Ok(record.map(|r| {
             let mut all = vec![r.der.as_slice()];
@@ -249,11 +249,10 @@ impl AcmeBackend for Backend {
     }
 
     async fn certificate(&self, serial: &str) -> Result<Option<KnownCertificate>, Problem> {
-        let owned = serial.to_string();
         let record = self
             .pipeline
-            .with_store(move |store| store.certificate(&owned))
-            .await
+            .store()
+            .certificate(serial)
             .map_err(store_problem)?;
         let Some(record) = record else {
             return Ok(None);
@@ -368,6 +367,24 @@ impl KeyValue for StoreKv {
             self.pipeline
                 .store()
                 .protocol_put(namespace, &key, &value, false)
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    async fn remove(
+        &self,
+        namespace: &'static str,
+        key: String,
+        durable: bool,
+    ) -> Result<(), String> {
+        if durable {
+            self.pipeline
+                .with_store(move |store| store.protocol_delete(namespace, &key, true))
+                .await
+        } else {
+            self.pipeline
+                .store()
+                .protocol_delete(namespace, &key, false)
         }
         .map_err(|e| e.to_string())
     }

@@ -2,8 +2,8 @@
 //! behind the [`Store`] trait with typed methods. [`sled_store::SledStore`] is the embedded
 //! default. Nothing outside this module may assume sled, a single process, or key layouts.
 //!
-//! Every method that changes state is atomic (one transaction) and, where it records an
-//! issuance or a revocation, durable (flushed) before it returns.
+//! Every method that changes state is atomic (all or nothing, also across a crash) and,
+//! where it records an issuance or a revocation, durable (flushed) before it returns.
 //!
 //! Imports `model` and `pkix` (for hashing) only.
 
@@ -287,10 +287,13 @@ pub enum RevokeOutcome {
 
 /// The inventory.
 pub trait Store: Send + Sync + std::fmt::Debug {
-    /// Record a new request in state `Issuing`, reserve its serial and append the audit
-    /// entry of the decision, atomically. Returns `false` (and writes nothing) if the
-    /// serial is already taken. Not necessarily durable on return: the following
-    /// `complete_issuance` or `fail_issuance` makes it so.
+    /// Record a new request in state `Issuing` with its serial and the audit entry of the
+    /// decision, atomically. Returns `false` (and writes nothing) if the serial is already
+    /// taken, by a certificate or by another issuance under way. Not necessarily durable on
+    /// return: the following `complete_issuance` or `fail_issuance` makes it so. A backend
+    /// may defer recording the serial and appending the decision's audit entry to that call
+    /// (the sled store does: see its module docs), so the decision's entry comes right
+    /// before the issuance's or the failure's in the audit chain.
     fn begin_issuance(
         &self,
         request: &RequestRecord,
@@ -381,6 +384,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         value: &[u8],
         durable: bool,
     ) -> Result<(), StoreError>;
+
+    /// Remove one protocol state value (nothing if absent). Durable on return when
+    /// `durable`.
+    fn protocol_delete(&self, namespace: &str, key: &str, durable: bool) -> Result<(), StoreError>;
 
     /// Remove one protocol state value and return it: whoever gets `Some` owns it (one-time
     /// secrets are consumed this way). Durable on return.

@@ -9,15 +9,28 @@
 //! | `idx_owner`     | owner `\0` serial                 | —                   |
 //! | `idx_san`       | SAN value `\0` serial             | —                   |
 //! | `idx_san_text`  | serial                            | SAN values, `\n`-joined |
-//! | `idx_open_requests` | request id (16 bytes), requests issuing or pending | — |
+//! | `idx_open_requests` | request id (16 bytes), requests pending (or issuing, from before `issuing`) | — |
+//! | `issuing`       | request id (16 bytes)             | IssuingIntent: the request (state issuing) and its decision's audit entry |
+//! | `journal`       | request id (16 bytes)             | the writes of a change being applied (binary) |
 //! | `audit`         | seq (u64 BE)                      | AuditRecord         |
 //! | `outbox`        | seq (u64 BE)                      | Event               |
 //! | `api_keys`      | key id                            | ApiKeyRecord        |
 //! | `meta`          | `schema_version`, `audit_head`, `outbox_next` | JSON    |
 //! | `protocol_state`| namespace `\0` key (ACME records…) | opaque (JSON)     |
 //!
-//! Values are JSON. Every change runs in one multi-tree transaction; issuance and
-//! revocation flush to disk before returning.
+//! Values are JSON. Every change is atomic; issuance and revocation flush to disk before
+//! returning. Most changes are one multi-tree transaction, but an issuance — the hot path —
+//! uses none: a sled transaction costs far more than its writes (it takes sled's global
+//! write lock, which waits for every flush in progress and stops every other read and write
+//! meanwhile, and it seals and writes the log buffer twice). [`Store::begin_issuance`]
+//! writes one `issuing` record (a single key, atomic by itself), and the serial is reserved
+//! in memory, so that two issuances under way cannot take the same one.
+//! [`Store::complete_issuance`] is a `Journal` entry: its writes — the intent moved into
+//! place (serial in `serials`, the decision's audit entry), the certificate and its indexes,
+//! its audit entry and event, the request's new state — are recorded under one key, applied,
+//! and the entry removed; [`SledStore::open`] applies again any entry a crash left. A failed
+//! or interrupted issuance burns the serial and audits the decision and the failure in one
+//! transaction.
 //!
 //! Listings come a page at a time in serial order, and each filter has an index that yields
 //! candidates in that order, so a page costs about `limit` record reads whatever the
@@ -32,8 +45,9 @@
 //!   itself in memory (~110 MB at a million certificates with two names each) and a scan of
 //!   it (tens of ms) for a substring found nowhere, less when matches are frequent.
 //!
-//! Requests waiting for approval or left issuing by a crash (read at every start) come from
-//! `idx_open_requests`, not from a scan of every request ever made.
+//! Requests waiting for approval (and, in stores from before `issuing`, left issuing by a
+//! crash) come from `idx_open_requests`, issuances a crash interrupted from `issuing` (both
+//! read at every start), not from a scan of every request ever made.
 //!
 //! Stores written before these indexes get them at the first open (`idx_expiry` from the
 //! former `idx_not_after`, `idx_san_text` from the certificates, `idx_open_requests` from
@@ -70,6 +84,22 @@ const SLED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 const META_SAN_TEXT_INDEXED: &[u8] = b"san_text_indexed";
 /// Present once `idx_open_requests` covers every request (stores from before it).
 const META_OPEN_REQUESTS_INDEXED: &[u8] = b"open_requests_indexed";
+
+/// An issuance under way, as [`Store::begin_issuance`] writes it (`issuing` tree).
+#[derive(Debug, serde::Deserialize)]
+struct IssuingIntent {
+    /// The request, in state `Issuing`.
+    request: RequestRecord,
+    /// The audit entry of the decision, appended when the issuance ends.
+    decision: AuditEntry,
+}
+
+/// [`IssuingIntent`] as written (borrowing, to spare copies).
+#[derive(Serialize)]
+struct IssuingIntentRef<'a> {
+    request: &'a RequestRecord,
+    decision: &'a AuditEntry,
+}
 /// The expiry index before `idx_expiry` (not-after `/` serial, in time order): emptied into
 /// `idx_expiry` at open.
 const LEGACY_NOT_AFTER_TREE: &str = "idx_not_after";
@@ -85,11 +115,22 @@ fn revoked_key(serial: &str) -> Vec<u8> {
 /// after a caller's write covers it; callers arriving while one runs wait for the next,
 /// which one of them performs for all. Under load N durable writes cost far fewer than N
 /// log syncs, with the same guarantee: durable on return.
+///
+/// A flush is costly beyond its disk write (sled hands each log write to its I/O threads,
+/// waking all of them), so a change that will need one announces itself first
+/// ([`GroupCommit::announce`]); a flush about to start while announced changes are still
+/// being written waits for them, at most [`COMMIT_DELAY`], and covers them too. Alone, a
+/// change never waits.
 #[derive(Debug, Default)]
 struct GroupCommit {
     state: std::sync::Mutex<CommitState>,
     done: std::sync::Condvar,
+    /// Signalled when an announced change asks for its flush (the waiting flusher's cue).
+    joined: std::sync::Condvar,
 }
+
+/// The longest a flush waits for announced changes.
+const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
 
 #[derive(Debug, Default)]
 struct CommitState {
@@ -97,17 +138,45 @@ struct CommitState {
     requested: u64,
     /// Every ticket up to this one is durable.
     durable: u64,
-    /// A flush is running.
+    /// A flush is running (or about to).
     flushing: bool,
+    /// Announced changes not yet asking for their flush.
+    coming: usize,
+}
+
+/// A durable change under way (see [`GroupCommit::announce`]); dropped unused when the
+/// change fails.
+struct Announced<'a>(&'a GroupCommit);
+
+impl Drop for Announced<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.coming = state.coming.saturating_sub(1);
+        drop(state);
+        self.0.joined.notify_one();
+    }
 }
 
 impl GroupCommit {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CommitState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A change that will need a flush begins.
+    fn announce(&self) -> Announced<'_> {
+        self.lock().coming += 1;
+        Announced(self)
+    }
+
+    /// [`GroupCommit::sync`] for an announced change, once written.
+    fn sync_announced(&self, announced: Announced<'_>, db: &sled::Db) -> Result<(), StoreError> {
+        drop(announced);
+        self.sync(db)
+    }
+
     /// Return once everything written before the call is durable.
     fn sync(&self, db: &sled::Db) -> Result<(), StoreError> {
-        fn lock(m: &std::sync::Mutex<CommitState>) -> std::sync::MutexGuard<'_, CommitState> {
-            m.lock().unwrap_or_else(|e| e.into_inner())
-        }
-        let mut state = lock(&self.state);
+        let mut state = self.lock();
         state.requested += 1;
         let ticket = state.requested;
         loop {
@@ -116,10 +185,22 @@ impl GroupCommit {
             }
             if !state.flushing {
                 state.flushing = true;
+                let deadline = std::time::Instant::now() + COMMIT_DELAY;
+                while state.coming > 0 {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    state = self
+                        .joined
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
                 let covers = state.requested;
                 drop(state);
                 let result = db.flush().map_err(backend);
-                state = lock(&self.state);
+                state = self.lock();
                 state.flushing = false;
                 if result.is_ok() {
                     state.durable = state.durable.max(covers);
@@ -140,6 +221,14 @@ pub struct SledStore {
     path: PathBuf,
     commits: GroupCommit,
     t: Trees,
+    /// Serials of the issuances under way (in `issuing`): no second one may take them.
+    in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Store changes made as [`Journal`] entries, while they are applied.
+    journal: sled::Tree,
+    /// Held by every change that writes the transactional trees (a transaction or a
+    /// journal entry): journal entries are applied without a transaction, so no other
+    /// change may read or write those trees meanwhile.
+    writer: std::sync::Mutex<()>,
     /// Protocol state (ACME accounts, orders…): `namespace \0 key` → value. Outside the
     /// transactional trees: each write stands alone.
     protocol_state: sled::Tree,
@@ -177,6 +266,7 @@ struct Trees {
     idx_san: sled::Tree,
     idx_san_text: sled::Tree,
     idx_open_requests: sled::Tree,
+    issuing: sled::Tree,
     audit: sled::Tree,
     outbox: sled::Tree,
     api_keys: sled::Tree,
@@ -193,6 +283,7 @@ struct Tx<'a> {
     idx_san: &'a TransactionalTree,
     idx_san_text: &'a TransactionalTree,
     idx_open_requests: &'a TransactionalTree,
+    issuing: &'a TransactionalTree,
     audit: &'a TransactionalTree,
     outbox: &'a TransactionalTree,
     api_keys: &'a TransactionalTree,
@@ -268,26 +359,107 @@ fn pair_key(prefix: &str, serial: &str) -> Vec<u8> {
     key
 }
 
-impl Tx<'_> {
-    fn append_audit(&self, entry: &AuditEntry) -> TxResult<()> {
-        let head: ChainHead = match self.meta.get(META_AUDIT_HEAD)? {
-            Some(bytes) => decode("meta", &bytes).map_err(abort)?,
+/// The trees, by name: what a [`Journal`] entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TreeId {
+    Certificates,
+    Requests,
+    Serials,
+    IdxExpiry,
+    IdxOwner,
+    IdxSan,
+    IdxSanText,
+    IdxOpenRequests,
+    Issuing,
+    Audit,
+    Outbox,
+    ApiKeys,
+    Meta,
+}
+
+impl TreeId {
+    /// Every tree, in the order of their codes.
+    const ALL: [TreeId; 13] = [
+        TreeId::Certificates,
+        TreeId::Requests,
+        TreeId::Serials,
+        TreeId::IdxExpiry,
+        TreeId::IdxOwner,
+        TreeId::IdxSan,
+        TreeId::IdxSanText,
+        TreeId::IdxOpenRequests,
+        TreeId::Issuing,
+        TreeId::Audit,
+        TreeId::Outbox,
+        TreeId::ApiKeys,
+        TreeId::Meta,
+    ];
+
+    fn code(self) -> u8 {
+        self as u8
+    }
+
+    fn from_code(code: u8) -> Option<TreeId> {
+        TreeId::ALL.get(usize::from(code)).copied()
+    }
+}
+
+impl Trees {
+    fn by_id(&self, id: TreeId) -> &sled::Tree {
+        match id {
+            TreeId::Certificates => &self.certificates,
+            TreeId::Requests => &self.requests,
+            TreeId::Serials => &self.serials,
+            TreeId::IdxExpiry => &self.idx_expiry,
+            TreeId::IdxOwner => &self.idx_owner,
+            TreeId::IdxSan => &self.idx_san,
+            TreeId::IdxSanText => &self.idx_san_text,
+            TreeId::IdxOpenRequests => &self.idx_open_requests,
+            TreeId::Issuing => &self.issuing,
+            TreeId::Audit => &self.audit,
+            TreeId::Outbox => &self.outbox,
+            TreeId::ApiKeys => &self.api_keys,
+            TreeId::Meta => &self.meta,
+        }
+    }
+}
+
+impl From<StoreError> for ConflictableTransactionError<StoreError> {
+    fn from(error: StoreError) -> Self {
+        ConflictableTransactionError::Abort(error)
+    }
+}
+
+/// The reads and writes of one store change, made in a sled transaction ([`Tx`]) or
+/// gathered into a journal entry ([`Journal`]). The record keeping below is written once,
+/// over either.
+trait Change {
+    type Error: From<StoreError>;
+
+    /// The value of `key`, this change's own writes included.
+    fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<sled::IVec>, Self::Error>;
+    fn insert(&self, tree: TreeId, key: &[u8], value: &[u8]) -> Result<(), Self::Error>;
+    /// Remove `key`, returning its value.
+    fn remove(&self, tree: TreeId, key: &[u8]) -> Result<Option<sled::IVec>, Self::Error>;
+
+    fn append_audit(&self, entry: &AuditEntry) -> Result<(), Self::Error> {
+        let head: ChainHead = match self.get(TreeId::Meta, META_AUDIT_HEAD)? {
+            Some(bytes) => decode("meta", &bytes)?,
             None => ChainHead::default(),
         };
         let record = AuditRecord::chain(head.next_seq, entry.clone(), head.last_hash);
-        self.audit
-            .insert(&record.seq.to_be_bytes(), encode(&record))?;
+        // The record before the head: a reader that sees the head finds the record.
+        self.insert(TreeId::Audit, &record.seq.to_be_bytes(), &encode(&record))?;
         let next = ChainHead {
             next_seq: record.seq + 1,
             last_hash: record.hash,
         };
-        self.meta.insert(META_AUDIT_HEAD, encode(&next))?;
-        Ok(())
+        self.insert(TreeId::Meta, META_AUDIT_HEAD, &encode(&next))
     }
 
-    fn push_event(&self, event: &NewEvent) -> TxResult<()> {
-        let seq: u64 = match self.meta.get(META_OUTBOX_NEXT)? {
-            Some(bytes) => decode("meta", &bytes).map_err(abort)?,
+    fn push_event(&self, event: &NewEvent) -> Result<(), Self::Error> {
+        let seq: u64 = match self.get(TreeId::Meta, META_OUTBOX_NEXT)? {
+            Some(bytes) => decode("meta", &bytes)?,
             None => 0,
         };
         let stored = Event {
@@ -297,49 +469,279 @@ impl Tx<'_> {
             time: event.time,
             data: event.data.clone(),
         };
-        self.outbox.insert(&seq.to_be_bytes(), encode(&stored))?;
-        self.meta.insert(META_OUTBOX_NEXT, encode(&(seq + 1)))?;
-        Ok(())
+        // The event before the counter, for the same reason.
+        self.insert(TreeId::Outbox, &seq.to_be_bytes(), &encode(&stored))?;
+        self.insert(TreeId::Meta, META_OUTBOX_NEXT, &encode(&(seq + 1)))
     }
 
-    fn put_request(&self, request: &RequestRecord) -> TxResult<()> {
-        self.requests
-            .insert(request.request_id.as_bytes(), encode(request))?;
+    fn put_request(&self, request: &RequestRecord) -> Result<(), Self::Error> {
+        let id = request.request_id.as_bytes();
+        self.insert(TreeId::Requests, id, &encode(request))?;
         if is_open(&request.state) {
-            self.idx_open_requests
-                .insert(request.request_id.as_bytes(), &[])?;
+            self.insert(TreeId::IdxOpenRequests, id, &[])
         } else {
-            self.idx_open_requests
-                .remove(request.request_id.as_bytes())?;
+            self.remove(TreeId::IdxOpenRequests, id).map(drop)
         }
-        Ok(())
     }
 
-    fn request(&self, id: Uuid) -> TxResult<Option<RequestRecord>> {
-        match self.requests.get(id.as_bytes())? {
-            Some(bytes) => Ok(Some(decode("requests", &bytes).map_err(abort)?)),
+    fn request(&self, id: Uuid) -> Result<Option<RequestRecord>, Self::Error> {
+        match self.get(TreeId::Requests, id.as_bytes())? {
+            Some(bytes) => Ok(Some(decode("requests", &bytes)?)),
             None => Ok(None),
         }
     }
 
-    fn put_certificate(&self, cert: &CertificateRecord, new: bool) -> TxResult<()> {
-        self.certificates
-            .insert(cert.serial.as_bytes(), encode(cert))?;
+    /// End the issuance under way for request `id`: remove its intent, reserve its serial
+    /// and append its decision's audit entry. Returns the request (state `Issuing`), or
+    /// `None` when no intent is recorded (a request begun by a rampart from before
+    /// `issuing`: its serial and decision are already in place).
+    fn end_intent(&self, id: Uuid) -> Result<Option<RequestRecord>, Self::Error> {
+        let Some(bytes) = self.remove(TreeId::Issuing, id.as_bytes())? else {
+            return Ok(None);
+        };
+        let intent: IssuingIntent = decode("issuing", &bytes)?;
+        let RequestState::Issuing { serial } = &intent.request.state else {
+            return Err(StoreError::Corrupt {
+                tree: "issuing",
+                reason: format!("request {id} is not issuing"),
+            }
+            .into());
+        };
+        if let Some(owner) = self.get(TreeId::Serials, serial.as_bytes())? {
+            if owner != id.as_bytes() {
+                return Err(
+                    StoreError::Backend(format!("serial {serial} already recorded")).into(),
+                );
+            }
+        }
+        self.insert(TreeId::Serials, serial.as_bytes(), id.as_bytes())?;
+        self.append_audit(&intent.decision)?;
+        Ok(Some(intent.request))
+    }
+
+    fn put_certificate(&self, cert: &CertificateRecord, new: bool) -> Result<(), Self::Error> {
+        let serial = cert.serial.as_bytes();
+        self.insert(TreeId::Certificates, serial, &encode(cert))?;
         if new {
-            self.idx_expiry.insert(
-                expiry_key(expiry_day(cert.not_after), &cert.serial),
+            self.insert(
+                TreeId::IdxExpiry,
+                &expiry_key(expiry_day(cert.not_after), &cert.serial),
                 &sortable_time(cert.not_after).to_be_bytes(),
             )?;
-            self.idx_san_text
-                .insert(cert.serial.as_bytes(), san_text(cert).as_bytes())?;
-            self.idx_owner
-                .insert(pair_key(&cert.owner, &cert.serial), &[])?;
+            self.insert(TreeId::IdxSanText, serial, san_text(cert).as_bytes())?;
+            self.insert(TreeId::IdxOwner, &pair_key(&cert.owner, &cert.serial), &[])?;
             for san in &cert.sans {
-                self.idx_san
-                    .insert(pair_key(&san.value(), &cert.serial), &[])?;
+                self.insert(TreeId::IdxSan, &pair_key(&san.value(), &cert.serial), &[])?;
             }
         }
         Ok(())
+    }
+}
+
+impl Tx<'_> {
+    fn by_id(&self, id: TreeId) -> &TransactionalTree {
+        match id {
+            TreeId::Certificates => self.certificates,
+            TreeId::Requests => self.requests,
+            TreeId::Serials => self.serials,
+            TreeId::IdxExpiry => self.idx_expiry,
+            TreeId::IdxOwner => self.idx_owner,
+            TreeId::IdxSan => self.idx_san,
+            TreeId::IdxSanText => self.idx_san_text,
+            TreeId::IdxOpenRequests => self.idx_open_requests,
+            TreeId::Issuing => self.issuing,
+            TreeId::Audit => self.audit,
+            TreeId::Outbox => self.outbox,
+            TreeId::ApiKeys => self.api_keys,
+            TreeId::Meta => self.meta,
+        }
+    }
+}
+
+impl Change for Tx<'_> {
+    type Error = ConflictableTransactionError<StoreError>;
+
+    fn get(&self, tree: TreeId, key: &[u8]) -> TxResult<Option<sled::IVec>> {
+        Ok(self.by_id(tree).get(key)?)
+    }
+
+    fn insert(&self, tree: TreeId, key: &[u8], value: &[u8]) -> TxResult<()> {
+        self.by_id(tree).insert(key, value)?;
+        Ok(())
+    }
+
+    fn remove(&self, tree: TreeId, key: &[u8]) -> TxResult<Option<sled::IVec>> {
+        Ok(self.by_id(tree).remove(key)?)
+    }
+}
+
+/// The second half of an issuance: the request's intent ends (serial reserved, decision
+/// audited), the certificate and its indexes are recorded, its audit entry and event
+/// appended, and the request marked issued. Returns the serial reserved at the start,
+/// which is the certificate's unless an upstream CA chose its own.
+fn record_issuance<C: Change>(
+    change: &C,
+    cert: &CertificateRecord,
+    audit: &AuditEntry,
+    event: &NewEvent,
+) -> Result<String, C::Error> {
+    let begun = match change.end_intent(cert.request_id)? {
+        Some(request) => Some(request),
+        None => change.request(cert.request_id)?,
+    };
+    let mut request = begun.ok_or_else(|| {
+        StoreError::Backend(format!("request {} was never begun", cert.request_id))
+    })?;
+    let RequestState::Issuing { serial: reserved } = request.state else {
+        return Err(StoreError::Backend(format!(
+            "request {} is not being issued",
+            cert.request_id
+        ))
+        .into());
+    };
+    if change
+        .get(TreeId::Certificates, cert.serial.as_bytes())?
+        .is_some()
+    {
+        return Err(StoreError::Backend(format!("serial {} already recorded", cert.serial)).into());
+    }
+    request.state = RequestState::Issued {
+        serial: cert.serial.clone(),
+    };
+    request.updated_at = audit.time;
+    change.put_certificate(cert, true)?;
+    change.append_audit(audit)?;
+    change.push_event(event)?;
+    change.put_request(&request)?;
+    Ok(reserved)
+}
+
+/// One write of a [`Journal`] entry: tree, key, and the value (`None` removes).
+type Write = (TreeId, Vec<u8>, Option<Vec<u8>>);
+
+/// A store change made without a sled transaction: its writes are gathered, written as
+/// one `journal` entry (a single key, so all or nothing), then applied one by one with
+/// plain inserts and removes, and the entry removed. sled recovers a prefix of its log, so
+/// after a crash either the entry is gone with every write after it, or it is there and
+/// [`SledStore::open`] applies it again (the writes are idempotent). Readers may see a
+/// change half applied for the few microseconds it takes; writers may not: journaled
+/// changes and transactions both run under [`SledStore`]'s writer lock.
+struct Journal<'a> {
+    trees: &'a Trees,
+    /// In order; `None` removes.
+    writes: std::cell::RefCell<Vec<Write>>,
+}
+
+impl<'a> Journal<'a> {
+    fn new(trees: &'a Trees) -> Self {
+        Journal {
+            trees,
+            writes: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The entry: per write, the tree's code, the key's length (u32 BE) and the key, then
+    /// 0 (remove) or 1 and the value's length (u32 BE) and the value.
+    fn encode(writes: &[Write]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (tree, key, value) in writes {
+            out.push(tree.code());
+            out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+            out.extend_from_slice(key);
+            match value {
+                None => out.push(0),
+                Some(value) => {
+                    out.push(1);
+                    out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+                    out.extend_from_slice(value);
+                }
+            }
+        }
+        out
+    }
+
+    fn decode(mut entry: &[u8]) -> Result<Vec<Write>, StoreError> {
+        fn corrupt() -> StoreError {
+            StoreError::Corrupt {
+                tree: "journal",
+                reason: "truncated or unknown entry".into(),
+            }
+        }
+        fn take<'b>(entry: &mut &'b [u8], n: usize) -> Result<&'b [u8], StoreError> {
+            if entry.len() < n {
+                return Err(corrupt());
+            }
+            let (head, rest) = entry.split_at(n);
+            *entry = rest;
+            Ok(head)
+        }
+        fn length(entry: &mut &[u8]) -> Result<usize, StoreError> {
+            let bytes: [u8; 4] = take(entry, 4)?.try_into().map_err(|_| corrupt())?;
+            Ok(u32::from_be_bytes(bytes) as usize)
+        }
+        let mut writes = Vec::new();
+        while !entry.is_empty() {
+            let tree = TreeId::from_code(take(&mut entry, 1)?[0]).ok_or_else(corrupt)?;
+            let key_len = length(&mut entry)?;
+            let key = take(&mut entry, key_len)?.to_vec();
+            let value = match take(&mut entry, 1)?[0] {
+                0 => None,
+                1 => {
+                    let value_len = length(&mut entry)?;
+                    Some(take(&mut entry, value_len)?.to_vec())
+                }
+                _ => return Err(corrupt()),
+            };
+            writes.push((tree, key, value));
+        }
+        Ok(writes)
+    }
+
+    /// Apply `writes` in order, except that removals from `issuing` come last: a request
+    /// reads as issuing until its new state is in place.
+    fn apply(trees: &Trees, writes: &[Write]) -> Result<(), StoreError> {
+        let last = |(tree, _, value): &&Write| *tree == TreeId::Issuing && value.is_none();
+        let (late, early): (Vec<_>, Vec<_>) = writes.iter().partition(last);
+        for (tree, key, value) in early.into_iter().chain(late) {
+            let tree = trees.by_id(*tree);
+            match value {
+                Some(value) => drop(
+                    tree.insert(key.as_slice(), value.as_slice())
+                        .map_err(backend)?,
+                ),
+                None => drop(tree.remove(key.as_slice()).map_err(backend)?),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Change for Journal<'_> {
+    type Error = StoreError;
+
+    fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+        let writes = self.writes.borrow();
+        if let Some((_, _, value)) = writes
+            .iter()
+            .rev()
+            .find(|(t, k, _)| *t == tree && k.as_slice() == key)
+        {
+            return Ok(value.as_deref().map(sled::IVec::from));
+        }
+        self.trees.by_id(tree).get(key).map_err(backend)
+    }
+
+    fn insert(&self, tree: TreeId, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.writes
+            .borrow_mut()
+            .push((tree, key.to_vec(), Some(value.to_vec())));
+        Ok(())
+    }
+
+    fn remove(&self, tree: TreeId, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+        let old = self.get(tree, key)?;
+        self.writes.borrow_mut().push((tree, key.to_vec(), None));
+        Ok(old)
     }
 }
 
@@ -376,6 +778,7 @@ impl SledStore {
             idx_san: tree("idx_san")?,
             idx_san_text: tree("idx_san_text")?,
             idx_open_requests: tree("idx_open_requests")?,
+            issuing: tree("issuing")?,
             audit: tree("audit")?,
             outbox: tree("outbox")?,
             api_keys: tree("api_keys")?,
@@ -397,6 +800,16 @@ impl SledStore {
                     });
                 }
             }
+        }
+        // Changes a crash interrupted while they were applied: apply them again.
+        let journal = tree("journal")?;
+        if journal.first().map_err(backend)?.is_some() {
+            for item in journal.iter() {
+                let (key, entry) = item.map_err(backend)?;
+                Journal::apply(&t, &Journal::decode(&entry)?)?;
+                journal.remove(key).map_err(backend)?;
+            }
+            db.flush().map_err(backend)?;
         }
         if t.meta.get(META_REVOKED_INDEXED).map_err(backend)?.is_none() {
             for item in t.certificates.iter().values() {
@@ -471,12 +884,23 @@ impl SledStore {
             }
         };
         let protocol_state = tree("protocol_state")?;
+        // Issuances a crash interrupted keep their serials until start-up fails them.
+        let mut in_flight = std::collections::HashSet::new();
+        for intent in t.issuing.iter().values() {
+            let intent: IssuingIntent = decode("issuing", &intent.map_err(backend)?)?;
+            if let RequestState::Issuing { serial } = intent.request.state {
+                in_flight.insert(serial);
+            }
+        }
         Ok(SledStore {
             protocol_state,
             commits: GroupCommit::default(),
             db,
             path: path.to_path_buf(),
             t,
+            in_flight: std::sync::Mutex::new(in_flight),
+            journal,
+            writer: std::sync::Mutex::new(()),
             san,
             san_loader: std::sync::Mutex::new(loader),
         })
@@ -487,12 +911,21 @@ impl SledStore {
         &self.path
     }
 
+    /// The issuance of `serial` ended (recorded in `serials`): forget it as under way.
+    fn released(&self, serial: &str) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(serial);
+    }
+
     fn transact<T>(
         &self,
         durable: bool,
         f: impl Fn(&Tx<'_>) -> TxResult<T>,
     ) -> Result<T, StoreError> {
         let t = &self.t;
+        let writing = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let result = (
             &t.certificates,
             &t.requests,
@@ -502,6 +935,7 @@ impl SledStore {
             &t.idx_san,
             &t.idx_san_text,
             &t.idx_open_requests,
+            &t.issuing,
             &t.audit,
             &t.outbox,
             &t.api_keys,
@@ -517,6 +951,7 @@ impl SledStore {
                     idx_san,
                     idx_san_text,
                     idx_open_requests,
+                    issuing,
                     audit,
                     outbox,
                     api_keys,
@@ -531,6 +966,7 @@ impl SledStore {
                         idx_san,
                         idx_san_text,
                         idx_open_requests,
+                        issuing,
                         audit,
                         outbox,
                         api_keys,
@@ -542,9 +978,29 @@ impl SledStore {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => backend(e),
             })?;
+        drop(writing);
         if durable {
             self.commits.sync(&self.db)?;
         }
+        Ok(result)
+    }
+
+    /// Make a change without a transaction, as a [`Journal`] entry under `key` (unique
+    /// among changes under way). Not flushed.
+    fn journaled<T>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(&Journal<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let _writing = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let change = Journal::new(&self.t);
+        let result = f(&change)?;
+        let writes = change.writes.into_inner();
+        self.journal
+            .insert(key, Journal::encode(&writes))
+            .map_err(backend)?;
+        Journal::apply(&self.t, &writes)?;
+        self.journal.remove(key).map_err(backend)?;
         Ok(result)
     }
 
@@ -1091,18 +1547,28 @@ impl Store for SledStore {
                 "begin_issuance needs a request in state issuing".into(),
             ));
         };
-        // Not flushed: until complete_issuance (which is) nothing has left the process, and
-        // the log is sequential, so that flush also writes this reservation.
-        self.transact(false, |tx| {
-            if tx.serials.get(serial.as_bytes())?.is_some() {
-                return Ok(false);
-            }
-            tx.serials
-                .insert(serial.as_bytes(), request.request_id.as_bytes())?;
-            tx.put_request(request)?;
-            tx.append_audit(decision)?;
-            Ok(true)
-        })
+        // One insert, no transaction (see the module docs); the serial is reserved in memory
+        // until complete_issuance or fail_issuance records it. Not flushed: until
+        // complete_issuance (which is) nothing has left the process, and the log is
+        // sequential, so that flush also writes this intent.
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if in_flight.contains(serial)
+            || self
+                .t
+                .serials
+                .get(serial.as_bytes())
+                .map_err(backend)?
+                .is_some()
+        {
+            return Ok(false);
+        }
+        let intent = IssuingIntentRef { request, decision };
+        self.t
+            .issuing
+            .insert(request.request_id.as_bytes(), encode(&intent))
+            .map_err(backend)?;
+        in_flight.insert(serial.clone());
+        Ok(true)
     }
 
     fn complete_issuance(
@@ -1111,28 +1577,14 @@ impl Store for SledStore {
         audit: &AuditEntry,
         event: &NewEvent,
     ) -> Result<(), StoreError> {
-        self.transact(true, |tx| {
-            let mut request = tx.request(cert.request_id)?.ok_or_else(|| {
-                abort(StoreError::Backend(format!(
-                    "request {} was never begun",
-                    cert.request_id
-                )))
-            })?;
-            if tx.certificates.get(cert.serial.as_bytes())?.is_some() {
-                return Err(abort(StoreError::Backend(format!(
-                    "serial {} already recorded",
-                    cert.serial
-                ))));
-            }
-            request.state = RequestState::Issued {
-                serial: cert.serial.clone(),
-            };
-            request.updated_at = audit.time;
-            tx.put_request(&request)?;
-            tx.put_certificate(cert, true)?;
-            tx.append_audit(audit)?;
-            tx.push_event(event)
+        // The issuance's one change: a journal entry, not a transaction (see the module
+        // docs), then a flush shared with concurrent ones.
+        let announced = self.commits.announce();
+        let reserved = self.journaled(cert.request_id.as_bytes(), |change| {
+            record_issuance(change, cert, audit, event)
         })?;
+        self.commits.sync_announced(announced, &self.db)?;
+        self.released(&reserved);
         self.san
             .catalog
             .write()
@@ -1147,16 +1599,29 @@ impl Store for SledStore {
         reason: &str,
         audit: &AuditEntry,
     ) -> Result<(), StoreError> {
-        self.transact(true, |tx| {
-            if let Some(mut request) = tx.request(request_id)? {
+        let serial = self.transact(true, |tx| {
+            let begun = match tx.end_intent(request_id)? {
+                Some(request) => Some(request),
+                None => tx.request(request_id)?,
+            };
+            let mut serial = None;
+            if let Some(mut request) = begun {
+                if let RequestState::Issuing { serial: reserved } = &request.state {
+                    serial = Some(reserved.clone());
+                }
                 request.state = RequestState::Failed {
                     reason: reason.into(),
                 };
                 request.updated_at = audit.time;
                 tx.put_request(&request)?;
             }
-            tx.append_audit(audit)
-        })
+            tx.append_audit(audit)?;
+            Ok(serial)
+        })?;
+        if let Some(serial) = serial {
+            self.released(&serial);
+        }
+        Ok(())
     }
 
     fn record_denial(
@@ -1186,14 +1651,40 @@ impl Store for SledStore {
     }
 
     fn pending_requests(&self) -> Result<Vec<RequestRecord>, StoreError> {
-        self.requests_where(|state| matches!(state, RequestState::Pending { .. }))
+        let mut pending =
+            self.requests_where(|state| matches!(state, RequestState::Pending { .. }))?;
+        // An approved one being issued right now is no longer pending.
+        let mut issuing = Vec::new();
+        for request in &pending {
+            issuing.push(
+                self.t
+                    .issuing
+                    .contains_key(request.request_id.as_bytes())
+                    .map_err(backend)?,
+            );
+        }
+        let mut issuing = issuing.into_iter();
+        pending.retain(|_| !issuing.next().unwrap_or(false));
+        Ok(pending)
     }
 
     fn interrupted_requests(&self) -> Result<Vec<RequestRecord>, StoreError> {
-        self.requests_where(|state| matches!(state, RequestState::Issuing { .. }))
+        let mut interrupted = Vec::new();
+        for intent in self.t.issuing.iter().values() {
+            let intent: IssuingIntent = decode("issuing", &intent.map_err(backend)?)?;
+            interrupted.push(intent.request);
+        }
+        // Begun by a rampart from before `issuing`.
+        interrupted
+            .extend(self.requests_where(|state| matches!(state, RequestState::Issuing { .. }))?);
+        Ok(interrupted)
     }
 
     fn request(&self, request_id: Uuid) -> Result<Option<RequestRecord>, StoreError> {
+        if let Some(intent) = self.t.issuing.get(request_id.as_bytes()).map_err(backend)? {
+            let intent: IssuingIntent = decode("issuing", &intent)?;
+            return Ok(Some(intent.request));
+        }
         Self::get(&self.t.requests, "requests", request_id.as_bytes())
     }
 
@@ -1332,6 +1823,17 @@ impl Store for SledStore {
         Ok(Self::get(&self.t.meta, "meta", META_AUDIT_HEAD)?.unwrap_or_default())
     }
 
+    fn protocol_delete(&self, namespace: &str, key: &str, durable: bool) -> Result<(), StoreError> {
+        let removed = self
+            .protocol_state
+            .remove(protocol_key(namespace, key))
+            .map_err(backend)?;
+        if durable && removed.is_some() {
+            self.commits.sync(&self.db)?;
+        }
+        Ok(())
+    }
+
     fn protocol_take(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let taken = self
             .protocol_state
@@ -1411,7 +1913,7 @@ impl Store for SledStore {
 mod tests {
     use super::*;
     use crate::model::{Identifier, KeyType, Protocol};
-    use crate::store::{AuditAction, EventKind};
+    use crate::store::{AuditAction, AuditVerification, EventKind};
     use std::collections::BTreeMap;
 
     const NAMES: [&str; 6] = ["api", "www", "payments", "mail", "db", "vpn"];
@@ -1703,5 +2205,283 @@ mod tests {
         catalog.merge_tail();
         assert_eq!(catalog.main.len(), 6);
         assert_eq!(catalog.main.entry_text(1), "b.test\n");
+    }
+
+    /// A request issuing `serial` and the certificate it gets.
+    fn issuing(serial: &str, now: OffsetDateTime) -> (RequestRecord, CertificateRecord) {
+        let request_id = Uuid::new_v4();
+        let sans = vec![Identifier::dns(&format!("{serial}.test")).unwrap()];
+        let request = RequestRecord {
+            request_id,
+            protocol: Protocol::Acme,
+            identity: "t".into(),
+            template: "server".into(),
+            identifiers: sans.clone(),
+            state: RequestState::Issuing {
+                serial: serial.into(),
+            },
+            created_at: now,
+            updated_at: now,
+            pending: None,
+        };
+        let cert = CertificateRecord {
+            serial: serial.into(),
+            request_id,
+            protocol: Protocol::Acme,
+            owner: "t".into(),
+            template: "server".into(),
+            issuer: "local".into(),
+            subject: String::new(),
+            sans,
+            key_type: KeyType::EcdsaP256,
+            not_before: now,
+            not_after: (now + time::Duration::days(30))
+                .replace_nanosecond(0)
+                .unwrap(),
+            sha256_fingerprint: String::new(),
+            resource: None,
+            metadata: BTreeMap::new(),
+            status: StoredStatus::Valid,
+            revocation: None,
+            der: vec![1, 2, 3],
+            chain: Vec::new(),
+        };
+        (request, cert)
+    }
+
+    fn issued_event(now: OffsetDateTime) -> NewEvent {
+        NewEvent {
+            kind: EventKind::CertificateIssued,
+            time: now,
+            data: serde_json::json!({}),
+        }
+    }
+
+    fn audit_actions(store: &SledStore) -> Vec<AuditAction> {
+        store
+            .audit_records(0, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.entry.action)
+            .collect()
+    }
+
+    #[test]
+    fn an_issuance_reserves_its_serial_at_once_and_records_the_rest_when_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let (request, cert) = issuing("0a01", now);
+        assert!(store
+            .begin_issuance(&request, &entry(now, AuditAction::Decision))
+            .unwrap());
+        // Under way: it reads as issuing, would be failed by a restart, and its serial is
+        // taken — but nothing is audited yet.
+        assert_eq!(
+            store.request(request.request_id).unwrap(),
+            Some(request.clone())
+        );
+        assert_eq!(
+            store.interrupted_requests().unwrap(),
+            std::slice::from_ref(&request)
+        );
+        let (rival, _) = issuing("0a01", now);
+        assert!(!store
+            .begin_issuance(&rival, &entry(now, AuditAction::Decision))
+            .unwrap());
+        assert!(audit_actions(&store).is_empty());
+
+        store
+            .complete_issuance(&cert, &entry(now, AuditAction::Issued), &issued_event(now))
+            .unwrap();
+        assert_eq!(
+            store.request(request.request_id).unwrap().unwrap().state,
+            RequestState::Issued {
+                serial: "0a01".into()
+            }
+        );
+        assert_eq!(store.certificate("0a01").unwrap(), Some(cert.clone()));
+        assert!(store.interrupted_requests().unwrap().is_empty());
+        assert!(store.journal.is_empty());
+        // The decision comes right before the issuance in the chain, which verifies.
+        assert_eq!(
+            audit_actions(&store),
+            [AuditAction::Decision, AuditAction::Issued]
+        );
+        assert!(matches!(
+            store.verify_audit().unwrap(),
+            AuditVerification::Intact { records: 2, .. }
+        ));
+        assert_eq!(store.events(0, 10).unwrap().len(), 1);
+        // The serial stays taken; a certificate is recorded once.
+        assert!(!store
+            .begin_issuance(&rival, &entry(now, AuditAction::Decision))
+            .unwrap());
+        assert!(store
+            .complete_issuance(&cert, &entry(now, AuditAction::Issued), &issued_event(now))
+            .is_err());
+        assert_eq!(audit_actions(&store).len(), 2);
+    }
+
+    #[test]
+    fn a_certificate_may_carry_a_serial_an_upstream_ca_chose() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let (request, _) = issuing("0e05", now);
+        let (_, mut cert) = issuing("0e06", now);
+        cert.request_id = request.request_id;
+        assert!(store
+            .begin_issuance(&request, &entry(now, AuditAction::Decision))
+            .unwrap());
+        store
+            .complete_issuance(&cert, &entry(now, AuditAction::Issued), &issued_event(now))
+            .unwrap();
+        assert_eq!(
+            store.request(request.request_id).unwrap().unwrap().state,
+            RequestState::Issued {
+                serial: "0e06".into()
+            }
+        );
+        // The reserved serial stays burnt and is no longer under way.
+        assert!(store.in_flight.lock().unwrap().is_empty());
+        let (again, _) = issuing("0e05", now);
+        assert!(!store
+            .begin_issuance(&again, &entry(now, AuditAction::Decision))
+            .unwrap());
+    }
+
+    #[test]
+    fn a_failed_issuance_burns_its_serial_and_audits_its_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let (request, _) = issuing("0b02", now);
+        assert!(store
+            .begin_issuance(&request, &entry(now, AuditAction::Decision))
+            .unwrap());
+        store
+            .fail_issuance(
+                request.request_id,
+                "CA down",
+                &entry(now, AuditAction::IssuanceFailed),
+            )
+            .unwrap();
+        assert_eq!(
+            store.request(request.request_id).unwrap().unwrap().state,
+            RequestState::Failed {
+                reason: "CA down".into()
+            }
+        );
+        assert_eq!(
+            audit_actions(&store),
+            [AuditAction::Decision, AuditAction::IssuanceFailed]
+        );
+        let (again, _) = issuing("0b02", now);
+        assert!(!store
+            .begin_issuance(&again, &entry(now, AuditAction::Decision))
+            .unwrap());
+    }
+
+    #[test]
+    fn an_issuance_cut_short_by_a_crash_is_failed_at_start_up_with_its_serial_burnt() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let (request, _) = issuing("0c03", now);
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            assert!(store
+                .begin_issuance(&request, &entry(now, AuditAction::Decision))
+                .unwrap());
+            store.db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        // Still reserved after the restart, until recovery fails it.
+        let (rival, _) = issuing("0c03", now);
+        assert!(!store
+            .begin_issuance(&rival, &entry(now, AuditAction::Decision))
+            .unwrap());
+        assert_eq!(
+            store.interrupted_requests().unwrap(),
+            std::slice::from_ref(&request)
+        );
+        store
+            .fail_issuance(
+                request.request_id,
+                "interrupted",
+                &entry(now, AuditAction::IssuanceFailed),
+            )
+            .unwrap();
+        assert!(store.interrupted_requests().unwrap().is_empty());
+        assert!(!store
+            .begin_issuance(&rival, &entry(now, AuditAction::Decision))
+            .unwrap());
+    }
+
+    #[test]
+    fn a_journal_entry_left_half_applied_by_a_crash_is_applied_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let (request, cert) = issuing("0d04", now);
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            assert!(store
+                .begin_issuance(&request, &entry(now, AuditAction::Decision))
+                .unwrap());
+            // What complete_issuance writes, stopped after the entry and one of its writes.
+            let change = Journal::new(&store.t);
+            record_issuance(
+                &change,
+                &cert,
+                &entry(now, AuditAction::Issued),
+                &issued_event(now),
+            )
+            .unwrap();
+            let writes = change.writes.into_inner();
+            assert!(writes.len() > 10, "{}", writes.len());
+            assert_eq!(Journal::decode(&Journal::encode(&writes)).unwrap(), writes);
+            store
+                .journal
+                .insert(request.request_id.as_bytes(), Journal::encode(&writes))
+                .unwrap();
+            Journal::apply(&store.t, &writes[..1]).unwrap();
+            store.db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(store.journal.is_empty());
+        assert_eq!(store.certificate("0d04").unwrap(), Some(cert));
+        assert_eq!(
+            store.request(request.request_id).unwrap().unwrap().state,
+            RequestState::Issued {
+                serial: "0d04".into()
+            }
+        );
+        assert!(store.interrupted_requests().unwrap().is_empty());
+        assert_eq!(
+            audit_actions(&store),
+            [AuditAction::Decision, AuditAction::Issued]
+        );
+        assert!(matches!(
+            store.verify_audit().unwrap(),
+            AuditVerification::Intact { records: 2, .. }
+        ));
+        assert_eq!(
+            store
+                .list_certificates(
+                    &CertificateQuery {
+                        san_contains: Some("0d04".into()),
+                        limit: 10,
+                        ..Default::default()
+                    },
+                    now
+                )
+                .unwrap()
+                .items
+                .len(),
+            1
+        );
+        // A corrupt entry is refused rather than half applied.
+        assert!(Journal::decode(&[0, 0, 0, 0, 9]).is_err());
+        assert!(Journal::decode(&[200]).is_err());
     }
 }

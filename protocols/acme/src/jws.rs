@@ -25,43 +25,24 @@ const MIN_RSA_BITS: usize = 2048;
 #[derive(Debug, Default)]
 pub struct VerifierCache(Mutex<HashMap<(String, String), Arc<AccountKey>>>);
 
-/// An account (or certificate) public key from a JWK, ready to verify JWS signatures of
-/// its algorithm. Signatures are checked with aws-lc-rs: several per ACME order, and it is
-/// markedly faster than going through OpenSSL's EVP layer per call.
-pub enum AccountKey {
-    /// ES256 / ES384 (fixed-length r‖s signatures, RFC 7518 §3.4).
-    Ecdsa(aws_lc_rs::signature::UnparsedPublicKey<Vec<u8>>),
-    /// RS256 (PKCS#1 v1.5 with SHA-256).
-    Rsa(aws_lc_rs::signature::RsaPublicKeyComponents<Vec<u8>>),
-    /// EdDSA with Ed25519 (RFC 8037).
-    Ed25519(aws_lc_rs::signature::UnparsedPublicKey<Vec<u8>>),
-}
+/// An account (or certificate) public key from a JWK, parsed once and ready to verify JWS
+/// signatures of its algorithm (ES256 and ES384 with fixed-length r‖s signatures, RFC 7518
+/// §3.4; RS256, PKCS#1 v1.5 with SHA-256; EdDSA with Ed25519, RFC 8037). Signatures are
+/// checked with aws-lc-rs: several per ACME order, and it is markedly faster than going
+/// through OpenSSL's EVP layer per call; the key is decoded and checked (EC points on
+/// their curve) when the verifier is made, not at each signature.
+pub struct AccountKey(aws_lc_rs::signature::ParsedPublicKey);
 
 impl std::fmt::Debug for AccountKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            AccountKey::Ecdsa(_) => "AccountKey(ECDSA)",
-            AccountKey::Rsa(_) => "AccountKey(RSA)",
-            AccountKey::Ed25519(_) => "AccountKey(Ed25519)",
-        })
+        write!(f, "AccountKey({:?})", self.0.algorithm())
     }
 }
 
 impl AccountKey {
     /// Verify `signature` over `message`.
     fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
-        match self {
-            AccountKey::Ecdsa(key) | AccountKey::Ed25519(key) => {
-                key.verify(message, signature).is_ok()
-            }
-            AccountKey::Rsa(key) => key
-                .verify(
-                    &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
-                    message,
-                    signature,
-                )
-                .is_ok(),
-        }
+        self.0.verify_sig(message, signature).is_ok()
     }
 }
 
@@ -169,15 +150,21 @@ impl Jws {
         self.verify_with(&account_key(&self.alg, jwk)?)
     }
 
-    /// Verify the signature with `jwk`, reusing a verifier from `cache` when it holds one
-    /// for this key and algorithm (building one means decoding the key, which costs more
-    /// than the verification itself).
+    /// Verify the signature with `jwk`, whose RFC 7638 thumbprint is `thumbprint` (an
+    /// account record keeps it: pass it to spare hashing the key again), reusing a verifier
+    /// from `cache` when it holds one for this key and algorithm (building one means
+    /// decoding the key, which costs more than the verification itself).
     pub fn verify_cached(
         &self,
         jwk: &Map<String, Value>,
+        thumbprint: Option<&str>,
         cache: &VerifierCache,
     ) -> Result<(), Problem> {
-        let key = (self.alg.clone(), thumbprint(jwk)?);
+        let thumbprint = match thumbprint {
+            Some(known) => known.to_string(),
+            None => self::thumbprint(jwk)?,
+        };
+        let key = (self.alg.clone(), thumbprint);
         let cached = cache
             .0
             .lock()
@@ -338,8 +325,8 @@ impl ExternalAccountBinding {
 /// The key of `jwk` for `alg`, checking that the key type and curve fit the algorithm.
 fn account_key(alg: &str, jwk: &Map<String, Value>) -> Result<AccountKey, Problem> {
     use aws_lc_rs::signature::{
-        RsaPublicKeyComponents, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED,
-        ECDSA_P384_SHA384_FIXED, ED25519,
+        ParsedPublicKey, ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, ED25519,
+        RSA_PKCS1_2048_8192_SHA256,
     };
     check_public_key(jwk)?;
     let misfit = |why: &str| {
@@ -363,30 +350,51 @@ fn account_key(alg: &str, jwk: &Map<String, Value>) -> Result<AccountKey, Proble
         point.extend(coordinate("y", len)?);
         Ok(point)
     };
-    Ok(match (alg, kty) {
-        ("ES256", "EC") if member(jwk, "crv")? == "P-256" => AccountKey::Ecdsa(
-            UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, ec_point(32)?),
-        ),
-        ("ES384", "EC") if member(jwk, "crv")? == "P-384" => AccountKey::Ecdsa(
-            UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, ec_point(48)?),
-        ),
-        ("RS256", "RSA") => AccountKey::Rsa(RsaPublicKeyComponents {
-            n: b64("RSA modulus", member(jwk, "n")?)?,
-            e: b64("RSA exponent", member(jwk, "e")?)?,
-        }),
-        ("EdDSA", "OKP") if member(jwk, "crv")? == "Ed25519" => {
-            AccountKey::Ed25519(UnparsedPublicKey::new(&ED25519, coordinate("x", 32)?))
-        }
-        ("ES256" | "ES384" | "RS256" | "EdDSA", _) => {
-            return Err(misfit(&format!("key type {kty} or its curve")))
-        }
-        (other, _) => {
-            return Err(Problem::new(
-                ProblemType::BadSignatureAlgorithm,
-                format!("algorithm {other}"),
-            ))
-        }
-    })
+    let (algorithm, key): (&'static dyn aws_lc_rs::signature::VerificationAlgorithm, _) =
+        match (alg, kty) {
+            ("ES256", "EC") if member(jwk, "crv")? == "P-256" => {
+                (&ECDSA_P256_SHA256_FIXED, ec_point(32)?)
+            }
+            ("ES384", "EC") if member(jwk, "crv")? == "P-384" => {
+                (&ECDSA_P384_SHA384_FIXED, ec_point(48)?)
+            }
+            ("RS256", "RSA") => (&RSA_PKCS1_2048_8192_SHA256, rsa_public_key(jwk)?),
+            ("EdDSA", "OKP") if member(jwk, "crv")? == "Ed25519" => {
+                (&ED25519, coordinate("x", 32)?)
+            }
+            ("ES256" | "ES384" | "RS256" | "EdDSA", _) => {
+                return Err(misfit(&format!("key type {kty} or its curve")))
+            }
+            (other, _) => {
+                return Err(Problem::new(
+                    ProblemType::BadSignatureAlgorithm,
+                    format!("algorithm {other}"),
+                ))
+            }
+        };
+    ParsedPublicKey::new(algorithm, key)
+        .map(AccountKey)
+        .map_err(|e| misfit(&format!("not a usable public key ({e})")))
+}
+
+/// An RSA JWK's modulus and exponent as a DER RSAPublicKey (RFC 8017 §A.1.1).
+fn rsa_public_key(jwk: &Map<String, Value>) -> Result<Vec<u8>, Problem> {
+    use der::Encode;
+    let n = b64("RSA modulus", member(jwk, "n")?)?;
+    let e = b64("RSA exponent", member(jwk, "e")?)?;
+    let bad = || Problem::new(ProblemType::BadPublicKey, "malformed RSA public key");
+    let strip = |b: &[u8]| -> Vec<u8> {
+        b.iter()
+            .position(|x| *x != 0)
+            .map_or(vec![0], |i| b[i..].to_vec())
+    };
+    let (n, e) = (strip(&n), strip(&e));
+    pkcs1::RsaPublicKey {
+        modulus: pkcs1::UintRef::new(&n).map_err(|_| bad())?,
+        public_exponent: pkcs1::UintRef::new(&e).map_err(|_| bad())?,
+    }
+    .to_der()
+    .map_err(|_| bad())
 }
 
 fn member<'a>(jwk: &'a Map<String, Value>, name: &str) -> Result<&'a str, Problem> {
@@ -538,10 +546,28 @@ mod tests {
             "x": URL_SAFE_NO_PAD.encode(ed.public_key().as_ref()),
         }));
         let ed_sig = ed.sign(message).as_ref().to_vec();
+        let rsa =
+            aws_lc_rs::signature::RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let components =
+            aws_lc_rs::signature::RsaPublicKeyComponents::<Vec<u8>>::from(rsa.public_key());
+        let rsa_key = jwk(serde_json::json!({
+            "kty": "RSA",
+            "n": URL_SAFE_NO_PAD.encode(&components.n),
+            "e": URL_SAFE_NO_PAD.encode(&components.e),
+        }));
+        let mut rsa_sig = vec![0; rsa.public_modulus_len()];
+        rsa.sign(
+            &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+            &rng,
+            message,
+            &mut rsa_sig,
+        )
+        .unwrap();
         for (alg, key, sig) in [
             ("ES256", &p256, &p256_sig),
             ("ES384", &p384, &p384_sig),
             ("EdDSA", &ed_key, &ed_sig),
+            ("RS256", &rsa_key, &rsa_sig),
         ] {
             let verifier = account_key(alg, key).unwrap();
             assert!(verifier.verify(message, sig), "{alg}");
@@ -560,6 +586,13 @@ mod tests {
         assert_eq!(
             account_key("HS256", &p256).unwrap_err().kind,
             ProblemType::BadSignatureAlgorithm
+        );
+        // A point off the curve is refused when the key is read.
+        let mut off_curve = p256.clone();
+        off_curve.insert("y".into(), Value::String(URL_SAFE_NO_PAD.encode([7u8; 32])));
+        assert_eq!(
+            account_key("ES256", &off_curve).unwrap_err().kind,
+            ProblemType::BadPublicKey
         );
     }
 

@@ -24,6 +24,14 @@ pub trait KeyValue: Send + Sync + 'static {
         value: Vec<u8>,
         durable: bool,
     ) -> Result<(), String>;
+    /// Remove `namespace`/`key` (nothing if absent); on disk before returning when
+    /// `durable`.
+    async fn remove(
+        &self,
+        namespace: &'static str,
+        key: String,
+        durable: bool,
+    ) -> Result<(), String>;
     /// Read `namespace`/`key`.
     async fn get(&self, namespace: &'static str, key: String) -> Result<Option<Vec<u8>>, String>;
     /// Every `(key, value)` in `namespace` whose key starts with `prefix`, in key order.
@@ -51,6 +59,18 @@ impl KeyValue for MemoryKv {
             .lock()
             .expect("lock")
             .insert((namespace.to_string(), key), value);
+        Ok(())
+    }
+    async fn remove(
+        &self,
+        namespace: &'static str,
+        key: String,
+        _durable: bool,
+    ) -> Result<(), String> {
+        self.0
+            .lock()
+            .expect("lock")
+            .remove(&(namespace.to_string(), key));
         Ok(())
     }
     async fn get(&self, namespace: &'static str, key: String) -> Result<Option<Vec<u8>>, String> {
@@ -205,6 +225,12 @@ const ACCOUNTS: &str = "acme.accounts";
 const ACCOUNT_KEYS: &str = "acme.account_keys";
 const ORDERS: &str = "acme.orders";
 const ACCOUNT_ORDERS: &str = "acme.account_orders";
+/// `account/order` → the order's expiry (unix seconds, i64 BE), for orders not yet valid or
+/// invalid when last written: what the pending-orders limit counts, without reading every
+/// order the account ever made.
+const ACCOUNT_OPEN_ORDERS: &str = "acme.account_open_orders";
+/// Accounts whose entries in [`ACCOUNT_OPEN_ORDERS`] cover their orders from before it.
+const OPEN_ORDERS_INDEXED: &str = "acme.open_orders_indexed";
 const AUTHZS: &str = "acme.authzs";
 const ACCOUNT_AUTHZS: &str = "acme.account_authzs";
 const REPLACEMENTS: &str = "acme.replacements";
@@ -300,20 +326,101 @@ impl Records {
         Ok(account.filter(|a| a.thumbprint == thumbprint))
     }
 
-    /// Store an order (and its account index).
+    /// Store an order (and its account indexes).
     pub async fn put_order(&self, order: &OrderRecord, new: bool) -> Result<(), Problem> {
         self.kv
             .put(ORDERS, order.id.clone(), encode(order), EVENTUALLY)
             .await
             .map_err(storage)?;
+        let key = format!("{}/{}", order.account_id, order.id);
+        let done = matches!(order.status, OrderStatus::Valid | OrderStatus::Invalid);
         if new {
-            let key = format!("{}/{}", order.account_id, order.id);
             self.kv
-                .put(ACCOUNT_ORDERS, key, Vec::new(), EVENTUALLY)
+                .put(ACCOUNT_ORDERS, key.clone(), Vec::new(), EVENTUALLY)
+                .await
+                .map_err(storage)?;
+            if !done {
+                let expires = order.expires.unix_timestamp().to_be_bytes().to_vec();
+                self.kv
+                    .put(ACCOUNT_OPEN_ORDERS, key, expires, EVENTUALLY)
+                    .await
+                    .map_err(storage)?;
+            }
+        } else if done {
+            self.close_order(&order.account_id, &order.id).await?;
+        }
+        Ok(())
+    }
+
+    /// The account's orders that were neither valid nor invalid when last written (some
+    /// may have expired or failed since), with their expiry. The first call for an account
+    /// made before this index existed reads all its orders once to fill it in.
+    pub async fn open_orders(
+        &self,
+        account_id: &str,
+    ) -> Result<Vec<(String, OffsetDateTime)>, Problem> {
+        let indexed = self
+            .kv
+            .get(OPEN_ORDERS_INDEXED, account_id.to_string())
+            .await
+            .map_err(storage)?
+            .is_some();
+        if !indexed {
+            for id in self.order_ids(account_id).await? {
+                if let Some(order) = self.order(&id).await? {
+                    if !matches!(order.status, OrderStatus::Valid | OrderStatus::Invalid) {
+                        let expires = order.expires.unix_timestamp().to_be_bytes().to_vec();
+                        self.kv
+                            .put(
+                                ACCOUNT_OPEN_ORDERS,
+                                format!("{account_id}/{id}"),
+                                expires,
+                                EVENTUALLY,
+                            )
+                            .await
+                            .map_err(storage)?;
+                    }
+                }
+            }
+            self.kv
+                .put(
+                    OPEN_ORDERS_INDEXED,
+                    account_id.to_string(),
+                    Vec::new(),
+                    EVENTUALLY,
+                )
                 .await
                 .map_err(storage)?;
         }
-        Ok(())
+        let prefix = format!("{account_id}/");
+        let entries = self
+            .kv
+            .scan(ACCOUNT_OPEN_ORDERS, prefix.clone())
+            .await
+            .map_err(storage)?;
+        entries
+            .into_iter()
+            .map(|(key, value)| {
+                let seconds = <[u8; 8]>::try_from(value.as_slice())
+                    .map(i64::from_be_bytes)
+                    .map_err(|_| Problem::internal("corrupt ACME open-order entry"))?;
+                let expires = OffsetDateTime::from_unix_timestamp(seconds)
+                    .map_err(|_| Problem::internal("corrupt ACME open-order entry"))?;
+                Ok((key[prefix.len()..].to_string(), expires))
+            })
+            .collect()
+    }
+
+    /// Drop an order from the account's open orders (it is done, or expired).
+    pub async fn close_order(&self, account_id: &str, order_id: &str) -> Result<(), Problem> {
+        self.kv
+            .remove(
+                ACCOUNT_OPEN_ORDERS,
+                format!("{account_id}/{order_id}"),
+                EVENTUALLY,
+            )
+            .await
+            .map_err(storage)
     }
 
     /// An order.

@@ -330,7 +330,7 @@ impl AcmeServer {
                 jws.url
             )));
         }
-        let (jwk, account) = match (&jws.key, form) {
+        let account = match (&jws.key, form) {
             (KeyRef::Jwk(_), KeyForm::Kid) => {
                 return Err(Problem::malformed(
                     "this request must identify its account with `kid`",
@@ -339,7 +339,7 @@ impl AcmeServer {
             (KeyRef::Kid(_), KeyForm::Jwk) => {
                 return Err(Problem::malformed("this request must carry a `jwk`"))
             }
-            (KeyRef::Jwk(jwk), _) => (jwk.clone(), None),
+            (KeyRef::Jwk(_), _) => None,
             (KeyRef::Kid(kid), _) => {
                 let id = kid
                     .strip_prefix(&urls.at("account/"))
@@ -358,10 +358,17 @@ impl AcmeServer {
                     .ok_or_else(|| {
                         Problem::new(ProblemType::AccountDoesNotExist, "no such account")
                     })?;
-                (account.jwk.clone(), Some(account))
+                Some(account)
             }
         };
-        jws.verify_cached(&jwk, &self.verifiers)?;
+        match (&account, &jws.key) {
+            // The account's key, and its thumbprint as recorded with it.
+            (Some(account), _) => {
+                jws.verify_cached(&account.jwk, Some(&account.thumbprint), &self.verifiers)?
+            }
+            (None, KeyRef::Jwk(jwk)) => jws.verify_cached(jwk, None, &self.verifiers)?,
+            (None, KeyRef::Kid(_)) => return Err(Problem::internal("kid request without account")),
+        }
         let nonce = jws
             .nonce
             .as_deref()
@@ -871,14 +878,19 @@ impl AcmeServer {
         let mut in_progress = 0;
         // The soonest moment one of them stops counting by itself (expiry).
         let mut soonest: Option<OffsetDateTime> = None;
-        for id in self.records.order_ids(&account.id).await? {
-            let Some(order) = self.records.order(&id).await? else {
+        for (id, expires) in self.records.open_orders(&account.id).await? {
+            // Cheap first: an expired order is invalid whatever its authorizations say.
+            let order = match now < expires {
+                true => self.records.order(&id).await?,
+                false => None,
+            };
+            let Some(order) = order else {
+                self.records.close_order(&account.id, &id).await?;
                 continue;
             };
             let counts = match order.status {
                 OrderStatus::Processing => true,
-                // Cheap first: an expired order is invalid whatever its authorizations say.
-                OrderStatus::Pending | OrderStatus::Ready if now < order.expires => {
+                OrderStatus::Pending | OrderStatus::Ready => {
                     let (status, _) = self.order_view(&order).await?;
                     if matches!(status, OrderStatus::Pending | OrderStatus::Ready) {
                         soonest = Some(soonest.map_or(order.expires, |s| s.min(order.expires)));
@@ -887,8 +899,12 @@ impl AcmeServer {
                         false
                     }
                 }
-                _ => false,
+                OrderStatus::Valid | OrderStatus::Invalid => false,
             };
+            if !counts {
+                // Done, or failed authorizations made it invalid: it never counts again.
+                self.records.close_order(&account.id, &id).await?;
+            }
             if counts {
                 in_progress += 1;
                 if in_progress >= max {
