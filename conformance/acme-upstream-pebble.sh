@@ -8,7 +8,6 @@
 # recorded), and revocation forwarded to pebble.
 source "$(dirname "$0")/lib.sh"
 
-command -v pebble >/dev/null 2>&1 || fail "pebble not found: install the Debian package pebble (.ci/run does)"
 certbot_venv
 
 # --- The organisation's DNS: zone upstream.test at knotd, updates signed with a TSIG key.
@@ -18,31 +17,7 @@ pass "knotd is authoritative for $ZONE on 127.0.0.1:$DNS_PORT"
 
 # --- The upstream CA: pebble on loopback, its HTTPS certificate from a CA made here,
 # resolving dns-01 records at knotd.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/pebble-tls-ca.key" \
-    -subj "/CN=pebble TLS test CA" -days 2 -out "$WORK/pebble-tls-ca.pem" 2>/dev/null
-openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/pebble-tls.key" \
-    -subj "/CN=localhost" -out "$WORK/pebble-tls.csr" 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$WORK/pebble-tls.ext"
-openssl x509 -req -in "$WORK/pebble-tls.csr" -CA "$WORK/pebble-tls-ca.pem" -CAkey "$WORK/pebble-tls-ca.key" \
-    -CAcreateserial -days 2 -extfile "$WORK/pebble-tls.ext" -out "$WORK/pebble-tls.pem" 2>/dev/null \
-    || fail "making pebble's TLS certificate"
-PEBBLE_PORT="$(free_port)"
-PEBBLE_MGMT_PORT="$(free_port)"
-cat >"$WORK/pebble.json" <<JSON
-{"pebble": {"listenAddress": "127.0.0.1:$PEBBLE_PORT", "managementListenAddress": "127.0.0.1:$PEBBLE_MGMT_PORT",
-  "certificate": "$WORK/pebble-tls.pem", "privateKey": "$WORK/pebble-tls.key",
-  "httpPort": $(free_port), "tlsPort": $(free_port), "ocspResponderURL": "",
-  "externalAccountBindingRequired": false}}
-JSON
-PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 PEBBLE_AUTHZREUSE=0 \
-    pebble -config "$WORK/pebble.json" -dnsserver "127.0.0.1:$DNS_PORT" >"$WORK/pebble.log" 2>&1 &
-PEBBLE_PID=$!
-PCURL=(curl -s --cacert "$WORK/pebble-tls-ca.pem")
-for _ in $(seq 1 100); do
-    "${PCURL[@]}" -o /dev/null "https://localhost:$PEBBLE_PORT/dir" && break
-    kill -0 "$PEBBLE_PID" 2>/dev/null || fail "pebble exited: $(tail -20 "$WORK/pebble.log")"
-    sleep 0.1
-done
+start_pebble "$DNS_PORT" "$(free_port)"
 "${PCURL[@]}" -f "https://localhost:$PEBBLE_MGMT_PORT/roots/0" >"$WORK/pebble-root.pem" || fail "pebble's root is not served"
 pass "pebble answers at https://localhost:$PEBBLE_PORT/dir, resolving through knotd"
 
@@ -91,7 +66,7 @@ auth = "any"
 [ca_adapters.pebble]
 type = "acme"
 directory_url = "https://localhost:$PEBBLE_PORT/dir"
-trust_root_file = "$WORK/pebble-tls-ca.pem"
+trust_root_file = "$PEBBLE_TLS_CA"
 contact = ["mailto:pki@example.org"]
 [ca_adapters.pebble.dns01]
 method = "rfc2136"
@@ -133,36 +108,36 @@ pass "rampart's TSIG-signed RFC 2136 updates reached knotd ($UPDATES applied) an
 
 # --- EST simpleenroll → pebble.
 EST="https://localhost:$EST_PORT/.well-known/est"
-openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/dev.key" -subj "/CN=$ZONE" \
-    -addext "subjectAltName=DNS:$ZONE" -outform DER -out "$WORK/dev.csr.der" 2>/dev/null
-base64 "$WORK/dev.csr.der" >"$WORK/dev.csr.b64"
-STATUS="$(curl -s --cacert "$DIR/ca-bundle.pem" -o "$WORK/est.resp" -w '%{http_code}' -u device-7:s3cret \
-    -H 'Content-Type: application/pkcs10' --data-binary @"$WORK/dev.csr.b64" "$EST/simpleenroll")"
-[[ "$STATUS" == 200 ]] || fail "EST simpleenroll answered $STATUS: $(cat "$WORK/est.resp")"
-base64 -d "$WORK/est.resp" | openssl pkcs7 -inform DER -print_certs -out "$WORK/dev-all.pem" || fail "EST answer is not PKCS#7"
+# est_enroll <name> — a fresh P-256 key and CSR for DNS:<name> in $WORK/<name>.key/.csr.b64,
+# simpleenroll with HTTP Basic; prints the status, the body goes to $WORK/<name>.resp.
+est_enroll() {
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/$1.key" -subj "/CN=$1" \
+        -addext "subjectAltName=DNS:$1" -outform DER 2>/dev/null | base64 >"$WORK/$1.csr.b64"
+    curl -s --cacert "$DIR/ca-bundle.pem" -o "$WORK/$1.resp" -w '%{http_code}' -u device-7:s3cret \
+        -H 'Content-Type: application/pkcs10' --data-binary @"$WORK/$1.csr.b64" "$EST/simpleenroll"
+}
+STATUS="$(est_enroll "$ZONE")"
+[[ "$STATUS" == 200 ]] || fail "EST simpleenroll answered $STATUS: $(cat "$WORK/$ZONE.resp")"
+base64 -d "$WORK/$ZONE.resp" | openssl pkcs7 -inform DER -print_certs -out "$WORK/dev-all.pem" || fail "EST answer is not PKCS#7"
 openssl x509 -in "$WORK/dev-all.pem" -out "$WORK/dev.pem"
 openssl verify -CAfile "$WORK/pebble-root.pem" -untrusted "$LIVE/chain.pem" "$WORK/dev.pem" >/dev/null \
     || fail "the EST certificate does not verify against pebble's root"
 openssl x509 -in "$WORK/dev.pem" -noout -issuer | grep -q "Pebble Intermediate CA" || fail "the EST certificate is not pebble's"
-[[ "$(openssl x509 -in "$WORK/dev.pem" -noout -pubkey)" == "$(openssl pkey -in "$WORK/dev.key" -pubout)" ]] \
+[[ "$(openssl x509 -in "$WORK/dev.pem" -noout -pubkey)" == "$(openssl pkey -in "$WORK/$ZONE.key" -pubout)" ]] \
     || fail "the EST certificate is not for the device's key"
 pass "EST simpleenroll (HTTP Basic) → rampart → pebble: a certificate for the device's key, verifying against pebble's root"
 
 # --- A name rampart's policy allows but the DNS cannot prove: EST 502, nothing issued.
 BEFORE="$(curl -sf -H "Authorization: Bearer $KEY" "$API/api/v1/certificates" | jq '.items | length')"
-openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/bad.key" -subj "/CN=elsewhere.test" \
-    -addext "subjectAltName=DNS:elsewhere.test" -outform DER -out "$WORK/bad.csr.der" 2>/dev/null
-base64 "$WORK/bad.csr.der" >"$WORK/bad.csr.b64"
-STATUS="$(curl -s --cacert "$DIR/ca-bundle.pem" -o "$WORK/bad.resp" -w '%{http_code}' -u device-7:s3cret \
-    -H 'Content-Type: application/pkcs10' --data-binary @"$WORK/bad.csr.b64" "$EST/simpleenroll")"
-[[ "$STATUS" == 502 ]] || fail "an unprovable name answered $STATUS, not 502: $(cat "$WORK/bad.resp")"
-grep -q "upstream CA" "$WORK/bad.resp" || fail "the 502 does not say the upstream CA failed: $(cat "$WORK/bad.resp")"
+STATUS="$(est_enroll elsewhere.test)"
+[[ "$STATUS" == 502 ]] || fail "an unprovable name answered $STATUS, not 502: $(cat "$WORK/elsewhere.test.resp")"
+grep -q "upstream CA" "$WORK/elsewhere.test.resp" || fail "the 502 does not say the upstream CA failed: $(cat "$WORK/elsewhere.test.resp")"
 AFTER="$(curl -sf -H "Authorization: Bearer $KEY" "$API/api/v1/certificates" | jq '.items | length')"
 [[ "$BEFORE" == "$AFTER" ]] || fail "a certificate was recorded for the failed enrollment ($BEFORE → $AFTER)"
 curl -sf -H "Authorization: Bearer $KEY" "$API/api/v1/audit?action=issuance_failed" \
     | jq -e '[.items[] | select(.entry.reason | test("upstream CA"))] | length > 0' >/dev/null \
     || fail "the failed upstream issuance is not audited"
-pass "a name outside every zone knotd serves: EST 502 \"$(head -c 100 "$WORK/bad.resp" | tr -d '\n')…\", audited, nothing recorded"
+pass "a name outside every zone knotd serves: EST 502 \"$(head -c 100 "$WORK/elsewhere.test.resp" | tr -d '\n')…\", audited, nothing recorded"
 
 # --- Revocation reaches pebble.
 pebble_status() { "${PCURL[@]}" -f "https://localhost:$PEBBLE_MGMT_PORT/cert-status-by-serial/$1" | jq -r '.Status'; }

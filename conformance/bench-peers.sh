@@ -21,9 +21,7 @@ PEBBLE_COUNT="${PEBBLE_COUNT:-32}"
 SCEP_CONCURRENCY="${SCEP_CONCURRENCY:-8}"
 SCEP_COUNT="${SCEP_COUNT:-64}"
 MICROMDM_COUNT="${MICROMDM_COUNT:-32}"
-for tool in pebble scepserver; do
-    command -v "$tool" >/dev/null 2>&1 || fail "$tool not found: install the Debian packages pebble and scep (.ci/run does)"
-done
+command -v scepserver >/dev/null 2>&1 || fail "scepserver not found: install the Debian package scep (.ci/run does)"
 
 HTTP01_PORT="$(free_port)"
 DNS_PORT="$(free_port)"
@@ -40,24 +38,8 @@ export RAMPART__SCEP__PROFILES__DEFAULT__CHALLENGE_HASH
 export RAMPART__LIMITS__PER_IP_REQUESTS_PER_MINUTE=0
 start_rampart "$DIR/rampart.toml"
 
-# --- pebble: its own HTTPS certificate from a CA made here; validates at the same responders.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/pebble-ca.key" \
-    -subj "/CN=pebble TLS test CA" -days 2 -out "$WORK/pebble-ca.pem" 2>/dev/null
-openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/pebble.key" \
-    -subj "/CN=localhost" -out "$WORK/pebble.csr" 2>/dev/null
-printf 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$WORK/pebble.ext"
-openssl x509 -req -in "$WORK/pebble.csr" -CA "$WORK/pebble-ca.pem" -CAkey "$WORK/pebble-ca.key" \
-    -CAcreateserial -days 2 -extfile "$WORK/pebble.ext" -out "$WORK/pebble.pem" 2>/dev/null || fail "pebble's certificate"
-PEBBLE_PORT="$(free_port)"
-cat >"$WORK/pebble.json" <<JSON
-{"pebble": {"listenAddress": "127.0.0.1:$PEBBLE_PORT", "managementListenAddress": "127.0.0.1:$(free_port)",
-  "certificate": "$WORK/pebble.pem", "privateKey": "$WORK/pebble.key",
-  "httpPort": $HTTP01_PORT, "tlsPort": $(free_port), "ocspResponderURL": "",
-  "externalAccountBindingRequired": false}}
-JSON
-PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 PEBBLE_AUTHZREUSE=0 \
-    pebble -config "$WORK/pebble.json" -dnsserver "127.0.0.1:$DNS_PORT" >"$WORK/pebble.log" 2>&1 &
-PEBBLE_PID=$!
+# --- pebble, validating at the same responders.
+start_pebble "$DNS_PORT" "$HTTP01_PORT"
 
 # --- micromdm's scepserver with its own CA (RSA-2048) and the same static challenge.
 MICROMDM_PORT="$(free_port)"
@@ -66,11 +48,9 @@ mkdir -p "$WORK/micromdm"
 (cd "$WORK/micromdm" && exec scepserver -depot depot -port "$MICROMDM_PORT" -challenge secret >"$WORK/micromdm.log" 2>&1) &
 MICROMDM_PID=$!
 for _ in $(seq 1 100); do
-    curl -s -o /dev/null --cacert "$WORK/pebble-ca.pem" "https://localhost:$PEBBLE_PORT/dir" \
-        && curl -s -o /dev/null "http://127.0.0.1:$MICROMDM_PORT/scep?operation=GetCACaps" && break
+    curl -s -o /dev/null "http://127.0.0.1:$MICROMDM_PORT/scep?operation=GetCACaps" && break
     sleep 0.1
 done
-kill -0 "$PEBBLE_PID" 2>/dev/null || fail "pebble exited: $(tail -5 "$WORK/pebble.log")"
 kill -0 "$MICROMDM_PID" 2>/dev/null || fail "scepserver exited: $(tail -5 "$WORK/micromdm.log")"
 
 # bench <name> <round> <bench args…> — runs `rampart bench`, keeps its RESULT line in
@@ -90,7 +70,7 @@ for round in $(seq 1 "$ROUNDS"); do
     bench rampart-acme "$round" acme --target "$DIRECTORY" --ca-bundle "$DIR/ca-bundle.pem" \
         --concurrency "$ACME_CONCURRENCY" --count "$ACME_COUNT" "${BENCH_NET[@]}" --server-pid "$RAMPART_PID"
     # pebble 2.4 wedges under concurrent newOrder (a lock inversion in its memory store).
-    bench pebble-acme "$round" acme --target "https://localhost:$PEBBLE_PORT/dir" --ca-bundle "$WORK/pebble-ca.pem" \
+    bench pebble-acme "$round" acme --target "https://localhost:$PEBBLE_PORT/dir" --ca-bundle "$PEBBLE_TLS_CA" \
         --concurrency "$ACME_CONCURRENCY" --count "$PEBBLE_COUNT" "${BENCH_NET[@]}" --server-pid "$PEBBLE_PID" \
         --serialize-new-order
     bench rampart-scep "$round" scep --target "http://127.0.0.1:$SCEP_PORT/scep" --challenge secret --cipher des \

@@ -1,7 +1,7 @@
 # Shared helpers for conformance scripts (sourced, not run).
 # Provides: RAMPART (binary), WORK (temp dir, removed on exit), fail, pass, free_port,
 # start_rampart/stop_rampart, wait_http, enroll, acme_lab_config, certbot_venv, webhooks_venv,
-# start_knot/stop_knotd.
+# start_knot/stop_knotd, start_pebble.
 
 set -euo pipefail
 
@@ -171,4 +171,41 @@ stop_knotd() {
         kill -TERM "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || return 1
     fi
+}
+
+# start_pebble <dns-port> <http01-port> — Debian's pebble (Let's Encrypt's test ACME CA) on
+# loopback, resolving names at 127.0.0.1:<dns-port> and validating http-01 on <http01-port>,
+# without pebble's artificial validation delay, random nonce rejection or authorization
+# reuse. Its HTTPS certificate comes from a CA made here. Sets PEBBLE_PORT, PEBBLE_MGMT_PORT,
+# PEBBLE_PID, PEBBLE_TLS_CA (the PEM clients trust) and PCURL (curl trusting it).
+start_pebble() {
+    command -v pebble >/dev/null 2>&1 || fail "pebble not found: install the Debian package pebble (.ci/run does)"
+    PEBBLE_TLS_CA="$WORK/pebble-tls-ca.pem"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/pebble-tls-ca.key" \
+        -subj "/CN=pebble TLS test CA" -days 2 -out "$PEBBLE_TLS_CA" 2>/dev/null
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/pebble-tls.key" \
+        -subj "/CN=localhost" -out "$WORK/pebble-tls.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$WORK/pebble-tls.ext"
+    openssl x509 -req -in "$WORK/pebble-tls.csr" -CA "$PEBBLE_TLS_CA" -CAkey "$WORK/pebble-tls-ca.key" \
+        -CAcreateserial -days 2 -extfile "$WORK/pebble-tls.ext" -out "$WORK/pebble-tls.pem" 2>/dev/null \
+        || fail "making pebble's TLS certificate"
+    PEBBLE_PORT="$(free_port)"
+    PEBBLE_MGMT_PORT="$(free_port)"
+    cat >"$WORK/pebble.json" <<JSON
+{"pebble": {"listenAddress": "127.0.0.1:$PEBBLE_PORT", "managementListenAddress": "127.0.0.1:$PEBBLE_MGMT_PORT",
+  "certificate": "$WORK/pebble-tls.pem", "privateKey": "$WORK/pebble-tls.key",
+  "httpPort": $2, "tlsPort": $(free_port), "ocspResponderURL": "",
+  "externalAccountBindingRequired": false}}
+JSON
+    PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 PEBBLE_AUTHZREUSE=0 \
+        pebble -config "$WORK/pebble.json" -dnsserver "127.0.0.1:$1" >"$WORK/pebble.log" 2>&1 &
+    PEBBLE_PID=$!
+    PCURL=(curl -s --cacert "$PEBBLE_TLS_CA")
+    local _
+    for _ in $(seq 1 100); do
+        "${PCURL[@]}" -o /dev/null "https://localhost:$PEBBLE_PORT/dir" && return 0
+        kill -0 "$PEBBLE_PID" 2>/dev/null || fail "pebble exited: $(tail -20 "$WORK/pebble.log")"
+        sleep 0.1
+    done
+    fail "pebble does not answer at https://localhost:$PEBBLE_PORT/dir: $(tail -20 "$WORK/pebble.log")"
 }
