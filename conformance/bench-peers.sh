@@ -41,17 +41,24 @@ start_rampart "$DIR/rampart.toml"
 # --- pebble, validating at the same responders.
 start_pebble "$DNS_PORT" "$HTTP01_PORT"
 
-# --- micromdm's scepserver with its own CA (RSA-2048) and the same static challenge.
+# --- micromdm's scepserver with its own CA (RSA-2048) and the same static challenge, started
+# afresh (new depot) every round: its depot's serial file has no locking, and the failures
+# that causes under concurrency pile up from one run to the next.
 MICROMDM_PORT="$(free_port)"
-mkdir -p "$WORK/micromdm"
-(cd "$WORK/micromdm" && scepserver ca -init -keySize 2048 >/dev/null 2>&1) || fail "scepserver ca -init"
-(cd "$WORK/micromdm" && exec scepserver -depot depot -port "$MICROMDM_PORT" -challenge secret >"$WORK/micromdm.log" 2>&1) &
-MICROMDM_PID=$!
-for _ in $(seq 1 100); do
-    curl -s -o /dev/null "http://127.0.0.1:$MICROMDM_PORT/scep?operation=GetCACaps" && break
-    sleep 0.1
-done
-kill -0 "$MICROMDM_PID" 2>/dev/null || fail "scepserver exited: $(tail -5 "$WORK/micromdm.log")"
+MICROMDM_PID=""
+start_micromdm() {
+    if [[ -n "$MICROMDM_PID" ]]; then kill "$MICROMDM_PID" 2>/dev/null || true; wait "$MICROMDM_PID" 2>/dev/null || true; fi
+    rm -rf "$WORK/micromdm" && mkdir -p "$WORK/micromdm"
+    (cd "$WORK/micromdm" && scepserver ca -init -keySize 2048 >/dev/null 2>&1) || fail "scepserver ca -init"
+    (cd "$WORK/micromdm" && exec scepserver -depot depot -port "$MICROMDM_PORT" -challenge secret >>"$WORK/micromdm.log" 2>&1) &
+    MICROMDM_PID=$!
+    local _
+    for _ in $(seq 1 100); do
+        curl -s -o /dev/null "http://127.0.0.1:$MICROMDM_PORT/scep?operation=GetCACaps" && return 0
+        sleep 0.1
+    done
+    fail "scepserver does not answer: $(tail -5 "$WORK/micromdm.log")"
+}
 
 # bench <name> <round> <bench args…> — runs `rampart bench`, keeps its RESULT line in
 # $WORK/results/<name>.<round>. The bench exits non-zero when operations failed, which
@@ -63,8 +70,11 @@ bench() {
     "$RAMPART" bench "$@" >"$WORK/results/$name.$round.out" 2>&1 || true
     grep '^RESULT ' "$WORK/results/$name.$round.out" >"$WORK/results/$name.$round" \
         || fail "bench $name printed no RESULT line: $(tail -5 "$WORK/results/$name.$round.out")"
+    echo "round $round $name: $(cat "$WORK/results/$name.$round")"
 }
-field() { grep -o " $2=[0-9.]*" "$1" | cut -d= -f2; }
+# field <result file> <key> — the value, or 0 when the RESULT line lacks it (a run in which
+# nothing completed has no server CPU per operation).
+field() { { grep -o " $2=[0-9.]*" "$1" || echo "=0"; } | cut -d= -f2; }
 
 for round in $(seq 1 "$ROUNDS"); do
     bench rampart-acme "$round" acme --target "$DIRECTORY" --ca-bundle "$DIR/ca-bundle.pem" \
@@ -75,6 +85,7 @@ for round in $(seq 1 "$ROUNDS"); do
         --serialize-new-order
     bench rampart-scep "$round" scep --target "http://127.0.0.1:$SCEP_PORT/scep" --challenge secret --cipher des \
         --concurrency "$SCEP_CONCURRENCY" --count "$SCEP_COUNT" --server-pid "$RAMPART_PID"
+    start_micromdm
     bench micromdm-scep "$round" scep --target "http://127.0.0.1:$MICROMDM_PORT/scep" --challenge secret --cipher des \
         --concurrency "$SCEP_CONCURRENCY" --count "$MICROMDM_COUNT" --server-pid "$MICROMDM_PID"
 done
