@@ -97,6 +97,16 @@ fn write_pin(path: &Path, pin: &str) {
     rampart::files::write_secret(path, format!("{pin}\n").as_bytes()).unwrap();
 }
 
+/// SoftHSM2 as `config`'s PKCS#11 module, the PIN in `dir/token.pin` (written once).
+fn use_token(config: &mut Config, dir: &Path) {
+    config.ca.pkcs11_module = MODULE.into();
+    let pin_file = dir.join("token.pin");
+    if !pin_file.exists() {
+        write_pin(&pin_file, PIN);
+    }
+    config.ca.pin_file = pin_file.to_str().unwrap().into();
+}
+
 /// A daemon configuration whose issuing key is `object` in `token`, PIN from a file in `dir`,
 /// with an EST user.
 fn token_config(dir: &Path, token: &str, algorithm: KeyAlgorithm) -> Config {
@@ -104,20 +114,8 @@ fn token_config(dir: &Path, token: &str, algorithm: KeyAlgorithm) -> Config {
     let mut config = config_for(dir);
     config.ca.key_algorithm = algorithm;
     config.ca.key = format!("pkcs11:token={token};object=issuing-ca;id=%ca%01");
-    config.ca.pkcs11_module = MODULE.into();
-    let pin_file = dir.join("token.pin");
-    if !pin_file.exists() {
-        write_pin(&pin_file, PIN);
-    }
-    config.ca.pin_file = pin_file.to_str().unwrap().into();
-    let hash = {
-        use argon2::password_hash::{PasswordHasher, SaltString};
-        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
-        argon2::Argon2::default()
-            .hash_password(EST_PASSWORD.as_bytes(), &salt)
-            .unwrap()
-            .to_string()
-    };
+    use_token(&mut config, dir);
+    let hash = common::argon2_hash(EST_PASSWORD);
     config.est.users.insert(
         EST_USER.into(),
         EstUserConfig {
@@ -576,20 +574,8 @@ const SCEP_CHALLENGE: &str = "scep in the token";
 fn with_token_ra(mut config: Config, dir: &Path, token: &str, object: &str) -> Config {
     softhsm();
     config.scep.ra_key = format!("pkcs11:token={token};object={object}");
-    config.ca.pkcs11_module = MODULE.into();
-    let pin_file = dir.join("token.pin");
-    if !pin_file.exists() {
-        write_pin(&pin_file, PIN);
-    }
-    config.ca.pin_file = pin_file.to_str().unwrap().into();
-    let hash = {
-        use argon2::password_hash::{PasswordHasher, SaltString};
-        let salt = SaltString::encode_b64(b"scep-token-salt!").unwrap();
-        argon2::Argon2::default()
-            .hash_password(SCEP_CHALLENGE.as_bytes(), &salt)
-            .unwrap()
-            .to_string()
-    };
+    use_token(&mut config, dir);
+    let hash = common::argon2_hash(SCEP_CHALLENGE);
     config
         .scep
         .profiles

@@ -59,7 +59,6 @@ async fn downstream(
     eab: &serde_json::Value,
     hook_log: &Path,
 ) -> TestDaemon {
-    use argon2::password_hash::{PasswordHasher, SaltString};
     let mut config: Config = config_for(dir);
     let secrets = dir.join("secrets");
     std::fs::create_dir_all(&secrets).unwrap();
@@ -96,14 +95,10 @@ async fn downstream(
     for template in ["server", "client"] {
         config.templates.get_mut(template).unwrap().ca = Some("upstream-ra".into());
     }
-    let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
     config.est.users.insert(
         USER.into(),
         EstUserConfig {
-            password_hash: argon2::Argon2::default()
-                .hash_password(PASSWORD.as_bytes(), &salt)
-                .unwrap()
-                .to_string(),
+            password_hash: common::argon2_hash(PASSWORD),
             roles: vec!["admin".into()],
         },
     );
@@ -161,6 +156,11 @@ async fn lab() -> Lab {
         hook_log,
         _dirs: (up_dir, down_dir),
     }
+}
+
+/// `daemon`'s inventory record of `serial`.
+fn recorded(daemon: &TestDaemon, serial: &str) -> Option<rampart::model::CertificateRecord> {
+    daemon.daemon.pipeline.store().certificate(serial).unwrap()
 }
 
 fn serial_of(der: &[u8]) -> String {
@@ -236,14 +236,7 @@ async fn api_and_est_requests_are_signed_upstream_and_revocations_forwarded() {
     );
     assert_eq!(chain[1], upstream_issuing, "the upstream's chain is served");
     // The upstream recorded it as an ACME issuance to the EAB identity.
-    let record = lab
-        .up
-        .daemon
-        .pipeline
-        .store()
-        .certificate(&serial)
-        .unwrap()
-        .expect("the upstream recorded the certificate");
+    let record = recorded(&lab.up, &serial).expect("the upstream recorded the certificate");
     assert_eq!(
         (record.protocol, record.owner.as_str()),
         (Protocol::Acme, "downstream")
@@ -277,14 +270,7 @@ async fn api_and_est_requests_are_signed_upstream_and_revocations_forwarded() {
         &x509_cert::Certificate::from_der(&issued[0]).unwrap(),
         &x509_cert::Certificate::from_der(&upstream_issuing).unwrap(),
     );
-    let record = lab
-        .down
-        .daemon
-        .pipeline
-        .store()
-        .certificate(&serial_of(&issued[0]))
-        .unwrap()
-        .unwrap();
+    let record = recorded(&lab.down, &serial_of(&issued[0])).unwrap();
     assert_eq!(
         (
             record.protocol,
@@ -303,14 +289,7 @@ async fn api_and_est_requests_are_signed_upstream_and_revocations_forwarded() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let upstream_record = lab
-        .up
-        .daemon
-        .pipeline
-        .store()
-        .certificate(&serial)
-        .unwrap()
-        .unwrap();
+    let upstream_record = recorded(&lab.up, &serial).unwrap();
     assert!(upstream_record.revocation.is_some(), "revoked upstream");
 }
 

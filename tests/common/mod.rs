@@ -230,3 +230,14 @@ pub fn est_certificates(body: &[u8]) -> Vec<Vec<u8>> {
         })
         .collect()
 }
+
+/// A PHC-format argon2 hash of `secret` with a fixed salt, as `rampart hash-password` writes
+/// into `[est.users]` and `[scep.profiles]`.
+pub fn argon2_hash(secret: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+    argon2::Argon2::default()
+        .hash_password(secret.as_bytes(), &salt)
+        .unwrap()
+        .to_string()
+}
