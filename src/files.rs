@@ -67,18 +67,18 @@ pub fn check_secret_permissions_if_present(path: &Path) -> Result<(), SecretFile
 }
 
 /// A secret the configuration points at — a file only its owner may read, or an environment
-/// variable — never the secret itself. Trailing whitespace is dropped. The error names the
-/// source, never the value.
+/// variable — never the secret itself. A trailing line ending is dropped. The error names
+/// the source, never the value.
 pub fn read_configured_secret(file: Option<&Path>, env: Option<&str>) -> Result<String, String> {
     match (file, env) {
         (Some(path), _) => {
             check_secret_permissions(path).map_err(|e| e.to_string())?;
             fs::read_to_string(path)
-                .map(|text| text.trim_end().to_string())
+                .map(|text| text.trim_end_matches(['\n', '\r']).to_string())
                 .map_err(|e| format!("{}: {e}", path.display()))
         }
         (None, Some(var)) => std::env::var(var)
-            .map(|text| text.trim_end().to_string())
+            .map(|text| text.trim_end_matches(['\n', '\r']).to_string())
             .map_err(|_| format!("environment variable `{var}` is not set")),
         (None, None) => Err("neither a secret file nor an environment variable is set".into()),
     }

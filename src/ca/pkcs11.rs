@@ -487,24 +487,16 @@ impl PinSource {
     }
 
     fn read(&self) -> Result<RawAuthPin, Pkcs11Error> {
-        let mut bytes = match self {
-            PinSource::File(path) => {
-                files::check_secret_permissions(path)
-                    .map_err(|e| Pkcs11Error::Pin(e.to_string()))?;
-                std::fs::read(path)
-                    .map_err(|e| Pkcs11Error::Pin(format!("{}: {e}", path.display())))?
-            }
-            PinSource::Env(var) => std::env::var(var)
-                .map_err(|_| {
-                    Pkcs11Error::Pin(format!(
-                        "environment variable {var} is not set (or set [ca] pin_file)"
-                    ))
-                })?
-                .into_bytes(),
+        let (file, env) = match self {
+            PinSource::File(path) => (Some(path.as_path()), None),
+            PinSource::Env(var) => (None, Some(var.as_str())),
         };
-        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            bytes.pop();
-        }
+        let bytes = files::read_configured_secret(file, env)
+            .map_err(|e| match self {
+                PinSource::File(_) => Pkcs11Error::Pin(e),
+                PinSource::Env(_) => Pkcs11Error::Pin(format!("{e} (or set [ca] pin_file)")),
+            })?
+            .into_bytes();
         if bytes.is_empty() {
             return Err(Pkcs11Error::Pin(format!("{self} is empty")));
         }
