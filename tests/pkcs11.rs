@@ -26,7 +26,7 @@ use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 use der::{Decode, Encode};
 use rampart::clock::{Clock, ManualClock, SystemClock};
-use rampart::config::{Config, EstUserConfig, KeyAlgorithm};
+use rampart::config::{Config, EstUserConfig, KeyAlgorithm, RsaSignature};
 use rampart_scep::client::{self, CertRep, Requester};
 use rampart_scep::crypto::{ContentCipher, Digest};
 use rampart_scep::wire::{FailInfo, MessageType, PkiStatus};
@@ -37,7 +37,7 @@ const PIN: &str = "4711-user";
 const SO_PIN: &str = "0815-so";
 /// One token per test, so that tests running at once never share a login.
 const TOKENS: &[&str] = &[
-    "p256", "p384", "rsa", "recover", "startup", "scep", "scep-ra",
+    "p256", "p384", "rsa", "rsa-pss", "recover", "startup", "scep", "scep-ra",
 ];
 const EST_USER: &str = "device-1";
 const EST_PASSWORD: &str = "est-secret";
@@ -258,12 +258,17 @@ fn test_session(token: &str, pin: &str) -> cryptoki::session::Session {
 }
 
 /// Everything the issuing CA signs, signed in the token and verified by openssl.
-async fn issues_with_a_token_key(token: &str, algorithm: KeyAlgorithm) {
+async fn issues_with_a_token_key(token: &str, algorithm: KeyAlgorithm, signature: RsaSignature) {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("work");
     std::fs::create_dir(&work).unwrap();
     let data = dir.path().join("data");
-    let config = token_config(&data_dir(&data), token, algorithm);
+    let config_in = |data: &Path| {
+        let mut config = token_config(data, token, algorithm);
+        config.ca.rsa_signature = signature;
+        config
+    };
+    let config = config_in(&data_dir(&data));
     let d = start_with(config.clone(), Arc::new(SystemClock), None).await;
 
     // The key is the token's: no file for it, ca.json says where it is.
@@ -318,6 +323,25 @@ async fn issues_with_a_token_key(token: &str, algorithm: KeyAlgorithm) {
     assert_eq!(status, 201, "{body}");
     let leaf = body["certificate"].as_str().unwrap().to_string();
     openssl_verify(&chain, &leaf, &work, "api");
+    let (ok, text) = run(
+        "openssl",
+        &[
+            "x509",
+            "-noout",
+            "-text",
+            "-in",
+            work.join("api.pem").to_str().unwrap(),
+        ],
+    );
+    let expected = match (algorithm, signature) {
+        (KeyAlgorithm::Rsa3072, RsaSignature::Pss) => "Signature Algorithm: rsassaPss",
+        (KeyAlgorithm::Rsa3072, RsaSignature::Pkcs1v15) => {
+            "Signature Algorithm: sha256WithRSAEncryption"
+        }
+        (KeyAlgorithm::EcdsaP256, _) => "Signature Algorithm: ecdsa-with-SHA256",
+        (KeyAlgorithm::EcdsaP384, _) => "Signature Algorithm: ecdsa-with-SHA384",
+    };
+    assert!(ok && text.contains(expected), "{expected}: {text}");
     // Over EST.
     let est_leaf = enroll_est(&d, &format!("est.{token}.test")).await;
     openssl_verify(&chain, &est_leaf, &work, "est");
@@ -380,12 +404,7 @@ async fn issues_with_a_token_key(token: &str, algorithm: KeyAlgorithm) {
 
     // A new CA pointed at the same URI uses the key the token already holds.
     let other = dir.path().join("other");
-    let d = start_with(
-        token_config(&data_dir(&other), token, algorithm),
-        Arc::new(SystemClock),
-        None,
-    )
-    .await;
+    let d = start_with(config_in(&data_dir(&other)), Arc::new(SystemClock), None).await;
     assert_eq!(
         issuing_public_key(&d),
         public_key,
@@ -401,17 +420,24 @@ fn data_dir(path: &Path) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ecdsa_p256_key_in_the_token_issues_over_api_and_est() {
-    issues_with_a_token_key("p256", KeyAlgorithm::EcdsaP256).await;
+    issues_with_a_token_key("p256", KeyAlgorithm::EcdsaP256, RsaSignature::Pkcs1v15).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ecdsa_p384_key_in_the_token_issues_over_api_and_est() {
-    issues_with_a_token_key("p384", KeyAlgorithm::EcdsaP384).await;
+    issues_with_a_token_key("p384", KeyAlgorithm::EcdsaP384, RsaSignature::Pkcs1v15).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rsa_key_in_the_token_issues_over_api_and_est() {
-    issues_with_a_token_key("rsa", KeyAlgorithm::Rsa3072).await;
+    issues_with_a_token_key("rsa", KeyAlgorithm::Rsa3072, RsaSignature::Pkcs1v15).await;
+}
+
+/// RSASSA-PSS made in the token (`CKM_SHA256_RSA_PKCS_PSS`) on certificates, the CRL and
+/// OCSP responses, which openssl verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_pss_key_in_the_token_issues_over_api_and_est() {
+    issues_with_a_token_key("rsa-pss", KeyAlgorithm::Rsa3072, RsaSignature::Pss).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,8 +26,9 @@ use x509_cert::Certificate;
 
 use super::lint::Linter;
 use super::pkcs11::{KeyUsage, PinSource, Pkcs11Error, Pkcs11Key, TokenKeySpec};
+use super::rsa_pss;
 use super::{CaAdapter, CaError, CaSignature, CrlOrder, IssuanceOrder, IssuedCertificate, Serial};
-use crate::config::{CaConfig, ExtendedKeyUsage, KeyAlgorithm};
+use crate::config::{CaConfig, ExtendedKeyUsage, KeyAlgorithm, RsaSignature};
 use crate::files;
 use crate::model::{Identifier, KeyType};
 use crate::pkix::pem;
@@ -80,38 +81,152 @@ struct CaMetadata {
     issuing_key: Option<String>,
 }
 
-/// The issuing CA's signing key: a PKCS#8 file read into memory, or a key in a PKCS#11
-/// token that signs there.
+/// A CA signing key: a PKCS#8 file read into memory, or a key in a PKCS#11 token that signs
+/// there; an RSA key of either kind may sign RSASSA-PSS (`[ca] rsa_signature = "pss"`).
+///
+/// rcgen signs documents itself with the other keys. With a PSS key rcgen's signature is
+/// empty, because rcgen can only write `sha256WithRSAEncryption`: [`CaKey::finish_certificate`]
+/// and [`CaKey::finish_crl`] then sign what rcgen encoded (see [`super::rsa_pss`]). Every
+/// document rcgen makes with a `CaKey` goes through one of them.
 pub enum CaKey {
-    /// `issuing.key.pem`.
+    /// A key file (`issuing.key.pem`, `root.key.pem`).
     File(KeyPair),
+    /// An RSA key file that signs RSASSA-PSS: rcgen's key pair for the public key and the
+    /// PEM, aws-lc-rs's for the signature.
+    FilePss(KeyPair, aws_lc_rs::signature::RsaKeyPair),
     /// A token key.
     Token(Box<Pkcs11Key>),
+    /// An RSA token key that signs RSASSA-PSS (`CKM_SHA256_RSA_PKCS_PSS`).
+    TokenPss(Box<Pkcs11Key>),
 }
 
 impl std::fmt::Debug for CaKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CaKey::File(key) => write!(f, "CaKey::File({:?})", key.algorithm()),
+            CaKey::FilePss(..) => write!(f, "CaKey::FilePss"),
             CaKey::Token(key) => write!(f, "CaKey::Token({})", key.uri()),
+            CaKey::TokenPss(key) => write!(f, "CaKey::TokenPss({})", key.uri()),
         }
     }
 }
 
 impl CaKey {
+    /// This key signing with `scheme` (which matters for RSA keys only).
+    fn with_signature(self, scheme: RsaSignature) -> Result<Self, LocalCaError> {
+        if scheme == RsaSignature::Pkcs1v15 {
+            return Ok(self);
+        }
+        if self.algorithm() != &rcgen::PKCS_RSA_SHA256 {
+            return Err(LocalCaError::KeyLocation(
+                "ca.rsa_signature = \"pss\" needs an RSA key; this CA's key is not one".into(),
+            ));
+        }
+        Ok(match self {
+            CaKey::File(key) => {
+                let signer = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(key.serialized_der())
+                    .map_err(|e| LocalCaError::Crypto(format!("RSA key for PSS: {e}")))?;
+                CaKey::FilePss(key, signer)
+            }
+            CaKey::Token(key) => CaKey::TokenPss(key),
+            pss => pss,
+        })
+    }
+
+    /// The key file's key pair (none for a token key).
+    fn key_file(&self) -> Option<&KeyPair> {
+        match self {
+            CaKey::File(key) | CaKey::FilePss(key, _) => Some(key),
+            CaKey::Token(_) | CaKey::TokenPss(_) => None,
+        }
+    }
+
+    fn pss(&self) -> bool {
+        matches!(self, CaKey::FilePss(..) | CaKey::TokenPss(_))
+    }
+
+    /// An RSASSA-PSS signature of `message` (a PSS key only).
+    fn sign_pss(&self, message: &[u8]) -> Result<Vec<u8>, CaError> {
+        match self {
+            CaKey::FilePss(_, signer) => {
+                let mut signature = vec![0; signer.public_modulus_len()];
+                signer
+                    .sign(
+                        &aws_lc_rs::signature::RSA_PSS_SHA256,
+                        &aws_lc_rs::rand::SystemRandom::new(),
+                        message,
+                        &mut signature,
+                    )
+                    .map_err(|e| CaError::Internal(format!("RSASSA-PSS signature: {e}")))?;
+                Ok(signature)
+            }
+            CaKey::TokenPss(key) => key
+                .sign_rsa_pss_sha256(message)
+                .map_err(|e| CaError::Internal(format!("RSASSA-PSS signature in the token: {e}"))),
+            CaKey::File(_) | CaKey::Token(_) => Err(CaError::Internal(
+                "an RSASSA-PSS signature asked of a key that signs PKCS#1 v1.5".into(),
+            )),
+        }
+    }
+
+    /// The certificate rcgen encoded with this key, signed: as it is, or signed with PSS.
+    fn finish_certificate(&self, der: &[u8]) -> Result<Vec<u8>, CaError> {
+        if !self.pss() {
+            return Ok(der.to_vec());
+        }
+        rsa_pss::sign_certificate(der, |tbs| self.sign_pss(tbs))
+    }
+
+    /// The CRL rcgen encoded with this key, signed: as it is, or signed with PSS.
+    fn finish_crl(&self, der: &[u8]) -> Result<Vec<u8>, CaError> {
+        if !self.pss() {
+            return Ok(der.to_vec());
+        }
+        rsa_pss::sign_crl(der, |tbs| self.sign_pss(tbs))
+    }
+
+    /// A signature of `data` with its algorithm identifier (for an OCSP response).
+    fn sign_detached(&self, data: &[u8]) -> Result<CaSignature, CaError> {
+        if self.pss() {
+            return Ok(CaSignature {
+                algorithm: rsa_pss::algorithm_identifier(),
+                signature: self.sign_pss(data)?,
+            });
+        }
+        let (oid, null) = if self.algorithm() == &rcgen::PKCS_ECDSA_P256_SHA256 {
+            ("1.2.840.10045.4.3.2", false)
+        } else if self.algorithm() == &rcgen::PKCS_ECDSA_P384_SHA384 {
+            ("1.2.840.10045.4.3.3", false)
+        } else {
+            ("1.2.840.113549.1.1.11", true)
+        };
+        let signature = self
+            .sign(data)
+            .map_err(|e| self.failure("signing an OCSP response", e))?;
+        Ok(CaSignature {
+            algorithm: spki::AlgorithmIdentifierOwned {
+                oid: const_oid::ObjectIdentifier::new_unwrap(oid),
+                parameters: null.then(der::Any::null),
+            },
+            signature,
+        })
+    }
+
     /// Signing blocks the thread (a token round trip): run it off the async runtime.
     fn blocks(&self) -> bool {
-        matches!(self, CaKey::Token(_))
+        matches!(self, CaKey::Token(_) | CaKey::TokenPss(_))
     }
 
     /// What went wrong signing, with the token's own error when rcgen could carry none.
     fn failure(&self, what: &str, error: rcgen::Error) -> CaError {
         match (self, error) {
-            (CaKey::Token(key), rcgen::Error::RemoteKeyError) => CaError::Internal(format!(
-                "{what}: {}",
-                key.last_error()
-                    .unwrap_or_else(|| "the PKCS#11 token failed".into())
-            )),
+            (CaKey::Token(key) | CaKey::TokenPss(key), rcgen::Error::RemoteKeyError) => {
+                CaError::Internal(format!(
+                    "{what}: {}",
+                    key.last_error()
+                        .unwrap_or_else(|| "the PKCS#11 token failed".into())
+                ))
+            }
             (_, error) => CaError::Internal(format!("{what}: {error}")),
         }
     }
@@ -120,24 +235,29 @@ impl CaKey {
 impl PublicKeyData for CaKey {
     fn der_bytes(&self) -> &[u8] {
         match self {
-            CaKey::File(key) => key.der_bytes(),
-            CaKey::Token(key) => key.der_bytes(),
+            CaKey::File(key) | CaKey::FilePss(key, _) => key.der_bytes(),
+            CaKey::Token(key) | CaKey::TokenPss(key) => key.der_bytes(),
         }
     }
 
+    /// For a PSS key `sha256WithRSAEncryption`, the only RSA algorithm rcgen knows; the
+    /// identifiers are rewritten when the document is signed.
     fn algorithm(&self) -> &'static SignatureAlgorithm {
         match self {
-            CaKey::File(key) => key.algorithm(),
-            CaKey::Token(key) => key.algorithm(),
+            CaKey::File(key) | CaKey::FilePss(key, _) => key.algorithm(),
+            CaKey::Token(key) | CaKey::TokenPss(key) => key.algorithm(),
         }
     }
 }
 
 impl SigningKey for CaKey {
+    /// Empty for a PSS key: the document is signed afterwards ([`CaKey::finish_certificate`],
+    /// [`CaKey::finish_crl`]).
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
         match self {
             CaKey::File(key) => key.sign(message),
             CaKey::Token(key) => key.sign(message),
+            CaKey::FilePss(..) | CaKey::TokenPss(_) => Ok(Vec::new()),
         }
     }
 }
@@ -201,6 +321,10 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LocalCaError + '_ {
 }
 
 fn crypto(e: rcgen::Error) -> LocalCaError {
+    LocalCaError::Crypto(e.to_string())
+}
+
+fn signing(e: CaError) -> LocalCaError {
     LocalCaError::Crypto(e.to_string())
 }
 
@@ -304,12 +428,15 @@ impl LocalCa {
         };
         let not_before = now - Duration::minutes(5);
 
-        let root_key = generate_key(config.key_algorithm)?;
+        let root_key = CaKey::File(generate_key(config.key_algorithm)?)
+            .with_signature(config.rsa_signature)?;
         let mut root_params = ca_params(&metadata.root_subject_cn, &metadata.organization, None);
         root_params.not_before = not_before;
         root_params.not_after = now + Duration::days(config.root_validity_days.into());
         root_params.serial_number = Some(SerialNumber::from_slice(Serial::random().as_bytes()));
-        let root_cert = root_params.self_signed(&root_key).map_err(crypto)?;
+        let root_cert = root_key
+            .finish_certificate(root_params.self_signed(&root_key).map_err(crypto)?.der())
+            .map_err(signing)?;
         let root_issuer = Issuer::new(root_params, &root_key);
 
         let issuing_key = match &token {
@@ -338,9 +465,14 @@ impl LocalCa {
         issuing_params.not_after = now + Duration::days(issuing_days.into());
         issuing_params.serial_number = Some(SerialNumber::from_slice(Serial::random().as_bytes()));
         issuing_params.use_authority_key_identifier_extension = true;
-        let issuing_cert = issuing_params
-            .signed_by(&issuing_key, &root_issuer)
-            .map_err(crypto)?;
+        let issuing_cert = root_key
+            .finish_certificate(
+                issuing_params
+                    .signed_by(&issuing_key, &root_issuer)
+                    .map_err(crypto)?
+                    .der(),
+            )
+            .map_err(signing)?;
 
         let write_secret = |name: &str, text: String| {
             let path = files.path(name);
@@ -350,17 +482,16 @@ impl LocalCa {
             let path = files.path(name);
             files::write_public(&path, text.as_bytes()).map_err(io_error(&path))
         };
-        write_secret("root.key.pem", root_key.serialize_pem())?;
-        if let CaKey::File(issuing_key) = &issuing_key {
+        if let Some(root_key) = root_key.key_file() {
+            write_secret("root.key.pem", root_key.serialize_pem())?;
+        }
+        if let Some(issuing_key) = issuing_key.key_file() {
             write_secret("issuing.key.pem", issuing_key.serialize_pem())?;
         }
-        write_public(
-            "root.cert.pem",
-            pem::encode(pem::CERTIFICATE, root_cert.der()),
-        )?;
+        write_public("root.cert.pem", pem::encode(pem::CERTIFICATE, &root_cert))?;
         write_public(
             "issuing.cert.pem",
-            pem::encode(pem::CERTIFICATE, issuing_cert.der()),
+            pem::encode(pem::CERTIFICATE, &issuing_cert),
         )?;
         // Written last: its presence marks a complete CA.
         let json = serde_json::to_string_pretty(&metadata).expect("metadata serializes");
@@ -392,6 +523,7 @@ impl LocalCa {
                 reason: format!("{key_name} is not a {:?} key", metadata.key_algorithm),
             });
         }
+        let key = key.with_signature(config.rsa_signature)?;
         let issuing_der = pem::decode(&files.read("issuing.cert.pem")?, &[pem::CERTIFICATE])
             .map_err(|e| files.invalid("issuing.cert.pem", e))?;
         let root_der = pem::decode(&files.read("root.cert.pem")?, &[pem::CERTIFICATE])
@@ -611,7 +743,7 @@ impl CaAdapter for LocalCa {
                     bytes: &public_key,
                 };
                 match params.signed_by(&requester, issuer) {
-                    Ok(cert) => Ok(cert.der().to_vec()),
+                    Ok(cert) => issuer.key().finish_certificate(cert.der()),
                     Err(e @ rcgen::Error::RemoteKeyError) => {
                         Err(issuer.key().failure("signing the certificate", e))
                     }
@@ -631,12 +763,12 @@ impl CaAdapter for LocalCa {
     }
 
     async fn health(&self) -> Result<(), String> {
-        let CaKey::Token(_) = self.issuer.key() else {
+        if !self.issuer.key().blocks() {
             return Ok(());
-        };
+        }
         self.with_issuer(|issuer| match issuer.key() {
-            CaKey::Token(key) => key.check().map_err(|e| e.to_string()),
-            CaKey::File(_) => Ok(()),
+            CaKey::Token(key) | CaKey::TokenPss(key) => key.check().map_err(|e| e.to_string()),
+            CaKey::File(_) | CaKey::FilePss(..) => Ok(()),
         })
         .await
         .map_err(|e| e.to_string())?
@@ -644,30 +776,9 @@ impl CaAdapter for LocalCa {
     }
 
     async fn sign_ocsp(&self, response_data: &[u8]) -> Result<CaSignature, CaError> {
-        let key = self.issuer.key();
-        let (oid, null) = if key.algorithm() == &rcgen::PKCS_ECDSA_P256_SHA256 {
-            ("1.2.840.10045.4.3.2", false)
-        } else if key.algorithm() == &rcgen::PKCS_ECDSA_P384_SHA384 {
-            ("1.2.840.10045.4.3.3", false)
-        } else {
-            ("1.2.840.113549.1.1.11", true)
-        };
         let data = response_data.to_vec();
-        let signature = self
-            .with_issuer(move |issuer| {
-                issuer
-                    .key()
-                    .sign(&data)
-                    .map_err(|e| issuer.key().failure("signing an OCSP response", e))
-            })
-            .await??;
-        Ok(CaSignature {
-            algorithm: spki::AlgorithmIdentifierOwned {
-                oid: const_oid::ObjectIdentifier::new_unwrap(oid),
-                parameters: null.then(der::Any::null),
-            },
-            signature,
-        })
+        self.with_issuer(move |issuer| issuer.key().sign_detached(&data))
+            .await?
     }
 
     async fn sign_crl(&self, crl: &CrlOrder) -> Result<Vec<u8>, CaError> {
@@ -707,8 +818,8 @@ impl CaAdapter for LocalCa {
         self.with_issuer(move |issuer| {
             params
                 .signed_by(issuer)
-                .map(|crl| crl.der().to_vec())
                 .map_err(|e| issuer.key().failure("signing the CRL", e))
+                .and_then(|crl| issuer.key().finish_crl(crl.der()))
         })
         .await?
     }
@@ -780,6 +891,131 @@ mod tests {
                     .subject
             );
         }
+    }
+
+    /// The RSASSA-PSS signature on `signature` over `message` by `public_key` (PKCS#1).
+    fn verify_pss(public_key: &[u8], message: &[u8], signature: &[u8]) {
+        aws_lc_rs::signature::UnparsedPublicKey::new(
+            &aws_lc_rs::signature::RSA_PSS_2048_8192_SHA256,
+            public_key,
+        )
+        .verify(message, signature)
+        .expect("RSASSA-PSS signature verifies");
+    }
+
+    fn spki_key(certificate: &Certificate) -> Vec<u8> {
+        let spki = &certificate.tbs_certificate.subject_public_key_info;
+        assert_eq!(spki.algorithm.oid, const_oid::db::rfc5912::RSA_ENCRYPTION);
+        spki.subject_public_key.raw_bytes().to_vec()
+    }
+
+    #[tokio::test]
+    async fn rsa_pss_signs_every_certificate_crl_and_ocsp_response() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_dir = dir.path().join("ca");
+        let mut config = Config::load_default().unwrap().ca;
+        config.key_algorithm = KeyAlgorithm::Rsa3072;
+        config.rsa_signature = RsaSignature::Pss;
+        let now = OffsetDateTime::now_utc();
+        let (ca, _) = LocalCa::create_or_load(&ca_dir, &config, now).unwrap();
+        let pss = rsa_pss::algorithm_identifier();
+
+        let root = Certificate::from_der(&ca.root_der).unwrap();
+        let issuing = Certificate::from_der(ca.issuing_certificate()).unwrap();
+        for (certificate, signer) in [(&root, &root), (&issuing, &root)] {
+            assert_eq!(certificate.signature_algorithm, pss);
+            assert_eq!(certificate.tbs_certificate.signature, pss);
+            verify_pss(
+                &spki_key(signer),
+                &certificate.tbs_certificate.to_der().unwrap(),
+                certificate.signature.raw_bytes(),
+            );
+        }
+        let issuing_key = spki_key(&issuing);
+
+        let leaf_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let issued = ca
+            .issue(&order(&leaf_key, KeyType::EcdsaP256, now))
+            .await
+            .unwrap();
+        super::super::lint::lint_der(&issued.der).unwrap();
+        let leaf = Certificate::from_der(&issued.der).unwrap();
+        assert_eq!(leaf.signature_algorithm, pss);
+        verify_pss(
+            &issuing_key,
+            &leaf.tbs_certificate.to_der().unwrap(),
+            leaf.signature.raw_bytes(),
+        );
+
+        let crl_der = ca
+            .sign_crl(&CrlOrder {
+                number: 7,
+                this_update: now,
+                next_update: now + Duration::hours(24),
+                revoked: vec![(
+                    leaf.tbs_certificate.serial_number.as_bytes().to_vec(),
+                    now,
+                    1,
+                )],
+            })
+            .await
+            .unwrap();
+        let crl = x509_cert::crl::CertificateList::from_der(&crl_der).unwrap();
+        assert_eq!(crl.signature_algorithm, pss);
+        assert_eq!(crl.tbs_cert_list.signature, pss);
+        assert_eq!(
+            crl.tbs_cert_list
+                .revoked_certificates
+                .as_ref()
+                .unwrap()
+                .len(),
+            1
+        );
+        verify_pss(
+            &issuing_key,
+            &crl.tbs_cert_list.to_der().unwrap(),
+            crl.signature.raw_bytes(),
+        );
+
+        let signed = ca.sign_ocsp(b"response data").await.unwrap();
+        assert_eq!(signed.algorithm, pss);
+        verify_pss(&issuing_key, b"response data", &signed.signature);
+
+        // Reloaded with PKCS#1 v1.5, the same key signs the classic way again.
+        config.rsa_signature = RsaSignature::Pkcs1v15;
+        let (classic, created) = LocalCa::create_or_load(&ca_dir, &config, now).unwrap();
+        assert!(!created);
+        let issued = classic
+            .issue(&order(&leaf_key, KeyType::EcdsaP256, now))
+            .await
+            .unwrap();
+        let leaf = Certificate::from_der(&issued.der).unwrap();
+        assert_eq!(
+            leaf.signature_algorithm.oid,
+            const_oid::db::rfc5912::SHA_256_WITH_RSA_ENCRYPTION
+        );
+        aws_lc_rs::signature::UnparsedPublicKey::new(
+            &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+            &issuing_key,
+        )
+        .verify(
+            &leaf.tbs_certificate.to_der().unwrap(),
+            leaf.signature.raw_bytes(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn rsa_pss_is_refused_for_an_ec_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_dir = dir.path().join("ca");
+        let mut config = Config::load_default().unwrap().ca;
+        let now = OffsetDateTime::now_utc();
+        LocalCa::create_or_load(&ca_dir, &config, now).unwrap();
+        // An existing EC CA, configured for PSS (e.g. key_algorithm changed afterwards).
+        config.rsa_signature = RsaSignature::Pss;
+        let error = LocalCa::create_or_load(&ca_dir, &config, now).unwrap_err();
+        assert!(error.to_string().contains("needs an RSA key"), "{error}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! [`CaAdapter`], which signs it. `local` is the built-in CA; `upstream_acme` forwards the
 //! requester's CSR to an upstream ACME CA, proving the names with dns-01 records that
 //! `dns01` publishes.
-//! The built-in CA's issuing key may be held by a PKCS#11 token (`pkcs11`).
+//! The built-in CA's issuing key may be held by a PKCS#11 token (`pkcs11`); its RSA keys may
+//! sign RSASSA-PSS (`rsa_pss`).
 //!
 //! Imports `model`, `pkix`, `config`, `files` and (for the upstream account) `store`.
 
@@ -11,6 +12,7 @@ pub mod dns01;
 pub mod lint;
 pub mod local;
 pub mod pkcs11;
+pub mod rsa_pss;
 pub mod upstream_acme;
 
 use std::fmt;

@@ -18,7 +18,7 @@
 //! - Signatures: ECDSA P-256 / P-384 as `CKM_ECDSA` over a SHA-256 / SHA-384 digest
 //!   computed here (aws-lc-rs), returned DER-encoded (ECDSA-Sig-Value, RFC 3279 §2.2.3);
 //!   RSA as `CKM_SHA256_RSA_PKCS` (PKCS#1 v1.5; SHA-384 / SHA-512 on request,
-//!   [`Pkcs11Key::sign_rsa`]). Decryption, for an RSA key made to decrypt (the SCEP RA's,
+//!   [`Pkcs11Key::sign_rsa`]) or `CKM_SHA256_RSA_PKCS_PSS` ([`Pkcs11Key::sign_rsa_pss_sha256`]). Decryption, for an RSA key made to decrypt (the SCEP RA's,
 //!   [`KeyUsage::SignAndDecrypt`]), as `CKM_RSA_PKCS` ([`Pkcs11Key::decrypt`]). Calls
 //!   block: callers run them on a blocking thread.
 //! - A module is loaded and initialised (`C_Initialize`) once per process ([`module`]) and
@@ -38,7 +38,8 @@ use std::time::Duration;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
@@ -973,8 +974,26 @@ impl Pkcs11Key {
     /// Sign `message` in the token with RSA PKCS#1 v1.5 over `hash` (an RSA key only).
     /// Blocks.
     pub fn sign_rsa(&self, hash: RsaHash, message: &[u8]) -> Result<Vec<u8>, Pkcs11Error> {
+        self.sign_rsa_with(hash.mechanism(), message)
+    }
+
+    /// Sign `message` in the token with RSASSA-PSS, SHA-256, MGF1-SHA-256 and a 32-byte
+    /// salt (`CKM_SHA256_RSA_PKCS_PSS`; an RSA key only). Blocks.
+    pub fn sign_rsa_pss_sha256(&self, message: &[u8]) -> Result<Vec<u8>, Pkcs11Error> {
+        let parameters = PkcsPssParams {
+            hash_alg: MechanismType::SHA256,
+            mgf: PkcsMgfType::MGF1_SHA256,
+            s_len: 32.into(),
+        };
+        self.sign_rsa_with(Mechanism::Sha256RsaPkcsPss(parameters), message)
+    }
+
+    fn sign_rsa_with(
+        &self,
+        mechanism: Mechanism<'static>,
+        message: &[u8],
+    ) -> Result<Vec<u8>, Pkcs11Error> {
         self.require_rsa()?;
-        let mechanism = hash.mechanism();
         self.with_session(|session, key| {
             session.sign(&mechanism, key, message).map_err(token_error)
         })

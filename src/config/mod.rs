@@ -146,9 +146,22 @@ pub enum KeyAlgorithm {
     EcdsaP256,
     /// ECDSA on NIST P-384 with SHA-384.
     EcdsaP384,
-    /// RSA 3072 with PKCS#1 v1.5 SHA-256 signatures.
+    /// RSA 3072 with SHA-256 signatures (PKCS#1 v1.5 or PSS: [`RsaSignature`]).
     #[serde(rename = "rsa-3072")]
     Rsa3072,
+}
+
+/// The signature scheme of the built-in CA's RSA keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RsaSignature {
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (`sha256WithRSAEncryption`): what every verifier
+    /// accepts.
+    #[default]
+    Pkcs1v15,
+    /// RSASSA-PSS with SHA-256, MGF1-SHA-256 and a 32-byte salt (RFC 4055, encoded as the
+    /// CA/Browser Forum Baseline Requirements §7.1.3.2.1 prescribe).
+    Pss,
 }
 
 /// `[ca]`: the built-in CA.
@@ -186,6 +199,10 @@ pub struct CaConfig {
     /// environment variable. Never the PIN itself.
     #[serde(default)]
     pub pin_file: String,
+    /// How the CA's RSA keys sign (`key_algorithm = "rsa-3072"` only): every certificate,
+    /// CRL and OCSP response, in a token or from a key file.
+    #[serde(default)]
+    pub rsa_signature: RsaSignature,
 }
 
 impl CaConfig {
@@ -1180,6 +1197,14 @@ impl Config {
         if let Err(reason) = self.ca.check_key_location() {
             return Err(bad("ca.key".into(), &reason));
         }
+        if self.ca.rsa_signature == RsaSignature::Pss
+            && self.ca.key_algorithm != KeyAlgorithm::Rsa3072
+        {
+            return Err(bad(
+                "ca.rsa_signature".into(),
+                "\"pss\" needs RSA CA keys (ca.key_algorithm = \"rsa-3072\")",
+            ));
+        }
         if let Err(reason) = check_pkcs11_key(&self.scep.ra_key, &self.ca.pkcs11_module) {
             return Err(bad("scep.ra_key".into(), &reason));
         }
@@ -2117,7 +2142,20 @@ mod tests {
         ] {
             let config = load_text(&format!("[ca]\nkey_algorithm = \"{name}\"\n")).unwrap();
             assert_eq!(config.ca.key_algorithm, algorithm);
+            assert_eq!(config.ca.rsa_signature, RsaSignature::Pkcs1v15);
         }
+    }
+
+    #[test]
+    fn rsa_pss_is_for_rsa_keys_only() {
+        let config =
+            load_text("[ca]\nkey_algorithm = \"rsa-3072\"\nrsa_signature = \"pss\"\n").unwrap();
+        assert_eq!(config.ca.rsa_signature, RsaSignature::Pss);
+        let err = load_text("[ca]\nkey_algorithm = \"ecdsa-p256\"\nrsa_signature = \"pss\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ca.rsa_signature"), "{err}");
+        assert!(load_text("[ca]\nrsa_signature = \"pkcs1\"\n").is_err());
     }
 
     #[test]
