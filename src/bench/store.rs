@@ -41,7 +41,7 @@ use crate::model::{
 };
 use crate::pipeline::events;
 use crate::policy::{Decision, PolicyRequest};
-use crate::store::sled_store::SledStore;
+use crate::store::sled_store::{SledStore, TreeSize};
 use crate::store::{
     AuditAction, AuditEntry, CertificateQuery, NewEvent, RequestRecord, RequestState,
     RevokeOutcome, Store,
@@ -152,6 +152,8 @@ pub struct StoreReport {
     pub file_bytes: u64,
     /// Time [`SledStore::open`] took on the seeded store.
     pub open: Duration,
+    /// What each tree holds, largest first.
+    pub trees: Vec<TreeSize>,
     /// Latency of timed queries by kind: (name, p50, p99, items in the first page).
     pub queries: Vec<(String, Duration, Duration, usize)>,
 }
@@ -584,6 +586,8 @@ impl StoreBench {
         let started = Instant::now();
         let store = SledStore::open(&store_dir)?;
         let open = started.elapsed();
+        let mut trees = store.tree_sizes()?;
+        trees.sort_by_key(|t| std::cmp::Reverse(t.key_bytes + t.value_bytes));
         let queries = if self.queries > 0 {
             time_queries(&store, self.seed, self.certs, self.queries)?
         } else {
@@ -597,6 +601,7 @@ impl StoreBench {
             disk_bytes,
             file_bytes,
             open,
+            trees,
             queries,
         };
         print_report(&report, self.seed);
@@ -829,6 +834,15 @@ fn print_report(report: &StoreReport, seed: u64) {
         mib(report.file_bytes),
         report.disk_bytes as f64 / report.certs.max(1) as f64
     );
+    for tree in &report.trees {
+        println!(
+            "  tree {:<18} {:>10} entries {:>9.1} MiB ({:.0} bytes per certificate)",
+            tree.name,
+            tree.entries,
+            mib(tree.key_bytes + tree.value_bytes),
+            (tree.key_bytes + tree.value_bytes) as f64 / report.certs.max(1) as f64
+        );
+    }
     println!("store open {:.0} ms", ms(report.open));
     for (name, p50, p99, items) in &report.queries {
         println!(

@@ -7,7 +7,6 @@
 //! | `serials`       | serial                            | request id          |
 //! | `idx_expiry`    | not-after day (u32 BE) serial     | not-after (sortable u64) |
 //! | `idx_owner`     | owner `\0` serial                 | —                   |
-//! | `idx_san`       | SAN value `\0` serial             | —                   |
 //! | `idx_san_text`  | serial                            | SAN values, `\n`-joined |
 //! | `idx_open_requests` | request id (16 bytes), requests pending (or issuing, from before `issuing`) | — |
 //! | `issuing`       | request id (16 bytes)             | IssuingIntent: the request (state issuing) and its decision's audit entry |
@@ -263,7 +262,6 @@ struct Trees {
     serials: sled::Tree,
     idx_expiry: sled::Tree,
     idx_owner: sled::Tree,
-    idx_san: sled::Tree,
     idx_san_text: sled::Tree,
     idx_open_requests: sled::Tree,
     issuing: sled::Tree,
@@ -280,7 +278,6 @@ struct Tx<'a> {
     serials: &'a TransactionalTree,
     idx_expiry: &'a TransactionalTree,
     idx_owner: &'a TransactionalTree,
-    idx_san: &'a TransactionalTree,
     idx_san_text: &'a TransactionalTree,
     idx_open_requests: &'a TransactionalTree,
     issuing: &'a TransactionalTree,
@@ -359,33 +356,36 @@ fn pair_key(prefix: &str, serial: &str) -> Vec<u8> {
     key
 }
 
-/// The trees, by name: what a [`Journal`] entry records.
+/// The trees, by name: what a [`Journal`] entry records, by code. Codes are never reused:
+/// 5 was `idx_san` (SAN value → serial, written but never read; dropped at open since).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TreeId {
-    Certificates,
-    Requests,
-    Serials,
-    IdxExpiry,
-    IdxOwner,
-    IdxSan,
-    IdxSanText,
-    IdxOpenRequests,
-    Issuing,
-    Audit,
-    Outbox,
-    ApiKeys,
-    Meta,
+    Certificates = 0,
+    Requests = 1,
+    Serials = 2,
+    IdxExpiry = 3,
+    IdxOwner = 4,
+    IdxSanText = 6,
+    IdxOpenRequests = 7,
+    Issuing = 8,
+    Audit = 9,
+    Outbox = 10,
+    ApiKeys = 11,
+    Meta = 12,
 }
 
+/// The retired `idx_san` tree: its name (dropped at open) and its journal code (writes to
+/// it in an entry a crash left are skipped).
+const RETIRED_SAN_TREE: (&str, u8) = ("idx_san", 5);
+
 impl TreeId {
-    /// Every tree, in the order of their codes.
-    const ALL: [TreeId; 13] = [
+    /// Every tree.
+    const ALL: [TreeId; 12] = [
         TreeId::Certificates,
         TreeId::Requests,
         TreeId::Serials,
         TreeId::IdxExpiry,
         TreeId::IdxOwner,
-        TreeId::IdxSan,
         TreeId::IdxSanText,
         TreeId::IdxOpenRequests,
         TreeId::Issuing,
@@ -400,7 +400,7 @@ impl TreeId {
     }
 
     fn from_code(code: u8) -> Option<TreeId> {
-        TreeId::ALL.get(usize::from(code)).copied()
+        TreeId::ALL.into_iter().find(|tree| tree.code() == code)
     }
 }
 
@@ -412,7 +412,6 @@ impl Trees {
             TreeId::Serials => &self.serials,
             TreeId::IdxExpiry => &self.idx_expiry,
             TreeId::IdxOwner => &self.idx_owner,
-            TreeId::IdxSan => &self.idx_san,
             TreeId::IdxSanText => &self.idx_san_text,
             TreeId::IdxOpenRequests => &self.idx_open_requests,
             TreeId::Issuing => &self.issuing,
@@ -530,9 +529,6 @@ trait Change {
             )?;
             self.insert(TreeId::IdxSanText, serial, san_text(cert).as_bytes())?;
             self.insert(TreeId::IdxOwner, &pair_key(&cert.owner, &cert.serial), &[])?;
-            for san in &cert.sans {
-                self.insert(TreeId::IdxSan, &pair_key(&san.value(), &cert.serial), &[])?;
-            }
         }
         Ok(())
     }
@@ -546,7 +542,6 @@ impl Tx<'_> {
             TreeId::Serials => self.serials,
             TreeId::IdxExpiry => self.idx_expiry,
             TreeId::IdxOwner => self.idx_owner,
-            TreeId::IdxSan => self.idx_san,
             TreeId::IdxSanText => self.idx_san_text,
             TreeId::IdxOpenRequests => self.idx_open_requests,
             TreeId::Issuing => self.issuing,
@@ -681,7 +676,7 @@ impl<'a> Journal<'a> {
         }
         let mut writes = Vec::new();
         while !entry.is_empty() {
-            let tree = TreeId::from_code(take(&mut entry, 1)?[0]).ok_or_else(corrupt)?;
+            let code = take(&mut entry, 1)?[0];
             let key_len = length(&mut entry)?;
             let key = take(&mut entry, key_len)?.to_vec();
             let value = match take(&mut entry, 1)?[0] {
@@ -692,6 +687,10 @@ impl<'a> Journal<'a> {
                 }
                 _ => return Err(corrupt()),
             };
+            if code == RETIRED_SAN_TREE.1 {
+                continue;
+            }
+            let tree = TreeId::from_code(code).ok_or_else(corrupt)?;
             writes.push((tree, key, value));
         }
         Ok(writes)
@@ -745,7 +744,43 @@ impl Change for Journal<'_> {
     }
 }
 
+/// What one tree holds: entries and the bytes of their keys and values (before sled's own
+/// overhead), for `rampart bench store`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeSize {
+    /// The tree's name.
+    pub name: String,
+    /// Entries.
+    pub entries: u64,
+    /// Bytes of all keys.
+    pub key_bytes: u64,
+    /// Bytes of all values.
+    pub value_bytes: u64,
+}
+
 impl SledStore {
+    /// Every tree's size (a full scan of the store: for benchmarks and diagnostics).
+    pub fn tree_sizes(&self) -> Result<Vec<TreeSize>, StoreError> {
+        let mut sizes = Vec::new();
+        for name in self.db.tree_names() {
+            let tree = self.db.open_tree(&name).map_err(backend)?;
+            let mut size = TreeSize {
+                name: String::from_utf8_lossy(&name).into_owned(),
+                entries: 0,
+                key_bytes: 0,
+                value_bytes: 0,
+            };
+            for entry in tree.iter() {
+                let (key, value) = entry.map_err(backend)?;
+                size.entries += 1;
+                size.key_bytes += key.len() as u64;
+                size.value_bytes += value.len() as u64;
+            }
+            sizes.push(size);
+        }
+        Ok(sizes)
+    }
+
     /// Open (or create) the store in `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
@@ -775,7 +810,6 @@ impl SledStore {
             serials: tree("serials")?,
             idx_expiry: tree("idx_expiry")?,
             idx_owner: tree("idx_owner")?,
-            idx_san: tree("idx_san")?,
             idx_san_text: tree("idx_san_text")?,
             idx_open_requests: tree("idx_open_requests")?,
             issuing: tree("issuing")?,
@@ -809,6 +843,10 @@ impl SledStore {
                 Journal::apply(&t, &Journal::decode(&entry)?)?;
                 journal.remove(key).map_err(backend)?;
             }
+            db.flush().map_err(backend)?;
+        }
+        // Two entries per certificate that nothing read: gone, with sled's pages for them.
+        if db.drop_tree(RETIRED_SAN_TREE.0).map_err(backend)? {
             db.flush().map_err(backend)?;
         }
         if t.meta.get(META_REVOKED_INDEXED).map_err(backend)?.is_none() {
@@ -932,7 +970,6 @@ impl SledStore {
             &t.serials,
             &t.idx_expiry,
             &t.idx_owner,
-            &t.idx_san,
             &t.idx_san_text,
             &t.idx_open_requests,
             &t.issuing,
@@ -948,7 +985,6 @@ impl SledStore {
                     serials,
                     idx_expiry,
                     idx_owner,
-                    idx_san,
                     idx_san_text,
                     idx_open_requests,
                     issuing,
@@ -963,7 +999,6 @@ impl SledStore {
                         serials,
                         idx_expiry,
                         idx_owner,
-                        idx_san,
                         idx_san_text,
                         idx_open_requests,
                         issuing,
@@ -2440,15 +2475,25 @@ mod tests {
             let writes = change.writes.into_inner();
             assert!(writes.len() > 10, "{}", writes.len());
             assert_eq!(Journal::decode(&Journal::encode(&writes)).unwrap(), writes);
+            // As a rampart from before idx_san was retired wrote it: with an idx_san write.
+            let mut entry = Journal::encode(&writes);
+            entry.extend_from_slice(&[RETIRED_SAN_TREE.1, 0, 0, 0, 1, b'a', 1, 0, 0, 0, 0]);
+            assert_eq!(Journal::decode(&entry).unwrap(), writes);
+            let retired = store.db.open_tree(RETIRED_SAN_TREE.0).unwrap();
+            retired.insert(b"a.test\x000d04", &[]).unwrap();
             store
                 .journal
-                .insert(request.request_id.as_bytes(), Journal::encode(&writes))
+                .insert(request.request_id.as_bytes(), entry)
                 .unwrap();
             Journal::apply(&store.t, &writes[..1]).unwrap();
             store.db.flush().unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
         assert!(store.journal.is_empty());
+        assert!(!store
+            .db
+            .tree_names()
+            .contains(&sled::IVec::from(RETIRED_SAN_TREE.0)));
         assert_eq!(store.certificate("0d04").unwrap(), Some(cert));
         assert_eq!(
             store.request(request.request_id).unwrap().unwrap().state,
