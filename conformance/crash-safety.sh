@@ -8,6 +8,20 @@
 source "$(dirname "$0")/lib.sh"
 webhooks_venv
 
+# list_inventory <file> — every serial in the inventory (without leading zeros), sorted.
+list_inventory() {
+    : >"$1"
+    local after=""
+    while :; do
+        curl -sf -H "Authorization: Bearer $KEY" "$API/api/v1/certificates?limit=500${after:+&after=$after}" >"$WORK/page.json" ||
+            fail "listing the inventory"
+        jq -r '.items[].serial' "$WORK/page.json" | sed 's/^0*//' >>"$1"
+        after="$(jq -r '.next_after // empty' "$WORK/page.json")"
+        [[ -n "$after" ]] || break
+    done
+    sort -u -o "$1" "$1"
+}
+
 DIR="$WORK/ra"
 "$RAMPART" init --dir "$DIR" >"$WORK/init.out" 2>"$WORK/init.err" || fail "rampart init: $(cat "$WORK/init.err")"
 KEY="$(grep -o 'rpk_[A-Za-z0-9_-]*' "$WORK/init.out")" || fail "init printed no API key"
@@ -170,16 +184,7 @@ pass "$TOTAL certificates received over ACME, API, EST and SCEP ($(wc -l <"$RECE
 # (serials compared without leading zeros: openssl prints them without).
 "$RAMPART" audit list --action issued --limit 1000 --json >"$WORK/issued.json" || fail "audit list"
 jq -r '.items[].entry.subject' "$WORK/issued.json" | sed 's/^0*//' | sort -u >"$WORK/audited"
-: >"$WORK/inventory"
-AFTER=""
-while :; do
-    curl -sf -H "Authorization: Bearer $KEY" "$API/api/v1/certificates?limit=500${AFTER:+&after=$AFTER}" >"$WORK/page.json" ||
-        fail "listing the inventory"
-    jq -r '.items[].serial' "$WORK/page.json" | sed 's/^0*//' >>"$WORK/inventory"
-    AFTER="$(jq -r '.next_after // empty' "$WORK/page.json")"
-    [[ -n "$AFTER" ]] || break
-done
-sort -u -o "$WORK/inventory" "$WORK/inventory"
+list_inventory "$WORK/inventory"
 NOT_STORED="$(comm -23 "$WORK/all-received" "$WORK/inventory")"
 [[ -z "$NOT_STORED" ]] || fail "received but not in the inventory: $NOT_STORED"
 NOT_AUDITED="$(comm -23 "$WORK/all-received" "$WORK/audited")"
@@ -198,4 +203,20 @@ pass "every issued certificate's certificate_issued webhook arrived, signed"
 
 "$RAMPART" audit verify >/dev/null || fail "rampart audit verify after the crashes"
 pass "the audit chain verifies after three SIGKILLs"
+
+# Offline compaction: refused while the daemon holds the store; afterwards the same
+# inventory and an intact audit chain.
+if "$RAMPART" compact --config "$WORK/crash.toml" >"$WORK/compact.out" 2>&1; then
+    fail "rampart compact ran while the daemon was running"
+fi
+grep -q "in use by another process" "$WORK/compact.out" || fail "no clear refusal: $(cat "$WORK/compact.out")"
+stop_rampart
+"$RAMPART" compact --config "$WORK/crash.toml" >"$WORK/compact.out" 2>&1 || fail "rampart compact: $(cat "$WORK/compact.out")"
+grep -q '^compacted' "$WORK/compact.out" || fail "rampart compact said: $(cat "$WORK/compact.out")"
+[[ ! -e "$DIR/store.before-compaction" && ! -e "$DIR/store.compacting" ]] || fail "compaction left a directory behind"
+start_rampart "$WORK/crash.toml"
+list_inventory "$WORK/inventory-compacted"
+cmp -s "$WORK/inventory" "$WORK/inventory-compacted" || fail "the inventory changed in compaction"
+"$RAMPART" audit verify >/dev/null || fail "rampart audit verify after compaction"
+pass "rampart compact: refused while running; then $(wc -l <"$WORK/inventory") certificates and the audit chain intact ($(tail -1 "$WORK/compact.out"))"
 stop_rampart

@@ -744,6 +744,151 @@ impl Change for Journal<'_> {
     }
 }
 
+/// The sled database in `path`, as rampart configures it.
+fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    sled::Config::new()
+        .path(path)
+        // Favour CPU over disk space: fewer rewrites of segments and node fragments.
+        .mode(sled::Mode::HighThroughput)
+        // sled's own page cache (default 1 GiB) keeps every page read until it is full:
+        // at a million certificates that made the daemon's memory grow to gigabytes.
+        // Pages beyond it are read again through the kernel's page cache.
+        .cache_capacity(SLED_CACHE_BYTES)
+        .open()
+        .map_err(|e| match &e {
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("lock") =>
+            {
+                StoreError::Locked {
+                    path: path.display().to_string(),
+                }
+            }
+            _ => backend(e),
+        })
+}
+
+/// Offline compaction (`rampart compact`): sled 0.34 cleans its log lazily, and an
+/// issuance is written twice (journal entry, then the trees), so a busy store holds several
+/// times its live entries on disk, and every start reads and accounts for all of that log.
+/// A copy of every tree into a fresh store holds only what is live.
+///
+/// Steps, each safe to interrupt: copy into `<store>.compacting` (removed and redone if a
+/// run stopped there); compare sled's checksum of both; open the copy once, so that sled
+/// writes its snapshot then and not at the daemon's next start; rename the store to
+/// `<store>.before-compaction`, the copy to the store, and remove the old one. While
+/// `<store>.before-compaction` exists [`SledStore::open`] refuses to start, and the next
+/// compaction finishes the swap (the copy was complete before the first rename).
+pub mod compaction {
+    use std::path::{Path, PathBuf};
+
+    use super::{backend, open_db};
+    use crate::store::StoreError;
+
+    /// What a compaction did.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Compaction {
+        /// Entries copied (every tree).
+        pub entries: u64,
+        /// Bytes of the store's files before and after.
+        pub bytes_before: u64,
+        /// See `bytes_before`.
+        pub bytes_after: u64,
+    }
+
+    fn sibling(path: &Path, suffix: &str) -> PathBuf {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(suffix);
+        path.with_file_name(name)
+    }
+
+    /// Where the store is kept while the compacted copy is put in its place.
+    pub(super) fn retired(path: &Path) -> PathBuf {
+        sibling(path, ".before-compaction")
+    }
+
+    fn io(what: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+        move |e| StoreError::Backend(format!("{}: {e}", what.display()))
+    }
+
+    fn size(dir: &Path) -> Result<u64, StoreError> {
+        let mut total = 0;
+        for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+            let entry = entry.map_err(io(dir))?;
+            let meta = entry.metadata().map_err(io(dir))?;
+            total += if meta.is_dir() {
+                size(&entry.path())?
+            } else {
+                meta.len()
+            };
+        }
+        Ok(total)
+    }
+
+    /// Finish a swap a crash interrupted: the copy into place, the old store removed.
+    fn finish_swap(path: &Path, fresh: &Path) -> Result<(), StoreError> {
+        let retired = retired(path);
+        if !retired.exists() {
+            return Ok(());
+        }
+        if !path.exists() {
+            std::fs::rename(fresh, path).map_err(io(fresh))?;
+        }
+        std::fs::remove_dir_all(&retired).map_err(io(&retired))
+    }
+
+    /// Compact the store in `path` (no daemon may have it open).
+    pub fn compact(path: &Path) -> Result<Compaction, StoreError> {
+        const BATCH: usize = 4096;
+        let fresh = sibling(path, ".compacting");
+        finish_swap(path, &fresh)?;
+        let bytes_before = size(path)?;
+        let old = open_db(path)?;
+        if fresh.exists() {
+            std::fs::remove_dir_all(&fresh).map_err(io(&fresh))?;
+        }
+        crate::files::create_private_dir(&fresh).map_err(io(&fresh))?;
+        let new = open_db(&fresh)?;
+        let mut entries = 0;
+        for name in old.tree_names() {
+            let (from, to) = (
+                old.open_tree(&name).map_err(backend)?,
+                new.open_tree(&name).map_err(backend)?,
+            );
+            let mut batch = sled::Batch::default();
+            let mut in_batch = 0;
+            for item in from.iter() {
+                let (key, value) = item.map_err(backend)?;
+                batch.insert(key, value);
+                in_batch += 1;
+                entries += 1;
+                if in_batch == BATCH {
+                    to.apply_batch(std::mem::take(&mut batch))
+                        .map_err(backend)?;
+                    in_batch = 0;
+                }
+            }
+            to.apply_batch(batch).map_err(backend)?;
+        }
+        new.flush().map_err(backend)?;
+        if old.checksum().map_err(backend)? != new.checksum().map_err(backend)? {
+            return Err(StoreError::Backend(format!(
+                "{}: the compacted copy differs from the store; the store is unchanged",
+                fresh.display()
+            )));
+        }
+        drop((old, new));
+        drop(open_db(&fresh)?);
+        std::fs::rename(path, retired(path)).map_err(io(path))?;
+        finish_swap(path, &fresh)?;
+        Ok(Compaction {
+            entries,
+            bytes_before,
+            bytes_after: size(path)?,
+        })
+    }
+}
+
 /// What one tree holds: entries and the bytes of their keys and values (before sled's own
 /// overhead), for `rampart bench store`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -783,26 +928,14 @@ impl SledStore {
 
     /// Open (or create) the store in `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            // Favour CPU over disk space: fewer rewrites of segments and node fragments.
-            .mode(sled::Mode::HighThroughput)
-            // sled's own page cache (default 1 GiB) keeps every page read until it is full:
-            // at a million certificates that made the daemon's memory grow to gigabytes.
-            // Pages beyond it are read again through the kernel's page cache.
-            .cache_capacity(SLED_CACHE_BYTES)
-            .open()
-            .map_err(|e| match &e {
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("lock") =>
-                {
-                    StoreError::Locked {
-                        path: path.display().to_string(),
-                    }
-                }
-                _ => backend(e),
-            })?;
+        if compaction::retired(path).exists() {
+            return Err(StoreError::Backend(format!(
+                "{}: a compaction was interrupted while the compacted store was put in place; \
+                 run `rampart compact` again to finish it",
+                path.display()
+            )));
+        }
+        let db = open_db(path)?;
         let tree = |name: &str| db.open_tree(name).map_err(backend);
         let t = Trees {
             certificates: tree("certificates")?,
@@ -2284,6 +2417,21 @@ mod tests {
         (request, cert)
     }
 
+    /// Both steps of an issuance, each expected to succeed.
+    fn issue_both_steps(
+        store: &SledStore,
+        request: &RequestRecord,
+        cert: &CertificateRecord,
+        now: OffsetDateTime,
+    ) {
+        assert!(store
+            .begin_issuance(request, &entry(now, AuditAction::Decision))
+            .unwrap());
+        store
+            .complete_issuance(cert, &entry(now, AuditAction::Issued), &issued_event(now))
+            .unwrap();
+    }
+
     fn issued_event(now: OffsetDateTime) -> NewEvent {
         NewEvent {
             kind: EventKind::CertificateIssued,
@@ -2366,12 +2514,7 @@ mod tests {
         let (request, _) = issuing("0e05", now);
         let (_, mut cert) = issuing("0e06", now);
         cert.request_id = request.request_id;
-        assert!(store
-            .begin_issuance(&request, &entry(now, AuditAction::Decision))
-            .unwrap());
-        store
-            .complete_issuance(&cert, &entry(now, AuditAction::Issued), &issued_event(now))
-            .unwrap();
+        issue_both_steps(&store, &request, &cert, now);
         assert_eq!(
             store.request(request.request_id).unwrap().unwrap().state,
             RequestState::Issued {
@@ -2451,6 +2594,85 @@ mod tests {
         assert!(!store
             .begin_issuance(&rival, &entry(now, AuditAction::Decision))
             .unwrap());
+    }
+
+    #[test]
+    fn compaction_keeps_every_entry_and_finishes_an_interrupted_swap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let now = OffsetDateTime::now_utc();
+        let serials = ["0c01", "0c02", "0c03"];
+        {
+            let store = SledStore::open(&path).unwrap();
+            for serial in serials {
+                let (request, cert) = issuing(serial, now);
+                issue_both_steps(&store, &request, &cert, now);
+            }
+            store
+                .protocol_put("acme", "account/1", b"{}", true)
+                .unwrap();
+        }
+        let check = |path: &Path| {
+            let store = SledStore::open(path).unwrap();
+            for serial in serials {
+                assert!(store.certificate(serial).unwrap().is_some(), "{serial}");
+            }
+            assert_eq!(audit_actions(&store).len(), 2 * serials.len());
+            assert!(matches!(
+                store.verify_audit().unwrap(),
+                AuditVerification::Intact { records: 6, .. }
+            ));
+            assert_eq!(
+                store.protocol_get("acme", "account/1").unwrap().as_deref(),
+                Some(&b"{}"[..])
+            );
+        };
+        let done = compaction::compact(&path).unwrap();
+        assert!(done.entries >= 3 * 8, "{done:?}");
+        assert!(!compaction::retired(&path).exists());
+        assert!(!dir.path().join("store.compacting").exists());
+        check(&path);
+
+        // Stopped after the store was moved aside, before the copy took its place.
+        let fresh = dir.path().join("store.compacting");
+        let copy = |from: &Path, to: &Path| {
+            std::fs::create_dir_all(to).unwrap();
+            for file in walk(from) {
+                let target = to.join(file.strip_prefix(from).unwrap());
+                std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+                std::fs::copy(&file, target).unwrap();
+            }
+        };
+        copy(&path, &fresh);
+        std::fs::rename(&path, compaction::retired(&path)).unwrap();
+        let refused = SledStore::open(&path).unwrap_err().to_string();
+        assert!(refused.contains("rampart compact"), "{refused}");
+        assert!(!path.exists(), "the refusal created a store");
+        compaction::compact(&path).unwrap();
+        assert!(!compaction::retired(&path).exists());
+        check(&path);
+
+        // A daemon holding the store: refused, nothing changed.
+        let open = SledStore::open(&path).unwrap();
+        assert!(matches!(
+            compaction::compact(&path),
+            Err(StoreError::Locked { .. })
+        ));
+        drop(open);
+        check(&path);
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files.extend(walk(&path));
+            } else {
+                files.push(path);
+            }
+        }
+        files
     }
 
     #[test]
