@@ -125,6 +125,25 @@ fn write_with_mode(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<(
     Ok(())
 }
 
+/// (allocated bytes, apparent bytes) of the files below `dir`.
+pub fn disk_usage(dir: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let (mut allocated, mut apparent) = (0, 0);
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let metadata = entry.metadata()?;
+        if metadata.is_dir() {
+            let (a, b) = disk_usage(&entry.path())?;
+            allocated += a;
+            apparent += b;
+        } else {
+            allocated += metadata.blocks() * 512;
+            apparent += metadata.len();
+        }
+    }
+    Ok((allocated, apparent))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -516,25 +516,6 @@ fn data_dir_ca(
     Ok(ca)
 }
 
-/// (allocated bytes, apparent bytes) of the files below `dir`.
-fn disk_usage(dir: &Path) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let (mut allocated, mut apparent) = (0, 0);
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let metadata = entry.metadata()?;
-        if metadata.is_dir() {
-            let (a, b) = disk_usage(&entry.path())?;
-            allocated += a;
-            apparent += b;
-        } else {
-            allocated += metadata.blocks() * 512;
-            apparent += metadata.len();
-        }
-    }
-    Ok((allocated, apparent))
-}
-
 impl StoreBench {
     /// Seed, measure and print the report (blocking: call from a blocking thread).
     pub fn run(self) -> anyhow::Result<StoreReport> {
@@ -581,8 +562,8 @@ impl StoreBench {
         write += started.elapsed();
         progress.finish_and_clear();
         drop(store);
-        let (disk_bytes, file_bytes) =
-            disk_usage(&store_dir).with_context(|| format!("sizing {}", store_dir.display()))?;
+        let (disk_bytes, file_bytes) = crate::files::disk_usage(&store_dir)
+            .with_context(|| format!("sizing {}", store_dir.display()))?;
         let started = Instant::now();
         let store = SledStore::open(&store_dir)?;
         let open = started.elapsed();

@@ -85,9 +85,9 @@ struct CaMetadata {
 /// there; an RSA key of either kind may sign RSASSA-PSS (`[ca] rsa_signature = "pss"`).
 ///
 /// rcgen signs documents itself with the other keys. With a PSS key rcgen's signature is
-/// empty, because rcgen can only write `sha256WithRSAEncryption`: [`CaKey::finish_certificate`]
-/// and [`CaKey::finish_crl`] then sign what rcgen encoded (see [`super::rsa_pss`]). Every
-/// document rcgen makes with a `CaKey` goes through one of them.
+/// empty, because rcgen can only write `sha256WithRSAEncryption`: [`CaKey::finish`] then
+/// signs what rcgen encoded (see [`super::rsa_pss`]). Every
+/// document rcgen makes with a `CaKey` goes through it.
 pub enum CaKey {
     /// A key file (`issuing.key.pem`, `root.key.pem`).
     File(KeyPair),
@@ -169,20 +169,12 @@ impl CaKey {
         }
     }
 
-    /// The certificate rcgen encoded with this key, signed: as it is, or signed with PSS.
-    fn finish_certificate(&self, der: &[u8]) -> Result<Vec<u8>, CaError> {
+    /// A certificate or CRL rcgen encoded with this key, signed: as it is, or signed with PSS.
+    fn finish<T: rsa_pss::SignedStructure>(&self, der: &[u8]) -> Result<Vec<u8>, CaError> {
         if !self.pss() {
             return Ok(der.to_vec());
         }
-        rsa_pss::sign_certificate(der, |tbs| self.sign_pss(tbs))
-    }
-
-    /// The CRL rcgen encoded with this key, signed: as it is, or signed with PSS.
-    fn finish_crl(&self, der: &[u8]) -> Result<Vec<u8>, CaError> {
-        if !self.pss() {
-            return Ok(der.to_vec());
-        }
-        rsa_pss::sign_crl(der, |tbs| self.sign_pss(tbs))
+        rsa_pss::sign::<T>(der, |tbs| self.sign_pss(tbs))
     }
 
     /// A signature of `data` with its algorithm identifier (for an OCSP response).
@@ -251,8 +243,7 @@ impl PublicKeyData for CaKey {
 }
 
 impl SigningKey for CaKey {
-    /// Empty for a PSS key: the document is signed afterwards ([`CaKey::finish_certificate`],
-    /// [`CaKey::finish_crl`]).
+    /// Empty for a PSS key: the document is signed afterwards ([`CaKey::finish`]).
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
         match self {
             CaKey::File(key) => key.sign(message),
@@ -435,7 +426,7 @@ impl LocalCa {
         root_params.not_after = now + Duration::days(config.root_validity_days.into());
         root_params.serial_number = Some(SerialNumber::from_slice(Serial::random().as_bytes()));
         let root_cert = root_key
-            .finish_certificate(root_params.self_signed(&root_key).map_err(crypto)?.der())
+            .finish::<Certificate>(root_params.self_signed(&root_key).map_err(crypto)?.der())
             .map_err(signing)?;
         let root_issuer = Issuer::new(root_params, &root_key);
 
@@ -466,7 +457,7 @@ impl LocalCa {
         issuing_params.serial_number = Some(SerialNumber::from_slice(Serial::random().as_bytes()));
         issuing_params.use_authority_key_identifier_extension = true;
         let issuing_cert = root_key
-            .finish_certificate(
+            .finish::<Certificate>(
                 issuing_params
                     .signed_by(&issuing_key, &root_issuer)
                     .map_err(crypto)?
@@ -743,7 +734,7 @@ impl CaAdapter for LocalCa {
                     bytes: &public_key,
                 };
                 match params.signed_by(&requester, issuer) {
-                    Ok(cert) => issuer.key().finish_certificate(cert.der()),
+                    Ok(cert) => issuer.key().finish::<Certificate>(cert.der()),
                     Err(e @ rcgen::Error::RemoteKeyError) => {
                         Err(issuer.key().failure("signing the certificate", e))
                     }
@@ -819,7 +810,11 @@ impl CaAdapter for LocalCa {
             params
                 .signed_by(issuer)
                 .map_err(|e| issuer.key().failure("signing the CRL", e))
-                .and_then(|crl| issuer.key().finish_crl(crl.der()))
+                .and_then(|crl| {
+                    issuer
+                        .key()
+                        .finish::<x509_cert::crl::CertificateList>(crl.der())
+                })
         })
         .await?
     }

@@ -27,7 +27,8 @@
 //! The PIN is never logged, stored or put in an error; only a digest of a rejected PIN is
 //! kept in memory, to recognise it.
 //!
-//! Imports `config` (the key algorithm) and `files` (the PIN file check).
+//! Imports `config` (the key algorithm), `files` (the PIN file check) and `rsa_pss` (the salt
+//! length).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -983,7 +984,7 @@ impl Pkcs11Key {
         let parameters = PkcsPssParams {
             hash_alg: MechanismType::SHA256,
             mgf: PkcsMgfType::MGF1_SHA256,
-            s_len: 32.into(),
+            s_len: u64::from(super::rsa_pss::SALT_LENGTH).into(),
         };
         self.sign_rsa_with(Mechanism::Sha256RsaPkcsPss(parameters), message)
     }

@@ -4,8 +4,8 @@
 //! rcgen writes only `sha256WithRSAEncryption` for an RSA key, and the signature algorithm
 //! sits inside the signed part, so a PSS document cannot be made by swapping the outer
 //! identifier after rcgen signed. Instead rcgen encodes the certificate or CRL with an empty
-//! signature (the CA key's rcgen signature is empty in PSS mode), and [`sign_certificate`] /
-//! [`sign_crl`] write the RSASSA-PSS identifier into both signature-algorithm fields and sign
+//! signature (the CA key's rcgen signature is empty in PSS mode), and [`sign`] writes the
+//! RSASSA-PSS identifier into both signature-algorithm fields and sign
 //! the re-encoded to-be-signed part with the signer they are given (a key file or a PKCS#11
 //! token). OCSP responses take [`algorithm_identifier`] and a signature directly.
 //!
@@ -51,8 +51,9 @@ pub fn algorithm_identifier() -> AlgorithmIdentifierOwned {
     }
 }
 
-/// A signed X.509 structure: its TBS part carries a copy of the signature algorithm.
-trait SignedStructure: for<'a> Decode<'a> + Encode {
+/// A signed X.509 structure (a certificate, a CRL): its TBS part carries a copy of the
+/// signature algorithm.
+pub trait SignedStructure: for<'a> Decode<'a> + Encode {
     /// What it is, for errors.
     const WHAT: &'static str;
     /// Write `algorithm` into both signature-algorithm fields; the TBS part, encoded.
@@ -85,7 +86,9 @@ impl SignedStructure for CertificateList {
     }
 }
 
-fn sign_structure<T: SignedStructure>(
+/// Sign the certificate or CRL `unsigned` (DER, any or no signature) with RSASSA-PSS: both
+/// signature-algorithm fields become [`algorithm_identifier`], `sign` signs the TBS part.
+pub fn sign<T: SignedStructure>(
     unsigned: &[u8],
     sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, CaError>,
 ) -> Result<Vec<u8>, CaError> {
@@ -98,23 +101,6 @@ fn sign_structure<T: SignedStructure>(
         .map_err(malformed)?;
     structure.set_signature(BitString::from_bytes(&sign(&tbs)?).map_err(malformed)?);
     structure.to_der().map_err(malformed)
-}
-
-/// Sign the certificate `unsigned` (DER, any or no signature) with RSASSA-PSS: both
-/// signature-algorithm fields become [`algorithm_identifier`], `sign` signs the TBS part.
-pub fn sign_certificate(
-    unsigned: &[u8],
-    sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, CaError>,
-) -> Result<Vec<u8>, CaError> {
-    sign_structure::<Certificate>(unsigned, sign)
-}
-
-/// Sign the CRL `unsigned` (DER) with RSASSA-PSS, as [`sign_certificate`] does.
-pub fn sign_crl(
-    unsigned: &[u8],
-    sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, CaError>,
-) -> Result<Vec<u8>, CaError> {
-    sign_structure::<CertificateList>(unsigned, sign)
 }
 
 #[cfg(test)]

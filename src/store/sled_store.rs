@@ -775,7 +775,7 @@ fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
 /// follow the number of entries, which the copy keeps.
 ///
 /// Steps, each safe to interrupt: copy into `<store>.compacting` (removed and redone if a
-/// run stopped there); compare sled's checksum of both; open the copy once, so that sled
+/// run stopped there); compare a digest of what was read with one of what the copy holds; open the copy once, so that sled
 /// writes its snapshot then and not at the daemon's next start; rename the store to
 /// `<store>.before-compaction`, the copy to the store, and remove the old one. While
 /// `<store>.before-compaction` exists [`SledStore::open`] refuses to start, and the next
@@ -812,18 +812,29 @@ pub mod compaction {
         move |e| StoreError::Backend(format!("{}: {e}", what.display()))
     }
 
+    /// Apparent bytes of the files below `dir`.
     fn size(dir: &Path) -> Result<u64, StoreError> {
-        let mut total = 0;
-        for entry in std::fs::read_dir(dir).map_err(io(dir))? {
-            let entry = entry.map_err(io(dir))?;
-            let meta = entry.metadata().map_err(io(dir))?;
-            total += if meta.is_dir() {
-                size(&entry.path())?
-            } else {
-                meta.len()
-            };
+        Ok(crate::files::disk_usage(dir).map_err(io(dir))?.1)
+    }
+
+    /// SHA-256 over every (tree, key, value), each length-prefixed, in the order given.
+    struct Fingerprint(aws_lc_rs::digest::Context);
+
+    impl Fingerprint {
+        fn new() -> Self {
+            Fingerprint(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256))
         }
-        Ok(total)
+
+        fn add(&mut self, parts: [&[u8]; 3]) {
+            for part in parts {
+                self.0.update(&(part.len() as u64).to_be_bytes());
+                self.0.update(part);
+            }
+        }
+
+        fn finish(self) -> Vec<u8> {
+            self.0.finish().as_ref().to_vec()
+        }
     }
 
     /// Finish a swap a crash interrupted: the copy into place, the old store removed.
@@ -851,15 +862,19 @@ pub mod compaction {
         crate::files::create_private_dir(&fresh).map_err(io(&fresh))?;
         let new = open_db(&fresh)?;
         let mut entries = 0;
-        for name in old.tree_names() {
+        // Of what was read from the old store while copying: the old store is read once.
+        let mut copied = Fingerprint::new();
+        let names = old.tree_names();
+        for name in &names {
             let (from, to) = (
-                old.open_tree(&name).map_err(backend)?,
-                new.open_tree(&name).map_err(backend)?,
+                old.open_tree(name).map_err(backend)?,
+                new.open_tree(name).map_err(backend)?,
             );
             let mut batch = sled::Batch::default();
             let mut in_batch = 0;
             for item in from.iter() {
                 let (key, value) = item.map_err(backend)?;
+                copied.add([name, &key, &value]);
                 batch.insert(key, value);
                 in_batch += 1;
                 entries += 1;
@@ -872,7 +887,14 @@ pub mod compaction {
             to.apply_batch(batch).map_err(backend)?;
         }
         new.flush().map_err(backend)?;
-        if old.checksum().map_err(backend)? != new.checksum().map_err(backend)? {
+        let mut written = Fingerprint::new();
+        for name in &names {
+            for item in new.open_tree(name).map_err(backend)?.iter() {
+                let (key, value) = item.map_err(backend)?;
+                written.add([name, &key, &value]);
+            }
+        }
+        if copied.finish() != written.finish() {
             return Err(StoreError::Backend(format!(
                 "{}: the compacted copy differs from the store; the store is unchanged",
                 fresh.display()
@@ -2634,18 +2656,10 @@ mod tests {
         assert!(!dir.path().join("store.compacting").exists());
         check(&path);
 
-        // Stopped after the store was moved aside, before the copy took its place.
-        let fresh = dir.path().join("store.compacting");
-        let copy = |from: &Path, to: &Path| {
-            std::fs::create_dir_all(to).unwrap();
-            for file in walk(from) {
-                let target = to.join(file.strip_prefix(from).unwrap());
-                std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-                std::fs::copy(&file, target).unwrap();
-            }
-        };
-        copy(&path, &fresh);
-        std::fs::rename(&path, compaction::retired(&path)).unwrap();
+        // Stopped after the store was moved aside, before the copy took its place: the
+        // complete copy is the store itself here, the store moved aside any directory.
+        std::fs::rename(&path, dir.path().join("store.compacting")).unwrap();
+        std::fs::create_dir(compaction::retired(&path)).unwrap();
         let refused = SledStore::open(&path).unwrap_err().to_string();
         assert!(refused.contains("rampart compact"), "{refused}");
         assert!(!path.exists(), "the refusal created a store");
@@ -2661,19 +2675,6 @@ mod tests {
         ));
         drop(open);
         check(&path);
-    }
-
-    fn walk(dir: &Path) -> Vec<PathBuf> {
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                files.extend(walk(&path));
-            } else {
-                files.push(path);
-            }
-        }
-        files
     }
 
     #[test]
