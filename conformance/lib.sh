@@ -29,7 +29,17 @@ SCRIPT_NAME="$(basename "$0")"
 fail() { echo "FAIL [$SCRIPT_NAME]: $*" >&2; if [[ -f "$WORK/rampart.err" ]]; then tail -20 "$WORK/rampart.err" >&2; fi; exit 1; }
 pass() { echo "ok   [$SCRIPT_NAME]: $*"; }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# free_port — a loopback port free now and not handed out before in this script (the kernel
+# may offer a port again once the probe socket is closed, before anyone listens on it).
+free_port() {
+    local port
+    while :; do
+        port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+        grep -qx "$port" "$WORK/.ports-handed-out" 2>/dev/null || break
+    done
+    echo "$port" >>"$WORK/.ports-handed-out"
+    echo "$port"
+}
 
 wait_http() { # url
     for _ in $(seq 1 100); do
