@@ -18,8 +18,9 @@ use crate::model::{CertificateRecord, CertificateStatus, Identifier, Protocol, R
 
 pub use audit::{AuditAction, AuditEntry, AuditQuery, AuditRecord, AuditVerification};
 
-/// Schema version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Schema version this build reads and writes. 2: the SAN text moved into `idx_expiry`
+/// (sled backend); a store of version 1 is upgraded at its first open.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]

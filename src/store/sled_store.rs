@@ -4,10 +4,9 @@
 //! |-----------------|-----------------------------------|---------------------|
 //! | `certificates`  | serial                            | CertificateRecord   |
 //! | `requests`      | request id (16 bytes)             | RequestRecord       |
-//! | `serials`       | serial                            | request id          |
-//! | `idx_expiry`    | not-after day (u32 BE) serial     | not-after (sortable u64) |
+//! | `serials`       | serial reserved by an issuance that failed, or replaced by an upstream CA's | request id |
+//! | `idx_expiry`    | not-after day (u32 BE) serial     | not-after (sortable u64 BE), then the SAN values, `\n`-joined |
 //! | `idx_owner`     | owner `\0` serial                 | —                   |
-//! | `idx_san_text`  | serial                            | SAN values, `\n`-joined |
 //! | `idx_open_requests` | request id (16 bytes), requests pending (or issuing, from before `issuing`) | — |
 //! | `issuing`       | request id (16 bytes)             | IssuingIntent: the request (state issuing) and its decision's audit entry |
 //! | `journal`       | request id (16 bytes)             | the writes of a change being applied (binary) |
@@ -25,11 +24,17 @@
 //! writes one `issuing` record (a single key, atomic by itself), and the serial is reserved
 //! in memory, so that two issuances under way cannot take the same one.
 //! [`Store::complete_issuance`] is a `Journal` entry: its writes — the intent moved into
-//! place (serial in `serials`, the decision's audit entry), the certificate and its indexes,
+//! place (the decision's audit entry), the certificate and its indexes,
 //! its audit entry and event, the request's new state — are recorded under one key, applied,
 //! and the entry removed; [`SledStore::open`] applies again any entry a crash left. A failed
 //! or interrupted issuance burns the serial and audits the decision and the failure in one
-//! transaction.
+//! transaction (its serial kept in `serials`; an issued certificate's serial is the key of
+//! its record).
+//!
+//! Every entry costs memory whatever its size: sled keeps each page's log locations in
+//! memory, and a leaf page holds at most 16 entries. So a certificate has as few entries
+//! as its queries need (certificate, request, `idx_expiry` with its SAN text, `idx_owner`,
+//! two audit records, its event).
 //!
 //! Listings come a page at a time in serial order, and each filter has an index that yields
 //! candidates in that order, so a page costs about `limit` record reads whatever the
@@ -38,7 +43,7 @@
 //! - expiry window: `idx_expiry`, one range per day of the window (each in serial order),
 //!   merged;
 //! - SAN substring: [`SanCatalog`], every certificate's SAN values in memory in serial
-//!   order (built from `idx_san_text` at open), searched with `str::contains` block by
+//!   order (built from `idx_expiry` at open), searched with `str::contains` block by
 //!   block. A substring index (n-grams) would cost tens of index entries per name on every
 //!   issuance and gigabytes at a million certificates; the catalog costs about the SAN text
 //!   itself in memory (~110 MB at a million certificates with two names each) and a scan of
@@ -49,8 +54,8 @@
 //! read at every start), not from a scan of every request ever made.
 //!
 //! Stores written before these indexes get them at the first open (`idx_expiry` from the
-//! former `idx_not_after`, `idx_san_text` from the certificates, `idx_open_requests` from
-//! the requests).
+//! former `idx_not_after`, its SAN text from the former `idx_san_text` or the
+//! certificates, `idx_open_requests` from the requests).
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -79,8 +84,11 @@ const META_REVOKED_INDEXED: &[u8] = b"revoked_indexed";
 
 /// Bytes of decoded pages sled keeps in memory.
 const SLED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
-/// Present once `idx_san_text` covers every certificate (stores from before it).
-const META_SAN_TEXT_INDEXED: &[u8] = b"san_text_indexed";
+/// Present once every `idx_expiry` value holds its certificate's SAN text (stores from
+/// before it kept the text in `idx_san_text`).
+const META_SAN_IN_EXPIRY: &[u8] = b"san_in_expiry";
+/// Marker of the former `idx_san_text` tree's coverage, removed with it.
+const META_LEGACY_SAN_TEXT_INDEXED: &[u8] = b"san_text_indexed";
 /// Present once `idx_open_requests` covers every request (stores from before it).
 const META_OPEN_REQUESTS_INDEXED: &[u8] = b"open_requests_indexed";
 
@@ -262,7 +270,6 @@ struct Trees {
     serials: sled::Tree,
     idx_expiry: sled::Tree,
     idx_owner: sled::Tree,
-    idx_san_text: sled::Tree,
     idx_open_requests: sled::Tree,
     issuing: sled::Tree,
     audit: sled::Tree,
@@ -278,7 +285,6 @@ struct Tx<'a> {
     serials: &'a TransactionalTree,
     idx_expiry: &'a TransactionalTree,
     idx_owner: &'a TransactionalTree,
-    idx_san_text: &'a TransactionalTree,
     idx_open_requests: &'a TransactionalTree,
     issuing: &'a TransactionalTree,
     audit: &'a TransactionalTree,
@@ -321,6 +327,25 @@ fn day_bucket(unix_seconds: i64) -> u32 {
     (unix_seconds.div_euclid(86_400) + (1 << 31)) as u32
 }
 
+/// An `idx_expiry` value: the sortable not-after, then the SAN text.
+fn expiry_value(sortable_not_after: u64, san_text: &str) -> Vec<u8> {
+    let mut value = Vec::with_capacity(8 + san_text.len());
+    value.extend_from_slice(&sortable_not_after.to_be_bytes());
+    value.extend_from_slice(san_text.as_bytes());
+    value
+}
+
+/// The sortable not-after and the SAN text of an `idx_expiry` value.
+fn split_expiry_value(value: &[u8]) -> Result<(u64, &[u8]), StoreError> {
+    match value.split_first_chunk::<8>() {
+        Some((at, text)) => Ok((u64::from_be_bytes(*at), text)),
+        None => Err(StoreError::Corrupt {
+            tree: "idx_expiry",
+            reason: "value shorter than its not-after".into(),
+        }),
+    }
+}
+
 fn expiry_key(day: u32, serial: &str) -> Vec<u8> {
     let mut key = day.to_be_bytes().to_vec();
     key.extend_from_slice(serial.as_bytes());
@@ -335,7 +360,7 @@ fn is_open(state: &RequestState) -> bool {
     )
 }
 
-/// SAN values as `idx_san_text` and the catalog keep them.
+/// SAN values as `idx_expiry` and the catalog keep them.
 fn san_text(cert: &CertificateRecord) -> String {
     let values: Vec<String> = cert.sans.iter().map(|s| s.value()).collect();
     values.join("\n")
@@ -365,7 +390,6 @@ enum TreeId {
     Serials = 2,
     IdxExpiry = 3,
     IdxOwner = 4,
-    IdxSanText = 6,
     IdxOpenRequests = 7,
     Issuing = 8,
     Audit = 9,
@@ -377,16 +401,19 @@ enum TreeId {
 /// The retired `idx_san` tree: its name (dropped at open) and its journal code (writes to
 /// it in an entry a crash left are skipped).
 const RETIRED_SAN_TREE: (&str, u8) = ("idx_san", 5);
+/// The retired `idx_san_text` tree (serial → SAN text; the text is in `idx_expiry` now):
+/// read once at open to move its text, then dropped; journal writes to it are skipped (the
+/// move reads a certificate's text from its record when the tree lacks it).
+const RETIRED_SAN_TEXT_TREE: (&str, u8) = ("idx_san_text", 6);
 
 impl TreeId {
     /// Every tree.
-    const ALL: [TreeId; 12] = [
+    const ALL: [TreeId; 11] = [
         TreeId::Certificates,
         TreeId::Requests,
         TreeId::Serials,
         TreeId::IdxExpiry,
         TreeId::IdxOwner,
-        TreeId::IdxSanText,
         TreeId::IdxOpenRequests,
         TreeId::Issuing,
         TreeId::Audit,
@@ -412,7 +439,6 @@ impl Trees {
             TreeId::Serials => &self.serials,
             TreeId::IdxExpiry => &self.idx_expiry,
             TreeId::IdxOwner => &self.idx_owner,
-            TreeId::IdxSanText => &self.idx_san_text,
             TreeId::IdxOpenRequests => &self.idx_open_requests,
             TreeId::Issuing => &self.issuing,
             TreeId::Audit => &self.audit,
@@ -490,8 +516,8 @@ trait Change {
         }
     }
 
-    /// End the issuance under way for request `id`: remove its intent, reserve its serial
-    /// and append its decision's audit entry. Returns the request (state `Issuing`), or
+    /// End the issuance under way for request `id`: remove its intent and append its
+    /// decision's audit entry. Returns the request (state `Issuing`), or
     /// `None` when no intent is recorded (a request begun by a rampart from before
     /// `issuing`: its serial and decision are already in place).
     fn end_intent(&self, id: Uuid) -> Result<Option<RequestRecord>, Self::Error> {
@@ -513,7 +539,6 @@ trait Change {
                 );
             }
         }
-        self.insert(TreeId::Serials, serial.as_bytes(), id.as_bytes())?;
         self.append_audit(&intent.decision)?;
         Ok(Some(intent.request))
     }
@@ -525,9 +550,8 @@ trait Change {
             self.insert(
                 TreeId::IdxExpiry,
                 &expiry_key(expiry_day(cert.not_after), &cert.serial),
-                &sortable_time(cert.not_after).to_be_bytes(),
+                &expiry_value(sortable_time(cert.not_after), &san_text(cert)),
             )?;
-            self.insert(TreeId::IdxSanText, serial, san_text(cert).as_bytes())?;
             self.insert(TreeId::IdxOwner, &pair_key(&cert.owner, &cert.serial), &[])?;
         }
         Ok(())
@@ -542,7 +566,6 @@ impl Tx<'_> {
             TreeId::Serials => self.serials,
             TreeId::IdxExpiry => self.idx_expiry,
             TreeId::IdxOwner => self.idx_owner,
-            TreeId::IdxSanText => self.idx_san_text,
             TreeId::IdxOpenRequests => self.idx_open_requests,
             TreeId::Issuing => self.issuing,
             TreeId::Audit => self.audit,
@@ -599,6 +622,14 @@ fn record_issuance<C: Change>(
         .is_some()
     {
         return Err(StoreError::Backend(format!("serial {} already recorded", cert.serial)).into());
+    }
+    if reserved != cert.serial {
+        // An upstream CA chose the serial: the one reserved stays burnt.
+        change.insert(
+            TreeId::Serials,
+            reserved.as_bytes(),
+            cert.request_id.as_bytes(),
+        )?;
     }
     request.state = RequestState::Issued {
         serial: cert.serial.clone(),
@@ -687,7 +718,7 @@ impl<'a> Journal<'a> {
                 }
                 _ => return Err(corrupt()),
             };
-            if code == RETIRED_SAN_TREE.1 {
+            if code == RETIRED_SAN_TREE.1 || code == RETIRED_SAN_TEXT_TREE.1 {
                 continue;
             }
             let tree = TreeId::from_code(code).ok_or_else(corrupt)?;
@@ -745,7 +776,26 @@ impl Change for Journal<'_> {
 }
 
 /// The sled database in `path`, as rampart configures it.
+/// Open sled's database in `path`. A lock still held for a moment after the same process
+/// dropped its previous handle (sled's I/O threads let go of the files after the handle)
+/// is waited for, up to [`LOCK_RELEASE_WAIT`]; a store another process holds open is
+/// [`StoreError::Locked`] after that.
 fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    let started = std::time::Instant::now();
+    loop {
+        match open_db_once(path) {
+            Err(StoreError::Locked { .. }) if started.elapsed() < LOCK_RELEASE_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            opened => return opened,
+        }
+    }
+}
+
+/// How long [`open_db`] waits for a lock to be released.
+const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn open_db_once(path: &Path) -> Result<sled::Db, StoreError> {
     sled::Config::new()
         .path(path)
         // Favour CPU over disk space: fewer rewrites of segments and node fragments.
@@ -966,7 +1016,6 @@ impl SledStore {
             serials: tree("serials")?,
             idx_expiry: tree("idx_expiry")?,
             idx_owner: tree("idx_owner")?,
-            idx_san_text: tree("idx_san_text")?,
             idx_open_requests: tree("idx_open_requests")?,
             issuing: tree("issuing")?,
             audit: tree("audit")?,
@@ -1020,27 +1069,28 @@ impl SledStore {
             db.flush().map_err(backend)?;
         }
         // A store last written by a rampart from before `idx_expiry` (or a downgrade since)
-        // has entries in the legacy expiry index, and may have certificates missing from
-        // `idx_san_text`: index them.
+        // has entries in the legacy expiry index (without SAN text): index them.
         let legacy = tree(LEGACY_NOT_AFTER_TREE)?;
         if legacy.first().map_err(backend)?.is_some() {
             migrate_legacy_expiry(&legacy, &t.idx_expiry)?;
-            t.meta.remove(META_SAN_TEXT_INDEXED).map_err(backend)?;
+            t.meta.remove(META_SAN_IN_EXPIRY).map_err(backend)?;
         }
-        if t.meta
-            .get(META_SAN_TEXT_INDEXED)
-            .map_err(backend)?
-            .is_none()
-        {
-            for item in t.certificates.iter().values() {
-                let cert: CertificateRecord = decode("certificates", &item.map_err(backend)?)?;
-                t.idx_san_text
-                    .insert(cert.serial.as_bytes(), san_text(&cert).as_bytes())
-                    .map_err(backend)?;
-            }
+        if t.meta.get(META_SAN_IN_EXPIRY).map_err(backend)?.is_none() {
+            let retired = tree(RETIRED_SAN_TEXT_TREE.0)?;
+            move_san_text_into_expiry(&retired, &t)?;
             t.meta
-                .insert(META_SAN_TEXT_INDEXED, encode(&true))
+                .insert(META_SAN_IN_EXPIRY, encode(&true))
                 .map_err(backend)?;
+            t.meta
+                .remove(META_LEGACY_SAN_TEXT_INDEXED)
+                .map_err(backend)?;
+            // A rampart from before would misread the new `idx_expiry` values.
+            t.meta
+                .insert(META_SCHEMA, encode(&SCHEMA_VERSION))
+                .map_err(backend)?;
+            db.flush().map_err(backend)?;
+        }
+        if db.drop_tree(RETIRED_SAN_TEXT_TREE.0).map_err(backend)? {
             db.flush().map_err(backend)?;
         }
         if t.meta
@@ -1065,7 +1115,7 @@ impl SledStore {
         // store opens without waiting, and SAN queries wait for the catalog.
         let san = std::sync::Arc::new(SanIndex::default());
         let loader = {
-            let (san, tree) = (san.clone(), t.idx_san_text.clone());
+            let (san, tree) = (san.clone(), t.idx_expiry.clone());
             std::thread::Builder::new()
                 .name("san-catalog".into())
                 .spawn(move || san.finish(Segment::load(&tree, &san.closing)))
@@ -1073,7 +1123,7 @@ impl SledStore {
         let loader = match loader {
             Ok(handle) => Some(handle),
             Err(_) => {
-                san.finish(Segment::load(&t.idx_san_text, &san.closing));
+                san.finish(Segment::load(&t.idx_expiry, &san.closing));
                 None
             }
         };
@@ -1126,7 +1176,6 @@ impl SledStore {
             &t.serials,
             &t.idx_expiry,
             &t.idx_owner,
-            &t.idx_san_text,
             &t.idx_open_requests,
             &t.issuing,
             &t.audit,
@@ -1141,7 +1190,6 @@ impl SledStore {
                     serials,
                     idx_expiry,
                     idx_owner,
-                    idx_san_text,
                     idx_open_requests,
                     issuing,
                     audit,
@@ -1155,7 +1203,6 @@ impl SledStore {
                         serials,
                         idx_expiry,
                         idx_owner,
-                        idx_san_text,
                         idx_open_requests,
                         issuing,
                         audit,
@@ -1356,14 +1403,7 @@ impl ExpiryMerge {
     fn advance(&mut self, index: usize) -> Result<(), StoreError> {
         if let Some(item) = self.days[index].next() {
             let (key, value) = item.map_err(backend)?;
-            let at = value
-                .as_ref()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_err(|_| StoreError::Corrupt {
-                    tree: "idx_expiry",
-                    reason: "not-after is not 8 bytes".into(),
-                })?;
+            let (at, _) = split_expiry_value(&value)?;
             self.heads
                 .push(std::cmp::Reverse((key[4..].to_vec(), index, at)));
         }
@@ -1386,6 +1426,35 @@ impl Iterator for ExpiryMerge {
             }
         }
     }
+}
+
+/// Give every `idx_expiry` value without SAN text its certificate's: from the retired
+/// `idx_san_text`, or from the certificate's record where that lacks it. Idempotent.
+fn move_san_text_into_expiry(retired: &sled::Tree, trees: &Trees) -> Result<(), StoreError> {
+    for item in trees.idx_expiry.iter() {
+        let (key, value) = item.map_err(backend)?;
+        let (at, text) = split_expiry_value(&value)?;
+        if !text.is_empty() {
+            continue;
+        }
+        let serial = key.get(4..).unwrap_or_default();
+        let text = match retired.get(serial).map_err(backend)? {
+            Some(text) => String::from_utf8_lossy(&text).into_owned(),
+            None => match SledStore::get::<CertificateRecord>(
+                &trees.certificates,
+                "certificates",
+                serial,
+            )? {
+                Some(cert) => san_text(&cert),
+                None => continue,
+            },
+        };
+        trees
+            .idx_expiry
+            .insert(key, expiry_value(at, &text))
+            .map_err(backend)?;
+    }
+    Ok(())
 }
 
 /// Move the legacy expiry index (`sortable not-after / serial` keys) into `idx_expiry`.
@@ -1472,32 +1541,46 @@ impl Segment {
         true
     }
 
-    /// From `idx_san_text` (in serial order already); stops early, with an error, once
-    /// `closing` is set.
+    /// From `idx_expiry` (in expiry-day order), sorted by serial; stops early, with an
+    /// error, once `closing` is set.
     fn load(
-        tree: &sled::Tree,
+        idx_expiry: &sled::Tree,
         closing: &std::sync::atomic::AtomicBool,
     ) -> Result<Segment, StoreError> {
-        let mut segment = Segment::default();
-        let mut text = String::new();
-        for (n, item) in tree.iter().enumerate() {
+        let mut catalog = SanCatalog::default();
+        for (n, item) in idx_expiry.iter().enumerate() {
             if n % 4096 == 0 && closing.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(StoreError::Backend("the store closed".into()));
             }
-            let (serial, values) = item.map_err(backend)?;
-            text.clear();
-            for value in String::from_utf8_lossy(&values).split('\n') {
-                text.push_str(value);
-                text.push('\n');
-            }
-            if !segment.push(&String::from_utf8_lossy(&serial), &text) {
+            let (key, value) = item.map_err(backend)?;
+            let (_, values) = split_expiry_value(&value)?;
+            let serial = key.get(4..).unwrap_or_default();
+            if !catalog.tail.push_values(
+                &String::from_utf8_lossy(serial),
+                &String::from_utf8_lossy(values),
+            ) {
                 return Err(StoreError::Backend(
                     "SAN catalog: more than 4 GiB of names".into(),
                 ));
             }
         }
-        segment.shrink();
-        Ok(segment)
+        catalog.merge_tail();
+        if catalog.overflowed {
+            return Err(StoreError::Backend(
+                "SAN catalog: more than 4 GiB of names".into(),
+            ));
+        }
+        Ok(catalog.main)
+    }
+
+    /// Append an entry from its `\n`-joined SAN values; false if offsets overflow.
+    fn push_values(&mut self, serial: &str, values: &str) -> bool {
+        let mut text = String::with_capacity(values.len() + 1);
+        for value in values.split('\n') {
+            text.push_str(value);
+            text.push('\n');
+        }
+        self.push(serial, &text)
     }
 
     fn shrink(&mut self) {
@@ -1549,17 +1632,13 @@ impl SanCatalog {
     /// Entries kept unsorted before a merge into the main segment.
     const TAIL_LIMIT: usize = 32 * 1024;
 
-    /// Record a new certificate's SAN values.
+    /// Record a new certificate's SAN values (once: the background load at open may
+    /// have read a certificate recorded while it ran).
     fn insert(&mut self, serial: &str, values: &str) {
-        if self.overflowed {
+        if self.overflowed || self.main.contains(serial) {
             return;
         }
-        let mut text = String::with_capacity(values.len() + 1);
-        for value in values.split('\n') {
-            text.push_str(value);
-            text.push('\n');
-        }
-        if !self.tail.push(serial, &text) {
+        if !self.tail.push_values(serial, values) {
             self.overflowed = true;
             return;
         }
@@ -1743,14 +1822,8 @@ impl Store for SledStore {
         // complete_issuance (which is) nothing has left the process, and the log is
         // sequential, so that flush also writes this intent.
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if in_flight.contains(serial)
-            || self
-                .t
-                .serials
-                .get(serial.as_bytes())
-                .map_err(backend)?
-                .is_some()
-        {
+        let taken = |tree: &sled::Tree| tree.contains_key(serial.as_bytes()).map_err(backend);
+        if in_flight.contains(serial) || taken(&self.t.serials)? || taken(&self.t.certificates)? {
             return Ok(false);
         }
         let intent = IssuingIntentRef { request, decision };
@@ -1798,6 +1871,8 @@ impl Store for SledStore {
             let mut serial = None;
             if let Some(mut request) = begun {
                 if let RequestState::Issuing { serial: reserved } = &request.state {
+                    // Burnt: the CA may have signed with it.
+                    tx.insert(TreeId::Serials, reserved.as_bytes(), request_id.as_bytes())?;
                     serial = Some(reserved.clone());
                 }
                 request.state = RequestState::Failed {
@@ -2298,10 +2373,110 @@ mod tests {
             check_queries(&store, &all, now);
             all
         };
-        // Rebuilt from idx_san_text.
+        // Rebuilt from idx_expiry.
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.san.loaded_catalog().main.len(), 500);
         check_queries(&store, &all, now);
+    }
+
+    #[test]
+    fn version_1_stores_get_the_san_text_moved_into_idx_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let all: Vec<CertificateRecord> = {
+            let store = SledStore::open(dir.path()).unwrap();
+            let all: Vec<_> = (0..60).map(|i| issue(&store, i, now)).collect();
+            // As version 1 left it: not-after only in idx_expiry, the text in idx_san_text
+            // (but for one certificate, whose text comes from its record).
+            let retired = store.db.open_tree(RETIRED_SAN_TEXT_TREE.0).unwrap();
+            for item in store.t.idx_expiry.iter() {
+                let (key, value) = item.unwrap();
+                let (at, text) = split_expiry_value(&value).unwrap();
+                assert!(!text.is_empty());
+                if &key[4..] != all[7].serial.as_bytes() {
+                    retired.insert(&key[4..], text).unwrap();
+                }
+                store.t.idx_expiry.insert(key, &at.to_be_bytes()).unwrap();
+            }
+            store.t.meta.remove(META_SAN_IN_EXPIRY).unwrap();
+            store
+                .t
+                .meta
+                .insert(META_LEGACY_SAN_TEXT_INDEXED, encode(&true))
+                .unwrap();
+            store.t.meta.insert(META_SCHEMA, encode(&1u32)).unwrap();
+            store.db.flush().unwrap();
+            all
+        };
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(!store
+            .db
+            .tree_names()
+            .contains(&sled::IVec::from(RETIRED_SAN_TEXT_TREE.0)));
+        let version: u32 =
+            decode("meta", &store.t.meta.get(META_SCHEMA).unwrap().unwrap()).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert!(store
+            .t
+            .meta
+            .get(META_LEGACY_SAN_TEXT_INDEXED)
+            .unwrap()
+            .is_none());
+        for cert in &all {
+            let key = expiry_key(expiry_day(cert.not_after), &cert.serial);
+            let value = store.t.idx_expiry.get(key).unwrap().unwrap();
+            assert_eq!(
+                value.as_ref(),
+                expiry_value(sortable_time(cert.not_after), &san_text(cert))
+            );
+        }
+        assert_eq!(store.san.loaded_catalog().main.len(), 60);
+        check_queries(&store, &all, now);
+    }
+
+    #[test]
+    fn issued_serials_live_in_certificates_and_failed_ones_stay_burnt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let cert = issue(&store, 1, now);
+        assert!(store.t.serials.is_empty());
+        let request = |serial: &str| RequestRecord {
+            request_id: Uuid::new_v4(),
+            protocol: Protocol::Api,
+            identity: "t".into(),
+            template: "server".into(),
+            identifiers: Vec::new(),
+            state: RequestState::Issuing {
+                serial: serial.into(),
+            },
+            created_at: now,
+            updated_at: now,
+            pending: None,
+        };
+        let decision = entry(now, AuditAction::Decision);
+        assert!(!store
+            .begin_issuance(&request(&cert.serial), &decision)
+            .unwrap());
+        let failing = request("0bad");
+        assert!(store.begin_issuance(&failing, &decision).unwrap());
+        store
+            .fail_issuance(
+                failing.request_id,
+                "the CA refused",
+                &entry(now, AuditAction::IssuanceFailed),
+            )
+            .unwrap();
+        assert_eq!(
+            store.t.serials.get(b"0bad").unwrap().unwrap().as_ref(),
+            failing.request_id.as_bytes()
+        );
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(!store.begin_issuance(&request("0bad"), &decision).unwrap());
+        assert!(!store
+            .begin_issuance(&request(&cert.serial), &decision)
+            .unwrap());
     }
 
     #[test]
@@ -2331,12 +2506,10 @@ mod tests {
                 store.interrupted_requests().unwrap(),
                 std::slice::from_ref(&interrupted)
             );
-            // As a rampart from before idx_expiry, idx_san_text and idx_open_requests left it.
+            // As a rampart from before idx_expiry and idx_open_requests left it.
             store.t.idx_open_requests.clear().unwrap();
             store.t.meta.remove(META_OPEN_REQUESTS_INDEXED).unwrap();
             store.t.idx_expiry.clear().unwrap();
-            store.t.idx_san_text.clear().unwrap();
-            store.t.meta.remove(META_SAN_TEXT_INDEXED).unwrap();
             let legacy = store.db.open_tree(LEGACY_NOT_AFTER_TREE).unwrap();
             for cert in &all {
                 let mut key = sortable_time(cert.not_after).to_be_bytes().to_vec();
@@ -2379,6 +2552,8 @@ mod tests {
         for serial in ["d", "b", "f"] {
             catalog.insert(serial, &format!("{serial}.test"));
         }
+        // Already in the main segment (read by the load at open): kept once.
+        catalog.insert("c", "c.test\nwww.c.test");
         assert_eq!(
             catalog.matches_after(".test", None, 10).unwrap(),
             ["a", "b", "c", "d", "e", "f"]
@@ -2699,9 +2874,11 @@ mod tests {
             let writes = change.writes.into_inner();
             assert!(writes.len() > 10, "{}", writes.len());
             assert_eq!(Journal::decode(&Journal::encode(&writes)).unwrap(), writes);
-            // As a rampart from before idx_san was retired wrote it: with an idx_san write.
+            // As a rampart from before idx_san and idx_san_text were retired wrote it: with
+            // writes to both.
             let mut entry = Journal::encode(&writes);
             entry.extend_from_slice(&[RETIRED_SAN_TREE.1, 0, 0, 0, 1, b'a', 1, 0, 0, 0, 0]);
+            entry.extend_from_slice(&[RETIRED_SAN_TEXT_TREE.1, 0, 0, 0, 1, b'b', 0]);
             assert_eq!(Journal::decode(&entry).unwrap(), writes);
             let retired = store.db.open_tree(RETIRED_SAN_TREE.0).unwrap();
             retired.insert(b"a.test\x000d04", &[]).unwrap();
