@@ -42,12 +42,13 @@
 //! - owner: `idx_owner`, a range scan from `owner \0 after`;
 //! - expiry window: `idx_expiry`, one range per day of the window (each in serial order),
 //!   merged;
-//! - SAN substring: [`SanCatalog`], every certificate's SAN values in memory in serial
-//!   order (built from `idx_expiry` at open), searched with `str::contains` block by
-//!   block. A substring index (n-grams) would cost tens of index entries per name on every
-//!   issuance and gigabytes at a million certificates; the catalog costs about the SAN text
-//!   itself in memory (~110 MB at a million certificates with two names each) and a scan of
-//!   it (tens of ms) for a substring found nowhere, less when matches are frequent.
+//! - SAN substring: [`SanCatalog`] (module `san_catalog`), every certificate's SAN values
+//!   in serial order (built from `idx_expiry` at open), searched with a SIMD substring
+//!   search block by block. A substring index (n-grams) would cost tens of index entries
+//!   per name on every issuance and gigabytes at a million certificates; the catalog costs
+//!   the serials and offsets in memory (~40 MB at a million certificates), its text in an
+//!   unlinked file the page cache holds (~70 MB with two names each), and a scan of that
+//!   text (tens of ms) for a substring found nowhere, less when matches are frequent.
 //!
 //! Requests waiting for approval (and, in stores from before `issuing`, left issuing by a
 //! crash) come from `idx_open_requests`, issuances a crash interrupted from `issuing` (both
@@ -73,6 +74,9 @@ use super::{
     RevokeOutcome, Store, StoreError, SCHEMA_VERSION,
 };
 use crate::model::{CertificateRecord, Revocation, StoredStatus};
+use san_catalog::{SanCandidates, SanCatalog, SanIndex};
+
+mod san_catalog;
 
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_AUDIT_HEAD: &[u8] = b"audit_head";
@@ -1113,17 +1117,17 @@ impl SledStore {
         }
         // Reading every certificate's names takes a while at a million certificates: the
         // store opens without waiting, and SAN queries wait for the catalog.
-        let san = std::sync::Arc::new(SanIndex::default());
+        let san = std::sync::Arc::new(SanIndex::new(path));
         let loader = {
-            let (san, tree) = (san.clone(), t.idx_expiry.clone());
+            let (san, tree, dir) = (san.clone(), t.idx_expiry.clone(), path.to_path_buf());
             std::thread::Builder::new()
                 .name("san-catalog".into())
-                .spawn(move || san.finish(Segment::load(&tree, &san.closing)))
+                .spawn(move || san.finish(SanCatalog::load(&tree, &san.closing, &dir)))
         };
         let loader = match loader {
             Ok(handle) => Some(handle),
             Err(_) => {
-                san.finish(Segment::load(&t.idx_expiry, &san.closing));
+                san.finish(SanCatalog::load(&t.idx_expiry, &san.closing, path));
                 None
             }
         };
@@ -1284,13 +1288,7 @@ impl SledStore {
         if let Some(needle) = &query.san_contains {
             let needle = needle.to_ascii_lowercase();
             if self.san.loaded_catalog().answers(&needle) {
-                return Ok(Some(Box::new(SanCandidates {
-                    catalog: &self.san.catalog,
-                    needle,
-                    after,
-                    batch: std::collections::VecDeque::new(),
-                    exhausted: false,
-                })));
+                return Ok(Some(Box::new(SanCandidates::new(&self.san, needle, after))));
             }
         }
         if let Some(owner) = &query.owner {
@@ -1330,36 +1328,6 @@ impl SledStore {
 
 /// Candidate serials, ascending.
 type Candidates<'a> = Box<dyn Iterator<Item = Result<String, StoreError>> + 'a>;
-
-/// Serials whose SAN text contains the needle, from the catalog a batch at a time (the
-/// catalog is not locked while the caller reads certificates).
-struct SanCandidates<'a> {
-    catalog: &'a std::sync::RwLock<SanCatalog>,
-    needle: String,
-    after: Option<String>,
-    batch: std::collections::VecDeque<String>,
-    exhausted: bool,
-}
-
-impl Iterator for SanCandidates<'_> {
-    type Item = Result<String, StoreError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        const BATCH: usize = 64;
-        if self.batch.is_empty() && !self.exhausted {
-            let found = self
-                .catalog
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .matches_after(&self.needle, self.after.as_deref(), BATCH)
-                .unwrap_or_default();
-            self.exhausted = found.len() < BATCH;
-            self.after = found.last().cloned();
-            self.batch.extend(found);
-        }
-        self.batch.pop_front().map(Ok)
-    }
-}
 
 /// The serials of `idx_expiry` with a not-after in `[start, end]`, ascending: one range
 /// per day of the window (each in serial order), merged.
@@ -1478,311 +1446,6 @@ fn migrate_legacy_expiry(legacy: &sled::Tree, expiry: &sled::Tree) -> Result<(),
     Ok(())
 }
 
-/// Every certificate's SAN values in memory, for substring search in serial order: a
-/// sorted main segment and a small unsorted tail of recent additions, merged into the
-/// main segment when it grows past [`SanCatalog::TAIL_LIMIT`].
-#[derive(Debug, Default)]
-struct SanCatalog {
-    main: Segment,
-    tail: Segment,
-    /// Set if the text outgrew 32-bit offsets (billions of names) or could not be loaded:
-    /// searches then fall back to scanning the certificates.
-    overflowed: bool,
-}
-
-/// Entries (serial, SAN text) packed in two strings. Each entry's text is its values, each
-/// followed by a line feed, so that a needle without one matches within a single value.
-#[derive(Debug, Default)]
-struct Segment {
-    serials: String,
-    serial_ends: Vec<u32>,
-    text: String,
-    text_ends: Vec<u32>,
-}
-
-impl Segment {
-    fn len(&self) -> usize {
-        self.serial_ends.len()
-    }
-
-    fn serial(&self, i: usize) -> &str {
-        let start = if i == 0 {
-            0
-        } else {
-            self.serial_ends[i - 1] as usize
-        };
-        &self.serials[start..self.serial_ends[i] as usize]
-    }
-
-    fn text_start(&self, i: usize) -> usize {
-        if i == 0 {
-            0
-        } else {
-            self.text_ends[i - 1] as usize
-        }
-    }
-
-    fn entry_text(&self, i: usize) -> &str {
-        &self.text[self.text_start(i)..self.text_ends[i] as usize]
-    }
-
-    /// Append an entry (`text`: values each followed by `\n`); false if offsets overflow.
-    fn push(&mut self, serial: &str, text: &str) -> bool {
-        let (Ok(serial_end), Ok(text_end)) = (
-            u32::try_from(self.serials.len() + serial.len()),
-            u32::try_from(self.text.len() + text.len()),
-        ) else {
-            return false;
-        };
-        self.serials.push_str(serial);
-        self.serial_ends.push(serial_end);
-        self.text.push_str(text);
-        self.text_ends.push(text_end);
-        true
-    }
-
-    /// From `idx_expiry` (in expiry-day order), sorted by serial; stops early, with an
-    /// error, once `closing` is set.
-    fn load(
-        idx_expiry: &sled::Tree,
-        closing: &std::sync::atomic::AtomicBool,
-    ) -> Result<Segment, StoreError> {
-        let mut catalog = SanCatalog::default();
-        for (n, item) in idx_expiry.iter().enumerate() {
-            if n % 4096 == 0 && closing.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(StoreError::Backend("the store closed".into()));
-            }
-            let (key, value) = item.map_err(backend)?;
-            let (_, values) = split_expiry_value(&value)?;
-            let serial = key.get(4..).unwrap_or_default();
-            if !catalog.tail.push_values(
-                &String::from_utf8_lossy(serial),
-                &String::from_utf8_lossy(values),
-            ) {
-                return Err(StoreError::Backend(
-                    "SAN catalog: more than 4 GiB of names".into(),
-                ));
-            }
-        }
-        catalog.merge_tail();
-        if catalog.overflowed {
-            return Err(StoreError::Backend(
-                "SAN catalog: more than 4 GiB of names".into(),
-            ));
-        }
-        Ok(catalog.main)
-    }
-
-    /// Append an entry from its `\n`-joined SAN values; false if offsets overflow.
-    fn push_values(&mut self, serial: &str, values: &str) -> bool {
-        let mut text = String::with_capacity(values.len() + 1);
-        for value in values.split('\n') {
-            text.push_str(value);
-            text.push('\n');
-        }
-        self.push(serial, &text)
-    }
-
-    fn shrink(&mut self) {
-        self.serials.shrink_to_fit();
-        self.serial_ends.shrink_to_fit();
-        self.text.shrink_to_fit();
-        self.text_ends.shrink_to_fit();
-    }
-
-    /// Whether the segment (sorted) holds `serial`.
-    fn contains(&self, serial: &str) -> bool {
-        let at = partition(self.len(), |i| self.serial(i) < serial);
-        at < self.len() && self.serial(at) == serial
-    }
-
-    /// The entry whose text holds byte `offset`.
-    fn entry_at(&self, offset: usize) -> usize {
-        self.text_ends
-            .partition_point(|end| (*end as usize) <= offset)
-    }
-
-    /// Entries from `first` on whose text contains `needle`, in entry order, until `max`
-    /// are found (`None`: no limit). Scans blocks of about 64 KiB with `str::contains`
-    /// (SIMD-accelerated) and looks closer only at blocks that match.
-    fn find(&self, needle: &str, first: usize, max: Option<usize>, out: &mut Vec<usize>) {
-        const BLOCK: usize = 64 * 1024;
-        let mut position = self.text_start(first.min(self.len()));
-        while position < self.text.len() {
-            // Blocks end on entry boundaries.
-            let last = self.entry_at((position + BLOCK).min(self.text.len()) - 1);
-            let block_end = self.text_ends[last] as usize;
-            if self.text[position..block_end].contains(needle) {
-                let mut from = position;
-                while let Some(found) = self.text[from..block_end].find(needle) {
-                    let entry = self.entry_at(from + found);
-                    out.push(entry);
-                    if max.is_some_and(|max| out.len() >= max) {
-                        return;
-                    }
-                    from = self.text_ends[entry] as usize;
-                }
-            }
-            position = block_end;
-        }
-    }
-}
-
-impl SanCatalog {
-    /// Entries kept unsorted before a merge into the main segment.
-    const TAIL_LIMIT: usize = 32 * 1024;
-
-    /// Record a new certificate's SAN values (once: the background load at open may
-    /// have read a certificate recorded while it ran).
-    fn insert(&mut self, serial: &str, values: &str) {
-        if self.overflowed || self.main.contains(serial) {
-            return;
-        }
-        if !self.tail.push_values(serial, values) {
-            self.overflowed = true;
-            return;
-        }
-        if self.tail.len() >= Self::TAIL_LIMIT {
-            self.merge_tail();
-        }
-    }
-
-    /// Rebuild the main segment with the tail's entries in place.
-    fn merge_tail(&mut self) {
-        let tail = std::mem::take(&mut self.tail);
-        let mut order: Vec<usize> = (0..tail.len()).collect();
-        order.sort_by(|a, b| tail.serial(*a).cmp(tail.serial(*b)));
-        let main = std::mem::take(&mut self.main);
-        let mut merged = Segment {
-            serials: String::with_capacity(main.serials.len() + tail.serials.len()),
-            serial_ends: Vec::with_capacity(main.len() + tail.len()),
-            text: String::with_capacity(main.text.len() + tail.text.len()),
-            text_ends: Vec::with_capacity(main.len() + tail.len()),
-        };
-        let (mut i, mut j) = (0, 0);
-        while i < main.len() || j < order.len() {
-            let from_main =
-                j == order.len() || (i < main.len() && main.serial(i) <= tail.serial(order[j]));
-            let ok = if from_main {
-                i += 1;
-                merged.push(main.serial(i - 1), main.entry_text(i - 1))
-            } else {
-                j += 1;
-                merged.push(tail.serial(order[j - 1]), tail.entry_text(order[j - 1]))
-            };
-            if !ok {
-                self.overflowed = true;
-                return;
-            }
-        }
-        merged.shrink();
-        self.main = merged;
-    }
-
-    /// Whether [`SanCatalog::matches_after`] can search for `needle`: values are separated
-    /// by line feeds (no SAN holds one), and the catalog gives up past 4 GiB of names.
-    fn answers(&self, needle: &str) -> bool {
-        !self.overflowed && !needle.contains('\n')
-    }
-
-    /// Up to `max` serials, ascending and after `after`, of certificates with a SAN value
-    /// containing `needle`; `None` if the catalog cannot answer.
-    fn matches_after(&self, needle: &str, after: Option<&str>, max: usize) -> Option<Vec<String>> {
-        if !self.answers(needle) {
-            return None;
-        }
-        let first = match after {
-            Some(after) => partition(self.main.len(), |i| self.main.serial(i) <= after),
-            None => 0,
-        };
-        let mut found = Vec::new();
-        self.main.find(needle, first, Some(max), &mut found);
-        let mut serials: Vec<&str> = found.iter().map(|i| self.main.serial(*i)).collect();
-        let mut recent = Vec::new();
-        self.tail.find(needle, 0, None, &mut recent);
-        serials.extend(
-            recent
-                .iter()
-                .map(|i| self.tail.serial(*i))
-                .filter(|serial| after.is_none_or(|after| *serial > after)),
-        );
-        serials.sort_unstable();
-        serials.truncate(max);
-        Some(serials.into_iter().map(str::to_string).collect())
-    }
-}
-
-/// The SAN catalog of a store, loaded in the background at open.
-#[derive(Debug, Default)]
-struct SanIndex {
-    catalog: std::sync::RwLock<SanCatalog>,
-    /// Whether loading has finished (the catalog is unusable if it failed).
-    loaded: std::sync::Mutex<bool>,
-    loaded_signal: std::sync::Condvar,
-    /// Set when the store closes: the loader stops.
-    closing: std::sync::atomic::AtomicBool,
-}
-
-impl SanIndex {
-    /// The catalog, once loaded.
-    fn loaded_catalog(&self) -> std::sync::RwLockReadGuard<'_, SanCatalog> {
-        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        while !*loaded {
-            loaded = self
-                .loaded_signal
-                .wait(loaded)
-                .unwrap_or_else(|e| e.into_inner());
-        }
-        drop(loaded);
-        self.catalog.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Install the loaded main segment, keeping the certificates recorded meanwhile that
-    /// the load did not see, and wake the waiting queries.
-    fn finish(&self, loaded: Result<Segment, StoreError>) {
-        let mut catalog = self.catalog.write().unwrap_or_else(|e| e.into_inner());
-        match loaded {
-            Ok(main) => {
-                // Only certificates recorded during the load are in the catalog yet (in
-                // its tail, or merged into its main segment if many).
-                let early = [
-                    std::mem::replace(&mut catalog.main, main),
-                    std::mem::take(&mut catalog.tail),
-                ];
-                for segment in &early {
-                    for i in 0..segment.len() {
-                        let (serial, text) = (segment.serial(i), segment.entry_text(i));
-                        if !catalog.main.contains(serial) && !catalog.tail.push(serial, text) {
-                            catalog.overflowed = true;
-                        }
-                    }
-                }
-                if catalog.tail.len() >= SanCatalog::TAIL_LIMIT {
-                    catalog.merge_tail();
-                }
-            }
-            Err(_) => catalog.overflowed = true,
-        }
-        drop(catalog);
-        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.loaded_signal.notify_all();
-    }
-}
-
-/// The first index in `0..len` for which `before` is false (`before` is true on a prefix).
-fn partition(len: usize, before: impl Fn(usize) -> bool) -> usize {
-    let (mut low, mut high) = (0, len);
-    while low < high {
-        let middle = low + (high - low) / 2;
-        if before(middle) {
-            low = middle + 1;
-        } else {
-            high = middle;
-        }
-    }
-    low
-}
-
 fn matches(query: &CertificateQuery, cert: &CertificateRecord, now: OffsetDateTime) -> bool {
     if let Some(text) = &query.san_contains {
         let needle = text.to_ascii_lowercase();
@@ -1849,11 +1512,7 @@ impl Store for SledStore {
         })?;
         self.commits.sync_announced(announced, &self.db)?;
         self.released(&reserved);
-        self.san
-            .catalog
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(&cert.serial, &san_text(cert));
+        self.san.insert(&cert.serial, &san_text(cert));
         Ok(())
     }
 
@@ -2375,7 +2034,7 @@ mod tests {
         };
         // Rebuilt from idx_expiry.
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.san.loaded_catalog().main.len(), 500);
+        assert_eq!(store.san.loaded_catalog().main_len(), 500);
         check_queries(&store, &all, now);
     }
 
@@ -2430,7 +2089,7 @@ mod tests {
                 expiry_value(sortable_time(cert.not_after), &san_text(cert))
             );
         }
-        assert_eq!(store.san.loaded_catalog().main.len(), 60);
+        assert_eq!(store.san.loaded_catalog().main_len(), 60);
         check_queries(&store, &all, now);
     }
 
@@ -2540,37 +2199,6 @@ mod tests {
             .unwrap();
         assert!(store.interrupted_requests().unwrap().is_empty());
         assert!(store.pending_requests().unwrap().is_empty());
-    }
-
-    #[test]
-    fn catalog_merges_keep_serial_order() {
-        let mut catalog = SanCatalog::default();
-        for serial in ["c", "a", "e"] {
-            catalog.insert(serial, &format!("{serial}.test\nwww.{serial}.test"));
-        }
-        catalog.merge_tail();
-        for serial in ["d", "b", "f"] {
-            catalog.insert(serial, &format!("{serial}.test"));
-        }
-        // Already in the main segment (read by the load at open): kept once.
-        catalog.insert("c", "c.test\nwww.c.test");
-        assert_eq!(
-            catalog.matches_after(".test", None, 10).unwrap(),
-            ["a", "b", "c", "d", "e", "f"]
-        );
-        assert_eq!(
-            catalog.matches_after(".test", Some("b"), 2).unwrap(),
-            ["c", "d"]
-        );
-        assert_eq!(
-            catalog.matches_after("www.", None, 10).unwrap(),
-            ["a", "c", "e"]
-        );
-        // A needle never spans two values.
-        assert!(catalog.matches_after("test\nwww", None, 10).is_none());
-        catalog.merge_tail();
-        assert_eq!(catalog.main.len(), 6);
-        assert_eq!(catalog.main.entry_text(1), "b.test\n");
     }
 
     /// A request issuing `serial` and the certificate it gets.
