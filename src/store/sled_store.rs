@@ -10,7 +10,7 @@
 //! | `idx_open_requests` | request id (16 bytes), requests pending (or issuing, from before `issuing`) | — |
 //! | `issuing`       | request id (16 bytes)             | IssuingIntent: the request (state issuing) and its decision's audit entry |
 //! | `journal`       | request id (16 bytes)             | the writes of a change being applied (binary) |
-//! | `audit`         | seq (u64 BE)                      | AuditRecord         |
+//! | `audit`         | seq (u64 BE) of its first record  | AuditRecord, or an array of those appended together (an issuance's decision and outcome) |
 //! | `outbox`        | seq (u64 BE)                      | Event               |
 //! | `api_keys`      | key id                            | ApiKeyRecord        |
 //! | `meta`          | `schema_version`, `audit_head`, `outbox_next` | JSON    |
@@ -34,7 +34,7 @@
 //! Every entry costs memory whatever its size: sled keeps each page's log locations in
 //! memory, and a leaf page holds at most 16 entries. So a certificate has as few entries
 //! as its queries need (certificate, request, `idx_expiry` with its SAN text, `idx_owner`,
-//! two audit records, its event).
+//! its decision and issuance audit records in one entry, its event).
 //!
 //! Listings come a page at a time in serial order, and each filter has an index that yields
 //! candidates in that order, so a page costs about `limit` record reads whatever the
@@ -472,18 +472,38 @@ trait Change {
     fn remove(&self, tree: TreeId, key: &[u8]) -> Result<Option<sled::IVec>, Self::Error>;
 
     fn append_audit(&self, entry: &AuditEntry) -> Result<(), Self::Error> {
-        let head: ChainHead = match self.get(TreeId::Meta, META_AUDIT_HEAD)? {
+        self.append_audit_records(&[entry])
+    }
+
+    /// Append `entries` to the chain, in order, as one `audit` entry keyed by the first
+    /// one's seq (a JSON array when there are several: every sled entry costs memory, and
+    /// an issuance audits its decision and its outcome together).
+    fn append_audit_records(&self, entries: &[&AuditEntry]) -> Result<(), Self::Error> {
+        let mut head: ChainHead = match self.get(TreeId::Meta, META_AUDIT_HEAD)? {
             Some(bytes) => decode("meta", &bytes)?,
             None => ChainHead::default(),
         };
-        let record = AuditRecord::chain(head.next_seq, entry.clone(), head.last_hash);
-        // The record before the head: a reader that sees the head finds the record.
-        self.insert(TreeId::Audit, &record.seq.to_be_bytes(), &encode(&record))?;
-        let next = ChainHead {
-            next_seq: record.seq + 1,
-            last_hash: record.hash,
+        let first = head.next_seq;
+        let records: Vec<AuditRecord> = entries
+            .iter()
+            .map(|entry| {
+                let record =
+                    AuditRecord::chain(head.next_seq, (*entry).clone(), head.last_hash.clone());
+                head = ChainHead {
+                    next_seq: record.seq + 1,
+                    last_hash: record.hash.clone(),
+                };
+                record
+            })
+            .collect();
+        let value = match records.as_slice() {
+            [] => return Ok(()),
+            [record] => encode(record),
+            records => encode(&records),
         };
-        self.insert(TreeId::Meta, META_AUDIT_HEAD, &encode(&next))
+        // The records before the head: a reader that sees the head finds them.
+        self.insert(TreeId::Audit, &first.to_be_bytes(), &value)?;
+        self.insert(TreeId::Meta, META_AUDIT_HEAD, &encode(&head))
     }
 
     fn push_event(&self, event: &NewEvent) -> Result<(), Self::Error> {
@@ -520,11 +540,11 @@ trait Change {
         }
     }
 
-    /// End the issuance under way for request `id`: remove its intent and append its
-    /// decision's audit entry. Returns the request (state `Issuing`), or
+    /// End the issuance under way for request `id`: remove its intent. Returns the request
+    /// (state `Issuing`) and its decision's audit entry (for the caller to append), or
     /// `None` when no intent is recorded (a request begun by a rampart from before
     /// `issuing`: its serial and decision are already in place).
-    fn end_intent(&self, id: Uuid) -> Result<Option<RequestRecord>, Self::Error> {
+    fn end_intent(&self, id: Uuid) -> Result<Option<(RequestRecord, AuditEntry)>, Self::Error> {
         let Some(bytes) = self.remove(TreeId::Issuing, id.as_bytes())? else {
             return Ok(None);
         };
@@ -543,8 +563,7 @@ trait Change {
                 );
             }
         }
-        self.append_audit(&intent.decision)?;
-        Ok(Some(intent.request))
+        Ok(Some((intent.request, intent.decision)))
     }
 
     fn put_certificate(&self, cert: &CertificateRecord, new: bool) -> Result<(), Self::Error> {
@@ -607,9 +626,9 @@ fn record_issuance<C: Change>(
     audit: &AuditEntry,
     event: &NewEvent,
 ) -> Result<String, C::Error> {
-    let begun = match change.end_intent(cert.request_id)? {
-        Some(request) => Some(request),
-        None => change.request(cert.request_id)?,
+    let (begun, decision) = match change.end_intent(cert.request_id)? {
+        Some((request, decision)) => (Some(request), Some(decision)),
+        None => (change.request(cert.request_id)?, None),
     };
     let mut request = begun.ok_or_else(|| {
         StoreError::Backend(format!("request {} was never begun", cert.request_id))
@@ -640,7 +659,8 @@ fn record_issuance<C: Change>(
     };
     request.updated_at = audit.time;
     change.put_certificate(cert, true)?;
-    change.append_audit(audit)?;
+    let audited: Vec<&AuditEntry> = decision.iter().chain([audit]).collect();
+    change.append_audit_records(&audited)?;
     change.push_event(event)?;
     change.put_request(&request)?;
     Ok(reserved)
@@ -1523,9 +1543,9 @@ impl Store for SledStore {
         audit: &AuditEntry,
     ) -> Result<(), StoreError> {
         let serial = self.transact(true, |tx| {
-            let begun = match tx.end_intent(request_id)? {
-                Some(request) => Some(request),
-                None => tx.request(request_id)?,
+            let (begun, decision) = match tx.end_intent(request_id)? {
+                Some((request, decision)) => (Some(request), Some(decision)),
+                None => (tx.request(request_id)?, None),
             };
             let mut serial = None;
             if let Some(mut request) = begun {
@@ -1540,7 +1560,8 @@ impl Store for SledStore {
                 request.updated_at = audit.time;
                 tx.put_request(&request)?;
             }
-            tx.append_audit(audit)?;
+            let audited: Vec<&AuditEntry> = decision.iter().chain([audit]).collect();
+            tx.append_audit_records(&audited)?;
             Ok(serial)
         })?;
         if let Some(serial) = serial {
@@ -1801,13 +1822,28 @@ impl Store for SledStore {
     }
 
     fn audit_records(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
-        self.t
-            .audit
-            .range(from.to_be_bytes()..)
-            .values()
-            .take(limit)
-            .map(|v| decode("audit", &v.map_err(backend)?))
-            .collect()
+        // Records appended together share the entry keyed by the first one's seq: start at
+        // the entry holding `from`.
+        let start = match self.t.audit.range(..=from.to_be_bytes()).next_back() {
+            Some(item) => item.map_err(backend)?.0,
+            None => sled::IVec::from(&from.to_be_bytes()),
+        };
+        let mut out = Vec::new();
+        for value in self.t.audit.range(start..).values() {
+            let value = value.map_err(backend)?;
+            let records: Vec<AuditRecord> = if value.first() == Some(&b'[') {
+                decode("audit", &value)?
+            } else {
+                vec![decode("audit", &value)?]
+            };
+            for record in records.into_iter().filter(|r| r.seq >= from) {
+                if out.len() == limit {
+                    return Ok(out);
+                }
+                out.push(record);
+            }
+        }
+        Ok(out)
     }
 
     fn record_event(&self, audit: Option<&AuditEntry>, event: &NewEvent) -> Result<(), StoreError> {
@@ -2091,6 +2127,45 @@ mod tests {
         }
         assert_eq!(store.san.loaded_catalog().main_len(), 60);
         check_queries(&store, &all, now);
+    }
+
+    #[test]
+    fn audit_records_page_through_records_appended_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let now = OffsetDateTime::now_utc();
+        store
+            .append_audit(&entry(now, AuditAction::PolicyReloaded))
+            .unwrap();
+        for i in 0..3 {
+            issue(&store, i, now);
+        }
+        store
+            .append_audit(&entry(now, AuditAction::ApiKeyCreated))
+            .unwrap();
+        // One entry for the lone records, one per issuance for its two.
+        assert_eq!(store.t.audit.len(), 5);
+        let all = store.audit_records(0, 100).unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (0..8).collect::<Vec<_>>()
+        );
+        for from in 0..9 {
+            for limit in 0..4 {
+                let page = store.audit_records(from, limit).unwrap();
+                let expected: Vec<_> = all
+                    .iter()
+                    .filter(|r| r.seq >= from)
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                assert_eq!(page, expected, "from {from}, limit {limit}");
+            }
+        }
+        assert!(matches!(
+            store.verify_audit().unwrap(),
+            AuditVerification::Intact { records: 8, .. }
+        ));
     }
 
     #[test]
@@ -2500,7 +2575,7 @@ mod tests {
             )
             .unwrap();
             let writes = change.writes.into_inner();
-            assert!(writes.len() > 10, "{}", writes.len());
+            assert!(writes.len() > 5, "{}", writes.len());
             assert_eq!(Journal::decode(&Journal::encode(&writes)).unwrap(), writes);
             // As a rampart from before idx_san and idx_san_text were retired wrote it: with
             // writes to both.
