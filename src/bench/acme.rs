@@ -13,7 +13,7 @@ use instant_acme::{
 };
 
 use super::responders::{serve_any_name_dns, serve_http01, Tokens};
-use super::{progress_bar, report, root_store, ServerCpu, Stats};
+use super::{progress_bar, report, root_store, ServerCpu, Stall, Stats};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -26,6 +26,8 @@ pub struct AcmeBench {
     pub concurrency: usize,
     /// Orders in all.
     pub count: usize,
+    /// Stop starting orders after this long (`count` still bounds the run).
+    pub duration: Option<Duration>,
     /// Where the http-01 responder listens (the server validates against this port).
     pub http01_listen: SocketAddr,
     /// Where the any-name DNS responder listens (the server's resolver), if wanted.
@@ -49,6 +51,9 @@ struct Shared {
     chains_out: Mutex<()>,
     run: String,
     progress: indicatif::ProgressBar,
+    /// When to stop starting orders.
+    deadline: Option<Instant>,
+    stall: Stall,
 }
 
 fn retries() -> RetryPolicy {
@@ -76,6 +81,8 @@ impl AcmeBench {
             new_order_lock: tokio::sync::Mutex::new(()),
             chains_out: Mutex::new(()),
             progress,
+            deadline: self.duration.map(|d| Instant::now() + d),
+            stall: Stall::default(),
         });
         let server_cpu = ServerCpu::start(self.server_pid);
         let started = Instant::now();
@@ -148,6 +155,9 @@ async fn worker(w: usize, shared: Arc<Shared>) {
         }
     };
     loop {
+        if shared.deadline.is_some_and(|d| Instant::now() >= d) || shared.stall.stalled() {
+            return;
+        }
         let i = shared.next.fetch_add(1, Ordering::SeqCst);
         if i >= shared.config.count {
             return;
@@ -155,7 +165,7 @@ async fn worker(w: usize, shared: Arc<Shared>) {
         // A fresh name per order, so that no authorization is reused.
         let name = format!("o{i}-w{w}-{}.bench.test", shared.run);
         let started = Instant::now();
-        let outcome = order(&shared, &account, name).await;
+        let outcome = shared.stall.limit(order(&shared, &account, name)).await;
         let mut stats = shared.stats.lock().expect("stats lock");
         match outcome {
             Ok(()) => stats.latencies.push(started.elapsed()),

@@ -72,6 +72,56 @@ pub fn process_cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
+/// How long one operation (an ACME order, an enrollment) may take before it counts as
+/// failed: a server that stops answering (pebble 2.4 wedges under concurrent newOrder)
+/// ends the run with failures instead of hanging it.
+pub const OPERATION_TIME_LIMIT: Duration = Duration::from_secs(120);
+
+/// Whether the server under test stopped answering: once an operation has run out of
+/// time, no worker starts another.
+#[derive(Debug)]
+pub(crate) struct Stall {
+    stalled: std::sync::atomic::AtomicBool,
+    time_limit: Duration,
+}
+
+impl Default for Stall {
+    fn default() -> Self {
+        Stall::with_time_limit(OPERATION_TIME_LIMIT)
+    }
+}
+
+impl Stall {
+    fn with_time_limit(time_limit: Duration) -> Self {
+        Stall {
+            stalled: std::sync::atomic::AtomicBool::new(false),
+            time_limit,
+        }
+    }
+
+    pub(crate) fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::SeqCst)
+    }
+
+    /// `operation`, failed if it takes longer than the time limit (and then the run is
+    /// stalled).
+    pub(crate) async fn limit<T>(
+        &self,
+        operation: impl Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        match tokio::time::timeout(self.time_limit, operation).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                self.stalled.store(true, Ordering::SeqCst);
+                Err(format!(
+                    "no answer within {:?}: the server stalled, no further operation started",
+                    self.time_limit
+                ))
+            }
+        }
+    }
+}
+
 /// Debian's system trust store, used when no bundle is given.
 pub(crate) const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -201,24 +251,26 @@ where
     let server_cpu = ServerCpu::start(server_pid);
     let started = Instant::now();
     let deadline = duration.map(|d| started + d);
+    let stall = Arc::new(Stall::default());
     let workers: Vec<_> = (0..concurrency.max(1))
         .map(|worker| {
-            let (queue, tally, enroll, progress) = (
+            let (queue, tally, enroll, progress, stall) = (
                 queue.clone(),
                 tally.clone(),
                 enroll.clone(),
                 progress.clone(),
+                stall.clone(),
             );
             tokio::spawn(async move {
                 loop {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                    if deadline.is_some_and(|d| Instant::now() >= d) || stall.stalled() {
                         return;
                     }
                     let Some(item) = queue.lock().expect("queue lock").next() else {
                         return;
                     };
                     let begun = Instant::now();
-                    let outcome = enroll(worker, item).await;
+                    let outcome = stall.limit(enroll(worker, item)).await;
                     let latency = begun.elapsed();
                     let mut tally = tally.lock().expect("tally lock");
                     match outcome {
@@ -338,5 +390,16 @@ mod tests {
         assert_eq!((stats.failed, stats.first_errors.len()), (10, 1));
         assert!(process_cpu_time(std::process::id()).is_some());
         assert!(process_cpu_time(u32::MAX).is_none());
+    }
+
+    #[tokio::test]
+    async fn an_operation_past_the_time_limit_fails_and_stalls_the_run() {
+        let stall = Stall::with_time_limit(Duration::from_millis(20));
+        assert_eq!(stall.limit(async { Ok::<_, String>(1) }).await, Ok(1));
+        assert!(!stall.stalled());
+        let never = std::future::pending::<Result<(), String>>();
+        let error = stall.limit(never).await.unwrap_err();
+        assert!(error.contains("stalled"), "{error}");
+        assert!(stall.stalled());
     }
 }

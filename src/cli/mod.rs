@@ -230,6 +230,9 @@ enum BenchCommand {
         /// Orders in all.
         #[arg(long, default_value_t = 100)]
         count: usize,
+        /// Stop starting orders after this many seconds (--count still bounds the run).
+        #[arg(long)]
+        duration: Option<u64>,
         /// Where the http-01 responder listens; configure the server to validate there.
         #[arg(long, default_value = "0.0.0.0:5002")]
         http01_listen: std::net::SocketAddr,
@@ -626,6 +629,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ca_bundle,
             concurrency,
             count,
+            duration,
             http01_listen,
             dns_listen,
             server_pid,
@@ -638,6 +642,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ca_bundle,
                 concurrency,
                 count,
+                duration: duration.map(std::time::Duration::from_secs),
                 http01_listen,
                 dns_listen,
                 server_pid,
