@@ -411,6 +411,9 @@ const RETIRED_SAN_TREE: (&str, u8) = ("idx_san", 5);
 /// read once at open to move its text, then dropped; journal writes to it are skipped (the
 /// move reads a certificate's text from its record when the tree lacks it).
 const RETIRED_SAN_TEXT_TREE: (&str, u8) = ("idx_san_text", 6);
+/// Every retired tree: dropped at open (after what moves out of them has), skipped in
+/// journal entries.
+const RETIRED_TREES: [(&str, u8); 2] = [RETIRED_SAN_TREE, RETIRED_SAN_TEXT_TREE];
 
 impl TreeId {
     /// Every tree.
@@ -744,7 +747,7 @@ impl<'a> Journal<'a> {
                 }
                 _ => return Err(corrupt()),
             };
-            if code == RETIRED_SAN_TREE.1 || code == RETIRED_SAN_TEXT_TREE.1 {
+            if RETIRED_TREES.iter().any(|(_, retired)| *retired == code) {
                 continue;
             }
             let tree = TreeId::from_code(code).ok_or_else(corrupt)?;
@@ -801,7 +804,6 @@ impl Change for Journal<'_> {
     }
 }
 
-/// The sled database in `path`, as rampart configures it.
 /// Open sled's database in `path`. A lock still held for a moment after the same process
 /// dropped its previous handle (sled's I/O threads let go of the files after the handle)
 /// is waited for, up to [`LOCK_RELEASE_WAIT`]; a store another process holds open is
@@ -821,6 +823,7 @@ fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
 /// How long [`open_db`] waits for a lock to be released.
 const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The sled database in `path`, as rampart configures it.
 fn open_db_once(path: &Path) -> Result<sled::Db, StoreError> {
     sled::Config::new()
         .path(path)
@@ -1076,10 +1079,6 @@ impl SledStore {
             }
             db.flush().map_err(backend)?;
         }
-        // Two entries per certificate that nothing read: gone, with sled's pages for them.
-        if db.drop_tree(RETIRED_SAN_TREE.0).map_err(backend)? {
-            db.flush().map_err(backend)?;
-        }
         if t.meta.get(META_REVOKED_INDEXED).map_err(backend)?.is_none() {
             for item in t.certificates.iter().values() {
                 let cert: CertificateRecord = decode("certificates", &item.map_err(backend)?)?;
@@ -1116,7 +1115,12 @@ impl SledStore {
                 .map_err(backend)?;
             db.flush().map_err(backend)?;
         }
-        if db.drop_tree(RETIRED_SAN_TEXT_TREE.0).map_err(backend)? {
+        // Their entries are gone, with sled's pages for them.
+        let mut dropped = false;
+        for (name, _) in RETIRED_TREES {
+            dropped |= db.drop_tree(name).map_err(backend)?;
+        }
+        if dropped {
             db.flush().map_err(backend)?;
         }
         if t.meta

@@ -143,14 +143,37 @@ impl Tail {
 
     /// Entries whose text contains `needle`, in tail order.
     fn find(&self, needle: &memchr::memmem::Finder<'_>, out: &mut Vec<usize>) {
-        let text = self.text.bytes.as_bytes();
-        let mut from = 0;
-        while let Some(found) = needle.find(&text[from..]) {
-            let entry = self.text.ends.entry_at(from + found);
-            out.push(entry);
-            from = self.text.ends.end(entry);
-        }
+        find_entries(
+            needle,
+            self.text.bytes.as_bytes(),
+            0,
+            &self.text.ends,
+            |entry| {
+                out.push(entry);
+                true
+            },
+        );
     }
+}
+
+/// The entries (by `ends`) whose text in `bytes` — the packed text from byte `base` on —
+/// contains `needle`, in order, each once, to `found` until it returns false; false then.
+fn find_entries(
+    needle: &memchr::memmem::Finder<'_>,
+    bytes: &[u8],
+    base: usize,
+    ends: &Offsets,
+    mut found: impl FnMut(usize) -> bool,
+) -> bool {
+    let mut from = 0;
+    while let Some(at) = needle.find(&bytes[from..]) {
+        let entry = ends.entry_at(base + from + at);
+        if !found(entry) {
+            return false;
+        }
+        from = ends.end(entry) - base;
+    }
+    true
 }
 
 /// The sorted main segment: serials and text offsets in memory, the text in an unlinked
@@ -218,16 +241,10 @@ impl Main {
     ) -> std::io::Result<()> {
         self.blocks(first, |block_first, bytes| {
             let base = self.text_ends.start(block_first);
-            let mut from = 0;
-            while let Some(found) = needle.find(&bytes[from..]) {
-                let entry = self.text_ends.entry_at(base + from + found);
+            find_entries(needle, bytes, base, &self.text_ends, |entry| {
                 out.push(entry);
-                if out.len() >= max {
-                    return false;
-                }
-                from = self.text_ends.end(entry) - base;
-            }
-            true
+                out.len() < max
+            })
         })
     }
 
