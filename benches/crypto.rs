@@ -16,6 +16,7 @@ use rampart::ca::{CaAdapter, IssuanceOrder, Serial};
 use rampart::config::{Config, ExtendedKeyUsage, KeyAlgorithm};
 use rampart::model::{Identifier, KeyType};
 use rampart::pkix::csr::VerifiedCsr;
+use rampart::pkix::goodkey;
 use rampart_acme::jws::{Jws, KeyRef, VerifierCache};
 use rcgen::PublicKeyData;
 use serde_json::{json, Map, Value};
@@ -142,6 +143,20 @@ fn csr(c: &mut Criterion) {
     group.finish();
 }
 
+/// The weak-key rules every RSA request passes (small factors, ROCA, Fermat's rounds).
+fn weak_key_check(c: &mut Criterion) {
+    let mut group = c.benchmark_group("weak-key check");
+    let rsa = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        .unwrap();
+    let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    for (name, key) in [("RSA-2048", &rsa), ("P-256", &p256)] {
+        let spki = key.subject_public_key_info();
+        goodkey::check(&spki, &[]).unwrap();
+        group.bench_function(name, |b| b.iter(|| goodkey::check(&spki, &[]).unwrap()));
+    }
+    group.finish();
+}
+
 fn signing(c: &mut Criterion) {
     let mut group = c.benchmark_group("sign certificate");
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -191,6 +206,6 @@ criterion_group! {
         .sample_size(30)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = jws, csr, signing
+    targets = jws, csr, weak_key_check, signing
 }
 criterion_main!(benches);
