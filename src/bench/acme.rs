@@ -142,7 +142,7 @@ async fn account(shared: &Shared) -> Result<Account, String> {
 }
 
 async fn worker(w: usize, shared: Arc<Shared>) {
-    let account = match account(&shared).await {
+    let account = match shared.stall.limit(account(&shared)).await {
         Ok(account) => account,
         Err(error) => {
             // Count this worker's share as failed so the totals add up.
