@@ -69,7 +69,9 @@ async fn downstream(
     std::fs::write(
         &hook,
         format!(
-            "#!/bin/sh\necho \"$1 $2 $3 $4\" >> {}\n",
+            // A dns-01 hook returns once its record is served: the test DNS server reads
+            // the log every 20 ms, so a `set` waits out a few of its rounds.
+            "#!/bin/sh\necho \"$1 $2 $3 $4\" >> {}\n[ \"$1\" = set ] && sleep 0.1\nexit 0\n",
             hook_log.display()
         ),
     )
