@@ -1510,18 +1510,36 @@ impl Store for SledStore {
         // until complete_issuance or fail_issuance records it. Not flushed: until
         // complete_issuance (which is) nothing has left the process, and the log is
         // sequential, so that flush also writes this intent.
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        let taken = |tree: &sled::Tree| tree.contains_key(serial.as_bytes()).map_err(backend);
-        if in_flight.contains(serial) || taken(&self.t.serials)? || taken(&self.t.certificates)? {
+        // Reserved in memory first, then looked up in the trees without the lock: at scale
+        // the certificates lookup reads a leaf from disk, and concurrent issuances must not
+        // queue behind it.
+        if !self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(serial.clone())
+        {
             return Ok(false);
         }
+        let taken = |tree: &sled::Tree| tree.contains_key(serial.as_bytes()).map_err(backend);
         let intent = IssuingIntentRef { request, decision };
-        self.t
-            .issuing
-            .insert(request.request_id.as_bytes(), encode(&intent))
-            .map_err(backend)?;
-        in_flight.insert(serial.clone());
-        Ok(true)
+        let begun = match taken(&self.t.serials) {
+            Ok(false) => taken(&self.t.certificates),
+            other => other,
+        }
+        .and_then(|taken| match taken {
+            true => Ok(false),
+            false => self
+                .t
+                .issuing
+                .insert(request.request_id.as_bytes(), encode(&intent))
+                .map(|_| true)
+                .map_err(backend),
+        });
+        if !matches!(begun, Ok(true)) {
+            self.released(serial);
+        }
+        begun
     }
 
     fn complete_issuance(
@@ -2198,8 +2216,13 @@ mod tests {
         assert!(!store
             .begin_issuance(&request(&cert.serial), &decision)
             .unwrap());
+        // A refusal leaves no reservation behind.
+        assert!(!store.in_flight.lock().unwrap().contains(&cert.serial));
         let failing = request("0bad");
         assert!(store.begin_issuance(&failing, &decision).unwrap());
+        // A serial being issued is refused to another request.
+        assert!(!store.begin_issuance(&request("0bad"), &decision).unwrap());
+        assert!(store.in_flight.lock().unwrap().contains("0bad"));
         store
             .fail_issuance(
                 failing.request_id,
