@@ -69,10 +69,13 @@ async fn downstream(
     std::fs::write(
         &hook,
         format!(
-            // A dns-01 hook returns once its record is served: the test DNS server reads
-            // the log every 20 ms, so a `set` waits out a few of its rounds.
-            "#!/bin/sh\necho \"$1 $2 $3 $4\" >> {}\n[ \"$1\" = set ] && sleep 0.1\nexit 0\n",
-            hook_log.display()
+            // A dns-01 hook returns once the DNS server serves its change: this one waits
+            // (at most 5 s) until `serve_hook_records` has applied its line.
+            "#!/bin/sh\nlog={log}\necho \"$1 $2 $3 $4\" >> \"$log\"\nn=$(wc -l < \"$log\")\n\
+             for _ in $(seq 500); do\n\
+             [ \"$(cat \"$log.served\" 2>/dev/null || echo 0)\" -ge $((n)) ] && exit 0\n\
+             sleep 0.01\ndone\nexit 1\n",
+            log = hook_log.display()
         ),
     )
     .unwrap();
@@ -107,7 +110,9 @@ async fn downstream(
     start_with(config, Arc::new(SystemClock), None).await
 }
 
-/// Serve what the hook publishes: the `set` lines not yet cleared, as TXT records.
+/// Serve what the hook publishes: the `set` lines not yet cleared, as TXT records. After
+/// each update, `<hook_log>.served` holds the number of log lines served (the hook waits
+/// for its own).
 fn serve_hook_records(dns: Arc<DnsResponder>, hook_log: std::path::PathBuf) {
     tokio::spawn(async move {
         loop {
@@ -126,6 +131,10 @@ fn serve_hook_records(dns: Arc<DnsResponder>, hook_log: std::path::PathBuf) {
                 .map(|(name, value)| txt_record(name, vec![value.as_str()]))
                 .collect();
             dns.set_records(records);
+            let served = hook_log.with_extension("log.served");
+            let partial = hook_log.with_extension("log.served.tmp");
+            std::fs::write(&partial, text.lines().count().to_string()).unwrap();
+            std::fs::rename(&partial, &served).unwrap();
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });

@@ -188,19 +188,20 @@ fn small_primes() -> &'static [u32] {
     })
 }
 
-/// The small primes in ascending runs whose products fit in a `u32`, with each product:
-/// `n` is divided once per run (a single-digit division) instead of once per prime.
-fn small_prime_runs() -> &'static [(u32, Vec<u32>)] {
-    static RUNS: OnceLock<Vec<(u32, Vec<u32>)>> = OnceLock::new();
+/// [`small_primes`] in ascending runs whose products fit in a `u32`: (product, the run's
+/// range in `small_primes()`). `n` is divided once per run (a single-digit division)
+/// instead of once per prime.
+fn small_prime_runs() -> &'static [(u32, std::ops::Range<usize>)] {
+    static RUNS: OnceLock<Vec<(u32, std::ops::Range<usize>)>> = OnceLock::new();
     RUNS.get_or_init(|| {
-        let mut runs: Vec<(u32, Vec<u32>)> = Vec::new();
-        for &prime in small_primes() {
+        let mut runs: Vec<(u32, std::ops::Range<usize>)> = Vec::new();
+        for (i, &prime) in small_primes().iter().enumerate() {
             match runs.last_mut() {
-                Some((product, primes)) if product.checked_mul(prime).is_some() => {
+                Some((product, run)) if product.checked_mul(prime).is_some() => {
                     *product *= prime;
-                    primes.push(prime);
+                    run.end = i + 1;
                 }
-                _ => runs.push((prime, vec![prime])),
+                _ => runs.push((prime, i..i + 1)),
             }
         }
         runs
@@ -209,9 +210,9 @@ fn small_prime_runs() -> &'static [(u32, Vec<u32>)] {
 
 /// The smallest prime below [`SMALL_PRIME_BOUND`] dividing `n`, if any.
 pub fn small_prime_factor(n: &BigUint) -> Option<u32> {
-    small_prime_runs().iter().find_map(|(product, primes)| {
+    small_prime_runs().iter().find_map(|(product, run)| {
         let residue = (n % *product).iter_u32_digits().next().unwrap_or(0);
-        primes
+        small_primes()[run.clone()]
             .iter()
             .copied()
             .find(|prime| residue.is_multiple_of(*prime))
@@ -382,22 +383,17 @@ pub fn fermat_factor(n: &BigUint, rounds: u32) -> Option<FermatFactors> {
     }
     let mut b_squared = &a * &a - n;
     for round in 1..=rounds {
-        if !may_be_square(&b_squared) {
-            // (a + 1)² - n = (a² - n) + 2a + 1
-            b_squared += &a << 1;
-            b_squared += 1u32;
-            a += 1u32;
-            continue;
-        }
-        let b = b_squared.sqrt();
-        if &b * &b == b_squared {
-            let q = &a - &b;
-            // n = n · 1 is no factorisation (only reached for tiny n).
-            return (q > BigUint::one()).then(|| FermatFactors {
-                p: &a + &b,
-                q,
-                rounds: round,
-            });
+        if may_be_square(&b_squared) {
+            let b = b_squared.sqrt();
+            if &b * &b == b_squared {
+                let q = &a - &b;
+                // n = n · 1 is no factorisation (only reached for tiny n).
+                return (q > BigUint::one()).then(|| FermatFactors {
+                    p: &a + &b,
+                    q,
+                    rounds: round,
+                });
+            }
         }
         // (a + 1)² - n = (a² - n) + 2a + 1
         b_squared += &a << 1;

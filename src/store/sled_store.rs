@@ -1506,13 +1506,12 @@ impl Store for SledStore {
                 "begin_issuance needs a request in state issuing".into(),
             ));
         };
-        // One insert, no transaction (see the module docs); the serial is reserved in memory
-        // until complete_issuance or fail_issuance records it. Not flushed: until
+        // One insert, no transaction (see the module docs). The serial is reserved in memory
+        // first, until complete_issuance or fail_issuance records it, and only then looked
+        // up in the trees, without the lock: at scale the certificates lookup reads a leaf
+        // from disk, and concurrent issuances must not queue behind it. Not flushed: until
         // complete_issuance (which is) nothing has left the process, and the log is
         // sequential, so that flush also writes this intent.
-        // Reserved in memory first, then looked up in the trees without the lock: at scale
-        // the certificates lookup reads a leaf from disk, and concurrent issuances must not
-        // queue behind it.
         if !self
             .in_flight
             .lock()
@@ -1522,20 +1521,17 @@ impl Store for SledStore {
             return Ok(false);
         }
         let taken = |tree: &sled::Tree| tree.contains_key(serial.as_bytes()).map_err(backend);
-        let intent = IssuingIntentRef { request, decision };
-        let begun = match taken(&self.t.serials) {
-            Ok(false) => taken(&self.t.certificates),
-            other => other,
-        }
-        .and_then(|taken| match taken {
-            true => Ok(false),
-            false => self
-                .t
+        let begun = (|| {
+            if taken(&self.t.serials)? || taken(&self.t.certificates)? {
+                return Ok(false);
+            }
+            let intent = IssuingIntentRef { request, decision };
+            self.t
                 .issuing
                 .insert(request.request_id.as_bytes(), encode(&intent))
-                .map(|_| true)
-                .map_err(backend),
-        });
+                .map_err(backend)?;
+            Ok(true)
+        })();
         if !matches!(begun, Ok(true)) {
             self.released(serial);
         }
