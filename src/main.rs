@@ -33,6 +33,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(rampart::cli::run(cli)) {
         Ok(code) => code,
+        // `rampart certs list | head`: the reader has what it wanted.
+        Err(error) if rampart::cli::is_closed_output(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", one_line(&error));
             ExitCode::FAILURE

@@ -193,7 +193,7 @@ pub async fn run(command: CertsCommand) -> anyhow::Result<ExitCode> {
             let cert = client
                 .get_json(&format!("/api/v1/certificates/{}", urlencode(&serial)))
                 .await?;
-            println!("{}", serde_json::to_string_pretty(&cert)?);
+            out!("{}", serde_json::to_string_pretty(&cert)?);
         }
         CertsCommand::Revoke {
             serial,
@@ -206,7 +206,7 @@ pub async fn run(command: CertsCommand) -> anyhow::Result<ExitCode> {
                 .send(Method::POST, &path, Some(json!({ "reason": reason })))
                 .await?;
             let cert: Value = serde_json::from_slice(&body)?;
-            println!(
+            out!(
                 "revoked {} ({})",
                 cert["serial"].as_str().unwrap_or(&serial),
                 cert["revocation"]["reason"].as_str().unwrap_or("")
@@ -227,10 +227,10 @@ pub async fn run(command: CertsCommand) -> anyhow::Result<ExitCode> {
             for outcome in &outcomes {
                 let target = outcome["target"].as_str().unwrap_or("?");
                 match outcome["error"].as_str() {
-                    None => println!("delivered {serial} to {target}"),
+                    None => out!("delivered {serial} to {target}"),
                     Some(error) => {
                         failed = true;
-                        println!("NOT delivered to {target}: {error}");
+                        out!("NOT delivered to {target}: {error}");
                     }
                 }
             }

@@ -111,8 +111,8 @@ pub async fn run(command: DiscoverCommand) -> anyhow::Result<ExitCode> {
                     Err(reason) => report.failed(&probe.location, "unreachable", &reason),
                 }
             }
-            report.print();
-            println!(
+            report.print()?;
+            out!(
                 "{count} target(s): {} answered, {} certificate(s) recorded",
                 report.places,
                 report.items.len()
@@ -141,8 +141,8 @@ pub async fn run(command: DiscoverCommand) -> anyhow::Result<ExitCode> {
                     Err(reason) => report.failed(&location, "skipped", &reason),
                 }
             }
-            report.print();
-            println!(
+            report.print()?;
+            out!(
                 "{} file(s) with certificates, {} certificate(s) recorded, {} skipped",
                 report.places,
                 report.items.len(),
@@ -162,11 +162,11 @@ pub async fn run(command: DiscoverCommand) -> anyhow::Result<ExitCode> {
             };
             let list = ApiClient::new(&api)?.get_json(path).await?;
             if json {
-                println!("{list}");
+                out!("{list}");
             } else {
                 let items = list["items"].as_array().cloned().unwrap_or_default();
-                print_table(&items);
-                println!("{} certificate(s)", items.len());
+                print_table(&items)?;
+                out!("{} certificate(s)", items.len());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -222,23 +222,24 @@ impl Report {
             .push(format!("{what:<11} {location}: {reason}"));
     }
 
-    fn print(&self) {
+    fn print(&self) -> anyhow::Result<()> {
         if !self.items.is_empty() {
-            print_table(&self.items);
+            print_table(&self.items)?;
         }
         if self.failures.len() <= FAILURES_SHOWN {
             for line in &self.failures {
-                println!("{line}");
+                out!("{line}");
             }
         } else {
             for line in &self.failures[..FAILURES_SHOWN] {
-                println!("{line}");
+                out!("{line}");
             }
-            println!(
+            out!(
                 "… and {} more not shown",
                 self.failures.len() - FAILURES_SHOWN
             );
         }
+        Ok(())
     }
 }
 
@@ -252,10 +253,14 @@ fn fit(text: &str, width: usize) -> String {
     cut
 }
 
-fn print_table(items: &[Value]) {
-    println!(
+fn print_table(items: &[Value]) -> anyhow::Result<()> {
+    out!(
         "{:<16} {:<8} {:<20} {:<40} {:<32} ISSUER",
-        "FINGERPRINT", "ISSUED", "NOT AFTER", "LOCATION", "SUBJECT"
+        "FINGERPRINT",
+        "ISSUED",
+        "NOT AFTER",
+        "LOCATION",
+        "SUBJECT"
     );
     for item in items {
         let text = |key: &str| item[key].as_str().unwrap_or("").to_string();
@@ -264,7 +269,7 @@ fn print_table(items: &[Value]) {
         } else {
             "external"
         };
-        println!(
+        out!(
             "{:<16} {:<8} {:<20} {:<40} {:<32} {}",
             text("sha256_fingerprint").get(..16).unwrap_or_default(),
             issued,
@@ -274,6 +279,7 @@ fn print_table(items: &[Value]) {
             text("issuer")
         );
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,6 +6,16 @@
 //! find it from the config (`api.listen`) or `--api-url`, and authenticate with
 //! `--api-key` / `RAMPART_API_KEY`.
 
+/// `println!` for command output. A closed stdout (`rampart certs list | head`,
+/// `… | grep -q`) becomes an `io::Error` the command returns rather than a panic, and
+/// `main` ends quietly on it ([`is_closed_output`]).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*).map_err($crate::cli::OutputError)?
+    }};
+}
+
 mod certs;
 mod client;
 mod discover;
@@ -22,6 +32,22 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::clock::SystemClock;
 use crate::config::{Config, DEFAULT_CONFIG_TOML};
 use crate::server;
+
+/// Writing a command's output to stdout failed (told apart from the admin API's own I/O
+/// errors, which are failures whatever their kind).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write to stdout: {0}")]
+pub struct OutputError(pub std::io::Error);
+
+/// Whether a command failed only because the reader closed its stdout (a pipe to `head` or
+/// `grep -q`). Such a command ends quietly with success, as `cat` and `grep` do.
+pub fn is_closed_output(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<OutputError>()
+            .is_some_and(|output| output.0.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
 
 /// rampart: certificate registration authority.
 #[derive(Debug, Parser)]
@@ -431,9 +457,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .send(reqwest::Method::POST, "/api/v1/reload", None)
                 .await?;
             let answer: serde_json::Value = serde_json::from_slice(&answer)?;
-            println!("policy reloaded");
+            out!("policy reloaded");
             for section in answer["needs_restart"].as_array().into_iter().flatten() {
-                println!(
+                out!(
                     "  [{}] changed too: it takes effect after a restart",
                     section.as_str().unwrap_or("?")
                 );
@@ -452,11 +478,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .send(reqwest::Method::POST, "/api/v1/api-keys", Some(body))
                 .await?;
             let key: serde_json::Value = serde_json::from_slice(&answer)?;
-            println!(
+            out!(
                 "API key for {} (shown only now, stored only as a hash):",
                 key["identity"].as_str().unwrap_or("")
             );
-            println!("  {}", key["token"].as_str().unwrap_or(""));
+            out!("  {}", key["token"].as_str().unwrap_or(""));
             Ok(ExitCode::SUCCESS)
         }
         Command::Compact { config } => {
@@ -467,7 +493,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !store_dir.is_dir() {
                 bail!("{}: no store there", store_dir.display());
             }
-            println!(
+            out!(
                 "compacting {} (the daemon must be stopped)…",
                 store_dir.display()
             );
@@ -478,7 +504,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
             .await??;
             let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
-            println!(
+            out!(
                 "compacted {}: {} entries, {:.0} MiB → {:.0} MiB in {:.1} s",
                 store_dir.display(),
                 done.entries,
@@ -505,7 +531,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let hash = argon2::Argon2::default()
                 .hash_password(password.as_bytes(), &salt)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("{hash}");
+            out!("{hash}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy(PolicyCommand::Check {
@@ -530,7 +556,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .await?,
             )?;
             for step in answer["trace"].as_array().into_iter().flatten() {
-                println!(
+                out!(
                     "{:<9} {:<7} {}",
                     step["layer"].as_str().unwrap_or(""),
                     step["verdict"].as_str().unwrap_or(""),
@@ -538,14 +564,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             if answer["decision"] == "approved" {
-                println!(
+                out!(
                     "APPROVED for {} ({} days)",
                     answer["identity"].as_str().unwrap_or(""),
                     answer["validity_days"]
                 );
                 Ok(ExitCode::SUCCESS)
             } else {
-                println!(
+                out!(
                     "DENIED by {} rule {}: {}",
                     answer["layer"].as_str().unwrap_or(""),
                     answer["rule"].as_str().unwrap_or(""),
@@ -578,7 +604,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .get_json(&format!("/api/v1/audit?{}", query.join("&")))
                 .await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&page)?);
+                out!("{}", serde_json::to_string_pretty(&page)?);
                 return Ok(ExitCode::SUCCESS);
             }
             let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
@@ -588,7 +614,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     (Some(layer), Some(rule)) => format!(" [{layer}/{rule}]"),
                     _ => String::new(),
                 };
-                println!(
+                out!(
                     "{:>6} {} {:<14} {:<16} {:<8}{} {}",
                     record["seq"],
                     text(&entry["time"]),
@@ -607,7 +633,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await?;
             match result["result"].as_str() {
                 Some("intact") => {
-                    println!(
+                    out!(
                         "audit log intact: {} records, head {}",
                         result["records"],
                         result["head"].as_str().unwrap_or("")
@@ -615,7 +641,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 _ => {
-                    println!(
+                    out!(
                         "audit log BROKEN at record {}: {}",
                         result["seq"],
                         result["reason"].as_str().unwrap_or("")
@@ -779,34 +805,11 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_file)?;
     let source = crate::config::ConfigSource::Loaded(config_file.map(Path::to_path_buf));
     let daemon = server::start_from(config, Arc::new(SystemClock), source.clone()).await?;
-    println!("rampart {} is running", env!("CARGO_PKG_VERSION"));
-    if let Some(url) = &daemon.api_url {
-        println!("  admin API   {url}/api/v1/   (also {url}/healthz and {url}/metrics)");
+    if let Err(error) = print_banner(&daemon) {
+        // A daemon whose stdout is closed keeps serving; the banner (and a first start's
+        // admin key) is what is lost, so say so where the logs go.
+        tracing::warn!(%error, "cannot print the startup banner on stdout");
     }
-    if let Some(url) = &daemon.acme_url {
-        println!("  ACME        {url}   (profiles: /acme/<profile>/directory)");
-    }
-    if let Some(url) = &daemon.est_url {
-        println!("  EST         {url}/   (cacerts, simpleenroll, simplereenroll)");
-    }
-    if let Some(url) = &daemon.scep_url {
-        println!("  SCEP        {url}   (profiles: /scep/<profile>; ?operation=GetCACaps|GetCACert|PKIOperation)");
-    }
-    if let Some(url) = &daemon.crl_url {
-        println!("  CRL         {url}");
-    }
-    if let Some(url) = &daemon.ocsp_url {
-        println!("  OCSP        {url}");
-    }
-    if let Some(fingerprint) = &daemon.scep_ra_fingerprint {
-        println!("  SCEP RA     sha256 {fingerprint}   (scepclient -ca-fingerprint)");
-    }
-    println!("  CA bundle   {}", daemon.ca_bundle.display());
-    println!("  data        {}", daemon.data_dir.display());
-    if let Some(key) = &daemon.new_admin_key {
-        print_new_key(key);
-    }
-    println!("Stop with Ctrl-C (or SIGTERM); SIGHUP or `rampart reload` reloads the policy.");
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -837,11 +840,61 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_new_key(key: &str) {
-    println!();
-    println!("First start: an admin API key was created. It is shown only now and stored only as a hash:");
-    println!("  export RAMPART_API_KEY={key}");
-    println!();
+/// What `serve` prints once the listeners are up: where each protocol is, and a first
+/// start's admin key.
+fn print_banner(daemon: &server::Daemon) -> anyhow::Result<()> {
+    out!("rampart {} is running", env!("CARGO_PKG_VERSION"));
+    let listeners = [
+        (
+            "admin API",
+            &daemon.api_url,
+            "/api/v1/",
+            "   (also {url}/healthz and {url}/metrics)",
+        ),
+        (
+            "ACME",
+            &daemon.acme_url,
+            "",
+            "   (profiles: /acme/<profile>/directory)",
+        ),
+        (
+            "EST",
+            &daemon.est_url,
+            "/",
+            "   (cacerts, simpleenroll, simplereenroll)",
+        ),
+        (
+            "SCEP",
+            &daemon.scep_url,
+            "",
+            "   (profiles: /scep/<profile>; ?operation=GetCACaps|GetCACert|PKIOperation)",
+        ),
+        ("CRL", &daemon.crl_url, "", ""),
+        ("OCSP", &daemon.ocsp_url, "", ""),
+    ];
+    for (name, url, path, hint) in listeners {
+        if let Some(url) = url {
+            out!("  {name:<11} {url}{path}{}", hint.replace("{url}", url));
+        }
+    }
+    if let Some(fingerprint) = &daemon.scep_ra_fingerprint {
+        out!("  SCEP RA     sha256 {fingerprint}   (scepclient -ca-fingerprint)");
+    }
+    out!("  CA bundle   {}", daemon.ca_bundle.display());
+    out!("  data        {}", daemon.data_dir.display());
+    if let Some(key) = &daemon.new_admin_key {
+        print_new_key(key)?;
+    }
+    out!("Stop with Ctrl-C (or SIGTERM); SIGHUP or `rampart reload` reloads the policy.");
+    Ok(())
+}
+
+fn print_new_key(key: &str) -> anyhow::Result<()> {
+    out!();
+    out!("First start: an admin API key was created. It is shown only now and stored only as a hash:");
+    out!("  export RAMPART_API_KEY={key}");
+    out!();
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -945,22 +998,22 @@ async fn init(dir: &Path, pkcs11: &Pkcs11InitArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    println!("Initialised {}", dir.display());
-    println!("  configuration  {}", config_path.display());
-    println!("  CA bundle      {}", boot.ca_bundle.display());
+    out!("Initialised {}", dir.display());
+    out!("  configuration  {}", config_path.display());
+    out!("  CA bundle      {}", boot.ca_bundle.display());
     if let Some(uri) = &pkcs11.pkcs11_uri {
-        println!("  issuing key    {uri}   (in the PKCS#11 token; no key file)");
+        out!("  issuing key    {uri}   (in the PKCS#11 token; no key file)");
     }
     if let Some(ra) = &ra {
-        println!(
+        out!(
             "  SCEP RA        sha256 {}",
             crate::pkix::sha256_hex(&ra.certificate_der)
         );
     }
     if let Some(key) = &boot.new_admin_key {
-        print_new_key(key);
+        print_new_key(key)?;
     }
-    println!(
+    out!(
         "Start with: rampart serve --config {}",
         config_path.display()
     );
@@ -972,15 +1025,18 @@ async fn approvals(command: ApprovalsCommand) -> anyhow::Result<ExitCode> {
         ApprovalsCommand::Show { request_id, api } => {
             let path = format!("/api/v1/approvals/{request_id}");
             let request = client::ApiClient::new(&api)?.get_json(&path).await?;
-            println!("{}", serde_json::to_string_pretty(&request)?);
+            out!("{}", serde_json::to_string_pretty(&request)?);
         }
         ApprovalsCommand::List { api } => {
             let list = client::ApiClient::new(&api)?
                 .get_json("/api/v1/approvals")
                 .await?;
-            println!(
+            out!(
                 "{:<38} {:<16} {:<8} {:<10} IDENTIFIERS",
-                "REQUEST", "IDENTITY", "VIA", "TEMPLATE"
+                "REQUEST",
+                "IDENTITY",
+                "VIA",
+                "TEMPLATE"
             );
             for item in list["items"].as_array().into_iter().flatten() {
                 let names: Vec<&str> = item["identifiers"]
@@ -989,7 +1045,7 @@ async fn approvals(command: ApprovalsCommand) -> anyhow::Result<ExitCode> {
                     .flatten()
                     .filter_map(|i| i["value"].as_str())
                     .collect();
-                println!(
+                out!(
                     "{:<38} {:<16} {:<8} {:<10} {}",
                     item["request_id"].as_str().unwrap_or(""),
                     item["identity"].as_str().unwrap_or(""),
@@ -1005,7 +1061,7 @@ async fn approvals(command: ApprovalsCommand) -> anyhow::Result<ExitCode> {
                 .send(reqwest::Method::POST, &path, Some(serde_json::json!({})))
                 .await?;
             let cert: serde_json::Value = serde_json::from_slice(&body)?;
-            println!(
+            out!(
                 "approved: certificate {} issued",
                 cert["serial"].as_str().unwrap_or("")
             );
@@ -1023,7 +1079,7 @@ async fn approvals(command: ApprovalsCommand) -> anyhow::Result<ExitCode> {
                     Some(serde_json::json!({ "reason": reason })),
                 )
                 .await?;
-            println!("denied {request_id}");
+            out!("denied {request_id}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -1032,6 +1088,20 @@ async fn approvals(command: ApprovalsCommand) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_closed_stdout_counts_as_closed_output() {
+        let broken = || std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let stdout = anyhow::Error::new(OutputError(broken())).context("listing");
+        assert!(is_closed_output(&stdout));
+        // The admin API connection breaking is a failure, not a satisfied reader.
+        let api = anyhow::Error::new(broken()).context("calling the admin API");
+        assert!(!is_closed_output(&api));
+        let full = anyhow::Error::new(OutputError(std::io::Error::from(
+            std::io::ErrorKind::StorageFull,
+        )));
+        assert!(!is_closed_output(&full));
+    }
 
     #[test]
     fn init_config_points_at_the_directory_and_parses() {

@@ -40,12 +40,16 @@ pub async fn run(command: RenewalCommand) -> anyhow::Result<ExitCode> {
         RenewalCommand::List { json, api } => {
             let list = ApiClient::new(&api)?.get_json("/api/v1/renewal").await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                out!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
+            out!(
                 "{:<34} {:<10} {:<6} {:<21} {:<34} TARGETS",
-                "SERIAL", "TEMPLATE", "AUTO", "WINDOW OPENS", "RENEWED BY"
+                "SERIAL",
+                "TEMPLATE",
+                "AUTO",
+                "WINDOW OPENS",
+                "RENEWED BY"
             );
             for item in list.as_array().into_iter().flatten() {
                 let targets: Vec<String> = item["delivery_targets"]
@@ -54,7 +58,7 @@ pub async fn run(command: RenewalCommand) -> anyhow::Result<ExitCode> {
                     .flatten()
                     .map(text)
                     .collect();
-                println!(
+                out!(
                     "{:<34} {:<10} {:<6} {:<21} {:<34} {}",
                     text(&item["serial"]),
                     text(&item["template"]),
@@ -70,18 +74,18 @@ pub async fn run(command: RenewalCommand) -> anyhow::Result<ExitCode> {
                 .send(Method::POST, "/api/v1/renewal/scan", None)
                 .await?;
             let report: Value = serde_json::from_slice(&body)?;
-            println!("due: {}", report["due"]);
+            out!("due: {}", report["due"]);
             for pair in report["renewed"].as_array().into_iter().flatten() {
-                println!("renewed {} -> {}", text(&pair[0]), text(&pair[1]));
+                out!("renewed {} -> {}", text(&pair[0]), text(&pair[1]));
             }
             for serial in report["failed"].as_array().into_iter().flatten() {
-                println!("renewal failed: {}", text(serial));
+                out!("renewal failed: {}", text(serial));
             }
             for serial in report["pending"].as_array().into_iter().flatten() {
-                println!("renewal waits for approval: {}", text(serial));
+                out!("renewal waits for approval: {}", text(serial));
             }
             for serial in report["expiring_events"].as_array().into_iter().flatten() {
-                println!("certificate_expiring sent: {}", text(serial));
+                out!("certificate_expiring sent: {}", text(serial));
             }
         }
     }

@@ -52,24 +52,24 @@ fn text(value: &Value) -> String {
 pub async fn run(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
     match command {
         WebhooksCommand::NewSecret => {
-            println!("{}", Secret::generate());
+            out!("{}", Secret::generate());
         }
         WebhooksCommand::List { json, api } => {
             let list = ApiClient::new(&api)?.get_json("/api/v1/webhooks").await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                out!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(ExitCode::SUCCESS);
             }
             for endpoint in list.as_array().into_iter().flatten() {
-                println!("{}  {}", text(&endpoint["name"]), text(&endpoint["url"]));
-                println!(
+                out!("{}  {}", text(&endpoint["name"]), text(&endpoint["url"]));
+                out!(
                     "  cursor {}  backlog {}  last success {}",
                     endpoint["cursor"],
                     endpoint["backlog"],
                     text(&endpoint["last_success"])
                 );
                 if let Some(retry) = endpoint["retrying"].as_object() {
-                    println!(
+                    out!(
                         "  retrying event {} after {} attempt(s): {}",
                         retry["seq"],
                         retry["attempts"],
@@ -80,9 +80,9 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
                     .as_array()
                     .cloned()
                     .unwrap_or_default();
-                println!("  dead letters: {}", dead.len());
+                out!("  dead letters: {}", dead.len());
                 for letter in dead {
-                    println!(
+                    out!(
                         "    seq {:<6} {:<22} {} attempt(s), {}: {}",
                         letter["seq"],
                         text(&letter["kind"]),
@@ -114,7 +114,7 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
                 )
                 .await?;
             let answer: Value = serde_json::from_slice(&answer)?;
-            println!(
+            out!(
                 "{} event(s) queued for {endpoint}",
                 answer["queued"].as_u64().unwrap_or(0)
             );
