@@ -63,7 +63,7 @@ pass "certbot's TSIG-signed RFC 2136 updates reached knotd ($UPDATES DDNS update
 
 TXT="$("${KDIG[@]}" +short "_acme-challenge.$ZONE" TXT)"
 [[ -z "$TXT" ]] || fail "the challenge TXT records are still served after certbot finished: $TXT"
-"${KDIG[@]}" "_acme-challenge.$ZONE" TXT | grep -q 'status: NXDOMAIN' \
+"${KDIG[@]}" "_acme-challenge.$ZONE" TXT | matches 'status: NXDOMAIN' \
     || fail "_acme-challenge.$ZONE does not answer NXDOMAIN after clean-up"
 pass "certbot cleaned up: _acme-challenge.$ZONE has no TXT record at knotd afterwards"
 

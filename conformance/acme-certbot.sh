@@ -18,7 +18,7 @@ CB=(--server "$DIRECTORY" --config-dir "$WORK/certbot/config" --work-dir "$WORK/
     || fail "certbot certonly: $(tail -20 "$WORK/certbot.out")"
 LIVE="$WORK/certbot/config/live/lab"
 openssl verify -CAfile "$DIR/ca-bundle.pem" -untrusted "$LIVE/chain.pem" "$LIVE/cert.pem" >/dev/null || fail "certonly certificate does not verify"
-openssl x509 -in "$LIVE/cert.pem" -noout -text | grep -q "DNS:localhost" || fail "certificate lacks DNS:localhost"
+openssl x509 -in "$LIVE/cert.pem" -noout -text | matches "DNS:localhost" || fail "certificate lacks DNS:localhost"
 FIRST="$(openssl x509 -in "$LIVE/cert.pem" -noout -serial)"
 pass "certbot certonly --standalone (http-01) got a certificate that openssl verifies"
 

@@ -88,9 +88,9 @@ CB=(--server "$DIRECTORY" --config-dir "$WORK/certbot/config" --work-dir "$WORK/
 LIVE="$WORK/certbot/config/live/up"
 openssl verify -CAfile "$WORK/pebble-root.pem" -untrusted "$LIVE/chain.pem" "$LIVE/cert.pem" >/dev/null \
     || fail "certbot's certificate does not verify against pebble's root"
-openssl x509 -in "$LIVE/cert.pem" -noout -issuer | grep -q "Pebble Intermediate CA" \
+openssl x509 -in "$LIVE/cert.pem" -noout -issuer | matches "Pebble Intermediate CA" \
     || fail "the certificate was not issued by pebble: $(openssl x509 -in "$LIVE/cert.pem" -noout -issuer)"
-openssl x509 -in "$LIVE/cert.pem" -noout -ext subjectAltName | grep -qF "DNS:$ZONE" || fail "certificate lacks DNS:$ZONE"
+openssl x509 -in "$LIVE/cert.pem" -noout -ext subjectAltName | matches -F "DNS:$ZONE" || fail "certificate lacks DNS:$ZONE"
 SERIAL="$(openssl x509 -in "$LIVE/cert.pem" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f' | sed 's/^\(00\)*//')"
 RECORD="$(curl -sf -H "Authorization: Bearer $KEY" "$API/api/v1/certificates/$SERIAL")" \
     || fail "the inventory has no certificate $SERIAL"
@@ -100,7 +100,7 @@ pass "certbot got a certificate for $ZONE that pebble signed (verifies against p
 
 UPDATES="$(grep -c "\[$ZONE.\] DDNS, finished" "$KNOT/knot.log" || true)"
 ((UPDATES >= 2)) || fail "knotd applied $UPDATES dynamic updates, not an add and a delete: $(tail -20 "$KNOT/knot.log")"
-"${KDIG[@]}" "_acme-challenge.$ZONE" TXT | grep -q 'status: NXDOMAIN' \
+"${KDIG[@]}" "_acme-challenge.$ZONE" TXT | matches 'status: NXDOMAIN' \
     || fail "_acme-challenge.$ZONE still exists after the order: $("${KDIG[@]}" +short "_acme-challenge.$ZONE" TXT)"
 grep -q "dns-01: TXT record added by RFC 2136 update" <(sed 's/\x1b\[[0-9;]*m//g' "$WORK/rampart.out" "$WORK/rampart.err") \
     || fail "rampart did not log its RFC 2136 update"
@@ -122,7 +122,7 @@ base64 -d "$WORK/$ZONE.resp" | openssl pkcs7 -inform DER -print_certs -out "$WOR
 openssl x509 -in "$WORK/dev-all.pem" -out "$WORK/dev.pem"
 openssl verify -CAfile "$WORK/pebble-root.pem" -untrusted "$LIVE/chain.pem" "$WORK/dev.pem" >/dev/null \
     || fail "the EST certificate does not verify against pebble's root"
-openssl x509 -in "$WORK/dev.pem" -noout -issuer | grep -q "Pebble Intermediate CA" || fail "the EST certificate is not pebble's"
+openssl x509 -in "$WORK/dev.pem" -noout -issuer | matches "Pebble Intermediate CA" || fail "the EST certificate is not pebble's"
 [[ "$(openssl x509 -in "$WORK/dev.pem" -noout -pubkey)" == "$(openssl pkey -in "$WORK/$ZONE.key" -pubout)" ]] \
     || fail "the EST certificate is not for the device's key"
 pass "EST simpleenroll (HTTP Basic) → rampart → pebble: a certificate for the device's key, verifying against pebble's root"

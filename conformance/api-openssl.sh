@@ -93,8 +93,8 @@ cmp "$WORK/cli.der" "$WORK/dl.der" || fail "certs export differs from the API do
 curl -sf "${AUTH[@]}" "$API/api/v1/certificates/$SERIAL" | jq -e '.status == "revoked" and .revocation.reason_code == 1' >/dev/null \
     || fail "revocation not visible in the API"
 [[ "$(curl -sf "${AUTH[@]}" "$API/api/v1/certificates?status=revoked" | jq '.items | length')" == 1 ]] || fail "status filter"
-"$RAMPART" audit verify --config "$DIR/rampart.toml" | grep -q "^audit log intact" || fail "rampart audit verify"
-"$RAMPART" policy check --config "$DIR/rampart.toml" --template server --csr "$WORK/ec256.csr" | grep -q "^APPROVED" \
+"$RAMPART" audit verify --config "$DIR/rampart.toml" | matches "^audit log intact" || fail "rampart audit verify"
+"$RAMPART" policy check --config "$DIR/rampart.toml" --template server --csr "$WORK/ec256.csr" | matches "^APPROVED" \
     || fail "rampart policy check on an allowed CSR"
 RAMPART_API_KEY=rpk_000000000000_nope "$RAMPART" certs list --config "$DIR/rampart.toml" 2>/dev/null && fail "CLI accepted a bad key"
 unset RAMPART_API_KEY

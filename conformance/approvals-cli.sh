@@ -21,7 +21,7 @@ REQUEST="$(jq -r .request_id "$WORK/resp.json")"
 
 BOB="$(RAMPART_API_KEY="$KEY" "${CLI[@]}" apikeys create --config "$DIR/rampart.toml" --identity bob --role admin | grep -o 'rpk_[A-Za-z0-9_-]*')" \
     || fail "apikeys create"
-RAMPART_API_KEY="$BOB" "${CLI[@]}" approvals list --config "$DIR/rampart.toml" | grep -q "$REQUEST" || fail "approvals list"
+RAMPART_API_KEY="$BOB" "${CLI[@]}" approvals list --config "$DIR/rampart.toml" | matches "$REQUEST" || fail "approvals list"
 if RAMPART_API_KEY="$KEY" "${CLI[@]}" approvals approve "$REQUEST" --config "$DIR/rampart.toml" 2>"$WORK/self.err"; then
     fail "the requester approved their own request"
 fi

@@ -12,11 +12,11 @@ for algorithm in ecdsa-p384 rsa-3072; do
     RAMPART__CA__KEY_ALGORITHM="$algorithm" "$RAMPART" init --dir "$DIR" >"$WORK/init.out" 2>/dev/null || fail "init $algorithm"
     KEY="$(grep -o 'rpk_[A-Za-z0-9_-]*' "$WORK/init.out")"
     for cert in root issuing; do
-        openssl x509 -in "$DIR/ca/$cert.cert.pem" -noout -text | grep -qF "${EXPECT[$algorithm]}" \
+        openssl x509 -in "$DIR/ca/$cert.cert.pem" -noout -text | matches -F "${EXPECT[$algorithm]}" \
             || fail "$algorithm: $cert CA key is not ${EXPECT[$algorithm]}"
         [[ "$(stat -c %a "$DIR/ca/$cert.key.pem")" == 600 ]] || fail "$algorithm: $cert key not 0600"
     done
-    openssl x509 -in "$DIR/ca/issuing.cert.pem" -noout -text | grep -q "CA:TRUE, pathlen:0" || fail "issuing CA constraints"
+    openssl x509 -in "$DIR/ca/issuing.cert.pem" -noout -text | matches "CA:TRUE, pathlen:0" || fail "issuing CA constraints"
     PORT="$(free_port)"
     API="http://127.0.0.1:$PORT"
     RAMPART__API__LISTEN="127.0.0.1:$PORT" start_rampart "$DIR/rampart.toml"

@@ -165,7 +165,7 @@ for i, block in enumerate(blocks):
 PY
 for pem in "$WORK"/acme-blocks/*.pem; do
     [[ -e "$pem" ]] || continue
-    if openssl x509 -in "$pem" -noout -ext subjectAltName 2>/dev/null | grep -q 'bench.test'; then
+    if openssl x509 -in "$pem" -noout -ext subjectAltName 2>/dev/null | matches 'bench.test'; then
         openssl x509 -in "$pem" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f' >>"$RECEIVED/acme"
     fi
 done
@@ -194,7 +194,7 @@ pass "every received certificate is in the inventory with its issuance audit rec
 # Every issued certificate's webhook arrives (at least once).
 for _ in $(seq 1 100); do
     jq -r 'select(.type == "certificate_issued") | .data.serial' "$EVENTS" | sed 's/^0*//' | sort -u >"$WORK/notified"
-    if comm -23 "$WORK/audited" "$WORK/notified" | grep -q .; then sleep 0.3; else break; fi
+    if comm -23 "$WORK/audited" "$WORK/notified" | matches .; then sleep 0.3; else break; fi
 done
 LATE="$(comm -23 "$WORK/audited" "$WORK/notified" | wc -l)"
 ((LATE == 0)) || fail "$LATE issued certificate(s) never got their certificate_issued webhook"

@@ -82,7 +82,7 @@ jq -e --arg loc "$ROOT/fixtures/discovery/nested/cert.der" \
     "$WORK/list.json" >/dev/null || fail "one certificate seen twice is not one record with both places: $(cat "$WORK/list.json")"
 SERIAL="$(jq -r '.items[] | select(.issued_by_rampart) | .serial' "$WORK/list.json")"
 "$RAMPART" certs show "$SERIAL" >/dev/null || fail "the rampart certificate found on the listener is not in rampart's inventory"
-curl -sf "$API/metrics" | grep -q 'rampart_discovered_certificates_total{source="file",external="true"} 7' \
+curl -sf "$API/metrics" | matches 'rampart_discovered_certificates_total{source="file",external="true"} 7' \
     || fail "the discovery counter is missing from /metrics"
 pass "discover list: 1 rampart, 9 external (--external shows only those); a certificate seen twice is one record"
 

@@ -22,13 +22,13 @@ grep -q "./rampart-data/ca-bundle.pem" rampart.out || fail "CA bundle path not p
 grep -q "https://127.0.0.1:8443/acme/default/directory" rampart.out || fail "ACME directory not printed"
 grep -q "https://127.0.0.1:9443/.well-known/est" rampart.out || fail "EST URL not printed"
 curl -sf --cacert rampart-data/ca-bundle.pem https://localhost:9443/.well-known/est/cacerts | base64 -d \
-    | openssl pkcs7 -inform DER -print_certs | grep -q "BEGIN CERTIFICATE" || fail "EST cacerts not served on the default port"
+    | openssl pkcs7 -inform DER -print_certs | matches "BEGIN CERTIFICATE" || fail "EST cacerts not served on the default port"
 curl -sf --cacert rampart-data/ca-bundle.pem https://localhost:8443/acme/default/directory | jq -e .newAccount >/dev/null \
     || fail "ACME directory not served over HTTPS with the listener certificate"
 KEY="$(grep -o 'rpk_[A-Za-z0-9_-]*' rampart.out)" || fail "no API key printed on first start"
 [[ "$(stat -c %a rampart-data)" == 700 ]] || fail "rampart-data is not 0700"
 [[ "$(stat -c %a rampart-data/ca/issuing.key.pem)" == 600 ]] || fail "issuing key not 0600"
-openssl x509 -in rampart-data/ca-bundle.pem -noout -text | grep -q "ASN1 OID: prime256v1" || fail "default CA is not P-256"
+openssl x509 -in rampart-data/ca-bundle.pem -noout -text | matches "ASN1 OID: prime256v1" || fail "default CA is not P-256"
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout /dev/null -subj "/CN=app.localhost" \
     -addext "subjectAltName=DNS:app.localhost" -out app.csr 2>/dev/null
 jq -n --rawfile csr app.csr '{csr: $csr, template: "server"}' >body.json

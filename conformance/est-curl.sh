@@ -59,7 +59,7 @@ enroll_est simpleenroll -u device-7:s3cret --data-binary @"$WORK/dev.csr.b64"
 [[ "$(cat "$WORK/status")" == 200 ]] || fail "simpleenroll answered $(cat "$WORK/status"): $(cat "$WORK/resp")"
 base64 -d "$WORK/resp" | openssl pkcs7 -inform DER -print_certs -out "$WORK/dev.pem" || fail "simpleenroll answer is not PKCS#7"
 openssl verify -CAfile "$WORK/cacerts.pem" "$WORK/dev.pem" >/dev/null || fail "the enrolled certificate does not verify against cacerts"
-openssl x509 -in "$WORK/dev.pem" -noout -text | grep -q "TLS Web Client Authentication" || fail "no clientAuth EKU"
+openssl x509 -in "$WORK/dev.pem" -noout -text | matches "TLS Web Client Authentication" || fail "no clientAuth EKU"
 pass "simpleenroll with HTTP Basic: certificate verifies against cacerts"
 
 # simplereenroll with the certificate as TLS client certificate.
@@ -118,7 +118,7 @@ pass "serverkeygen: PKCS#8 key and certificate in multipart/mixed, key matches c
 # csrattrs: what the profile wants in a CSR.
 "${CURL[@]}" -o "$WORK/attrs.b64" -w '%{http_code}' "$EST/csrattrs" >"$WORK/status" || fail "csrattrs"
 [[ "$(cat "$WORK/status")" == 200 ]] || fail "csrattrs answered $(cat "$WORK/status")"
-base64 -d "$WORK/attrs.b64" | openssl asn1parse -inform DER | grep -q "prime256v1" || fail "csrattrs lacks the P-256 curve"
+base64 -d "$WORK/attrs.b64" | openssl asn1parse -inform DER | matches "prime256v1" || fail "csrattrs lacks the P-256 curve"
 pass "csrattrs: DER CsrAttrs from the template (key algorithms and curves)"
 
 # Errors: the RFC's statuses, nothing issued.
@@ -126,20 +126,20 @@ BEFORE="$(curl -sf -H "Authorization: Bearer $(grep -o 'rpk_[A-Za-z0-9_-]*' "$WO
 enroll_est simpleenroll --data-binary @"$WORK/dev.csr.b64"
 [[ "$(cat "$WORK/status")" == 401 ]] || fail "no credentials: $(cat "$WORK/status")"
 "${CURL[@]}" -D - -o /dev/null -H 'Content-Type: application/pkcs10' --data-binary @"$WORK/dev.csr.b64" "$EST/simpleenroll" \
-    | grep -qi '^www-authenticate: Basic' || fail "401 without WWW-Authenticate"
+    | matches -i '^www-authenticate: Basic' || fail "401 without WWW-Authenticate"
 enroll_est simpleenroll -u device-7:wrong --data-binary @"$WORK/dev.csr.b64"
 [[ "$(cat "$WORK/status")" == 401 ]] || fail "wrong password: $(cat "$WORK/status")"
 enroll_est simpleenroll -u device-7:s3cret --data-binary 'not base64 at all!'
 [[ "$(cat "$WORK/status")" == 400 ]] || fail "bad base64: $(cat "$WORK/status")"
 "${CURL[@]}" -o /dev/null -w '%{http_code}' -u device-7:s3cret -H 'Content-Type: text/plain' --data-binary @"$WORK/dev.csr.b64" \
-    "$EST/simpleenroll" | grep -q '^415$' || fail "wrong content type not 415"
+    "$EST/simpleenroll" | matches '^415$' || fail "wrong content type not 415"
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout /dev/null -subj "/CN=www.google.com" \
     -addext "subjectAltName=DNS:www.google.com" -outform DER 2>/dev/null | base64 >"$WORK/foreign.b64"
 enroll_est simpleenroll -u device-7:s3cret --data-binary @"$WORK/foreign.b64"
 [[ "$(cat "$WORK/status")" == 403 ]] && grep -q "not allowed" "$WORK/resp" || fail "foreign name: $(cat "$WORK/status") $(cat "$WORK/resp")"
 enroll_est simplereenroll -u device-7:s3cret --data-binary @"$WORK/re.csr.b64"
 [[ "$(cat "$WORK/status")" == 401 ]] || fail "reenroll without client certificate: $(cat "$WORK/status")"
-"${CURL[@]}" -o /dev/null -w '%{http_code}' -X POST "$EST/fullcmc" | grep -q '^501$' || fail "fullcmc not 501"
+"${CURL[@]}" -o /dev/null -w '%{http_code}' -X POST "$EST/fullcmc" | matches '^501$' || fail "fullcmc not 501"
 AFTER="$(curl -sf -H "Authorization: Bearer $(grep -o 'rpk_[A-Za-z0-9_-]*' "$WORK/rampart.out")" "$API/api/v1/certificates?template=client" | jq '.items | length')"
 [[ "$BEFORE" == "$AFTER" ]] || fail "refused requests issued certificates ($BEFORE → $AFTER)"
 pass "errors: 401 (+WWW-Authenticate), 400 bad base64, 415, 403 policy with reason, 501 fullcmc; nothing issued"

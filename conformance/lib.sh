@@ -28,6 +28,9 @@ trap cleanup EXIT
 SCRIPT_NAME="$(basename "$0")"
 fail() { echo "FAIL [$SCRIPT_NAME]: $*" >&2; if [[ -f "$WORK/rampart.err" ]]; then tail -20 "$WORK/rampart.err" >&2; fi; exit 1; }
 pass() { echo "ok   [$SCRIPT_NAME]: $*"; }
+# `cmd | matches PATTERN`: grep that reads all of its input. `grep -q` exits at the first
+# match, and under pipefail the writer's SIGPIPE (or EPIPE) then fails the pipeline.
+matches() { grep "$@" >/dev/null; }
 
 # free_port — a loopback port free now and not handed out before in this script (the kernel
 # may offer a port again once the probe socket is closed, before anyone listens on it).

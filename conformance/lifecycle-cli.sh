@@ -98,7 +98,7 @@ served() { openssl x509 -in "$WORK/web/cert.pem" -noout -serial | cut -d= -f2 | 
 "$RAMPART" renewal list --json >"$WORK/managed.json" || fail "renewal list"
 [[ "$(jq -r ".[] | select(.serial == \"$FIRST\") | .renewed_by" "$WORK/managed.json")" == "$SECOND" ]] ||
     fail "renewal list does not link $FIRST to $SECOND: $(cat "$WORK/managed.json")"
-"$RAMPART" renewal list | grep -q "$SECOND" || fail "renewal list does not show $SECOND"
+"$RAMPART" renewal list | matches "$SECOND" || fail "renewal list does not show $SECOND"
 "$RAMPART" certs deliver "$FIRST" --target web >/dev/null || fail "certs deliver $FIRST"
 [[ "$(served)" == "${FIRST##+(0)}" ]] || fail "certs deliver did not put $FIRST back"
 "$RAMPART" certs deliver "$SECOND" --target web >/dev/null || fail "certs deliver $SECOND"
@@ -142,9 +142,9 @@ for _ in $(seq 1 100); do
     sleep 0.3
 done
 jq -e '.[0].dead_letters[0].attempts == 8' "$WORK/list.json" >/dev/null || fail "no dead letter after 8 attempts: $(cat "$WORK/list.json")"
-"$RAMPART" webhooks list | grep -q "dead letters: 1" || fail "webhooks list does not show the dead letter"
+"$RAMPART" webhooks list | matches "dead letters: 1" || fail "webhooks list does not show the dead letter"
 rm "$WORK/hook/fail"
-"$RAMPART" webhooks replay ops --dead-letters | grep -q "1 event(s) queued" || fail "webhooks replay"
+"$RAMPART" webhooks replay ops --dead-letters | matches "1 event(s) queued" || fail "webhooks replay"
 wait_event ".type == \"certificate_issued\" and .data.serial == \"$DEAD\""
 "$RAMPART" webhooks list --json | jq -e '.[0].dead_letters == []' >/dev/null || fail "the dead letter is still listed"
 pass "a dead-lettered event was listed by rampart webhooks list and delivered by rampart webhooks replay"

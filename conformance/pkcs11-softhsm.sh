@@ -147,12 +147,12 @@ ra_cert() {
     openssl pkcs7 -inform DER -in "$WORK/$1.p7" -print_certs -out "$WORK/$1.all.pem" || fail "GetCACert is not DER PKCS#7"
     awk -v p="$WORK/$1.cert." '/BEGIN CERTIFICATE/ {n++; on=1} on {print > (p n ".pem")} /END CERTIFICATE/ {on=0}' "$WORK/$1.all.pem"
     for pem in "$WORK/$1.cert."*.pem; do
-        if openssl x509 -in "$pem" -noout -text | grep -q 'Public Key Algorithm: rsaEncryption'; then
+        if openssl x509 -in "$pem" -noout -text | matches 'Public Key Algorithm: rsaEncryption'; then
             cp "$pem" "$WORK/$1.pem"
         fi
     done
     [[ -f "$WORK/$1.pem" ]] || fail "GetCACert holds no RSA RA certificate"
-    openssl x509 -in "$WORK/$1.pem" -noout -text | grep -q 'Public-Key: (2048 bit)' || fail "the RA key is not RSA 2048"
+    openssl x509 -in "$WORK/$1.pem" -noout -text | matches 'Public-Key: (2048 bit)' || fail "the RA key is not RSA 2048"
     verify "$WORK/$1.pem"
     openssl x509 -in "$WORK/$1.pem" -noout -pubkey >"$WORK/$1.pub"
     RA_FP="$(openssl x509 -in "$WORK/$1.pem" -noout -fingerprint -sha256 | cut -d= -f2 | tr -d :)"
@@ -164,7 +164,7 @@ scep_enroll() {
     timeout 60 scepclient -debug -server-url "$SCEP" -ca-fingerprint "$RA_FP" -private-key "$WORK/$1/key.pem" \
         -certificate "$WORK/$1/cert.pem" -cn "$2" -challenge s3cret >"$WORK/$1/out" 2>&1 \
         || fail "scepclient against the token-held RA: $(tail -5 "$WORK/$1/out")"
-    openssl x509 -in "$WORK/$1/cert.pem" -noout -subject -nameopt RFC2253 | grep -q "CN=$2" \
+    openssl x509 -in "$WORK/$1/cert.pem" -noout -subject -nameopt RFC2253 | matches "CN=$2" \
         || fail "scepclient's certificate is not for CN $2"
     verify "$WORK/$1/cert.pem"
     [[ "$(openssl x509 -in "$WORK/$1/cert.pem" -noout -pubkey)" == "$(openssl pkey -in "$WORK/$1/key.pem" -pubout)" ]] \

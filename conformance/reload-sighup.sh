@@ -50,7 +50,7 @@ grep -q "no-such-template" "$WORK/reload.out" || fail "rampart reload did not sa
 pass "a broken file is refused (SIGHUP logs it, rampart reload reports it); the running policy stays"
 
 cp "$WORK/good.toml" "$CONF"
-"$RAMPART" reload | grep -q "policy reloaded" || fail "rampart reload"
+"$RAMPART" reload | matches "policy reloaded" || fail "rampart reload"
 [[ "$(issue mail.corp.example.net)" == 403 ]] || fail "rampart reload did not narrow the policy again"
 "$RAMPART" audit list --action policy_reloaded >"$WORK/audit.out" || fail "audit list"
 [[ "$(wc -l <"$WORK/audit.out")" == 2 ]] || fail "expected 2 policy_reloaded audit records: $(cat "$WORK/audit.out")"

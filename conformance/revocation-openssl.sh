@@ -45,14 +45,14 @@ ocsp() { # cert-name [extra openssl ocsp args] → status line of the certificat
 status="$(curl -s -o "$WORK/get.der" -w '%{http_code} %{content_type}' "$OCSP_URL/$(base64 -w0 "$WORK/req.der" | sed 's|/|%2F|g; s|+|%2B|g; s|=|%3D|g')")"
 [[ "$status" == "200 application/ocsp-response" ]] || fail "OCSP by GET answered $status"
 openssl ocsp -respin "$WORK/get.der" -issuer "$DIR/ca/issuing.cert.pem" -CAfile "$WORK/chain.pem" -resp_text 2>&1 \
-    | grep -q "Cert Status: good" || fail "OCSP by GET: not a good answer"
+    | matches "Cert Status: good" || fail "OCSP by GET: not a good answer"
 pass "OCSP (POST with nonce, and GET) answers good, signed by the CA ($OCSP_URL in the AIA)"
 
 fetch() { # → $WORK/crl.pem, prints the CRL number
     curl -sf -o "$WORK/crl.der" -w '%{content_type}' "$CDP" >"$WORK/ctype" || fail "fetching the CRL"
     [[ "$(cat "$WORK/ctype")" == application/pkix-crl ]] || fail "CRL content type $(cat "$WORK/ctype")"
     openssl crl -inform DER -in "$WORK/crl.der" -out "$WORK/crl.pem" || fail "the CRL is not DER"
-    openssl crl -in "$WORK/crl.pem" -CAfile "$WORK/chain.pem" -noout 2>&1 | grep -q "verify OK" \
+    openssl crl -in "$WORK/crl.pem" -CAfile "$WORK/chain.pem" -noout 2>&1 | matches "verify OK" \
         || fail "openssl crl does not verify the CRL against the CA"
     openssl crl -in "$WORK/crl.pem" -noout -crlnumber | cut -d= -f2
 }
@@ -70,7 +70,7 @@ second="$(fetch)"
 openssl verify -crl_check -CAfile "$WORK/chain.pem" -CRLfile "$WORK/crl.pem" "$WORK/bad.test.pem" >"$WORK/verify.out" 2>&1 \
     && fail "a revoked certificate passed the CRL check"
 grep -q "certificate revoked" "$WORK/verify.out" || fail "unexpected verify output: $(cat "$WORK/verify.out")"
-openssl crl -in "$WORK/crl.pem" -noout -text | grep -q "Key Compromise" || fail "the CRL entry has no reason"
+openssl crl -in "$WORK/crl.pem" -noout -text | matches "Key Compromise" || fail "the CRL entry has no reason"
 openssl verify -crl_check -CAfile "$WORK/chain.pem" -CRLfile "$WORK/crl.pem" "$WORK/good.test.pem" >/dev/null \
     || fail "the CRL check refuses a certificate that is not revoked"
 pass "after revocation: CRL number $first → $second, the revoked certificate fails -crl_check (keyCompromise), the other passes"
@@ -83,6 +83,6 @@ openssl ocsp -issuer "$WORK/other.pem" -cert "$WORK/other.pem" -url "$OCSP_URL" 
 grep -q "other.pem: unknown" "$WORK/ocsp.out" || fail "a foreign certificate is not unknown: $(cat "$WORK/ocsp.out")"
 code="$(curl -s -o "$WORK/junk.der" -w '%{http_code}' -H 'Content-Type: application/ocsp-request' --data-binary 'junk' "$OCSP_URL")"
 [[ "$code" == 200 ]] || fail "garbage got HTTP $code"
-openssl asn1parse -inform DER -in "$WORK/junk.der" | grep -q "ENUMERATED.*:01" || fail "garbage is not answered malformedRequest"
+openssl asn1parse -inform DER -in "$WORK/junk.der" | matches "ENUMERATED.*:01" || fail "garbage is not answered malformedRequest"
 pass "after revocation OCSP says revoked (keyCompromise); foreign certificates are unknown; garbage gets malformedRequest"
 stop_rampart

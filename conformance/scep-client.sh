@@ -36,7 +36,7 @@ grep -q '"secret"' "$DIR/rampart.toml" && fail "the challenge itself ended up in
 API="http://127.0.0.1:$API_PORT"
 export RAMPART__SCEP__LISTEN="127.0.0.1:$SCEP_PORT"
 start_rampart "$DIR/rampart.toml"
-grep "SCEP" "$WORK/rampart.out" | grep -q "http://127.0.0.1:$SCEP_PORT/scep" || fail "serve did not print the SCEP URL"
+grep "SCEP" "$WORK/rampart.out" | matches "http://127.0.0.1:$SCEP_PORT/scep" || fail "serve did not print the SCEP URL"
 KEY="$(grep -o 'rpk_[A-Za-z0-9_-]*' "$WORK/rampart.out")" || fail "serve printed no API key"
 AUTH=(-H "Authorization: Bearer $KEY")
 SCEP="http://127.0.0.1:$SCEP_PORT/scep"
@@ -59,7 +59,7 @@ split_cacert() {
     openssl pkcs7 -inform DER -in "$1" -print_certs -out "$2.all.pem" || fail "GetCACert is not DER PKCS#7"
     awk -v p="$2." '/BEGIN CERTIFICATE/ {n++; on=1} on {print > (p n ".pem")} /END CERTIFICATE/ {on=0}' "$2.all.pem"
     for pem in "$2".[0-9]*.pem; do
-        if openssl x509 -in "$pem" -noout -text | grep -q 'Public Key Algorithm: rsaEncryption'; then
+        if openssl x509 -in "$pem" -noout -text | matches 'Public Key Algorithm: rsaEncryption'; then
             cp "$pem" "$2.ra.pem"
         elif [[ "$(openssl x509 -in "$pem" -noout -subject -nameopt RFC2253 | cut -d= -f2-)" \
             == "$(openssl x509 -in "$pem" -noout -issuer -nameopt RFC2253 | cut -d= -f2-)" ]]; then
@@ -85,7 +85,7 @@ scep_enroll() {
 curl -s -o "$WORK/caps" -w '%{http_code}' "$SCEP?operation=GetCACaps" >"$WORK/status" || fail "GetCACaps"
 [[ "$(cat "$WORK/status")" == 200 ]] || fail "GetCACaps answered $(cat "$WORK/status"): $(cat "$WORK/caps")"
 for cap in POSTPKIOperation SHA-256 AES SCEPStandard Renewal; do
-    tr -d '\r' <"$WORK/caps" | grep -qixF "$cap" || fail "GetCACaps lacks $cap: $(tr '\n' ' ' <"$WORK/caps")"
+    tr -d '\r' <"$WORK/caps" | matches -ixF "$cap" || fail "GetCACaps lacks $cap: $(tr '\n' ' ' <"$WORK/caps")"
 done
 # GetCACert: DER certs-only PKCS#7 with the RA certificate (RSA), the issuing CA and the root.
 curl -s -o "$WORK/cacert.p7" -w '%{http_code} %{content_type}' "$SCEP?operation=GetCACert" >"$WORK/status" || fail "GetCACert"
@@ -94,7 +94,7 @@ grep -q "^200 application/x-x509-ca-ra-cert" "$WORK/status" || fail "GetCACert a
 cp "$WORK/cacert.ra.pem" "$WORK/ra.pem"
 cp "$WORK/cacert.root.pem" "$WORK/root.pem"
 cp "$WORK/cacert.issuing.pem" "$WORK/issuing.pem"
-openssl x509 -in "$WORK/ra.pem" -noout -text | grep -q 'Public-Key: (2048 bit)' || fail "the RA key is not RSA 2048"
+openssl x509 -in "$WORK/ra.pem" -noout -text | matches 'Public-Key: (2048 bit)' || fail "the RA key is not RSA 2048"
 openssl verify -CAfile "$WORK/root.pem" -untrusted "$WORK/issuing.pem" "$WORK/ra.pem" >/dev/null \
     || fail "the RA certificate does not verify against the chain"
 RA_FP="$(openssl x509 -in "$WORK/ra.pem" -noout -fingerprint -sha256 | cut -d= -f2 | tr -d :)"
@@ -102,7 +102,7 @@ pass "GetCACaps lists POSTPKIOperation, SHA-256, AES, SCEPStandard, Renewal; Get
 
 # Enrollment with the profile's static challenge.
 scep_enroll static "$SCEP" dev1.test secret || fail "scepclient with the static challenge: $(cat "$WORK/static/out")"
-openssl x509 -in "$WORK/static/cert.pem" -noout -subject -nameopt RFC2253 | grep -q 'CN=dev1.test' \
+openssl x509 -in "$WORK/static/cert.pem" -noout -subject -nameopt RFC2253 | matches 'CN=dev1.test' \
     || fail "the certificate is not for CN dev1.test: $(openssl x509 -in "$WORK/static/cert.pem" -noout -subject)"
 openssl verify -CAfile "$WORK/root.pem" -untrusted "$WORK/issuing.pem" "$WORK/static/cert.pem" >/dev/null \
     || fail "the enrolled certificate does not verify against GetCACert's chain"
@@ -132,7 +132,7 @@ CHALLENGE="$(jq -r .challenge "$WORK/challenge.json")"
 scep_enroll once "$SCEP" dev42.test "$CHALLENGE" || fail "scepclient with a one-time challenge: $(cat "$WORK/once/out")"
 openssl verify -CAfile "$WORK/root.pem" -untrusted "$WORK/issuing.pem" "$WORK/once/cert.pem" >/dev/null \
     || fail "the one-time enrollment does not verify against GetCACert's chain"
-openssl x509 -in "$WORK/once/cert.pem" -noout -ext subjectAltName | grep -q 'DNS:dev42.test' \
+openssl x509 -in "$WORK/once/cert.pem" -noout -ext subjectAltName | matches 'DNS:dev42.test' \
     || fail "the one-time enrollment lacks DNS:dev42.test: $(openssl x509 -in "$WORK/once/cert.pem" -noout -ext subjectAltName)"
 certificate_json "$WORK/once/cert.pem" | jq -e '.owner == "device-42"' >/dev/null \
     || fail "the one-time enrollment is not recorded as device-42's: $(certificate_json "$WORK/once/cert.pem")"
