@@ -1,6 +1,7 @@
 //! Webhooks: events from the outbox reach a local receiver signed per Standard Webhooks,
 //! failures are retried and dead-lettered, replays re-send, and events queued while the
-//! receiver was unreachable arrive after a restart.
+//! receiver was unreachable arrive after a restart. Events past their retention leave the
+//! outbox once delivered, never before.
 
 mod common;
 
@@ -16,8 +17,9 @@ use axum::Router;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use rampart::clock::SystemClock;
+use rampart::clock::{ManualClock, SystemClock};
 use rampart::config::{Config, WebhookEndpointConfig};
+use rampart::lifecycle::webhooks::Webhooks;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -309,6 +311,103 @@ async fn events_queued_while_the_receiver_is_down_arrive_after_a_restart() {
             .filter_map(|r| r.body["data"]["serial"].as_str().map(str::to_string))
             .collect();
         serials.iter().all(|s| delivered.contains(s))
+    })
+    .await;
+    d.daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn delivered_events_leave_the_outbox_after_their_retention_and_undelivered_ones_stay() {
+    let receiver = Receiver::default();
+    let url = start_receiver(receiver.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_hook(dir.path(), &url, 1000);
+    assert_eq!(config.webhooks.retain_events_days, 30, "the default");
+    let clock = ManualClock::new(time::OffsetDateTime::now_utc());
+    let d = common::start_with(config, Arc::new(clock.clone()), None).await;
+    let store = d.daemon.pipeline.store().clone();
+    let webhooks = Webhooks::new(d.daemon.pipeline.clone()).unwrap();
+    let in_outbox = || -> Vec<String> {
+        store
+            .events(0, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.data["serial"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let enroll = |name: &'static str| {
+        let d = &d;
+        async move {
+            let (status, body) = d
+                .enroll(&common::csr(&common::p256(), Some(name), &[name]), "server")
+                .await;
+            assert_eq!(status, 201, "{body}");
+            body["serial"].as_str().unwrap().to_string()
+        }
+    };
+    let delivered = |serial: &str| {
+        of_type(&receiver, "certificate_issued")
+            .iter()
+            .any(|r| r.body["data"]["serial"] == serial)
+    };
+
+    // The daemon's own listener certificates come first, then ours.
+    let first = enroll("old.test").await;
+    wait_for("the first event", || delivered(&first)).await;
+    let old = in_outbox();
+    assert_eq!(old.last(), Some(&first));
+    assert_eq!(webhooks.prune_outbox().unwrap(), 0, "younger than 30 days");
+    assert_eq!(in_outbox(), old);
+
+    // A month later the receiver is down when the second certificate is issued.
+    clock.advance(time::Duration::days(31));
+    *receiver.failures.lock().unwrap() = 1_000_000;
+    let second = enroll("new.test").await;
+    assert_eq!(
+        webhooks.prune_outbox().unwrap(),
+        old.len(),
+        "the delivered month-old events"
+    );
+    assert_eq!(in_outbox(), std::slice::from_ref(&second));
+
+    // Another month: the second event is old, but its endpoint has not got past it.
+    clock.advance(time::Duration::days(31));
+    assert_eq!(webhooks.prune_outbox().unwrap(), 0);
+    assert_eq!(in_outbox(), std::slice::from_ref(&second));
+
+    // The receiver recovers; once delivered, the event goes too. Numbering goes on.
+    *receiver.failures.lock().unwrap() = 0;
+    wait_for("the second event", || delivered(&second)).await;
+    let next = store.outbox_next().unwrap();
+    for _ in 0..100 {
+        if webhooks.prune_outbox().unwrap() == 1 {
+            break;
+        }
+        // The worker records its cursor just after the 2xx.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(in_outbox().is_empty());
+    assert_eq!(store.outbox_next().unwrap(), next);
+    let (status, list) = d.get("/api/v1/webhooks").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list[0]["backlog"], 0);
+    let third = enroll("later.test").await;
+    wait_for("the third event", || delivered(&third)).await;
+    let key = d.key.clone();
+    let config = d.daemon.pipeline.config().as_ref().clone();
+    drop((store, webhooks));
+    d.daemon.shutdown().await;
+
+    // The daemon prunes by itself when it starts (and hourly).
+    clock.advance(time::Duration::days(31));
+    let d = common::start_with(config, Arc::new(clock.clone()), Some(key)).await;
+    let store = d.daemon.pipeline.store().clone();
+    wait_for("the start's pruning", || {
+        store
+            .events(0, 100)
+            .unwrap()
+            .iter()
+            .all(|e| e.data["serial"] != third.as_str())
     })
     .await;
     d.daemon.shutdown().await;

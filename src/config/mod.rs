@@ -530,6 +530,9 @@ pub struct WebhooksConfig {
     pub max_backoff_seconds: u64,
     /// Time limit of one delivery attempt, in seconds.
     pub timeout_seconds: u64,
+    /// Days an event stays in the outbox (for replays) before it is removed, once every
+    /// endpoint has got past it; 0 keeps events for ever.
+    pub retain_events_days: u32,
     /// `[webhooks.endpoints.<name>]`
     pub endpoints: BTreeMap<String, WebhookEndpointConfig>,
 }
@@ -541,6 +544,7 @@ impl Default for WebhooksConfig {
             initial_backoff_ms: 5_000,
             max_backoff_seconds: 3_600,
             timeout_seconds: 10,
+            retain_events_days: 30,
             endpoints: BTreeMap::new(),
         }
     }

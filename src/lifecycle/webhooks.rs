@@ -10,6 +10,9 @@
 //! a crash resumes where delivery stood; an event whose 2xx was not yet recorded is sent
 //! again with the same `webhook-id`, which receivers use to drop duplicates.
 //!
+//! The outbox keeps events `webhooks.retain_events_days` for replays; older ones that every
+//! endpoint has got past are removed at start and hourly ([`Webhooks::prune_outbox`]).
+//!
 //! Imports `pipeline` (store, clock, metrics), `store`, `config` and `files`.
 
 use std::sync::Arc;
@@ -31,6 +34,10 @@ use crate::store::{Event, EventKind, StoreError};
 const NAMESPACE: &str = "webhooks";
 /// How often an idle worker looks for new events.
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// How often events past their retention are looked for.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+/// Events removed per store call.
+const PRUNE_BATCH: usize = 1000;
 /// Prefix of Standard Webhooks secrets.
 const SECRET_PREFIX: &str = "whsec_";
 
@@ -235,6 +242,10 @@ fn dead_key(endpoint: &str, seq: u64) -> String {
 fn replay_key(endpoint: &str, seq: u64) -> String {
     format!("replay/{endpoint}/{seq:020}")
 }
+/// The outbox position a replay or dead-letter key names.
+fn key_seq(key: &str) -> Option<u64> {
+    key.rsplit('/').next()?.parse().ok()
+}
 
 /// The webhook subsystem: endpoints, their workers and management operations.
 #[derive(Debug, Clone)]
@@ -290,15 +301,73 @@ impl Webhooks {
         })
     }
 
-    /// Start one worker per endpoint; they stop when `shutdown` turns true.
+    /// Start one worker per endpoint, and the outbox's pruning (unless events are kept for
+    /// ever); they stop when `shutdown` turns true.
     pub fn spawn(&self, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
-        (0..self.endpoints.len())
+        let mut tasks: Vec<_> = (0..self.endpoints.len())
             .map(|index| {
                 let this = self.clone();
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move { this.run(index, shutdown).await })
             })
-            .collect()
+            .collect();
+        if self.settings.retain_events_days > 0 {
+            let this = self.clone();
+            tasks.push(tokio::spawn(
+                async move { this.prune_hourly(shutdown).await },
+            ));
+        }
+        tasks
+    }
+
+    /// Remove the events that every endpoint has got past (and has not queued for replay)
+    /// once they are older than `webhooks.retain_events_days`; returns how many. Without
+    /// endpoints, age alone decides. Events are kept for ever when the setting is 0.
+    pub fn prune_outbox(&self) -> Result<usize, StoreError> {
+        let days = self.settings.retain_events_days;
+        if days == 0 {
+            return Ok(0);
+        }
+        let store = self.pipeline.store();
+        let mut below = store.outbox_next()?;
+        for endpoint in self.endpoints.iter() {
+            below = below.min(self.progress(&endpoint.name)?.cursor);
+            let replays = store.protocol_scan(NAMESPACE, &format!("replay/{}/", endpoint.name))?;
+            if let Some(seq) = replays.iter().filter_map(|(key, _)| key_seq(key)).min() {
+                below = below.min(seq);
+            }
+        }
+        let queued_before = self.pipeline.clock().now() - time::Duration::days(days.into());
+        let mut removed = 0;
+        loop {
+            let batch = store.prune_events(below, queued_before, PRUNE_BATCH)?;
+            removed += batch;
+            if batch < PRUNE_BATCH {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// [`Webhooks::prune_outbox`] at start and every [`PRUNE_INTERVAL`].
+    async fn prune_hourly(&self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let this = self.clone();
+            match tokio::task::spawn_blocking(move || this.prune_outbox()).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(removed)) => {
+                    tracing::info!(
+                        removed,
+                        "webhook outbox: events past their retention removed"
+                    )
+                }
+                Ok(Err(error)) => tracing::error!(%error, "webhook outbox pruning failed"),
+                Err(error) => tracing::error!(%error, "webhook outbox pruning stopped"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 
     fn endpoint(&self, name: &str) -> Result<&Endpoint, WebhookError> {
@@ -349,7 +418,7 @@ impl Webhooks {
             let replay_queue = store
                 .protocol_scan(NAMESPACE, &format!("replay/{}/", endpoint.name))?
                 .into_iter()
-                .filter_map(|(k, _)| k.rsplit('/').next()?.parse().ok())
+                .filter_map(|(k, _)| key_seq(&k))
                 .collect();
             out.push(EndpointStatus {
                 name: endpoint.name.clone(),
@@ -419,8 +488,7 @@ impl Webhooks {
                 let next = store.outbox_next()?;
                 if seq > next {
                     return Err(WebhookError::BadReplay(format!(
-                        "the outbox holds events 0 to {}",
-                        next.saturating_sub(1)
+                        "no event {seq} yet: the next event will be {next}"
                     )));
                 }
                 let mut progress = self.progress(&endpoint.name)?;
@@ -473,11 +541,7 @@ impl Webhooks {
             .into_iter()
             .next()
         {
-            let seq: u64 = key
-                .rsplit('/')
-                .next()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
+            let seq = key_seq(&key).unwrap_or(0);
             if let Some(event) = store.events(seq, 1)?.into_iter().find(|e| e.seq == seq) {
                 if self.deliver(endpoint, &event, shutdown).await? == Delivery::ShuttingDown {
                     return Ok(Step::ShuttingDown);

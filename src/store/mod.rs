@@ -420,6 +420,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Events in the outbox with `seq >= from`, at most `limit`.
     fn events(&self, from: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
 
+    /// Remove outbox events from the oldest on while their `seq` is below `below` and they
+    /// were queued before `queued_before`, stopping at the first that is not (events are
+    /// queued in time order), at most `limit`; returns how many were removed. Not flushed:
+    /// after a crash they are simply removed again. [`Store::outbox_next`] is unchanged.
+    fn prune_events(
+        &self,
+        below: u64,
+        queued_before: OffsetDateTime,
+        limit: usize,
+    ) -> Result<usize, StoreError>;
+
     /// The head of the audit chain as last written.
     fn audit_head(&self) -> Result<audit::ChainHead, StoreError>;
 

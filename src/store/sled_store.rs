@@ -1888,6 +1888,29 @@ impl Store for SledStore {
             .map(|v| decode("outbox", &v.map_err(backend)?))
             .collect()
     }
+
+    fn prune_events(
+        &self,
+        below: u64,
+        queued_before: OffsetDateTime,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut removed = 0;
+        for entry in self.t.outbox.range(..below.to_be_bytes()).take(limit) {
+            let (key, value) = entry.map_err(backend)?;
+            let event: Event = decode("outbox", &value)?;
+            if event.time >= queued_before {
+                break;
+            }
+            batch.remove(key);
+            removed += 1;
+        }
+        // Only old keys, which no writer touches; the lock keeps the writers' contract.
+        let _writing = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.t.outbox.apply_batch(batch).map_err(backend)?;
+        Ok(removed)
+    }
 }
 
 #[cfg(test)]
@@ -2657,5 +2680,46 @@ mod tests {
         // A corrupt entry is refused rather than half applied.
         assert!(Journal::decode(&[0, 0, 0, 0, 9]).is_err());
         assert!(Journal::decode(&[200]).is_err());
+    }
+
+    #[test]
+    fn pruning_removes_old_events_below_the_bound_and_stops_at_the_first_young_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let start = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+        let day = time::Duration::days(1);
+        // Queued on days 0, 1, 2, 3, then one out of order (day 1) after a young one.
+        for offset in [0, 1, 2, 3, 5, 1] {
+            store
+                .record_event(None, &issued_event(start + day * offset))
+                .unwrap();
+        }
+        let seqs = |store: &SledStore| -> Vec<u64> {
+            store
+                .events(0, 100)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect()
+        };
+        // Nothing is older than day 0.
+        assert_eq!(store.prune_events(6, start, 100).unwrap(), 0);
+        // The bound holds back what an endpoint has not got past (seq 1 and later).
+        assert_eq!(store.prune_events(1, start + day * 4, 100).unwrap(), 1);
+        assert_eq!(seqs(&store), [1, 2, 3, 4, 5]);
+        // The limit.
+        assert_eq!(store.prune_events(6, start + day * 4, 1).unwrap(), 1);
+        assert_eq!(seqs(&store), [2, 3, 4, 5]);
+        // It stops at the first event young enough to keep (seq 4, day 5), even though the
+        // one after it is older.
+        assert_eq!(store.prune_events(6, start + day * 4, 100).unwrap(), 2);
+        assert_eq!(seqs(&store), [4, 5]);
+        // The sequence goes on.
+        assert_eq!(store.outbox_next().unwrap(), 6);
+        store.record_event(None, &issued_event(start)).unwrap();
+        assert_eq!(seqs(&store), [4, 5, 6]);
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(seqs(&store), [4, 5, 6]);
     }
 }
