@@ -1019,7 +1019,7 @@ impl ScepBackend for Backend {
         {
             return unavailable(e);
         }
-        match self.pipeline.submit(request).await {
+        match self.pipeline.submit_verified(request, csr).await {
             Ok(Outcome::Issued(record)) => Answer::Certificate(record.der),
             Ok(Outcome::Pending { request_id, reason }) => {
                 Answer::Pending(format!("{reason} (request {request_id})"))

@@ -317,6 +317,27 @@ impl Pipeline {
 
     /// Submit an enrollment request: decide, and issue when approved.
     pub async fn submit(&self, request: EnrollmentRequest) -> Result<Outcome, PipelineError> {
+        let parsed = VerifiedCsr::parse(&request.csr_der);
+        self.submit_csr(request, parsed).await
+    }
+
+    /// [`Pipeline::submit`] for a front door that has parsed and verified the request's CSR
+    /// already (to read its challenge password, say): `csr` is `request.csr_der`'s, and is
+    /// not parsed and verified a second time.
+    pub async fn submit_verified(
+        &self,
+        request: EnrollmentRequest,
+        csr: VerifiedCsr,
+    ) -> Result<Outcome, PipelineError> {
+        debug_assert_eq!(csr.der, request.csr_der);
+        self.submit_csr(request, Ok(csr)).await
+    }
+
+    async fn submit_csr(
+        &self,
+        request: EnrollmentRequest,
+        parsed: Result<VerifiedCsr, CsrError>,
+    ) -> Result<Outcome, PipelineError> {
         let limited = self
             .config()
             .templates
@@ -331,7 +352,7 @@ impl Pipeline {
             csr,
             identifiers,
             evaluation,
-        } = self.assess(&request).await;
+        } = self.assess_csr(&request, parsed).await;
         let (csr, approval) = match (csr, evaluation.decision) {
             (Some(csr), Decision::Approved(approval)) => (csr, approval),
             (_, Decision::Denied(denial)) => {
@@ -609,7 +630,17 @@ impl Pipeline {
 
     /// Decide on a request without recording or issuing anything (dry run: `policy check`).
     pub async fn assess(&self, request: &EnrollmentRequest) -> Assessment {
-        let csr = match VerifiedCsr::parse(&request.csr_der) {
+        self.assess_csr(request, VerifiedCsr::parse(&request.csr_der))
+            .await
+    }
+
+    /// [`Pipeline::assess`] with the request's CSR parsed (or the reason it could not be).
+    async fn assess_csr(
+        &self,
+        request: &EnrollmentRequest,
+        parsed: Result<VerifiedCsr, CsrError>,
+    ) -> Assessment {
+        let csr = match parsed {
             Ok(csr) => csr,
             Err(error) => {
                 let denial = csr_denial(&error);
