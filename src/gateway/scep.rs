@@ -731,13 +731,25 @@ impl Backend {
         let Some(challenge) = challenge.filter(|c| !c.is_empty()) else {
             return Err(refused("the CSR carries no challengePassword"));
         };
-        // One-time challenges first: a hit consumes it, whatever happens next.
+        // One-time challenges first: a hit consumes it, whatever happens next. Most
+        // enrollments carry a static challenge instead, so look first (a read, on this task)
+        // and pay the durable take on the blocking pool only for a hit; of two requests
+        // racing for one challenge, the take gives it to one.
         let key = sha256_hex(challenge.as_bytes());
-        let taken = self
+        let present = self
             .pipeline
-            .with_store(move |store| store.protocol_take(CHALLENGES, &key))
-            .await
-            .map_err(|e| Answer::Failure(FailInfo::BadRequest, format!("store: {e}")))?;
+            .store()
+            .protocol_get(CHALLENGES, &key)
+            .map_err(unavailable)?
+            .is_some();
+        let taken = match present {
+            true => self
+                .pipeline
+                .with_store(move |store| store.protocol_take(CHALLENGES, &key))
+                .await
+                .map_err(unavailable)?,
+            false => None,
+        };
         if let Some(bytes) = taken {
             let record: OneTimeChallenge = serde_json::from_slice(&bytes)
                 .map_err(|_| refused("unreadable one-time challenge record"))?;
@@ -926,8 +938,6 @@ impl ScepBackend for Backend {
     }
 
     async fn enroll(&self, profile: &str, enrollment: Enrollment) -> Answer {
-        let unavailable =
-            |e: StoreError| Answer::Failure(FailInfo::BadRequest, format!("store: {e}"));
         let Some(config) = self.profile_config(profile) else {
             return Answer::Failure(FailInfo::BadRequest, "no such profile".into());
         };
@@ -1077,4 +1087,10 @@ impl ScepBackend for Backend {
             Err(e) => Answer::Failure(FailInfo::BadRequest, format!("CRL: {e}")),
         }
     }
+}
+
+/// The answer when the store fails: a SCEP enrollment has no "try later", so a failure that
+/// names the cause.
+fn unavailable(e: StoreError) -> Answer {
+    Answer::Failure(FailInfo::BadRequest, format!("store: {e}"))
 }
