@@ -361,7 +361,7 @@ impl Webhooks {
                     )
                 }
                 Ok(Err(error)) => tracing::error!(%error, "webhook outbox pruning failed"),
-                Err(error) => tracing::error!(%error, "webhook outbox pruning stopped"),
+                Err(error) => tracing::error!(%error, "webhook outbox pruning panicked"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
