@@ -226,14 +226,10 @@ impl Report {
         if !self.items.is_empty() {
             print_table(&self.items)?;
         }
-        if self.failures.len() <= FAILURES_SHOWN {
-            for line in &self.failures {
-                out!("{line}");
-            }
-        } else {
-            for line in &self.failures[..FAILURES_SHOWN] {
-                out!("{line}");
-            }
+        for line in self.failures.iter().take(FAILURES_SHOWN) {
+            out!("{line}");
+        }
+        if self.failures.len() > FAILURES_SHOWN {
             out!(
                 "… and {} more not shown",
                 self.failures.len() - FAILURES_SHOWN

@@ -844,37 +844,31 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
 /// start's admin key.
 fn print_banner(daemon: &server::Daemon) -> anyhow::Result<()> {
     out!("rampart {} is running", env!("CARGO_PKG_VERSION"));
+    if let Some(url) = &daemon.api_url {
+        out!("  admin API   {url}/api/v1/   (also {url}/healthz and {url}/metrics)");
+    }
     let listeners = [
-        (
-            "admin API",
-            &daemon.api_url,
-            "/api/v1/",
-            "   (also {url}/healthz and {url}/metrics)",
-        ),
         (
             "ACME",
             &daemon.acme_url,
-            "",
             "   (profiles: /acme/<profile>/directory)",
         ),
         (
             "EST",
             &daemon.est_url,
-            "/",
-            "   (cacerts, simpleenroll, simplereenroll)",
+            "/   (cacerts, simpleenroll, simplereenroll)",
         ),
         (
             "SCEP",
             &daemon.scep_url,
-            "",
             "   (profiles: /scep/<profile>; ?operation=GetCACaps|GetCACert|PKIOperation)",
         ),
-        ("CRL", &daemon.crl_url, "", ""),
-        ("OCSP", &daemon.ocsp_url, "", ""),
+        ("CRL", &daemon.crl_url, ""),
+        ("OCSP", &daemon.ocsp_url, ""),
     ];
-    for (name, url, path, hint) in listeners {
+    for (name, url, after) in listeners {
         if let Some(url) = url {
-            out!("  {name:<11} {url}{path}{}", hint.replace("{url}", url));
+            out!("  {name:<11} {url}{after}");
         }
     }
     if let Some(fingerprint) = &daemon.scep_ra_fingerprint {

@@ -145,10 +145,12 @@ pub fn check_rsa(modulus: &BigUint, exponent: &BigUint) -> Result<(), WeakKey> {
         };
         return Err(WeakKey::RsaExponent(text));
     }
-    if let Some(prime) = small_prime_factor(modulus) {
+    // Both tests read the modulus modulo the small primes: divided once per run, for both.
+    let residues = run_residues(modulus);
+    if let Some(prime) = smallest_factor_among_runs(&residues) {
         return Err(WeakKey::RsaSmallFactor(prime));
     }
-    if has_roca_fingerprint(modulus) {
+    if roca_residue_per_prime(&residues) && roca_residue(modulus) {
         return Err(WeakKey::Roca);
     }
     if let Some(factors) = fermat_factor(modulus, FERMAT_ROUNDS) {
@@ -209,15 +211,30 @@ fn small_prime_runs() -> &'static [(u32, std::ops::Range<usize>)] {
     })
 }
 
+/// `n` modulo each of [`small_prime_runs`]' products, in run order.
+fn run_residues(n: &BigUint) -> Vec<u32> {
+    small_prime_runs()
+        .iter()
+        .map(|(product, _)| (n % *product).iter_u32_digits().next().unwrap_or(0))
+        .collect()
+}
+
 /// The smallest prime below [`SMALL_PRIME_BOUND`] dividing `n`, if any.
 pub fn small_prime_factor(n: &BigUint) -> Option<u32> {
-    small_prime_runs().iter().find_map(|(product, run)| {
-        let residue = (n % *product).iter_u32_digits().next().unwrap_or(0);
-        small_primes()[run.clone()]
-            .iter()
-            .copied()
-            .find(|prime| residue.is_multiple_of(*prime))
-    })
+    smallest_factor_among_runs(&run_residues(n))
+}
+
+/// [`small_prime_factor`] from `n`'s [`run_residues`].
+fn smallest_factor_among_runs(residues: &[u32]) -> Option<u32> {
+    small_prime_runs()
+        .iter()
+        .zip(residues)
+        .find_map(|((_, run), residue)| {
+            small_primes()[run.clone()]
+                .iter()
+                .copied()
+                .find(|prime| residue.is_multiple_of(*prime))
+        })
 }
 
 /// What the ROCA discrete-log test needs, computed once.
@@ -328,18 +345,18 @@ fn factorize(mut n: u32) -> Vec<(u32, u32)> {
 /// (Z/MZ)*. Decided by Pohlig–Hellman: the residue's order must divide the generator's, and
 /// in each prime-power component its projection must be a power of the generator's.
 pub fn has_roca_fingerprint(modulus: &BigUint) -> bool {
-    roca_residue_per_prime(modulus) && roca_residue(modulus)
+    roca_residue_per_prime(&run_residues(modulus)) && roca_residue(modulus)
 }
 
-/// Whether `modulus` modulo each prime up to 167 is a power of 65537 modulo that prime: a
-/// necessary condition of [`roca_residue`], cheap to refute.
-fn roca_residue_per_prime(modulus: &BigUint) -> bool {
+/// Whether the modulus (by its [`run_residues`]) modulo each prime up to 167 is a power of
+/// 65537 modulo that prime: a necessary condition of [`roca_residue`], cheap to refute.
+fn roca_residue_per_prime(residues: &[u32]) -> bool {
     let powers = &roca().powers_mod_prime;
     small_prime_runs()
         .iter()
-        .take_while(|(_, run)| run.start < powers.len())
-        .all(|(product, run)| {
-            let residue = (modulus % *product).iter_u32_digits().next().unwrap_or(0);
+        .zip(residues)
+        .take_while(|((_, run), _)| run.start < powers.len())
+        .all(|((_, run), residue)| {
             let run = run.start..run.end.min(powers.len());
             small_primes()[run.clone()]
                 .iter()
@@ -584,7 +601,7 @@ mod tests {
         assert!(has_roca_fingerprint(&fingerprinted));
         assert_eq!(check_rsa(&fingerprinted, &e()), Err(WeakKey::Roca));
         // Passes the older per-prime test but not the exact discrete-log one.
-        assert!(roca_residue_per_prime(&vector("fake ")));
+        assert!(roca_residue_per_prime(&run_residues(&vector("fake "))));
         assert!(!has_roca_fingerprint(&vector("fake ")));
 
         // Built the RSALib way: p = k·M + (65537^a mod M), q = l·M + (65537^b mod M).
@@ -608,7 +625,10 @@ mod tests {
         let k = BigUint::one() << 1500u32;
         for a in (0u32..4000).step_by(37) {
             let n = &k * m + g.modpow(&BigUint::from(a), m);
-            assert!(roca_residue_per_prime(&n) && roca_residue(&n), "65537^{a}");
+            assert!(
+                roca_residue_per_prime(&run_residues(&n)) && roca_residue(&n),
+                "65537^{a}"
+            );
         }
         // Other numbers: whatever the per-prime test refutes, the exact test does too, and
         // it refutes nearly all of them.
@@ -616,7 +636,7 @@ mod tests {
         let mut n = (BigUint::one() << 2047u32) + 1u32;
         for step in 0u32..3000 {
             n += 2u32 * step + 1;
-            if !roca_residue_per_prime(&n) {
+            if !roca_residue_per_prime(&run_residues(&n)) {
                 assert!(!roca_residue(&n), "{n}");
                 refuted += 1;
             }
