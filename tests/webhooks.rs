@@ -414,6 +414,117 @@ async fn delivered_events_leave_the_outbox_after_their_retention_and_undelivered
 }
 
 #[tokio::test]
+async fn a_dead_lettered_event_outlives_its_retention_until_it_is_replayed() {
+    let receiver = Receiver::default();
+    *receiver.failures.lock().unwrap() = 1000;
+    let url = start_receiver(receiver.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(time::OffsetDateTime::now_utc());
+    let d = common::start_with(
+        config_with_hook(dir.path(), &url, 2),
+        Arc::new(clock.clone()),
+        None,
+    )
+    .await;
+    let store = d.daemon.pipeline.store().clone();
+    let webhooks = Webhooks::new(d.daemon.pipeline.clone()).unwrap();
+    let in_outbox = || -> Vec<u64> {
+        store
+            .events(0, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect()
+    };
+    let enroll = |name: &'static str| {
+        let d = &d;
+        async move {
+            let (status, body) = d
+                .enroll(&common::csr(&common::p256(), Some(name), &[name]), "server")
+                .await;
+            assert_eq!(status, 201, "{body}");
+            body["serial"].as_str().unwrap().to_string()
+        }
+    };
+    let dead_letters = || {
+        let d = &d;
+        async move {
+            let (_, list) = d.get("/api/v1/webhooks").await;
+            let dead: Vec<u64> = list[0]["dead_letters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["seq"].as_u64().unwrap())
+                .collect();
+            (list[0]["backlog"] == 0, dead)
+        }
+    };
+
+    // Every event so far is dead-lettered while the receiver fails.
+    enroll("dead.test").await;
+    let mut dead = Vec::new();
+    for _ in 0..200 {
+        let (caught_up, letters) = dead_letters().await;
+        dead = letters;
+        if caught_up && !dead.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!dead.is_empty(), "events were dead-lettered");
+    assert_eq!(in_outbox(), dead);
+
+    // The receiver recovers and gets the next event; a month later that one goes, the
+    // dead-lettered ones stay, however old.
+    *receiver.failures.lock().unwrap() = 0;
+    let delivered = enroll("ok.test").await;
+    wait_for("the delivered event", || {
+        of_type(&receiver, "certificate_issued")
+            .iter()
+            .any(|r| r.body["data"]["serial"] == delivered.as_str())
+    })
+    .await;
+    clock.advance(time::Duration::days(31));
+    let mut removed = 0;
+    for _ in 0..100 {
+        // The worker records its cursor just after the 2xx.
+        removed = webhooks.prune_outbox().unwrap();
+        if removed > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(removed, 1, "the delivered event");
+    assert_eq!(in_outbox(), dead, "the dead-lettered events stay");
+    assert_eq!(webhooks.prune_outbox().unwrap(), 0);
+
+    // Replayed and delivered, they go too.
+    let (status, answer) = d
+        .post(
+            "/api/v1/webhooks/hook/replay",
+            json!({"dead_letters": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["queued"], dead.len());
+    wait_for("the replayed events", || {
+        receiver.received.lock().unwrap().len() == dead.len() + 1
+    })
+    .await;
+    for _ in 0..100 {
+        if in_outbox().is_empty() {
+            break;
+        }
+        webhooks.prune_outbox().unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(in_outbox().is_empty(), "left: {:?}", in_outbox());
+    assert_eq!(dead_letters().await.1, Vec::<u64>::new());
+    drop((store, webhooks));
+    d.daemon.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_world_readable_secret_or_unknown_event_type_stops_the_start() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();

@@ -11,7 +11,8 @@
 //! again with the same `webhook-id`, which receivers use to drop duplicates.
 //!
 //! The outbox keeps events `webhooks.retain_events_days` for replays; older ones that every
-//! endpoint has got past are removed at start and hourly ([`Webhooks::prune_outbox`]).
+//! endpoint has got past are removed at start and hourly ([`Webhooks::prune_outbox`]),
+//! except those with a dead letter, which stay until it is replayed.
 //!
 //! Imports `pipeline` (store, clock, metrics), `store`, `config` and `files`.
 
@@ -321,8 +322,9 @@ impl Webhooks {
     }
 
     /// Remove the events that every endpoint has got past (and has not queued for replay)
-    /// once they are older than `webhooks.retain_events_days`; returns how many. Without
-    /// endpoints, age alone decides. Events are kept for ever when the setting is 0.
+    /// once they are older than `webhooks.retain_events_days`; returns how many. A
+    /// dead-lettered event stays as long as its dead letter, so that it can be replayed.
+    /// Without endpoints, age alone decides. Events are kept for ever when the setting is 0.
     pub fn prune_outbox(&self) -> Result<usize, StoreError> {
         let days = self.settings.retain_events_days;
         if days == 0 {
@@ -330,17 +332,20 @@ impl Webhooks {
         }
         let store = self.pipeline.store();
         let mut below = store.outbox_next()?;
+        let mut dead_lettered = std::collections::BTreeSet::new();
         for endpoint in self.endpoints.iter() {
             below = below.min(self.progress(&endpoint.name)?.cursor);
             let replays = store.protocol_scan(NAMESPACE, &format!("replay/{}/", endpoint.name))?;
             if let Some(seq) = replays.iter().filter_map(|(key, _)| key_seq(key)).min() {
                 below = below.min(seq);
             }
+            let dead = store.protocol_scan(NAMESPACE, &format!("dead/{}/", endpoint.name))?;
+            dead_lettered.extend(dead.iter().filter_map(|(key, _)| key_seq(key)));
         }
         let queued_before = self.pipeline.clock().now() - time::Duration::days(days.into());
         let mut removed = 0;
         loop {
-            let batch = store.prune_events(below, queued_before, PRUNE_BATCH)?;
+            let batch = store.prune_events(below, queued_before, &dead_lettered, PRUNE_BATCH)?;
             removed += batch;
             if batch < PRUNE_BATCH {
                 return Ok(removed);

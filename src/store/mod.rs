@@ -422,12 +422,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Remove outbox events from the oldest on while their `seq` is below `below` and they
     /// were queued before `queued_before`, stopping at the first that is not (events are
-    /// queued in time order), at most `limit`; returns how many were removed. Not flushed:
-    /// after a crash they are simply removed again. [`Store::outbox_next`] is unchanged.
+    /// queued in time order), at most `limit`; the events in `keep` stay where they are.
+    /// Returns how many were removed. Not flushed: after a crash they are simply removed
+    /// again. [`Store::outbox_next`] is unchanged.
     fn prune_events(
         &self,
         below: u64,
         queued_before: OffsetDateTime,
+        keep: &std::collections::BTreeSet<u64>,
         limit: usize,
     ) -> Result<usize, StoreError>;
 

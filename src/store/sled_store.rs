@@ -1893,15 +1893,22 @@ impl Store for SledStore {
         &self,
         below: u64,
         queued_before: OffsetDateTime,
+        keep: &std::collections::BTreeSet<u64>,
         limit: usize,
     ) -> Result<usize, StoreError> {
         let mut batch = sled::Batch::default();
         let mut removed = 0;
-        for entry in self.t.outbox.range(..below.to_be_bytes()).take(limit) {
+        for entry in self.t.outbox.range(..below.to_be_bytes()) {
+            if removed == limit {
+                break;
+            }
             let (key, value) = entry.map_err(backend)?;
             let event: Event = decode("outbox", &value)?;
             if event.time >= queued_before {
                 break;
+            }
+            if keep.contains(&event.seq) {
+                continue;
             }
             batch.remove(key);
             removed += 1;
@@ -2683,7 +2690,8 @@ mod tests {
     }
 
     #[test]
-    fn pruning_removes_old_events_below_the_bound_and_stops_at_the_first_young_one() {
+    fn pruning_removes_old_events_below_the_bound_but_the_kept_ones_and_stops_at_the_first_young_one(
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         let start = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
@@ -2702,17 +2710,39 @@ mod tests {
                 .map(|e| e.seq)
                 .collect()
         };
+        let none = std::collections::BTreeSet::new();
         // Nothing is older than day 0.
-        assert_eq!(store.prune_events(6, start, 100).unwrap(), 0);
+        assert_eq!(store.prune_events(6, start, &none, 100).unwrap(), 0);
         // The bound holds back what an endpoint has not got past (seq 1 and later).
-        assert_eq!(store.prune_events(1, start + day * 4, 100).unwrap(), 1);
+        assert_eq!(
+            store.prune_events(1, start + day * 4, &none, 100).unwrap(),
+            1
+        );
         assert_eq!(seqs(&store), [1, 2, 3, 4, 5]);
         // The limit.
-        assert_eq!(store.prune_events(6, start + day * 4, 1).unwrap(), 1);
+        assert_eq!(store.prune_events(6, start + day * 4, &none, 1).unwrap(), 1);
         assert_eq!(seqs(&store), [2, 3, 4, 5]);
-        // It stops at the first event young enough to keep (seq 4, day 5), even though the
-        // one after it is older.
-        assert_eq!(store.prune_events(6, start + day * 4, 100).unwrap(), 2);
+        // An event to keep (a dead letter's) stays; the ones after it still go. Pruning
+        // stops at the first event young enough to keep (seq 4, day 5), even though the one
+        // after it is older.
+        let dead_letter = std::collections::BTreeSet::from([2]);
+        assert_eq!(
+            store
+                .prune_events(6, start + day * 4, &dead_letter, 1)
+                .unwrap(),
+            1
+        );
+        assert_eq!(seqs(&store), [2, 4, 5]);
+        assert_eq!(
+            store
+                .prune_events(6, start + day * 4, &dead_letter, 100)
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            store.prune_events(6, start + day * 4, &none, 100).unwrap(),
+            1
+        );
         assert_eq!(seqs(&store), [4, 5]);
         // The sequence goes on.
         assert_eq!(store.outbox_next().unwrap(), 6);
