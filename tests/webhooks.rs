@@ -132,6 +132,15 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// Enroll `name` with the `server` template; its serial.
+async fn enroll_server(d: &common::TestDaemon, name: &str) -> String {
+    let (status, body) = d
+        .enroll(&common::csr(&common::p256(), Some(name), &[name]), "server")
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body["serial"].as_str().unwrap().to_string()
+}
+
 fn of_type(receiver: &Receiver, kind: &str) -> Vec<Received> {
     receiver
         .received
@@ -156,14 +165,7 @@ async fn events_are_signed_retried_and_carry_what_pipelines_need() {
     )
     .await;
 
-    let (status, body) = d
-        .enroll(
-            &common::csr(&common::p256(), Some("hook.test"), &["hook.test"]),
-            "server",
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let serial = body["serial"].as_str().unwrap().to_string();
+    let serial = enroll_server(&d, "hook.test").await;
     let (status, _) = d
         .post(
             &format!("/api/v1/certificates/{serial}/revoke"),
@@ -216,13 +218,7 @@ async fn dead_letters_are_kept_and_replayed() {
         None,
     )
     .await;
-    let (status, _) = d
-        .enroll(
-            &common::csr(&common::p256(), Some("dead.test"), &["dead.test"]),
-            "server",
-        )
-        .await;
-    assert_eq!(status, 201);
+    enroll_server(&d, "dead.test").await;
     let mut dead = Vec::new();
     for _ in 0..200 {
         let (_, list) = d.get("/api/v1/webhooks").await;
@@ -286,11 +282,7 @@ async fn events_queued_while_the_receiver_is_down_arrive_after_a_restart() {
     let key = d.key.clone();
     let mut serials = Vec::new();
     for name in ["r1.test", "r2.test", "r3.test"] {
-        let (status, body) = d
-            .enroll(&common::csr(&common::p256(), Some(name), &[name]), "server")
-            .await;
-        assert_eq!(status, 201);
-        serials.push(body["serial"].as_str().unwrap().to_string());
+        serials.push(enroll_server(&d, name).await);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     d.daemon.shutdown().await;
@@ -335,16 +327,6 @@ async fn delivered_events_leave_the_outbox_after_their_retention_and_undelivered
             .map(|e| e.data["serial"].as_str().unwrap_or_default().to_string())
             .collect()
     };
-    let enroll = |name: &'static str| {
-        let d = &d;
-        async move {
-            let (status, body) = d
-                .enroll(&common::csr(&common::p256(), Some(name), &[name]), "server")
-                .await;
-            assert_eq!(status, 201, "{body}");
-            body["serial"].as_str().unwrap().to_string()
-        }
-    };
     let delivered = |serial: &str| {
         of_type(&receiver, "certificate_issued")
             .iter()
@@ -352,7 +334,7 @@ async fn delivered_events_leave_the_outbox_after_their_retention_and_undelivered
     };
 
     // The daemon's own listener certificates come first, then ours.
-    let first = enroll("old.test").await;
+    let first = enroll_server(&d, "old.test").await;
     wait_for("the first event", || delivered(&first)).await;
     let old = in_outbox();
     assert_eq!(old.last(), Some(&first));
@@ -362,7 +344,7 @@ async fn delivered_events_leave_the_outbox_after_their_retention_and_undelivered
     // A month later the receiver is down when the second certificate is issued.
     clock.advance(time::Duration::days(31));
     *receiver.failures.lock().unwrap() = 1_000_000;
-    let second = enroll("new.test").await;
+    let second = enroll_server(&d, "new.test").await;
     assert_eq!(
         webhooks.prune_outbox().unwrap(),
         old.len(),
@@ -391,7 +373,7 @@ async fn delivered_events_leave_the_outbox_after_their_retention_and_undelivered
     let (status, list) = d.get("/api/v1/webhooks").await;
     assert_eq!(status, 200, "{list}");
     assert_eq!(list[0]["backlog"], 0);
-    let third = enroll("later.test").await;
+    let third = enroll_server(&d, "later.test").await;
     wait_for("the third event", || delivered(&third)).await;
     let key = d.key.clone();
     let config = d.daemon.pipeline.config().as_ref().clone();
@@ -436,16 +418,6 @@ async fn a_dead_lettered_event_outlives_its_retention_until_it_is_replayed() {
             .map(|e| e.seq)
             .collect()
     };
-    let enroll = |name: &'static str| {
-        let d = &d;
-        async move {
-            let (status, body) = d
-                .enroll(&common::csr(&common::p256(), Some(name), &[name]), "server")
-                .await;
-            assert_eq!(status, 201, "{body}");
-            body["serial"].as_str().unwrap().to_string()
-        }
-    };
     let dead_letters = || {
         let d = &d;
         async move {
@@ -461,7 +433,7 @@ async fn a_dead_lettered_event_outlives_its_retention_until_it_is_replayed() {
     };
 
     // Every event so far is dead-lettered while the receiver fails.
-    enroll("dead.test").await;
+    enroll_server(&d, "dead.test").await;
     let mut dead = Vec::new();
     for _ in 0..200 {
         let (caught_up, letters) = dead_letters().await;
@@ -477,7 +449,7 @@ async fn a_dead_lettered_event_outlives_its_retention_until_it_is_replayed() {
     // The receiver recovers and gets the next event; a month later that one goes, the
     // dead-lettered ones stay, however old.
     *receiver.failures.lock().unwrap() = 0;
-    let delivered = enroll("ok.test").await;
+    let delivered = enroll_server(&d, "ok.test").await;
     wait_for("the delivered event", || {
         of_type(&receiver, "certificate_issued")
             .iter()
