@@ -1457,7 +1457,7 @@ fn migrate_legacy_expiry(legacy: &sled::Tree, expiry: &sled::Tree) -> Result<(),
         let key = key.map_err(backend)?;
         let (Some(at), Some(serial)) = (key.get(..8), key.get(9..)) else {
             return Err(StoreError::Corrupt {
-                tree: "idx_not_after",
+                tree: LEGACY_NOT_AFTER_TREE,
                 reason: "key too short".into(),
             });
         };
