@@ -333,14 +333,17 @@ impl Webhooks {
         let store = self.pipeline.store();
         let mut below = store.outbox_next()?;
         let mut dead_lettered = std::collections::BTreeSet::new();
+        // Read in the order the workers write: an event is dead-lettered before the cursor
+        // passes it, and queued for replay before its dead letter is taken, so an event
+        // moving between them is seen in one place or the other.
         for endpoint in self.endpoints.iter() {
             below = below.min(self.progress(&endpoint.name)?.cursor);
+            let dead = store.protocol_scan(NAMESPACE, &format!("dead/{}/", endpoint.name))?;
+            dead_lettered.extend(dead.iter().filter_map(|(key, _)| key_seq(key)));
             let replays = store.protocol_scan(NAMESPACE, &format!("replay/{}/", endpoint.name))?;
             if let Some(seq) = replays.iter().filter_map(|(key, _)| key_seq(key)).min() {
                 below = below.min(seq);
             }
-            let dead = store.protocol_scan(NAMESPACE, &format!("dead/{}/", endpoint.name))?;
-            dead_lettered.extend(dead.iter().filter_map(|(key, _)| key_seq(key)));
         }
         let queued_before = self.pipeline.clock().now() - time::Duration::days(days.into());
         let mut removed = 0;
