@@ -3,11 +3,12 @@
 //! issuances, merged into the main segment when the tail grows past
 //! [`SanCatalog::TAIL_LIMIT`].
 //!
-//! The main segment keeps its serials and offsets in memory and its text — the bulk, ~70 MB
-//! at a million certificates with two names each — in a file that is unlinked as soon as it
-//! is created and read with positioned reads. The kernel's page cache holds that text, not
-//! the daemon's heap: it is evicted under memory pressure (a search then reads it from
-//! disk) and disappears with the process. A merge writes a new file. The catalog is derived
+//! The main segment keeps its offsets and one serial in 64 in memory (~9 MB at a million
+//! certificates) and its serials and text — the bulk, ~32 and ~70 MB at a million
+//! certificates with two names each — in two files that are unlinked as soon as they are
+//! created and read with positioned reads. The kernel's page cache holds those, not the
+//! daemon's heap: they are evicted under memory pressure (a search then reads them from
+//! disk) and disappear with the process. A merge writes new files. The catalog is derived
 //! data, rebuilt from `idx_expiry` at every open, so nothing of it needs to survive a crash.
 //!
 //! May import: the parent module (the `idx_expiry` value layout, errors), std, memchr.
@@ -17,7 +18,7 @@ use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Condvar, Mutex, RwLock, RwLockReadGuard};
 
 use super::{backend, split_expiry_value, StoreError};
 
@@ -76,13 +77,6 @@ struct Strings {
 }
 
 impl Strings {
-    fn with_capacity(entries: usize, bytes: usize) -> Self {
-        Strings {
-            bytes: String::with_capacity(bytes),
-            ends: Offsets::with_capacity(entries),
-        }
-    }
-
     fn len(&self) -> usize {
         self.ends.len()
     }
@@ -98,12 +92,6 @@ impl Strings {
         }
         self.bytes.push_str(s);
         true
-    }
-
-    /// Whether `s` is among the strings (sorted).
-    fn contains_sorted(&self, s: &str) -> bool {
-        let at = partition(self.len(), |i| self.get(i) < s);
-        at < self.len() && self.get(at) == s
     }
 
     fn shrink(&mut self) {
@@ -176,40 +164,98 @@ fn find_entries(
     true
 }
 
-/// The sorted main segment: serials and text offsets in memory, the text in an unlinked
-/// file (`None` while empty).
+/// The sorted main segment: serials and text in two unlinked files (`None` while empty),
+/// where each entry ends in either in memory, and every [`Main::SAMPLE`]th serial in memory
+/// so that a search by serial reads one block of serials.
 #[derive(Debug, Default)]
 struct Main {
-    serials: Strings,
+    serial_ends: Offsets,
     text_ends: Offsets,
-    text: Option<Arc<File>>,
+    samples: Strings,
+    files: Option<MainFiles>,
+}
+
+#[derive(Debug)]
+struct MainFiles {
+    serials: File,
+    text: File,
 }
 
 impl Main {
     /// Bytes read from the text file at a time (ending on an entry boundary, or one entry
     /// when it is longer).
     const READ: usize = 1 << 20;
+    /// One serial in this many is kept in memory.
+    const SAMPLE: usize = 64;
 
     fn len(&self) -> usize {
-        self.serials.len()
+        self.text_ends.len()
     }
 
-    fn serial(&self, i: usize) -> &str {
-        self.serials.get(i)
+    /// The serials of entries `first..end`, back to back.
+    fn serial_bytes(&self, first: usize, end: usize) -> std::io::Result<Vec<u8>> {
+        let Some(files) = &self.files else {
+            return Ok(Vec::new());
+        };
+        let start = self.serial_ends.start(first);
+        let mut bytes = vec![0; self.serial_ends.end(end - 1) - start];
+        files.serials.read_exact_at(&mut bytes, start as u64)?;
+        Ok(bytes)
     }
 
-    fn contains(&self, serial: &str) -> bool {
-        self.serials.contains_sorted(serial)
+    /// Entry `i`'s serial, out of the bytes of entries from `first` on.
+    fn serial_in<'b>(&self, bytes: &'b [u8], first: usize, i: usize) -> std::io::Result<&'b str> {
+        let base = self.serial_ends.start(first);
+        let range = self.serial_ends.start(i) - base..self.serial_ends.end(i) - base;
+        std::str::from_utf8(&bytes[range])
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    fn serial(&self, i: usize) -> std::io::Result<String> {
+        let bytes = self.serial_bytes(i, i + 1)?;
+        Ok(self.serial_in(&bytes, i, i)?.to_string())
+    }
+
+    /// The first entry whose serial is not `before` (which holds for a prefix), from the
+    /// samples and one block of serials.
+    fn search(&self, before: impl Fn(&str) -> bool) -> std::io::Result<usize> {
+        let block = partition(self.samples.len(), |b| before(self.samples.get(b)));
+        if block == 0 {
+            return Ok(0);
+        }
+        // Sample `block - 1` is before, sample `block` (if any) is not.
+        let first = (block - 1) * Self::SAMPLE + 1;
+        let end = (block * Self::SAMPLE).min(self.len());
+        if first >= end {
+            return Ok(end);
+        }
+        let bytes = self.serial_bytes(first, end)?;
+        let mut failed = None;
+        let at = partition(end - first, |k| {
+            match self.serial_in(&bytes, first, first + k) {
+                Ok(serial) => before(serial),
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            }
+        });
+        failed.map_or(Ok(first + at), Err)
+    }
+
+    fn contains(&self, serial: &str) -> std::io::Result<bool> {
+        let at = self.search(|s| s < serial)?;
+        Ok(at < self.len() && self.serial(at)? == serial)
     }
 
     /// The text of entries `first..`, a block at a time: `visit(first entry of the block,
-    /// its bytes)` until it returns false.
+    /// the entry after it, its bytes)` until it returns false.
     fn blocks(
         &self,
         first: usize,
-        mut visit: impl FnMut(usize, &[u8]) -> bool,
+        mut visit: impl FnMut(usize, usize, &[u8]) -> bool,
     ) -> std::io::Result<()> {
-        let Some(file) = &self.text else {
+        let Some(files) = &self.files else {
             return Ok(());
         };
         let mut buffer = Vec::new();
@@ -221,8 +267,8 @@ impl Main {
                 .entry_at(start + Self::READ)
                 .clamp(entry + 1, self.len());
             buffer.resize(self.text_ends.end(next - 1) - start, 0);
-            file.read_exact_at(&mut buffer, start as u64)?;
-            if !visit(entry, &buffer) {
+            files.text.read_exact_at(&mut buffer, start as u64)?;
+            if !visit(entry, next, &buffer) {
                 break;
             }
             entry = next;
@@ -239,7 +285,7 @@ impl Main {
         max: usize,
         out: &mut Vec<usize>,
     ) -> std::io::Result<()> {
-        self.blocks(first, |block_first, bytes| {
+        self.blocks(first, |block_first, _, bytes| {
             let base = self.text_ends.start(block_first);
             find_entries(needle, bytes, base, &self.text_ends, |entry| {
                 out.push(entry);
@@ -251,7 +297,14 @@ impl Main {
     /// Every entry (serial, text), in order.
     fn for_each(&self, mut visit: impl FnMut(&str, &str) -> bool) -> std::io::Result<()> {
         let mut failed = None;
-        self.blocks(0, |block_first, bytes| {
+        self.blocks(0, |block_first, next, bytes| {
+            let serials = match self.serial_bytes(block_first, next) {
+                Ok(serials) => serials,
+                Err(e) => {
+                    failed = Some(e);
+                    return false;
+                }
+            };
             let text = match std::str::from_utf8(bytes) {
                 Ok(text) => text,
                 Err(e) => {
@@ -260,13 +313,18 @@ impl Main {
                 }
             };
             let base = self.text_ends.start(block_first);
-            let mut entry = block_first;
-            while entry < self.len() && self.text_ends.end(entry) - base <= text.len() {
+            for entry in block_first..next {
+                let serial = match self.serial_in(&serials, block_first, entry) {
+                    Ok(serial) => serial,
+                    Err(e) => {
+                        failed = Some(e);
+                        return false;
+                    }
+                };
                 let range = self.text_ends.start(entry) - base..self.text_ends.end(entry) - base;
-                if !visit(self.serial(entry), &text[range]) {
+                if !visit(serial, &text[range]) {
                     return false;
                 }
-                entry += 1;
             }
             true
         })?;
@@ -274,52 +332,66 @@ impl Main {
     }
 }
 
-/// A main segment being written: serials and offsets in memory, text to a fresh unlinked
-/// file.
+/// A main segment being written: offsets and samples in memory, serials and text to fresh
+/// unlinked files.
 struct MainWriter {
     main: Main,
-    file: std::io::BufWriter<File>,
+    serials: std::io::BufWriter<File>,
+    text: std::io::BufWriter<File>,
 }
 
 impl MainWriter {
-    fn create(dir: &Path, entries: usize, serial_bytes: usize) -> std::io::Result<Self> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let path = dir.join(format!(
-            ".san-catalog-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        std::fs::remove_file(&path)?;
+    fn create(dir: &Path, entries: usize) -> std::io::Result<Self> {
         Ok(MainWriter {
             main: Main {
-                serials: Strings::with_capacity(entries, serial_bytes),
+                serial_ends: Offsets::with_capacity(entries),
                 text_ends: Offsets::with_capacity(entries),
-                text: None,
+                samples: Strings::default(),
+                files: None,
             },
-            file: std::io::BufWriter::with_capacity(Main::READ, file),
+            serials: std::io::BufWriter::with_capacity(1 << 16, unlinked_file(dir)?),
+            text: std::io::BufWriter::with_capacity(Main::READ, unlinked_file(dir)?),
         })
     }
 
     fn push(&mut self, serial: &str, text: &str) -> std::io::Result<()> {
-        if !self.main.serials.push(serial) || !self.main.text_ends.push(text.len()) {
+        let sampled = self.main.len().is_multiple_of(Main::SAMPLE);
+        if !self.main.serial_ends.push(serial.len())
+            || !self.main.text_ends.push(text.len())
+            || (sampled && !self.main.samples.push(serial))
+        {
             return Err(std::io::Error::other("more than 4 GiB of names"));
         }
-        self.file.write_all(text.as_bytes())
+        self.serials.write_all(serial.as_bytes())?;
+        self.text.write_all(text.as_bytes())
     }
 
     fn finish(self) -> std::io::Result<Main> {
-        let file = self.file.into_inner().map_err(|e| e.into_error())?;
+        let serials = self.serials.into_inner().map_err(|e| e.into_error())?;
+        let text = self.text.into_inner().map_err(|e| e.into_error())?;
         let mut main = self.main;
-        main.serials.shrink();
-        main.text = Some(Arc::new(file));
+        main.samples.shrink();
+        main.files = Some(MainFiles { serials, text });
         Ok(main)
     }
+}
+
+/// A new file in `dir`, readable and writable by this process only, already unlinked.
+fn unlinked_file(dir: &Path) -> std::io::Result<File> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let path = dir.join(format!(
+        ".san-catalog-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
 }
 
 /// The catalog: a sorted main segment and an unsorted tail.
@@ -352,8 +424,13 @@ impl SanCatalog {
     /// Record a new certificate's SAN values (`\n`-joined), once: the background load at
     /// open may have read a certificate recorded while it ran.
     pub(super) fn insert(&mut self, serial: &str, values: &str) {
-        if self.unusable || self.main.contains(serial) {
+        if self.unusable {
             return;
+        }
+        match self.main.contains(serial) {
+            Ok(false) => {}
+            Ok(true) => return,
+            Err(e) => return self.give_up(e),
         }
         if !self.tail.push_values(serial, values) {
             self.unusable = true;
@@ -374,22 +451,21 @@ impl SanCatalog {
                 self.main = main;
                 self.tail = Tail::default();
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "SAN catalog unusable: SAN queries scan the certificates");
-                self.unusable = true;
-            }
+            Err(e) => self.give_up(e),
         }
+    }
+
+    /// After an I/O error on the catalog's files: searches scan the certificates instead.
+    fn give_up(&mut self, error: std::io::Error) {
+        tracing::warn!(%error, "SAN catalog unusable: SAN queries scan the certificates");
+        self.unusable = true;
     }
 
     fn merged(&self) -> std::io::Result<Main> {
         let tail = &self.tail;
         let mut order: Vec<usize> = (0..tail.len()).collect();
         order.sort_by(|a, b| tail.serials.get(*a).cmp(tail.serials.get(*b)));
-        let mut writer = MainWriter::create(
-            &self.dir,
-            self.main.len() + tail.len(),
-            self.main.serials.bytes.len() + tail.serials.bytes.len(),
-        )?;
+        let mut writer = MainWriter::create(&self.dir, self.main.len() + tail.len())?;
         let mut next = order.iter().peekable();
         let mut written = Ok(());
         self.main.for_each(|serial, text| {
@@ -427,27 +503,33 @@ impl SanCatalog {
         after: Option<&str>,
         max: usize,
     ) -> Result<Vec<String>, StoreError> {
+        let failed = |e: std::io::Error| StoreError::Backend(format!("SAN catalog: {e}"));
         let finder = memchr::memmem::Finder::new(needle.as_bytes());
         let first = match after {
-            Some(after) => partition(self.main.len(), |i| self.main.serial(i) <= after),
+            Some(after) => self.main.search(|serial| serial <= after).map_err(failed)?,
             None => 0,
         };
         let mut found = Vec::new();
         self.main
             .find(&finder, first, max, &mut found)
-            .map_err(|e| StoreError::Backend(format!("SAN catalog: {e}")))?;
-        let mut serials: Vec<&str> = found.iter().map(|i| self.main.serial(*i)).collect();
+            .map_err(failed)?;
+        let mut serials = found
+            .iter()
+            .map(|i| self.main.serial(*i))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(failed)?;
         let mut recent = Vec::new();
         self.tail.find(&finder, &mut recent);
         serials.extend(
             recent
                 .iter()
                 .map(|i| self.tail.serials.get(*i))
-                .filter(|serial| after.is_none_or(|after| *serial > after)),
+                .filter(|serial| after.is_none_or(|after| *serial > after))
+                .map(str::to_string),
         );
         serials.sort_unstable();
         serials.truncate(max);
-        Ok(serials.into_iter().map(str::to_string).collect())
+        Ok(serials)
     }
 
     /// Entries in the main segment.
@@ -544,8 +626,14 @@ impl SanIndex {
                 // its tail, or merged into its main segment if many).
                 let early = std::mem::replace(&mut *catalog, loaded);
                 let mut keep = |serial: &str, text: &str| {
-                    if !catalog.main.contains(serial) && !catalog.tail.push(serial, text) {
-                        catalog.unusable = true;
+                    match catalog.main.contains(serial) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            if !catalog.tail.push(serial, text) {
+                                catalog.unusable = true;
+                            }
+                        }
+                        Err(e) => catalog.give_up(e),
                     }
                     true
                 };
@@ -621,7 +709,7 @@ impl Iterator for SanCandidates<'_> {
 }
 
 /// The first index in `0..len` for which `before` is false (`before` is true on a prefix).
-fn partition(len: usize, before: impl Fn(usize) -> bool) -> usize {
+fn partition(len: usize, mut before: impl FnMut(usize) -> bool) -> usize {
     let (mut low, mut high) = (0, len);
     while low < high {
         let middle = low + (high - low) / 2;
@@ -723,5 +811,38 @@ mod tests {
             .matches_after("no-such-name", None, 10)
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn searches_by_serial_read_one_block_past_the_samples() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in [0, 1, 63, 64, 65, 129, 200] {
+            let mut writer = MainWriter::create(dir.path(), n).unwrap();
+            // Serials of the even numbers below 2n.
+            for i in 0..n {
+                writer
+                    .push(&format!("{:08x}", 2 * i), &format!("h{i}.test\n"))
+                    .unwrap();
+            }
+            let main = writer.finish().unwrap();
+            assert_eq!(main.len(), n);
+            for j in 0..2 * n + 2 {
+                let probe = format!("{j:08x}");
+                assert_eq!(
+                    main.search(|serial| serial < probe.as_str()).unwrap(),
+                    j.div_ceil(2).min(n),
+                    "n = {n}, first not below {j}"
+                );
+                assert_eq!(
+                    main.search(|serial| serial <= probe.as_str()).unwrap(),
+                    (j / 2 + 1).min(n),
+                    "n = {n}, first after {j}"
+                );
+                assert_eq!(main.contains(&probe).unwrap(), j % 2 == 0 && j / 2 < n);
+            }
+            for i in 0..n {
+                assert_eq!(main.serial(i).unwrap(), format!("{:08x}", 2 * i));
+            }
+        }
     }
 }
