@@ -237,11 +237,17 @@ pub enum Replay {
 fn progress_key(endpoint: &str) -> String {
     format!("progress/{endpoint}")
 }
+fn dead_prefix(endpoint: &str) -> String {
+    format!("dead/{endpoint}/")
+}
 fn dead_key(endpoint: &str, seq: u64) -> String {
-    format!("dead/{endpoint}/{seq:020}")
+    format!("{}{seq:020}", dead_prefix(endpoint))
+}
+fn replay_prefix(endpoint: &str) -> String {
+    format!("replay/{endpoint}/")
 }
 fn replay_key(endpoint: &str, seq: u64) -> String {
-    format!("replay/{endpoint}/{seq:020}")
+    format!("{}{seq:020}", replay_prefix(endpoint))
 }
 /// The outbox position a replay or dead-letter key names.
 fn key_seq(key: &str) -> Option<u64> {
@@ -332,26 +338,26 @@ impl Webhooks {
         }
         let store = self.pipeline.store();
         let mut below = store.outbox_next()?;
-        let mut dead_lettered = std::collections::BTreeSet::new();
-        // Read in the order the workers write: an event is dead-lettered before the cursor
-        // passes it, and queued for replay before its dead letter is taken, so an event
-        // moving between them is seen in one place or the other.
+        // What an endpoint may still send whatever its cursor: its dead letters (for a
+        // replay) and its replay queue. Read in the order the workers write: an event is
+        // dead-lettered before the cursor passes it, and queued for replay before its dead
+        // letter is taken, so an event moving between them is seen in one place or another.
+        let mut keep = std::collections::BTreeSet::new();
         for endpoint in self.endpoints.iter() {
             below = below.min(self.progress(&endpoint.name)?.cursor);
-            let dead = store.protocol_scan(NAMESPACE, &format!("dead/{}/", endpoint.name))?;
-            dead_lettered.extend(dead.iter().filter_map(|(key, _)| key_seq(key)));
-            let replays = store.protocol_scan(NAMESPACE, &format!("replay/{}/", endpoint.name))?;
-            if let Some(seq) = replays.iter().filter_map(|(key, _)| key_seq(key)).min() {
-                below = below.min(seq);
+            for prefix in [dead_prefix(&endpoint.name), replay_prefix(&endpoint.name)] {
+                let keys = store.protocol_scan(NAMESPACE, &prefix)?;
+                keep.extend(keys.iter().filter_map(|(key, _)| key_seq(key)));
             }
         }
         let queued_before = self.pipeline.clock().now() - time::Duration::days(days.into());
-        let mut removed = 0;
+        let (mut removed, mut from) = (0, 0);
         loop {
-            let batch = store.prune_events(below, queued_before, &dead_lettered, PRUNE_BATCH)?;
-            removed += batch;
-            if batch < PRUNE_BATCH {
-                return Ok(removed);
+            let batch = store.prune_events(from, below, queued_before, &keep, PRUNE_BATCH)?;
+            removed += batch.removed;
+            match batch.resume {
+                Some(next) => from = next,
+                None => return Ok(removed),
             }
         }
     }
@@ -419,12 +425,12 @@ impl Webhooks {
         for endpoint in self.endpoints.iter() {
             let progress = self.progress(&endpoint.name)?;
             let dead_letters = store
-                .protocol_scan(NAMESPACE, &format!("dead/{}/", endpoint.name))?
+                .protocol_scan(NAMESPACE, &dead_prefix(&endpoint.name))?
                 .into_iter()
                 .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
                 .collect();
             let replay_queue = store
-                .protocol_scan(NAMESPACE, &format!("replay/{}/", endpoint.name))?
+                .protocol_scan(NAMESPACE, &replay_prefix(&endpoint.name))?
                 .into_iter()
                 .filter_map(|(k, _)| key_seq(&k))
                 .collect();
@@ -475,7 +481,7 @@ impl Webhooks {
                 Ok(1)
             }
             Replay::DeadLetters => {
-                let dead = store.protocol_scan(NAMESPACE, &format!("dead/{}/", endpoint.name))?;
+                let dead = store.protocol_scan(NAMESPACE, &dead_prefix(&endpoint.name))?;
                 let mut queued = 0;
                 for (key, value) in dead {
                     let Ok(letter) = serde_json::from_slice::<DeadLetter>(&value) else {
@@ -545,7 +551,7 @@ impl Webhooks {
         let store = self.pipeline.store();
         // Replays first, one at a time.
         if let Some((key, _)) = store
-            .protocol_scan(NAMESPACE, &format!("replay/{}/", endpoint.name))?
+            .protocol_scan(NAMESPACE, &replay_prefix(&endpoint.name))?
             .into_iter()
             .next()
         {

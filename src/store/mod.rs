@@ -234,6 +234,15 @@ pub struct Event {
     pub data: serde_json::Value,
 }
 
+/// What one [`Store::prune_events`] call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Events removed.
+    pub removed: usize,
+    /// Where to go on, when the call stopped at its limit.
+    pub resume: Option<u64>,
+}
+
 /// A new event (the store assigns its sequence number).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
@@ -420,18 +429,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Events in the outbox with `seq >= from`, at most `limit`.
     fn events(&self, from: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
 
-    /// Remove outbox events from the oldest on while their `seq` is below `below` and they
-    /// were queued before `queued_before`, stopping at the first that is not (events are
-    /// queued in time order), at most `limit`; the events in `keep` stay where they are.
-    /// Returns how many were removed. Not flushed: after a crash they are simply removed
-    /// again. [`Store::outbox_next`] is unchanged.
+    /// Remove outbox events from `from` on while their `seq` is below `below` and they were
+    /// queued before `queued_before`, stopping at the first that is not (events are queued
+    /// in time order); the events in `keep` stay where they are. At most `limit` are
+    /// removed per call: [`Pruned::resume`] says where the next call goes on. Not flushed:
+    /// after a crash they are simply removed again. [`Store::outbox_next`] is unchanged.
     fn prune_events(
         &self,
+        from: u64,
         below: u64,
         queued_before: OffsetDateTime,
         keep: &std::collections::BTreeSet<u64>,
         limit: usize,
-    ) -> Result<usize, StoreError>;
+    ) -> Result<Pruned, StoreError>;
 
     /// The head of the audit chain as last written.
     fn audit_head(&self) -> Result<audit::ChainHead, StoreError>;

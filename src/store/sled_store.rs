@@ -70,7 +70,7 @@ use uuid::Uuid;
 
 use super::audit::{AuditEntry, AuditRecord, ChainHead};
 use super::{
-    ApiKeyRecord, CertificateQuery, Event, NewEvent, Page, RequestRecord, RequestState,
+    ApiKeyRecord, CertificateQuery, Event, NewEvent, Page, Pruned, RequestRecord, RequestState,
     RevokeOutcome, Store, StoreError, SCHEMA_VERSION,
 };
 use crate::model::{CertificateRecord, Revocation, StoredStatus};
@@ -1891,19 +1891,22 @@ impl Store for SledStore {
 
     fn prune_events(
         &self,
+        from: u64,
         below: u64,
         queued_before: OffsetDateTime,
         keep: &std::collections::BTreeSet<u64>,
         limit: usize,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<Pruned, StoreError> {
         let mut batch = sled::Batch::default();
         let mut removed = 0;
-        for entry in self.t.outbox.range(..below.to_be_bytes()) {
-            if removed == limit {
-                break;
-            }
+        let mut resume = None;
+        for entry in self.t.outbox.range(from.to_be_bytes()..below.to_be_bytes()) {
             let (key, value) = entry.map_err(backend)?;
             let event: Event = decode("outbox", &value)?;
+            if removed == limit {
+                resume = Some(event.seq);
+                break;
+            }
             if event.time >= queued_before {
                 break;
             }
@@ -1916,7 +1919,7 @@ impl Store for SledStore {
         // Only old keys, which no writer touches; the lock keeps the writers' contract.
         let _writing = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         self.t.outbox.apply_batch(batch).map_err(backend)?;
-        Ok(removed)
+        Ok(Pruned { removed, resume })
     }
 }
 
@@ -2712,15 +2715,27 @@ mod tests {
         };
         let none = std::collections::BTreeSet::new();
         // Nothing is older than day 0.
-        assert_eq!(store.prune_events(6, start, &none, 100).unwrap(), 0);
+        assert_eq!(
+            store.prune_events(0, 6, start, &none, 100).unwrap().removed,
+            0
+        );
         // The bound holds back what an endpoint has not got past (seq 1 and later).
         assert_eq!(
-            store.prune_events(1, start + day * 4, &none, 100).unwrap(),
+            store
+                .prune_events(0, 1, start + day * 4, &none, 100)
+                .unwrap()
+                .removed,
             1
         );
         assert_eq!(seqs(&store), [1, 2, 3, 4, 5]);
         // The limit.
-        assert_eq!(store.prune_events(6, start + day * 4, &none, 1).unwrap(), 1);
+        assert_eq!(
+            store
+                .prune_events(0, 6, start + day * 4, &none, 1)
+                .unwrap()
+                .removed,
+            1
+        );
         assert_eq!(seqs(&store), [2, 3, 4, 5]);
         // An event to keep (a dead letter's) stays; the ones after it still go. Pruning
         // stops at the first event young enough to keep (seq 4, day 5), even though the one
@@ -2728,19 +2743,39 @@ mod tests {
         let dead_letter = std::collections::BTreeSet::from([2]);
         assert_eq!(
             store
-                .prune_events(6, start + day * 4, &dead_letter, 1)
-                .unwrap(),
+                .prune_events(0, 6, start + day * 4, &dead_letter, 1)
+                .unwrap()
+                .removed,
             1
         );
         assert_eq!(seqs(&store), [2, 4, 5]);
+        // A call that stops at its limit says where to go on; one that stops at a young
+        // event or the bound does not.
+        let stopped = store
+            .prune_events(0, 6, start + day * 4, &dead_letter, 0)
+            .unwrap();
+        assert_eq!((stopped.removed, stopped.resume), (0, Some(2)));
         assert_eq!(
             store
-                .prune_events(6, start + day * 4, &dead_letter, 100)
+                .prune_events(4, 6, start + day * 4, &none, 100)
                 .unwrap(),
+            Pruned {
+                removed: 0,
+                resume: None
+            }
+        );
+        assert_eq!(
+            store
+                .prune_events(0, 6, start + day * 4, &dead_letter, 100)
+                .unwrap()
+                .removed,
             0
         );
         assert_eq!(
-            store.prune_events(6, start + day * 4, &none, 100).unwrap(),
+            store
+                .prune_events(0, 6, start + day * 4, &none, 100)
+                .unwrap()
+                .removed,
             1
         );
         assert_eq!(seqs(&store), [4, 5]);

@@ -216,18 +216,20 @@ impl Main {
         Ok(self.serial_in(&bytes, i, i)?.to_string())
     }
 
-    /// The first entry whose serial is not `before` (which holds for a prefix), from the
-    /// samples and one block of serials.
-    fn search(&self, before: impl Fn(&str) -> bool) -> std::io::Result<usize> {
+    /// The first entry whose serial is not `before` (which holds for a prefix), with that
+    /// serial (`None` past the end), from the samples and one block of serials.
+    fn search(&self, before: impl Fn(&str) -> bool) -> std::io::Result<(usize, Option<String>)> {
         let block = partition(self.samples.len(), |b| before(self.samples.get(b)));
+        // Sample `block` (entry `block * SAMPLE`), if any, is not before.
+        let sample = (block < self.samples.len()).then(|| self.samples.get(block).to_string());
         if block == 0 {
-            return Ok(0);
+            return Ok((0, sample));
         }
-        // Sample `block - 1` is before, sample `block` (if any) is not.
+        // Sample `block - 1` is before: the answer is after it, at sample `block` the latest.
         let first = (block - 1) * Self::SAMPLE + 1;
         let end = (block * Self::SAMPLE).min(self.len());
         if first >= end {
-            return Ok(end);
+            return Ok((end, sample));
         }
         let bytes = self.serial_bytes(first, end)?;
         let mut failed = None;
@@ -240,12 +242,19 @@ impl Main {
                 }
             }
         });
-        failed.map_or(Ok(first + at), Err)
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if first + at == end {
+            return Ok((end, sample));
+        }
+        let serial = self.serial_in(&bytes, first, first + at)?.to_string();
+        Ok((first + at, Some(serial)))
     }
 
     fn contains(&self, serial: &str) -> std::io::Result<bool> {
-        let at = self.search(|s| s < serial)?;
-        Ok(at < self.len() && self.serial(at)? == serial)
+        let (_, found) = self.search(|s| s < serial)?;
+        Ok(found.as_deref() == Some(serial))
     }
 
     /// The text of entries `first..`, a block at a time: `visit(first entry of the block,
@@ -506,7 +515,12 @@ impl SanCatalog {
         let failed = |e: std::io::Error| StoreError::Backend(format!("SAN catalog: {e}"));
         let finder = memchr::memmem::Finder::new(needle.as_bytes());
         let first = match after {
-            Some(after) => self.main.search(|serial| serial <= after).map_err(failed)?,
+            Some(after) => {
+                self.main
+                    .search(|serial| serial <= after)
+                    .map_err(failed)?
+                    .0
+            }
             None => 0,
         };
         let mut found = Vec::new();
@@ -829,12 +843,12 @@ mod tests {
             for j in 0..2 * n + 2 {
                 let probe = format!("{j:08x}");
                 assert_eq!(
-                    main.search(|serial| serial < probe.as_str()).unwrap(),
+                    main.search(|serial| serial < probe.as_str()).unwrap().0,
                     j.div_ceil(2).min(n),
                     "n = {n}, first not below {j}"
                 );
                 assert_eq!(
-                    main.search(|serial| serial <= probe.as_str()).unwrap(),
+                    main.search(|serial| serial <= probe.as_str()).unwrap().0,
                     (j / 2 + 1).min(n),
                     "n = {n}, first after {j}"
                 );
