@@ -116,7 +116,7 @@ EAB_HMAC="$(jq -r .hmac_key "$WORK/eab.json")"
 [[ -n "$EAB_HMAC" && "$EAB_HMAC" != null ]] || fail "no EAB HMAC key in the answer"
 REQUESTS_CA_BUNDLE="$DIR/ca-bundle.pem" "$CERTBOT" certonly --server "$DIRECTORY" --config-dir "$WORK/certbot/config" \
     --work-dir "$WORK/certbot/work" --logs-dir "$WORK/certbot/logs" --non-interactive --agree-tos -m ops@example.org \
-    --eab-kid "$EAB_KID" --eab-hmac-key "$EAB_HMAC" --standalone --preferred-challenges http \
+    --eab-kid="$EAB_KID" --eab-hmac-key="$EAB_HMAC" --standalone --preferred-challenges http \
     --http-01-port "$HTTP01_PORT" --http-01-address 127.0.0.1 -d localhost --cert-name lab >"$WORK/certbot.out" 2>&1 \
     || fail "certbot certonly with EAB: $(tail -20 "$WORK/certbot.out")"
 pass "ACME: certbot registered with external account binding and got a certificate"
