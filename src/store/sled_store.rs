@@ -43,12 +43,14 @@
 //! - expiry window: `idx_expiry`, one range per day of the window (each in serial order),
 //!   merged;
 //! - SAN substring: [`SanCatalog`] (module `san_catalog`), every certificate's SAN values
-//!   in serial order (built from `idx_expiry` at open), searched with a SIMD substring
-//!   search block by block. A substring index (n-grams) would cost tens of index entries
-//!   per name on every issuance and gigabytes at a million certificates; the catalog costs
-//!   the serials and offsets in memory (~40 MB at a million certificates), its text in an
-//!   unlinked file the page cache holds (~70 MB with two names each), and a scan of that
-//!   text (tens of ms) for a substring found nowhere, less when matches are frequent.
+//!   in serial order, searched with a SIMD substring search block by block. A substring
+//!   index (n-grams) would cost tens of index entries per name on every issuance and
+//!   gigabytes at a million certificates; the catalog costs its offsets in memory (~9 MB at
+//!   a million certificates), its serials and text in files the page cache holds (~100 MB
+//!   with two names each), and a scan of that text (tens of ms) for a substring found
+//!   nowhere, less when matches are frequent. It is saved when the store closes and read
+//!   back at the next open if `meta` says the file matches the store ([`SavedCatalog`]);
+//!   otherwise (a crash, a damaged file) it is rebuilt from `idx_expiry`, in the background.
 //!
 //! Requests waiting for approval (and, in stores from before `issuing`, left issuing by a
 //! crash) come from `idx_open_requests`, issuances a crash interrupted from `issuing` (both
@@ -97,6 +99,18 @@ const META_SAN_IN_EXPIRY: &[u8] = b"san_in_expiry";
 const META_LEGACY_SAN_TEXT_INDEXED: &[u8] = b"san_text_indexed";
 /// Present once `idx_open_requests` covers every request (stores from before it).
 const META_OPEN_REQUESTS_INDEXED: &[u8] = b"open_requests_indexed";
+/// [`SavedCatalog`]: the SAN catalog file saved when the store last closed.
+const META_SAN_CATALOG: &[u8] = b"san_catalog";
+
+/// The SAN catalog file a closing store saved, and the audit chain's head then. The open
+/// that reads it removes it (durably) before anything else is written, so a store that is
+/// not closed cleanly rebuilds its catalog; the head catches the store changed by a rampart
+/// that does not know this record (every issuance appends to the audit chain).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedCatalog {
+    label: san_catalog::Label,
+    audit_head: ChainHead,
+}
 
 /// An issuance under way, as [`Store::begin_issuance`] writes it (`issuing` tree).
 #[derive(Debug, serde::Deserialize)]
@@ -254,7 +268,8 @@ pub struct SledStore {
 impl Drop for SledStore {
     fn drop(&mut self) {
         // The loader holds the database open: stop it before the store is released, so
-        // that the directory can be opened again at once.
+        // that the directory can be opened again at once. (A rebuild stops where it is; a
+        // saved file is read to the end, which is quick.)
         self.san
             .closing
             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -266,7 +281,29 @@ impl Drop for SledStore {
         if let Some(loader) = loader {
             let _ = loader.join();
         }
+        self.save_san_catalog();
     }
+}
+
+/// Install `index`'s catalog: the file saved under `saved` if there is one and it reads back
+/// intact, otherwise rebuilt from `idx_expiry`.
+fn load_san_catalog(
+    index: &SanIndex,
+    idx_expiry: &sled::Tree,
+    dir: &Path,
+    saved: Option<san_catalog::Label>,
+) {
+    let from_file = saved.and_then(|label| {
+        SanCatalog::open_saved(dir, &label)
+            .inspect_err(|error| {
+                tracing::warn!(%error, "the saved SAN catalog is not usable: rebuilding it from the store");
+            })
+            .ok()
+    });
+    index.finish(match from_file {
+        Some(catalog) => Ok(catalog),
+        None => SanCatalog::load(idx_expiry, &index.closing, dir),
+    })
 }
 
 #[derive(Debug)]
@@ -1141,6 +1178,18 @@ impl SledStore {
                 .map_err(backend)?;
             db.flush().map_err(backend)?;
         }
+        // The SAN catalog saved at the last close, if the store is as it was then; read
+        // once, so that a crash from here on rebuilds the catalog.
+        let saved = match Self::get::<SavedCatalog>(&t.meta, "meta", META_SAN_CATALOG)? {
+            Some(saved) => {
+                t.meta.remove(META_SAN_CATALOG).map_err(backend)?;
+                db.flush().map_err(backend)?;
+                let head: ChainHead =
+                    Self::get(&t.meta, "meta", META_AUDIT_HEAD)?.unwrap_or_default();
+                (saved.audit_head == head).then_some(saved.label)
+            }
+            None => None,
+        };
         // Reading every certificate's names takes a while at a million certificates: the
         // store opens without waiting, and SAN queries wait for the catalog.
         let san = std::sync::Arc::new(SanIndex::new(path));
@@ -1148,12 +1197,12 @@ impl SledStore {
             let (san, tree, dir) = (san.clone(), t.idx_expiry.clone(), path.to_path_buf());
             std::thread::Builder::new()
                 .name("san-catalog".into())
-                .spawn(move || san.finish(SanCatalog::load(&tree, &san.closing, &dir)))
+                .spawn(move || load_san_catalog(&san, &tree, &dir, saved))
         };
         let loader = match loader {
             Ok(handle) => Some(handle),
             Err(_) => {
-                san.finish(SanCatalog::load(&t.idx_expiry, &san.closing, path));
+                load_san_catalog(&san, &t.idx_expiry, path, saved);
                 None
             }
         };
@@ -1178,6 +1227,33 @@ impl SledStore {
             san,
             san_loader: std::sync::Mutex::new(loader),
         })
+    }
+
+    /// Save the SAN catalog for the next open (at close; a loaded, usable catalog only).
+    /// Without it the next open rebuilds the catalog, so a failure is only logged.
+    fn save_san_catalog(&self) {
+        if !self.san.is_loaded() {
+            return;
+        }
+        let mut catalog = self.san.catalog.write().unwrap_or_else(|e| e.into_inner());
+        if !catalog.is_usable() {
+            return;
+        }
+        let saved = (|| {
+            let label = catalog
+                .save()
+                .map_err(|e| StoreError::Backend(format!("SAN catalog: {e}")))?;
+            let audit_head = Self::get(&self.t.meta, "meta", META_AUDIT_HEAD)?.unwrap_or_default();
+            let record = SavedCatalog { label, audit_head };
+            self.t
+                .meta
+                .insert(META_SAN_CATALOG, encode(&record))
+                .map_err(backend)?;
+            self.db.flush().map_err(backend)
+        })();
+        if let Err(error) = saved {
+            tracing::warn!(%error, "SAN catalog not saved: the next start rebuilds it from the store");
+        }
     }
 
     /// Directory of the store.
@@ -2121,9 +2197,70 @@ mod tests {
             check_queries(&store, &all, now);
             all
         };
-        // Rebuilt from idx_expiry.
+        // Read back from the file saved at close.
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.san.loaded_catalog().main_len(), 500);
+        check_queries(&store, &all, now);
+    }
+
+    #[test]
+    fn the_san_catalog_saved_at_close_is_read_back_only_while_it_matches_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let from_file = |store: &SledStore| store.san.loaded_catalog().read_from_saved_file();
+        let mut all: Vec<CertificateRecord> = {
+            let store = SledStore::open(dir.path()).unwrap();
+            assert!(!from_file(&store));
+            (0..150).map(|i| issue(&store, i, now)).collect()
+        };
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            assert!(from_file(&store));
+            // Taken at open: a crash from here on rebuilds the catalog.
+            assert!(store.t.meta.get(META_SAN_CATALOG).unwrap().is_none());
+            check_queries(&store, &all, now);
+            all.push(issue(&store, 150, now));
+            check_queries(&store, &all, now);
+        }
+        // Saved again, with the certificate issued since.
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            assert!(from_file(&store));
+            assert_eq!(store.san.loaded_catalog().main_len(), 151);
+            check_queries(&store, &all, now);
+        }
+        // The audit chain moved on without the record changing, as when a rampart that does
+        // not know the record issued certificates: rebuilt.
+        {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let meta = db.open_tree("meta").unwrap();
+            assert!(meta.get(META_SAN_CATALOG).unwrap().is_some());
+            let head = ChainHead {
+                next_seq: 1_000,
+                last_hash: "0".repeat(64),
+            };
+            meta.insert(META_AUDIT_HEAD, encode(&head)).unwrap();
+            db.flush().unwrap();
+        }
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            assert!(!from_file(&store));
+            assert_eq!(store.san.loaded_catalog().main_len(), 151);
+            check_queries(&store, &all, now);
+        }
+        // A damaged file: rebuilt.
+        let file = dir.path().join("san-catalog");
+        let mut bytes = std::fs::read(&file).unwrap();
+        let last = bytes.len() - 2;
+        bytes[last] ^= 1;
+        std::fs::write(&file, bytes).unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            assert!(!from_file(&store));
+            check_queries(&store, &all, now);
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(from_file(&store));
         check_queries(&store, &all, now);
     }
 

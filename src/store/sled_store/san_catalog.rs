@@ -5,13 +5,19 @@
 //!
 //! The main segment keeps its offsets and one serial in 64 in memory (~9 MB at a million
 //! certificates) and its serials and text — the bulk, ~32 and ~70 MB at a million
-//! certificates with two names each — in two files that are unlinked as soon as they are
-//! created and read with positioned reads. The kernel's page cache holds those, not the
-//! daemon's heap: they are evicted under memory pressure (a search then reads them from
-//! disk) and disappear with the process. A merge writes new files. The catalog is derived
-//! data, rebuilt from `idx_expiry` at every open, so nothing of it needs to survive a crash.
+//! certificates with two names each — in files read with positioned reads. The kernel's page
+//! cache holds those, not the daemon's heap: they are evicted under memory pressure (a search
+//! then reads them from disk). A merge writes two new files, unlinked as soon as they are
+//! created, so they disappear with the process.
 //!
-//! May import: the parent module (the `idx_expiry` value layout, errors), std, memchr.
+//! The catalog is derived data. When the store closes it is saved to one file (module
+//! `saved`), which the next open reads back instead of rebuilding the catalog from every
+//! `idx_expiry` entry (seconds, and ~150 MiB of heap left fragmented, at a million
+//! certificates). The store decides whether the file can be trusted; a rebuild is always
+//! possible.
+//!
+//! May import: the parent module (the `idx_expiry` value layout, errors), std, memchr,
+//! crc32fast (in `saved`).
 
 use std::fs::File;
 use std::io::Write;
@@ -21,6 +27,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, RwLock, RwLockReadGuard};
 
 use super::{backend, split_expiry_value, StoreError};
+
+pub(super) use saved::Label;
+
+mod saved;
 
 /// Where a packed string ends, for each of a run of strings stored back to back.
 #[derive(Debug, Default)]
@@ -164,21 +174,37 @@ fn find_entries(
     true
 }
 
-/// The sorted main segment: serials and text in two unlinked files (`None` while empty),
-/// where each entry ends in either in memory, and every [`Main::SAMPLE`]th serial in memory
-/// so that a search by serial reads one block of serials.
+/// The sorted main segment: serials and text in files (`None` while empty), where each entry
+/// ends in either in memory, and every [`Main::SAMPLE`]th serial in memory so that a search
+/// by serial reads one block of serials.
 #[derive(Debug, Default)]
 struct Main {
     serial_ends: Offsets,
     text_ends: Offsets,
     samples: Strings,
     files: Option<MainFiles>,
+    /// The label of the saved catalog file this segment was read from, while it has the
+    /// same entries as that file.
+    saved: Option<saved::Label>,
 }
 
 #[derive(Debug)]
 struct MainFiles {
-    serials: File,
-    text: File,
+    serials: Region,
+    text: Region,
+}
+
+/// Bytes of a file from `base` on.
+#[derive(Debug)]
+struct Region {
+    file: File,
+    base: u64,
+}
+
+impl Region {
+    fn read_exact_at(&self, buffer: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.file.read_exact_at(buffer, self.base + offset)
+    }
 }
 
 impl Main {
@@ -357,6 +383,7 @@ impl MainWriter {
                 text_ends: Offsets::with_capacity(entries),
                 samples: Strings::default(),
                 files: None,
+                saved: None,
             },
             serials: std::io::BufWriter::with_capacity(1 << 16, unlinked_file(dir)?),
             text: std::io::BufWriter::with_capacity(Main::READ, unlinked_file(dir)?),
@@ -380,7 +407,16 @@ impl MainWriter {
         let text = self.text.into_inner().map_err(|e| e.into_error())?;
         let mut main = self.main;
         main.samples.shrink();
-        main.files = Some(MainFiles { serials, text });
+        main.files = Some(MainFiles {
+            serials: Region {
+                file: serials,
+                base: 0,
+            },
+            text: Region {
+                file: text,
+                base: 0,
+            },
+        });
         Ok(main)
     }
 }
@@ -498,6 +534,49 @@ impl SanCatalog {
         writer.finish()
     }
 
+    /// Save the catalog to its file in the store's directory (merging the tail first), and
+    /// return the file's label. A catalog read from that file and unchanged since is not
+    /// written again.
+    pub(super) fn save(&mut self) -> std::io::Result<Label> {
+        if self.tail.len() == 0 {
+            if let Some(label) = self.main.saved {
+                return Ok(label);
+            }
+        }
+        self.merge_tail();
+        if self.unusable {
+            return Err(std::io::Error::other(
+                "the catalog is unusable (more than 4 GiB of names, or an I/O error)",
+            ));
+        }
+        let label = saved::new_label();
+        saved::write(&self.main, &self.dir, &label)?;
+        self.main.saved = Some(label);
+        Ok(label)
+    }
+
+    /// The catalog saved in `dir` with `label` by [`save`](SanCatalog::save); an error if
+    /// the file is missing, has another label, or does not read back intact.
+    pub(super) fn open_saved(dir: &Path, label: &Label) -> std::io::Result<SanCatalog> {
+        Ok(SanCatalog {
+            main: saved::read(dir, label)?,
+            tail: Tail::default(),
+            dir: dir.to_path_buf(),
+            unusable: false,
+        })
+    }
+
+    /// Whether searches can use the catalog (it was built, and no I/O error since).
+    pub(super) fn is_usable(&self) -> bool {
+        !self.unusable
+    }
+
+    /// Whether the main segment is the saved file's, unchanged.
+    #[cfg(test)]
+    pub(super) fn read_from_saved_file(&self) -> bool {
+        self.main.saved.is_some() && self.tail.len() == 0
+    }
+
     /// Whether the catalog can search for `needle`: values are separated by line feeds (no
     /// SAN holds one).
     pub(super) fn answers(&self, needle: &str) -> bool {
@@ -607,6 +686,11 @@ impl SanIndex {
             loaded_signal: Condvar::new(),
             closing: AtomicBool::new(false),
         }
+    }
+
+    /// Whether loading has finished (successfully or not).
+    pub(super) fn is_loaded(&self) -> bool {
+        *self.loaded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The catalog, once loaded.
