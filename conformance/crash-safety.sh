@@ -8,14 +8,16 @@
 source "$(dirname "$0")/lib.sh"
 webhooks_venv
 
-# list_inventory <file> — every serial in the inventory (without leading zeros), sorted.
+# list_inventory <file> [query] [jq condition] — the serials (without leading zeros, sorted)
+# of the inventory's certificates, filtered by the API query (e.g. `&san=x`) and then by the
+# jq condition on each item.
 list_inventory() {
     : >"$1"
     local after=""
     while :; do
-        curl -sf -H "Authorization: Bearer $KEY" "$API/api/v1/certificates?limit=500${after:+&after=$after}" >"$WORK/page.json" ||
+        curl -sf -H "Authorization: Bearer $KEY" "$API/api/v1/certificates?limit=500${2:-}${after:+&after=$after}" >"$WORK/page.json" ||
             fail "listing the inventory"
-        jq -r '.items[].serial' "$WORK/page.json" | sed 's/^0*//' >>"$1"
+        jq -r ".items[] | select(${3:-true}) | .serial" "$WORK/page.json" | sed 's/^0*//' >>"$1"
         after="$(jq -r '.next_after // empty' "$WORK/page.json")"
         [[ -n "$after" ]] || break
     done
@@ -203,6 +205,23 @@ pass "every issued certificate's certificate_issued webhook arrived, signed"
 
 "$RAMPART" audit verify >/dev/null || fail "rampart audit verify after the crashes"
 pass "the audit chain verifies after three SIGKILLs"
+
+# The SAN catalog (`?san=` queries): rebuilt from the store after the kills, saved at a clean
+# stop, read back at the next start; each time the same answer as the certificates' names.
+WITH_TEST_NAME='any(.sans[]; .value | tostring | contains(".test"))'
+list_inventory "$WORK/san-expected" "" "$WITH_TEST_NAME"
+[[ -s "$WORK/san-expected" ]] || fail "no certificate with a .test name to query"
+list_inventory "$WORK/san-rebuilt" "&san=.test"
+cmp -s "$WORK/san-expected" "$WORK/san-rebuilt" || fail "?san=.test after the kills: $(wc -l <"$WORK/san-rebuilt") serials, expected $(wc -l <"$WORK/san-expected")"
+stop_rampart
+[[ -s "$DIR/store/san-catalog" ]] || fail "no SAN catalog saved at the clean stop"
+start_rampart "$WORK/crash.toml"
+list_inventory "$WORK/san-read-back" "&san=.test"
+cmp -s "$WORK/san-expected" "$WORK/san-read-back" || fail "?san=.test after a clean restart: $(wc -l <"$WORK/san-read-back") serials, expected $(wc -l <"$WORK/san-expected")"
+if grep -q "saved SAN catalog is not usable" "$WORK/rampart.err"; then
+    fail "the saved SAN catalog was refused: $(grep 'SAN catalog' "$WORK/rampart.err")"
+fi
+pass "?san= queries agree with the certificates' names after the kills ($(wc -l <"$WORK/san-expected") certificates) and after a clean restart (catalog saved and read back)"
 
 # Offline compaction: refused while the daemon holds the store; afterwards the same
 # inventory and an intact audit chain.
