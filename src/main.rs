@@ -47,7 +47,7 @@ fn main() -> ExitCode {
 /// `MIMALLOC_ALLOW_THP` (which mimalloc then applies). With the kernel's THP on `always`,
 /// every 2 MiB of heap that mimalloc touches becomes resident whole and is zeroed whole
 /// when it is faulted in again after a purge: an idle daemon was 78 MiB resident instead
-/// of 29, and ACME orders cost 9–19 % more CPU (docs/BENCHMARKS.md, "Huge pages"). Called
+/// of 29, and ACME orders cost 5–19 % more CPU (docs/BENCHMARKS.md, "Huge pages"). Called
 /// first thing, before the runtime and the store allocate; a kernel without the call
 /// (before 3.15, or not Linux) keeps its behaviour.
 fn keep_heap_in_small_pages() {
