@@ -310,8 +310,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         decision: &AuditEntry,
     ) -> Result<bool, StoreError>;
 
-    /// Record the issued certificate, mark its request `Issued`, append the audit entry and
-    /// queue the event, atomically. Durable on return.
+    /// Record the issued certificate, mark its request `Issued`, append the audit entry (as
+    /// an `issued` record whose subject is the certificate's serial, whatever `audit` says
+    /// there) and queue the event, atomically. Durable on return.
     fn complete_issuance(
         &self,
         certificate: &CertificateRecord,

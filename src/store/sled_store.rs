@@ -49,8 +49,10 @@
 //!   a million certificates), its serials and text in files the page cache holds (~100 MB
 //!   with two names each), and a scan of that text (tens of ms) for a substring found
 //!   nowhere, less when matches are frequent. It is saved when the store closes and read
-//!   back at the next open if `meta` says the file matches the store ([`SavedCatalog`]);
-//!   otherwise (a crash, a damaged file) it is rebuilt from `idx_expiry`, in the background.
+//!   back at the next open, with the certificates issued since (after a crash) found in
+//!   the audit chain ([`SavedCatalog`]); a missing or damaged file, a foreign chain or more
+//!   than [`SAN_CATCH_UP_LIMIT`] records since mean a rebuild from `idx_expiry`, in the
+//!   background.
 //!
 //! Requests waiting for approval (and, in stores from before `issuing`, left issuing by a
 //! crash) come from `idx_open_requests`, issuances a crash interrupted from `issuing` (both
@@ -70,13 +72,13 @@ use sled::Transactional;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::audit::{AuditEntry, AuditRecord, ChainHead};
+use super::audit::{AuditAction, AuditEntry, AuditRecord, ChainHead};
 use super::{
     ApiKeyRecord, CertificateQuery, Event, NewEvent, Page, Pruned, RequestRecord, RequestState,
     RevokeOutcome, Store, StoreError, SCHEMA_VERSION,
 };
 use crate::model::{CertificateRecord, Revocation, StoredStatus};
-use san_catalog::{SanCandidates, SanCatalog, SanIndex};
+use san_catalog::{CatalogOrigin, SanCandidates, SanCatalog, SanIndex};
 
 mod san_catalog;
 
@@ -102,14 +104,44 @@ const META_OPEN_REQUESTS_INDEXED: &[u8] = b"open_requests_indexed";
 /// [`SavedCatalog`]: the SAN catalog file saved when the store last closed.
 const META_SAN_CATALOG: &[u8] = b"san_catalog";
 
-/// The SAN catalog file a closing store saved, and the audit chain's head then. The open
-/// that reads it removes it (durably) before anything else is written, so a store that is
-/// not closed cleanly rebuilds its catalog; the head catches the store changed by a rampart
-/// that does not know this record (every issuance appends to the audit chain).
+/// The SAN catalog file a closing store saved, and the audit chain's head then: the file
+/// holds every certificate whose `issued` audit record comes before that head. Every
+/// issuance appends to the audit chain, so an open catches up from the records after it —
+/// after a crash, or a run of a rampart that does not know this record — rather than
+/// rebuilding the catalog from `idx_expiry`.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct SavedCatalog {
     label: san_catalog::Label,
     audit_head: ChainHead,
+}
+
+/// Audit records after a saved catalog's head beyond which an open rebuilds the catalog
+/// instead of catching up (each record caught up may cost a certificate read; a rebuild
+/// reads every `idx_expiry` entry, which is much cheaper per certificate).
+const SAN_CATCH_UP_LIMIT: u64 = 100_000;
+
+/// What the SAN catalog is loaded from at open.
+struct CatalogSources {
+    /// The catalog saved at the last close, if any.
+    saved: Option<SavedCatalog>,
+    /// The audit chain's head at open: certificates issued from here on reach the catalog
+    /// through [`Store::complete_issuance`].
+    head: ChainHead,
+    idx_expiry: sled::Tree,
+    audit: sled::Tree,
+    certificates: sled::Tree,
+}
+
+impl CatalogSources {
+    fn of(t: &Trees) -> Result<Self, StoreError> {
+        Ok(CatalogSources {
+            saved: SledStore::get(&t.meta, "meta", META_SAN_CATALOG)?,
+            head: SledStore::get(&t.meta, "meta", META_AUDIT_HEAD)?.unwrap_or_default(),
+            idx_expiry: t.idx_expiry.clone(),
+            audit: t.audit.clone(),
+            certificates: t.certificates.clone(),
+        })
+    }
 }
 
 /// An issuance under way, as [`Store::begin_issuance`] writes it (`issuing` tree).
@@ -285,16 +317,48 @@ impl Drop for SledStore {
     }
 }
 
-/// Install `index`'s catalog: the file saved under `saved` if there is one and it reads back
-/// intact, otherwise rebuilt from `idx_expiry`.
-fn load_san_catalog(
-    index: &SanIndex,
-    idx_expiry: &sled::Tree,
-    dir: &Path,
-    saved: Option<san_catalog::Label>,
-) {
-    let from_file = saved.and_then(|label| {
-        SanCatalog::open_saved(dir, &label)
+/// Up to `limit` records of the `audit` tree from seq `from` on.
+fn read_audit_records(
+    audit: &sled::Tree,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<AuditRecord>, StoreError> {
+    // Records appended together share the entry keyed by the first one's seq: start at the
+    // entry holding `from`.
+    let start = match audit.range(..=from.to_be_bytes()).next_back() {
+        Some(item) => item.map_err(backend)?.0,
+        None => sled::IVec::from(&from.to_be_bytes()),
+    };
+    let mut out = Vec::new();
+    for value in audit.range(start..).values() {
+        let value = value.map_err(backend)?;
+        let records: Vec<AuditRecord> = if value.first() == Some(&b'[') {
+            decode("audit", &value)?
+        } else {
+            vec![decode("audit", &value)?]
+        };
+        for record in records.into_iter().filter(|r| r.seq >= from) {
+            if out.len() == limit {
+                return Ok(out);
+            }
+            out.push(record);
+        }
+    }
+    Ok(out)
+}
+
+/// Install `index`'s catalog: the file saved at the last close, caught up with the
+/// certificates issued since, if that works; otherwise rebuilt from `idx_expiry`.
+fn load_san_catalog(index: &SanIndex, dir: &Path, sources: CatalogSources) {
+    let from_file = sources.saved.as_ref().and_then(|saved| {
+        SanCatalog::open_saved(dir, &saved.label)
+            .map_err(|e| StoreError::Backend(format!("SAN catalog file: {e}")))
+            .and_then(|mut catalog| {
+                let caught_up = catch_up_san_catalog(&mut catalog, &sources, &saved.audit_head)?;
+                tracing::info!(caught_up, "SAN catalog read back from its file");
+                let _ = index.origin.set(CatalogOrigin::Saved { caught_up });
+                Ok(catalog)
+            })
             .inspect_err(|error| {
                 tracing::warn!(%error, "the saved SAN catalog is not usable: rebuilding it from the store");
             })
@@ -302,8 +366,65 @@ fn load_san_catalog(
     });
     index.finish(match from_file {
         Some(catalog) => Ok(catalog),
-        None => SanCatalog::load(idx_expiry, &index.closing, dir),
+        None => {
+            let _ = index.origin.set(CatalogOrigin::Rebuilt);
+            SanCatalog::load(&sources.idx_expiry, &index.closing, dir)
+        }
     })
+}
+
+/// Add to `catalog`, saved at audit head `saved`, the certificates issued between that head
+/// and the one at open; how many. An error when the chain is not the one it was saved
+/// with, or when so much happened since that a rebuild is quicker.
+fn catch_up_san_catalog(
+    catalog: &mut SanCatalog,
+    sources: &CatalogSources,
+    saved: &ChainHead,
+) -> Result<usize, StoreError> {
+    let foreign =
+        || StoreError::Backend("the audit chain is not the one the catalog was saved with".into());
+    let (from, to) = (saved.next_seq, sources.head.next_seq);
+    if to < from || to - from > SAN_CATCH_UP_LIMIT {
+        return Err(StoreError::Backend(format!(
+            "saved at audit record {from}, the store is at {to}"
+        )));
+    }
+    if from == to {
+        return if *saved == sources.head {
+            Ok(0)
+        } else {
+            Err(foreign())
+        };
+    }
+    let mut caught_up = 0;
+    // From the record before the saved head, to check that it is this chain's.
+    let mut next = from.saturating_sub(1);
+    while next < to {
+        let records = read_audit_records(&sources.audit, next, 1024)?;
+        let Some(last) = records.last() else {
+            break;
+        };
+        next = last.seq + 1;
+        for record in records.iter().filter(|r| r.seq < to) {
+            if record.seq + 1 == from && record.hash != saved.last_hash {
+                return Err(foreign());
+            }
+            let issued = record.seq >= from && record.entry.action == AuditAction::Issued;
+            let Some(serial) = record.entry.subject.as_deref().filter(|_| issued) else {
+                continue;
+            };
+            let cert: Option<CertificateRecord> =
+                SledStore::get(&sources.certificates, "certificates", serial.as_bytes())?;
+            if let Some(cert) = cert {
+                catalog.insert(&cert.serial, &san_text(&cert));
+                caught_up += 1;
+            }
+        }
+    }
+    // Everything in the main segment, where the installation at the end of the load looks
+    // for the certificates issued meanwhile.
+    catalog.merge_tail();
+    Ok(caught_up)
 }
 
 #[derive(Debug)]
@@ -701,7 +822,14 @@ fn record_issuance<C: Change>(
     };
     request.updated_at = audit.time;
     change.put_certificate(cert, true)?;
-    let audited: Vec<&AuditEntry> = decision.iter().chain([audit]).collect();
+    // The outcome's record names the certificate whatever the caller filled in: an open
+    // finds the certificates issued after a saved SAN catalog by it.
+    let outcome = AuditEntry {
+        action: AuditAction::Issued,
+        subject: Some(cert.serial.clone()),
+        ..audit.clone()
+    };
+    let audited: Vec<&AuditEntry> = decision.iter().chain([&outcome]).collect();
     change.append_audit_records(&audited)?;
     change.push_event(event)?;
     change.put_request(&request)?;
@@ -1178,31 +1306,20 @@ impl SledStore {
                 .map_err(backend)?;
             db.flush().map_err(backend)?;
         }
-        // The SAN catalog saved at the last close, if the store is as it was then; read
-        // once, so that a crash from here on rebuilds the catalog.
-        let saved = match Self::get::<SavedCatalog>(&t.meta, "meta", META_SAN_CATALOG)? {
-            Some(saved) => {
-                t.meta.remove(META_SAN_CATALOG).map_err(backend)?;
-                db.flush().map_err(backend)?;
-                let head: ChainHead =
-                    Self::get(&t.meta, "meta", META_AUDIT_HEAD)?.unwrap_or_default();
-                (saved.audit_head == head).then_some(saved.label)
-            }
-            None => None,
-        };
+        // The SAN catalog saved at the last close, and the certificates issued since.
         // Reading every certificate's names takes a while at a million certificates: the
         // store opens without waiting, and SAN queries wait for the catalog.
         let san = std::sync::Arc::new(SanIndex::new(path));
         let loader = {
-            let (san, tree, dir) = (san.clone(), t.idx_expiry.clone(), path.to_path_buf());
+            let (san, dir, sources) = (san.clone(), path.to_path_buf(), CatalogSources::of(&t)?);
             std::thread::Builder::new()
                 .name("san-catalog".into())
-                .spawn(move || load_san_catalog(&san, &tree, &dir, saved))
+                .spawn(move || load_san_catalog(&san, &dir, sources))
         };
         let loader = match loader {
             Ok(handle) => Some(handle),
             Err(_) => {
-                load_san_catalog(&san, &t.idx_expiry, path, saved);
+                load_san_catalog(&san, path, CatalogSources::of(&t)?);
                 None
             }
         };
@@ -1918,28 +2035,7 @@ impl Store for SledStore {
     }
 
     fn audit_records(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
-        // Records appended together share the entry keyed by the first one's seq: start at
-        // the entry holding `from`.
-        let start = match self.t.audit.range(..=from.to_be_bytes()).next_back() {
-            Some(item) => item.map_err(backend)?.0,
-            None => sled::IVec::from(&from.to_be_bytes()),
-        };
-        let mut out = Vec::new();
-        for value in self.t.audit.range(start..).values() {
-            let value = value.map_err(backend)?;
-            let records: Vec<AuditRecord> = if value.first() == Some(&b'[') {
-                decode("audit", &value)?
-            } else {
-                vec![decode("audit", &value)?]
-            };
-            for record in records.into_iter().filter(|r| r.seq >= from) {
-                if out.len() == limit {
-                    return Ok(out);
-                }
-                out.push(record);
-            }
-        }
-        Ok(out)
+        read_audit_records(&self.t.audit, from, limit)
     }
 
     fn record_event(&self, audit: Option<&AuditEntry>, event: &NewEvent) -> Result<(), StoreError> {
@@ -2204,63 +2300,76 @@ mod tests {
     }
 
     #[test]
-    fn the_san_catalog_saved_at_close_is_read_back_only_while_it_matches_the_store() {
+    fn the_san_catalog_saved_at_close_is_read_back_and_caught_up_after_a_crash() {
         let dir = tempfile::tempdir().unwrap();
         let now = OffsetDateTime::now_utc();
-        let from_file = |store: &SledStore| store.san.loaded_catalog().read_from_saved_file();
+        let origin = |store: &SledStore| {
+            drop(store.san.loaded_catalog());
+            *store.san.origin.get().unwrap()
+        };
+        let file = dir.path().join("san-catalog");
         let mut all: Vec<CertificateRecord> = {
             let store = SledStore::open(dir.path()).unwrap();
-            assert!(!from_file(&store));
+            assert_eq!(origin(&store), CatalogOrigin::Rebuilt);
             (0..150).map(|i| issue(&store, i, now)).collect()
         };
+        // Read back; the file and its record as this close left them, for the crash below.
+        let (saved_file, saved_record) = {
+            let store = SledStore::open(dir.path()).unwrap();
+            assert_eq!(origin(&store), CatalogOrigin::Saved { caught_up: 0 });
+            check_queries(&store, &all, now);
+            let record = store.t.meta.get(META_SAN_CATALOG).unwrap().unwrap();
+            let saved = (std::fs::read(&file).unwrap(), record);
+            all.extend((150..160).map(|i| issue(&store, i, now)));
+            check_queries(&store, &all, now);
+            saved
+        };
+        // Saved again at close, with the certificates issued since.
         {
             let store = SledStore::open(dir.path()).unwrap();
-            assert!(from_file(&store));
-            // Taken at open: a crash from here on rebuilds the catalog.
-            assert!(store.t.meta.get(META_SAN_CATALOG).unwrap().is_none());
-            check_queries(&store, &all, now);
-            all.push(issue(&store, 150, now));
+            assert_eq!(origin(&store), CatalogOrigin::Saved { caught_up: 0 });
+            assert_eq!(store.san.loaded_catalog().main_len(), 160);
             check_queries(&store, &all, now);
         }
-        // Saved again, with the certificate issued since.
-        {
-            let store = SledStore::open(dir.path()).unwrap();
-            assert!(from_file(&store));
-            assert_eq!(store.san.loaded_catalog().main_len(), 151);
-            check_queries(&store, &all, now);
-        }
-        // The audit chain moved on without the record changing, as when a rampart that does
-        // not know the record issued certificates: rebuilt.
-        {
+        // As after a crash: the file and record of the earlier close, the ten issuances
+        // since only in the store. They are caught up from the audit chain.
+        let restore = |record: &[u8]| {
+            std::fs::write(&file, &saved_file).unwrap();
             let db = sled::Config::new().path(dir.path()).open().unwrap();
-            let meta = db.open_tree("meta").unwrap();
-            assert!(meta.get(META_SAN_CATALOG).unwrap().is_some());
-            let head = ChainHead {
-                next_seq: 1_000,
-                last_hash: "0".repeat(64),
-            };
-            meta.insert(META_AUDIT_HEAD, encode(&head)).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert(META_SAN_CATALOG, record)
+                .unwrap();
             db.flush().unwrap();
-        }
+        };
+        restore(&saved_record);
         {
             let store = SledStore::open(dir.path()).unwrap();
-            assert!(!from_file(&store));
-            assert_eq!(store.san.loaded_catalog().main_len(), 151);
+            assert_eq!(origin(&store), CatalogOrigin::Saved { caught_up: 10 });
+            assert_eq!(store.san.loaded_catalog().main_len(), 160);
+            check_queries(&store, &all, now);
+        }
+        // A record of another chain (the file copied from another store, say): rebuilt.
+        let mut foreign: SavedCatalog = decode("meta", &saved_record).unwrap();
+        foreign.audit_head.last_hash = "0".repeat(64);
+        restore(&encode(&foreign));
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            assert_eq!(origin(&store), CatalogOrigin::Rebuilt);
             check_queries(&store, &all, now);
         }
         // A damaged file: rebuilt.
-        let file = dir.path().join("san-catalog");
         let mut bytes = std::fs::read(&file).unwrap();
         let last = bytes.len() - 2;
         bytes[last] ^= 1;
         std::fs::write(&file, bytes).unwrap();
         {
             let store = SledStore::open(dir.path()).unwrap();
-            assert!(!from_file(&store));
+            assert_eq!(origin(&store), CatalogOrigin::Rebuilt);
             check_queries(&store, &all, now);
         }
         let store = SledStore::open(dir.path()).unwrap();
-        assert!(from_file(&store));
+        assert_eq!(origin(&store), CatalogOrigin::Saved { caught_up: 0 });
         check_queries(&store, &all, now);
     }
 

@@ -571,12 +571,6 @@ impl SanCatalog {
         !self.unusable
     }
 
-    /// Whether the main segment is the saved file's, unchanged.
-    #[cfg(test)]
-    pub(super) fn read_from_saved_file(&self) -> bool {
-        self.main.saved.is_some() && self.tail.len() == 0
-    }
-
     /// Whether the catalog can search for `needle`: values are separated by line feeds (no
     /// SAN holds one).
     pub(super) fn answers(&self, needle: &str) -> bool {
@@ -666,10 +660,21 @@ impl SanCatalog {
     }
 }
 
+/// Where a store's catalog came from at open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CatalogOrigin {
+    /// The file saved at the last close, with the certificates issued since added.
+    Saved { caught_up: usize },
+    /// Every `idx_expiry` entry.
+    Rebuilt,
+}
+
 /// The SAN catalog of a store, loaded in the background at open.
 #[derive(Debug)]
 pub(super) struct SanIndex {
     pub(super) catalog: RwLock<SanCatalog>,
+    /// Set by the load.
+    pub(super) origin: std::sync::OnceLock<CatalogOrigin>,
     /// Whether loading has finished (the catalog is unusable if it failed).
     loaded: Mutex<bool>,
     loaded_signal: Condvar,
@@ -682,6 +687,7 @@ impl SanIndex {
     pub(super) fn new(dir: &Path) -> Self {
         SanIndex {
             catalog: RwLock::new(SanCatalog::new(dir)),
+            origin: std::sync::OnceLock::new(),
             loaded: Mutex::new(false),
             loaded_signal: Condvar::new(),
             closing: AtomicBool::new(false),
