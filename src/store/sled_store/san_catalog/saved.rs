@@ -154,6 +154,7 @@ pub(super) fn read(dir: &Path, label: &Label) -> std::io::Result<Main> {
         left -= n;
     }
     let text_ends = Offsets(ends.split_off(entries));
+    ends.shrink_to_fit();
     let serial_ends = Offsets(ends);
     for (ends, total) in [(&serial_ends, serial_bytes), (&text_ends, text_bytes)] {
         if !ends.0.windows(2).all(|w| w[0] <= w[1]) || ends.total() as u64 != total {
