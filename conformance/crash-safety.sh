@@ -239,6 +239,8 @@ grep -q '^compacted' "$WORK/compact.out" || fail "rampart compact said: $(cat "$
 start_rampart "$WORK/crash.toml"
 list_inventory "$WORK/inventory-compacted"
 cmp -s "$WORK/inventory" "$WORK/inventory-compacted" || fail "the inventory changed in compaction"
+grep -q "SAN catalog read back from its file" "$WORK/rampart.err" ||
+    fail "the saved SAN catalog did not come along in compaction: $(grep 'SAN catalog' "$WORK/rampart.err")"
 "$RAMPART" audit verify >/dev/null || fail "rampart audit verify after compaction"
-pass "rampart compact: refused while running; then $(wc -l <"$WORK/inventory") certificates and the audit chain intact ($(tail -1 "$WORK/compact.out"))"
+pass "rampart compact: refused while running; then $(wc -l <"$WORK/inventory") certificates, the audit chain intact and the saved SAN catalog kept ($(tail -1 "$WORK/compact.out"))"
 stop_rampart

@@ -1146,6 +1146,13 @@ pub mod compaction {
         }
         drop((old, new));
         drop(open_db(&fresh)?);
+        // The saved SAN catalog describes the same entries (its record in `meta` was
+        // copied): it comes along, so that the next open does not rebuild it.
+        let catalog = super::san_catalog::saved_path(path);
+        if catalog.exists() {
+            let copy = super::san_catalog::saved_path(&fresh);
+            std::fs::copy(&catalog, &copy).map_err(io(&catalog))?;
+        }
         std::fs::rename(path, retired(path)).map_err(io(path))?;
         finish_swap(path, &fresh)?;
         Ok(Compaction {
@@ -2816,9 +2823,17 @@ mod tests {
             store
                 .protocol_put("acme", "account/1", b"{}", true)
                 .unwrap();
+            // Loaded, so that the close saves it (a close during the load stops the load).
+            drop(store.san.loaded_catalog());
         }
         let check = |path: &Path| {
             let store = SledStore::open(path).unwrap();
+            // The saved SAN catalog came along.
+            drop(store.san.loaded_catalog());
+            assert_eq!(
+                store.san.origin.get(),
+                Some(&CatalogOrigin::Saved { caught_up: 0 })
+            );
             for serial in serials {
                 assert!(store.certificate(serial).unwrap().is_some(), "{serial}");
             }

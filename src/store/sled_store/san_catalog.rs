@@ -28,7 +28,7 @@ use std::sync::{Condvar, Mutex, RwLock, RwLockReadGuard};
 
 use super::{backend, split_expiry_value, StoreError};
 
-pub(super) use saved::Label;
+pub(super) use saved::{path as saved_path, Label};
 
 mod saved;
 

@@ -31,6 +31,11 @@ const HEADER: usize = 20 + 4 + 16 + 8 + 8 + 8 + 4;
 /// Bytes copied or checked at a time.
 const CHUNK: usize = 1 << 20;
 
+/// Where the catalog of the store in `dir` is saved.
+pub(in crate::store::sled_store) fn path(dir: &Path) -> std::path::PathBuf {
+    dir.join(FILE_NAME)
+}
+
 /// A fresh random label.
 pub(super) fn new_label() -> Label {
     uuid::Uuid::new_v4().into_bytes()
@@ -72,7 +77,7 @@ pub(super) fn write(main: &Main, dir: &Path, label: &Label) -> std::io::Result<(
     header.extend_from_slice(&crc.to_le_bytes());
     file.write_all_at(&header, 0)?;
     file.sync_all()?;
-    std::fs::rename(&partial, dir.join(FILE_NAME))?;
+    std::fs::rename(&partial, path(dir))?;
     File::open(dir)?.sync_all()
 }
 
@@ -110,7 +115,7 @@ pub(super) fn read(dir: &Path, label: &Label) -> std::io::Result<Main> {
             format!("{FILE_NAME}: {what}"),
         )
     };
-    let file = File::open(dir.join(FILE_NAME))?;
+    let file = File::open(path(dir))?;
     let mut header = [0; HEADER];
     file.read_exact_at(&mut header, 0)
         .map_err(|_| invalid("shorter than its header"))?;
