@@ -155,6 +155,28 @@ async fn prune_once_delivered(webhooks: &Webhooks) -> usize {
     0
 }
 
+/// Replay endpoint `hook`'s dead letters through the API: `queued` of them, after which the
+/// receiver has `received` events in all.
+async fn replay_dead_letters(
+    d: &common::TestDaemon,
+    receiver: &Receiver,
+    queued: usize,
+    received: usize,
+) {
+    let (status, answer) = d
+        .post(
+            "/api/v1/webhooks/hook/replay",
+            json!({"dead_letters": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["queued"], queued);
+    wait_for("the replayed events", || {
+        receiver.received.lock().unwrap().len() == received
+    })
+    .await;
+}
+
 fn of_type(receiver: &Receiver, kind: &str) -> Vec<Received> {
     receiver
         .received
@@ -252,18 +274,7 @@ async fn dead_letters_are_kept_and_replayed() {
 
     // The receiver recovers; the operator replays the dead letters.
     *receiver.failures.lock().unwrap() = 0;
-    let (status, answer) = d
-        .post(
-            "/api/v1/webhooks/hook/replay",
-            json!({"dead_letters": true}),
-        )
-        .await;
-    assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["queued"], dead.len());
-    wait_for("replayed events", || {
-        receiver.received.lock().unwrap().len() == dead.len()
-    })
-    .await;
+    replay_dead_letters(&d, &receiver, dead.len(), dead.len()).await;
     let (_, list) = d.get("/api/v1/webhooks").await;
     assert_eq!(list[0]["dead_letters"], json!([]));
 
@@ -471,18 +482,7 @@ async fn a_dead_lettered_event_outlives_its_retention_until_it_is_replayed() {
     assert_eq!(webhooks.prune_outbox().unwrap(), 0);
 
     // Replayed and delivered, they go too.
-    let (status, answer) = d
-        .post(
-            "/api/v1/webhooks/hook/replay",
-            json!({"dead_letters": true}),
-        )
-        .await;
-    assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["queued"], dead.len());
-    wait_for("the replayed events", || {
-        receiver.received.lock().unwrap().len() == dead.len() + 1
-    })
-    .await;
+    replay_dead_letters(&d, &receiver, dead.len(), dead.len() + 1).await;
     // Each replay leaves its queue just after its 2xx.
     for _ in 0..100 {
         if in_outbox().is_empty() {

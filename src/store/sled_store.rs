@@ -109,7 +109,7 @@ const META_SAN_CATALOG: &[u8] = b"san_catalog";
 /// issuance appends to the audit chain, so an open catches up from the records after it —
 /// after a crash, or a run of a rampart that does not know this record — rather than
 /// rebuilding the catalog from `idx_expiry`.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 struct SavedCatalog {
     label: san_catalog::Label,
     audit_head: ChainHead,
@@ -1369,11 +1369,17 @@ impl SledStore {
                 .map_err(|e| StoreError::Backend(format!("SAN catalog: {e}")))?;
             let audit_head = Self::get(&self.t.meta, "meta", META_AUDIT_HEAD)?.unwrap_or_default();
             let record = SavedCatalog { label, audit_head };
+            // Nothing changed since the open read it: no write, no flush.
+            if Self::get::<SavedCatalog>(&self.t.meta, "meta", META_SAN_CATALOG)?.as_ref()
+                == Some(&record)
+            {
+                return Ok(());
+            }
             self.t
                 .meta
                 .insert(META_SAN_CATALOG, encode(&record))
                 .map_err(backend)?;
-            self.db.flush().map_err(backend)
+            self.db.flush().map(|_| ()).map_err(backend)
         })();
         if let Err(error) = saved {
             tracing::warn!(%error, "SAN catalog not saved: the next start rebuilds it from the store");

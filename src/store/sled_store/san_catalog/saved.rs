@@ -95,16 +95,32 @@ impl Body<'_> {
 
     /// The first `len` bytes of `region`.
     fn copy(&mut self, region: &Region, len: usize) -> std::io::Result<()> {
-        let mut buffer = vec![0; CHUNK.min(len)];
-        let mut done = 0;
-        while done < len {
-            let n = CHUNK.min(len - done);
-            region.read_exact_at(&mut buffer[..n], done as u64)?;
-            self.put(&buffer[..n])?;
-            done += n;
-        }
-        Ok(())
+        read_chunks(
+            |buffer, at| region.read_exact_at(buffer, at),
+            0,
+            len as u64,
+            |bytes| self.put(bytes),
+        )
     }
+}
+
+/// `len` bytes from `offset` on through `read_at`, to `visit` a chunk at a time (every
+/// chunk but the last [`CHUNK`] bytes).
+fn read_chunks(
+    read_at: impl Fn(&mut [u8], u64) -> std::io::Result<()>,
+    offset: u64,
+    len: u64,
+    mut visit: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut buffer = vec![0; (CHUNK as u64).min(len) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (CHUNK as u64).min(len - done) as usize;
+        read_at(&mut buffer[..n], offset + done)?;
+        visit(&buffer[..n])?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 /// The main segment saved in `dir` under `label`, its serials and text left in the file.
@@ -141,23 +157,20 @@ pub(super) fn read(dir: &Path, label: &Label) -> std::io::Result<Main> {
         return Err(invalid("its length does not match its header"));
     }
     let entries = usize::try_from(entries).map_err(|_| invalid("too many entries"))?;
+    let read_at = |buffer: &mut [u8], at: u64| file.read_exact_at(buffer, at);
     let mut computed = crc32fast::Hasher::new();
     let mut ends = Vec::with_capacity(2 * entries);
-    let mut buffer = vec![0; CHUNK];
-    let mut offset = HEADER as u64;
-    let mut left = 4 * 2 * entries;
-    while left > 0 {
-        let n = CHUNK.min(left);
-        file.read_exact_at(&mut buffer[..n], offset)?;
-        computed.update(&buffer[..n]);
+    let ends_bytes = 4 * 2 * entries as u64;
+    // Chunks of CHUNK bytes split no offset.
+    read_chunks(read_at, HEADER as u64, ends_bytes, |bytes| {
+        computed.update(bytes);
         ends.extend(
-            buffer[..n]
+            bytes
                 .chunks_exact(4)
                 .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
         );
-        offset += n as u64;
-        left -= n;
-    }
+        Ok(())
+    })?;
     let text_ends = Offsets(ends.split_off(entries));
     ends.shrink_to_fit();
     let serial_ends = Offsets(ends);
@@ -166,15 +179,11 @@ pub(super) fn read(dir: &Path, label: &Label) -> std::io::Result<Main> {
             return Err(invalid("its offsets are not in order"));
         }
     }
-    let serials_at = offset;
-    let mut left = serial_bytes + text_bytes;
-    while left > 0 {
-        let n = (CHUNK as u64).min(left) as usize;
-        file.read_exact_at(&mut buffer[..n], offset)?;
-        computed.update(&buffer[..n]);
-        offset += n as u64;
-        left -= n as u64;
-    }
+    let serials_at = HEADER as u64 + ends_bytes;
+    read_chunks(read_at, serials_at, serial_bytes + text_bytes, |bytes| {
+        computed.update(bytes);
+        Ok(())
+    })?;
     if computed.finalize() != crc {
         return Err(invalid("its checksum does not match"));
     }
