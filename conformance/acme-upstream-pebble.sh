@@ -75,7 +75,10 @@ tsig_key_name = "$TSIG_NAME"
 tsig_secret_file = "$WORK/tsig.secret"
 TOML
 grep -qF "$TSIG_SECRET" "$DIR/rampart.toml" && fail "the TSIG secret itself ended up in the config"
-RUST_LOG="info,rampart::ca=debug" start_rampart "$DIR/rampart.toml"
+# finalize_wait_ms = 0: every finalize is answered "processing" at once while the upstream
+# order runs, and certbot polls the order (RFC 8555 §7.4), as it must when an upstream CA
+# takes longer than the default wait.
+RAMPART__ACME__FINALIZE_WAIT_MS=0 RUST_LOG="info,rampart::ca=debug" start_rampart "$DIR/rampart.toml"
 KEY="$(grep -o 'rpk_[A-Za-z0-9_-]*' "$WORK/rampart.out")"
 export REQUESTS_CA_BUNDLE="$DIR/ca-bundle.pem"
 CB=(--server "$DIRECTORY" --config-dir "$WORK/certbot/config" --work-dir "$WORK/certbot/work"
@@ -96,7 +99,9 @@ RECORD="$(curl -sf -H "Authorization: Bearer $KEY" "$API/api/v1/certificates/$SE
     || fail "the inventory has no certificate $SERIAL"
 [[ "$(jq -r '.issuer + " " + .status + " " + .template' <<<"$RECORD")" == "pebble valid server" ]] \
     || fail "inventory record: $(jq -c '{issuer, status, template}' <<<"$RECORD")"
-pass "certbot got a certificate for $ZONE that pebble signed (verifies against pebble's root); the inventory records issuer pebble"
+grep -qE '"status": ?"processing"' "$WORK/certbot/logs/letsencrypt.log" \
+    || fail "certbot's finalize was not answered \"processing\" (finalize_wait_ms = 0)"
+pass "certbot got a certificate for $ZONE that pebble signed (verifies against pebble's root), polling the order answered \"processing\"; the inventory records issuer pebble"
 
 UPDATES="$(grep -c "\[$ZONE.\] DDNS, finished" "$KNOT/knot.log" || true)"
 ((UPDATES >= 2)) || fail "knotd applied $UPDATES dynamic updates, not an add and a delete: $(tail -20 "$KNOT/knot.log")"

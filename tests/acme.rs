@@ -17,6 +17,7 @@ use rampart::model::{Protocol, StoredStatus};
 use rampart_acme::validation::test_support::{
     a_record, caa_record, txt_record, DnsResponder, HttpReply, HttpResponder,
 };
+use rcgen::PublicKeyData;
 use rustls::pki_types::CertificateDer;
 
 /// The daemon with ACME on, a DNS server resolving every test name to 127.0.0.1 and an
@@ -89,6 +90,17 @@ async fn lab_with(adjust: impl FnOnce(&mut rampart::config::Config)) -> (Lab, te
 }
 
 impl Lab {
+    /// The inventory's record of the leaf of `pem_chain`.
+    fn recorded(&self, pem_chain: &str) -> rampart::model::CertificateRecord {
+        self.d
+            .daemon
+            .pipeline
+            .store()
+            .certificate(&serial_of(pem_chain))
+            .unwrap()
+            .expect("the certificate is recorded")
+    }
+
     async fn account(&self) -> (Account, AccountCredentials) {
         Account::builder_with_root(&self.d.daemon.ca_bundle)
             .unwrap()
@@ -189,7 +201,13 @@ async fn tls_alpn_responder(port: u16, name: String, digest: Vec<u8>) {
     }
 }
 
-async fn issue(lab: &Lab, account: &Account, names: &[&str], kind: ChallengeType) -> String {
+/// A new order for `names`, authorized with `kind` and ready to finalize.
+async fn ready_order(
+    lab: &Lab,
+    account: &Account,
+    names: &[&str],
+    kind: ChallengeType,
+) -> instant_acme::Order {
     let identifiers: Vec<Identifier> = names
         .iter()
         .map(|n| Identifier::Dns(n.to_string()))
@@ -204,7 +222,15 @@ async fn issue(lab: &Lab, account: &Account, names: &[&str], kind: ChallengeType
         order.poll_ready(&retries()).await.unwrap(),
         OrderStatus::Ready
     );
+    order
+}
+
+async fn issue(lab: &Lab, account: &Account, names: &[&str], kind: ChallengeType) -> String {
+    let mut order = ready_order(lab, account, names, kind).await;
     order.finalize().await.unwrap();
+    // The built-in CA signs well within `acme.finalize_wait_ms`: the finalize answers with
+    // the certificate ready.
+    assert_eq!(order.state().status, OrderStatus::Valid);
     order.poll_certificate(&retries()).await.unwrap()
 }
 
@@ -234,14 +260,7 @@ async fn http01_dns01_and_tlsalpn01_orders_are_issued_through_the_pipeline() {
         let chain = issue(&lab, &account, &names, kind.clone()).await;
         let certs = rampart::pkix::pem::decode_certificates(&chain).unwrap();
         assert_eq!(certs.len(), 2, "leaf and issuing CA");
-        let record = lab
-            .d
-            .daemon
-            .pipeline
-            .store()
-            .certificate(&serial_of(&chain))
-            .unwrap()
-            .unwrap();
+        let record = lab.recorded(&chain);
         assert_eq!(record.protocol, Protocol::Acme);
         assert!(record.owner.starts_with("acme:"), "{}", record.owner);
         let sans: Vec<String> = record.sans.iter().map(|s| s.value()).collect();
@@ -342,14 +361,7 @@ async fn revocation_key_rollover_and_deactivation() {
         })
         .await
         .unwrap();
-    let record = lab
-        .d
-        .daemon
-        .pipeline
-        .store()
-        .certificate(&serial_of(&chain))
-        .unwrap()
-        .unwrap();
+    let record = lab.recorded(&chain);
     assert_eq!(record.status, StoredStatus::Revoked);
     let again = account
         .revoke(&RevocationRequest {
@@ -430,14 +442,7 @@ async fn renewal_info_replaces_and_certificate_profiles() {
         instant_acme::CertificateIdentifier::new(aki.as_slice().into(), serial.as_slice().into());
     let (info, retry) = account.renewal_info(&id).await.unwrap();
     assert!(retry > Duration::from_secs(3600), "{retry:?}");
-    let record = lab
-        .d
-        .daemon
-        .pipeline
-        .store()
-        .certificate(&serial_of(&chain))
-        .unwrap()
-        .unwrap();
+    let record = lab.recorded(&chain);
     let (start, end) = (info.suggested_window.start, info.suggested_window.end);
     assert!(
         record.not_before < start && start < end && end < record.not_after,
@@ -470,14 +475,7 @@ async fn renewal_info_replaces_and_certificate_profiles() {
     // Finalized, the replacement is recorded as the old certificate's renewal.
     renewal.finalize().await.unwrap();
     let renewed_chain = renewal.poll_certificate(&retries()).await.unwrap();
-    let renewed = lab
-        .d
-        .daemon
-        .pipeline
-        .store()
-        .certificate(&serial_of(&renewed_chain))
-        .unwrap()
-        .unwrap();
+    let renewed = lab.recorded(&renewed_chain);
     assert_eq!(renewed.metadata["renews"], serial_of(&chain));
 
     // Certificate profiles: `client` is offered and issues a clientAuth certificate.
@@ -492,14 +490,7 @@ async fn renewal_info_replaces_and_certificate_profiles() {
     );
     order.finalize().await.unwrap();
     let client_chain = order.poll_certificate(&retries()).await.unwrap();
-    let record = lab
-        .d
-        .daemon
-        .pipeline
-        .store()
-        .certificate(&serial_of(&client_chain))
-        .unwrap()
-        .unwrap();
+    let record = lab.recorded(&client_chain);
     assert_eq!(record.template, "client");
     let Err(error) = account
         .new_order(&NewOrder::new(&identifiers).profile("gold"))
@@ -561,14 +552,7 @@ async fn external_account_binding_maps_an_account_to_an_identity() {
         .await
         .unwrap();
     let chain = issue(&lab, &account, &["www.example"], ChallengeType::Http01).await;
-    let record = lab
-        .d
-        .daemon
-        .pipeline
-        .store()
-        .certificate(&serial_of(&chain))
-        .unwrap()
-        .unwrap();
+    let record = lab.recorded(&chain);
     assert_eq!(record.owner, "team-web");
 
     // A key binds one account; a wrong MAC key is refused.
@@ -670,5 +654,49 @@ async fn caa_records_allow_or_forbid_issuance() {
         format!("{error:?}").contains("urn:ietf:params:acme:error:caa"),
         "{error:?}"
     );
+    lab.d.daemon.shutdown().await;
+}
+
+/// An issuance that outlasts `acme.finalize_wait_ms` (0 here: every one does) is answered
+/// `processing` with Retry-After and goes on; polling the order brings its certificate,
+/// or the refusal the pipeline came to meanwhile.
+#[tokio::test]
+async fn a_finalize_outlasting_the_wait_answers_processing_and_the_order_is_polled() {
+    let blocked = common::p256();
+    let fingerprint = rampart::pkix::sha256_hex(&blocked.subject_public_key_info());
+    let (lab, _dir) = lab_with(|config| {
+        config.acme.finalize_wait_ms = 0;
+        config.policy.blocked_spki_sha256 = vec![fingerprint.clone()];
+    })
+    .await;
+    let (account, _) = lab.account().await;
+    // An order for `name` finalized with a CSR for `key`: answered `processing`.
+    let finalized = |key: rcgen::KeyPair, name: &'static str| {
+        let (lab, account) = (&lab, &account);
+        async move {
+            let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            let csr_der = params.serialize_request(&key).unwrap().der().to_vec();
+            let mut order = ready_order(lab, account, &[name], ChallengeType::Http01).await;
+            order.finalize_csr(&csr_der).await.unwrap();
+            assert_eq!(order.state().status, OrderStatus::Processing);
+            order
+        }
+    };
+
+    let mut order = finalized(common::p256(), "www.example").await;
+    let chain = order.poll_certificate(&retries()).await.unwrap();
+    let record = lab.recorded(&chain);
+    assert_eq!(record.protocol, Protocol::Acme);
+    assert_eq!(order.refresh().await.unwrap().status, OrderStatus::Valid);
+
+    let mut order = finalized(blocked, "api.example").await;
+    let error = order.poll_certificate(&retries()).await.unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains("badCSR") && text.contains(&fingerprint),
+        "{text}"
+    );
+    assert_eq!(order.refresh().await.unwrap().status, OrderStatus::Invalid);
     lab.d.daemon.shutdown().await;
 }

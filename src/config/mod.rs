@@ -911,6 +911,9 @@ pub struct AcmeConfig {
     pub dns_resolver: String,
     /// Validate against private, loopback and link-local addresses.
     pub allow_private_targets: bool,
+    /// How long a finalize waits for its certificate before answering the order
+    /// `processing` (the issuance goes on; the client polls). 0 = always answer at once.
+    pub finalize_wait_ms: u64,
     /// `[acme.profiles.<name>]`, served at `/acme/<name>/directory`.
     pub profiles: BTreeMap<String, AcmeProfileConfig>,
 }

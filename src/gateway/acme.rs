@@ -1,7 +1,8 @@
 //! [`rampart_acme::AcmeBackend`] and [`rampart_acme::KeyValue`] for the daemon.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use der::{Decode, Encode};
 use rampart_acme::{
@@ -27,7 +28,23 @@ pub struct Backend {
     /// The ACME view of `[acme.profiles]`, built once (the configuration does not change
     /// while the daemon runs).
     profiles: BTreeMap<String, Profile>,
+    /// Finalizes answered `processing` while their issuance goes on (see
+    /// [`Backend::issue`]).
+    background: Arc<Mutex<HashMap<Uuid, Background>>>,
 }
+
+/// An issuance that outlasted `acme.finalize_wait_ms`, by request id.
+#[derive(Debug)]
+enum Background {
+    /// Still under way.
+    Running,
+    /// Ended at that moment; taken by the next poll of its order.
+    Ended(Instant, Result<Issuance, Problem>),
+}
+
+/// How long an ended background issuance waits for its order to be polled before it is
+/// forgotten (the store still answers for every request it recorded).
+const BACKGROUND_KEPT: Duration = Duration::from_secs(3600);
 
 impl Backend {
     /// Over `pipeline`.
@@ -39,7 +56,26 @@ impl Backend {
             .iter()
             .map(|(name, p)| (name.clone(), acme_profile(&config, p)))
             .collect();
-        Backend { pipeline, profiles }
+        Backend {
+            pipeline,
+            profiles,
+            background: Arc::default(),
+        }
+    }
+}
+
+/// The ACME view of what the pipeline made of a finalize.
+fn issuance_of(outcome: Result<Outcome, PipelineError>) -> Result<Issuance, Problem> {
+    match outcome {
+        Ok(Outcome::Issued(record)) => Ok(Issuance::Issued {
+            serial: record.serial,
+        }),
+        Ok(Outcome::Pending { request_id, .. }) => Ok(Issuance::Pending {
+            request_id: request_id.to_string(),
+        }),
+        Ok(Outcome::Denied { request_id, denial }) => Err(denial_problem(request_id, &denial)),
+        Err(PipelineError::Ca(error)) => Err(Problem::internal(format!("CA: {error}"))),
+        Err(PipelineError::Store(error)) => Err(store_problem(error)),
     }
 }
 
@@ -196,16 +232,45 @@ impl AcmeBackend for Backend {
                 .and_then(|id| rampart_acme::ari::CertId::parse(id).ok())
                 .map(|id| id.serial),
         };
-        match self.pipeline.submit(request).await {
-            Ok(Outcome::Issued(record)) => Ok(Issuance::Issued {
-                serial: record.serial,
-            }),
-            Ok(Outcome::Pending { request_id, .. }) => Ok(Issuance::Pending {
-                request_id: request_id.to_string(),
-            }),
-            Ok(Outcome::Denied { request_id, denial }) => Err(denial_problem(request_id, &denial)),
-            Err(PipelineError::Ca(error)) => Err(Problem::internal(format!("CA: {error}"))),
-            Err(PipelineError::Store(error)) => Err(store_problem(error)),
+        // The issuance runs as a task of its own: a CA that takes longer than
+        // `finalize_wait_ms` (an upstream CA validating its own order) gets the order
+        // answered `processing` (RFC 8555 §7.4: the client polls it with Retry-After)
+        // instead of holding the client's finalize request past its timeout. The task goes
+        // on; its end is kept for the order's next poll.
+        let request_id = request.request_id;
+        let wait = Duration::from_millis(config.acme.finalize_wait_ms);
+        let pipeline = self.pipeline.clone();
+        let mut task = tokio::spawn(async move { issuance_of(pipeline.submit(request).await) });
+        // 0: answer at once, without polling the task (a timer of 0 still waits a tick).
+        let ended = if wait.is_zero() {
+            None
+        } else {
+            tokio::time::timeout(wait, &mut task).await.ok()
+        };
+        match ended {
+            Some(joined) => joined.unwrap_or_else(|e| Err(Problem::internal(e.to_string()))),
+            None => {
+                self.background
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(request_id, Background::Running);
+                let background = self.background.clone();
+                tokio::spawn(async move {
+                    let ended = task
+                        .await
+                        .unwrap_or_else(|e| Err(Problem::internal(e.to_string())));
+                    let now = Instant::now();
+                    let mut background = background.lock().unwrap_or_else(|e| e.into_inner());
+                    background.retain(|_, b| match b {
+                        Background::Running => true,
+                        Background::Ended(at, _) => now.duration_since(*at) < BACKGROUND_KEPT,
+                    });
+                    background.insert(request_id, Background::Ended(now, ended));
+                });
+                Ok(Issuance::Pending {
+                    request_id: request_id.to_string(),
+                })
+            }
         }
     }
 
@@ -213,6 +278,23 @@ impl AcmeBackend for Backend {
         let id: Uuid = request_id
             .parse()
             .map_err(|_| Problem::internal("malformed pending request id"))?;
+        {
+            let mut background = self.background.lock().unwrap_or_else(|e| e.into_inner());
+            match background.remove(&id) {
+                Some(Background::Running) => {
+                    background.insert(id, Background::Running);
+                    return Ok(PendingStatus::Waiting);
+                }
+                Some(Background::Ended(_, Ok(Issuance::Issued { serial }))) => {
+                    return Ok(PendingStatus::Issued { serial });
+                }
+                Some(Background::Ended(_, Err(problem))) => {
+                    return Ok(PendingStatus::Refused(problem));
+                }
+                // Held for approval now, or never run here: the store knows.
+                Some(Background::Ended(_, Ok(Issuance::Pending { .. }))) | None => {}
+            }
+        }
         let state = self
             .pipeline
             .request_state(id)

@@ -72,7 +72,8 @@ pub enum Issuance {
         /// Serial, hex.
         serial: String,
     },
-    /// Waiting for a person's approval; poll with [`AcmeBackend::pending_status`].
+    /// Not signed yet: waiting for a person's approval, or for a CA slower than the
+    /// embedder waits in a finalize; poll with [`AcmeBackend::pending_status`].
     Pending {
         /// The embedder's request id.
         request_id: String,
