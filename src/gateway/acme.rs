@@ -64,6 +64,13 @@ impl Backend {
     }
 }
 
+/// What a finalize's issuance task ended with (a task that panicked is a server error).
+fn task_end(
+    joined: Result<Result<Issuance, Problem>, tokio::task::JoinError>,
+) -> Result<Issuance, Problem> {
+    joined.unwrap_or_else(|e| Err(Problem::internal(e.to_string())))
+}
+
 /// The ACME view of what the pipeline made of a finalize.
 fn issuance_of(outcome: Result<Outcome, PipelineError>) -> Result<Issuance, Problem> {
     match outcome {
@@ -248,7 +255,7 @@ impl AcmeBackend for Backend {
             tokio::time::timeout(wait, &mut task).await.ok()
         };
         match ended {
-            Some(joined) => joined.unwrap_or_else(|e| Err(Problem::internal(e.to_string()))),
+            Some(joined) => task_end(joined),
             None => {
                 self.background
                     .lock()
@@ -256,9 +263,7 @@ impl AcmeBackend for Backend {
                     .insert(request_id, Background::Running);
                 let background = self.background.clone();
                 tokio::spawn(async move {
-                    let ended = task
-                        .await
-                        .unwrap_or_else(|e| Err(Problem::internal(e.to_string())));
+                    let ended = task_end(task.await);
                     let now = Instant::now();
                     let mut background = background.lock().unwrap_or_else(|e| e.into_inner());
                     background.retain(|_, b| match b {
@@ -280,11 +285,10 @@ impl AcmeBackend for Backend {
             .map_err(|_| Problem::internal("malformed pending request id"))?;
         {
             let mut background = self.background.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(Background::Running) = background.get(&id) {
+                return Ok(PendingStatus::Waiting);
+            }
             match background.remove(&id) {
-                Some(Background::Running) => {
-                    background.insert(id, Background::Running);
-                    return Ok(PendingStatus::Waiting);
-                }
                 Some(Background::Ended(_, Ok(Issuance::Issued { serial }))) => {
                     return Ok(PendingStatus::Issued { serial });
                 }
@@ -292,7 +296,7 @@ impl AcmeBackend for Backend {
                     return Ok(PendingStatus::Refused(problem));
                 }
                 // Held for approval now, or never run here: the store knows.
-                Some(Background::Ended(_, Ok(Issuance::Pending { .. }))) | None => {}
+                _ => {}
             }
         }
         let state = self

@@ -823,13 +823,20 @@ fn record_issuance<C: Change>(
     request.updated_at = audit.time;
     change.put_certificate(cert, true)?;
     // The outcome's record names the certificate whatever the caller filled in: an open
-    // finds the certificates issued after a saved SAN catalog by it.
-    let outcome = AuditEntry {
-        action: AuditAction::Issued,
-        subject: Some(cert.serial.clone()),
-        ..audit.clone()
+    // finds the certificates issued after a saved SAN catalog by it. (The pipeline's entry
+    // already does: no copy then.)
+    let outcome = if audit.action == AuditAction::Issued
+        && audit.subject.as_deref() == Some(cert.serial.as_str())
+    {
+        std::borrow::Cow::Borrowed(audit)
+    } else {
+        std::borrow::Cow::Owned(AuditEntry {
+            action: AuditAction::Issued,
+            subject: Some(cert.serial.clone()),
+            ..audit.clone()
+        })
     };
-    let audited: Vec<&AuditEntry> = decision.iter().chain([&outcome]).collect();
+    let audited: Vec<&AuditEntry> = decision.iter().chain([outcome.as_ref()]).collect();
     change.append_audit_records(&audited)?;
     change.push_event(event)?;
     change.put_request(&request)?;
