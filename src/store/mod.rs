@@ -19,8 +19,11 @@ use crate::model::{CertificateRecord, CertificateStatus, Identifier, Protocol, R
 pub use audit::{AuditAction, AuditEntry, AuditQuery, AuditRecord, AuditVerification};
 
 /// Schema version this build reads and writes. 2: the SAN text moved into `idx_expiry`
-/// (sled backend); a store of version 1 is upgraded at its first open.
-pub const SCHEMA_VERSION: u32 = 2;
+/// (sled backend); a store of version 1 is upgraded at its first open. 3: certificate
+/// records keep their DER as bytes and refer to their issuer chain, stored once (sled
+/// backend); records of before are read as they are, and the version is raised at the
+/// first open so that an older rampart refuses the store rather than misread it.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,7 @@
 //!
 //! | tree            | key                               | value               |
 //! |-----------------|-----------------------------------|---------------------|
-//! | `certificates`  | serial                            | CertificateRecord   |
+//! | `certificates`  | serial                            | CertificateRecord: JSON, then the DER (module `certificate_value`) |
 //! | `requests`      | request id (16 bytes)             | RequestRecord       |
 //! | `serials`       | serial reserved by an issuance that failed, or replaced by an upstream CA's | request id |
 //! | `idx_expiry`    | not-after day (u32 BE) serial     | not-after (sortable u64 BE), then the SAN values, `\n`-joined |
@@ -13,11 +13,11 @@
 //! | `audit`         | seq (u64 BE) of its first record  | AuditRecord, or an array of those appended together (an issuance's decision and outcome) |
 //! | `outbox`        | seq (u64 BE)                      | Event               |
 //! | `api_keys`      | key id                            | ApiKeyRecord        |
-//! | `meta`          | `schema_version`, `audit_head`, `outbox_next` | JSON    |
+//! | `meta`          | `schema_version`, `audit_head`, `outbox_next` (JSON); `chain/<id>`: an issuer chain certificate records refer to | |
 //! | `protocol_state`| namespace `\0` key (ACME records…) | opaque (JSON)     |
 //!
-//! Values are JSON. Every change is atomic; issuance and revocation flush to disk before
-//! returning. Most changes are one multi-tree transaction, but an issuance — the hot path —
+//! Values are JSON but for the binary ones named above. Every change is atomic; issuance
+//! and revocation flush to disk before returning. Most changes are one multi-tree transaction, but an issuance — the hot path —
 //! uses none: a sled transaction costs far more than its writes (it takes sled's global
 //! write lock, which waits for every flush in progress and stops every other read and write
 //! meanwhile, and it seals and writes the log buffer twice). [`Store::begin_issuance`]
@@ -78,8 +78,10 @@ use super::{
     RevokeOutcome, Store, StoreError, SCHEMA_VERSION,
 };
 use crate::model::{CertificateRecord, Revocation, StoredStatus};
+use certificate_value::Chains;
 use san_catalog::{CatalogOrigin, SanCandidates, SanCatalog, SanIndex};
 
+mod certificate_value;
 mod san_catalog;
 
 const META_SCHEMA: &[u8] = b"schema_version";
@@ -280,6 +282,8 @@ pub struct SledStore {
     path: PathBuf,
     commits: GroupCommit,
     t: Trees,
+    /// The issuer chains certificate records refer to.
+    chains: Chains,
     /// Serials of the issuances under way (in `issuing`): no second one may take them.
     in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Store changes made as [`Journal`] entries, while they are applied.
@@ -413,9 +417,12 @@ fn catch_up_san_catalog(
             let Some(serial) = record.entry.subject.as_deref().filter(|_| issued) else {
                 continue;
             };
-            let cert: Option<CertificateRecord> =
-                SledStore::get(&sources.certificates, "certificates", serial.as_bytes())?;
-            if let Some(cert) = cert {
+            let stored = sources
+                .certificates
+                .get(serial.as_bytes())
+                .map_err(backend)?;
+            if let Some(bytes) = stored {
+                let (cert, _) = certificate_value::decode_record(&bytes)?;
                 catalog.insert(&cert.serial, &san_text(&cert));
                 caught_up += 1;
             }
@@ -444,6 +451,7 @@ struct Trees {
 
 /// The transactional view of every tree.
 struct Tx<'a> {
+    chains: &'a Chains,
     certificates: &'a TransactionalTree,
     requests: &'a TransactionalTree,
     serials: &'a TransactionalTree,
@@ -633,6 +641,8 @@ trait Change {
     fn insert(&self, tree: TreeId, key: &[u8], value: &[u8]) -> Result<(), Self::Error>;
     /// Remove `key`, returning its value.
     fn remove(&self, tree: TreeId, key: &[u8]) -> Result<Option<sled::IVec>, Self::Error>;
+    /// The chains certificate records refer to.
+    fn chains(&self) -> &Chains;
 
     fn append_audit(&self, entry: &AuditEntry) -> Result<(), Self::Error> {
         self.append_audit_records(&[entry])
@@ -731,7 +741,19 @@ trait Change {
 
     fn put_certificate(&self, cert: &CertificateRecord, new: bool) -> Result<(), Self::Error> {
         let serial = cert.serial.as_bytes();
-        self.insert(TreeId::Certificates, serial, &encode(cert))?;
+        let chain = certificate_value::chain_id(&cert.chain);
+        if let Some(id) = &chain {
+            // The first certificate of a chain brings it along.
+            if !self.chains().is_stored(id)? {
+                self.insert(
+                    TreeId::Meta,
+                    &certificate_value::chain_key(id),
+                    &certificate_value::encode_chain(&cert.chain),
+                )?;
+            }
+        }
+        let value = certificate_value::encode(cert, chain.as_ref());
+        self.insert(TreeId::Certificates, serial, &value)?;
         if new {
             self.insert(
                 TreeId::IdxExpiry,
@@ -776,6 +798,10 @@ impl Change for Tx<'_> {
 
     fn remove(&self, tree: TreeId, key: &[u8]) -> TxResult<Option<sled::IVec>> {
         Ok(self.by_id(tree).remove(key)?)
+    }
+
+    fn chains(&self) -> &Chains {
+        self.chains
     }
 }
 
@@ -855,14 +881,16 @@ type Write = (TreeId, Vec<u8>, Option<Vec<u8>>);
 /// changes and transactions both run under [`SledStore`]'s writer lock.
 struct Journal<'a> {
     trees: &'a Trees,
+    chains: &'a Chains,
     /// In order; `None` removes.
     writes: std::cell::RefCell<Vec<Write>>,
 }
 
 impl<'a> Journal<'a> {
-    fn new(trees: &'a Trees) -> Self {
+    fn new(trees: &'a Trees, chains: &'a Chains) -> Self {
         Journal {
             trees,
+            chains,
             writes: std::cell::RefCell::new(Vec::new()),
         }
     }
@@ -973,6 +1001,10 @@ impl Change for Journal<'_> {
         let old = self.get(tree, key)?;
         self.writes.borrow_mut().push((tree, key.to_vec(), None));
         Ok(old)
+    }
+
+    fn chains(&self) -> &Chains {
+        self.chains
     }
 }
 
@@ -1246,6 +1278,14 @@ impl SledStore {
                         supported: SCHEMA_VERSION,
                     });
                 }
+                if found < SCHEMA_VERSION {
+                    // A rampart from before would misread what this one writes (version 3:
+                    // certificate records without JSON around their DER).
+                    t.meta
+                        .insert(META_SCHEMA, encode(&SCHEMA_VERSION))
+                        .map_err(backend)?;
+                    db.flush().map_err(backend)?;
+                }
             }
         }
         // Changes a crash interrupted while they were applied: apply them again.
@@ -1260,7 +1300,7 @@ impl SledStore {
         }
         if t.meta.get(META_REVOKED_INDEXED).map_err(backend)?.is_none() {
             for item in t.certificates.iter().values() {
-                let cert: CertificateRecord = decode("certificates", &item.map_err(backend)?)?;
+                let (cert, _) = certificate_value::decode_record(&item.map_err(backend)?)?;
                 if let Some(revocation) = &cert.revocation {
                     t.meta
                         .insert(revoked_key(&cert.serial), encode(revocation))
@@ -1351,6 +1391,7 @@ impl SledStore {
             commits: GroupCommit::default(),
             db,
             path: path.to_path_buf(),
+            chains: Chains::new(t.meta.clone()),
             t,
             in_flight: std::sync::Mutex::new(in_flight),
             journal,
@@ -1441,6 +1482,7 @@ impl SledStore {
                     meta,
                 )| {
                     f(&Tx {
+                        chains: &self.chains,
                         certificates,
                         requests,
                         serials,
@@ -1474,7 +1516,7 @@ impl SledStore {
         f: impl FnOnce(&Journal<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let _writing = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let change = Journal::new(&self.t);
+        let change = Journal::new(&self.t, &self.chains);
         let result = f(&change)?;
         let writes = change.writes.into_inner();
         self.journal
@@ -1647,12 +1689,8 @@ fn move_san_text_into_expiry(retired: &sled::Tree, trees: &Trees) -> Result<(), 
         let serial = key.get(4..).unwrap_or_default();
         let text = match retired.get(serial).map_err(backend)? {
             Some(text) => String::from_utf8_lossy(&text).into_owned(),
-            None => match SledStore::get::<CertificateRecord>(
-                &trees.certificates,
-                "certificates",
-                serial,
-            )? {
-                Some(cert) => san_text(&cert),
+            None => match trees.certificates.get(serial).map_err(backend)? {
+                Some(bytes) => san_text(&certificate_value::decode_record(&bytes)?.0),
                 None => continue,
             },
         };
@@ -1868,7 +1906,15 @@ impl Store for SledStore {
     }
 
     fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, StoreError> {
-        Self::get(&self.t.certificates, "certificates", serial.as_bytes())
+        match self
+            .t
+            .certificates
+            .get(serial.as_bytes())
+            .map_err(backend)?
+        {
+            Some(bytes) => Ok(Some(self.chains.record(&bytes)?)),
+            None => Ok(None),
+        }
     }
 
     fn list_certificates(
@@ -1909,7 +1955,7 @@ impl Store for SledStore {
                 .range::<Vec<u8>, _>((start, Bound::Unbounded))
                 .values()
             {
-                let cert: CertificateRecord = decode("certificates", &item.map_err(backend)?)?;
+                let cert = self.chains.record(&item.map_err(backend)?)?;
                 if !take(cert) {
                     break;
                 }
@@ -1934,7 +1980,7 @@ impl Store for SledStore {
             let Some(bytes) = tx.certificates.get(serial.as_bytes())? else {
                 return Ok(RevokeOutcome::NotFound);
             };
-            let mut cert: CertificateRecord = decode("certificates", &bytes).map_err(abort)?;
+            let mut cert = tx.chains.record(&bytes).map_err(abort)?;
             if cert.status == StoredStatus::Revoked {
                 return Ok(RevokeOutcome::AlreadyRevoked(Box::new(cert)));
             }
@@ -2391,6 +2437,91 @@ mod tests {
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(origin(&store), CatalogOrigin::Saved { caught_up: 0 });
         check_queries(&store, &all, now);
+    }
+
+    #[test]
+    fn certificates_share_one_stored_chain_and_records_of_version_2_read_as_they_were() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let chain = vec![vec![0x30; 500], vec![0x31; 400]];
+        let chain_entries = |store: &SledStore| store.t.meta.scan_prefix(b"chain/").count();
+        let (request, mut legacy) = issuing("0e01", now);
+        legacy.chain = chain.clone();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            issue_both_steps(&store, &request, &legacy, now);
+            // As version 2 left it: JSON, with the DER and the chain in base64.
+            store
+                .t
+                .certificates
+                .insert(legacy.serial.as_bytes(), encode(&legacy))
+                .unwrap();
+            for key in store.t.meta.scan_prefix(b"chain/").keys() {
+                store.t.meta.remove(key.unwrap()).unwrap();
+            }
+            store.t.meta.insert(META_SCHEMA, encode(&2u32)).unwrap();
+            store.db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let version: u32 =
+            decode("meta", &store.t.meta.get(META_SCHEMA).unwrap().unwrap()).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(store.certificate("0e01").unwrap().unwrap(), legacy);
+        assert_eq!(chain_entries(&store), 0);
+
+        let mut all = vec![legacy];
+        for serial in ["0e02", "0e03"] {
+            let (request, mut cert) = issuing(serial, now);
+            cert.chain = chain.clone();
+            issue_both_steps(&store, &request, &cert, now);
+            // The chain is not in the record: only its id.
+            let stored = store
+                .t
+                .certificates
+                .get(serial.as_bytes())
+                .unwrap()
+                .unwrap();
+            assert!(stored.len() < 600, "{} bytes", stored.len());
+            assert_eq!(store.certificate(serial).unwrap().unwrap(), cert);
+            all.push(cert);
+        }
+        assert_eq!(chain_entries(&store), 1);
+
+        // Revocation rewrites a record in a transaction: the version 2 record takes the
+        // new form, and both keep their chain.
+        let revocation = Revocation {
+            revoked_at: now.replace_nanosecond(0).unwrap(),
+            reason: crate::model::RevocationReason::KeyCompromise,
+            revoked_by: "t".into(),
+        };
+        for cert in &mut all[..2] {
+            let outcome = store
+                .revoke(
+                    &cert.serial,
+                    &revocation,
+                    &entry(now, AuditAction::Revoked),
+                    &issued_event(now),
+                )
+                .unwrap();
+            assert!(matches!(outcome, RevokeOutcome::Revoked(_)));
+            cert.status = StoredStatus::Revoked;
+            cert.revocation = Some(revocation.clone());
+        }
+        assert_eq!(store.t.certificates.get("0e01").unwrap().unwrap()[0], 1);
+        drop(store);
+
+        let store = SledStore::open(dir.path()).unwrap();
+        let page = store
+            .list_certificates(
+                &CertificateQuery {
+                    limit: 10,
+                    ..Default::default()
+                },
+                now,
+            )
+            .unwrap();
+        assert_eq!(page.items, all);
+        assert_eq!(chain_entries(&store), 1);
     }
 
     #[test]
@@ -2898,7 +3029,7 @@ mod tests {
                 .begin_issuance(&request, &entry(now, AuditAction::Decision))
                 .unwrap());
             // What complete_issuance writes, stopped after the entry and one of its writes.
-            let change = Journal::new(&store.t);
+            let change = Journal::new(&store.t, &store.chains);
             record_issuance(
                 &change,
                 &cert,
