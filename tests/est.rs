@@ -621,3 +621,64 @@ async fn serverkeygen_keys_are_escrowed_only_when_the_profile_asks() {
     );
     est.d.daemon.shutdown().await;
 }
+
+/// An enrollment whose certificate outlasts `est.issue_wait_ms` (0 here: every one does) is
+/// answered 202 with Retry-After while the issuance goes on, and the same request sent again
+/// gets the certificate: one certificate, not one per attempt (RFC 7030 §4.2.3). The wait
+/// bounds the CA's time only: a refusal is answered at once.
+#[tokio::test]
+async fn an_enrollment_outlasting_the_wait_is_answered_202_then_delivered_when_sent_again() {
+    let (est, _dir) = est_with(|config| config.est.issue_wait_ms = 0).await;
+    let body = b64_csr(&csr(&p256(), None, &["later.test"]));
+    let first = est
+        .client(None)
+        .post(format!("{}/simpleenroll", est.base))
+        .header("content-type", "application/pkcs10")
+        .basic_auth(USER, Some(PASSWORD))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status().as_u16(), 202);
+    assert!(first.headers().contains_key("retry-after"));
+    let mut delivered = None;
+    for _ in 0..250 {
+        let (status, answer) = est
+            .enroll("simpleenroll", body.clone(), Some((USER, PASSWORD)), None)
+            .await;
+        if status == 200 {
+            delivered = Some(answer);
+            break;
+        }
+        assert_eq!(status, 202, "{}", String::from_utf8_lossy(&answer));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let issued = certificates(&delivered.expect("the re-sent request gets the certificate"));
+    assert_eq!(issued.len(), 1);
+    let query = rampart::store::CertificateQuery {
+        san_contains: Some("later.test".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    let recorded = est
+        .d
+        .daemon
+        .pipeline
+        .store()
+        .list_certificates(&query, time::OffsetDateTime::now_utc())
+        .unwrap()
+        .items;
+    assert_eq!(
+        recorded.len(),
+        1,
+        "one certificate for the request and its re-sends"
+    );
+    assert_eq!(recorded[0].der, issued[0]);
+
+    let refused = b64_csr(&csr(&p256(), None, &["www.google.com"]));
+    let (status, _) = est
+        .enroll("simpleenroll", refused, Some((USER, PASSWORD)), None)
+        .await;
+    assert_eq!(status, 403);
+    est.d.daemon.shutdown().await;
+}

@@ -400,6 +400,34 @@ async fn renew(d: &TestDaemon, holder: &Requester, tid: &str, csr: &[u8]) -> Cer
     pki(d, Via::default(), holder, MessageType::RenewalReq, tid, csr).await
 }
 
+/// A name outside the profile's role: FAILURE at once, nothing issued.
+async fn refuses_an_outsider(d: &TestDaemon) {
+    let outsider = Device::new();
+    let refused = enroll(
+        d,
+        Via::default(),
+        &outsider,
+        &outsider.csr(&["www.google.com"], Some(CHALLENGE)),
+    )
+    .await;
+    assert_eq!(failure(&refused), FailInfo::BadRequest);
+    assert!(scep_inventory(d).await.is_empty());
+}
+
+/// Enroll `csr`, expecting PENDING: its transaction id and the CertPoll id.
+async fn enroll_pending(d: &TestDaemon, device: &Device, csr: &[u8]) -> (String, Vec<u8>) {
+    let tid = device.transaction_id();
+    let rep = enroll(d, Via::default(), device, csr).await;
+    assert_eq!(rep.status, PkiStatus::Pending, "{rep:?}");
+    assert!(rep.certificates.is_empty());
+    let poll = client::issuer_and_subject(
+        &issuing_ca(d).await.tbs_certificate.subject,
+        &CertReq::from_der(csr).unwrap().info.subject,
+    )
+    .unwrap();
+    (tid, poll)
+}
+
 /// CertPoll for the transaction `tid` that `device` started.
 async fn cert_poll(d: &TestDaemon, device: &Device, tid: &str, poll: &[u8]) -> CertRep {
     let requester = &device.requester;
@@ -786,29 +814,11 @@ async fn a_held_request_is_pending_until_approved_then_polled() {
     })
     .await;
     // A name outside the profile's role: FAILURE, nothing issued.
-    let outsider = Device::new();
-    let refused = enroll(
-        &d,
-        Via::default(),
-        &outsider,
-        &outsider.csr(&["www.google.com"], Some(CHALLENGE)),
-    )
-    .await;
-    assert_eq!(failure(&refused), FailInfo::BadRequest);
-    assert!(scep_inventory(&d).await.is_empty());
+    refuses_an_outsider(&d).await;
 
     let device = Device::new();
     let csr = device.csr(&["*.held.test"], Some(CHALLENGE));
-    let tid = device.transaction_id();
-    let rep = enroll(&d, Via::default(), &device, &csr).await;
-    assert_eq!(rep.status, PkiStatus::Pending, "{rep:?}");
-    assert!(rep.certificates.is_empty());
-
-    let poll = client::issuer_and_subject(
-        &issuing_ca(&d).await.tbs_certificate.subject,
-        &CertReq::from_der(&csr).unwrap().info.subject,
-    )
-    .unwrap();
+    let (tid, poll) = enroll_pending(&d, &device, &csr).await;
     let rep = cert_poll(&d, &device, &tid, &poll).await;
     assert_eq!(rep.status, PkiStatus::Pending, "{rep:?}");
 
@@ -973,5 +983,33 @@ async fn an_mdm_webhook_decides_on_other_challenges() {
     .await;
     assert_eq!(static_ok.status, PkiStatus::Success);
     assert_eq!(scep_inventory(&d).await.len(), 2);
+    d.daemon.shutdown().await;
+}
+
+/// An enrollment whose certificate outlasts `scep.issue_wait_ms` (0 here: every one does) is
+/// answered PENDING while the issuance goes on; the device's CertPoll gets the certificate.
+/// The wait bounds the CA's time only: a refusal is answered FAILURE at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_enrollment_outlasting_the_wait_is_pending_then_polled() {
+    let (_dir, d) = daemon(|config| config.scep.issue_wait_ms = 0).await;
+    refuses_an_outsider(&d).await;
+
+    let device = Device::new();
+    let csr = device.csr(&["slow-ca.test"], Some(CHALLENGE));
+    let (tid, poll) = enroll_pending(&d, &device, &csr).await;
+    let mut rep = cert_poll(&d, &device, &tid, &poll).await;
+    for _ in 0..250 {
+        if rep.status != PkiStatus::Pending {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        rep = cert_poll(&d, &device, &tid, &poll).await;
+    }
+    let certificate = issued(&rep, &csr);
+    assert_eq!(
+        inventory_entry(&d, &certificate).await["owner"],
+        "scep-default"
+    );
+    assert_eq!(scep_inventory(&d).await.len(), 1);
     d.daemon.shutdown().await;
 }

@@ -81,6 +81,10 @@ impl From<PipelineError> for ApiError {
         match error {
             PipelineError::Store(e) => e.into(),
             PipelineError::Ca(e) => ApiError::CaUnavailable(e.to_string()),
+            PipelineError::Aborted(e) => {
+                tracing::error!(error = %e, "submission aborted");
+                ApiError::Storage("the request ended without an outcome; see the server log".into())
+            }
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::lifecycle::revocation::{self, may_access};
 use crate::model::{
     CertificateRecord, CertificateStatus, EnrollmentRequest, Identifier, Protocol, RevocationReason,
 };
+use crate::pipeline::submission::Wait;
 use crate::pipeline::Outcome;
 use crate::pkix::keygen;
 use crate::pkix::{pem, pkcs7};
@@ -156,7 +157,13 @@ pub async fn enroll(
         metadata: body.metadata,
         renews: None,
     };
-    match state.pipeline.submit(request).await? {
+    // As a task of its own, waited for to the end: a client that hangs up does not cut the
+    // issuance short.
+    let submitted = state
+        .pipeline
+        .submit_within(request, None, Wait::ToTheEnd)
+        .await;
+    match submitted.or_pending()? {
         Outcome::Denied { request_id, denial } => Err(ApiError::Denied { request_id, denial }),
         Outcome::Pending { request_id, reason } => {
             let body =

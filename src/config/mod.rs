@@ -457,6 +457,10 @@ pub struct EstConfig {
     /// `[est.bootstrap.<name>]`: manufacturer (IDevID) CAs whose device certificates may
     /// authenticate a first enrollment.
     pub bootstrap: BTreeMap<String, EstBootstrapConfig>,
+    /// How long an enrollment waits for its certificate before answering 202 with
+    /// Retry-After (the issuance goes on; the client sends the request again). 0 = always
+    /// answer at once. serverkeygen always waits: its key is answered only once.
+    pub issue_wait_ms: u64,
 }
 
 /// `[est.bootstrap.<name>]`.
@@ -848,6 +852,9 @@ pub struct ScepConfig {
     pub ra_key: String,
     /// `[scep.profiles.<name>]`; `default` serves `/scep`.
     pub profiles: BTreeMap<String, ScepProfileConfig>,
+    /// How long an enrollment waits for its certificate before answering PENDING (the
+    /// issuance goes on; the device polls with CertPoll). 0 = always answer at once.
+    pub issue_wait_ms: u64,
 }
 
 /// `[scep.profiles.<name>]`.

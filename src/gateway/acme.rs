@@ -16,6 +16,7 @@ use crate::lifecycle::revocation::{self, RevokeError};
 use crate::model::{
     Credential, EnrollmentRequest, Identifier, Identity, Protocol, RevocationReason,
 };
+use crate::pipeline::submission::{Submitted, Wait};
 use crate::pipeline::{Outcome, Pipeline, PipelineError};
 use crate::pkix::pem;
 use crate::policy::{self, Layer};
@@ -64,13 +65,6 @@ impl Backend {
     }
 }
 
-/// What a finalize's issuance task ended with (a task that panicked is a server error).
-fn task_end(
-    joined: Result<Result<Issuance, Problem>, tokio::task::JoinError>,
-) -> Result<Issuance, Problem> {
-    joined.unwrap_or_else(|e| Err(Problem::internal(e.to_string())))
-}
-
 /// The ACME view of what the pipeline made of a finalize.
 fn issuance_of(outcome: Result<Outcome, PipelineError>) -> Result<Issuance, Problem> {
     match outcome {
@@ -83,6 +77,7 @@ fn issuance_of(outcome: Result<Outcome, PipelineError>) -> Result<Issuance, Prob
         Ok(Outcome::Denied { request_id, denial }) => Err(denial_problem(request_id, &denial)),
         Err(PipelineError::Ca(error)) => Err(Problem::internal(format!("CA: {error}"))),
         Err(PipelineError::Store(error)) => Err(store_problem(error)),
+        Err(error @ PipelineError::Aborted(_)) => Err(Problem::internal(error.to_string())),
     }
 }
 
@@ -239,31 +234,22 @@ impl AcmeBackend for Backend {
                 .and_then(|id| rampart_acme::ari::CertId::parse(id).ok())
                 .map(|id| id.serial),
         };
-        // The issuance runs as a task of its own: a CA that takes longer than
-        // `finalize_wait_ms` (an upstream CA validating its own order) gets the order
-        // answered `processing` (RFC 8555 §7.4: the client polls it with Retry-After)
-        // instead of holding the client's finalize request past its timeout. The task goes
-        // on; its end is kept for the order's next poll.
-        let request_id = request.request_id;
-        let wait = Duration::from_millis(config.acme.finalize_wait_ms);
-        let pipeline = self.pipeline.clone();
-        let mut task = tokio::spawn(async move { issuance_of(pipeline.submit(request).await) });
-        // 0: answer at once, without polling the task (a timer of 0 still waits a tick).
-        let ended = if wait.is_zero() {
-            None
-        } else {
-            tokio::time::timeout(wait, &mut task).await.ok()
-        };
-        match ended {
-            Some(joined) => task_end(joined),
-            None => {
+        // A CA that takes longer than `finalize_wait_ms` (an upstream CA validating its own
+        // order) gets the order answered `processing` (RFC 8555 §7.4: the client polls it
+        // with Retry-After) instead of holding the client's finalize request past its
+        // timeout. The issuance goes on; its end is kept for the order's next poll.
+        let wait = Wait::millis(config.acme.finalize_wait_ms);
+        match self.pipeline.submit_within(request, None, wait).await {
+            Submitted::Ended(outcome) => issuance_of(outcome),
+            Submitted::Continuing(submission) => {
+                let request_id = submission.request_id();
                 self.background
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(request_id, Background::Running);
                 let background = self.background.clone();
                 tokio::spawn(async move {
-                    let ended = task_end(task.await);
+                    let ended = issuance_of(submission.outcome().await);
                     let now = Instant::now();
                     let mut background = background.lock().unwrap_or_else(|e| e.into_inner());
                     background.retain(|_, b| match b {

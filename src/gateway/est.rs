@@ -13,6 +13,7 @@ use crate::ca::CaError;
 use crate::config::{AcceptedKeyType, EstAuth};
 use crate::gateway::passwords::PasswordChecker;
 use crate::model::{CertificateStatus, Credential, EnrollmentRequest, Identity, Protocol};
+use crate::pipeline::submission::{Wait, STILL_ISSUING};
 use crate::pipeline::{Outcome, Pipeline, PipelineError};
 use crate::pkix::csr::VerifiedCsr;
 use crate::pkix::pkcs7;
@@ -381,9 +382,12 @@ impl Backend {
                             .map_err(|e| EstError::Unavailable(e.to_string()))
                     })
                 }
-                Some(RequestState::Pending { .. } | RequestState::Issuing { .. }) => Some(Err(
-                    EstError::Pending(format!("request {request_id} still waits for approval")),
-                )),
+                Some(RequestState::Pending { .. }) => Some(Err(EstError::Pending(format!(
+                    "request {request_id} still waits for approval"
+                )))),
+                Some(RequestState::Issuing { .. }) => Some(Err(EstError::Pending(format!(
+                    "request {request_id}: {STILL_ISSUING}"
+                )))),
                 Some(RequestState::Denied { reason }) => Some(Err(EstError::Forbidden(format!(
                     "{reason} (request {request_id})"
                 )))),
@@ -404,6 +408,15 @@ impl Backend {
         let renews = match (&operation, &identity.credential) {
             (Operation::Reenroll, Credential::ClientCertificate { serial }) => Some(serial.clone()),
             _ => None,
+        };
+        // A key the server makes is answered once, with the certificate: that answer waits
+        // for it. Otherwise a slow CA gets 202, and the client's re-sent request the
+        // certificate (RFC 7030 §4.2.3).
+        let wait = match operation {
+            Operation::ServerKeygen => Wait::ToTheEnd,
+            Operation::Enroll | Operation::Reenroll => {
+                Wait::millis(self.pipeline.config().est.issue_wait_ms)
+            }
         };
         let operation = match operation {
             Operation::Enroll => "simpleenroll",
@@ -433,7 +446,8 @@ impl Backend {
         if let Some(answer) = self.earlier_answer(&resend_key).await? {
             return answer;
         }
-        match self.pipeline.submit(request).await {
+        let submitted = self.pipeline.submit_within(request, None, wait).await;
+        match submitted.or_pending() {
             Ok(Outcome::Issued(record)) => pkcs7::certs_only(std::slice::from_ref(&record.der))
                 .map_err(|e| EstError::Unavailable(e.to_string())),
             Ok(Outcome::Pending { request_id, reason }) => {
@@ -445,7 +459,7 @@ impl Backend {
                     .await
                     .map_err(|e| EstError::Unavailable(e.to_string()))?;
                 Err(EstError::Pending(format!(
-                    "{reason}; request {request_id} waits for approval, send it again later"
+                    "{reason} (request {request_id}); send it again later"
                 )))
             }
             Ok(Outcome::Denied { request_id, denial }) => {
@@ -465,6 +479,7 @@ impl Backend {
             Err(PipelineError::Store(error)) => {
                 Err(EstError::Unavailable(format!("store: {error}")))
             }
+            Err(error @ PipelineError::Aborted(_)) => Err(EstError::Unavailable(error.to_string())),
         }
     }
 }

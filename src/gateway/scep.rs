@@ -28,6 +28,7 @@ use crate::lifecycle::crl::Crls;
 use crate::model::{
     CertificateStatus, Credential, EnrollmentRequest, Identifier, Identity, KeyType, Protocol,
 };
+use crate::pipeline::submission::{Wait, STILL_ISSUING};
 use crate::pipeline::{InternalPurpose, Outcome, Pipeline, PipelineError};
 use crate::pkix::csr::VerifiedCsr;
 use crate::pkix::{pem, sha256_hex};
@@ -707,9 +708,12 @@ impl Backend {
             Some(RequestState::Issued { serial }) => store
                 .certificate(&serial)?
                 .map(|record| Answer::Certificate(record.der)),
-            Some(RequestState::Pending { .. } | RequestState::Issuing { .. }) => Some(
-                Answer::Pending(format!("request {request_id} waits for approval")),
-            ),
+            Some(RequestState::Pending { .. }) => Some(Answer::Pending(format!(
+                "request {request_id} waits for approval"
+            ))),
+            Some(RequestState::Issuing { .. }) => Some(Answer::Pending(format!(
+                "request {request_id}: {STILL_ISSUING}"
+            ))),
             Some(RequestState::Denied { reason }) => Some(Answer::Failure(
                 FailInfo::BadRequest,
                 format!("{reason} (request {request_id})"),
@@ -1029,7 +1033,10 @@ impl ScepBackend for Backend {
         {
             return unavailable(e);
         }
-        match self.pipeline.submit_verified(request, csr).await {
+        // A slow CA gets PENDING; the device polls (CertPoll) and is answered from the store.
+        let wait = Wait::millis(self.pipeline.config().scep.issue_wait_ms);
+        let submitted = self.pipeline.submit_within(request, Some(csr), wait).await;
+        match submitted.or_pending() {
             Ok(Outcome::Issued(record)) => Answer::Certificate(record.der),
             Ok(Outcome::Pending { request_id, reason }) => {
                 Answer::Pending(format!("{reason} (request {request_id})"))
@@ -1046,6 +1053,9 @@ impl ScepBackend for Backend {
             ),
             Err(PipelineError::Ca(e)) => Answer::Failure(FailInfo::BadRequest, format!("CA: {e}")),
             Err(PipelineError::Store(e)) => unavailable(e),
+            Err(e @ PipelineError::Aborted(_)) => {
+                Answer::Failure(FailInfo::BadRequest, e.to_string())
+            }
         }
     }
 

@@ -530,6 +530,7 @@ impl Scheduler {
             )),
             Err(PipelineError::Ca(e)) => Attempt::Failed(format!("CA: {e}")),
             Err(PipelineError::Store(e)) => Attempt::Failed(format!("store: {e}")),
+            Err(e @ PipelineError::Aborted(_)) => Attempt::Failed(e.to_string()),
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod dns;
 pub mod events;
 pub mod resources;
+pub mod submission;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,6 +46,10 @@ pub enum PipelineError {
     /// The CA failed after approval; the request is recorded as failed.
     #[error(transparent)]
     Ca(#[from] CaError),
+    /// The submission's task ended without an outcome (it panicked, or the daemon is
+    /// stopping): the request's state in the store tells what became of it.
+    #[error("the submission ended without an outcome: {0}")]
+    Aborted(String),
 }
 
 /// Why an approval action was refused.
@@ -318,7 +323,7 @@ impl Pipeline {
     /// Submit an enrollment request: decide, and issue when approved.
     pub async fn submit(&self, request: EnrollmentRequest) -> Result<Outcome, PipelineError> {
         let parsed = VerifiedCsr::parse(&request.csr_der);
-        self.submit_csr(request, parsed).await
+        self.submit_csr(request, parsed, None).await
     }
 
     /// [`Pipeline::submit`] for a front door that has parsed and verified the request's CSR
@@ -330,13 +335,16 @@ impl Pipeline {
         csr: VerifiedCsr,
     ) -> Result<Outcome, PipelineError> {
         debug_assert_eq!(csr.der, request.csr_der);
-        self.submit_csr(request, Ok(csr)).await
+        self.submit_csr(request, Ok(csr), None).await
     }
 
+    /// The submission; `issuing` is told when the request is approved and goes to the CA
+    /// (dropped untold when it is decided otherwise).
     async fn submit_csr(
         &self,
         request: EnrollmentRequest,
         parsed: Result<VerifiedCsr, CsrError>,
+        issuing: Option<tokio::sync::oneshot::Sender<()>>,
     ) -> Result<Outcome, PipelineError> {
         let limited = self
             .config()
@@ -384,6 +392,10 @@ impl Pipeline {
             renews: request.renews.clone(),
             trace: evaluation.trace,
         };
+        if let Some(issuing) = issuing {
+            // The caller may be gone: then nobody waits.
+            let _ = issuing.send(());
+        }
         let record = self.issue(approved).await?;
         self.metrics
             .issuance(request.protocol.as_str(), started.elapsed().as_secs_f64());
