@@ -144,3 +144,29 @@ AFTER="$(curl -sf -H "Authorization: Bearer $(grep -o 'rpk_[A-Za-z0-9_-]*' "$WOR
 [[ "$BEFORE" == "$AFTER" ]] || fail "refused requests issued certificates ($BEFORE → $AFTER)"
 pass "errors: 401 (+WWW-Authenticate), 400 bad base64, 415, 403 policy with reason, 501 fullcmc; nothing issued"
 stop_rampart
+
+# A CA slower than est.issue_wait_ms (0 here: every issuance is): 202 with Retry-After, and
+# the same request sent again gets the certificate (RFC 7030 §4.2.3) — one certificate.
+KEY="$(grep -o 'rpk_[A-Za-z0-9_-]*' "$WORK/rampart.out")" || fail "serve printed no API key"
+COUNT() { curl -sf -H "Authorization: Bearer $KEY" "$API/api/v1/certificates?template=client" | jq '.items | length'; }
+RAMPART__EST__ISSUE_WAIT_MS=0 start_rampart "$DIR/rampart.toml"
+BEFORE="$(COUNT)"
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/slow.key" -subj "/CN=slow.test" \
+    -addext "subjectAltName=DNS:slow.test" -outform DER 2>/dev/null | base64 >"$WORK/slow.csr.b64"
+"${CURL[@]}" -D "$WORK/headers" -o "$WORK/resp" -w '%{http_code}' -u device-7:s3cret -H 'Content-Type: application/pkcs10' \
+    --data-binary @"$WORK/slow.csr.b64" "$EST/simpleenroll" >"$WORK/status" || fail "curl simpleenroll"
+[[ "$(cat "$WORK/status")" == 202 ]] || fail "issue_wait_ms = 0 answered $(cat "$WORK/status"): $(cat "$WORK/resp")"
+RETRY="$(tr -d '\r' <"$WORK/headers" | awk -F': ' 'tolower($1) == "retry-after" {print $2}')"
+[[ "$RETRY" =~ ^[0-9]+$ ]] || fail "202 without a Retry-After in seconds: $(cat "$WORK/headers")"
+for _ in $(seq 50); do
+    enroll_est simpleenroll -u device-7:s3cret --data-binary @"$WORK/slow.csr.b64"
+    [[ "$(cat "$WORK/status")" == 202 ]] || break
+    sleep 0.2
+done
+[[ "$(cat "$WORK/status")" == 200 ]] || fail "the re-sent request answered $(cat "$WORK/status"): $(cat "$WORK/resp")"
+base64 -d "$WORK/resp" | openssl pkcs7 -inform DER -print_certs -out "$WORK/slow.pem" || fail "the re-sent answer is not PKCS#7"
+openssl verify -CAfile "$WORK/cacerts.pem" "$WORK/slow.pem" >/dev/null || fail "the delivered certificate does not verify"
+openssl x509 -in "$WORK/slow.pem" -noout -subject | matches "slow.test" || fail "the delivered certificate is not for slow.test"
+[[ "$(COUNT)" == $((BEFORE + 1)) ]] || fail "the 202 and the re-send made more than one certificate"
+pass "issue_wait_ms = 0: simpleenroll answers 202 with Retry-After $RETRY; the re-sent request gets one certificate, which verifies"
+stop_rampart

@@ -162,3 +162,16 @@ STATUS="$(curl -s -o "$WORK/resp" -w '%{http_code}' "$SCEP/nope?operation=GetCAC
 [[ "$STATUS" == 404 ]] || fail "an unknown profile answered $STATUS: $(head -c 300 "$WORK/resp")"
 pass "bad input: garbage PKIOperation 400, unknown profile 404"
 stop_rampart
+
+# A CA slower than scep.issue_wait_ms (0 here: every issuance is): PENDING, and the device
+# gets its certificate by asking again while the issuance goes on (scepclient re-sends the
+# PKCSReq of the same transaction after 30 s), one certificate for both answers.
+RAMPART__SCEP__ISSUE_WAIT_MS=0 start_rampart "$DIR/rampart.toml"
+COUNT_BEFORE="$(count_certs)"
+scep_enroll slow "$SCEP" slow1.test secret || fail "scepclient after PENDING: $(cat "$WORK/slow/out")"
+grep -q PENDING "$WORK/slow/out" || fail "the enrollment was not answered PENDING: $(cat "$WORK/slow/out")"
+openssl x509 -in "$WORK/slow/cert.pem" -noout -subject | matches "slow1.test" \
+    || fail "no certificate for slow1.test after PENDING"
+[[ "$(count_certs)" == $((COUNT_BEFORE + 1)) ]] || fail "PENDING and the re-send made more than one certificate"
+pass "issue_wait_ms = 0: scepclient is answered PENDING, asks again and gets one certificate for CN slow1.test"
+stop_rampart
