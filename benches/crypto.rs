@@ -191,7 +191,7 @@ fn signing(c: &mut Criterion) {
         // What the CA does per certificate: lint the unsigned certificate, then sign.
         group.bench_function(name, |b| {
             b.iter_batched(
-                || order(Serial::random()),
+                || order(Serial::generate()),
                 |order| runtime.block_on(ca.issue(&order)).unwrap(),
                 BatchSize::SmallInput,
             )

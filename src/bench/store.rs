@@ -382,7 +382,7 @@ impl Seeder {
             issued_at.unix_timestamp() as u64,
             0,
         ));
-        let serial = Serial::random();
+        let serial = Serial::generate();
         let decision = AuditEntry {
             time: issued_at,
             request_id: Some(request_id),

@@ -488,7 +488,7 @@ mod tests {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, "a.test");
         params.distinguished_name = dn;
-        params.serial_number = Some(SerialNumber::from_slice(Serial::random().as_bytes()));
+        params.serial_number = Some(SerialNumber::from_slice(Serial::generate().as_bytes()));
         let now = OffsetDateTime::now_utc();
         params.not_before = now;
         params.not_after = now + Duration::days(90);
@@ -887,7 +887,7 @@ mod tests {
         let (ca, _) = LocalCa::create_or_load(&dir.path().join("ca"), &config, now).unwrap();
         let key = p256();
         let order = |key_encipherment: bool, common_name: &str| IssuanceOrder {
-            serial: Serial::random(),
+            serial: Serial::generate(),
             public_key: key.der_bytes().to_vec(),
             key_type: KeyType::EcdsaP256,
             common_name: Some(common_name.into()),

@@ -424,7 +424,7 @@ impl LocalCa {
         let mut root_params = ca_params(&metadata.root_subject_cn, &metadata.organization, None);
         root_params.not_before = not_before;
         root_params.not_after = now + Duration::days(config.root_validity_days.into());
-        root_params.serial_number = Some(SerialNumber::from_slice(Serial::random().as_bytes()));
+        root_params.serial_number = Some(SerialNumber::from_slice(Serial::generate().as_bytes()));
         let root_cert = root_key
             .finish::<Certificate>(root_params.self_signed(&root_key).map_err(crypto)?.der())
             .map_err(signing)?;
@@ -454,7 +454,8 @@ impl LocalCa {
         issuing_params.not_before = not_before;
         let issuing_days = config.issuing_validity_days.min(config.root_validity_days);
         issuing_params.not_after = now + Duration::days(issuing_days.into());
-        issuing_params.serial_number = Some(SerialNumber::from_slice(Serial::random().as_bytes()));
+        issuing_params.serial_number =
+            Some(SerialNumber::from_slice(Serial::generate().as_bytes()));
         issuing_params.use_authority_key_identifier_extension = true;
         let issuing_cert = root_key
             .finish::<Certificate>(
@@ -828,7 +829,7 @@ mod tests {
 
     fn order(key: &KeyPair, key_type: KeyType, now: OffsetDateTime) -> IssuanceOrder {
         IssuanceOrder {
-            serial: Serial::random(),
+            serial: Serial::generate(),
             public_key: key.der_bytes().to_vec(),
             key_type,
             common_name: Some("a.test".into()),

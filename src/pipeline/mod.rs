@@ -931,7 +931,7 @@ impl Pipeline {
             }),
         };
         let serial = loop {
-            let serial = Serial::random();
+            let serial = Serial::generate();
             let request = RequestRecord {
                 request_id: approved.request_id,
                 protocol: approved.protocol,

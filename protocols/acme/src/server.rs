@@ -245,8 +245,24 @@ impl Urls {
     }
 }
 
-fn random_id() -> String {
-    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())
+/// A new account, order or authorization id: 48 bits of milliseconds since the Unix epoch,
+/// then 80 random bits, base64url (22 characters). Ids made close in time share their first
+/// characters, so the store's entries for a busy period sit in a few B-tree leaves instead
+/// of one random leaf each, and fewer pages are read back in per order; the random part
+/// keeps ids unique and unguessable.
+fn new_id() -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64);
+    id_from(millis, rand::random())
+}
+
+/// The id of a time (its low 48 bits, big-endian) and ten random bytes.
+fn id_from(millis: u64, random: [u8; 10]) -> String {
+    let mut id = [0u8; 16];
+    id[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    id[6..].copy_from_slice(&random);
+    URL_SAFE_NO_PAD.encode(id)
 }
 
 fn rfc3339(at: OffsetDateTime) -> String {
@@ -580,7 +596,7 @@ async fn new_account(
         ));
     }
     wire::validate_contacts(&payload.contact)?;
-    let id = random_id();
+    let id = new_id();
     // Who the account acts as: the identity behind its external account key, or an
     // anonymous identity with the profile's anonymous roles.
     let (identity, roles, eab_key_id) = match &payload.external_account_binding {
@@ -956,7 +972,7 @@ impl AcmeServer {
             Some(authz) => authz,
             None => {
                 let authz = AuthzRecord {
-                    id: random_id(),
+                    id: new_id(),
                     account_id: account.id.clone(),
                     challenges: ChallengeType::offered_for(&base, wildcard)
                         .into_iter()
@@ -1118,7 +1134,7 @@ async fn new_order(
         );
     }
     let order = OrderRecord {
-        id: random_id(),
+        id: new_id(),
         account_id: account.id.clone(),
         profile: profile.clone(),
         status: OrderStatus::Pending,
@@ -1700,3 +1716,23 @@ impl AcmeServer {
 
 /// The JWK object type, for embedders.
 pub type JwkMap = Map<String, Value>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_their_time_then_their_random_bytes_and_neighbours_in_time_share_a_prefix() {
+        let id = id_from(0x0123_4567_89ab, [0xff; 10]);
+        assert_eq!(id.len(), 22);
+        let bytes = URL_SAFE_NO_PAD.decode(&id).expect("base64url");
+        assert_eq!(bytes[..6], [0x01, 0x23, 0x45, 0x67, 0x89, 0xab]);
+        assert_eq!(bytes[6..], [0xff; 10]);
+        let (earlier, later) = (
+            id_from(1_764_806_400_000, [0; 10]),
+            id_from(1_764_806_400_001, [0xff; 10]),
+        );
+        assert_eq!(earlier[..7], later[..7]);
+        assert_ne!(new_id(), new_id());
+    }
+}
