@@ -109,16 +109,16 @@ impl Pipeline {
         let parsed = csr.map_or_else(|| VerifiedCsr::parse(&request.csr_der), Ok);
         let mut task =
             tokio::spawn(async move { pipeline.submit_csr(request, parsed, Some(issuing)).await });
-        let joined = tokio::select! {
-            biased;
-            joined = &mut task => Some(joined),
-            approved = approved => match (approved, wait) {
-                // Decided otherwise: the decision is being recorded.
-                (Err(_), _) | (Ok(()), Wait::ToTheEnd) => Some((&mut task).await),
-                // Not even polled once more: a timer of zero still waits a tick.
-                (Ok(()), Wait::AtMost(wait)) if wait.is_zero() => None,
-                (Ok(()), Wait::AtMost(wait)) => tokio::time::timeout(wait, &mut task).await.ok(),
-            },
+        // The task signals when the CA's part begins, or drops the sender when it ends
+        // otherwise (a denial, a hold for approval, an error), so this always resolves. Only
+        // the signal is awaited: a zero wait then answers every approved request as pending,
+        // even one whose CA was quick enough to finish first (the client asks again).
+        let joined = match (approved.await, wait) {
+            // Decided otherwise: the decision is being recorded.
+            (Err(_), _) | (Ok(()), Wait::ToTheEnd) => Some((&mut task).await),
+            // Not even polled once more: a timer of zero still waits a tick.
+            (Ok(()), Wait::AtMost(wait)) if wait.is_zero() => None,
+            (Ok(()), Wait::AtMost(wait)) => tokio::time::timeout(wait, &mut task).await.ok(),
         };
         match joined {
             Some(joined) => Submitted::Ended(ended(joined)),
@@ -216,6 +216,24 @@ mod tests {
         panic!("request {id} never reached the state");
     }
 
+    /// The certificate `submission` (of request `id`) ends with, its request recorded issued.
+    async fn ends_issued(
+        pipeline: &Pipeline,
+        id: Uuid,
+        submission: Submission,
+    ) -> Box<crate::model::CertificateRecord> {
+        let Ok(Outcome::Issued(record)) = submission.outcome().await else {
+            panic!("not issued");
+        };
+        assert_eq!(
+            pipeline.request_state(id).await.unwrap(),
+            Some(RequestState::Issued {
+                serial: record.serial.clone()
+            })
+        );
+        record
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn a_submission_outlasting_its_wait_goes_on_and_ends_issued() {
         let dir = tempfile::tempdir().unwrap();
@@ -233,15 +251,7 @@ mod tests {
             Some(RequestState::Issuing { .. })
         ));
         gated.gate.add_permits(1);
-        let Ok(Outcome::Issued(record)) = submission.outcome().await else {
-            panic!("not issued");
-        };
-        assert_eq!(
-            pipeline.request_state(id).await.unwrap(),
-            Some(RequestState::Issued {
-                serial: record.serial.clone()
-            })
-        );
+        let record = ends_issued(&pipeline, id, submission).await;
         assert!(pipeline
             .store()
             .certificate(&record.serial)
@@ -273,6 +283,23 @@ mod tests {
             matches!(s, RequestState::Issued { .. })
         })
         .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_zero_wait_answers_pending_even_when_the_ca_is_quick() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pipeline, gated) = gated_pipeline(dir.path()).await;
+        // The gate is open before the request comes: the CA signs at once.
+        gated.gate.add_permits(1);
+        let request = enrollment("quick.test");
+        let id = request.request_id;
+        let Submitted::Continuing(submission) = pipeline
+            .submit_within(request, None, Wait::AtMost(Duration::ZERO))
+            .await
+        else {
+            panic!("a zero wait answered with the outcome");
+        };
+        ends_issued(&pipeline, id, submission).await;
     }
 
     #[tokio::test(flavor = "multi_thread")]
