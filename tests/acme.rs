@@ -31,8 +31,9 @@ struct Lab {
     tlsalpn_port: u16,
 }
 
-const NAMES: [&str; 7] = [
+const NAMES: [&str; 8] = [
     "www.example",
+    "late.example",
     "api.example",
     "wild.example",
     "alpn.example",
@@ -338,6 +339,50 @@ async fn refusals_are_problem_documents_and_issue_nothing() {
         "nothing issued over ACME"
     );
     lab.d.daemon.shutdown().await;
+}
+
+/// RFC 8555 §8.2: a validation whose first query fails is tried again after
+/// `acme.validation_retry_ms`; an http-01 responder that serves the token only after the
+/// client said "ready" is validated on a retry, and without retries the challenge fails.
+#[tokio::test]
+async fn a_response_set_up_late_is_validated_on_a_retry() {
+    for (retry_ms, expected) in [
+        (vec![400, 400], OrderStatus::Ready),
+        (vec![], OrderStatus::Invalid),
+    ] {
+        let (lab, _dir) = lab_with(|config| config.acme.validation_retry_ms = retry_ms).await;
+        let (account, _) = lab.account().await;
+        let mut order = account
+            .new_order(&NewOrder::new(&[Identifier::Dns("late.example".into())]))
+            .await
+            .unwrap();
+        {
+            let mut authorizations = order.authorizations();
+            let mut authz = authorizations.next().await.unwrap().unwrap();
+            let mut challenge = authz.challenge(ChallengeType::Http01).unwrap();
+            let token = (
+                challenge.token.clone(),
+                challenge.key_authorization().as_str().to_string(),
+            );
+            let tokens = lab.tokens.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokens.lock().unwrap().push(token);
+            });
+            // The first query finds no token (404): answered as processing or, with no
+            // retry left, as the failure.
+            let _ = challenge.set_ready().await;
+        }
+        let status = order.poll_ready(&retries()).await;
+        match expected {
+            OrderStatus::Ready => assert_eq!(status.unwrap(), OrderStatus::Ready),
+            _ => assert!(
+                matches!(status, Ok(OrderStatus::Invalid)) || status.is_err(),
+                "{status:?}"
+            ),
+        }
+        lab.d.daemon.shutdown().await;
+    }
 }
 
 #[tokio::test]

@@ -13,6 +13,10 @@ use figment::Figment;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+/// Bounds of `acme.validation_retry_ms`: a challenge stays `processing` meanwhile.
+const MAX_VALIDATION_RETRIES: usize = 10;
+const MAX_VALIDATION_RETRY_MS: u64 = 300_000;
+
 /// The fully commented default configuration; also what `rampart init` writes.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/rampart.toml");
 
@@ -918,6 +922,9 @@ pub struct AcmeConfig {
     pub dns_resolver: String,
     /// Validate against private, loopback and link-local addresses.
     pub allow_private_targets: bool,
+    /// Waits (ms) before each new attempt of a failed validation, one per retry (RFC 8555
+    /// §8.2); empty = the first failure is final.
+    pub validation_retry_ms: Vec<u64>,
     /// How long a finalize waits for its certificate before answering the order
     /// `processing` (the issuance goes on; the client polls). 0 = always answer at once.
     pub finalize_wait_ms: u64,
@@ -1347,6 +1354,20 @@ impl Config {
             return Err(bad(
                 "acme.http01_port".into(),
                 "validation ports must not be 0",
+            ));
+        }
+        if acme.validation_retry_ms.len() > MAX_VALIDATION_RETRIES
+            || acme
+                .validation_retry_ms
+                .iter()
+                .any(|ms| *ms > MAX_VALIDATION_RETRY_MS)
+        {
+            return Err(bad(
+                "acme.validation_retry_ms".into(),
+                &format!(
+                    "at most {MAX_VALIDATION_RETRIES} retries, each after at most \
+                     {MAX_VALIDATION_RETRY_MS} ms"
+                ),
             ));
         }
         if !self.policy.dns_resolver.trim().is_empty() && self.policy.resolver_addr().is_none() {
@@ -1972,6 +1993,14 @@ mod tests {
                 "limits.idle_timeout_seconds",
             ),
             ("[limits]\nmax_body = 1\n", "max_body"),
+            (
+                "[acme]\nvalidation_retry_ms = [1000, 300001]\n",
+                "acme.validation_retry_ms",
+            ),
+            (
+                "[acme]\nvalidation_retry_ms = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n",
+                "acme.validation_retry_ms",
+            ),
         ] {
             let err = load_text(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");

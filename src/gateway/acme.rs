@@ -505,6 +505,11 @@ pub fn server(pipeline: &Pipeline) -> Result<Arc<rampart_acme::AcmeServer>, Stri
         tlsalpn01_port: acme.tlsalpn01_port,
         dns_resolver: acme.resolver_addr(),
         allow_private_targets: acme.allow_private_targets,
+        retry_delays: acme
+            .validation_retry_ms
+            .iter()
+            .map(|ms| std::time::Duration::from_millis(*ms))
+            .collect(),
         ..Default::default()
     };
     let validator =

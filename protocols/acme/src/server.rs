@@ -1517,26 +1517,37 @@ async fn validate(
         .next()
         .unwrap_or_default()
         .to_string();
-    let outcome = match kind {
-        ChallengeType::Http01 => {
-            server
-                .validator
-                .http01(&target, &token, &key_authorization)
-                .await
-        }
-        ChallengeType::Dns01 => {
-            server
-                .validator
-                .dns01(&authz.identifier.value, &key_authorization)
-                .await
-        }
-        ChallengeType::TlsAlpn01 => {
-            server
-                .validator
-                .tlsalpn01(&target, &key_authorization)
-                .await
+    let attempt = || async {
+        match kind {
+            ChallengeType::Http01 => {
+                server
+                    .validator
+                    .http01(&target, &token, &key_authorization)
+                    .await
+            }
+            ChallengeType::Dns01 => {
+                server
+                    .validator
+                    .dns01(&authz.identifier.value, &key_authorization)
+                    .await
+            }
+            ChallengeType::TlsAlpn01 => {
+                server
+                    .validator
+                    .tlsalpn01(&target, &key_authorization)
+                    .await
+            }
         }
     };
+    // RFC 8555 §8.2: a failed first query is tried again after some time (a responder, a
+    // DNS record or a file may still be on its way); the challenge stays `processing`.
+    let mut outcome = attempt().await;
+    for delay in &server.validator.settings().retry_delays {
+        let Err(error) = &outcome else { break };
+        tracing::debug!(authz = %authz_id, challenge = kind.as_str(), %error, retry_in_ms = delay.as_millis() as u64, "ACME validation failed; trying again");
+        tokio::time::sleep(*delay).await;
+        outcome = attempt().await;
+    }
     // RFC 8659: CAA is checked once control is proven (and again at finalize).
     let outcome = match outcome {
         Ok(()) => caa.check(&server.validator, &authz, kind).await,

@@ -51,6 +51,10 @@ pub struct ValidationSettings {
     pub allow_private_targets: bool,
     /// Upper bound on one whole validation (lookups, connects, redirects, body).
     pub timeout: Duration,
+    /// Waits before each new attempt of a failed validation, one per retry (RFC 8555 §8.2:
+    /// a server should retry after some time, for responses still being set up). Empty:
+    /// the first failure is final.
+    pub retry_delays: Vec<Duration>,
 }
 
 impl Default for ValidationSettings {
@@ -61,6 +65,7 @@ impl Default for ValidationSettings {
             dns_resolver: None,
             allow_private_targets: false,
             timeout: Duration::from_secs(10),
+            retry_delays: vec![Duration::from_secs(1), Duration::from_secs(2)],
         }
     }
 }
