@@ -176,6 +176,9 @@ async fn worker(w: usize, shared: Arc<Shared>) {
 }
 
 async fn order(shared: &Shared, account: &Account, name: String) -> Result<(), String> {
+    // Made before the order, as certbot and lego do: instant-acme's own `finalize()` fetches
+    // every authorization again to learn the names, a request no real client sends.
+    let csr = fresh_csr(&name)?;
     let identifiers = [Identifier::Dns(name)];
     let mut order = {
         let _serial = if shared.config.serialize_new_order {
@@ -216,7 +219,7 @@ async fn order(shared: &Shared, account: &Account, name: String) -> Result<(), S
         return Err(format!("order ended {status:?}"));
     }
     order
-        .finalize()
+        .finalize_csr(&csr)
         .await
         .map_err(|e| format!("finalize: {e}"))?;
     let chain = order
@@ -234,4 +237,15 @@ async fn order(shared: &Shared, account: &Account, name: String) -> Result<(), S
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+/// A CSR for `name` (DNS SAN, empty subject) under a fresh P-256 key, in DER.
+fn fresh_csr(name: &str) -> Result<Vec<u8>, String> {
+    let made = || -> Result<Vec<u8>, rcgen::Error> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()])?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        Ok(params.serialize_request(&key)?.der().to_vec())
+    };
+    made().map_err(|e| format!("CSR: {e}"))
 }
