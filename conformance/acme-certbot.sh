@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Conformance: certbot (from PyPI) against rampart's ACME directory.
-# certonly --standalone with HTTP-01 on a high port, renew --force-renewal, revoke; every
+# certonly --standalone with HTTP-01 on a high port, renew --force-renewal, revoke, and renew
+# following rampart's renewalInfo (RFC 9773: recent certbot, 5.8 from PyPI here, asks it for every lineage); every
 # certificate checked with openssl verify against rampart's CA bundle.
 source "$(dirname "$0")/lib.sh"
 
@@ -48,4 +49,32 @@ SERIAL2="$(openssl x509 -in "$LIVE2/cert.pem" -noout -serial | cut -d= -f2 | tr 
 STATUS="$(curl -sf -H "Authorization: Bearer $KEY" "$API/api/v1/certificates/$SERIAL2" | jq -r '.status + " " + (.revocation.reason // "")')"
 [[ "$STATUS" == "revoked superseded" ]] || fail "after revocation by certificate key the inventory says: $STATUS"
 pass "certbot revoke --key-path (signed with the certificate key, no account) is recorded"
+
+# ACME Renewal Information (RFC 9773): `certbot renew` asks renewalInfo for each lineage. Two
+# fresh 90-day certificates are far from certbot's own 30-day threshold; rampart's window for
+# one revoked through the API is now, so certbot renews that one and only that one.
+CBA=(--server "$DIRECTORY" --config-dir "$WORK/certbot-ari/config" --work-dir "$WORK/certbot-ari/work"
+    --logs-dir "$WORK/certbot-ari/logs" --non-interactive --agree-tos -m ops@example.org)
+for lineage in ari-due ari-later; do
+    "$CERTBOT" certonly "${CBA[@]}" --standalone --preferred-challenges http --http-01-port "$HTTP01_PORT" \
+        --http-01-address 127.0.0.1 -d localhost --cert-name "$lineage" >"$WORK/certbot-ari.out" 2>&1 \
+        || fail "certbot certonly ($lineage): $(tail -20 "$WORK/certbot-ari.out")"
+done
+ARI="$WORK/certbot-ari/config/live"
+serial_of() { openssl x509 -in "$ARI/$1/cert.pem" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f'; }
+# No OCSP responder in these certificates: certbot's other reason to renew early is out.
+[[ -z "$(openssl x509 -in "$ARI/ari-due/cert.pem" -noout -ocsp_uri)" ]] || fail "the lab certificate names an OCSP responder"
+DUE="$(serial_of ari-due)"
+LATER="$(serial_of ari-later)"
+curl -sf -o /dev/null -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+    --data '{"reason": "superseded"}' "$API/api/v1/certificates/$DUE/revoke" || fail "revoking $DUE through the API failed"
+"$CERTBOT" renew "${CBA[@]}" --no-random-sleep-on-renew --http-01-port "$HTTP01_PORT" --http-01-address 127.0.0.1 \
+    >"$WORK/renew-ari.out" 2>&1 || fail "certbot renew (ARI): $(tail -20 "$WORK/renew-ari.out")"
+[[ "$(serial_of ari-due)" != "$DUE" ]] || fail "certbot did not renew the certificate whose renewal window rampart opened"
+[[ "$(serial_of ari-later)" == "$LATER" ]] || fail "certbot renewed a certificate rampart's renewal window does not cover yet"
+openssl verify -CAfile "$DIR/ca-bundle.pem" -untrusted "$ARI/ari-due/chain.pem" "$ARI/ari-due/cert.pem" >/dev/null \
+    || fail "the certificate certbot renewed on rampart's advice does not verify"
+matches -F "/acme/default/renewal-info/" "$WORK/certbot-ari/logs/letsencrypt.log" \
+    || fail "certbot's log shows no renewalInfo request: $(grep -i 'ari\|renewal' "$WORK/certbot-ari/logs/letsencrypt.log" | tail -5)"
+pass "certbot renew follows rampart's renewalInfo (RFC 9773): the revoked certificate renewed, the other kept"
 stop_rampart

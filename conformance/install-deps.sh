@@ -13,6 +13,11 @@ command -v knotd >/dev/null 2>&1 || [[ -x /usr/sbin/knotd ]] || missing+=(knot)
 command -v kdig >/dev/null 2>&1 || missing+=(knot-dnsutils)
 # micromdm's SCEP client (scepclient) for scep-client.sh and pkcs11-softhsm.sh.
 command -v scepclient >/dev/null 2>&1 || missing+=(scep)
+# lego (the Go ACME client) for acme-lego.sh.
+command -v lego >/dev/null 2>&1 || missing+=(lego)
+# dehydrated and uacme (with ualpn), two more ACME clients, for acme-dehydrated-uacme.sh.
+command -v dehydrated >/dev/null 2>&1 || missing+=(dehydrated)
+command -v uacme >/dev/null 2>&1 || missing+=(uacme)
 # Pebble (Let's Encrypt's test ACME CA), the upstream CA of acme-upstream-pebble.sh.
 command -v pebble >/dev/null 2>&1 || missing+=(pebble)
 # SoftHSM2, the PKCS#11 token of tests/pkcs11.rs and pkcs11-softhsm.sh (module and softhsm2-util).

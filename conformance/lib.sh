@@ -1,7 +1,7 @@
 # Shared helpers for conformance scripts (sourced, not run).
 # Provides: RAMPART (binary), WORK (temp dir, removed on exit), fail, pass, free_port,
-# start_rampart/stop_rampart, wait_http, enroll, acme_lab_config, certbot_venv, webhooks_venv,
-# start_knot/stop_knotd, start_pebble.
+# start_rampart/stop_rampart, wait_http, enroll, inventory, acme_lab_config, certbot_venv,
+# webhooks_venv, start_knot/stop_knotd, start_pebble.
 
 set -euo pipefail
 
@@ -72,6 +72,13 @@ enroll() {
         -H 'Content-Type: application/json' --data-binary @"$WORK/body.json" "$API/api/v1/enrollments"
 }
 
+# inventory <serial> — "status reason owner" of a certificate from the API ($API, with the
+# admin key in $ADMIN_KEY); reason is "-" when not revoked.
+inventory() {
+    curl -sf -H "Authorization: Bearer $ADMIN_KEY" "$API/api/v1/certificates/$1" \
+        | jq -r '[.status, (.revocation.reason // "-"), .owner] | join(" ")'
+}
+
 # acme_lab_config <extra [acme] TOML lines> — a rampart config in $WORK/ra for an ACME test:
 # data in $WORK/ra, API and ACME on free loopback ports (sets DIR, API, ACME_PORT, DIRECTORY
 # and exports RAMPART__ACME__LISTEN), private validation targets allowed.
@@ -109,8 +116,9 @@ webhooks_venv() {
     WEBHOOK_PYTHON="$venv/bin/python"
 }
 
-# start_knot <zone> — Knot DNS, authoritative for <zone> (apex A 127.0.0.1), on a free
-# loopback port, accepting dynamic updates signed with a fresh TSIG key (hmac-sha256).
+# start_knot <zone> [records] — Knot DNS, authoritative for <zone> (apex A 127.0.0.1, plus
+# the zone-file lines in [records]), on a free loopback port, accepting dynamic updates
+# signed with a fresh TSIG key (hmac-sha256).
 # Sets KNOT (its directory), DNS_PORT, TSIG_NAME, TSIG_SECRET, KNOTD_PID, KDIG (an array:
 # kdig at that server) and ZONE; soa_serial prints the zone's serial.
 start_knot() {
@@ -134,6 +142,7 @@ start_knot() {
 @   NS  ns
 ns  A   127.0.0.1
 @   A   127.0.0.1
+${2:-}
 ZONEFILE
     cat >"$KNOT/knot.conf" <<CONF
 server:
