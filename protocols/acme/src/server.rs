@@ -155,6 +155,12 @@ pub fn router(server: Arc<AcmeServer>) -> Router {
         .route("/acme/{profile}/new-authz", post(new_authz))
         .route("/acme/{profile}/renewal-info/{cert_id}", get(renewal_info))
         .fallback(|| async { Problem::not_found("resource") })
+        // RFC 8555 §6.3: a GET where POST(-as-GET) is required is answered 405 (axum adds
+        // the `Allow` header); errors are problem documents.
+        .method_not_allowed_fallback(|method: Method| async move {
+            Problem::malformed(format!("method {method} is not allowed on this resource"))
+                .with_status(StatusCode::METHOD_NOT_ALLOWED)
+        })
         .layer(axum::middleware::from_fn_with_state(
             server.clone(),
             add_nonce,

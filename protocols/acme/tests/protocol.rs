@@ -285,6 +285,41 @@ async fn content_type_with_the_right_prefix_only_is_415() {
     assert!(lab.order_list(&account).await.is_empty());
 }
 
+/// RFC 8555 §6.3: a plain GET of a resource that needs POST(-as-GET) is 405 with `Allow`,
+/// and (like every error here) a problem document carrying a fresh nonce; a path that is no
+/// resource at all is 404.
+#[tokio::test]
+async fn wrong_methods_are_405_problems_with_allow_and_unknown_paths_404() {
+    let lab = Lab::start().await;
+    for (method, path, allowed) in [
+        (Method::GET, "new-order", "POST"),
+        (Method::GET, "new-account", "POST"),
+        (Method::PUT, "directory", "GET,HEAD"),
+        (Method::DELETE, "new-nonce", "GET,HEAD"),
+    ] {
+        let reply = lab
+            .send(method.clone(), &lab.url(path), None, String::new())
+            .await;
+        let problem = reply.problem(405, "malformed");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains(method.as_str()),
+            "{problem}"
+        );
+        assert_eq!(
+            reply.header("allow").as_deref(),
+            Some(allowed),
+            "{method} {path}"
+        );
+        reply.nonce();
+    }
+    lab.send(Method::GET, &lab.url("no-such-thing"), None, String::new())
+        .await
+        .problem(404, "malformed");
+}
+
 #[tokio::test]
 async fn body_over_64_kib_is_413() {
     let lab = Lab::start().await;
