@@ -298,6 +298,41 @@ async fn refusals_use_the_rfc_statuses_and_issue_nothing() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 501);
+    // A wrong method is 405 naming the right ones; HEAD is GET without the body.
+    for (method, operation, allow) in [
+        (reqwest::Method::GET, "simpleenroll", "POST"),
+        (reqwest::Method::PUT, "serverkeygen", "POST"),
+        (reqwest::Method::POST, "cacerts", "GET, HEAD"),
+        (reqwest::Method::DELETE, "csrattrs", "GET, HEAD"),
+    ] {
+        let response = est
+            .client(None)
+            .request(method.clone(), format!("{}/{operation}", est.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 405, "{method} {operation}");
+        assert_eq!(
+            response.headers().get("allow").unwrap(),
+            allow,
+            "{method} {operation}"
+        );
+    }
+    let response = est
+        .client(None)
+        .head(format!("{}/cacerts", est.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(response
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("application/pkcs7-mime"));
+    assert!(response.bytes().await.unwrap().is_empty());
     let response = est
         .client(None)
         .post(format!("{}/simpleenroll", est.base))

@@ -200,23 +200,34 @@ async fn dispatch(
         )
     };
     let result = match (operation, method) {
-        ("cacerts", Method::GET) => cacerts(state.clone(), label.clone())
+        // HEAD as GET: hyper sends the head of the GET answer without its body.
+        ("cacerts", Method::GET | Method::HEAD) => cacerts(state.clone(), label.clone())
             .await
             .map_err(IntoResponse::into_response),
-        ("csrattrs", Method::GET) => csrattrs(state.clone(), label.clone())
+        ("csrattrs", Method::GET | Method::HEAD) => csrattrs(state.clone(), label.clone())
             .await
             .map_err(IntoResponse::into_response),
         ("simpleenroll", Method::POST) => enrollment(Operation::Enroll).await,
         ("simplereenroll", Method::POST) => enrollment(Operation::Reenroll).await,
         ("serverkeygen", Method::POST) => enrollment(Operation::ServerKeygen).await,
         ("fullcmc", Method::POST) => Ok(full_cmc()),
-        (
-            "cacerts" | "csrattrs" | "simpleenroll" | "simplereenroll" | "serverkeygen" | "fullcmc",
-            _,
-        ) => Ok((StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n").into_response()),
+        ("cacerts" | "csrattrs", _) => Ok(method_not_allowed("GET, HEAD")),
+        ("simpleenroll" | "simplereenroll" | "serverkeygen" | "fullcmc", _) => {
+            Ok(method_not_allowed("POST"))
+        }
         _ => Err(EstError::NotFound("no such EST operation".into()).into_response()),
     };
     result.unwrap_or_else(|response| response)
+}
+
+/// 405 with the `Allow` header HTTP requires of it (RFC 9110 §15.5.6).
+fn method_not_allowed(allow: &'static str) -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, allow)],
+        "method not allowed\n",
+    )
+        .into_response()
 }
 
 fn full_cmc() -> Response {
