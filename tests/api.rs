@@ -459,6 +459,18 @@ async fn bad_input_gets_a_json_error_is_audited_and_stores_no_certificate() {
         assert_eq!(response.status().as_u16(), 401);
     }
     assert_eq!(d.get("/api/v1/nothing-here").await.0, 404);
+    // A known endpoint with the wrong method: 405, a JSON error and `Allow`.
+    let response = d
+        .http
+        .delete(format!("{}/api/v1/enrollments", d.url))
+        .bearer_auth(&d.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(response.headers().get("allow").unwrap(), "POST");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "method_not_allowed", "{body}");
 
     // Nothing issued, every decision audited with its reason, chain intact.
     assert!(all_certificates(&d).await.is_empty());

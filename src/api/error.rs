@@ -57,6 +57,9 @@ pub enum ApiError {
     /// Storage failed.
     #[error("{0}")]
     Storage(String),
+    /// The endpoint exists but not with this method (the router adds `Allow`).
+    #[error("method {0} is not allowed on this endpoint")]
+    MethodNotAllowed(axum::http::Method),
 }
 
 impl ApiError {
@@ -154,6 +157,10 @@ impl IntoResponse for ApiError {
             ApiError::Storage(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error": "storage_failed", "message": message}),
+            ),
+            ApiError::MethodNotAllowed(_) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"error": "method_not_allowed", "message": message}),
             ),
         };
         let mut response = (status, Json(body)).into_response();

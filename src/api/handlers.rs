@@ -897,6 +897,11 @@ pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
 }
 
+/// An endpoint called with a method it does not have (405; the router adds `Allow`).
+pub async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::MethodNotAllowed(method)
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_duration;

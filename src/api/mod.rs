@@ -100,6 +100,7 @@ pub fn router(
         .route("/api/v1/webhooks", get(webhooks::list))
         .route("/api/v1/webhooks/{endpoint}/replay", post(webhooks::replay))
         .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
         // Bodies are limited by our own extractor (JSON 413); disable axum's plain-text one.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
