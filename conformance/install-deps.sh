@@ -20,6 +20,11 @@ command -v dehydrated >/dev/null 2>&1 || missing+=(dehydrated)
 command -v uacme >/dev/null 2>&1 || missing+=(uacme)
 # Pebble (Let's Encrypt's test ACME CA), the upstream CA of acme-upstream-pebble.sh.
 command -v pebble >/dev/null 2>&1 || missing+=(pebble)
+# Go and the Go ACME libraries of cert-manager (x/crypto/acme) and Caddy (acmez), as
+# Debian source packages built offline in GOPATH mode, for acme-go-libraries.sh.
+command -v go >/dev/null 2>&1 || missing+=(golang-go)
+[[ -d /usr/share/gocode/src/golang.org/x/crypto/acme ]] || missing+=(golang-golang-x-crypto-dev)
+[[ -d /usr/share/gocode/src/github.com/mholt/acmez ]] || missing+=(golang-github-mholt-acmez-dev)
 # SoftHSM2, the PKCS#11 token of tests/pkcs11.rs and pkcs11-softhsm.sh (module and softhsm2-util).
 { [[ -f /usr/lib/softhsm/libsofthsm2.so ]] && command -v softhsm2-util >/dev/null 2>&1; } || missing+=(softhsm2)
 # OpenSSL headers for josekit (JWS) through openssl-sys.
