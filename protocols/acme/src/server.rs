@@ -119,14 +119,16 @@ impl AcmeServer {
             header::RETRY_AFTER,
             &retry_after_seconds.max(1).to_string(),
         );
-        self.decorate(&mut response, index_link(headers, uri));
+        // Enrollment requests are POSTs: the answer carries a nonce.
+        self.decorate(&mut response, index_link(headers, uri), true);
         response
     }
 
-    /// Adds what every response carries: a fresh nonce, no-store and the index link.
-    fn decorate(&self, response: &mut Response, index: Option<String>) {
+    /// Adds what every response carries, no-store and the index link, and a fresh nonce
+    /// when `nonce`.
+    fn decorate(&self, response: &mut Response, index: Option<String>, nonce: bool) {
         let headers = response.headers_mut();
-        if let Ok(nonce) = HeaderValue::from_str(&self.nonces.issue()) {
+        if let Some(Ok(nonce)) = nonce.then(|| HeaderValue::from_str(&self.nonces.issue())) {
             headers.insert("replay-nonce", nonce);
         }
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -186,8 +188,12 @@ async fn add_nonce(
     next: Next,
 ) -> Response {
     let index = index_link(request.headers(), request.uri());
+    // RFC 8555 §6.5: a nonce on every answer to a POST (errors included) and from newNonce;
+    // none on the other GETs (the directory, renewalInfo), as Boulder does: some clients
+    // fail on a nonce they did not ask for (Ruby's acme-client before 2.0.16).
+    let nonce = request.method() != Method::GET || request.uri().path().ends_with("/new-nonce");
     let mut response = next.run(request).await;
-    server.decorate(&mut response, index);
+    server.decorate(&mut response, index, nonce);
     response
 }
 

@@ -43,6 +43,26 @@ async fn replayed_nonce_is_bad_nonce_and_the_error_carries_a_fresh_nonce() {
     lab.post_jws(&url, &jws).await.expect(201);
 }
 
+/// RFC 8555 §6.5: newNonce (GET and HEAD) hands out nonces; the directory GET carries
+/// none, as with Boulder (a client that does not expect one there may fail on it).
+#[tokio::test]
+async fn nonces_come_from_new_nonce_and_posts_not_from_the_directory() {
+    let lab = Lab::start().await;
+    for method in [Method::GET, Method::HEAD] {
+        let reply = lab
+            .send(method.clone(), &lab.url("new-nonce"), None, String::new())
+            .await;
+        assert!(reply.status.is_success(), "{method}: {}", reply.status);
+        reply.nonce();
+    }
+    let reply = lab
+        .send(Method::GET, &lab.url("directory"), None, String::new())
+        .await;
+    reply.expect(200);
+    assert_eq!(reply.header("replay-nonce"), None);
+    assert_eq!(reply.header("cache-control").as_deref(), Some("no-store"));
+}
+
 #[tokio::test]
 async fn missing_and_unknown_nonces_are_bad_nonce() {
     let lab = Lab::start().await;
@@ -313,7 +333,12 @@ async fn wrong_methods_are_405_problems_with_allow_and_unknown_paths_404() {
             Some(allowed),
             "{method} {path}"
         );
-        reply.nonce();
+        // A nonce on every answer but a plain GET's (RFC 8555 §6.5, as Boulder).
+        assert_eq!(
+            reply.header("replay-nonce").is_some(),
+            method != Method::GET,
+            "{method} {path}"
+        );
     }
     lab.send(Method::GET, &lab.url("no-such-thing"), None, String::new())
         .await
