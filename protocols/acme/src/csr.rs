@@ -36,8 +36,16 @@ fn bad_csr(detail: impl Into<String>) -> Problem {
 
 /// Read the CSR's names and key.
 pub fn read(der_bytes: &[u8]) -> Result<CsrFacts, Problem> {
-    let request = CertReq::from_der(der_bytes)
-        .map_err(|e| bad_csr(format!("not a DER PKCS#10 request: {e}")))?;
+    let request = CertReq::from_der(der_bytes).map_err(|e| {
+        bad_csr(match declared_version(der_bytes) {
+            // Made by some clients (Ruby's acme-client before 2.0.19); OpenSSL 3 refuses
+            // them too. Say what is wrong instead of a DER error.
+            Some(version) if version != 0 => format!(
+                "PKCS#10 version {version} is not defined: RFC 2986 requests are version 0 (v1)"
+            ),
+            _ => format!("not a DER PKCS#10 request: {e}"),
+        })
+    })?;
     let mut identifiers = BTreeSet::new();
     for rdn in request.info.subject.0.iter() {
         for attribute in rdn.0.iter().filter(|a| a.oid == COMMON_NAME) {
@@ -74,6 +82,14 @@ pub fn read(der_bytes: &[u8]) -> Result<CsrFacts, Problem> {
         identifiers,
         spki_der,
     })
+}
+
+/// The version a CertificationRequestInfo declares, read without decoding the rest.
+fn declared_version(der_bytes: &[u8]) -> Option<u64> {
+    let mut reader = der::SliceReader::new(der_bytes).ok()?;
+    der::Header::decode(&mut reader).ok()?; // CertificationRequest
+    der::Header::decode(&mut reader).ok()?; // CertificationRequestInfo
+    u64::decode(&mut reader).ok()
 }
 
 fn attribute_text(value: &der::Any) -> Option<String> {
@@ -118,4 +134,47 @@ fn ip_from_octets(bytes: &[u8]) -> Result<Identifier, Problem> {
         _ => return Err(bad_csr("malformed IP address in subjectAltName")),
     };
     Ok(Identifier::ip(ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csr_der() -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["www.example.test".to_string()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.serialize_request(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn names_and_key_are_read() {
+        let facts = read(&csr_der()).unwrap();
+        assert_eq!(
+            facts.identifiers.into_iter().collect::<Vec<_>>(),
+            vec![Identifier::dns("www.example.test")]
+        );
+    }
+
+    #[test]
+    fn a_request_of_version_two_is_named_as_such() {
+        let mut der_bytes = csr_der();
+        // The version INTEGER (02 01 00) right after the two SEQUENCE headers.
+        let at = der_bytes
+            .windows(3)
+            .position(|w| w == [0x02, 0x01, 0x00])
+            .unwrap();
+        der_bytes[at + 2] = 2;
+        assert_eq!(declared_version(&der_bytes), Some(2));
+        let problem = read(&der_bytes).unwrap_err();
+        assert!(
+            problem.detail.contains("PKCS#10 version 2"),
+            "{}",
+            problem.detail
+        );
+        assert_eq!(declared_version(b"garbage"), None);
+        let problem = read(b"garbage").unwrap_err();
+        assert!(problem.detail.starts_with("not a DER PKCS#10 request"));
+    }
 }
