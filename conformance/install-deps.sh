@@ -20,6 +20,10 @@ command -v dehydrated >/dev/null 2>&1 || missing+=(dehydrated)
 command -v uacme >/dev/null 2>&1 || missing+=(uacme)
 # Pebble (Let's Encrypt's test ACME CA), the upstream CA of acme-upstream-pebble.sh.
 command -v pebble >/dev/null 2>&1 || missing+=(pebble)
+# acme-tiny, and Ruby's acme-client gem with WEBrick (its http-01 responder), for acme-tiny-ruby.sh.
+command -v acme-tiny >/dev/null 2>&1 || missing+=(acme-tiny)
+ruby -e 'require "acme-client"' 2>/dev/null || missing+=(ruby-acme-client)
+ruby -e 'require "webrick"' 2>/dev/null || missing+=(ruby-webrick)
 # Go and the Go ACME libraries of cert-manager (x/crypto/acme) and Caddy (acmez), as
 # Debian source packages built offline in GOPATH mode, for acme-go-libraries.sh.
 command -v go >/dev/null 2>&1 || missing+=(golang-go)
