@@ -468,14 +468,16 @@ impl KeyValue for StoreKv {
             .map_err(|e| e.to_string())
     }
 
-    async fn scan(
+    async fn scan_after(
         &self,
         namespace: &'static str,
         prefix: String,
+        after: Option<String>,
+        limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, String> {
         self.pipeline
             .store()
-            .protocol_scan(namespace, &prefix)
+            .protocol_scan_after(namespace, &prefix, after.as_deref(), limit)
             .map_err(|e| e.to_string())
     }
 }

@@ -415,6 +415,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         &self,
         namespace: &str,
         prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.protocol_scan_after(namespace, prefix, None, usize::MAX)
+    }
+
+    /// At most `limit` of the values [`Store::protocol_scan`] lists, from the first key
+    /// after `after` on (a page; `None`: from the start).
+    fn protocol_scan_after(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
     /// Append an audit entry on its own (decisions without other state change).

@@ -2078,14 +2078,26 @@ impl Store for SledStore {
             .map(|v| v.to_vec()))
     }
 
-    fn protocol_scan(
+    fn protocol_scan_after(
         &self,
         namespace: &str,
         prefix: &str,
+        after: Option<&str>,
+        limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let skip = namespace.len() + 1;
+        let start = protocol_key(namespace, prefix);
+        let from = match after {
+            Some(after) => Bound::Excluded(protocol_key(namespace, after)),
+            None => Bound::Included(start.clone()),
+        };
         self.protocol_state
-            .scan_prefix(protocol_key(namespace, prefix))
+            .range::<Vec<u8>, _>((from, Bound::Unbounded))
+            .take_while(|item| {
+                item.as_ref()
+                    .map_or(true, |(key, _)| key.starts_with(&start))
+            })
+            .take(limit)
             .map(|item| {
                 let (key, value) = item.map_err(backend)?;
                 Ok((
@@ -2338,6 +2350,49 @@ mod tests {
             }
             assert_eq!(got, expected, "{query:?}");
         }
+    }
+
+    #[test]
+    fn protocol_scans_page_through_one_prefix_of_one_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        for key in ["a/1", "a/2", "a/3", "a/4", "a/5", "b/1"] {
+            store
+                .protocol_put("ns", key, key.as_bytes(), false)
+                .unwrap();
+        }
+        store.protocol_put("other", "a/9", b"x", false).unwrap();
+        let keys = |items: Vec<(String, Vec<u8>)>| -> Vec<String> {
+            items.into_iter().map(|(key, _)| key).collect()
+        };
+        assert_eq!(
+            keys(store.protocol_scan("ns", "a/").unwrap()),
+            ["a/1", "a/2", "a/3", "a/4", "a/5"]
+        );
+        assert_eq!(
+            keys(
+                store
+                    .protocol_scan_after("ns", "a/", Some("a/2"), 2)
+                    .unwrap()
+            ),
+            ["a/3", "a/4"]
+        );
+        assert_eq!(
+            keys(
+                store
+                    .protocol_scan_after("ns", "a/", Some("a/4"), 10)
+                    .unwrap()
+            ),
+            ["a/5"]
+        );
+        assert!(store
+            .protocol_scan_after("ns", "a/", Some("a/5"), 10)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            keys(store.protocol_scan_after("ns", "a/", None, 1).unwrap()),
+            ["a/1"]
+        );
     }
 
     #[test]

@@ -39,6 +39,17 @@ pub trait KeyValue: Send + Sync + 'static {
         &self,
         namespace: &'static str,
         prefix: String,
+    ) -> Result<Vec<(String, Vec<u8>)>, String> {
+        self.scan_after(namespace, prefix, None, usize::MAX).await
+    }
+    /// At most `limit` of what [`KeyValue::scan`] lists, from the first key after `after`
+    /// on (`None`: from the start).
+    async fn scan_after(
+        &self,
+        namespace: &'static str,
+        prefix: String,
+        after: Option<String>,
+        limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, String>;
 }
 
@@ -81,15 +92,23 @@ impl KeyValue for MemoryKv {
             .get(&(namespace.to_string(), key))
             .cloned())
     }
-    async fn scan(
+    async fn scan_after(
         &self,
         namespace: &'static str,
         prefix: String,
+        after: Option<String>,
+        limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, String> {
+        use std::ops::Bound;
         let map = self.0.lock().expect("lock");
+        let from = match after {
+            Some(after) => Bound::Excluded((namespace.to_string(), after)),
+            None => Bound::Included((namespace.to_string(), prefix.clone())),
+        };
         Ok(map
-            .range((namespace.to_string(), prefix.clone())..)
+            .range((from, Bound::Unbounded))
             .take_while(|((ns, key), _)| ns == namespace && key.starts_with(&prefix))
+            .take(limit)
             .map(|((_, key), value)| (key.clone(), value.clone()))
             .collect())
     }
@@ -430,10 +449,22 @@ impl Records {
 
     /// Ids of an account's orders.
     pub async fn order_ids(&self, account_id: &str) -> Result<Vec<String>, Problem> {
+        self.order_ids_after(account_id, None, usize::MAX).await
+    }
+
+    /// At most `limit` ids of an account's orders in key order, from the one after `after`
+    /// on (`None`: from the first).
+    pub async fn order_ids_after(
+        &self,
+        account_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, Problem> {
         let prefix = format!("{account_id}/");
+        let after = after.map(|id| format!("{prefix}{id}"));
         let entries = self
             .kv
-            .scan(ACCOUNT_ORDERS, prefix.clone())
+            .scan_after(ACCOUNT_ORDERS, prefix.clone(), after, limit)
             .await
             .map_err(storage)?;
         Ok(entries

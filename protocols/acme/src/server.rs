@@ -146,6 +146,10 @@ pub fn router(server: Arc<AcmeServer>) -> Router {
         .route("/acme/{profile}/new-account", post(new_account))
         .route("/acme/{profile}/account/{id}", post(account))
         .route("/acme/{profile}/account/{id}/orders", post(account_orders))
+        .route(
+            "/acme/{profile}/account/{id}/orders/{after}",
+            post(account_orders_after),
+        )
         .route("/acme/{profile}/new-order", post(new_order))
         .route("/acme/{profile}/order/{id}", post(order))
         .route("/acme/{profile}/order/{id}/finalize", post(finalize))
@@ -710,20 +714,60 @@ async fn account(
     ))
 }
 
+/// Orders an account's orders list looks at per page (RFC 8555 §7.1.2.1).
+const ORDERS_PAGE: usize = 100;
+
 async fn account_orders(
     State(server): State<Arc<AcmeServer>>,
     Path((_, id)): Path<(String, String)>,
     Verified(signed, _): Verified<ByKid>,
 ) -> Result<Response, Problem> {
-    let account = own_account(&signed, &id)?;
-    let urls: Vec<String> = server
+    orders_page(&server, &signed, &id, None).await
+}
+
+async fn account_orders_after(
+    State(server): State<Arc<AcmeServer>>,
+    Path((_, id, after)): Path<(String, String, String)>,
+    Verified(signed, _): Verified<ByKid>,
+) -> Result<Response, Problem> {
+    orders_page(&server, &signed, &id, Some(&after)).await
+}
+
+/// RFC 8555 §7.1.2.1: the account's orders [`ORDERS_PAGE`] at a time in the order of
+/// their ids, without the invalid ones (a SHOULD), and while more may follow a `Link` with
+/// `rel="next"` to `…/orders/<last order looked at>`.
+async fn orders_page(
+    server: &AcmeServer,
+    signed: &Signed,
+    id: &str,
+    after: Option<&str>,
+) -> Result<Response, Problem> {
+    let account = own_account(signed, id)?;
+    let ids = server
         .records
-        .order_ids(&account.id)
-        .await?
-        .iter()
-        .map(|o| signed.urls.order(o))
-        .collect();
-    Ok(reply(StatusCode::OK, json!({ "orders": urls }), None))
+        .order_ids_after(&account.id, after, ORDERS_PAGE)
+        .await?;
+    let mut urls = Vec::new();
+    for order_id in &ids {
+        let Some(order) = server.records.order(order_id).await? else {
+            continue;
+        };
+        if server.order_view(&order).await?.0 != OrderStatus::Invalid {
+            urls.push(signed.urls.order(order_id));
+        }
+    }
+    let response = reply(StatusCode::OK, json!({ "orders": urls }), None);
+    Ok(match ids.last().filter(|_| ids.len() == ORDERS_PAGE) {
+        Some(last) => with_header(
+            response,
+            header::LINK,
+            &format!(
+                "<{}/orders/{last}>;rel=\"next\"",
+                signed.urls.account(&account.id)
+            ),
+        ),
+        None => response,
+    })
 }
 
 async fn key_change(

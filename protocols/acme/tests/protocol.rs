@@ -641,6 +641,72 @@ async fn post_as_get_order_and_authorizations_offer_the_right_challenges() {
     assert_eq!(seen.len(), 3);
 }
 
+/// RFC 8555 §7.1.2.1: the orders list comes a page at a time with a `next` link, and
+/// leaves out invalid orders.
+#[tokio::test]
+async fn the_orders_list_is_paginated_and_leaves_out_invalid_orders() {
+    let lab = Lab::start().await;
+    let account = lab.account().await;
+    let mut created = Vec::new();
+    for n in 0..101 {
+        let name = format!("n{n}.example.test");
+        let reply = lab.new_order(&account, &[("dns", &name)]).await;
+        let order = reply.expect(201);
+        created.push((reply.location(), order));
+    }
+    // The first order's authorization deactivated: that order is invalid now.
+    let authz_url = created[0].1["authorizations"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    lab.post(
+        &authz_url,
+        Some(&json!({"status": "deactivated"})),
+        Signer::Kid(&account),
+    )
+    .await
+    .expect(200);
+
+    let first = lab
+        .post(
+            &format!("{}/orders", account.url),
+            None,
+            Signer::Kid(&account),
+        )
+        .await;
+    let page: Vec<Value> = first.expect(200)["orders"].as_array().unwrap().clone();
+    let link = first.header("link").expect("a next link after a full page");
+    let next = link
+        .split(',')
+        .find(|l| l.contains("rel=\"next\""))
+        .and_then(|l| l.trim().strip_prefix('<'))
+        .and_then(|l| l.split('>').next())
+        .expect("rel=next")
+        .to_string();
+    assert!(
+        next.starts_with(&format!("{}/orders/", account.url)),
+        "{next}"
+    );
+    let second = lab.post(&next, None, Signer::Kid(&account)).await;
+    let rest: Vec<Value> = second.expect(200)["orders"].as_array().unwrap().clone();
+    assert!(second
+        .header("link")
+        .is_none_or(|l| !l.contains("rel=\"next\"")));
+    // 100 orders looked at on the first page, one on the second; the invalid one is on
+    // either and listed on neither.
+    assert_eq!(page.len() + rest.len(), 100);
+    assert!(page.len() >= 99 && rest.len() <= 1);
+    let mut listed: Vec<String> = page
+        .iter()
+        .chain(&rest)
+        .map(|u| u.as_str().unwrap().to_string())
+        .collect();
+    let mut expected: Vec<String> = created[1..].iter().map(|(url, _)| url.clone()).collect();
+    listed.sort();
+    expected.sort();
+    assert_eq!(listed, expected);
+}
+
 #[tokio::test]
 async fn finalize_before_ready_is_order_not_ready() {
     let lab = Lab::start().await;
