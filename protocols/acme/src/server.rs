@@ -273,12 +273,26 @@ fn new_id() -> String {
     id_from(millis, rand::random())
 }
 
+/// base64 over the URL-safe characters taken in ASCII order ("-", digits, capitals, "_",
+/// small letters): ids then sort as their bytes do, that is by time, in the stores' key
+/// order and in the orders list (base64url's own alphabet puts digits, "-" and "_" after
+/// the letters).
+const SORTABLE_ID: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &match base64::alphabet::Alphabet::new(
+        "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz",
+    ) {
+        Ok(alphabet) => alphabet,
+        Err(_) => panic!("64 distinct URL-safe characters"),
+    },
+    base64::engine::general_purpose::NO_PAD,
+);
+
 /// The id of a time (its low 48 bits, big-endian) and ten random bytes.
 fn id_from(millis: u64, random: [u8; 10]) -> String {
     let mut id = [0u8; 16];
     id[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
     id[6..].copy_from_slice(&random);
-    URL_SAFE_NO_PAD.encode(id)
+    SORTABLE_ID.encode(id)
 }
 
 fn rfc3339(at: OffsetDateTime) -> String {
@@ -1792,7 +1806,10 @@ mod tests {
     fn ids_are_their_time_then_their_random_bytes_and_neighbours_in_time_share_a_prefix() {
         let id = id_from(0x0123_4567_89ab, [0xff; 10]);
         assert_eq!(id.len(), 22);
-        let bytes = URL_SAFE_NO_PAD.decode(&id).expect("base64url");
+        assert!(id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        let bytes = SORTABLE_ID.decode(&id).expect("the id alphabet");
         assert_eq!(bytes[..6], [0x01, 0x23, 0x45, 0x67, 0x89, 0xab]);
         assert_eq!(bytes[6..], [0xff; 10]);
         let (earlier, later) = (
@@ -1801,5 +1818,25 @@ mod tests {
         );
         assert_eq!(earlier[..7], later[..7]);
         assert_ne!(new_id(), new_id());
+    }
+
+    #[test]
+    fn ids_sort_by_their_time_then_their_random_bytes() {
+        // Times one apart across every character boundary of the first 8 (6 bits each),
+        // and random parts from all-zero to all-one.
+        let mut times: Vec<u64> = (0..48).map(|bit| 1u64 << bit).collect();
+        times.extend(times.clone().iter().map(|t| t - 1));
+        times.extend([0, 0xffff_ffff_ffff, 1_764_806_400_000]);
+        times.sort_unstable();
+        times.dedup();
+        let mut ids = Vec::new();
+        for time in times {
+            for random in [[0; 10], [0x7f; 10], [0xff; 10]] {
+                ids.push(id_from(time, random));
+            }
+        }
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
     }
 }
