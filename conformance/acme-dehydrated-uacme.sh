@@ -53,21 +53,6 @@ mkdir -p "$CHALLENGES"
 python3 -m http.server --bind 127.0.0.1 --directory "$WORK/www" "$HTTP01_PORT" >"$WORK/http.log" 2>&1 &
 wait_http "http://127.0.0.1:$HTTP01_PORT/"
 
-# check_certificate <cert> <chain> <SAN…> — <cert> verifies against the CA bundle (with the
-# intermediates in <chain>) and names every SAN (e.g. DNS:x, IP Address:y); prints its
-# serial in lower-case hex.
-check_certificate() {
-    local crt="$1" chain="$2" san
-    shift 2
-    [[ -s "$crt" ]] || fail "no certificate at $crt"
-    openssl verify -CAfile "$DIR/ca-bundle.pem" -untrusted "$chain" "$crt" >/dev/null \
-        || fail "$crt does not verify"
-    for san in "$@"; do
-        openssl x509 -in "$crt" -noout -ext subjectAltName | matches -F "$san" || fail "$crt does not name $san"
-    done
-    openssl x509 -in "$crt" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f'
-}
-
 key_of() { openssl x509 -in "$1" -noout -text | grep -E 'Public-Key:|ASN1 OID:' | tr -d ' ' | paste -sd' '; }
 
 # ---------------------------------------------------------------- dehydrated
@@ -94,13 +79,13 @@ pass "dehydrated --register --accept-terms: an RS256 account with its contact"
 
 dh --cron --domain dh.clientlab.test || fail "dehydrated --cron: $(tail -20 "$WORK/dh.out")"
 LIVE="$DH/certs/dh.clientlab.test"
-FIRST="$(check_certificate "$LIVE/cert.pem" "$LIVE/chain.pem" DNS:dh.clientlab.test)"
+FIRST="$(verify_issued "$LIVE/cert.pem" "$LIVE/chain.pem" DNS:dh.clientlab.test)"
 [[ "$(key_of "$LIVE/cert.pem")" == *secp384r1* ]] || fail "dehydrated's default key is not P-384: $(key_of "$LIVE/cert.pem")"
 cat "$LIVE/cert.pem" "$LIVE/chain.pem" | cmp -s - "$LIVE/fullchain.pem" || fail "fullchain.pem is not cert + chain"
 pass "dehydrated --cron (http-01) got a P-384 certificate for dh.clientlab.test that openssl verifies"
 
 dh --cron --force --domain dh.clientlab.test || fail "dehydrated --cron --force: $(tail -20 "$WORK/dh.out")"
-SECOND="$(check_certificate "$LIVE/cert.pem" "$LIVE/chain.pem" DNS:dh.clientlab.test)"
+SECOND="$(verify_issued "$LIVE/cert.pem" "$LIVE/chain.pem" DNS:dh.clientlab.test)"
 [[ "$FIRST" != "$SECOND" ]] || fail "dehydrated --force did not replace the certificate"
 pass "dehydrated --cron --force renewed ($FIRST -> $SECOND)"
 
@@ -113,12 +98,12 @@ pass "dehydrated --revoke is recorded in the inventory ($(inventory "$SECOND" | 
 dh --cron --algo rsa --domain dh-rsa.clientlab.test --domain www.dh-rsa.clientlab.test \
     || fail "dehydrated --algo rsa: $(tail -20 "$WORK/dh.out")"
 LIVE="$DH/certs/dh-rsa.clientlab.test"
-S="$(check_certificate "$LIVE/cert.pem" "$LIVE/chain.pem" DNS:dh-rsa.clientlab.test DNS:www.dh-rsa.clientlab.test)"
+S="$(verify_issued "$LIVE/cert.pem" "$LIVE/chain.pem" DNS:dh-rsa.clientlab.test DNS:www.dh-rsa.clientlab.test)"
 [[ "$(key_of "$LIVE/cert.pem")" == *'(2048bit)'* ]] || fail "the --algo rsa key is not RSA-2048: $(key_of "$LIVE/cert.pem")"
 [[ "$(inventory "$S" | cut -d' ' -f3)" == "$DH_OWNER" ]] || fail "the RSA certificate's owner is not the account's: $(inventory "$S")"
 dh --cron --algo prime256v1 --domain dh-p256.clientlab.test || fail "dehydrated --algo prime256v1: $(tail -20 "$WORK/dh.out")"
 LIVE="$DH/certs/dh-p256.clientlab.test"
-check_certificate "$LIVE/cert.pem" "$LIVE/chain.pem" DNS:dh-p256.clientlab.test >/dev/null
+verify_issued "$LIVE/cert.pem" "$LIVE/chain.pem" DNS:dh-p256.clientlab.test >/dev/null
 [[ "$(key_of "$LIVE/cert.pem")" == *prime256v1* ]] || fail "the --algo prime256v1 key is not P-256: $(key_of "$LIVE/cert.pem")"
 pass "dehydrated got an RSA-2048 certificate for two names and a P-256 one"
 
@@ -174,7 +159,7 @@ pass "uacme -y new: an RS256 account, terms agreed"
 
 ua uacme issue ua.clientlab.test || fail "uacme issue: $(tail -20 "$WORK/ua.out")"
 CERT="$UA/ua.clientlab.test/cert.pem"
-FIRST="$(check_certificate "$CERT" "$CERT" DNS:ua.clientlab.test)"
+FIRST="$(verify_issued "$CERT" "$CERT" DNS:ua.clientlab.test)"
 [[ "$(key_of "$CERT")" == *'(2048bit)'* ]] || fail "uacme's default certificate key is not RSA-2048: $(key_of "$CERT")"
 matches -x "done http-01 ua.clientlab.test .*" "$HOOK_LOG" || fail "uacme's hook did not complete http-01: $(cat "$HOOK_LOG")"
 [[ -n "$(openssl x509 -in "$CERT" -noout -ocsp_uri)" ]] || fail "the certificate carries no AIA OCSP URL"
@@ -185,7 +170,7 @@ matches -F 'OCSP certificate status is GOOD' "$WORK/ua.out" || fail "uacme's OCS
 pass "uacme issue skips the current certificate after rampart's OCSP responder says good"
 
 ua uacme -f issue ua.clientlab.test || fail "uacme -f issue: $(tail -20 "$WORK/ua.out")"
-SECOND="$(check_certificate "$CERT" "$CERT" DNS:ua.clientlab.test)"
+SECOND="$(verify_issued "$CERT" "$CERT" DNS:ua.clientlab.test)"
 [[ "$FIRST" != "$SECOND" ]] || fail "uacme -f did not replace the certificate"
 pass "uacme -f issue renewed ($FIRST -> $SECOND)"
 
@@ -202,7 +187,7 @@ cp "$(ls "$UA"/ua.clientlab.test/revoked-*.pem | head -1)" "$CERT"
 rm -f "$UA"/ua.clientlab.test/cert-*.pem
 ua uacme issue ua.clientlab.test || fail "uacme issue over a revoked certificate: $(tail -20 "$WORK/ua.out")"
 matches -F 'OCSP certificate status is REVOKED' "$WORK/ua.out" || fail "uacme's OCSP check: $(tail -10 "$WORK/ua.out")"
-THIRD="$(check_certificate "$CERT" "$CERT" DNS:ua.clientlab.test)"
+THIRD="$(verify_issued "$CERT" "$CERT" DNS:ua.clientlab.test)"
 [[ "$THIRD" != "$SECOND" ]] || fail "uacme did not replace the revoked certificate"
 pass "uacme issue reissues once rampart's OCSP responder says revoked"
 
@@ -223,7 +208,7 @@ pass "uacme update: rampart keeps the new contact"
 cmp -s "$UA/private/key.pem" "$WORK/uacme-oldkey/private/key.pem" && fail "uacme newkey kept the old account key"
 rm -f "$UA"/ua.clientlab.test/cert-*.pem
 ua uacme -f issue ua.clientlab.test || fail "uacme -f issue with the new account key: $(tail -20 "$WORK/ua.out")"
-S="$(check_certificate "$CERT" "$CERT" DNS:ua.clientlab.test)"
+S="$(verify_issued "$CERT" "$CERT" DNS:ua.clientlab.test)"
 [[ "$(inventory "$S" | cut -d' ' -f3)" == "$UA_OWNER" ]] || fail "after the key change the owner is not the account's: $(inventory "$S")"
 if ua uacme-oldkey -vv -f issue ua.clientlab.test; then fail "the replaced account key still works"; fi
 matches -F 'accountDoesNotExist' "$WORK/ua.out" || fail "the old account key's error: $(tail -5 "$WORK/ua.out")"
@@ -245,7 +230,7 @@ openssl ec -in "$WORK/uacme-ec/private/key.pem" -noout -text 2>/dev/null | match
 UACME_CHALLENGE=tls-alpn-01 ua uacme-ec -t EC issue alpn.clientlab.test 127.0.0.1 \
     || fail "uacme issue (tls-alpn-01): $(tail -20 "$WORK/ua.out"; tail -5 "$WORK/ualpn.log")"
 CERT="$WORK/uacme-ec/alpn.clientlab.test/cert.pem"
-check_certificate "$CERT" "$CERT" DNS:alpn.clientlab.test 'IP Address:127.0.0.1' >/dev/null
+verify_issued "$CERT" "$CERT" DNS:alpn.clientlab.test 'IP Address:127.0.0.1' >/dev/null
 [[ "$(key_of "$CERT")" == *prime256v1* ]] || fail "uacme -t EC's certificate key is not P-256: $(key_of "$CERT")"
 [[ "$(grep -c '^done tls-alpn-01' "$HOOK_LOG")" == 2 ]] || fail "uacme's hook did not complete two tls-alpn-01 challenges: $(cat "$HOOK_LOG")"
 kill -TERM "$UALPN_PID"
@@ -256,7 +241,7 @@ ua uacme-p384 -t EC -b 384 -y new || fail "uacme -t EC -b 384 new: $(tail -20 "$
 openssl ec -in "$WORK/uacme-p384/private/key.pem" -noout -text 2>/dev/null | matches secp384r1 || fail "uacme -b 384's account key is not P-384"
 ua uacme-p384 -t EC -b 384 issue p384.clientlab.test || fail "uacme issue (ES384 account): $(tail -20 "$WORK/ua.out")"
 CERT="$WORK/uacme-p384/p384.clientlab.test/cert.pem"
-check_certificate "$CERT" "$CERT" DNS:p384.clientlab.test >/dev/null
+verify_issued "$CERT" "$CERT" DNS:p384.clientlab.test >/dev/null
 [[ "$(key_of "$CERT")" == *secp384r1* ]] || fail "uacme -b 384's certificate key is not P-384: $(key_of "$CERT")"
 pass "uacme -t EC -b 384 (ES384 account) got a P-384 certificate"
 

@@ -65,14 +65,6 @@ start_rampart "$DIR/rampart.toml"
 ADMIN_KEY="$(grep -o 'rpk_[A-Za-z0-9_-]*' "$WORK/rampart.out")"
 CM_DIRECTORY="https://localhost:$ACME_PORT/acme/cert-manager/directory"
 
-# verify <cert> <chain> — openssl verify against the CA bundle with the library's chain;
-# prints the serial in lower-case hex.
-verify() {
-    [[ -s "$1" && -s "$2" ]] || fail "no certificate or chain at $1"
-    openssl verify -CAfile "$DIR/ca-bundle.pem" -untrusted "$2" "$1" >/dev/null \
-        || fail "$1 does not verify: $(openssl verify -CAfile "$DIR/ca-bundle.pem" -untrusted "$2" "$1" 2>&1)"
-    openssl x509 -in "$1" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f'
-}
 sans() { openssl x509 -in "$1" -noout -ext subjectAltName | tail -n +2 | tr -d ' '; }
 
 # --- x/crypto/acme as cert-manager: EAB registration, http-01, CreateOrderCert, revocation.
@@ -93,7 +85,7 @@ matches -E '^refused a second account with the same EAB key: 403 urn:ietf:params
     || fail "a second account with a bound EAB key: $(grep refused "$WORK/cm-issue.out")"
 pass "x/crypto/acme: externalAccountRequired without EAB, unauthorized with a wrong HMAC; the right key registers an RS256 account, and no second account may reuse it"
 
-CM_SERIAL="$(verify "$WORK/cm/cert.pem" "$WORK/cm/chain.pem")"
+CM_SERIAL="$(verify_issued "$WORK/cm/cert.pem" "$WORK/cm/chain.pem")"
 [[ "$CM_SERIAL" == "$(sed -n 's/^serial //p' "$WORK/cm-issue.out")" ]] || fail "openssl and the library disagree on the serial"
 [[ "$(sans "$WORK/cm/cert.pem")" == "DNS:cm.golibs.test" ]] || fail "the cert-manager certificate's SANs: $(sans "$WORK/cm/cert.pem")"
 matches -F 'http-01 valid for cm.golibs.test' "$WORK/cm-issue.out" || fail "the http-01 responder saw no request for cm.golibs.test by name"
@@ -118,7 +110,7 @@ pass "x/crypto/acme: RevokeCert (cessationOfOperation) by the account found by i
 CLEAN_ERR="$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/rampart.err")"
 for kind in http-01 tls-alpn-01; do
     crt="$WORK/caddy/$kind/cert.pem"
-    serial="$(verify "$crt" "$WORK/caddy/$kind/chain.pem")"
+    serial="$(verify_issued "$crt" "$WORK/caddy/$kind/chain.pem")"
     names=(web1.golibs.test web2.golibs.test)
     [[ "$kind" == tls-alpn-01 ]] && names=(tls1.golibs.test tls2.golibs.test)
     [[ "$(sans "$crt")" == "DNS:${names[0]},DNS:${names[1]}" || "$(sans "$crt")" == "DNS:${names[1]},DNS:${names[0]}" ]] \

@@ -42,20 +42,6 @@ dns_resolver = \"127.0.0.1:$DNS_PORT\""
 start_rampart "$DIR/rampart.toml"
 ADMIN_KEY="$(grep -o 'rpk_[A-Za-z0-9_-]*' "$WORK/rampart.out")"
 
-# check_certificate <cert> <chain> <SAN…> — <cert> verifies against the CA bundle (with the
-# intermediates in <chain>) and names every SAN; prints its serial in lower-case hex.
-check_certificate() {
-    local crt="$1" chain="$2" san
-    shift 2
-    [[ -s "$crt" ]] || fail "no certificate at $crt"
-    openssl verify -CAfile "$DIR/ca-bundle.pem" -untrusted "$chain" "$crt" >/dev/null \
-        || fail "$crt does not verify"
-    for san in "$@"; do
-        openssl x509 -in "$crt" -noout -ext subjectAltName | matches -F "$san" || fail "$crt does not name $san"
-    done
-    openssl x509 -in "$crt" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f'
-}
-
 # split_chain <pem> — the first certificate to <pem>.leaf, the rest to <pem>.chain.
 split_chain() {
     awk -v leaf="$1.leaf" -v chain="$1.chain" '
@@ -110,7 +96,7 @@ export SSL_CERT_FILE="$DIR/ca-bundle.pem"
 http_proxy="http://127.0.0.1:$HTTP01_PORT" no_proxy="" tiny "$WORK/tiny.csr" --acme-dir "$CHALLENGES" \
     || fail "acme-tiny: $(tail -20 "$WORK/tiny.out")"
 split_chain "$WORK/tiny.crt"
-TINY="$(check_certificate "$WORK/tiny.crt.leaf" "$WORK/tiny.crt.chain" DNS:tiny.tinylab.test)"
+TINY="$(verify_issued "$WORK/tiny.crt.leaf" "$WORK/tiny.crt.chain" DNS:tiny.tinylab.test)"
 cmp -s <(openssl x509 -in "$WORK/tiny.crt.leaf" -noout -pubkey) <(openssl pkey -in "$WORK/tiny.key" -pubout) \
     || fail "acme-tiny's certificate is not for the CSR's key"
 matches -F 'Registered!' "$WORK/tiny.out" || fail "acme-tiny did not register: $(cat "$WORK/tiny.out")"
@@ -172,7 +158,7 @@ openssl ec -in "$WORK/ruby-account.key" -noout -text 2>/dev/null | matches prime
 matches -x 'finalize refused: Acme::Client::Error::BadCSR: PKCS#10 version 2 is not defined.* (the gem.s CSR has version 2)' "$WORK/ruby.out" \
     || fail "rampart did not refuse the gem's version-2 CSR as badCSR: $(cat "$WORK/ruby.out")"
 split_chain "$WORK/ruby.crt"
-RUBY="$(check_certificate "$WORK/ruby.crt.leaf" "$WORK/ruby.crt.chain" DNS:ruby.tinylab.test DNS:www.ruby.tinylab.test)"
+RUBY="$(verify_issued "$WORK/ruby.crt.leaf" "$WORK/ruby.crt.chain" DNS:ruby.tinylab.test DNS:www.ruby.tinylab.test)"
 openssl x509 -in "$WORK/ruby.crt.leaf" -noout -text | matches 'Public-Key: (2048 bit)' \
     || fail "the certificate's key is not RSA-2048 (the gem's default)"
 cmp -s <(openssl x509 -in "$WORK/ruby.crt.leaf" -noout -pubkey) <(openssl pkey -in "$WORK/ruby.crt.key" -pubout) \

@@ -1,7 +1,7 @@
 # Shared helpers for conformance scripts (sourced, not run).
 # Provides: RAMPART (binary), WORK (temp dir, removed on exit), fail, pass, free_port,
-# start_rampart/stop_rampart, wait_http, enroll, inventory, acme_lab_config, certbot_venv,
-# webhooks_venv, start_knot/stop_knotd, start_pebble.
+# start_rampart/stop_rampart, wait_http, enroll, inventory, verify_issued, acme_lab_config,
+# certbot_venv, webhooks_venv, start_knot/stop_knotd, start_pebble.
 
 set -euo pipefail
 
@@ -77,6 +77,21 @@ enroll() {
 inventory() {
     curl -sf -H "Authorization: Bearer $ADMIN_KEY" "$API/api/v1/certificates/$1" \
         | jq -r '[.status, (.revocation.reason // "-"), .owner] | join(" ")'
+}
+
+# verify_issued <cert> <chain> <SAN…> — <cert> verifies against the CA bundle ($DIR) with the
+# intermediates in <chain>, and names every SAN given (e.g. DNS:x, IP Address:y); prints its
+# serial in lower-case hex.
+verify_issued() {
+    local crt="$1" chain="$2" san
+    shift 2
+    [[ -s "$crt" && -s "$chain" ]] || fail "no certificate or chain at $crt"
+    openssl verify -CAfile "$DIR/ca-bundle.pem" -untrusted "$chain" "$crt" >/dev/null \
+        || fail "$crt does not verify: $(openssl verify -CAfile "$DIR/ca-bundle.pem" -untrusted "$chain" "$crt" 2>&1)"
+    for san in "$@"; do
+        openssl x509 -in "$crt" -noout -ext subjectAltName | matches -F "$san" || fail "$crt does not name $san"
+    done
+    openssl x509 -in "$crt" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f'
 }
 
 # acme_lab_config <extra [acme] TOML lines> — a rampart config in $WORK/ra for an ACME test:

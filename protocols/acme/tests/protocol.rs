@@ -655,17 +655,7 @@ async fn the_orders_list_is_paginated_and_leaves_out_invalid_orders() {
         created.push((reply.location(), order));
     }
     // The first order's authorization deactivated: that order is invalid now.
-    let authz_url = created[0].1["authorizations"][0]
-        .as_str()
-        .unwrap()
-        .to_string();
-    lab.post(
-        &authz_url,
-        Some(&json!({"status": "deactivated"})),
-        Signer::Kid(&account),
-    )
-    .await
-    .expect(200);
+    lab.deactivate_first_authz(&account, &created[0].1).await;
 
     let first = lab
         .post(
@@ -1079,17 +1069,7 @@ async fn orders_beyond_the_pending_limit_are_rate_limited_until_one_settles() {
         .expect(201);
 
     // Deactivating the first order's authorization makes it invalid: a slot frees up.
-    let authz_url = first.json()["authorizations"][0]
-        .as_str()
-        .unwrap()
-        .to_string();
-    lab.post(
-        &authz_url,
-        Some(&json!({"status": "deactivated"})),
-        Signer::Kid(&account),
-    )
-    .await
-    .expect(200);
+    lab.deactivate_first_authz(&account, &first.json()).await;
     lab.new_order(&account, &[("dns", "c.example.test")])
         .await
         .expect(201);

@@ -621,6 +621,19 @@ impl Lab {
         .await
     }
 
+    /// Deactivate the first authorization of `order` (its JSON), asserting 200: the order
+    /// is invalid from then on.
+    pub async fn deactivate_first_authz(&self, account: &Account, order: &Value) {
+        let authz_url = order["authorizations"][0].as_str().unwrap().to_string();
+        self.post(
+            &authz_url,
+            Some(&json!({"status": "deactivated"})),
+            Signer::Kid(account),
+        )
+        .await
+        .expect(200);
+    }
+
     /// The URLs in the account's orders list.
     pub async fn order_list(&self, account: &Account) -> Vec<Value> {
         let reply = self
