@@ -365,10 +365,39 @@ async fn deliver(d: &TestDaemon, sent: &Sent, requester: &Requester) -> CertRep 
         String::from_utf8_lossy(&reply)
     );
     let rep = client::read_reply(&reply, requester).unwrap();
+    openssl_reads_the_signature(&reply);
     assert_eq!(rep.transaction_id, sent.transaction_id);
     assert_eq!(rep.recipient_nonce, sent.outgoing.sender_nonce);
     assert_eq!(rep.signer, sent.ra, "the CertRep is signed by the RA");
     rep
+}
+
+/// OpenSSL's PKCS#7 verifier, which certmonger and sscep read CertReps with, accepts the
+/// reply's signature (the certificate chain aside): a SignedData without encapsulated
+/// content is "no content" to it, so PENDING and FAILURE carry an empty one.
+fn openssl_reads_the_signature(reply: &[u8]) {
+    use std::io::Write;
+    let mut openssl = std::process::Command::new("openssl")
+        .args([
+            "smime",
+            "-verify",
+            "-inform",
+            "DER",
+            "-noverify",
+            "-out",
+            "/dev/null",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl runs");
+    openssl.stdin.take().unwrap().write_all(reply).unwrap();
+    let out = openssl.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl smime -verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Build, send, read.

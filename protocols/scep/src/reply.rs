@@ -66,8 +66,11 @@ pub fn cert_rep(
             &fail_info.code().to_string(),
         )?);
     }
+    // RFC 8894 §3.3.2: PENDING and FAILURE carry no pkcsPKIEnvelope. It is left out as an
+    // empty eContent rather than an absent one: OpenSSL's PKCS#7 verifier, which certmonger
+    // and sscep read replies with, refuses a SignedData without content ("no content").
     pkimessage::sign(
-        envelope.as_deref(),
+        Some(envelope.as_deref().unwrap_or_default()),
         &ra.certificate,
         &*ra.key,
         to.digest,
