@@ -676,7 +676,8 @@ impl Backend {
     /// Transactions are per profile, transactionID and signer key: another device re-using
     /// a transactionID starts its own.
     fn transaction_key(profile: &str, transaction_id: &str, signer_der: &[u8]) -> String {
-        let spki = x509_cert::Certificate::from_der(signer_der)
+        // A requester's own certificate: any serial length (certmonger's is 32 octets).
+        let spki = rampart_scep::loose::RequesterCertificate::from_der(signer_der)
             .ok()
             .and_then(|c| c.tbs_certificate.subject_public_key_info.to_der().ok())
             .unwrap_or_default();

@@ -149,6 +149,12 @@ pub enum ReplyError {
 pub fn read_reply(der_bytes: &[u8], requester: &Requester) -> Result<CertRep, ReplyError> {
     let signed = SignedMessage::parse(der_bytes)?;
     signed.verify().map_err(ReplyError::Signature)?;
+    // A CA's certificate: RFC 5280's profile applies.
+    let ra_certificate = signed
+        .signer
+        .to_der()
+        .and_then(|der| Certificate::from_der(&der))
+        .map_err(|e| pkimessage::FormatError::Malformed(format!("CertRep signer: {e}")))?;
     if signed
         .text(oid::MESSAGE_TYPE)
         .and_then(|t| MessageType::parse(&t))
@@ -186,7 +192,7 @@ pub fn read_reply(der_bytes: &[u8], requester: &Requester) -> Result<CertRep, Re
         _ => pkimessage::CertsOnly::default(),
     };
     Ok(CertRep {
-        signer: signed.signer,
+        signer: ra_certificate,
         status,
         fail_info,
         transaction_id,

@@ -13,6 +13,7 @@
 pub mod ber;
 pub mod client;
 pub mod crypto;
+pub mod loose;
 pub mod pkimessage;
 pub mod reply;
 pub mod request;
@@ -417,7 +418,7 @@ fn key_unavailable(reason: &str) -> Response {
 enum Outcome {
     Success {
         content: Vec<u8>,
-        recipient: Box<Certificate>,
+        recipient: Box<crate::loose::RequesterCertificate>,
         cipher: crypto::ContentCipher,
     },
     Pending,

@@ -10,7 +10,6 @@ use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
 use cms::content_info::{CmsVersion, ContentInfo};
 use cms::enveloped_data::{
     EncryptedContentInfo, EnvelopedData, KeyTransRecipientInfo, RecipientIdentifier, RecipientInfo,
-    RecipientInfos,
 };
 use cms::revocation::{RevocationInfoChoice, RevocationInfoChoices};
 use cms::signed_data::{
@@ -22,7 +21,10 @@ use der::asn1::{OctetString, PrintableStringRef, SetOfVec};
 use der::{Any, Decode, Encode, Tag, Tagged};
 use spki::AlgorithmIdentifierOwned;
 use x509_cert::attr::Attribute;
+use x509_cert::certificate::{CertificateInner, Profile};
 use x509_cert::Certificate;
+
+use crate::loose::{IssuerAndSerial, RequesterCertificate, SignerId};
 
 use crate::crypto::{ContentCipher, CryptoError, Digest, RsaPrivateKey};
 use crate::wire::oid;
@@ -159,13 +161,13 @@ pub fn sign(
 /// (a reply to a message whose signature fails still echoes its transactionID).
 #[derive(Debug, Clone)]
 pub struct SignedMessage {
-    /// The signer's certificate, from the message's certificate set.
-    pub signer: Certificate,
+    /// The signer's certificate, from the message's certificate set (any serial length).
+    pub signer: RequesterCertificate,
     /// The digest algorithm the signer used, if rampart knows it.
     pub digest: Result<Digest, CryptoError>,
     /// The encapsulated content's octets, if any.
     pub content: Option<Vec<u8>>,
-    signer_info: SignerInfo,
+    signer_info: crate::loose::SignerInfo,
 }
 
 impl SignedMessage {
@@ -181,8 +183,9 @@ impl SignedMessage {
                 info.content_type
             )));
         }
-        let signed: SignedData = info.content.decode_as().map_err(malformed("SignedData"))?;
-        let signer_info = match signed.signer_infos.0.as_slice() {
+        let signed: crate::loose::SignedData =
+            info.content.decode_as().map_err(malformed("SignedData"))?;
+        let signer_info = match signed.signer_infos.as_slice() {
             [one] => one.clone(),
             _ => {
                 return Err(FormatError::Unsupported(
@@ -190,26 +193,17 @@ impl SignedMessage {
                 ))
             }
         };
-        let certificates = signed
+        // CertificateChoices other than a certificate (attribute certificates…) are skipped.
+        let mut certificates = signed
             .certificates
             .iter()
-            .flat_map(|set| set.0.iter())
-            .filter_map(|choice| match choice {
-                CertificateChoices::Certificate(cert) => Some(cert),
-                _ => None,
-            });
+            .flat_map(|set| set.iter())
+            .filter_map(|choice| RequesterCertificate::from_der(&choice.to_der().ok()?).ok());
         let signer = match &signer_info.sid {
-            SignerIdentifier::IssuerAndSerialNumber(id) => certificates
-                .into_iter()
-                .find(|c| {
-                    c.tbs_certificate.issuer == id.issuer
-                        && c.tbs_certificate.serial_number == id.serial_number
-                })
-                .cloned(),
-            SignerIdentifier::SubjectKeyIdentifier(ski) => certificates
-                .into_iter()
-                .find(|c| subject_key_identifier(c).as_ref() == Some(&ski.0))
-                .cloned(),
+            SignerId::IssuerAndSerialNumber(id) => certificates.find(|c| id.names(c)),
+            SignerId::SubjectKeyIdentifier(ski) => {
+                certificates.find(|c| subject_key_identifier(c).as_ref() == Some(&ski.0))
+            }
         }
         .ok_or_else(|| {
             FormatError::Unsupported("the signer's certificate is not in the message".into())
@@ -292,7 +286,7 @@ impl SignedMessage {
 }
 
 /// The subjectKeyIdentifier extension's value.
-fn subject_key_identifier(cert: &Certificate) -> Option<OctetString> {
+fn subject_key_identifier<P: Profile>(cert: &CertificateInner<P>) -> Option<OctetString> {
     use x509_cert::ext::pkix::SubjectKeyIdentifier;
     cert.tbs_certificate
         .extensions
@@ -304,9 +298,9 @@ fn subject_key_identifier(cert: &Certificate) -> Option<OctetString> {
 }
 
 /// An EnvelopedData (as ContentInfo DER) of `content` for the RSA key of `recipient`.
-pub fn seal(
+pub fn seal<P: Profile>(
     content: &[u8],
-    recipient: &Certificate,
+    recipient: &CertificateInner<P>,
     cipher: ContentCipher,
 ) -> Result<Vec<u8>, BuildError> {
     let crate::crypto::Encrypted {
@@ -316,16 +310,16 @@ pub fn seal(
     } = cipher.encrypt(content)?;
     let spki = recipient.tbs_certificate.subject_public_key_info.to_der()?;
     let encrypted_key = crate::crypto::rsa_encrypt(&spki, &key)?;
-    let recipient_info = RecipientInfo::Ktri(KeyTransRecipientInfo {
+    // Named exactly as it came (a requester's serial may be longer than RFC 5280 allows).
+    let recipient_info = crate::loose::KeyTransRecipientInfo {
         version: CmsVersion::V0,
-        rid: RecipientIdentifier::IssuerAndSerialNumber(issuer_and_serial(recipient)),
+        rid: IssuerAndSerial::of(recipient)?,
         key_enc_alg: rsa_encryption(),
         enc_key: OctetString::new(encrypted_key)?,
-    });
-    let enveloped = EnvelopedData {
+    };
+    let enveloped = crate::loose::EnvelopedData {
         version: CmsVersion::V0,
-        originator_info: None,
-        recip_infos: RecipientInfos(SetOfVec::try_from(vec![recipient_info])?),
+        recip_infos: SetOfVec::try_from(vec![recipient_info])?,
         encrypted_content: EncryptedContentInfo {
             content_type: oid::DATA,
             content_enc_alg: AlgorithmIdentifierOwned {
@@ -334,7 +328,6 @@ pub fn seal(
             },
             encrypted_content: Some(OctetString::new(ciphertext)?),
         },
-        unprotected_attrs: None,
     };
     Ok(content_info(oid::ENVELOPED_DATA, &enveloped)?)
 }

@@ -4,8 +4,6 @@
 //! encrypted for the requester's key with the cipher the requester used, holding a
 //! certificates-only SignedData with what was asked for.
 
-use x509_cert::Certificate;
-
 use crate::crypto::ContentCipher;
 use crate::pkimessage::{self, octets_attribute, printable_attribute, BuildError};
 use crate::request::ReplyTo;
@@ -20,7 +18,7 @@ pub enum Reply<'a> {
         /// The certificates-only SignedData, DER.
         content: Vec<u8>,
         /// Whose key the envelope is for.
-        recipient: &'a Certificate,
+        recipient: &'a crate::loose::RequesterCertificate,
         /// The content cipher.
         cipher: ContentCipher,
     },

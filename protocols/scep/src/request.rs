@@ -6,7 +6,6 @@
 use cms::cert::IssuerAndSerialNumber;
 use der::{Decode, Sequence};
 use x509_cert::name::Name;
-use x509_cert::Certificate;
 
 use crate::crypto::{ContentCipher, CryptoError, Digest};
 use crate::pkimessage::{self, OpenError, SignedMessage};
@@ -55,7 +54,7 @@ pub struct Request {
     /// The content cipher the client used (the reply uses the same).
     pub cipher: ContentCipher,
     /// The signer's certificate (self-signed for PKCSReq, the current one for renewal).
-    pub signer: Certificate,
+    pub signer: crate::loose::RequesterCertificate,
     /// The content.
     pub content: Content,
 }
