@@ -13,6 +13,10 @@ command -v knotd >/dev/null 2>&1 || [[ -x /usr/sbin/knotd ]] || missing+=(knot)
 command -v kdig >/dev/null 2>&1 || missing+=(knot-dnsutils)
 # micromdm's SCEP client (scepclient) for scep-client.sh and pkcs11-softhsm.sh.
 command -v scepclient >/dev/null 2>&1 || missing+=(scep)
+# certmonger (getcert and its SCEP helper) and dbus-daemon (certmonger's private bus) for
+# scep-certmonger.sh.
+command -v getcert >/dev/null 2>&1 || missing+=(certmonger)
+command -v dbus-daemon >/dev/null 2>&1 || missing+=(dbus)
 # lego (the Go ACME client) for acme-lego.sh.
 command -v lego >/dev/null 2>&1 || missing+=(lego)
 # dehydrated and uacme (with ualpn), two more ACME clients, for acme-dehydrated-uacme.sh.

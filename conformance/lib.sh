@@ -1,6 +1,70 @@
 # Shared helpers for conformance scripts (sourced, not run).
 # Provides: RAMPART (binary), WORK (temp dir, removed on exit), fail, pass, free_port,
 # start_rampart/stop_rampart, wait_http, enroll, inventory, verify_issued, acme_lab_config,
+# scep_lab <challenge> [toml] — start rampart with a SCEP listener whose profile `default`
+# (template client, identity scep-default, admin, legacy algorithms allowed) takes the static
+# <challenge>, stored hashed; [toml] adds to the config (more profiles). Sets DIR, API, SCEP
+# (the default profile's URL), KEY (the admin API key serve printed) and AUTH (curl's header).
+scep_lab() {
+    DIR="$WORK/ra"
+    local api_port scep_port hash
+    api_port="$(free_port)"
+    scep_port="$(free_port)"
+    mkdir -p "$DIR"
+    hash="$(printf '%s' "$1" | "$RAMPART" hash-password)" || fail "hash-password"
+    cat >"$DIR/rampart.toml" <<TOML
+[server]
+data_dir = "$DIR"
+[api]
+listen = "127.0.0.1:$api_port"
+[scep.profiles.default]
+template = "client"
+identity = "scep-default"
+roles = ["admin"]
+challenge_hash = "$hash"
+legacy_algorithms = true
+${2:-}
+TOML
+    grep -qF "\"$1\"" "$DIR/rampart.toml" && fail "the challenge itself ended up in the config"
+    API="http://127.0.0.1:$api_port"
+    # Exported (lib.sh's default is port 0): a restart of the daemon keeps the listener.
+    export RAMPART__SCEP__LISTEN="127.0.0.1:$scep_port"
+    start_rampart "$DIR/rampart.toml"
+    SCEP="http://127.0.0.1:$scep_port/scep"
+    grep "SCEP" "$WORK/rampart.out" | matches "$SCEP" || fail "serve did not print the SCEP URL"
+    KEY="$(grep -o 'rpk_[A-Za-z0-9_-]*' "$WORK/rampart.out")" || fail "serve printed no API key"
+    AUTH=(-H "Authorization: Bearer $KEY")
+}
+
+# scep_ca_certs <pem-bundle> <prefix> — SCEP's GetCACert certificates (as PEM) into
+# <prefix>.ra.pem (the RSA certificate), <prefix>.root.pem (self-signed) and
+# <prefix>.issuing.pem; prints how many certificates the bundle held.
+scep_ca_certs() {
+    local pem
+    awk -v p="$2." '/BEGIN CERTIFICATE/ {n++; on=1} on {print > (p n ".pem")} /END CERTIFICATE/ {on=0}' "$1"
+    for pem in "$2".[0-9]*.pem; do
+        if openssl x509 -in "$pem" -noout -text | matches 'Public Key Algorithm: rsaEncryption'; then
+            cp "$pem" "$2.ra.pem"
+        elif [[ "$(openssl x509 -in "$pem" -noout -subject -nameopt RFC2253 | cut -d= -f2-)" \
+            == "$(openssl x509 -in "$pem" -noout -issuer -nameopt RFC2253 | cut -d= -f2-)" ]]; then
+            cp "$pem" "$2.root.pem"
+        else
+            cp "$pem" "$2.issuing.pem"
+        fi
+    done
+    [[ -f "$2.ra.pem" && -f "$2.root.pem" && -f "$2.issuing.pem" ]] \
+        || fail "GetCACert: no RSA RA certificate, self-signed root and issuing CA in $(grep '^subject' "$1" | tr '\n' ' ')"
+    grep -c 'BEGIN CERTIFICATE' "$1"
+}
+
+# count_certs — how many certificates the API ($API, $AUTH) lists (up to 500).
+count_certs() {
+    local n
+    n="$(curl -sf "${AUTH[@]}" "$API/api/v1/certificates?limit=500" | jq '.items | length')" || fail "listing certificates"
+    [[ "$n" =~ ^[0-9]+$ ]] || fail "listing certificates gave $n"
+    echo "$n"
+}
+
 # certbot_venv, webhooks_venv, start_knot/stop_knotd, start_pebble.
 
 set -euo pipefail

@@ -7,47 +7,14 @@
 source "$(dirname "$0")/lib.sh"
 
 command -v scepclient >/dev/null || fail "scepclient missing (apt-get install scep)"
-DIR="$WORK/ra"
-API_PORT="$(free_port)"
-SCEP_PORT="$(free_port)"
-mkdir -p "$DIR"
-HASH="$(printf 'secret' | "$RAMPART" hash-password)" || fail "hash-password"
-cat >"$DIR/rampart.toml" <<TOML
-[server]
-data_dir = "$DIR"
-[api]
-listen = "127.0.0.1:$API_PORT"
-[scep]
-listen = "127.0.0.1:$SCEP_PORT"
-[scep.profiles.default]
-template = "client"
-identity = "scep-default"
-roles = ["admin"]
-challenge_hash = "$HASH"
-legacy_algorithms = true
-[scep.profiles.strict]
+scep_lab secret '[scep.profiles.strict]
 template = "client"
 identity = "scep-strict"
 roles = ["admin"]
-challenge_hash = "$HASH"
-legacy_algorithms = false
-TOML
-grep -q '"secret"' "$DIR/rampart.toml" && fail "the challenge itself ended up in the config"
-API="http://127.0.0.1:$API_PORT"
-export RAMPART__SCEP__LISTEN="127.0.0.1:$SCEP_PORT"
-start_rampart "$DIR/rampart.toml"
-grep "SCEP" "$WORK/rampart.out" | matches "http://127.0.0.1:$SCEP_PORT/scep" || fail "serve did not print the SCEP URL"
-KEY="$(grep -o 'rpk_[A-Za-z0-9_-]*' "$WORK/rampart.out")" || fail "serve printed no API key"
-AUTH=(-H "Authorization: Bearer $KEY")
-SCEP="http://127.0.0.1:$SCEP_PORT/scep"
+challenge_hash = "'"$(printf 'secret' | "$RAMPART" hash-password)"'"
+legacy_algorithms = false'
 STRICT="$SCEP/strict"
 
-count_certs() {
-    local n
-    n="$(curl -sf "${AUTH[@]}" "$API/api/v1/certificates?limit=500" | jq '.items | length')" || fail "listing certificates"
-    [[ "$n" =~ ^[0-9]+$ ]] || fail "listing certificates gave $n"
-    echo "$n"
-}
 # certificate_json <pem> — the API's record of an issued certificate
 certificate_json() {
     curl -sf "${AUTH[@]}" "$API/api/v1/certificates/$(openssl x509 -in "$1" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f')"
@@ -55,22 +22,8 @@ certificate_json() {
 # split_cacert <der> <prefix> — GetCACert's PKCS#7 into <prefix>.ra.pem (the RSA certificate),
 # <prefix>.root.pem (self-signed) and <prefix>.issuing.pem; prints how many certificates it held.
 split_cacert() {
-    local pem
     openssl pkcs7 -inform DER -in "$1" -print_certs -out "$2.all.pem" || fail "GetCACert is not DER PKCS#7"
-    awk -v p="$2." '/BEGIN CERTIFICATE/ {n++; on=1} on {print > (p n ".pem")} /END CERTIFICATE/ {on=0}' "$2.all.pem"
-    for pem in "$2".[0-9]*.pem; do
-        if openssl x509 -in "$pem" -noout -text | matches 'Public Key Algorithm: rsaEncryption'; then
-            cp "$pem" "$2.ra.pem"
-        elif [[ "$(openssl x509 -in "$pem" -noout -subject -nameopt RFC2253 | cut -d= -f2-)" \
-            == "$(openssl x509 -in "$pem" -noout -issuer -nameopt RFC2253 | cut -d= -f2-)" ]]; then
-            cp "$pem" "$2.root.pem"
-        else
-            cp "$pem" "$2.issuing.pem"
-        fi
-    done
-    [[ -f "$2.ra.pem" && -f "$2.root.pem" && -f "$2.issuing.pem" ]] \
-        || fail "GetCACert: no RSA RA certificate, self-signed root and issuing CA in $(grep '^subject' "$2.all.pem" | tr '\n' ' ')"
-    grep -c 'BEGIN CERTIFICATE' "$2.all.pem"
+    scep_ca_certs "$2.all.pem" "$2"
 }
 # scep_enroll <run> <url> <cn> <challenge> — scepclient in $WORK/<run> (its own key, CSR and
 # self-signed certificate live there); certificate in $WORK/<run>/cert.pem, output in
