@@ -676,9 +676,9 @@ fn scep_csr(key: &[u8], name: &str) -> Vec<u8> {
 /// PKCSReq for `name`, sealed for `recipient` with `cipher`, signed with `digest`: the
 /// HTTP status and, on 200, the CertRep — whose signature `read_reply` verifies against the
 /// signer certificate it carries.
-async fn scep_pkcs_req(
+async fn scep_pkcs_req<P: x509_cert::certificate::Profile>(
     d: &TestDaemon,
-    recipient: &Certificate,
+    recipient: &x509_cert::certificate::CertificateInner<P>,
     name: &str,
     cipher: ContentCipher,
     digest: Digest,

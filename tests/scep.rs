@@ -224,10 +224,16 @@ struct Device {
 
 impl Device {
     fn new() -> Self {
+        Self::with_serial(None)
+    }
+
+    /// A device whose self-signed certificate has `serial` (rcgen's own when `None`).
+    fn with_serial(serial: Option<&[u8]>) -> Self {
         let key =
             rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
                 .unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.serial_number = serial.map(rcgen::SerialNumber::from_slice);
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "scep test device");
@@ -676,6 +682,28 @@ async fn a_resent_transaction_gets_the_same_certificate() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_requester_certificate_with_a_serial_longer_than_rfc_5280_allows_enrolls() {
+    // certmonger's self-signed certificate: its serial is the key's SHA-256, 32 octets (33
+    // encoded), beyond the 20 RFC 5280 allows a CA.
+    let (_dir, d) = daemon(|_| {}).await;
+    let serial: Vec<u8> = (0..32u8).map(|i| 0x80 | i).collect();
+    let device = Device::with_serial(Some(&serial));
+    let signer = device
+        .requester
+        .certificate
+        .tbs_certificate
+        .serial_number
+        .as_bytes();
+    assert!(signer.len() > 21, "the test certificate's serial is long");
+    let csr = device.csr(&["long-serial.test"], Some(CHALLENGE));
+    // The reply names that certificate as its envelope's recipient, or it could not be read.
+    let rep = enroll(&d, Via::default(), &device, &csr).await;
+    issued(&rep, &csr);
+    assert_eq!(scep_inventory(&d).await.len(), 1);
+    d.daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_or_missing_challenge_is_refused() {
     let (_dir, d) = daemon(|_| {}).await;
     let device = Device::new();
@@ -893,9 +921,9 @@ async fn get_cert_and_get_crl_answer_for_this_ca() {
     let rep = by_serial(&d, &asker, MessageType::GetCert, &unknown).await;
     assert_eq!(failure(&rep), FailInfo::BadCertId);
     // Another CA's certificate (the asker's self-signed one).
-    let foreign = &asker.requester.certificate;
+    let foreign = Certificate::from_der(&asker.requester.certificate.to_der().unwrap()).unwrap();
     for message_type in [MessageType::GetCert, MessageType::GetCrl] {
-        let rep = by_serial(&d, &asker, message_type, foreign).await;
+        let rep = by_serial(&d, &asker, message_type, &foreign).await;
         assert_eq!(failure(&rep), FailInfo::BadCertId, "{message_type}");
     }
 

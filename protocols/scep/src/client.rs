@@ -7,6 +7,7 @@ use x509_cert::name::Name;
 use x509_cert::Certificate;
 
 use crate::crypto::{ContentCipher, CryptoError, Digest, RsaKey};
+use crate::loose::RequesterCertificate;
 use crate::pkimessage::{self, octets_attribute, printable_attribute, BuildError, SignedMessage};
 use crate::request::IssuerAndSubject;
 use crate::wire::{oid, FailInfo, MessageType, PkiStatus};
@@ -14,8 +15,8 @@ use crate::wire::{oid, FailInfo, MessageType, PkiStatus};
 /// A requester: its certificate (self-signed before its first enrollment) and RSA key.
 #[derive(Debug)]
 pub struct Requester {
-    /// The certificate that signs requests.
-    pub certificate: Certificate,
+    /// The certificate that signs requests (any serial length).
+    pub certificate: RequesterCertificate,
     /// Its key.
     pub key: RsaKey,
 }
@@ -24,7 +25,7 @@ impl Requester {
     /// From a certificate (DER) and its PKCS#8 RSA key.
     pub fn new(certificate_der: &[u8], key_pkcs8: &[u8]) -> Result<Self, CryptoError> {
         Ok(Requester {
-            certificate: Certificate::from_der(certificate_der)
+            certificate: RequesterCertificate::from_der(certificate_der)
                 .map_err(|e| CryptoError::BadKey(e.to_string()))?,
             key: RsaKey::from_pkcs8(key_pkcs8)?,
         })
@@ -59,9 +60,9 @@ pub struct Outgoing {
 /// IssuerAndSerialNumber, DER) sealed for `recipient` (the RA certificate), signed at
 /// `signed_at`.
 #[allow(clippy::too_many_arguments)]
-pub fn request(
+pub fn request<P: x509_cert::certificate::Profile>(
     requester: &Requester,
-    recipient: &Certificate,
+    recipient: &x509_cert::certificate::CertificateInner<P>,
     message_type: MessageType,
     transaction_id: &str,
     content: &[u8],

@@ -6,15 +6,14 @@
 //!
 //! Types come from the `cms`, `x509-cert` and `der` crates; algorithms from [`crate::crypto`].
 
-use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
+use cms::cert::CertificateChoices;
 use cms::content_info::{CmsVersion, ContentInfo};
 use cms::enveloped_data::{
-    EncryptedContentInfo, EnvelopedData, KeyTransRecipientInfo, RecipientIdentifier, RecipientInfo,
+    EncryptedContentInfo, EnvelopedData, RecipientIdentifier, RecipientInfo,
 };
 use cms::revocation::{RevocationInfoChoice, RevocationInfoChoices};
 use cms::signed_data::{
-    CertificateSet, DigestAlgorithmIdentifiers, EncapsulatedContentInfo, SignedData,
-    SignerIdentifier, SignerInfo, SignerInfos,
+    CertificateSet, DigestAlgorithmIdentifiers, EncapsulatedContentInfo, SignedData, SignerInfos,
 };
 use const_oid::ObjectIdentifier;
 use der::asn1::{OctetString, PrintableStringRef, SetOfVec};
@@ -69,13 +68,6 @@ fn rsa_encryption() -> AlgorithmIdentifierOwned {
     }
 }
 
-fn issuer_and_serial(cert: &Certificate) -> IssuerAndSerialNumber {
-    IssuerAndSerialNumber {
-        issuer: cert.tbs_certificate.issuer.clone(),
-        serial_number: cert.tbs_certificate.serial_number.clone(),
-    }
-}
-
 fn content_info(
     content_type: ObjectIdentifier,
     content: &(impl der::EncodeValue + der::Tagged),
@@ -101,9 +93,9 @@ pub enum BuildError {
 /// A SignedData (as ContentInfo DER) over `content` (absent for replies without one),
 /// signed by `key` whose certificate is `signer` at `signed_at`, with `attributes` besides
 /// the CMS contentType, messageDigest and signingTime.
-pub fn sign(
+pub fn sign<P: Profile>(
     content: Option<&[u8]>,
-    signer: &Certificate,
+    signer: &CertificateInner<P>,
     key: &dyn RsaPrivateKey,
     digest: Digest,
     mut attributes: Vec<Attribute>,
@@ -130,16 +122,17 @@ pub fn sign(
         oid: digest.oid(),
         parameters: None,
     };
-    let signer_info = SignerInfo {
+    let signer_info = crate::loose::SignerInfo {
         version: CmsVersion::V1,
-        sid: SignerIdentifier::IssuerAndSerialNumber(issuer_and_serial(signer)),
+        sid: SignerId::IssuerAndSerialNumber(IssuerAndSerial::of(signer)?),
         digest_alg: digest_alg.clone(),
         signed_attrs: Some(signed_attrs),
         signature_algorithm: rsa_encryption(),
         signature: OctetString::new(signature)?,
         unsigned_attrs: None,
     };
-    let signed = SignedData {
+    // The signer named as it is, whatever its serial's length (a requester's own).
+    let signed = crate::loose::SignedData {
         version: CmsVersion::V1,
         digest_algorithms: DigestAlgorithmIdentifiers::try_from(vec![digest_alg])?,
         encap_content_info: EncapsulatedContentInfo {
@@ -148,11 +141,9 @@ pub fn sign(
                 .map(|c| Any::new(Tag::OctetString, c.to_vec()))
                 .transpose()?,
         },
-        certificates: Some(CertificateSet(SetOfVec::try_from(vec![
-            CertificateChoices::Certificate(signer.clone()),
-        ])?)),
+        certificates: Some(SetOfVec::try_from(vec![Any::from_der(&signer.to_der()?)?])?),
         crls: None,
-        signer_infos: SignerInfos(SetOfVec::try_from(vec![signer_info])?),
+        signer_infos: SetOfVec::try_from(vec![signer_info])?,
     };
     Ok(content_info(oid::SIGNED_DATA, &signed)?)
 }
@@ -332,6 +323,75 @@ pub fn seal<P: Profile>(
     Ok(content_info(oid::ENVELOPED_DATA, &enveloped)?)
 }
 
+/// A key-transport recipient of an EnvelopedData, as read.
+struct KeyTransport {
+    /// Whether it names the certificate opening the envelope.
+    names_me: bool,
+    key_enc_alg: AlgorithmIdentifierOwned,
+    enc_key: OctetString,
+}
+
+/// The key-transport recipients and the encrypted content of an EnvelopedData: as the `cms`
+/// crate reads it (every recipient kind, a constructed encrypted content joined first), or
+/// else with recipients named by serials of any length (a reply to a requester whose own
+/// certificate has one, see [`crate::loose`]).
+fn key_transports_of<P: Profile>(
+    content: &Any,
+    me: &CertificateInner<P>,
+) -> Result<(Vec<KeyTransport>, EncryptedContentInfo), FormatError> {
+    let strict = content.decode_as::<EnvelopedData>().or_else(|first| {
+        // A constructed encrypted content (Go's PKCS#7 library sends one): join it.
+        content
+            .to_der()
+            .ok()
+            .and_then(|bytes| crate::ber::join_implicit_octets(&bytes).ok())
+            .and_then(|bytes| EnvelopedData::from_der(&bytes).ok())
+            .ok_or(first)
+    });
+    match strict {
+        Ok(enveloped) => {
+            let transports = enveloped
+                .recip_infos
+                .0
+                .iter()
+                .filter_map(|r| match r {
+                    RecipientInfo::Ktri(k) => Some(KeyTransport {
+                        names_me: match &k.rid {
+                            RecipientIdentifier::IssuerAndSerialNumber(id) => {
+                                id.issuer == me.tbs_certificate.issuer
+                                    && id.serial_number.as_bytes()
+                                        == me.tbs_certificate.serial_number.as_bytes()
+                            }
+                            RecipientIdentifier::SubjectKeyIdentifier(ski) => {
+                                subject_key_identifier(me).as_ref() == Some(&ski.0)
+                            }
+                        },
+                        key_enc_alg: k.key_enc_alg.clone(),
+                        enc_key: k.enc_key.clone(),
+                    }),
+                    _ => None,
+                })
+                .collect();
+            Ok((transports, enveloped.encrypted_content))
+        }
+        Err(first) => {
+            let loose: crate::loose::EnvelopedData = content
+                .decode_as()
+                .map_err(|_| FormatError::Malformed(format!("EnvelopedData: {first}")))?;
+            let transports = loose
+                .recip_infos
+                .iter()
+                .map(|k| KeyTransport {
+                    names_me: k.rid.names(me),
+                    key_enc_alg: k.key_enc_alg.clone(),
+                    enc_key: k.enc_key.clone(),
+                })
+                .collect();
+            Ok((transports, loose.encrypted_content))
+        }
+    }
+}
+
 /// Why an EnvelopedData could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpenError {
@@ -351,9 +411,9 @@ pub enum OpenError {
 
 /// Decrypt an EnvelopedData (ContentInfo DER) addressed to `me` (whose key is `key`):
 /// the content and the cipher the sender chose.
-pub fn open(
+pub fn open<P: Profile>(
     der_bytes: &[u8],
-    me: &Certificate,
+    me: &CertificateInner<P>,
     key: &dyn RsaPrivateKey,
 ) -> Result<(Vec<u8>, ContentCipher), OpenError> {
     let normalized = crate::ber::normalize(der_bytes)
@@ -366,39 +426,12 @@ pub fn open(
         ))
         .into());
     }
-    let enveloped: EnvelopedData = match info.content.decode_as() {
-        Ok(enveloped) => enveloped,
-        // A constructed encrypted content (Go's PKCS#7 library sends one): join it.
-        Err(first) => info
-            .content
-            .to_der()
-            .ok()
-            .and_then(|bytes| crate::ber::join_implicit_octets(&bytes).ok())
-            .and_then(|bytes| EnvelopedData::from_der(&bytes).ok())
-            .ok_or_else(|| FormatError::Malformed(format!("EnvelopedData: {first}")))?,
-    };
-    let key_transports: Vec<&KeyTransRecipientInfo> = enveloped
-        .recip_infos
-        .0
-        .iter()
-        .filter_map(|r| match r {
-            RecipientInfo::Ktri(k) => Some(k),
-            _ => None,
-        })
-        .collect();
-    let mine = key_transports.iter().find(|k| match &k.rid {
-        RecipientIdentifier::IssuerAndSerialNumber(id) => {
-            id.issuer == me.tbs_certificate.issuer
-                && id.serial_number == me.tbs_certificate.serial_number
-        }
-        RecipientIdentifier::SubjectKeyIdentifier(ski) => {
-            subject_key_identifier(me).as_ref() == Some(&ski.0)
-        }
-    });
+    let (key_transports, encrypted) = key_transports_of(&info.content, me)?;
+    let mine = key_transports.iter().find(|k| k.names_me);
     let recipient = match (mine, key_transports.as_slice()) {
-        (Some(k), _) => *k,
+        (Some(k), _) => k,
         // Some clients name the recipient by another certificate of the chain; try the key.
-        (None, [only]) => *only,
+        (None, [only]) => only,
         (None, []) => {
             return Err(OpenError::Algorithm(
                 "no RSA key-transport recipient in the envelope".into(),
@@ -416,7 +449,6 @@ pub fn open(
             recipient.key_enc_alg.oid
         )));
     }
-    let encrypted = &enveloped.encrypted_content;
     let cipher = ContentCipher::from_oid(&encrypted.content_enc_alg.oid)
         .map_err(|e| OpenError::Algorithm(e.to_string()))?;
     let iv = encrypted
