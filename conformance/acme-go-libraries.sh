@@ -54,13 +54,7 @@ TLSALPN01_PORT="$(free_port)"
 acme_lab_config "http01_port = $HTTP01_PORT
 tlsalpn01_port = $TLSALPN01_PORT
 dns_resolver = \"127.0.0.1:$DNS_PORT\"
-[acme.profiles.cert-manager]
-template = \"server\"
-certificate_profiles = []
-anonymous_role = \"\"
-terms_of_service = \"\"
-website = \"\"
-caa_identities = []"
+$(acme_eab_profile cert-manager)"
 start_rampart "$DIR/rampart.toml"
 ADMIN_KEY="$(grep -o 'rpk_[A-Za-z0-9_-]*' "$WORK/rampart.out")"
 CM_DIRECTORY="https://localhost:$ACME_PORT/acme/cert-manager/directory"

@@ -42,18 +42,6 @@ dns_resolver = \"127.0.0.1:$DNS_PORT\""
 start_rampart "$DIR/rampart.toml"
 ADMIN_KEY="$(grep -o 'rpk_[A-Za-z0-9_-]*' "$WORK/rampart.out")"
 
-# split_chain <pem> — the first certificate to <pem>.leaf, the rest to <pem>.chain.
-split_chain() {
-    awk -v leaf="$1.leaf" -v chain="$1.chain" '
-        /-----BEGIN CERTIFICATE-----/ { n++ }
-        n == 1 { print > leaf } n > 1 { print > chain }' "$1"
-    [[ -s "$1.leaf" && -s "$1.chain" ]] || fail "$1 does not hold a certificate and its chain"
-}
-
-# issued_for <name> — how many certificates the inventory holds for <name>.
-issued_for() {
-    curl -sf -H "Authorization: Bearer $ADMIN_KEY" "$API/api/v1/certificates?san=$1&limit=500" | jq '.items | length'
-}
 
 # ---------------------------------------------------------------- acme-tiny
 # The webroot acme-tiny writes tokens into, served where rampart validates http-01.

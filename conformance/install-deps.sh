@@ -17,6 +17,8 @@ command -v scepclient >/dev/null 2>&1 || missing+=(scep)
 # scep-certmonger.sh.
 command -v getcert >/dev/null 2>&1 || missing+=(certmonger)
 command -v dbus-daemon >/dev/null 2>&1 || missing+=(dbus)
+# Node.js and npm for acme-node.sh (npm's acme-client), where the machine has none.
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 # lego (the Go ACME client) for acme-lego.sh.
 command -v lego >/dev/null 2>&1 || missing+=(lego)
 # dehydrated and uacme (with ualpn), two more ACME clients, for acme-dehydrated-uacme.sh.

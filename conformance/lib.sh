@@ -65,6 +65,26 @@ count_certs() {
     echo "$n"
 }
 
+# acme_eab_profile <name> — the TOML of an ACME profile <name> (template server) that
+# lets no one in without external account binding (no anonymous role), with no terms,
+# website or CAA identities; for acme_lab_config's extra lines.
+acme_eab_profile() {
+    printf '[acme.profiles.%s]\ntemplate = "server"\ncertificate_profiles = []\nanonymous_role = ""\nterms_of_service = ""\nwebsite = ""\ncaa_identities = []\n' "$1"
+}
+
+# split_chain <pem> — the first certificate to <pem>.leaf, the rest to <pem>.chain.
+split_chain() {
+    awk -v leaf="$1.leaf" -v chain="$1.chain" '
+        /-----BEGIN CERTIFICATE-----/ { n++ }
+        n == 1 { print > leaf } n > 1 { print > chain }' "$1"
+    [[ -s "$1.leaf" && -s "$1.chain" ]] || fail "$1 does not hold a certificate and its chain"
+}
+
+# issued_for <name> — how many certificates the inventory ($API, $ADMIN_KEY) holds for <name>.
+issued_for() {
+    curl -sf -H "Authorization: Bearer $ADMIN_KEY" "$API/api/v1/certificates?san=$1&limit=500" | jq '.items | length'
+}
+
 # certbot_venv, webhooks_venv, start_knot/stop_knotd, start_pebble.
 
 set -euo pipefail
