@@ -17,7 +17,7 @@ RESULT="$(grep '^RESULT ' "$WORK/bench.out")" || fail "no RESULT line: $(cat "$W
 grep -q "completed=40 failed=0" <<<"$RESULT" || fail "unexpected result: $RESULT"
 grep -q "server_cpu_ms_per_op=" <<<"$RESULT" || fail "no server CPU figure: $RESULT"
 KEY="$(grep -o 'rpk_[A-Za-z0-9_-]*' "$WORK/rampart.out")"
-ISSUED="$(curl -sf -H "Authorization: Bearer $KEY" "$API/api/v1/certificates?san=bench.test&limit=500" | jq '.items | length')"
+ISSUED="$(ADMIN_KEY="$KEY" issued_for bench.test)"
 [[ "$ISSUED" == 40 ]] || fail "the inventory holds $ISSUED bench certificates, not 40"
 stop_rampart
 pass "rampart bench acme: 40 full orders with real http-01 validation, all recorded ($RESULT)"

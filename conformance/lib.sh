@@ -36,12 +36,18 @@ TOML
     AUTH=(-H "Authorization: Bearer $KEY")
 }
 
+# split_pems <pem-bundle> <prefix> — each certificate of the bundle to <prefix>.<n>.pem
+# (n from 1).
+split_pems() {
+    awk -v p="$2." '/BEGIN CERTIFICATE/ {n++; on=1} on {print > (p n ".pem")} /END CERTIFICATE/ {on=0}' "$1"
+}
+
 # scep_ca_certs <pem-bundle> <prefix> — SCEP's GetCACert certificates (as PEM) into
 # <prefix>.ra.pem (the RSA certificate), <prefix>.root.pem (self-signed) and
 # <prefix>.issuing.pem; prints how many certificates the bundle held.
 scep_ca_certs() {
     local pem
-    awk -v p="$2." '/BEGIN CERTIFICATE/ {n++; on=1} on {print > (p n ".pem")} /END CERTIFICATE/ {on=0}' "$1"
+    split_pems "$1" "$2"
     for pem in "$2".[0-9]*.pem; do
         if openssl x509 -in "$pem" -noout -text | matches 'Public Key Algorithm: rsaEncryption'; then
             cp "$pem" "$2.ra.pem"

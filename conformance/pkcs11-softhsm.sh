@@ -145,7 +145,7 @@ ra_cert() {
     local pem
     curl -sf -o "$WORK/$1.p7" "$SCEP?operation=GetCACert" || fail "GetCACert"
     openssl pkcs7 -inform DER -in "$WORK/$1.p7" -print_certs -out "$WORK/$1.all.pem" || fail "GetCACert is not DER PKCS#7"
-    awk -v p="$WORK/$1.cert." '/BEGIN CERTIFICATE/ {n++; on=1} on {print > (p n ".pem")} /END CERTIFICATE/ {on=0}' "$WORK/$1.all.pem"
+    split_pems "$WORK/$1.all.pem" "$WORK/$1.cert"
     for pem in "$WORK/$1.cert."*.pem; do
         if openssl x509 -in "$pem" -noout -text | matches 'Public Key Algorithm: rsaEncryption'; then
             cp "$pem" "$WORK/$1.pem"

@@ -119,7 +119,7 @@ done
 "$SCEP_SUBMIT" -u "$SCEP" -C >"$CM/cacerts.pem" 2>"$CM/cacerts.err" || fail "scep-submit -C (GetCACert): $(cat "$CM/cacerts.err")"
 [[ "$(scep_ca_certs "$CM/cacerts.pem" "$CM/ca")" == 3 ]] \
     || fail "scep-submit -C did not print RA + issuing CA + root: $(grep -c 'BEGIN CERTIFICATE' "$CM/cacerts.pem") certificates"
-awk -v p="$CM/bundle." '/BEGIN CERTIFICATE/ {n++; on=1} on {print > (p n ".pem")} /END CERTIFICATE/ {on=0}' "$DIR/ca-bundle.pem"
+split_pems "$DIR/ca-bundle.pem" "$CM/bundle"
 for pem in "$CM"/bundle.[0-9]*.pem; do openssl x509 -in "$pem" -noout -fingerprint -sha256; done \
     | matches -xF "$(openssl x509 -in "$CM/ca.root.pem" -noout -fingerprint -sha256)" \
     || fail "the root GetCACert gave scep-submit is not in rampart's CA bundle"

@@ -56,9 +56,15 @@ impl IssuerAndSerial {
 
     /// Whether it names `certificate`.
     pub fn names<P: Profile>(&self, certificate: &CertificateInner<P>) -> bool {
-        self.issuer == certificate.tbs_certificate.issuer
-            && self.serial_number.as_bytes() == certificate.tbs_certificate.serial_number.as_bytes()
+        names(&self.issuer, self.serial_number.as_bytes(), certificate)
     }
+}
+
+/// Whether `issuer` and the serial number encoded as `serial` (an identifier of either
+/// form) name `certificate`.
+pub fn names<P: Profile>(issuer: &Name, serial: &[u8], certificate: &CertificateInner<P>) -> bool {
+    *issuer == certificate.tbs_certificate.issuer
+        && serial == certificate.tbs_certificate.serial_number.as_bytes()
 }
 
 /// `SignerIdentifier` (RFC 5652 §5.3).

@@ -23,9 +23,8 @@ use x509_cert::attr::Attribute;
 use x509_cert::certificate::{CertificateInner, Profile};
 use x509_cert::Certificate;
 
-use crate::loose::{IssuerAndSerial, RequesterCertificate, SignerId};
-
 use crate::crypto::{ContentCipher, CryptoError, Digest, RsaPrivateKey};
+use crate::loose::{IssuerAndSerial, RequesterCertificate, SignerId};
 use crate::wire::oid;
 
 /// A pkiMessage layer could not be read.
@@ -189,7 +188,7 @@ impl SignedMessage {
             .certificates
             .iter()
             .flat_map(|set| set.iter())
-            .filter_map(|choice| RequesterCertificate::from_der(&choice.to_der().ok()?).ok());
+            .filter_map(|choice| choice.decode_as::<RequesterCertificate>().ok());
         let signer = match &signer_info.sid {
             SignerId::IssuerAndSerialNumber(id) => certificates.find(|c| id.names(c)),
             SignerId::SubjectKeyIdentifier(ski) => {
@@ -358,9 +357,7 @@ fn key_transports_of<P: Profile>(
                     RecipientInfo::Ktri(k) => Some(KeyTransport {
                         names_me: match &k.rid {
                             RecipientIdentifier::IssuerAndSerialNumber(id) => {
-                                id.issuer == me.tbs_certificate.issuer
-                                    && id.serial_number.as_bytes()
-                                        == me.tbs_certificate.serial_number.as_bytes()
+                                crate::loose::names(&id.issuer, id.serial_number.as_bytes(), me)
                             }
                             RecipientIdentifier::SubjectKeyIdentifier(ski) => {
                                 subject_key_identifier(me).as_ref() == Some(&ski.0)
