@@ -86,8 +86,10 @@ getcert list-cas -s >/dev/null 2>&1 || fail "certmonger is not on the bus: $(tai
 cm_status() { getcert list -s -i "$1" 2>/dev/null | sed -n 's/^[[:space:]]*status: //p'; }
 # cm_report <id> — what certmonger says about a request, and its log, for a failure message
 cm_report() {
-    printf '\n--- getcert list -i %s:\n%s\n--- certmonger log (tail):\n%s\n' "$1" \
-        "$(getcert list -s -i "$1" 2>&1)" "$(grep -v 'Running enrollment/cadata helper' "$CM/certmonger.log" | tail -15)"
+    printf '\n--- getcert list -i %s:\n%s\n--- certmonger log (tail):\n%s\n--- rampart audit (tail):\n%s\n' "$1" \
+        "$(getcert list -s -i "$1" 2>&1)" "$(grep -v 'Running enrollment/cadata helper' "$CM/certmonger.log" | tail -15)" \
+        "$(curl -s "${AUTH[@]}" "$API/api/v1/audit?limit=1000" \
+            | jq -c '.items[-8:][] | .entry | {time, action, outcome, reason, subject, request_id}' 2>&1)"
 }
 # await <id> <state> [<serial it must differ from>] — waits (60 s at most) until the request
 # is in <state> (with a certificate whose serial is not the one given); returns non-zero at
@@ -165,13 +167,19 @@ pass "getcert request with the static challenge: MONITORING, CN and DNS host.exa
 
 # A wrong challenge: CA_REJECTED, nothing issued.
 BEFORE="$(count_certs)"
+WRONG_CHALLENGE="wrong-$(openssl rand -hex 6)"
 getcert request -s -c rampart -I wrong -k "$CM/out/wrong.key" -f "$CM/out/wrong.pem" \
-    -N CN=wrong.example.test -D wrong.example.test -L "wrong-$(openssl rand -hex 6)" >"$CM/wrong.out" 2>&1 \
+    -N CN=wrong.example.test -D wrong.example.test -L "$WRONG_CHALLENGE" >"$CM/wrong.out" 2>&1 \
     || fail "getcert request (wrong challenge): $(cat "$CM/wrong.out")"
 await wrong CA_REJECTED || fail "the enrollment with a wrong challenge ended $(cm_status wrong), not CA_REJECTED$(cm_report wrong)"
 [[ -s "$CM/out/wrong.pem" ]] && fail "certmonger wrote a certificate for a wrong challenge"
 [[ "$(count_certs)" == "$BEFORE" ]] || fail "a wrong challenge issued a certificate ($BEFORE → $(count_certs))"
-pass "getcert request with a wrong challenge: CA_REJECTED ($(getcert list -s -i wrong | sed -n 's/^[[:space:]]*ca-error: //p' | head -c 120)), nothing issued"
+REFUSED="$(curl -sf "${AUTH[@]}" "$API/api/v1/audit?action=credentials_refused&limit=1000")"
+jq -e '[.items[].entry | select(.details.protocol == "scep" and .reason == "wrong challenge password"
+        and (.details.names | index("dns:wrong.example.test")))] | length >= 1' <<<"$REFUSED" >/dev/null \
+    || fail "the refused challenge is not in rampart's audit: $REFUSED"
+[[ "$REFUSED" != *"$WRONG_CHALLENGE"* ]] || fail "rampart's audit keeps the refused challenge itself"
+pass "getcert request with a wrong challenge: CA_REJECTED ($(getcert list -s -i wrong | sed -n 's/^[[:space:]]*ca-error: //p' | head -c 120)), nothing issued, the refusal audited without the challenge"
 
 # Renewal as certmonger's auto-renew does it, with the same key (`getcert resubmit`: the same
 # transactionID, certmonger derives it from the public key, and the same CSR, signed by the

@@ -626,6 +626,29 @@ async fn external_account_binding_maps_an_account_to_an_identity() {
         panic!("a forged EAB MAC was accepted");
     };
     assert!(error.to_string().contains("unauthorized"), "{error}");
+    // Both refused bindings are audited under the identity their key id belongs to.
+    let refused = lab.d.refused_credentials().await;
+    let seen: Vec<(&str, &str)> = refused
+        .iter()
+        .map(|entry| {
+            (
+                entry["actor"].as_str().unwrap(),
+                entry["details"]["eab_key_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("team-web", key["key_id"].as_str().unwrap()),
+            ("team-db", other["key_id"].as_str().unwrap()),
+        ],
+        "{refused:?}"
+    );
+    assert!(refused[1]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("does not verify"));
     let (status, _) = lab
         .d
         .post(

@@ -344,6 +344,30 @@ async fn refusals_use_the_rfc_statuses_and_issue_nothing() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 413);
     assert_eq!(count(), 0, "refused requests issued certificates");
+    // Wrong credentials are audited with whom they claimed; no credentials at all (the
+    // client's first try, answered with a challenge) are not, and no password is kept.
+    let refused = est.d.refused_credentials().await;
+    let seen: Vec<(&str, &str)> = refused
+        .iter()
+        .map(|entry| {
+            (
+                entry["actor"].as_str().unwrap(),
+                entry["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (USER, "unknown user or wrong password"),
+            ("nobody", "unknown user or wrong password"),
+        ],
+        "{refused:?}"
+    );
+    for entry in &refused {
+        assert_eq!(entry["details"]["protocol"], "est", "{entry}");
+        assert!(!entry.to_string().contains(PASSWORD), "{entry}");
+    }
     est.d.daemon.shutdown().await;
 }
 

@@ -713,6 +713,32 @@ async fn a_wrong_or_missing_challenge_is_refused() {
         assert_eq!(failure(&rep), FailInfo::BadRequest, "{challenge:?}");
     }
     assert!(scep_inventory(&d).await.is_empty());
+    // Each refusal is audited with its reason and the attempt, never the challenge itself.
+    let refused = d.refused_credentials().await;
+    let reasons: Vec<&str> = refused
+        .iter()
+        .map(|entry| entry["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "wrong challenge password",
+            "the CSR carries no challengePassword"
+        ]
+    );
+    for entry in &refused {
+        assert_eq!(entry["actor"], "scep-default", "{entry}");
+        assert_eq!(entry["outcome"], "denied", "{entry}");
+        assert_eq!(entry["layer"], "identity", "{entry}");
+        assert_eq!(entry["details"]["protocol"], "scep", "{entry}");
+        assert_eq!(entry["details"]["profile"], "default", "{entry}");
+        assert_eq!(
+            entry["details"]["names"],
+            json!(["dns:nope.test"]),
+            "{entry}"
+        );
+        assert!(!entry.to_string().contains("not the secret"), "{entry}");
+    }
     d.daemon.shutdown().await;
 }
 

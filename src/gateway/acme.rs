@@ -364,6 +364,23 @@ impl AcmeBackend for Backend {
         }))
     }
 
+    async fn external_account_refused(&self, profile: &str, key_id: &str, reason: &str) {
+        // The identity the key belongs to, when the key id is known: whom the binding claimed.
+        let claimed = load_eab_key(&self.pipeline, key_id)
+            .await
+            .ok()
+            .flatten()
+            .map_or_else(|| "unknown".to_string(), |key| key.identity);
+        self.pipeline
+            .audit_refused_credentials(
+                Protocol::Acme,
+                claimed,
+                reason.to_string(),
+                json!({ "profile": profile, "eab_key_id": key_id }),
+            )
+            .await;
+    }
+
     async fn bind_external_account_key(
         &self,
         key_id: &str,

@@ -269,7 +269,32 @@ impl Backend {
     }
 
     /// Who the request is from; a re-enrollment must also keep its certificate's names.
+    /// Refused credentials are audited.
     async fn authenticate(
+        &self,
+        auth: EstAuth,
+        credentials: Credentials,
+        operation: Operation,
+        csr_der: &[u8],
+    ) -> Result<Identity, EstError> {
+        let (claimed, details) = claimed_by(&credentials);
+        let identified = self.identify(auth, credentials, operation, csr_der).await;
+        if let Err(EstError::Unauthenticated(reason) | EstError::Forbidden(reason)) = &identified {
+            let mut details = details;
+            details.insert("operation".into(), format!("{operation:?}").into());
+            self.pipeline
+                .audit_refused_credentials(
+                    Protocol::Est,
+                    claimed,
+                    reason.clone(),
+                    serde_json::Value::Object(details),
+                )
+                .await;
+        }
+        identified
+    }
+
+    async fn identify(
         &self,
         auth: EstAuth,
         credentials: Credentials,
@@ -621,5 +646,38 @@ impl EstBackend for Backend {
             .authenticate(self.auth(label), credentials, operation, &csr_der)
             .await?;
         self.submit(identity, template, csr_der, operation).await
+    }
+}
+
+/// Whom credentials claim to be (the Basic user, else the client certificate's subject) and
+/// what the audit may keep of them: never the password.
+fn claimed_by(credentials: &Credentials) -> (String, serde_json::Map<String, serde_json::Value>) {
+    let mut details = serde_json::Map::new();
+    let chain = match credentials {
+        Credentials::Basic { user, .. } => return (user.clone(), details),
+        Credentials::Certificate(chain) => chain,
+        Credentials::Both { user, chain, .. } => {
+            details.insert("user".into(), user.clone().into());
+            chain
+        }
+    };
+    let leaf = chain
+        .first()
+        .and_then(|der| x509_cert::Certificate::from_der(der).ok());
+    let Some(leaf) = leaf else {
+        return ("unknown".into(), details);
+    };
+    let subject = leaf.tbs_certificate.subject.to_string();
+    details.insert(
+        "certificate_serial".into(),
+        rampart_acme::ari::serial_hex(leaf.tbs_certificate.serial_number.as_bytes()).into(),
+    );
+    details.insert(
+        "certificate_issuer".into(),
+        leaf.tbs_certificate.issuer.to_string().into(),
+    );
+    match credentials {
+        Credentials::Both { user, .. } => (user.clone(), details),
+        _ => (subject, details),
     }
 }

@@ -616,6 +616,34 @@ struct Authenticated {
     allowed_names: Option<Vec<Identifier>>,
 }
 
+/// Why a requester was not authenticated.
+enum Refusal {
+    /// Its challenge or renewal signer was refused: audited, answered FAILURE.
+    Credentials { fail_info: FailInfo, reason: String },
+    /// The store could not tell: answered, not audited.
+    Unavailable(Answer),
+}
+
+impl Refusal {
+    fn bad_request(reason: impl Into<String>) -> Self {
+        Refusal::Credentials {
+            fail_info: FailInfo::BadRequest,
+            reason: reason.into(),
+        }
+    }
+
+    fn bad_cert_id(reason: impl Into<String>) -> Self {
+        Refusal::Credentials {
+            fail_info: FailInfo::BadCertId,
+            reason: reason.into(),
+        }
+    }
+
+    fn unavailable(e: StoreError) -> Self {
+        Refusal::Unavailable(unavailable(e))
+    }
+}
+
 impl Backend {
     /// Over `pipeline` with the CA's CRLs and the RA from [`ensure_ra`] (files in `data_dir`).
     pub fn new(pipeline: Pipeline, crls: Arc<Crls>, ra: Ra, data_dir: PathBuf) -> Self {
@@ -730,9 +758,9 @@ impl Backend {
         config: &ScepProfileConfig,
         csr: &VerifiedCsr,
         transaction_id: &str,
-    ) -> Result<Authenticated, Answer> {
+    ) -> Result<Authenticated, Refusal> {
         let challenge = csr.challenge_password.clone();
-        let refused = |why: &str| Answer::Failure(FailInfo::BadRequest, why.to_string());
+        let refused = |why: &str| Refusal::bad_request(why);
         let Some(challenge) = challenge.filter(|c| !c.is_empty()) else {
             return Err(refused("the CSR carries no challengePassword"));
         };
@@ -745,14 +773,14 @@ impl Backend {
             .pipeline
             .store()
             .protocol_get(CHALLENGES, &key)
-            .map_err(unavailable)?
+            .map_err(Refusal::unavailable)?
             .is_some();
         let taken = match present {
             true => self
                 .pipeline
                 .with_store(move |store| store.protocol_take(CHALLENGES, &key))
                 .await
-                .map_err(unavailable)?,
+                .map_err(Refusal::unavailable)?,
             false => None,
         };
         if let Some(bytes) = taken {
@@ -875,25 +903,20 @@ impl Backend {
         config: &ScepProfileConfig,
         signer_der: &[u8],
         csr: &VerifiedCsr,
-    ) -> Result<Authenticated, Answer> {
-        let refused = |why: String| Answer::Failure(FailInfo::BadRequest, why);
+    ) -> Result<Authenticated, Refusal> {
         let record = self
             .pipeline
             .issued_record(signer_der)
             .await
-            .map_err(|e| refused(format!("store: {e}")))?
+            .map_err(Refusal::unavailable)?
             .ok_or_else(|| {
-                Answer::Failure(
-                    FailInfo::BadCertId,
-                    "RenewalReq must be signed by a certificate rampart issued".into(),
-                )
+                Refusal::bad_cert_id("RenewalReq must be signed by a certificate rampart issued")
             })?;
         let serial = record.serial.clone();
         match record.status_at(self.pipeline.clock().now()) {
             CertificateStatus::Valid => {}
             status => {
-                return Err(Answer::Failure(
-                    FailInfo::BadCertId,
+                return Err(Refusal::bad_cert_id(
                     format!("the certificate to renew is {status:?}").to_lowercase(),
                 ))
             }
@@ -902,8 +925,8 @@ impl Backend {
             crate::pipeline::csr_identifiers(csr).into_iter().collect();
         let current: BTreeSet<Identifier> = record.sans.iter().cloned().collect();
         if requested != current {
-            return Err(refused(
-                "a renewal must request the names of the certificate it renews".into(),
+            return Err(Refusal::bad_request(
+                "a renewal must request the names of the certificate it renews",
             ));
         }
         Ok(Authenticated {
@@ -971,25 +994,44 @@ impl ScepBackend for Backend {
                     .await
             }
         };
-        let Authenticated {
-            identity,
-            allowed_names,
-        } = match authenticated {
+        let authenticated = authenticated.and_then(|a| match &a.allowed_names {
+            Some(allowed) => match crate::pipeline::csr_identifiers(&csr)
+                .iter()
+                .find(|n| !allowed.contains(n))
+            {
+                Some(extra) => Err(Refusal::bad_request(format!(
+                    "`{}` is not a name the one-time challenge allows",
+                    extra.value()
+                ))),
+                None => Ok(a),
+            },
+            None => Ok(a),
+        });
+        let Authenticated { identity, .. } = match authenticated {
             Ok(a) => a,
-            Err(answer) => return answer,
-        };
-        if let Some(allowed) = &allowed_names {
-            let requested = crate::pipeline::csr_identifiers(&csr);
-            if let Some(extra) = requested.iter().find(|n| !allowed.contains(n)) {
-                return Answer::Failure(
-                    FailInfo::BadRequest,
-                    format!(
-                        "`{}` is not a name the one-time challenge allows",
-                        extra.value()
-                    ),
-                );
+            Err(Refusal::Unavailable(answer)) => return answer,
+            Err(Refusal::Credentials { fail_info, reason }) => {
+                let details = json!({
+                    "profile": profile,
+                    "message_type": enrollment.message_type.to_string(),
+                    "transaction_id": enrollment.transaction_id,
+                    "subject": csr.common_name,
+                    "names": crate::pipeline::csr_identifiers(&csr)
+                        .iter()
+                        .map(|n| n.to_string())
+                        .collect::<Vec<_>>(),
+                });
+                self.pipeline
+                    .audit_refused_credentials(
+                        Protocol::Scep,
+                        config.identity.clone(),
+                        reason.clone(),
+                        details,
+                    )
+                    .await;
+                return Answer::Failure(fail_info, reason);
             }
-        }
+        };
         // A RenewalReq authenticated by the certificate it replaces renews it.
         let renews = match (&enrollment.message_type, &identity.credential) {
             (MessageType::RenewalReq, Credential::ClientCertificate { serial }) => {

@@ -238,6 +238,43 @@ impl Pipeline {
         &self.store
     }
 
+    /// Audit credentials a protocol refused at its door, before any request exists (the
+    /// identity layer): whom they claimed, why they were refused, and what the protocol
+    /// knows of the attempt (`details`, an object; never the secret itself). The refusal
+    /// stands whether or not the record is written; a store failure is logged.
+    pub async fn audit_refused_credentials(
+        &self,
+        protocol: Protocol,
+        claimed: String,
+        reason: String,
+        details: serde_json::Value,
+    ) {
+        let mut details = match details {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        details.insert("protocol".into(), protocol.as_str().into());
+        tracing::info!(protocol = protocol.as_str(), claimed = %claimed, reason = %reason, "credentials refused");
+        let audit = AuditEntry {
+            time: self.clock.now(),
+            request_id: None,
+            actor: claimed,
+            action: AuditAction::CredentialsRefused,
+            outcome: "denied".into(),
+            layer: Some(Layer::Identity.as_str().into()),
+            rule: None,
+            reason,
+            subject: None,
+            details: serde_json::Value::Object(details),
+        };
+        if let Err(e) = self
+            .with_store(move |store| store.append_audit(&audit))
+            .await
+        {
+            tracing::warn!(error = %e, "the audit record of refused credentials was not written");
+        }
+    }
+
     /// Add the `[ca_adapters]` CAs, by name.
     pub fn with_ca_adapters(mut self, adapters: BTreeMap<String, Arc<dyn CaAdapter>>) -> Self {
         self.other_cas = Arc::new(adapters);

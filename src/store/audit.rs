@@ -37,6 +37,10 @@ pub enum AuditAction {
     RaRotated,
     /// The policy (templates, roles, approvals, key policy) was reloaded.
     PolicyReloaded,
+    /// An enrollment's credentials were refused before any request was made of them: a
+    /// wrong SCEP challenge or renewal signer, a wrong EST password or client certificate,
+    /// an unknown or forged ACME external account binding.
+    CredentialsRefused,
 }
 
 /// One audit entry, before it is chained.

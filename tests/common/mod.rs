@@ -112,6 +112,20 @@ impl TestDaemon {
         .await
     }
 
+    /// The audit's `credentials_refused` entries, through the API's filter, oldest first.
+    pub async fn refused_credentials(&self) -> Vec<Value> {
+        let (status, body) = self
+            .get("/api/v1/audit?action=credentials_refused&limit=1000")
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|record| record["entry"].clone())
+            .collect()
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.daemon.data_dir.clone()
     }

@@ -115,6 +115,10 @@ pub trait AcmeBackend: Send + Sync + 'static {
         key_id: &str,
     ) -> Result<Option<ExternalAccountKey>, Problem>;
 
+    /// A newAccount's external account binding was refused (`reason`): an unknown key id, a
+    /// key already bound, or a MAC that does not verify. For the embedder's audit.
+    async fn external_account_refused(&self, profile: &str, key_id: &str, reason: &str);
+
     /// Record that `key_id` is now bound to `account_id`; fails if it already was.
     async fn bind_external_account_key(
         &self,

@@ -632,17 +632,33 @@ async fn new_account(
     let (identity, roles, eab_key_id) = match &payload.external_account_binding {
         Some(binding) => {
             let binding = crate::jws::ExternalAccountBinding::parse(binding, jwk, &signed.jws.url)?;
-            let key = server
-                .backend
-                .external_account_key(&binding.key_id)
-                .await?
-                .ok_or_else(|| Problem::unauthorized("unknown external account key id"))?;
-            if key.bound_account.is_some() {
-                return Err(Problem::unauthorized(
-                    "this external account key is already bound to an account",
-                ));
+            let checked = async {
+                let key = server
+                    .backend
+                    .external_account_key(&binding.key_id)
+                    .await?
+                    .ok_or_else(|| Problem::unauthorized("unknown external account key id"))?;
+                if key.bound_account.is_some() {
+                    return Err(Problem::unauthorized(
+                        "this external account key is already bound to an account",
+                    ));
+                }
+                binding.verify(&key.mac_key)?;
+                Ok(key)
             }
-            binding.verify(&key.mac_key)?;
+            .await;
+            let key = match checked {
+                Ok(key) => key,
+                Err(problem) => {
+                    if problem.kind == ProblemType::Unauthorized {
+                        server
+                            .backend
+                            .external_account_refused(&profile, &binding.key_id, &problem.detail)
+                            .await;
+                    }
+                    return Err(problem);
+                }
+            };
             (key.identity, key.roles, Some(binding.key_id))
         }
         None => {

@@ -94,6 +94,9 @@ impl AcmeBackend for FakeBackend {
         Ok(None)
     }
 
+    /// The fake has no external account keys to refuse and keeps no audit.
+    async fn external_account_refused(&self, _profile: &str, _key_id: &str, _reason: &str) {}
+
     async fn bind_external_account_key(
         &self,
         _key_id: &str,
