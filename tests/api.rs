@@ -458,6 +458,30 @@ async fn bad_input_gets_a_json_error_is_audited_and_stores_no_certificate() {
             .unwrap();
         assert_eq!(response.status().as_u16(), 401);
     }
+    // The three presented keys are audited (the missing one is not), never their secrets.
+    let refused = d.refused_credentials().await;
+    let seen: Vec<(&str, &str, &Value)> = refused
+        .iter()
+        .map(|entry| {
+            (
+                entry["actor"].as_str().unwrap(),
+                entry["reason"].as_str().unwrap(),
+                &entry["details"]["key_id"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("admin", "wrong API key secret", &json!(id)),
+            ("unknown", "unknown API key id", &json!("000000000000")),
+            ("unknown", "not an API key", &Value::Null),
+        ],
+        "{refused:?}"
+    );
+    assert!(!serde_json::to_string(&refused)
+        .unwrap()
+        .contains("wrongsecret"));
     assert_eq!(d.get("/api/v1/nothing-here").await.0, 404);
     // A known endpoint with the wrong method: 405, a JSON error and `Allow`.
     let response = d
@@ -858,5 +882,56 @@ async fn policy_check_decides_without_issuing_or_recording() {
         audit_before,
         "a dry run was recorded"
     );
+    d.daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_flood_of_refused_api_keys_is_audited_sixty_a_minute_and_counted_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let clock = ManualClock::new(
+        now.replace_second(0)
+            .unwrap()
+            .replace_nanosecond(0)
+            .unwrap(),
+    );
+    let d = start_with(config_for(dir.path()), Arc::new(clock.clone()), None).await;
+    let refuse = || async {
+        let response = d
+            .http
+            .get(format!("{}/api/v1/certificates", d.url))
+            .bearer_auth("rpk_000000000000_guess")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 401);
+    };
+    for _ in 0..70 {
+        refuse().await;
+    }
+    assert_eq!(d.refused_credentials().await.len(), 60);
+    clock.advance(time::Duration::minutes(1));
+    refuse().await;
+    let refused = d.refused_credentials().await;
+    assert_eq!(refused.len(), 61);
+    assert_eq!(
+        refused[60]["details"]["unrecorded_before"], 10,
+        "{}",
+        refused[60]
+    );
+    assert!(refused[..60]
+        .iter()
+        .all(|entry| entry["details"].get("unrecorded_before").is_none()));
+    let (_, metrics) = d.get("/metrics").await;
+    assert!(
+        metrics.as_str().unwrap().contains(
+            r#"rampart_policy_decisions_total{protocol="api",outcome="denied",layer="identity"} 71"#
+        ),
+        "{metrics}"
+    );
+    assert!(matches!(
+        d.daemon.pipeline.store().verify_audit().unwrap(),
+        AuditVerification::Intact { .. }
+    ));
     d.daemon.shutdown().await;
 }

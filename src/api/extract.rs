@@ -38,9 +38,8 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or(ApiError::Unauthenticated(
                 "the Authorization header must be `Bearer <API key>`",
             ))?;
-        let invalid = ApiError::Unauthenticated("invalid API key");
         let Some((key_id, secret)) = apikeys::parse_token(token.trim()) else {
-            return Err(invalid);
+            return Err(refused(state, "unknown".into(), "not an API key", None).await);
         };
         let owned = key_id.to_string();
         let record = state
@@ -51,12 +50,31 @@ impl FromRequestParts<AppState> for Caller {
             Some(record) if apikeys::verify(&record, secret) => {
                 Ok(Caller(apikeys::identity(&record)))
             }
-            _ => {
-                tracing::info!(key_id, "API key rejected");
-                Err(invalid)
+            Some(record) => {
+                Err(refused(state, record.identity, "wrong API key secret", Some(key_id)).await)
             }
+            None => Err(refused(state, "unknown".into(), "unknown API key id", Some(key_id)).await),
         }
     }
+}
+
+/// Audit a presented API key that was refused (never the token itself) and answer 401.
+async fn refused(
+    state: &AppState,
+    claimed: String,
+    reason: &str,
+    key_id: Option<&str>,
+) -> ApiError {
+    state
+        .pipeline
+        .audit_refused_credentials(
+            crate::model::Protocol::Api,
+            claimed,
+            reason.to_string(),
+            serde_json::json!({ "key_id": key_id }),
+        )
+        .await;
+    ApiError::Unauthenticated("invalid API key")
 }
 
 /// A JSON body no larger than `api.max_body_bytes`.

@@ -146,6 +146,24 @@ pub struct Pipeline {
     rate_gate: Arc<tokio::sync::Mutex<()>>,
     /// Resource ownership look-ups (policy layer 3), cached.
     resources: Arc<resources::Directory>,
+    /// How many refused credentials this minute's audit holds.
+    refusals: Arc<std::sync::Mutex<RefusalWindow>>,
+}
+
+/// Audit records of refused credentials one minute may hold. A flood of wrong passwords,
+/// challenges or API keys must not fill the disk with records and the store with flushes;
+/// beyond it refusals are still answered, logged and counted in the metrics, and the next
+/// record written names how many went unrecorded.
+const REFUSALS_AUDITED_PER_MINUTE: u32 = 60;
+
+/// The minute [`REFUSALS_AUDITED_PER_MINUTE`] counts in.
+#[derive(Debug, Default)]
+struct RefusalWindow {
+    /// Minutes since the epoch.
+    minute: i64,
+    recorded: u32,
+    /// Refusals not recorded since the last record.
+    unrecorded: u64,
 }
 
 /// Store namespace of issuance times on rate-limited templates.
@@ -173,6 +191,7 @@ impl Pipeline {
             metrics,
             rate_gate: Arc::default(),
             resources: Arc::default(),
+            refusals: Arc::default(),
         }
     }
 
@@ -240,8 +259,9 @@ impl Pipeline {
 
     /// Audit credentials a protocol refused at its door, before any request exists (the
     /// identity layer): whom they claimed, why they were refused, and what the protocol
-    /// knows of the attempt (`details`, an object; never the secret itself). The refusal
-    /// stands whether or not the record is written; a store failure is logged.
+    /// knows of the attempt (`details`, an object; never the secret itself). At most
+    /// [`REFUSALS_AUDITED_PER_MINUTE`] a minute are recorded. The refusal stands whether
+    /// or not the record is written; a store failure is logged.
     pub async fn audit_refused_credentials(
         &self,
         protocol: Protocol,
@@ -249,14 +269,34 @@ impl Pipeline {
         reason: String,
         details: serde_json::Value,
     ) {
+        tracing::info!(protocol = protocol.as_str(), claimed = %claimed, reason = %reason, "credentials refused");
+        self.metrics
+            .decision(protocol.as_str(), "denied", Layer::Identity.as_str());
+        let now = self.clock.now();
+        let unrecorded_before = {
+            let mut window = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+            let minute = now.unix_timestamp().div_euclid(60);
+            if window.minute != minute {
+                window.minute = minute;
+                window.recorded = 0;
+            }
+            if window.recorded >= REFUSALS_AUDITED_PER_MINUTE {
+                window.unrecorded += 1;
+                return;
+            }
+            window.recorded += 1;
+            std::mem::take(&mut window.unrecorded)
+        };
         let mut details = match details {
             serde_json::Value::Object(map) => map,
             _ => serde_json::Map::new(),
         };
         details.insert("protocol".into(), protocol.as_str().into());
-        tracing::info!(protocol = protocol.as_str(), claimed = %claimed, reason = %reason, "credentials refused");
+        if unrecorded_before > 0 {
+            details.insert("unrecorded_before".into(), unrecorded_before.into());
+        }
         let audit = AuditEntry {
-            time: self.clock.now(),
+            time: now,
             request_id: None,
             actor: claimed,
             action: AuditAction::CredentialsRefused,

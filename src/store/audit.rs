@@ -37,9 +37,9 @@ pub enum AuditAction {
     RaRotated,
     /// The policy (templates, roles, approvals, key policy) was reloaded.
     PolicyReloaded,
-    /// An enrollment's credentials were refused before any request was made of them: a
-    /// wrong SCEP challenge or renewal signer, a wrong EST password or client certificate,
-    /// an unknown or forged ACME external account binding.
+    /// Presented credentials were refused before any request was made of them: a wrong
+    /// SCEP challenge or renewal signer, a wrong EST password or client certificate, an
+    /// unknown or forged ACME external account binding, a wrong API key.
     CredentialsRefused,
 }
 
