@@ -181,9 +181,10 @@ jq -e '[.items[].entry | select(.details.protocol == "scep" and .reason == "wron
 [[ "$REFUSED" != *"$WRONG_CHALLENGE"* ]] || fail "rampart's audit keeps the refused challenge itself"
 pass "getcert request with a wrong challenge: CA_REJECTED ($(getcert list -s -i wrong | sed -n 's/^[[:space:]]*ca-error: //p' | head -c 120)), nothing issued, the refusal audited without the challenge"
 
-# Renewal as certmonger's auto-renew does it, with the same key (`getcert resubmit`: the same
-# transactionID, certmonger derives it from the public key, and the same CSR, signed by the
-# current certificate), then with a new key (`getcert rekey`): each a new certificate.
+# Renewal as certmonger's auto-renew does it, with the same key (`getcert resubmit`: a
+# PKCSReq under the same transactionID, certmonger derives it from the public key, with a new
+# CSR (certmonger's subjectKeyIdentifier differs each time) signed by the current
+# certificate), then with a new key (`getcert rekey`): each a new certificate.
 PUBKEY1="$(openssl pkey -in "$CM/out/host.key" -pubout)"
 getcert resubmit -s -i host >"$CM/resubmit.out" 2>&1 || fail "getcert resubmit: $(cat "$CM/resubmit.out")"
 await host MONITORING "$SERIAL1" \

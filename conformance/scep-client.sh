@@ -65,6 +65,25 @@ certificate_json "$WORK/static/cert.pem" | jq -e '.owner == "scep-default"' >/de
     || fail "the certificate is not recorded as scep-default's: $(certificate_json "$WORK/static/cert.pem")"
 pass "scepclient enrolls with the static challenge: CN dev1.test, its own key, verifies against GetCACert's chain"
 
+# Run again with its key, as from cron: the same transactionID (a hash of the key) and a
+# byte-identical CSR (deterministic RSA signatures), first with the certificate file it
+# wrote present, then without it (a new self-signed signer): each run is a new enrollment
+# with a new certificate, not the first one answered again as if re-sent (which rampart
+# did until it compared the requester certificate too).
+SERIALS="$(openssl x509 -in "$WORK/static/cert.pem" -noout -serial)"
+for run in "with its certificate file" "without its certificate file"; do
+    [[ "$run" == "without its certificate file" ]] && mv "$WORK/static/cert.pem" "$WORK/static/cert.before.pem"
+    BEFORE="$(count_certs)"
+    scep_enroll static "$SCEP" dev1.test secret || fail "scepclient run again $run: $(cat "$WORK/static/out")"
+    SERIAL="$(openssl x509 -in "$WORK/static/cert.pem" -noout -serial)"
+    grep -qxF "$SERIAL" <<<"$SERIALS" && fail "scepclient run again $run got an earlier certificate back ($SERIAL)"
+    [[ "$(count_certs)" == $((BEFORE + 1)) ]] || fail "scepclient run again $run: $(($(count_certs) - BEFORE)) certificates issued, not one"
+    [[ "$(openssl x509 -in "$WORK/static/cert.pem" -noout -pubkey)" == "$(openssl pkey -in "$WORK/static/key.pem" -pubout)" ]] \
+        || fail "scepclient run again $run: the certificate is not for its key"
+    SERIALS+=$'\n'"$SERIAL"
+done
+pass "scepclient run again with its key (the same transactionID and CSR), with and then without its certificate file: a new certificate each time"
+
 # A wrong challenge: FAILURE, nothing issued.
 BEFORE="$(count_certs)"
 if scep_enroll wrong "$SCEP" dev3.test wrong; then fail "a wrong challenge enrolled"; fi

@@ -244,6 +244,24 @@ impl Device {
         }
     }
 
+    /// The same device run again (sscep from its key and CSR files): the same key, a new
+    /// self-signed certificate.
+    fn run_again(&self) -> Device {
+        let key = rcgen::KeyPair::try_from(self.key.as_slice()).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(
+            uuid::Uuid::new_v4().as_bytes(),
+        ));
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "scep test device");
+        let certificate = params.self_signed(&key).unwrap();
+        Device {
+            requester: Requester::new(certificate.der(), &self.key).unwrap(),
+            key: self.key.clone(),
+        }
+    }
+
     /// The conventional transactionID: a hash of this device's public key.
     fn transaction_id(&self) -> String {
         self.requester.transaction_id()
@@ -678,6 +696,42 @@ async fn a_resent_transaction_gets_the_same_certificate() {
     assert_eq!(serial(&rebuilt), serial(&first));
     assert_eq!(resent, first);
     assert_eq!(scep_inventory(&d).await.len(), 1, "no second certificate");
+    d.daemon.shutdown().await;
+}
+
+/// Only a re-send from the same requester certificate gets the earlier answer. A device run
+/// again with its key and CSR files (sscep from cron: the same transactionID, the very same
+/// CSR) signs with a new self-signed certificate, or with the one it was issued: each is
+/// a new enrollment, or it would get its old certificate back until that expired.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_csr_from_another_requester_certificate_is_a_new_enrollment() {
+    let (_dir, d) = daemon(|_| {}).await;
+    let device = Device::new();
+    let csr = device.csr(&["cron.test"], Some(CHALLENGE));
+    let first = issued(&enroll(&d, Via::default(), &device, &csr).await, &csr);
+    let again = device.run_again();
+    assert_eq!(again.transaction_id(), device.transaction_id());
+    assert_ne!(again.requester.certificate, device.requester.certificate);
+    let second = issued(&enroll(&d, Via::default(), &again, &csr).await, &csr);
+    assert_ne!(serial(&second), serial(&first));
+    // Which a re-send from the same certificate is answered with.
+    let resent = issued(&enroll(&d, Via::default(), &again, &csr).await, &csr);
+    assert_eq!(serial(&resent), serial(&second));
+    let holder = device.holding(&first);
+    let tid = device.transaction_id();
+    let third = pki(
+        &d,
+        Via::default(),
+        &holder,
+        MessageType::PkcsReq,
+        &tid,
+        &csr,
+    )
+    .await;
+    let third = issued(&third, &csr);
+    assert_ne!(serial(&third), serial(&first));
+    assert_ne!(serial(&third), serial(&second));
+    assert_eq!(scep_inventory(&d).await.len(), 3);
     d.daemon.shutdown().await;
 }
 

@@ -43,6 +43,16 @@ struct Transaction {
     request_id: Uuid,
     /// SHA-256 (hex) of the PKCS#10 the transaction carried.
     csr_sha256: String,
+    /// SHA-256 (hex) of the certificate that signed it (absent in records written before
+    /// it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signer_sha256: Option<String>,
+}
+
+/// The pkiMessage a PKCSReq or RenewalReq came in, to tell a re-send from a new request.
+struct Resent<'a> {
+    csr_der: &'a [u8],
+    signer_der: &'a [u8],
 }
 /// Protocol-state namespace: SHA-256 of a one-time challenge → [`OneTimeChallenge`].
 const CHALLENGES: &str = "scep.challenge";
@@ -713,12 +723,16 @@ impl Backend {
     }
 
     /// The answer for a known transaction, `None` when it is unknown or failed (a failed
-    /// one may be tried again). With `csr`, only a re-send of the same request counts: a
-    /// new request under an old transactionID (a renewal by the same key) is a new one.
+    /// one may be tried again). With `resent`, only a re-send of the same request counts:
+    /// the same CSR and, once the transaction is decided, the same requester certificate.
+    /// A new request under an old transactionID is a new one: a renewal by the same key,
+    /// or a device run again with its key and CSR files (sscep), which signs with a new
+    /// self-signed certificate or the one it was issued. A request still waiting for
+    /// approval is answered PENDING whichever certificate signs the re-send.
     async fn transaction_answer(
         &self,
         key: &str,
-        csr: Option<&[u8]>,
+        resent: Option<Resent<'_>>,
     ) -> Result<Option<Answer>, StoreError> {
         // Reads and unflushed writes of the store are in-memory work of microseconds: they
         // run on this task, as in the ACME gateway.
@@ -729,11 +743,26 @@ impl Backend {
         let Ok(transaction) = serde_json::from_slice::<Transaction>(&bytes) else {
             return Ok(None);
         };
-        if csr.is_some_and(|csr| sha256_hex(csr) != transaction.csr_sha256) {
+        if resent
+            .as_ref()
+            .is_some_and(|r| sha256_hex(r.csr_der) != transaction.csr_sha256)
+        {
             return Ok(None);
         }
         let request_id = transaction.request_id;
-        Ok(match self.pipeline.request_state(request_id).await? {
+        let state = self.pipeline.request_state(request_id).await?;
+        let decided = matches!(
+            state,
+            Some(RequestState::Issued { .. } | RequestState::Denied { .. })
+        );
+        let other_signer = match (&resent, &transaction.signer_sha256) {
+            (Some(r), Some(signer)) => sha256_hex(r.signer_der) != *signer,
+            _ => false,
+        };
+        if decided && other_signer {
+            return Ok(None);
+        }
+        Ok(match state {
             Some(RequestState::Issued { serial }) => store
                 .certificate(&serial)?
                 .map(|record| Answer::Certificate(record.der)),
@@ -973,7 +1002,13 @@ impl ScepBackend for Backend {
             Self::transaction_key(profile, &enrollment.transaction_id, &enrollment.signer_der);
         // A re-sent transaction gets the answer it got before, never a second certificate.
         match self
-            .transaction_answer(&transaction, Some(&enrollment.csr_der))
+            .transaction_answer(
+                &transaction,
+                Some(Resent {
+                    csr_der: &enrollment.csr_der,
+                    signer_der: &enrollment.signer_der,
+                }),
+            )
             .await
         {
             Ok(Some(answer)) => return answer,
@@ -1067,6 +1102,7 @@ impl ScepBackend for Backend {
         let record = serde_json::to_vec(&Transaction {
             request_id: request.request_id,
             csr_sha256: sha256_hex(&request.csr_der),
+            signer_sha256: Some(sha256_hex(&enrollment.signer_der)),
         })
         .expect("serializes");
         if let Err(e) =
