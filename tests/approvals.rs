@@ -150,18 +150,15 @@ async fn acme_orders_stay_processing_until_approved() {
         OrderStatus::Processing
     );
 
-    let pending = d.daemon.pipeline.store().pending_requests().unwrap();
-    assert_eq!(pending.len(), 1);
-    d.daemon
-        .pipeline
-        .approve(pending[0].request_id, &bob())
-        .await
-        .unwrap();
+    approve_the_one_pending(&d).await;
     let chain = order.poll_certificate(&retries).await.unwrap();
     assert!(chain.contains("BEGIN CERTIFICATE"));
     d.daemon.shutdown().await;
 }
 
+/// RFC 7030 §4.2.3: 202 while the request waits, the certificate once approved, again for a
+/// client that lost that answer; an hour later the same CSR is a new enrollment (a device
+/// with a fixed CSR renewing), never the old certificate again.
 #[tokio::test]
 async fn est_answers_202_then_delivers_the_same_request_once_approved() {
     use argon2::password_hash::{PasswordHasher, SaltString};
@@ -183,7 +180,8 @@ async fn est_answers_202_then_delivers_the_same_request_once_approved() {
             roles: vec!["admin".into()],
         },
     );
-    let d = start_with(config, Arc::new(SystemClock), None).await;
+    let clock = rampart::clock::ManualClock::new(time::OffsetDateTime::now_utc());
+    let d = start_with(config, Arc::new(clock.clone()), None).await;
     let mut builder = reqwest::Client::builder().use_rustls_tls();
     for cert in
         reqwest::Certificate::from_pem_bundle(&std::fs::read(&d.daemon.ca_bundle).unwrap()).unwrap()
@@ -230,5 +228,44 @@ async fn est_answers_202_then_delivers_the_same_request_once_approved() {
         .unwrap();
     let delivered = send().await.unwrap();
     assert_eq!(delivered.status().as_u16(), 200);
+    let delivered = delivered.bytes().await.unwrap();
+    clock.advance(time::Duration::minutes(59));
+    let again = send().await.unwrap();
+    assert_eq!(again.status().as_u16(), 200, "a lost answer is given again");
+    assert_eq!(again.bytes().await.unwrap(), delivered);
+    assert!(d
+        .daemon
+        .pipeline
+        .store()
+        .pending_requests()
+        .unwrap()
+        .is_empty());
+
+    clock.advance(time::Duration::minutes(2));
+    let renewal = send().await.unwrap();
+    assert_eq!(
+        renewal.status().as_u16(),
+        202,
+        "a new enrollment, held again"
+    );
+    approve_the_one_pending(&d).await;
+    let renewed = send().await.unwrap();
+    assert_eq!(renewed.status().as_u16(), 200);
+    assert_ne!(
+        renewed.bytes().await.unwrap(),
+        delivered,
+        "not the old certificate"
+    );
     d.daemon.shutdown().await;
+}
+
+/// Approve the one request waiting (as bob), asserting it is the only one.
+async fn approve_the_one_pending(d: &common::TestDaemon) {
+    let pending = d.daemon.pipeline.store().pending_requests().unwrap();
+    assert_eq!(pending.len(), 1, "one request waits");
+    d.daemon
+        .pipeline
+        .approve(pending[0].request_id, &bob())
+        .await
+        .unwrap();
 }

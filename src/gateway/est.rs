@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use der::Decode;
 use rampart_est::{Credentials, EstBackend, EstError, Operation};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::ca::CaError;
@@ -36,8 +37,37 @@ fn issued_serial(pkcs7: &[u8]) -> Option<String> {
         })
 }
 
-/// Protocol-state namespace: requests held for approval, by hash of requester and CSR.
+/// Protocol-state namespace: requests answered 202, by hash of requester and CSR →
+/// [`Resendable`].
 const RESENT: &str = "est.pending";
+
+/// A request answered 202, kept so the client's re-send finds it (RFC 7030 §4.2.3).
+#[derive(Debug, Serialize, Deserialize)]
+struct Resendable {
+    request_id: Uuid,
+    /// When a re-send was first given its final answer, the certificate or the refusal
+    /// (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    answered_at: Option<i64>,
+}
+
+impl Resendable {
+    /// As stored; entries written before [`Resendable`] hold the bare request id.
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok().or_else(|| {
+            let request_id = String::from_utf8_lossy(bytes).parse().ok()?;
+            Some(Resendable {
+                request_id,
+                answered_at: None,
+            })
+        })
+    }
+}
+
+/// How long after its final answer a re-send still gets that answer: time enough for a
+/// client that lost the response. Later the same CSR from the same client is a new
+/// enrollment (a device with a fixed CSR renewing), never its old certificate again.
+const RESEND_WINDOW_SECONDS: i64 = 3600;
 
 /// A manufacturer CA devices may bootstrap with.
 #[derive(Debug, Clone)]
@@ -369,16 +399,17 @@ impl Backend {
         }
     }
 
-    /// The answer to a request sent before that waited for approval (RFC 7030 §4.2.3: the
-    /// client re-sends the same request): the certificate once approved, 202 while waiting,
-    /// 403 once denied. `None` when there was no such request.
+    /// The answer to a request sent before that was answered 202 (RFC 7030 §4.2.3: the
+    /// client re-sends the same request): 202 while it waits, then the certificate or 403,
+    /// for [`RESEND_WINDOW_SECONDS`] after that answer was first given. `None` when there
+    /// was no such request, or its window has passed (the entry is then dropped).
     async fn earlier_answer(
         &self,
         resend_key: &str,
     ) -> Result<Option<Result<Vec<u8>, EstError>>, EstError> {
         let key = resend_key.to_string();
         let unavailable = |e: crate::store::StoreError| EstError::Unavailable(e.to_string());
-        let Some(id) = self
+        let Some(stored) = self
             .pipeline
             .with_store(move |store| store.protocol_get(RESENT, &key))
             .await
@@ -386,39 +417,63 @@ impl Backend {
         else {
             return Ok(None);
         };
-        let Ok(request_id) = String::from_utf8_lossy(&id).parse::<Uuid>() else {
+        let Some(mut resendable) = Resendable::decode(&stored) else {
             return Ok(None);
         };
-        Ok(
-            match self
-                .pipeline
-                .request_state(request_id)
-                .await
-                .map_err(unavailable)?
-            {
-                Some(RequestState::Issued { serial }) => {
-                    let record = self
-                        .pipeline
-                        .with_store(move |store| store.certificate(&serial))
+        let request_id = resendable.request_id;
+        let state = self
+            .pipeline
+            .request_state(request_id)
+            .await
+            .map_err(unavailable)?;
+        if matches!(
+            state,
+            Some(RequestState::Issued { .. } | RequestState::Denied { .. })
+        ) {
+            let now = self.pipeline.clock().now().unix_timestamp();
+            let key = resend_key.to_string();
+            match resendable.answered_at {
+                Some(at) if now - at > RESEND_WINDOW_SECONDS => {
+                    self.pipeline
+                        .with_store(move |store| store.protocol_delete(RESENT, &key, false))
                         .await
                         .map_err(unavailable)?;
-                    record.map(|r| {
-                        pkcs7::certs_only(std::slice::from_ref(&r.der))
-                            .map_err(|e| EstError::Unavailable(e.to_string()))
-                    })
+                    return Ok(None);
                 }
-                Some(RequestState::Pending { .. }) => Some(Err(EstError::Pending(format!(
-                    "request {request_id} still waits for approval"
-                )))),
-                Some(RequestState::Issuing { .. }) => Some(Err(EstError::Pending(format!(
-                    "request {request_id}: {STILL_ISSUING}"
-                )))),
-                Some(RequestState::Denied { reason }) => Some(Err(EstError::Forbidden(format!(
-                    "{reason} (request {request_id})"
-                )))),
-                Some(RequestState::Failed { .. }) | None => None,
-            },
-        )
+                Some(_) => {}
+                None => {
+                    resendable.answered_at = Some(now);
+                    let value = serde_json::to_vec(&resendable).expect("serializes");
+                    self.pipeline
+                        .with_store(move |store| store.protocol_put(RESENT, &key, &value, false))
+                        .await
+                        .map_err(unavailable)?;
+                }
+            }
+        }
+        Ok(match state {
+            Some(RequestState::Issued { serial }) => {
+                let record = self
+                    .pipeline
+                    .with_store(move |store| store.certificate(&serial))
+                    .await
+                    .map_err(unavailable)?;
+                record.map(|r| {
+                    pkcs7::certs_only(std::slice::from_ref(&r.der))
+                        .map_err(|e| EstError::Unavailable(e.to_string()))
+                })
+            }
+            Some(RequestState::Pending { .. }) => Some(Err(EstError::Pending(format!(
+                "request {request_id} still waits for approval"
+            )))),
+            Some(RequestState::Issuing { .. }) => Some(Err(EstError::Pending(format!(
+                "request {request_id}: {STILL_ISSUING}"
+            )))),
+            Some(RequestState::Denied { reason }) => Some(Err(EstError::Forbidden(format!(
+                "{reason} (request {request_id})"
+            )))),
+            Some(RequestState::Failed { .. }) | None => None,
+        })
     }
 
     /// Through the one pipeline; the certs-only PKCS#7 of the issued certificate.
@@ -476,11 +531,13 @@ impl Backend {
             Ok(Outcome::Issued(record)) => pkcs7::certs_only(std::slice::from_ref(&record.der))
                 .map_err(|e| EstError::Unavailable(e.to_string())),
             Ok(Outcome::Pending { request_id, reason }) => {
-                let id = request_id.to_string();
+                let value = serde_json::to_vec(&Resendable {
+                    request_id,
+                    answered_at: None,
+                })
+                .expect("serializes");
                 self.pipeline
-                    .with_store(move |store| {
-                        store.protocol_put(RESENT, &resend_key, id.as_bytes(), true)
-                    })
+                    .with_store(move |store| store.protocol_put(RESENT, &resend_key, &value, true))
                     .await
                     .map_err(|e| EstError::Unavailable(e.to_string()))?;
                 Err(EstError::Pending(format!(
