@@ -287,6 +287,32 @@ async fn refusals_are_problem_documents_and_issue_nothing() {
     };
     let text = error.to_string();
     assert!(text.contains("rejectedIdentifier"), "{text}");
+    // The decision is audited though no request exists yet.
+    let (_, audit) = lab
+        .d
+        .get("/api/v1/audit?action=decision&decision=denied")
+        .await;
+    let denials = audit["items"].as_array().unwrap();
+    assert_eq!(denials.len(), 1, "{audit}");
+    let denial = &denials[0]["entry"];
+    assert_eq!(denial["layer"], "names", "{denial}");
+    assert!(denial["request_id"].is_null(), "{denial}");
+    assert!(
+        denial["actor"].as_str().unwrap().starts_with("acme:"),
+        "{denial}"
+    );
+    assert!(
+        denial["reason"]
+            .as_str()
+            .unwrap()
+            .contains("`www.google.com`"),
+        "{denial}"
+    );
+    assert_eq!(denial["details"]["protocol"], "acme", "{denial}");
+    assert_eq!(
+        denial["details"]["refused"][0]["identifier"], "www.google.com",
+        "{denial}"
+    );
 
     // A wrong key authorization: the challenge and the order become invalid.
     let mut order = account

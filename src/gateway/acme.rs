@@ -176,23 +176,41 @@ impl AcmeBackend for Backend {
                 )),
             }
         }
+        let identity = identity_of(account);
+        let mut layer = Layer::Input;
         if let Err(denied) = policy::precheck_names(
             &self.pipeline.config(),
-            &identity_of(account),
+            &identity,
             certificate_profile,
             &model,
         ) {
+            layer = denied.layer;
             refused.extend(
                 denied
+                    .refused
                     .iter()
                     .filter_map(|(id, reason)| Some((to_acme(id)?, reason.clone()))),
             );
         }
         if refused.is_empty() {
-            Ok(())
-        } else {
-            Err(refused)
+            return Ok(());
         }
+        let reason = refused
+            .iter()
+            .map(|(identifier, why)| format!("`{}`: {why}", identifier.value))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let details = json!({
+            "account": account.id,
+            "profile": account.profile,
+            "certificate_profile": certificate_profile,
+            "identifiers": identifiers.iter().map(|i| format!("{}:{}", i.kind, i.value)).collect::<Vec<_>>(),
+            "refused": refused.iter().map(|(identifier, why)| json!({"identifier": identifier.value, "reason": why})).collect::<Vec<_>>(),
+        });
+        self.pipeline
+            .audit_precheck_denial(Protocol::Acme, identity.name, layer, reason, details)
+            .await;
+        Err(refused)
     }
 
     async fn issue(

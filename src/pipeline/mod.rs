@@ -146,14 +146,15 @@ pub struct Pipeline {
     rate_gate: Arc<tokio::sync::Mutex<()>>,
     /// Resource ownership look-ups (policy layer 3), cached.
     resources: Arc<resources::Directory>,
-    /// How many refused credentials this minute's audit holds.
+    /// How many refusals before a request this minute's audit holds.
     refusals: Arc<std::sync::Mutex<RefusalWindow>>,
 }
 
-/// Audit records of refused credentials one minute may hold. A flood of wrong passwords,
-/// challenges or API keys must not fill the disk with records and the store with flushes;
-/// beyond it refusals are still answered, logged and counted in the metrics, and the next
-/// record written names how many went unrecorded.
+/// Audit records of refusals before any request exists (refused credentials, ACME
+/// newOrder pre-checks) one minute may hold. A flood of wrong passwords, challenges, API
+/// keys or forbidden names must not fill the disk with records and the store with
+/// flushes; beyond it refusals are still answered, logged and counted in the metrics, and
+/// the next record written names how many went unrecorded.
 const REFUSALS_AUDITED_PER_MINUTE: u32 = 60;
 
 /// The minute [`REFUSALS_AUDITED_PER_MINUTE`] counts in.
@@ -259,9 +260,8 @@ impl Pipeline {
 
     /// Audit credentials a protocol refused at its door, before any request exists (the
     /// identity layer): whom they claimed, why they were refused, and what the protocol
-    /// knows of the attempt (`details`, an object; never the secret itself). At most
-    /// [`REFUSALS_AUDITED_PER_MINUTE`] a minute are recorded. The refusal stands whether
-    /// or not the record is written; a store failure is logged.
+    /// knows of the attempt (`details`, an object; never the secret itself). The refusal
+    /// stands whether or not the record is written.
     pub async fn audit_refused_credentials(
         &self,
         protocol: Protocol,
@@ -270,8 +270,52 @@ impl Pipeline {
         details: serde_json::Value,
     ) {
         tracing::info!(protocol = protocol.as_str(), claimed = %claimed, reason = %reason, "credentials refused");
+        self.audit_refusal(
+            protocol,
+            AuditAction::CredentialsRefused,
+            claimed,
+            Layer::Identity,
+            reason,
+            details,
+        )
+        .await;
+    }
+
+    /// Audit a policy pre-check that refused before any request exists (ACME newOrder and
+    /// newAuthz): a `decision`, `denied` by `layer`, without a request id.
+    pub async fn audit_precheck_denial(
+        &self,
+        protocol: Protocol,
+        identity: String,
+        layer: Layer,
+        reason: String,
+        details: serde_json::Value,
+    ) {
+        tracing::info!(protocol = protocol.as_str(), identity = %identity, layer = layer.as_str(), reason = %reason, "refused before a request");
+        self.audit_refusal(
+            protocol,
+            AuditAction::Decision,
+            identity,
+            layer,
+            reason,
+            details,
+        )
+        .await;
+    }
+
+    /// The record of a refusal before any request, at most [`REFUSALS_AUDITED_PER_MINUTE`]
+    /// a minute; every one counts in the decision metrics. A store failure is logged.
+    async fn audit_refusal(
+        &self,
+        protocol: Protocol,
+        action: AuditAction,
+        actor: String,
+        layer: Layer,
+        reason: String,
+        details: serde_json::Value,
+    ) {
         self.metrics
-            .decision(protocol.as_str(), "denied", Layer::Identity.as_str());
+            .decision(protocol.as_str(), "denied", layer.as_str());
         let now = self.clock.now();
         let unrecorded_before = {
             let mut window = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
@@ -298,10 +342,10 @@ impl Pipeline {
         let audit = AuditEntry {
             time: now,
             request_id: None,
-            actor: claimed,
-            action: AuditAction::CredentialsRefused,
+            actor,
+            action,
             outcome: "denied".into(),
-            layer: Some(Layer::Identity.as_str().into()),
+            layer: Some(layer.as_str().into()),
             rule: None,
             reason,
             subject: None,
@@ -311,7 +355,7 @@ impl Pipeline {
             .with_store(move |store| store.append_audit(&audit))
             .await
         {
-            tracing::warn!(error = %e, "the audit record of refused credentials was not written");
+            tracing::warn!(error = %e, "the audit record of a refusal was not written");
         }
     }
 

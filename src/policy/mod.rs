@@ -232,6 +232,16 @@ fn run_layers(
     Ok(approval)
 }
 
+/// Why [`precheck_names`] refused: the layer that decided, and every refused identifier
+/// with its reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrecheckDenial {
+    /// The deciding layer.
+    pub layer: Layer,
+    /// The refused identifiers, each with its reason.
+    pub refused: Vec<(Identifier, String)>,
+}
+
 /// The identity and names layers alone, per identifier, for protocols that ask before
 /// the CSR exists (ACME newOrder): every refused identifier with its reason.
 pub fn precheck_names(
@@ -239,18 +249,22 @@ pub fn precheck_names(
     identity: &Identity,
     template: &str,
     identifiers: &[Identifier],
-) -> Result<(), Vec<(Identifier, String)>> {
-    let all_refused = |reason: String| {
-        identifiers
+) -> Result<(), PrecheckDenial> {
+    let all_refused = |layer: Layer, reason: String| PrecheckDenial {
+        layer,
+        refused: identifiers
             .iter()
             .map(|i| (i.clone(), reason.clone()))
-            .collect::<Vec<_>>()
+            .collect(),
     };
     if !config.templates.contains_key(template) {
-        return Err(all_refused(format!("there is no template `{template}`")));
+        return Err(all_refused(
+            Layer::Template,
+            format!("there is no template `{template}`"),
+        ));
     }
     let roles = identity::roles_for_template(config, identity, template)
-        .map_err(|d| all_refused(d.reason))?;
+        .map_err(|d| all_refused(Layer::Identity, d.reason))?;
     let mut refused = names::globally_denied(&config.policy, identifiers);
     let by_roles: Vec<_> = names::refused(&roles, identifiers, None)
         .into_iter()
@@ -261,7 +275,10 @@ pub fn precheck_names(
     if refused.is_empty() {
         Ok(())
     } else {
-        Err(refused)
+        Err(PrecheckDenial {
+            layer: Layer::Names,
+            refused,
+        })
     }
 }
 
