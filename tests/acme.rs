@@ -288,13 +288,9 @@ async fn refusals_are_problem_documents_and_issue_nothing() {
     let text = error.to_string();
     assert!(text.contains("rejectedIdentifier"), "{text}");
     // The decision is audited though no request exists yet.
-    let (_, audit) = lab
-        .d
-        .get("/api/v1/audit?action=decision&decision=denied")
-        .await;
-    let denials = audit["items"].as_array().unwrap();
-    assert_eq!(denials.len(), 1, "{audit}");
-    let denial = &denials[0]["entry"];
+    let denials = lab.d.denied_decisions().await;
+    assert_eq!(denials.len(), 1, "{denials:?}");
+    let denial = &denials[0];
     assert_eq!(denial["layer"], "names", "{denial}");
     assert!(denial["request_id"].is_null(), "{denial}");
     assert!(
@@ -748,6 +744,16 @@ async fn caa_records_allow_or_forbid_issuance() {
         format!("{error:?}").contains("urn:ietf:params:acme:error:caa"),
         "{error:?}"
     );
+    // The refusal is audited (CA/B Forum BR 5.4.1 has CAs log their CAA decisions).
+    let denials = lab.d.denied_decisions().await;
+    assert_eq!(denials.len(), 1, "{denials:?}");
+    let denial = &denials[0];
+    assert_eq!(denial["rule"], "caa", "{denial}");
+    assert_eq!(denial["layer"], "names", "{denial}");
+    assert_eq!(denial["details"]["name"], "caa-deny.example", "{denial}");
+    assert_eq!(denial["details"]["stage"], "validation", "{denial}");
+    assert_eq!(denial["details"]["method"], "http-01", "{denial}");
+    assert_eq!(denial["details"]["problem_type"], "caa", "{denial}");
     lab.d.daemon.shutdown().await;
 }
 

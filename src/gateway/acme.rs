@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use der::{Decode, Encode};
 use rampart_acme::{
-    AccountRecord, AcmeBackend, ExternalAccountKey, Issuance, KeyValue, KnownCertificate,
-    OrderRecord, PendingStatus, Problem, ProblemType, Profile, Revoker,
+    AccountRecord, AcmeBackend, CaaRefusal, ExternalAccountKey, Issuance, KeyValue,
+    KnownCertificate, OrderRecord, PendingStatus, Problem, ProblemType, Profile, Revoker,
 };
 use serde_json::{json, Map};
 use uuid::Uuid;
@@ -208,7 +208,7 @@ impl AcmeBackend for Backend {
             "refused": refused.iter().map(|(identifier, why)| json!({"identifier": identifier.value, "reason": why})).collect::<Vec<_>>(),
         });
         self.pipeline
-            .audit_precheck_denial(Protocol::Acme, identity.name, layer, reason, details)
+            .audit_precheck_denial(Protocol::Acme, identity.name, layer, None, reason, details)
             .await;
         Err(refused)
     }
@@ -395,6 +395,34 @@ impl AcmeBackend for Backend {
                 claimed,
                 reason.to_string(),
                 json!({ "profile": profile, "eab_key_id": key_id }),
+            )
+            .await;
+    }
+
+    async fn caa_refused(&self, refusal: CaaRefusal<'_>) {
+        let name = match refusal.wildcard {
+            true => format!("*.{}", refusal.name),
+            false => refusal.name.to_string(),
+        };
+        let stage = match refusal.at_finalize {
+            true => "finalize",
+            false => "validation",
+        };
+        self.pipeline
+            .audit_precheck_denial(
+                Protocol::Acme,
+                identity_of(refusal.account).name,
+                Layer::Names,
+                Some("caa"),
+                format!("CAA at {stage} for `{name}`: {}", refusal.reason),
+                json!({
+                    "account": refusal.account.id,
+                    "profile": refusal.account.profile,
+                    "name": name,
+                    "method": refusal.method,
+                    "stage": stage,
+                    "problem_type": refusal.problem_type,
+                }),
             )
             .await;
     }

@@ -270,56 +270,62 @@ impl Pipeline {
         details: serde_json::Value,
     ) {
         tracing::info!(protocol = protocol.as_str(), claimed = %claimed, reason = %reason, "credentials refused");
-        self.audit_refusal(
-            protocol,
-            AuditAction::CredentialsRefused,
-            claimed,
-            Layer::Identity,
-            reason,
-            details,
-        )
-        .await;
+        let refusal = self.refusal(AuditAction::CredentialsRefused, claimed, Layer::Identity);
+        self.audit_refusal(protocol, reason, details, refusal).await;
     }
 
-    /// Audit a policy pre-check that refused before any request exists (ACME newOrder and
-    /// newAuthz): a `decision`, `denied` by `layer`, without a request id.
+    /// Audit a policy check that refused before any request exists (ACME newOrder and
+    /// newAuthz pre-checks, CAA): a `decision`, `denied` by `layer` (and `rule`), without
+    /// a request id.
     pub async fn audit_precheck_denial(
         &self,
         protocol: Protocol,
         identity: String,
         layer: Layer,
+        rule: Option<&str>,
         reason: String,
         details: serde_json::Value,
     ) {
         tracing::info!(protocol = protocol.as_str(), identity = %identity, layer = layer.as_str(), reason = %reason, "refused before a request");
-        self.audit_refusal(
-            protocol,
-            AuditAction::Decision,
-            identity,
-            layer,
-            reason,
-            details,
-        )
-        .await;
+        let mut refusal = self.refusal(AuditAction::Decision, identity, layer);
+        refusal.rule = rule.map(str::to_string);
+        self.audit_refusal(protocol, reason, details, refusal).await;
     }
 
-    /// The record of a refusal before any request, at most [`REFUSALS_AUDITED_PER_MINUTE`]
-    /// a minute; every one counts in the decision metrics. A store failure is logged.
+    /// The audit entry of a refusal before any request, but for its reason and details.
+    fn refusal(&self, action: AuditAction, actor: String, layer: Layer) -> AuditEntry {
+        AuditEntry {
+            time: self.clock.now(),
+            request_id: None,
+            actor,
+            action,
+            outcome: "denied".into(),
+            layer: Some(layer.as_str().into()),
+            rule: None,
+            reason: String::new(),
+            subject: None,
+            details: serde_json::Value::Null,
+        }
+    }
+
+    /// Record `refusal` with `reason` and `details` (an object; the protocol is added), at
+    /// most [`REFUSALS_AUDITED_PER_MINUTE`] a minute; every one counts in the decision
+    /// metrics. A store failure is logged.
     async fn audit_refusal(
         &self,
         protocol: Protocol,
-        action: AuditAction,
-        actor: String,
-        layer: Layer,
         reason: String,
         details: serde_json::Value,
+        mut refusal: AuditEntry,
     ) {
-        self.metrics
-            .decision(protocol.as_str(), "denied", layer.as_str());
-        let now = self.clock.now();
+        self.metrics.decision(
+            protocol.as_str(),
+            "denied",
+            refusal.layer.as_deref().unwrap_or_default(),
+        );
         let unrecorded_before = {
             let mut window = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
-            let minute = now.unix_timestamp().div_euclid(60);
+            let minute = refusal.time.unix_timestamp().div_euclid(60);
             if window.minute != minute {
                 window.minute = minute;
                 window.recorded = 0;
@@ -339,20 +345,10 @@ impl Pipeline {
         if unrecorded_before > 0 {
             details.insert("unrecorded_before".into(), unrecorded_before.into());
         }
-        let audit = AuditEntry {
-            time: now,
-            request_id: None,
-            actor,
-            action,
-            outcome: "denied".into(),
-            layer: Some(layer.as_str().into()),
-            rule: None,
-            reason,
-            subject: None,
-            details: serde_json::Value::Object(details),
-        };
+        refusal.reason = reason;
+        refusal.details = serde_json::Value::Object(details);
         if let Err(e) = self
-            .with_store(move |store| store.append_audit(&audit))
+            .with_store(move |store| store.append_audit(&refusal))
             .await
         {
             tracing::warn!(error = %e, "the audit record of a refusal was not written");

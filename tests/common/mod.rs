@@ -114,8 +114,18 @@ impl TestDaemon {
 
     /// The audit's `credentials_refused` entries, through the API's filter, oldest first.
     pub async fn refused_credentials(&self) -> Vec<Value> {
+        self.audit_entries("action=credentials_refused").await
+    }
+
+    /// The audit's denied decisions, oldest first.
+    pub async fn denied_decisions(&self) -> Vec<Value> {
+        self.audit_entries("action=decision&decision=denied").await
+    }
+
+    /// Audit entries matching the API's `filter` (a query string), oldest first.
+    pub async fn audit_entries(&self, filter: &str) -> Vec<Value> {
         let (status, body) = self
-            .get("/api/v1/audit?action=credentials_refused&limit=1000")
+            .get(&format!("/api/v1/audit?{filter}&limit=1000"))
             .await;
         assert_eq!(status, 200, "{body}");
         body["items"]

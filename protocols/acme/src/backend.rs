@@ -103,6 +103,26 @@ pub enum Revoker {
     CertificateKey,
 }
 
+/// A failed CAA check, as [`AcmeBackend::caa_refused`] hears of it.
+#[derive(Debug, Clone, Copy)]
+pub struct CaaRefusal<'a> {
+    /// The account that asked.
+    pub account: &'a AccountRecord,
+    /// The name checked (without `*.`).
+    pub name: &'a str,
+    /// Whether the order is for the wildcard of `name`.
+    pub wildcard: bool,
+    /// The validation method (`http-01`, `dns-01`, `tls-alpn-01`).
+    pub method: &'a str,
+    /// Checked again before issuance (at finalize), not at validation.
+    pub at_finalize: bool,
+    /// The ACME error type the client is given (`caa`, or `dns` when the records could
+    /// not be read).
+    pub problem_type: &'a str,
+    /// Why.
+    pub reason: &'a str,
+}
+
 /// What the embedder provides.
 #[async_trait::async_trait]
 pub trait AcmeBackend: Send + Sync + 'static {
@@ -118,6 +138,10 @@ pub trait AcmeBackend: Send + Sync + 'static {
     /// A newAccount's external account binding was refused (`reason`): an unknown key id, a
     /// key already bound, or a MAC that does not verify. For the embedder's audit.
     async fn external_account_refused(&self, profile: &str, key_id: &str, reason: &str);
+
+    /// A CAA check failed (RFC 8659: the name's CAA records do not permit this CA, this
+    /// account or this method, or could not be read). For the embedder's audit.
+    async fn caa_refused(&self, refusal: CaaRefusal<'_>);
 
     /// Record that `key_id` is now bound to `account_id`; fails if it already was.
     async fn bind_external_account_key(

@@ -18,7 +18,8 @@ pub mod validation;
 pub mod wire;
 
 pub use backend::{
-    AcmeBackend, ExternalAccountKey, Issuance, KnownCertificate, PendingStatus, Profile, Revoker,
+    AcmeBackend, CaaRefusal, ExternalAccountKey, Issuance, KnownCertificate, PendingStatus,
+    Profile, Revoker,
 };
 pub use problem::{Problem, ProblemType};
 pub use records::{AccountRecord, KeyValue, MemoryKv, OrderRecord, Records};

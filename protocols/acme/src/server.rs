@@ -18,7 +18,7 @@ use base64::Engine;
 use serde_json::{json, Map, Value};
 use time::{Duration, OffsetDateTime};
 
-use crate::backend::{AcmeBackend, Revoker};
+use crate::backend::{AcmeBackend, CaaRefusal, Revoker};
 use crate::jws::{self, Jws, KeyRef};
 use crate::nonce::NonceStore;
 use crate::problem::{Problem, ProblemType, Subproblem, SubproblemIdentifier};
@@ -1336,7 +1336,7 @@ async fn finalize(
             .iter()
             .find(|c| c.status == ChallengeStatus::Valid)
             .map_or(ChallengeType::Http01, |c| c.kind);
-        if let Err(error) = caa.check(&server.validator, authz, method).await {
+        if let Err(error) = caa.check(&server, authz, method, true).await {
             let problem = Problem::new(
                 ProblemType::from_validation(error.acme_type()),
                 error.to_string(),
@@ -1544,6 +1544,8 @@ struct CaaContext {
     issuer_domains: Vec<String>,
     /// The account URL (`accounturi`).
     account_url: String,
+    /// The account, for the backend's record of a refusal.
+    account: AccountRecord,
 }
 
 impl CaaContext {
@@ -1556,20 +1558,24 @@ impl CaaContext {
         CaaContext {
             issuer_domains,
             account_url: urls.account(&account.id),
+            account: account.clone(),
         }
     }
 
-    /// CAA check of an authorization's name for validation `method`.
+    /// CAA check of an authorization's name for validation `method`, at validation or
+    /// (`at_finalize`) again before issuance; a failure is reported to the backend.
     async fn check(
         &self,
-        validator: &Validator,
+        server: &AcmeServer,
         authz: &AuthzRecord,
         method: ChallengeType,
+        at_finalize: bool,
     ) -> Result<(), ValidationError> {
         if authz.identifier.kind != "dns" {
             return Ok(());
         }
-        validator
+        let checked = server
+            .validator
             .caa(
                 &authz.identifier.value,
                 authz.wildcard,
@@ -1577,7 +1583,22 @@ impl CaaContext {
                 &self.account_url,
                 method.as_str(),
             )
-            .await
+            .await;
+        if let Err(error) = &checked {
+            server
+                .backend
+                .caa_refused(CaaRefusal {
+                    account: &self.account,
+                    name: &authz.identifier.value,
+                    wildcard: authz.wildcard,
+                    method: method.as_str(),
+                    at_finalize,
+                    problem_type: error.acme_type(),
+                    reason: &error.to_string(),
+                })
+                .await;
+        }
+        checked
     }
 }
 
@@ -1636,7 +1657,7 @@ async fn validate(
     }
     // RFC 8659: CAA is checked once control is proven (and again at finalize).
     let outcome = match outcome {
-        Ok(()) => caa.check(&server.validator, &authz, kind).await,
+        Ok(()) => caa.check(&server, &authz, kind, false).await,
         failed => failed,
     };
     if let Err(error) = server.record_validation(&authz_id, kind, outcome).await {

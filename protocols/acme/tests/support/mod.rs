@@ -97,6 +97,9 @@ impl AcmeBackend for FakeBackend {
     /// The fake has no external account keys to refuse and keeps no audit.
     async fn external_account_refused(&self, _profile: &str, _key_id: &str, _reason: &str) {}
 
+    /// The fake keeps no audit.
+    async fn caa_refused(&self, _refusal: rampart_acme::CaaRefusal<'_>) {}
+
     async fn bind_external_account_key(
         &self,
         _key_id: &str,
