@@ -1111,6 +1111,18 @@ async fn an_mdm_webhook_decides_on_other_challenges() {
     )
     .await;
     assert_eq!(failure(&refused), FailInfo::BadRequest);
+    // Audited with the MDM's reason, never the challenge tried.
+    let audited = d.refused_credentials().await;
+    assert_eq!(audited.len(), 1, "{audited:?}");
+    assert!(
+        audited[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not enrolled in the MDM"),
+        "{}",
+        audited[0]
+    );
+    assert!(!audited[0].to_string().contains("guess"), "{}", audited[0]);
     let static_ok = enroll(
         &d,
         Via::default(),
