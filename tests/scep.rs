@@ -908,6 +908,27 @@ async fn renewal_is_signed_by_the_current_certificate_and_keeps_its_names() {
     let rep = renew(&d, &holder, &late.transaction_id(), &csr).await;
     assert_eq!(failure(&rep), FailInfo::BadCertId);
 
+    // Both refusals are audited under the certificate that signed them.
+    let refused = d.refused_credentials().await;
+    let seen: Vec<(&str, &str)> = refused
+        .iter()
+        .map(|entry| {
+            (
+                entry["actor"].as_str().unwrap(),
+                entry["details"]["message_type"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("CN=renew.test", "RenewalReq"),
+            ("CN=renew.test", "RenewalReq")
+        ],
+        "{refused:?}"
+    );
+    assert!(refused[1]["reason"].as_str().unwrap().contains("revoked"));
+
     assert_eq!(scep_inventory(&d).await.len(), 2);
     d.daemon.shutdown().await;
 }

@@ -1056,13 +1056,19 @@ impl ScepBackend for Backend {
                         .map(|n| n.to_string())
                         .collect::<Vec<_>>(),
                 });
+                // A challenge claims the profile's identity; a renewal, its signer's.
+                let claimed = match enrollment.message_type {
+                    MessageType::RenewalReq => {
+                        rampart_scep::loose::RequesterCertificate::from_der(&enrollment.signer_der)
+                            .map_or_else(
+                                |_| "unknown".to_string(),
+                                |c| c.tbs_certificate.subject.to_string(),
+                            )
+                    }
+                    _ => config.identity.clone(),
+                };
                 self.pipeline
-                    .audit_refused_credentials(
-                        Protocol::Scep,
-                        config.identity.clone(),
-                        reason.clone(),
-                        details,
-                    )
+                    .audit_refused_credentials(Protocol::Scep, claimed, reason.clone(), details)
                     .await;
                 return Answer::Failure(fail_info, reason);
             }
