@@ -597,6 +597,24 @@ async fn profiles_restrict_authentication_methods() {
             String::from_utf8_lossy(&answer)
         );
     }
+    // The four refusals of presented credentials are audited, each under whom it claimed.
+    let serial = {
+        use der::Decode;
+        let leaf = x509_cert::Certificate::from_der(&issued).unwrap();
+        rampart_acme::ari::serial_hex(leaf.tbs_certificate.serial_number.as_bytes())
+    };
+    let by_certificate = format!("certificate {serial}");
+    let refused = est.d.refused_credentials().await;
+    let actors: Vec<&str> = refused
+        .iter()
+        .map(|entry| entry["actor"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actors,
+        [USER, by_certificate.as_str(), USER, by_certificate.as_str()],
+        "{refused:?}"
+    );
+    assert_eq!(refused[1]["details"]["certificate_serial"], serial.as_str());
     est.d.daemon.shutdown().await;
 }
 

@@ -307,10 +307,25 @@ impl Backend {
         operation: Operation,
         csr_der: &[u8],
     ) -> Result<Identity, EstError> {
-        let (claimed, details) = claimed_by(&credentials);
+        // What the audit needs of refused credentials, kept before they are consumed (the
+        // certificate is read only if they are refused).
+        let presented = Presented {
+            user: match &credentials {
+                Credentials::Basic { user, .. } | Credentials::Both { user, .. } => {
+                    Some(user.clone())
+                }
+                Credentials::Certificate(_) => None,
+            },
+            leaf: match &credentials {
+                Credentials::Certificate(chain) | Credentials::Both { chain, .. } => {
+                    chain.first().cloned()
+                }
+                Credentials::Basic { .. } => None,
+            },
+        };
         let identified = self.identify(auth, credentials, operation, csr_der).await;
         if let Err(EstError::Unauthenticated(reason) | EstError::Forbidden(reason)) = &identified {
-            let mut details = details;
+            let (claimed, mut details) = presented.claimed();
             details.insert("operation".into(), format!("{operation:?}").into());
             self.pipeline
                 .audit_refused_credentials(
@@ -706,35 +721,43 @@ impl EstBackend for Backend {
     }
 }
 
-/// Whom credentials claim to be (the Basic user, else the client certificate's subject) and
-/// what the audit may keep of them: never the password.
-fn claimed_by(credentials: &Credentials) -> (String, serde_json::Map<String, serde_json::Value>) {
-    let mut details = serde_json::Map::new();
-    let chain = match credentials {
-        Credentials::Basic { user, .. } => return (user.clone(), details),
-        Credentials::Certificate(chain) => chain,
-        Credentials::Both { user, chain, .. } => {
-            details.insert("user".into(), user.clone().into());
-            chain
+/// Of presented credentials, what the audit may keep: never the password.
+struct Presented {
+    /// The HTTP Basic user.
+    user: Option<String>,
+    /// The client certificate (DER).
+    leaf: Option<Vec<u8>>,
+}
+
+impl Presented {
+    /// Whom they claim to be (the Basic user, else the client certificate's subject), and
+    /// the certificate's serial and issuer.
+    fn claimed(&self) -> (String, serde_json::Map<String, serde_json::Value>) {
+        let mut details = serde_json::Map::new();
+        let leaf = self
+            .leaf
+            .as_deref()
+            .and_then(|der| x509_cert::Certificate::from_der(der).ok());
+        if let Some(leaf) = &leaf {
+            let tbs = &leaf.tbs_certificate;
+            details.insert(
+                "certificate_serial".into(),
+                rampart_acme::ari::serial_hex(tbs.serial_number.as_bytes()).into(),
+            );
+            details.insert("certificate_issuer".into(), tbs.issuer.to_string().into());
         }
-    };
-    let leaf = chain
-        .first()
-        .and_then(|der| x509_cert::Certificate::from_der(der).ok());
-    let Some(leaf) = leaf else {
-        return ("unknown".into(), details);
-    };
-    let subject = leaf.tbs_certificate.subject.to_string();
-    details.insert(
-        "certificate_serial".into(),
-        rampart_acme::ari::serial_hex(leaf.tbs_certificate.serial_number.as_bytes()).into(),
-    );
-    details.insert(
-        "certificate_issuer".into(),
-        leaf.tbs_certificate.issuer.to_string().into(),
-    );
-    match credentials {
-        Credentials::Both { user, .. } => (user.clone(), details),
-        _ => (subject, details),
+        let claimed = match (&self.user, &leaf) {
+            (Some(user), _) => user.clone(),
+            // An empty subject (a certificate naming its holder in SANs only): its serial.
+            (None, Some(leaf)) => match leaf.tbs_certificate.subject.to_string() {
+                subject if subject.is_empty() => format!(
+                    "certificate {}",
+                    rampart_acme::ari::serial_hex(leaf.tbs_certificate.serial_number.as_bytes())
+                ),
+                subject => subject,
+            },
+            (None, None) => "unknown".into(),
+        };
+        (claimed, details)
     }
 }
