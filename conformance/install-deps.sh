@@ -24,6 +24,11 @@ command -v lego >/dev/null 2>&1 || missing+=(lego)
 # dehydrated and uacme (with ualpn), two more ACME clients, for acme-dehydrated-uacme.sh.
 command -v dehydrated >/dev/null 2>&1 || missing+=(dehydrated)
 command -v uacme >/dev/null 2>&1 || missing+=(uacme)
+# acmetool and lacme (with lacme-accountd), two more ACME clients, for acme-acmetool-lacme.sh;
+# lacme lives in /usr/sbin.
+command -v acmetool >/dev/null 2>&1 || missing+=(acmetool)
+command -v lacme >/dev/null 2>&1 || [[ -x /usr/sbin/lacme ]] || missing+=(lacme)
+command -v lacme-accountd >/dev/null 2>&1 || missing+=(lacme-accountd)
 # Pebble (Let's Encrypt's test ACME CA), the upstream CA of acme-upstream-pebble.sh.
 command -v pebble >/dev/null 2>&1 || missing+=(pebble)
 # acme-tiny, and Ruby's acme-client gem with WEBrick (its http-01 responder), for acme-tiny-ruby.sh.
