@@ -122,6 +122,15 @@ struct SavedCatalog {
 /// reads every `idx_expiry` entry, which is much cheaper per certificate).
 const SAN_CATCH_UP_LIMIT: u64 = 100_000;
 
+/// Issuances after which a running store saves the SAN catalog again, well inside
+/// [`SAN_CATCH_UP_LIMIT`] (an issuance writes two audit records): an open after a crash
+/// then catches up instead of rebuilding (seconds, and ~70 MiB more resident memory, at a
+/// million certificates). At that size a save writes ~100 MB while issuances wait.
+#[cfg(not(test))]
+const SAN_SAVE_EVERY: u64 = 30_000;
+#[cfg(test)]
+const SAN_SAVE_EVERY: u64 = 100;
+
 /// What the SAN catalog is loaded from at open.
 struct CatalogSources {
     /// The catalog saved at the last close, if any.
@@ -299,6 +308,27 @@ pub struct SledStore {
     san: std::sync::Arc<SanIndex>,
     /// The thread loading the SAN catalog at open (joined on drop).
     san_loader: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Issuances between their audit record and their SAN catalog insert: a catalog saved
+    /// while any is must not claim the audit head.
+    catalog_pending: std::sync::atomic::AtomicUsize,
+    /// Issuances since the SAN catalog was last saved (or the store opened).
+    issued_since_save: std::sync::atomic::AtomicU64,
+}
+
+/// One issuance counted in [`SledStore::catalog_pending`] until dropped.
+struct CatalogPending<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> CatalogPending<'a> {
+    fn begin(pending: &'a std::sync::atomic::AtomicUsize) -> Self {
+        pending.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        CatalogPending(pending)
+    }
+}
+
+impl Drop for CatalogPending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Drop for SledStore {
@@ -1398,6 +1428,8 @@ impl SledStore {
             writer: std::sync::Mutex::new(()),
             san,
             san_loader: std::sync::Mutex::new(loader),
+            catalog_pending: Default::default(),
+            issued_since_save: Default::default(),
         })
     }
 
@@ -1407,15 +1439,64 @@ impl SledStore {
         if !self.san.is_loaded() {
             return;
         }
-        let mut catalog = self.san.catalog.write().unwrap_or_else(|e| e.into_inner());
+        let catalog = self.san.catalog.write().unwrap_or_else(|e| e.into_inner());
         if !catalog.is_usable() {
             return;
         }
+        match Self::get::<ChainHead>(&self.t.meta, "meta", META_AUDIT_HEAD) {
+            Ok(head) => self.write_san_catalog(catalog, head.unwrap_or_default()),
+            Err(error) => {
+                tracing::warn!(%error, "SAN catalog not saved: the next start rebuilds it from the store");
+            }
+        }
+    }
+
+    /// Save the SAN catalog while issuances go on, every [`SAN_SAVE_EVERY`] of them, so
+    /// that an open after a crash catches up from the audit chain. Only when every
+    /// certificate whose audit record comes before the head it records is in it: no
+    /// issuance may be between its audit record and its catalog insert, checked under the
+    /// catalog's lock after the head is read (an insert needs that lock). Otherwise the
+    /// next issuance tries again.
+    fn save_san_catalog_while_running(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.issued_since_save.load(SeqCst) < SAN_SAVE_EVERY
+            || self.catalog_pending.load(SeqCst) != 0
+            || !self.san.is_loaded()
+        {
+            return;
+        }
+        let catalog = self.san.catalog.write().unwrap_or_else(|e| e.into_inner());
+        // The head first, then no issuance between record and insert: every certificate
+        // audited before the head is in the catalog.
+        let Ok(head) = Self::get::<ChainHead>(&self.t.meta, "meta", META_AUDIT_HEAD) else {
+            return;
+        };
+        if !catalog.is_usable()
+            || self.catalog_pending.load(SeqCst) != 0
+            || self.issued_since_save.load(SeqCst) < SAN_SAVE_EVERY
+        {
+            return;
+        }
+        self.issued_since_save.store(0, SeqCst);
+        let head = head.unwrap_or_default();
+        tracing::info!(
+            audit_head = head.next_seq,
+            "saving the SAN catalog (a start after a crash catches up from here)"
+        );
+        self.write_san_catalog(catalog, head);
+    }
+
+    /// Write `catalog` (locked) to its file and record it with `audit_head`: every
+    /// certificate audited before that head is in it.
+    fn write_san_catalog(
+        &self,
+        mut catalog: std::sync::RwLockWriteGuard<'_, SanCatalog>,
+        audit_head: ChainHead,
+    ) {
         let saved = (|| {
             let label = catalog
                 .save()
                 .map_err(|e| StoreError::Backend(format!("SAN catalog: {e}")))?;
-            let audit_head = Self::get(&self.t.meta, "meta", META_AUDIT_HEAD)?.unwrap_or_default();
             let record = SavedCatalog { label, audit_head };
             // Nothing changed since the open read it: no write, no flush.
             if Self::get::<SavedCatalog>(&self.t.meta, "meta", META_SAN_CATALOG)?.as_ref()
@@ -1427,6 +1508,7 @@ impl SledStore {
                 .meta
                 .insert(META_SAN_CATALOG, encode(&record))
                 .map_err(backend)?;
+            drop(catalog);
             self.db.flush().map(|_| ()).map_err(backend)
         })();
         if let Err(error) = saved {
@@ -1797,6 +1879,7 @@ impl Store for SledStore {
     ) -> Result<(), StoreError> {
         // The issuance's one change: a journal entry, not a transaction (see the module
         // docs), then a flush shared with concurrent ones.
+        let pending = CatalogPending::begin(&self.catalog_pending);
         let announced = self.commits.announce();
         let reserved = self.journaled(cert.request_id.as_bytes(), |change| {
             record_issuance(change, cert, audit, event)
@@ -1804,6 +1887,10 @@ impl Store for SledStore {
         self.commits.sync_announced(announced, &self.db)?;
         self.released(&reserved);
         self.san.insert(&cert.serial, &san_text(cert));
+        drop(pending);
+        self.issued_since_save
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.save_san_catalog_while_running();
         Ok(())
     }
 
@@ -2420,6 +2507,50 @@ mod tests {
         check_queries(&store, &all, now);
     }
 
+    /// Put back a SAN catalog file and its record as a store saved them (a crash since).
+    fn restore_san_catalog(dir: &Path, file: &[u8], record: &[u8]) {
+        std::fs::write(dir.join("san-catalog"), file).unwrap();
+        let db = sled::Config::new().path(dir).open().unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert(META_SAN_CATALOG, record)
+            .unwrap();
+        db.flush().unwrap();
+    }
+
+    #[test]
+    fn a_running_store_saves_the_san_catalog_so_that_a_crash_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let every = SAN_SAVE_EVERY;
+        let (saved_file, saved_record, all) = {
+            let store = SledStore::open(dir.path()).unwrap();
+            drop(store.san.loaded_catalog());
+            let mut all: Vec<CertificateRecord> =
+                (0..every + 5).map(|i| issue(&store, i, now)).collect();
+            // Saved at the `every`-th issuance, with the head after it.
+            let record = store.t.meta.get(META_SAN_CATALOG).unwrap().unwrap();
+            let saved: SavedCatalog = decode("meta", &record).unwrap();
+            let head: ChainHead =
+                decode("meta", &store.t.meta.get(META_AUDIT_HEAD).unwrap().unwrap()).unwrap();
+            assert!(saved.audit_head.next_seq > 0);
+            assert!(saved.audit_head.next_seq < head.next_seq);
+            let file = std::fs::read(dir.path().join("san-catalog")).unwrap();
+            all.extend((every + 5..every + 12).map(|i| issue(&store, i, now)));
+            (file, record.to_vec(), all)
+        };
+        // As after a crash: the file and record saved while running; the twelve issuances
+        // since are caught up from the audit chain.
+        restore_san_catalog(dir.path(), &saved_file, &saved_record);
+        let store = SledStore::open(dir.path()).unwrap();
+        drop(store.san.loaded_catalog());
+        assert_eq!(
+            *store.san.origin.get().unwrap(),
+            CatalogOrigin::Saved { caught_up: 12 }
+        );
+        check_queries(&store, &all, now);
+    }
+
     #[test]
     fn the_san_catalog_saved_at_close_is_read_back_and_caught_up_after_a_crash() {
         let dir = tempfile::tempdir().unwrap();
@@ -2454,15 +2585,7 @@ mod tests {
         }
         // As after a crash: the file and record of the earlier close, the ten issuances
         // since only in the store. They are caught up from the audit chain.
-        let restore = |record: &[u8]| {
-            std::fs::write(&file, &saved_file).unwrap();
-            let db = sled::Config::new().path(dir.path()).open().unwrap();
-            db.open_tree("meta")
-                .unwrap()
-                .insert(META_SAN_CATALOG, record)
-                .unwrap();
-            db.flush().unwrap();
-        };
+        let restore = |record: &[u8]| restore_san_catalog(dir.path(), &saved_file, record);
         restore(&saved_record);
         {
             let store = SledStore::open(dir.path()).unwrap();
