@@ -313,6 +313,10 @@ pub struct SledStore {
     catalog_pending: std::sync::atomic::AtomicUsize,
     /// Issuances since the SAN catalog was last saved (or the store opened).
     issued_since_save: std::sync::atomic::AtomicU64,
+    /// Set when an issuance failed after its audit record may have been written: its
+    /// certificate may be missing from the catalog, which is then not saved (the next
+    /// open rebuilds it).
+    catalog_unsure: std::sync::atomic::AtomicBool,
 }
 
 /// One issuance counted in [`SledStore::catalog_pending`] until dropped.
@@ -1430,13 +1434,18 @@ impl SledStore {
             san_loader: std::sync::Mutex::new(loader),
             catalog_pending: Default::default(),
             issued_since_save: Default::default(),
+            catalog_unsure: Default::default(),
         })
     }
 
     /// Save the SAN catalog for the next open (at close; a loaded, usable catalog only).
     /// Without it the next open rebuilds the catalog, so a failure is only logged.
     fn save_san_catalog(&self) {
-        if !self.san.is_loaded() {
+        if !self.san.is_loaded()
+            || self
+                .catalog_unsure
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
             return;
         }
         let catalog = self.san.catalog.write().unwrap_or_else(|e| e.into_inner());
@@ -1474,6 +1483,7 @@ impl SledStore {
         if !catalog.is_usable()
             || self.catalog_pending.load(SeqCst) != 0
             || self.issued_since_save.load(SeqCst) < SAN_SAVE_EVERY
+            || self.catalog_unsure.load(SeqCst)
         {
             return;
         }
@@ -1881,10 +1891,18 @@ impl Store for SledStore {
         // docs), then a flush shared with concurrent ones.
         let pending = CatalogPending::begin(&self.catalog_pending);
         let announced = self.commits.announce();
-        let reserved = self.journaled(cert.request_id.as_bytes(), |change| {
-            record_issuance(change, cert, audit, event)
+        let recorded = self
+            .journaled(cert.request_id.as_bytes(), |change| {
+                record_issuance(change, cert, audit, event)
+            })
+            .and_then(|reserved| {
+                self.commits.sync_announced(announced, &self.db)?;
+                Ok(reserved)
+            });
+        let reserved = recorded.inspect_err(|_| {
+            self.catalog_unsure
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         })?;
-        self.commits.sync_announced(announced, &self.db)?;
         self.released(&reserved);
         self.san.insert(&cert.serial, &san_text(cert));
         drop(pending);
