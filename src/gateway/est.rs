@@ -738,25 +738,21 @@ impl Presented {
             .leaf
             .as_deref()
             .and_then(|der| x509_cert::Certificate::from_der(der).ok());
-        if let Some(leaf) = &leaf {
+        let serial = leaf.as_ref().map(|leaf| {
             let tbs = &leaf.tbs_certificate;
-            details.insert(
-                "certificate_serial".into(),
-                rampart_acme::ari::serial_hex(tbs.serial_number.as_bytes()).into(),
-            );
+            let serial = rampart_acme::ari::serial_hex(tbs.serial_number.as_bytes());
+            details.insert("certificate_serial".into(), serial.clone().into());
             details.insert("certificate_issuer".into(), tbs.issuer.to_string().into());
-        }
-        let claimed = match (&self.user, &leaf) {
-            (Some(user), _) => user.clone(),
+            serial
+        });
+        let claimed = match (&self.user, &leaf, serial) {
+            (Some(user), _, _) => user.clone(),
             // An empty subject (a certificate naming its holder in SANs only): its serial.
-            (None, Some(leaf)) => match leaf.tbs_certificate.subject.to_string() {
-                subject if subject.is_empty() => format!(
-                    "certificate {}",
-                    rampart_acme::ari::serial_hex(leaf.tbs_certificate.serial_number.as_bytes())
-                ),
+            (None, Some(leaf), Some(serial)) => match leaf.tbs_certificate.subject.to_string() {
+                subject if subject.is_empty() => format!("certificate {serial}"),
                 subject => subject,
             },
-            (None, None) => "unknown".into(),
+            _ => "unknown".into(),
         };
         (claimed, details)
     }

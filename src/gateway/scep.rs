@@ -755,11 +755,11 @@ impl Backend {
             state,
             Some(RequestState::Issued { .. } | RequestState::Denied { .. })
         );
-        let other_signer = match (&resent, &transaction.signer_sha256) {
+        let other_signer = || match (&resent, &transaction.signer_sha256) {
             (Some(r), Some(signer)) => sha256_hex(r.signer_der) != *signer,
             _ => false,
         };
-        if decided && other_signer {
+        if decided && other_signer() {
             return Ok(None);
         }
         Ok(match state {
