@@ -886,7 +886,8 @@ async fn policy_check_decides_without_issuing_or_recording() {
 }
 
 #[tokio::test]
-async fn a_flood_of_refused_api_keys_is_audited_sixty_a_minute_and_counted_in_full() {
+async fn a_flood_of_refused_api_keys_is_audited_within_bounds_per_actor_and_per_minute_and_counted_in_full(
+) {
     let dir = tempfile::tempdir().unwrap();
     let now = time::OffsetDateTime::now_utc();
     let clock = ManualClock::new(
@@ -896,36 +897,68 @@ async fn a_flood_of_refused_api_keys_is_audited_sixty_a_minute_and_counted_in_fu
             .unwrap(),
     );
     let d = start_with(config_for(dir.path()), Arc::new(clock.clone()), None).await;
-    let refuse = || async {
-        let response = d
-            .http
-            .get(format!("{}/api/v1/certificates", d.url))
-            .bearer_auth("rpk_000000000000_guess")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 401);
+    let (admin_key_id, _) = d.key.strip_prefix("rpk_").unwrap().split_once('_').unwrap();
+    let refuse = |token: String| {
+        let d = &d;
+        async move {
+            let response = d
+                .http
+                .get(format!("{}/api/v1/certificates", d.url))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 401);
+        }
     };
+    // A flood of guesses at unknown key ids takes its actor's share of the minute only:
+    // the wrong secrets for the admin's real key that follow are all recorded.
     for _ in 0..70 {
-        refuse().await;
+        refuse("rpk_000000000000_guess".into()).await;
     }
-    assert_eq!(d.refused_credentials().await.len(), 60);
-    clock.advance(time::Duration::minutes(1));
-    refuse().await;
+    for _ in 0..5 {
+        refuse(format!("rpk_{admin_key_id}_guess")).await;
+    }
     let refused = d.refused_credentials().await;
-    assert_eq!(refused.len(), 61);
+    let actors = |entries: &[serde_json::Value]| {
+        entries
+            .iter()
+            .map(|entry| entry["actor"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(
-        refused[60]["details"]["unrecorded_before"], 10,
-        "{}",
-        refused[60]
+        actors(&refused),
+        [
+            vec!["unknown".to_string(); 10],
+            vec!["admin".to_string(); 5]
+        ]
+        .concat()
     );
-    assert!(refused[..60]
-        .iter()
-        .all(|entry| entry["details"].get("unrecorded_before").is_none()));
+    // The first record after the flood tells what went unrecorded, and under whom.
+    let first_after = &refused[10]["details"];
+    assert_eq!(first_after["unrecorded_before"], 60, "{first_after}");
+    assert_eq!(
+        first_after["unrecorded_by_actor"],
+        json!({ "unknown": 60 }),
+        "{first_after}"
+    );
+    assert_eq!(
+        refused
+            .iter()
+            .filter(|entry| entry["details"].get("unrecorded_before").is_some())
+            .count(),
+        1
+    );
+    // A new minute records the flooding actor again.
+    clock.advance(time::Duration::minutes(1));
+    refuse("rpk_000000000000_guess".into()).await;
+    let refused = d.refused_credentials().await;
+    assert_eq!(refused.len(), 16);
+    assert_eq!(refused[15]["actor"], "unknown");
     let (_, metrics) = d.get("/metrics").await;
     assert!(
         metrics.as_str().unwrap().contains(
-            r#"rampart_policy_decisions_total{protocol="api",outcome="denied",layer="identity"} 71"#
+            r#"rampart_policy_decisions_total{protocol="api",outcome="denied",layer="identity"} 76"#
         ),
         "{metrics}"
     );

@@ -7,6 +7,7 @@
 
 pub mod dns;
 pub mod events;
+mod refusals;
 pub mod resources;
 pub mod submission;
 
@@ -147,24 +148,7 @@ pub struct Pipeline {
     /// Resource ownership look-ups (policy layer 3), cached.
     resources: Arc<resources::Directory>,
     /// How many refusals before a request this minute's audit holds.
-    refusals: Arc<std::sync::Mutex<RefusalWindow>>,
-}
-
-/// Audit records of refusals before any request exists (refused credentials, ACME
-/// newOrder pre-checks) one minute may hold. A flood of wrong passwords, challenges, API
-/// keys or forbidden names must not fill the disk with records and the store with
-/// flushes; beyond it refusals are still answered, logged and counted in the metrics, and
-/// the next record written names how many went unrecorded.
-const REFUSALS_AUDITED_PER_MINUTE: u32 = 60;
-
-/// The minute [`REFUSALS_AUDITED_PER_MINUTE`] counts in.
-#[derive(Debug, Default)]
-struct RefusalWindow {
-    /// Minutes since the epoch.
-    minute: i64,
-    recorded: u32,
-    /// Refusals not recorded since the last record.
-    unrecorded: u64,
+    refusals: Arc<std::sync::Mutex<refusals::RefusalWindow>>,
 }
 
 /// Store namespace of issuance times on rate-limited templates.
@@ -308,9 +292,9 @@ impl Pipeline {
         }
     }
 
-    /// Record `refusal` with `reason` and `details` (an object; the protocol is added), at
-    /// most [`REFUSALS_AUDITED_PER_MINUTE`] a minute; every one counts in the decision
-    /// metrics. A store failure is logged.
+    /// Record `refusal` with `reason` and `details` (an object; the protocol is added)
+    /// within the bounds of [`refusals`]; every one counts in the decision metrics. A
+    /// store failure is logged.
     async fn audit_refusal(
         &self,
         protocol: Protocol,
@@ -323,27 +307,29 @@ impl Pipeline {
             "denied",
             refusal.layer.as_deref().unwrap_or_default(),
         );
-        let unrecorded_before = {
-            let mut window = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
-            let minute = refusal.time.unix_timestamp().div_euclid(60);
-            if window.minute != minute {
-                window.minute = minute;
-                window.recorded = 0;
-            }
-            if window.recorded >= REFUSALS_AUDITED_PER_MINUTE {
-                window.unrecorded += 1;
-                return;
-            }
-            window.recorded += 1;
-            std::mem::take(&mut window.unrecorded)
+        let minute = refusal.time.unix_timestamp().div_euclid(60);
+        let admitted = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(minute, &refusal.actor);
+        let Some(unrecorded) = admitted else {
+            return;
         };
         let mut details = match details {
             serde_json::Value::Object(map) => map,
             _ => serde_json::Map::new(),
         };
         details.insert("protocol".into(), protocol.as_str().into());
-        if unrecorded_before > 0 {
-            details.insert("unrecorded_before".into(), unrecorded_before.into());
+        if !unrecorded.is_empty() {
+            details.insert("unrecorded_before".into(), unrecorded.total.into());
+            details.insert("unrecorded_by_actor".into(), json!(unrecorded.by_actor));
+            if unrecorded.other_actors > 0 {
+                details.insert(
+                    "unrecorded_other_actors".into(),
+                    unrecorded.other_actors.into(),
+                );
+            }
         }
         refusal.reason = reason;
         refusal.details = serde_json::Value::Object(details);

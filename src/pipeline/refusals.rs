@@ -1,0 +1,125 @@
+//! How many audit records of refusals before a request (refused credentials, ACME
+//! pre-checks, CAA) a minute may hold, and the account of those left unrecorded.
+//!
+//! A flood of wrong passwords, challenges, API keys or forbidden names must not fill the
+//! disk with records and the store with flushes, and a flood under one name must not crowd
+//! the refusals of other names out of the minute: each actor (the identity a refusal is
+//! recorded under) gets at most [`PER_ACTOR_PER_MINUTE`] records, all of them together at
+//! most [`PER_MINUTE`]. Nothing goes without trace: the next record written carries how
+//! many refusals went unrecorded since the one before, and under which actors.
+//!
+//! Pure bookkeeping, no I/O: the pipeline asks [`RefusalWindow::admit`] before writing.
+//! Imports nothing of the crate.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// Records of refusals all actors together may write in a minute.
+pub const PER_MINUTE: u32 = 60;
+
+/// Records of refusals under one actor in a minute.
+pub const PER_ACTOR_PER_MINUTE: u32 = 10;
+
+/// Actors the account of unrecorded refusals names one by one; refusals under further
+/// actors are counted together.
+pub const UNRECORDED_ACTORS_NAMED: usize = 20;
+
+/// The minute being counted and what it has recorded so far.
+#[derive(Debug, Default)]
+pub struct RefusalWindow {
+    /// Minutes since the epoch.
+    minute: i64,
+    recorded: u32,
+    /// Records this minute, by actor (at most [`PER_MINUTE`] entries).
+    recorded_by_actor: HashMap<String, u32>,
+    /// Refusals not recorded since the last record (across minutes).
+    unrecorded: Unrecorded,
+}
+
+/// Refusals that went unrecorded since the last record written.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Unrecorded {
+    pub total: u64,
+    /// By actor, for the first [`UNRECORDED_ACTORS_NAMED`] actors.
+    pub by_actor: BTreeMap<String, u64>,
+    /// Under actors beyond those named.
+    pub other_actors: u64,
+}
+
+impl Unrecorded {
+    fn count(&mut self, actor: &str) {
+        self.total += 1;
+        if let Some(count) = self.by_actor.get_mut(actor) {
+            *count += 1;
+        } else if self.by_actor.len() < UNRECORDED_ACTORS_NAMED {
+            self.by_actor.insert(actor.to_string(), 1);
+        } else {
+            self.other_actors += 1;
+        }
+    }
+
+    /// Whether nothing went unrecorded.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+}
+
+impl RefusalWindow {
+    /// A refusal under `actor` in `minute` (minutes since the epoch): `Some` with what went
+    /// unrecorded before it when it is to be recorded, `None` when it goes unrecorded (it
+    /// is then counted for the next record).
+    pub fn admit(&mut self, minute: i64, actor: &str) -> Option<Unrecorded> {
+        if self.minute != minute {
+            self.minute = minute;
+            self.recorded = 0;
+            self.recorded_by_actor.clear();
+        }
+        let by_actor = self.recorded_by_actor.get(actor).copied().unwrap_or(0);
+        if self.recorded >= PER_MINUTE || by_actor >= PER_ACTOR_PER_MINUTE {
+            self.unrecorded.count(actor);
+            return None;
+        }
+        self.recorded += 1;
+        self.recorded_by_actor
+            .insert(actor.to_string(), by_actor + 1);
+        Some(std::mem::take(&mut self.unrecorded))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_actor_floods_only_its_own_share_of_the_minute() {
+        let mut window = RefusalWindow::default();
+        let admitted = (0..25)
+            .filter(|_| window.admit(1, "mallory").is_some())
+            .count();
+        assert_eq!(admitted, PER_ACTOR_PER_MINUTE as usize);
+        let alice = window
+            .admit(1, "alice")
+            .expect("another actor is still recorded");
+        assert_eq!(alice.total, 15);
+        assert_eq!(alice.by_actor, BTreeMap::from([("mallory".into(), 15)]));
+        assert!(window.admit(1, "alice").unwrap().is_empty());
+    }
+
+    #[test]
+    fn all_actors_together_stop_at_the_minute_bound_and_the_next_minute_tells_what_went_unrecorded()
+    {
+        let mut window = RefusalWindow::default();
+        let admitted = (0..100)
+            .filter(|n| window.admit(7, &format!("guess-{n}")).is_some())
+            .count();
+        assert_eq!(admitted, PER_MINUTE as usize);
+        assert!(window.admit(7, "alice").is_none());
+        let next = window
+            .admit(8, "guess-0")
+            .expect("a new minute records again");
+        assert_eq!(next.total, 41);
+        assert_eq!(next.by_actor.len(), UNRECORDED_ACTORS_NAMED);
+        assert_eq!(next.other_actors, 41 - UNRECORDED_ACTORS_NAMED as u64);
+        assert_eq!(next.by_actor.get("guess-60"), Some(&1));
+        assert!(window.admit(8, "guess-1").unwrap().is_empty());
+    }
+}
