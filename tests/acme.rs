@@ -800,3 +800,51 @@ async fn a_finalize_outlasting_the_wait_answers_processing_and_the_order_is_poll
     assert_eq!(order.refresh().await.unwrap().status, OrderStatus::Invalid);
     lab.d.daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn orders_past_their_retention_are_removed_at_start_and_their_certificates_stay() {
+    let (lab, _dir) = lab().await;
+    let (account, _) = lab.account().await;
+    let chain = issue(&lab, &account, &["www.example"], ChallengeType::Http01).await;
+    let serial = serial_of(&chain);
+    let entries = |store: &Arc<dyn rampart::store::Store>, namespace: &str| {
+        store.protocol_scan(namespace, "").unwrap().len()
+    };
+    let store = lab.d.daemon.pipeline.store().clone();
+    assert_eq!(
+        (
+            entries(&store, "acme.orders"),
+            entries(&store, "acme.authzs")
+        ),
+        (1, 1)
+    );
+    let config = rampart::config::Config::clone(&lab.d.daemon.pipeline.config());
+    drop(store);
+    let Lab { d, .. } = lab;
+    d.daemon.shutdown().await;
+
+    // Started again once the order has been expired (7 days) for longer than
+    // `acme.retain_expired_days` (30): the order goes at start, its authorization (valid
+    // for 30 days) stays 7 days longer, and the certificate stays in the inventory.
+    let later =
+        time::OffsetDateTime::now_utc() + time::Duration::days(37) + time::Duration::hours(1);
+    let d = start_with(
+        config,
+        Arc::new(rampart::clock::ManualClock::new(later)),
+        Some(d.key.clone()),
+    )
+    .await;
+    let store = d.daemon.pipeline.store().clone();
+    let mut waited = 0;
+    while entries(&store, "acme.orders") > 0 {
+        waited += 1;
+        assert!(waited < 100, "the expired order is still there after 5 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(entries(&store, "acme.account_orders"), 0);
+    assert_eq!(entries(&store, "acme.authzs"), 1);
+    assert_eq!(entries(&store, "acme.accounts"), 1);
+    assert!(store.certificate(&serial).unwrap().is_some());
+    drop(store);
+    d.daemon.shutdown().await;
+}

@@ -448,6 +448,13 @@ pub async fn start_from(
         let (listener, addr) = bind(acme.listen).await?;
         let server = crate::gateway::acme::server(&boot.pipeline).map_err(ServerError::Acme)?;
         server.set_max_pending_orders(limits_config.max_pending_orders_per_account);
+        if acme.retain_expired_days > 0 {
+            tasks.push(tokio::spawn(crate::gateway::acme::prune_expired_hourly(
+                server.clone(),
+                time::Duration::days(acme.retain_expired_days.into()),
+                signal.clone(),
+            )));
+        }
         let router = observed(
             limits::limit_enrollments(
                 rampart_acme::router(server.clone()),

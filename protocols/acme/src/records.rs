@@ -275,6 +275,15 @@ fn identifier_key(identifier: &Identifier) -> String {
     format!("{}:{}", identifier.kind, identifier.value)
 }
 
+/// What [`Records::prune_expired`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Orders removed.
+    pub orders: usize,
+    /// Authorizations removed.
+    pub authzs: usize,
+}
+
 /// Typed access to the ACME records.
 pub struct Records {
     kv: Box<dyn KeyValue>,
@@ -521,6 +530,82 @@ impl Records {
             .await
             .map_err(storage)?;
         Ok(true)
+    }
+
+    /// Remove the orders that expired before `orders_before` (but those still
+    /// `processing`: an issuance may still answer them) and the authorizations that
+    /// expired before `authzs_before`, with their index entries, reading `batch` records
+    /// at a time. Accounts, replacement claims and certificates stay.
+    pub async fn prune_expired(
+        &self,
+        orders_before: OffsetDateTime,
+        authzs_before: OffsetDateTime,
+        batch: usize,
+    ) -> Result<Pruned, Problem> {
+        let mut pruned = Pruned::default();
+        self.prune(ORDERS, batch, |bytes: &[u8]| {
+            let order: OrderRecord = decode(bytes).ok()?;
+            let expired = order.expires < orders_before && order.status != OrderStatus::Processing;
+            expired.then(|| {
+                let key = format!("{}/{}", order.account_id, order.id);
+                vec![(ACCOUNT_ORDERS, key.clone()), (ACCOUNT_OPEN_ORDERS, key)]
+            })
+        })
+        .await
+        .map(|n| pruned.orders = n)?;
+        self.prune(AUTHZS, batch, |bytes: &[u8]| {
+            let authz: AuthzRecord = decode(bytes).ok()?;
+            (authz.expires < authzs_before).then(|| {
+                let key = format!(
+                    "{}/{}/{}",
+                    authz.account_id,
+                    identifier_key(&authz.identifier),
+                    authz.id
+                );
+                vec![(ACCOUNT_AUTHZS, key)]
+            })
+        })
+        .await
+        .map(|n| pruned.authzs = n)?;
+        Ok(pruned)
+    }
+
+    /// Remove every record of `namespace` for which `expired` names the index entries to
+    /// remove with it (a record that does not decode stays); how many were removed.
+    async fn prune(
+        &self,
+        namespace: &'static str,
+        batch: usize,
+        expired: impl Fn(&[u8]) -> Option<Vec<(&'static str, String)>>,
+    ) -> Result<usize, Problem> {
+        let (mut removed, mut after) = (0, None);
+        loop {
+            let page = self
+                .kv
+                .scan_after(namespace, String::new(), after.take(), batch.max(1))
+                .await
+                .map_err(storage)?;
+            let Some((last, _)) = page.last() else {
+                return Ok(removed);
+            };
+            after = Some(last.clone());
+            for (key, value) in page {
+                let Some(indexes) = expired(&value) else {
+                    continue;
+                };
+                for (index, index_key) in indexes {
+                    self.kv
+                        .remove(index, index_key, EVENTUALLY)
+                        .await
+                        .map_err(storage)?;
+                }
+                self.kv
+                    .remove(namespace, key, EVENTUALLY)
+                    .await
+                    .map_err(storage)?;
+                removed += 1;
+            }
+        }
     }
 
     /// The account's authorizations for `identifier`.

@@ -48,6 +48,8 @@ const ARI_RETRY_AFTER_SECONDS: &str = "21600";
 /// Seconds a client refused for too many pending orders is asked to wait when none of
 /// them expires (all wait for an approval).
 const PENDING_ORDERS_RETRY_AFTER_SECONDS: u64 = 3600;
+/// Records [`AcmeServer::prune_expired`] reads at a time.
+const PRUNE_BATCH: usize = 256;
 /// RFC 5280 reasons a client may give (no CA/AA compromise, hold or removeFromCRL).
 const ALLOWED_REASONS: [u8; 6] = [0, 1, 3, 4, 5, 9];
 
@@ -101,6 +103,19 @@ impl AcmeServer {
     /// pending, ready or processing; 0 (the default) = no limit.
     pub fn set_max_pending_orders(&self, max: usize) {
         self.max_pending_orders.store(max, Ordering::Relaxed);
+    }
+
+    /// Remove orders that expired more than `retain` ago, and the authorizations no order
+    /// still kept can list, with their index entries (§7.1.3 and §7.1.4 leave expired
+    /// objects to the server; clients never come back for them). An order lists
+    /// authorizations that had at least a day left when it was made, and expires
+    /// [`PENDING_LIFETIME`] after it was made: an authorization is kept that much longer
+    /// than orders, so it outlives every order that lists it.
+    pub async fn prune_expired(&self, retain: Duration) -> Result<crate::records::Pruned, Problem> {
+        let orders_before = self.now() - retain;
+        self.records
+            .prune_expired(orders_before, orders_before - PENDING_LIFETIME, PRUNE_BATCH)
+            .await
     }
 
     /// The answer for a request an embedder's rate limiter in front of [`router`] refused:

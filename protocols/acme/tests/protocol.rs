@@ -1117,3 +1117,85 @@ async fn an_embedders_rate_limit_answer_is_a_problem_with_retry_after_and_a_nonc
     let jws = account.key.sign(&header, &payload_text(Some(&payload)));
     lab.post_jws(&url, &jws).await.expect(201);
 }
+
+// ---------------------------------------------------------------------------------------
+// Expired orders and authorizations are pruned
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn expired_orders_and_authorizations_are_pruned_after_their_retention_and_the_account_goes_on(
+) {
+    let lab = Lab::start().await;
+    let account = lab.account().await;
+    // A valid order (its authorization valid for 30 days) and a pending one on its own
+    // authorization (pending authorizations expire with their order, after 7 days).
+    let reply = lab.new_order(&account, &[("ip", IP)]).await;
+    let valid_order = reply.expect(201);
+    let valid_url = reply.location();
+    let valid_authz = valid_order["authorizations"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    lab.complete_http01(&account, &valid_authz).await;
+    let cert_key = rcgen::KeyPair::generate().unwrap();
+    let finalized = lab
+        .post(
+            valid_order["finalize"].as_str().unwrap(),
+            Some(&json!({"csr": b64(csr(&[IP], &cert_key))})),
+            Signer::Kid(&account),
+        )
+        .await
+        .expect(200);
+    assert_eq!(finalized["status"], "valid", "{finalized}");
+    let reply = lab.new_order(&account, &[("ip", "127.0.0.2")]).await;
+    let pending_order = reply.expect(201);
+    let pending_url = reply.location();
+    let pending_authz = pending_order["authorizations"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let retain = time::Duration::days(30);
+    let pruned = lab.server.prune_expired(retain).await.unwrap();
+    assert_eq!((pruned.orders, pruned.authzs), (0, 0));
+
+    // Both orders expired 7 days after they were made; 30 days later they go. Their
+    // authorizations are kept 7 days more than orders are, so none goes yet.
+    lab.advance(time::Duration::days(7 + 30) + time::Duration::hours(1));
+    let pruned = lab.server.prune_expired(retain).await.unwrap();
+    assert_eq!((pruned.orders, pruned.authzs), (2, 0));
+    for url in [&valid_url, &pending_url] {
+        lab.post(url, None, Signer::Kid(&account))
+            .await
+            .problem(404, "malformed");
+    }
+    assert!(lab.order_list(&account).await.is_empty());
+    for url in [&valid_authz, &pending_authz] {
+        lab.post(url, None, Signer::Kid(&account)).await.expect(200);
+    }
+
+    // The pending authorization expired with its order (7 days), the valid one 30 days
+    // after its validation: each goes 37 days after that.
+    lab.advance(time::Duration::days(7));
+    let pruned = lab.server.prune_expired(retain).await.unwrap();
+    assert_eq!((pruned.orders, pruned.authzs), (0, 1));
+    lab.post(&pending_authz, None, Signer::Kid(&account))
+        .await
+        .problem(404, "malformed");
+    lab.advance(time::Duration::days(23));
+    let pruned = lab.server.prune_expired(retain).await.unwrap();
+    assert_eq!((pruned.orders, pruned.authzs), (0, 1));
+    lab.post(&valid_authz, None, Signer::Kid(&account))
+        .await
+        .problem(404, "malformed");
+
+    // The account orders again, with a new authorization for the same name.
+    let reply = lab.new_order(&account, &[("ip", IP)]).await;
+    let again = reply.expect(201);
+    assert_ne!(again["authorizations"][0], json!(valid_authz));
+    assert_eq!(
+        lab.order_list(&account).await,
+        vec![json!(reply.location())]
+    );
+    let pruned = lab.server.prune_expired(retain).await.unwrap();
+    assert_eq!((pruned.orders, pruned.authzs), (0, 0));
+}

@@ -464,6 +464,8 @@ pub struct Lab {
     pub backend: Arc<FakeBackend>,
     /// The http-01 responder the validator is pointed at.
     pub http01: Http01Responder,
+    /// Seconds the server's clock runs ahead of the system's ([`Lab::advance`]).
+    ahead: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Lab {
@@ -480,18 +482,30 @@ impl Lab {
             ..ValidationSettings::default()
         })
         .unwrap();
+        let ahead = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let clock = ahead.clone();
         let server = AcmeServer::new(
             backend.clone(),
             Records::new(Box::new(MemoryKv::default())),
             validator,
-            Arc::new(time::OffsetDateTime::now_utc),
+            Arc::new(move || {
+                time::OffsetDateTime::now_utc()
+                    + time::Duration::seconds(clock.load(std::sync::atomic::Ordering::Relaxed))
+            }),
         );
         Lab {
             router: rampart_acme::router(server.clone()),
             server,
             backend,
             http01,
+            ahead,
         }
+    }
+
+    /// Move the server's clock `by` ahead.
+    pub fn advance(&self, by: time::Duration) {
+        self.ahead
+            .fetch_add(by.whole_seconds(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The URL of `path` under profile `default`.
