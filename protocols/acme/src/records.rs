@@ -589,6 +589,9 @@ impl Records {
                 return Ok(removed);
             };
             after = Some(last.clone());
+            // A store that answers at once would otherwise hold this worker for the whole
+            // walk.
+            tokio::task::yield_now().await;
             for (key, value) in page {
                 let Some(indexes) = expired(&value) else {
                     continue;
