@@ -824,8 +824,8 @@ async fn orders_past_their_retention_are_removed_at_start_and_their_certificates
     d.daemon.shutdown().await;
 
     // Started again once the order has been expired (7 days) for longer than
-    // `acme.retain_expired_days` (30): the order goes at start, its authorization (valid
-    // for 30 days) stays 7 days longer, and the certificate stays in the inventory.
+    // `server.retain_protocol_state_days` (30): the order goes at start, its authorization
+    // (valid for 30 days) stays 7 days longer, and the certificate stays in the inventory.
     let later =
         time::OffsetDateTime::now_utc() + time::Duration::days(37) + time::Duration::hours(1);
     let d = start_with(

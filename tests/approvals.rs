@@ -161,57 +161,14 @@ async fn acme_orders_stay_processing_until_approved() {
 /// with a fixed CSR renewing), never the old certificate again.
 #[tokio::test]
 async fn est_answers_202_then_delivers_the_same_request_once_approved() {
-    use argon2::password_hash::{PasswordHasher, SaltString};
-    use base64::Engine;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = config_for(dir.path());
-    for template in config.templates.values_mut() {
-        template.approval_required = true;
-    }
-    let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
-    let hash = argon2::Argon2::default()
-        .hash_password(b"pw", &salt)
-        .unwrap()
-        .to_string();
-    config.est.users.insert(
-        "dev".into(),
-        rampart::config::EstUserConfig {
-            password_hash: hash,
-            roles: vec!["admin".into()],
-        },
-    );
-    let clock = rampart::clock::ManualClock::new(time::OffsetDateTime::now_utc());
-    let d = start_with(config, Arc::new(clock.clone()), None).await;
-    let mut builder = reqwest::Client::builder().use_rustls_tls();
-    for cert in
-        reqwest::Certificate::from_pem_bundle(&std::fs::read(&d.daemon.ca_bundle).unwrap()).unwrap()
-    {
-        builder = builder.add_root_certificate(cert);
-    }
-    let client = builder.build().unwrap();
-    let url = format!(
-        "https://localhost:{}/.well-known/est/simpleenroll",
-        d.daemon.est_addr.unwrap().port()
-    );
-    let der = rampart::pkix::pem::decode(
-        &csr(&p256(), None, &["waiting.test"]),
-        &["CERTIFICATE REQUEST"],
-    )
-    .unwrap();
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let send = || {
-        client
-            .post(&url)
-            .header("content-type", "application/pkcs10")
-            .basic_auth("dev", Some("pw"))
-            .body(body.clone())
-            .send()
-    };
-    let first = send().await.unwrap();
+    let lab = EstLab::start(|_| {}).await;
+    let (d, clock) = (&lab.d, &lab.clock);
+    let body = EstLab::body("waiting.test");
+    let first = lab.send(&body).await;
     assert_eq!(first.status().as_u16(), 202);
     assert!(first.headers().contains_key("retry-after"));
     assert_eq!(
-        send().await.unwrap().status().as_u16(),
+        lab.send(&body).await.status().as_u16(),
         202,
         "still waiting"
     );
@@ -226,11 +183,11 @@ async fn est_answers_202_then_delivers_the_same_request_once_approved() {
         .approve(pending[0].request_id, &bob())
         .await
         .unwrap();
-    let delivered = send().await.unwrap();
+    let delivered = lab.send(&body).await;
     assert_eq!(delivered.status().as_u16(), 200);
     let delivered = delivered.bytes().await.unwrap();
     clock.advance(time::Duration::minutes(59));
-    let again = send().await.unwrap();
+    let again = lab.send(&body).await;
     assert_eq!(again.status().as_u16(), 200, "a lost answer is given again");
     assert_eq!(again.bytes().await.unwrap(), delivered);
     assert!(d
@@ -242,21 +199,21 @@ async fn est_answers_202_then_delivers_the_same_request_once_approved() {
         .is_empty());
 
     clock.advance(time::Duration::minutes(2));
-    let renewal = send().await.unwrap();
+    let renewal = lab.send(&body).await;
     assert_eq!(
         renewal.status().as_u16(),
         202,
         "a new enrollment, held again"
     );
-    approve_the_one_pending(&d).await;
-    let renewed = send().await.unwrap();
+    approve_the_one_pending(d).await;
+    let renewed = lab.send(&body).await;
     assert_eq!(renewed.status().as_u16(), 200);
     assert_ne!(
         renewed.bytes().await.unwrap(),
         delivered,
         "not the old certificate"
     );
-    d.daemon.shutdown().await;
+    lab.d.daemon.shutdown().await;
 }
 
 /// Approve the one request waiting (as bob), asserting it is the only one.
@@ -268,4 +225,121 @@ async fn approve_the_one_pending(d: &common::TestDaemon) {
         .approve(pending[0].request_id, &bob())
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn est_resend_records_go_after_their_retention_unless_their_request_still_waits() {
+    // Requests wait for ever here: only the retention decides.
+    let lab = EstLab::start(|config| config.approvals.pending_expiry_hours = 0).await;
+    let d = &lab.d;
+    // One request approved whose device never comes back, one still waiting.
+    let (gone, waiting) = (EstLab::body("gone.test"), EstLab::body("waiting.test"));
+    assert_eq!(lab.send(&gone).await.status().as_u16(), 202);
+    approve_the_one_pending(d).await;
+    assert_eq!(lab.send(&waiting).await.status().as_u16(), 202);
+    let entries = || {
+        d.daemon
+            .pipeline
+            .store()
+            .protocol_scan("est.pending", "")
+            .unwrap()
+            .len()
+    };
+    assert_eq!(entries(), 2);
+    let retain = time::Duration::days(30);
+    let prune = || rampart::gateway::retention::prune(&d.daemon.pipeline, None, retain);
+    assert_eq!(prune().await.unwrap().est_resends, 0, "none is old enough");
+
+    lab.clock
+        .advance(time::Duration::days(30) + time::Duration::minutes(1));
+    assert_eq!(prune().await.unwrap().est_resends, 1);
+    assert_eq!(entries(), 1);
+    // The waiting request is still answered as such; the approved one, sent again after
+    // its record went, is a new enrollment.
+    assert_eq!(lab.send(&waiting).await.status().as_u16(), 202);
+    assert_eq!(
+        d.daemon.pipeline.store().pending_requests().unwrap().len(),
+        1
+    );
+    assert_eq!(lab.send(&gone).await.status().as_u16(), 202);
+    assert_eq!(
+        d.daemon.pipeline.store().pending_requests().unwrap().len(),
+        2
+    );
+    lab.d.daemon.shutdown().await;
+}
+
+/// A daemon on a manual clock where every template requires approval, with EST user
+/// `dev` (password `pw`; admin role), and a client for its simpleenroll URL.
+struct EstLab {
+    d: common::TestDaemon,
+    clock: rampart::clock::ManualClock,
+    client: reqwest::Client,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl EstLab {
+    async fn start(adjust: impl FnOnce(&mut rampart::config::Config)) -> Self {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config_for(dir.path());
+        for template in config.templates.values_mut() {
+            template.approval_required = true;
+        }
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let hash = argon2::Argon2::default()
+            .hash_password(b"pw", &salt)
+            .unwrap()
+            .to_string();
+        config.est.users.insert(
+            "dev".into(),
+            rampart::config::EstUserConfig {
+                password_hash: hash,
+                roles: vec!["admin".into()],
+            },
+        );
+        adjust(&mut config);
+        let clock = rampart::clock::ManualClock::new(time::OffsetDateTime::now_utc());
+        let d = start_with(config, Arc::new(clock.clone()), None).await;
+        let mut builder = reqwest::Client::builder().use_rustls_tls();
+        for cert in
+            reqwest::Certificate::from_pem_bundle(&std::fs::read(&d.daemon.ca_bundle).unwrap())
+                .unwrap()
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+        let url = format!(
+            "https://localhost:{}/.well-known/est/simpleenroll",
+            d.daemon.est_addr.unwrap().port()
+        );
+        EstLab {
+            d,
+            clock,
+            client: builder.build().unwrap(),
+            url,
+            _dir: dir,
+        }
+    }
+
+    /// A simpleenroll body (base64 DER) for a fresh key and `name`.
+    fn body(name: &str) -> String {
+        use base64::Engine;
+        let der =
+            rampart::pkix::pem::decode(&csr(&p256(), None, &[name]), &["CERTIFICATE REQUEST"])
+                .unwrap();
+        base64::engine::general_purpose::STANDARD.encode(der)
+    }
+
+    /// simpleenroll with `body` as `dev`.
+    async fn send(&self, body: &str) -> reqwest::Response {
+        self.client
+            .post(&self.url)
+            .header("content-type", "application/pkcs10")
+            .basic_auth("dev", Some("pw"))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
 }

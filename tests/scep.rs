@@ -467,6 +467,16 @@ async fn refuses_an_outsider(d: &TestDaemon) {
     assert!(scep_inventory(d).await.is_empty());
 }
 
+/// Wildcards wait for an approver on the default profile's template; other names do not.
+fn wildcards_wait_for_approval(config: &mut Config) {
+    let template = &config.scep.profiles["default"].template;
+    config
+        .templates
+        .get_mut(template)
+        .unwrap()
+        .approval_for_wildcards = true;
+}
+
 /// Enroll `csr`, expecting PENDING: its transaction id and the CertPoll id.
 async fn enroll_pending(d: &TestDaemon, device: &Device, csr: &[u8]) -> (String, Vec<u8>) {
     let tid = device.transaction_id();
@@ -961,16 +971,7 @@ async fn a_renewal_is_never_answered_with_the_certificate_it_renews() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_held_request_is_pending_until_approved_then_polled() {
-    // Wildcards wait for an approver on this template; other names do not.
-    let (_dir, d) = daemon(|config| {
-        let template = &config.scep.profiles["default"].template;
-        config
-            .templates
-            .get_mut(template)
-            .unwrap()
-            .approval_for_wildcards = true;
-    })
-    .await;
+    let (_dir, d) = daemon(wildcards_wait_for_approval).await;
     // A name outside the profile's role: FAILURE, nothing issued.
     refuses_an_outsider(&d).await;
 
@@ -1000,6 +1001,47 @@ async fn a_held_request_is_pending_until_approved_then_polled() {
 
     let rep = cert_poll(&d, &device, "no-such-transaction", &poll).await;
     assert_eq!(failure(&rep), FailInfo::BadCertId);
+    d.daemon.shutdown().await;
+}
+
+/// Past `server.retain_protocol_state_days` (here: none) a decided transaction goes: a
+/// CertPoll for it is `badCertId`, and the same PKCSReq again a new enrollment. A
+/// transaction whose request still waits for approval stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn decided_transactions_go_after_their_retention_and_waiting_ones_stay() {
+    let (_dir, d) = daemon(wildcards_wait_for_approval).await;
+    let decided = Device::new();
+    let decided_csr = decided.csr(&["decided.test"], Some(CHALLENGE));
+    let first = issued(
+        &enroll(&d, Via::default(), &decided, &decided_csr).await,
+        &decided_csr,
+    );
+    let waiting = Device::new();
+    let waiting_csr = waiting.csr(&["*.waiting.test"], Some(CHALLENGE));
+    let (tid, poll) = enroll_pending(&d, &waiting, &waiting_csr).await;
+
+    let removed =
+        rampart::gateway::retention::prune(&d.daemon.pipeline, None, time::Duration::ZERO)
+            .await
+            .unwrap();
+    assert_eq!(removed.scep_transactions, 1);
+    let transactions = d.daemon.pipeline.store().protocol_scan("scep.tx", "");
+    assert_eq!(transactions.unwrap().len(), 1, "the waiting one stays");
+    let rep = cert_poll(&d, &waiting, &tid, &poll).await;
+    assert_eq!(rep.status, PkiStatus::Pending, "{rep:?}");
+
+    let decided_poll = client::issuer_and_subject(
+        &issuing_ca(&d).await.tbs_certificate.subject,
+        &CertReq::from_der(&decided_csr).unwrap().info.subject,
+    )
+    .unwrap();
+    let rep = cert_poll(&d, &decided, &decided.transaction_id(), &decided_poll).await;
+    assert_eq!(failure(&rep), FailInfo::BadCertId);
+    let again = issued(
+        &enroll(&d, Via::default(), &decided, &decided_csr).await,
+        &decided_csr,
+    );
+    assert_ne!(serial(&again), serial(&first), "a new enrollment");
     d.daemon.shutdown().await;
 }
 

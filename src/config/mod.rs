@@ -140,6 +140,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Public DNS name of this instance.
     pub public_hostname: String,
+    /// Days protocol state is kept once it is done (expired ACME orders, decided SCEP
+    /// transactions and EST re-send records); 0 keeps it for ever.
+    pub retain_protocol_state_days: u32,
 }
 
 /// Key algorithm of a key rampart generates.
@@ -928,9 +931,6 @@ pub struct AcmeConfig {
     /// How long a finalize waits for its certificate before answering the order
     /// `processing` (the issuance goes on; the client polls). 0 = always answer at once.
     pub finalize_wait_ms: u64,
-    /// Days an order is kept after it expired (authorizations 7 days more, so they outlive
-    /// every order that lists them); then it is removed, hourly. 0 keeps them for ever.
-    pub retain_expired_days: u32,
     /// `[acme.profiles.<name>]`, served at `/acme/<name>/directory`.
     pub profiles: BTreeMap<String, AcmeProfileConfig>,
 }

@@ -588,33 +588,6 @@ pub fn server(pipeline: &Pipeline) -> Result<Arc<rampart_acme::AcmeServer>, Stri
     ))
 }
 
-/// How often expired orders and authorizations are looked for.
-const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
-
-/// [`rampart_acme::AcmeServer::prune_expired`] with `retain`, at start and every
-/// [`PRUNE_INTERVAL`], until `shutdown` turns true.
-pub async fn prune_expired_hourly(
-    server: Arc<rampart_acme::AcmeServer>,
-    retain: time::Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        match server.prune_expired(retain).await {
-            Ok(pruned) if pruned.orders + pruned.authzs > 0 => tracing::info!(
-                orders = pruned.orders,
-                authorizations = pruned.authzs,
-                "ACME: orders and authorizations past their retention removed"
-            ),
-            Ok(_) => {}
-            Err(problem) => tracing::error!(detail = %problem.detail, "ACME pruning failed"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
 /// Where external account keys live in the store.
 const EAB_NAMESPACE: &str = "acme.eab_keys";
 

@@ -39,7 +39,7 @@ fn issued_serial(pkcs7: &[u8]) -> Option<String> {
 
 /// Protocol-state namespace: requests answered 202, by hash of requester and CSR →
 /// [`Resendable`].
-const RESENT: &str = "est.pending";
+pub(crate) const RESENT: &str = "est.pending";
 
 /// A request answered 202, kept so the client's re-send finds it (RFC 7030 §4.2.3).
 #[derive(Debug, Serialize, Deserialize)]
@@ -62,6 +62,11 @@ impl Resendable {
             })
         })
     }
+}
+
+/// The request of a stored [`Resendable`] (for [`super::retention`]).
+pub(crate) fn resend_request(bytes: &[u8]) -> Option<Uuid> {
+    Resendable::decode(bytes).map(|r| r.request_id)
 }
 
 /// How long after its final answer a re-send still gets that answer: time enough for a

@@ -7,4 +7,5 @@
 pub mod acme;
 pub mod est;
 pub mod passwords;
+pub mod retention;
 pub mod scep;

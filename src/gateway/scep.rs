@@ -35,7 +35,7 @@ use crate::pkix::{pem, sha256_hex};
 use crate::store::{AuditAction, AuditEntry, RequestState, StoreError};
 
 /// Protocol-state namespace: transaction → [`Transaction`].
-const TRANSACTIONS: &str = "scep.tx";
+pub(crate) const TRANSACTIONS: &str = "scep.tx";
 
 /// What a transaction became, and for which request.
 #[derive(Debug, Serialize, Deserialize)]
@@ -47,6 +47,13 @@ struct Transaction {
     /// it was kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     signer_sha256: Option<String>,
+}
+
+/// The request of a stored [`Transaction`] (for [`super::retention`]).
+pub(crate) fn transaction_request(bytes: &[u8]) -> Option<Uuid> {
+    serde_json::from_slice::<Transaction>(bytes)
+        .ok()
+        .map(|t| t.request_id)
 }
 
 /// The pkiMessage a PKCSReq or RenewalReq came in, to tell a re-send from a new request.

@@ -443,18 +443,12 @@ pub async fn start_from(
         api_addr = Some(addr);
     }
     let acme = &boot.pipeline.config().acme;
-    let (mut acme_url, mut acme_addr) = (None, None);
+    let (mut acme_url, mut acme_addr, mut acme_server) = (None, None, None);
     if acme.enabled {
         let (listener, addr) = bind(acme.listen).await?;
         let server = crate::gateway::acme::server(&boot.pipeline).map_err(ServerError::Acme)?;
         server.set_max_pending_orders(limits_config.max_pending_orders_per_account);
-        if acme.retain_expired_days > 0 {
-            tasks.push(tokio::spawn(crate::gateway::acme::prune_expired_hourly(
-                server.clone(),
-                time::Duration::days(acme.retain_expired_days.into()),
-                signal.clone(),
-            )));
-        }
+        acme_server = Some(server.clone());
         let router = observed(
             limits::limit_enrollments(
                 rampart_acme::router(server.clone()),
@@ -512,6 +506,12 @@ pub async fn start_from(
         est_url = Some(format!("https://{host}/.well-known/est"));
         est_addr = Some(addr);
     }
+    // Protocol state past `server.retain_protocol_state_days`.
+    tasks.push(tokio::spawn(crate::gateway::retention::run_hourly(
+        boot.pipeline.clone(),
+        acme_server,
+        signal.clone(),
+    )));
     // Scheduled discovery jobs ([[discovery.jobs]]), stopped with the listeners.
     tasks.extend(crate::lifecycle::discovery::run_jobs(
         &boot.pipeline,
