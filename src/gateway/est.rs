@@ -556,8 +556,12 @@ impl Backend {
                     answered_at: None,
                 })
                 .expect("serializes");
+                let now = self.pipeline.clock().now();
                 self.pipeline
-                    .with_store(move |store| store.protocol_put(RESENT, &resend_key, &value, true))
+                    .with_store(move |store| {
+                        super::retention::file(store, RESENT, &resend_key, now)?;
+                        store.protocol_put(RESENT, &resend_key, &value, true)
+                    })
                     .await
                     .map_err(|e| EstError::Unavailable(e.to_string()))?;
                 Err(EstError::Pending(format!(

@@ -1118,10 +1118,10 @@ impl ScepBackend for Backend {
             signer_sha256: Some(sha256_hex(&enrollment.signer_der)),
         })
         .expect("serializes");
-        if let Err(e) =
-            self.pipeline
-                .store()
-                .protocol_put(TRANSACTIONS, &transaction, &record, false)
+        let store = self.pipeline.store();
+        let now = self.pipeline.clock().now();
+        if let Err(e) = super::retention::file(store.as_ref(), TRANSACTIONS, &transaction, now)
+            .and_then(|()| store.protocol_put(TRANSACTIONS, &transaction, &record, false))
         {
             return unavailable(e);
         }

@@ -253,6 +253,35 @@ const OPEN_ORDERS_INDEXED: &str = "acme.open_orders_indexed";
 const AUTHZS: &str = "acme.authzs";
 const ACCOUNT_AUTHZS: &str = "acme.account_authzs";
 const REPLACEMENTS: &str = "acme.replacements";
+/// `o/<expiry>/<order id>` and `a/<expiry>/<authorization id>` (expiry: unix seconds,
+/// 16 hex digits, so keys sort by it): what [`Records::prune_expired`] walks. A record
+/// may be filed under an earlier expiry than its own (an authorization validated since);
+/// the walk files it again.
+const EXPIRY: &str = "acme.expiry";
+/// Present once [`EXPIRY`] covers the records from before it.
+const EXPIRY_INDEXED: &str = "acme.expiry_indexed";
+/// Keys [`Records::prune_expired`] reads at a time.
+const EXPIRY_BATCH: usize = 256;
+
+/// The kinds of record filed in [`EXPIRY`].
+#[derive(Debug, Clone, Copy)]
+enum Filed {
+    Order,
+    Authz,
+}
+
+impl Filed {
+    fn prefix(self) -> &'static str {
+        match self {
+            Filed::Order => "o/",
+            Filed::Authz => "a/",
+        }
+    }
+
+    fn key(self, due: OffsetDateTime, id: &str) -> String {
+        format!("{}{:016x}/{id}", self.prefix(), due.unix_timestamp().max(0))
+    }
+}
 
 fn storage(error: String) -> Problem {
     Problem::internal(format!("ACME storage: {error}"))
@@ -363,6 +392,7 @@ impl Records {
         let key = format!("{}/{}", order.account_id, order.id);
         let done = matches!(order.status, OrderStatus::Valid | OrderStatus::Invalid);
         if new {
+            self.file(Filed::Order, order.expires, &order.id).await?;
             self.kv
                 .put(ACCOUNT_ORDERS, key.clone(), Vec::new(), EVENTUALLY)
                 .await
@@ -489,6 +519,7 @@ impl Records {
             .await
             .map_err(storage)?;
         if new {
+            self.file(Filed::Authz, authz.expires, &authz.id).await?;
             let key = format!(
                 "{}/{}/{}",
                 authz.account_id,
@@ -534,81 +565,174 @@ impl Records {
 
     /// Remove the orders that expired before `orders_before` (but those still
     /// `processing`: an issuance may still answer them) and the authorizations that
-    /// expired before `authzs_before`, with their index entries, reading `batch` records
-    /// at a time. Accounts, replacement claims and certificates stay.
+    /// expired before `authzs_before`, with their index entries. Walks [`EXPIRY`] up to
+    /// the cutoffs only, so a pass costs what it removes; a record found not expired (an
+    /// authorization validated since, an order still processing) is filed again under its
+    /// expiry, or `recheck_at` (after both cutoffs). The first pass over records from
+    /// before [`EXPIRY`] reads them all once to file them. Accounts, replacement claims and
+    /// certificates stay.
     pub async fn prune_expired(
         &self,
         orders_before: OffsetDateTime,
         authzs_before: OffsetDateTime,
-        batch: usize,
+        recheck_at: OffsetDateTime,
     ) -> Result<Pruned, Problem> {
-        let mut pruned = Pruned::default();
-        self.prune(ORDERS, batch, |bytes: &[u8]| {
-            let order: OrderRecord = decode(bytes).ok()?;
-            let expired = order.expires < orders_before && order.status != OrderStatus::Processing;
-            expired.then(|| {
-                let key = format!("{}/{}", order.account_id, order.id);
-                vec![(ACCOUNT_ORDERS, key.clone()), (ACCOUNT_OPEN_ORDERS, key)]
-            })
+        if self
+            .kv
+            .get(EXPIRY_INDEXED, String::new())
+            .await
+            .map_err(storage)?
+            .is_none()
+        {
+            self.file_unindexed().await?;
+        }
+        Ok(Pruned {
+            orders: self
+                .prune_filed(Filed::Order, orders_before, recheck_at)
+                .await?,
+            authzs: self
+                .prune_filed(Filed::Authz, authzs_before, recheck_at)
+                .await?,
         })
-        .await
-        .map(|n| pruned.orders = n)?;
-        self.prune(AUTHZS, batch, |bytes: &[u8]| {
-            let authz: AuthzRecord = decode(bytes).ok()?;
-            (authz.expires < authzs_before).then(|| {
-                let key = format!(
+    }
+
+    /// File every order and authorization under its expiry (records from before
+    /// [`EXPIRY`]), then mark it done.
+    async fn file_unindexed(&self) -> Result<(), Problem> {
+        for (namespace, kind) in [(ORDERS, Filed::Order), (AUTHZS, Filed::Authz)] {
+            let mut after = None;
+            loop {
+                let page = self
+                    .kv
+                    .scan_after(namespace, String::new(), after.take(), EXPIRY_BATCH)
+                    .await
+                    .map_err(storage)?;
+                let Some((last, _)) = page.last() else {
+                    break;
+                };
+                after = Some(last.clone());
+                for (id, value) in page {
+                    let expires = match kind {
+                        Filed::Order => decode::<OrderRecord>(&value).map(|o| o.expires),
+                        Filed::Authz => decode::<AuthzRecord>(&value).map(|a| a.expires),
+                    };
+                    if let Ok(expires) = expires {
+                        self.file(kind, expires, &id).await?;
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        self.kv
+            .put(EXPIRY_INDEXED, String::new(), Vec::new(), EVENTUALLY)
+            .await
+            .map_err(storage)
+    }
+
+    /// File record `id` of `kind` under `due` in [`EXPIRY`].
+    async fn file(&self, kind: Filed, due: OffsetDateTime, id: &str) -> Result<(), Problem> {
+        self.kv
+            .put(EXPIRY, kind.key(due, id), Vec::new(), EVENTUALLY)
+            .await
+            .map_err(storage)
+    }
+
+    /// Take the records of `kind` filed under a time before `before`: remove those expired
+    /// before it, file the others again.
+    async fn prune_filed(
+        &self,
+        kind: Filed,
+        before: OffsetDateTime,
+        recheck_at: OffsetDateTime,
+    ) -> Result<usize, Problem> {
+        let prefix = kind.prefix();
+        let (mut removed, mut after) = (0, None::<String>);
+        loop {
+            let page = self
+                .kv
+                .scan_after(EXPIRY, prefix.to_string(), after.take(), EXPIRY_BATCH)
+                .await
+                .map_err(storage)?;
+            if page.is_empty() {
+                return Ok(removed);
+            }
+            for (key, _) in page {
+                after = Some(key.clone());
+                let Some((due, id)) = key[prefix.len()..].split_once('/') else {
+                    continue;
+                };
+                let Ok(due) = i64::from_str_radix(due, 16) else {
+                    continue;
+                };
+                if due > before.unix_timestamp() {
+                    return Ok(removed);
+                }
+                self.remove(EXPIRY, &key).await?;
+                removed += match kind {
+                    Filed::Order => self.prune_order(id, before, recheck_at).await?,
+                    Filed::Authz => self.prune_authz(id, before).await?,
+                };
+            }
+            // A store that answers at once would otherwise hold this worker for the whole
+            // walk.
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Remove order `id` if it expired before `before` and is not processing (1), or file
+    /// it again (0).
+    async fn prune_order(
+        &self,
+        id: &str,
+        before: OffsetDateTime,
+        recheck_at: OffsetDateTime,
+    ) -> Result<usize, Problem> {
+        match self.order(id).await.ok().flatten() {
+            Some(order) if order.expires > before => {
+                self.file(Filed::Order, order.expires, id).await?
+            }
+            Some(order) if order.status == OrderStatus::Processing => {
+                self.file(Filed::Order, recheck_at, id).await?
+            }
+            Some(order) => {
+                let index = format!("{}/{}", order.account_id, order.id);
+                self.remove(ACCOUNT_ORDERS, &index).await?;
+                self.remove(ACCOUNT_OPEN_ORDERS, &index).await?;
+                self.remove(ORDERS, id).await?;
+                return Ok(1);
+            }
+            None => {}
+        }
+        Ok(0)
+    }
+
+    /// Remove authorization `id` if it expired before `before` (1), or file it again (0).
+    async fn prune_authz(&self, id: &str, before: OffsetDateTime) -> Result<usize, Problem> {
+        match self.authz(id).await.ok().flatten() {
+            Some(authz) if authz.expires > before => {
+                self.file(Filed::Authz, authz.expires, id).await?
+            }
+            Some(authz) => {
+                let index = format!(
                     "{}/{}/{}",
                     authz.account_id,
                     identifier_key(&authz.identifier),
                     authz.id
                 );
-                vec![(ACCOUNT_AUTHZS, key)]
-            })
-        })
-        .await
-        .map(|n| pruned.authzs = n)?;
-        Ok(pruned)
+                self.remove(ACCOUNT_AUTHZS, &index).await?;
+                self.remove(AUTHZS, id).await?;
+                return Ok(1);
+            }
+            None => {}
+        }
+        Ok(0)
     }
 
-    /// Remove every record of `namespace` for which `expired` names the index entries to
-    /// remove with it (a record that does not decode stays); how many were removed.
-    async fn prune(
-        &self,
-        namespace: &'static str,
-        batch: usize,
-        expired: impl Fn(&[u8]) -> Option<Vec<(&'static str, String)>>,
-    ) -> Result<usize, Problem> {
-        let (mut removed, mut after) = (0, None);
-        loop {
-            let page = self
-                .kv
-                .scan_after(namespace, String::new(), after.take(), batch.max(1))
-                .await
-                .map_err(storage)?;
-            let Some((last, _)) = page.last() else {
-                return Ok(removed);
-            };
-            after = Some(last.clone());
-            // A store that answers at once would otherwise hold this worker for the whole
-            // walk.
-            tokio::task::yield_now().await;
-            for (key, value) in page {
-                let Some(indexes) = expired(&value) else {
-                    continue;
-                };
-                for (index, index_key) in indexes {
-                    self.kv
-                        .remove(index, index_key, EVENTUALLY)
-                        .await
-                        .map_err(storage)?;
-                }
-                self.kv
-                    .remove(namespace, key, EVENTUALLY)
-                    .await
-                    .map_err(storage)?;
-                removed += 1;
-            }
-        }
+    async fn remove(&self, namespace: &'static str, key: &str) -> Result<(), Problem> {
+        self.kv
+            .remove(namespace, key.to_string(), EVENTUALLY)
+            .await
+            .map_err(storage)
     }
 
     /// The account's authorizations for `identifier`.
@@ -630,5 +754,92 @@ impl Records {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::Duration;
+
+    fn order(id: &str, expires: OffsetDateTime) -> OrderRecord {
+        OrderRecord {
+            id: id.into(),
+            account_id: "acct".into(),
+            profile: "default".into(),
+            status: OrderStatus::Pending,
+            identifiers: vec![],
+            authz_ids: vec![],
+            expires,
+            error: None,
+            certificate_serial: None,
+            certificate_profile: String::new(),
+            pending_request: None,
+            replaces: None,
+            created_at: expires - Duration::days(7),
+        }
+    }
+
+    async fn orders(records: &Records) -> Vec<String> {
+        let stored = records.kv.scan(ORDERS, String::new()).await.unwrap();
+        stored.into_iter().map(|(id, _)| id).collect()
+    }
+
+    #[tokio::test]
+    async fn records_from_before_the_expiry_index_are_filed_once_then_only_the_index_is_walked() {
+        let records = Records::new(Box::new(MemoryKv::default()));
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let legacy = |id: &str, expires| {
+            let record = order(id, expires);
+            records
+                .kv
+                .put(ORDERS, id.to_string(), encode(&record), EVENTUALLY)
+        };
+        // Written before the index existed: one long expired, one not yet.
+        legacy("old", now - Duration::days(60)).await.unwrap();
+        legacy("recent", now + Duration::days(1)).await.unwrap();
+        records
+            .put_order(&order("new", now + Duration::days(2)), true)
+            .await
+            .unwrap();
+        let cutoff = now - Duration::days(30);
+        let pruned = records.prune_expired(cutoff, cutoff, now).await.unwrap();
+        assert_eq!(pruned.orders, 1);
+        assert_eq!(orders(&records).await, ["new", "recent"]);
+
+        // From now on only what is filed is looked at: an order that somehow escaped the
+        // index is not found, the filed ones go once expired past the cutoff.
+        legacy("unfiled", now - Duration::days(60)).await.unwrap();
+        let later = now + Duration::days(40);
+        let cutoff = later - Duration::days(30);
+        let pruned = records.prune_expired(cutoff, cutoff, later).await.unwrap();
+        assert_eq!(pruned.orders, 2);
+        assert_eq!(orders(&records).await, ["unfiled"]);
+        let filed = records.kv.scan(EXPIRY, String::new()).await.unwrap();
+        assert!(filed.is_empty(), "{filed:?}");
+    }
+
+    #[tokio::test]
+    async fn an_order_still_processing_is_filed_again_for_later() {
+        let records = Records::new(Box::new(MemoryKv::default()));
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let mut processing = order("waits", now - Duration::days(60));
+        processing.status = OrderStatus::Processing;
+        records.put_order(&processing, true).await.unwrap();
+        let cutoff = now - Duration::days(30);
+        let pruned = records.prune_expired(cutoff, cutoff, now).await.unwrap();
+        assert_eq!(pruned.orders, 0);
+        let filed = records.kv.scan(EXPIRY, String::new()).await.unwrap();
+        assert_eq!(filed.len(), 1);
+        assert_eq!(filed[0].0, Filed::Order.key(now, "waits"));
+
+        processing.status = OrderStatus::Invalid;
+        records.put_order(&processing, false).await.unwrap();
+        let later = now + Duration::days(31);
+        let pruned = records
+            .prune_expired(later - Duration::days(30), cutoff, later)
+            .await
+            .unwrap();
+        assert_eq!(pruned.orders, 1);
     }
 }

@@ -48,8 +48,6 @@ const ARI_RETRY_AFTER_SECONDS: &str = "21600";
 /// Seconds a client refused for too many pending orders is asked to wait when none of
 /// them expires (all wait for an approval).
 const PENDING_ORDERS_RETRY_AFTER_SECONDS: u64 = 3600;
-/// Records [`AcmeServer::prune_expired`] reads at a time.
-const PRUNE_BATCH: usize = 256;
 /// RFC 5280 reasons a client may give (no CA/AA compromise, hold or removeFromCRL).
 const ALLOWED_REASONS: [u8; 6] = [0, 1, 3, 4, 5, 9];
 
@@ -112,9 +110,10 @@ impl AcmeServer {
     /// [`PENDING_LIFETIME`] after it was made: an authorization is kept that much longer
     /// than orders, so it outlives every order that lists it.
     pub async fn prune_expired(&self, retain: Duration) -> Result<crate::records::Pruned, Problem> {
-        let orders_before = self.now() - retain;
+        let now = self.now();
+        let orders_before = now - retain;
         self.records
-            .prune_expired(orders_before, orders_before - PENDING_LIFETIME, PRUNE_BATCH)
+            .prune_expired(orders_before, orders_before - PENDING_LIFETIME, now)
             .await
     }
 
