@@ -228,6 +228,8 @@ async fn refusals_use_the_rfc_statuses_and_issue_nothing() {
             .items
             .len()
     };
+    // A user name as long as the header allows: the audit keeps its start only.
+    let long_user = "u".repeat(100_000);
     let cases: Vec<(&str, String, Basic, u16)> = vec![
         ("simpleenroll", good.clone(), None, 401),
         ("simpleenroll", good.clone(), Some((USER, "wrong")), 401),
@@ -235,6 +237,12 @@ async fn refusals_use_the_rfc_statuses_and_issue_nothing() {
             "simpleenroll",
             good.clone(),
             Some(("nobody", PASSWORD)),
+            401,
+        ),
+        (
+            "simpleenroll",
+            good.clone(),
+            Some((long_user.as_str(), PASSWORD)),
             401,
         ),
         (
@@ -356,11 +364,13 @@ async fn refusals_use_the_rfc_statuses_and_issue_nothing() {
             )
         })
         .collect();
+    let clipped = format!("{}… (100000 bytes)", "u".repeat(512));
     assert_eq!(
         seen,
         [
             (USER, "unknown user or wrong password"),
             ("nobody", "unknown user or wrong password"),
+            (clipped.as_str(), "unknown user or wrong password"),
         ],
         "{refused:?}"
     );

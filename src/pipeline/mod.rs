@@ -253,6 +253,7 @@ impl Pipeline {
         reason: String,
         details: serde_json::Value,
     ) {
+        let (claimed, reason) = (refusals::clip(claimed), refusals::clip(reason));
         tracing::info!(protocol = protocol.as_str(), claimed = %claimed, reason = %reason, "credentials refused");
         let refusal = self.refusal(AuditAction::CredentialsRefused, claimed, Layer::Identity);
         self.audit_refusal(protocol, reason, details, refusal).await;
@@ -270,6 +271,7 @@ impl Pipeline {
         reason: String,
         details: serde_json::Value,
     ) {
+        let (identity, reason) = (refusals::clip(identity), refusals::clip(reason));
         tracing::info!(protocol = protocol.as_str(), identity = %identity, layer = layer.as_str(), reason = %reason, "refused before a request");
         let mut refusal = self.refusal(AuditAction::Decision, identity, layer);
         refusal.rule = rule.map(str::to_string);
@@ -316,7 +318,7 @@ impl Pipeline {
         let Some(unrecorded) = admitted else {
             return;
         };
-        let mut details = match details {
+        let mut details = match refusals::clip_details(details) {
             serde_json::Value::Object(map) => map,
             _ => serde_json::Map::new(),
         };

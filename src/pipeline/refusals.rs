@@ -8,10 +8,16 @@
 //! most [`PER_MINUTE`]. Nothing goes without trace: the next record written carries how
 //! many refusals went unrecorded since the one before, and under which actors.
 //!
+//! What a record holds is bounded too: the claimed name, the reason and every string of
+//! the details come from the request, such as an EST user name from a 400 KB header, and
+//! are clipped to [`TEXT_KEPT`] characters ([`clip`], [`clip_details`]).
+//!
 //! Pure bookkeeping, no I/O: the pipeline asks [`RefusalWindow::admit`] before writing.
 //! Imports nothing of the crate.
 
 use std::collections::{BTreeMap, HashMap};
+
+use serde_json::Value;
 
 /// Records of refusals all actors together may write in a minute.
 pub const PER_MINUTE: u32 = 60;
@@ -22,6 +28,46 @@ pub const PER_ACTOR_PER_MINUTE: u32 = 10;
 /// Actors the account of unrecorded refusals names one by one; refusals under further
 /// actors are counted together.
 pub const UNRECORDED_ACTORS_NAMED: usize = 20;
+
+/// Characters a refusal's record and log line keep of each string they are given.
+pub const TEXT_KEPT: usize = 512;
+
+/// Items a refusal's record keeps of each list in its details.
+pub const ITEMS_KEPT: usize = 32;
+
+/// `text` clipped to [`TEXT_KEPT`] characters; a clipped one ends saying how long it was.
+pub fn clip(text: String) -> String {
+    match text.char_indices().nth(TEXT_KEPT) {
+        None => text,
+        Some((end, _)) => format!("{}… ({} bytes)", &text[..end], text.len()),
+    }
+}
+
+/// `details` with every string (and key) clipped and every list cut to [`ITEMS_KEPT`]
+/// items, the last then saying how many were left out.
+pub fn clip_details(details: Value) -> Value {
+    match details {
+        Value::String(text) => Value::String(clip(text)),
+        Value::Array(items) => {
+            let total = items.len();
+            let mut kept: Vec<Value> = items
+                .into_iter()
+                .take(ITEMS_KEPT)
+                .map(clip_details)
+                .collect();
+            if total > ITEMS_KEPT {
+                kept.push(Value::String(format!("… {} more", total - ITEMS_KEPT)));
+            }
+            Value::Array(kept)
+        }
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(key, value)| (clip(key), clip_details(value)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
 
 /// The minute being counted and what it has recorded so far.
 #[derive(Debug, Default)]
@@ -88,6 +134,34 @@ impl RefusalWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_text_and_long_lists_are_clipped_and_say_so() {
+        assert_eq!(clip("alice".into()), "alice");
+        let exactly = "é".repeat(TEXT_KEPT);
+        assert_eq!(clip(exactly.clone()), exactly);
+        let long = "é".repeat(100_000);
+        let clipped = clip(long);
+        assert!(clipped.starts_with(&"é".repeat(TEXT_KEPT)));
+        assert!(clipped.ends_with("… (200000 bytes)"), "{clipped}");
+        assert_eq!(
+            clipped.chars().count(),
+            TEXT_KEPT + "… (200000 bytes)".len() - 2
+        );
+
+        let names: Vec<Value> = (0..1000).map(|n| format!("dns:n{n}.test").into()).collect();
+        let details = serde_json::json!({
+            "names": names,
+            "user": "x".repeat(10_000),
+            "serial": 7,
+        });
+        let clipped = clip_details(details);
+        let names = clipped["names"].as_array().unwrap();
+        assert_eq!(names.len(), ITEMS_KEPT + 1);
+        assert_eq!(names[ITEMS_KEPT], "… 968 more");
+        assert!(clipped["user"].as_str().unwrap().len() < 600);
+        assert_eq!(clipped["serial"], 7);
+    }
 
     #[test]
     fn one_actor_floods_only_its_own_share_of_the_minute() {
