@@ -72,8 +72,8 @@ impl Metrics {
         let lifecycle = Family::<LifecycleLabels, Counter>::default();
         registry.register(
             "lifecycle_operations",
-            "Background lifecycle work (webhook deliveries, renewals, deliveries to targets), \
-             by task, target and outcome",
+            "Background lifecycle work (webhook deliveries, renewals, deliveries to targets, \
+             protocol state removed after its retention), by task, target and outcome",
             lifecycle.clone(),
         );
         let issuance_seconds =
@@ -148,13 +148,19 @@ impl Metrics {
 
     /// Count one background lifecycle operation (`task` = webhook, renewal, delivery…).
     pub fn lifecycle_operation(&self, task: &str, target: &str, outcome: &str) {
+        self.lifecycle_operations(task, target, outcome, 1);
+    }
+
+    /// Count `count` background lifecycle operations of one kind (`retention` counts the
+    /// entries a pass removed, by kind).
+    pub fn lifecycle_operations(&self, task: &str, target: &str, outcome: &str, count: u64) {
         self.lifecycle
             .get_or_create(&LifecycleLabels {
                 task: task.into(),
                 target: target.into(),
                 outcome: outcome.into(),
             })
-            .inc();
+            .inc_by(count);
     }
 
     /// Record one issuance's latency.

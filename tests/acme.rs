@@ -845,6 +845,18 @@ async fn orders_past_their_retention_are_removed_at_start_and_their_certificates
     assert_eq!(entries(&store, "acme.authzs"), 1);
     assert_eq!(entries(&store, "acme.accounts"), 1);
     assert!(store.certificate(&serial).unwrap().is_some());
+    // The metrics are counted once the pass is over.
+    let mut waited = 0;
+    let removed = r#"rampart_lifecycle_operations_total{task="retention",target="acme_order",outcome="removed"} 1"#;
+    loop {
+        let (_, metrics) = d.get("/metrics").await;
+        if metrics.as_str().unwrap().contains(removed) {
+            break;
+        }
+        waited += 1;
+        assert!(waited < 100, "{removed} not in {metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(store);
     d.daemon.shutdown().await;
 }

@@ -3,7 +3,7 @@
 //! records. Clients never come back for them, and a busy RA would otherwise keep one or
 //! more per certificate for ever. Accounts, certificates, requests and the audit stay.
 //!
-//! Imports `pipeline`, `store`, `model` and the gateways' namespaces.
+//! Imports `pipeline`, `store`, `model`, `metrics` and the gateways' namespaces.
 
 use std::sync::Arc;
 
@@ -43,16 +43,29 @@ pub async fn run_hourly(
     loop {
         let days = pipeline.config().server.retain_protocol_state_days;
         if days > 0 {
+            let metrics = pipeline.metrics();
             match prune(&pipeline, acme.as_deref(), Duration::days(days.into())).await {
-                Ok(removed) if removed != Removed::default() => tracing::info!(
-                    acme_orders = removed.acme_orders,
-                    acme_authorizations = removed.acme_authorizations,
-                    scep_transactions = removed.scep_transactions,
-                    est_resends = removed.est_resends,
-                    "protocol state past its retention removed"
-                ),
-                Ok(_) => {}
+                Ok(removed) => {
+                    for (kind, count) in [
+                        ("acme_order", removed.acme_orders),
+                        ("acme_authorization", removed.acme_authorizations),
+                        ("scep_transaction", removed.scep_transactions),
+                        ("est_resend", removed.est_resends),
+                    ] {
+                        metrics.lifecycle_operations("retention", kind, "removed", count as u64);
+                    }
+                    if removed != Removed::default() {
+                        tracing::info!(
+                            acme_orders = removed.acme_orders,
+                            acme_authorizations = removed.acme_authorizations,
+                            scep_transactions = removed.scep_transactions,
+                            est_resends = removed.est_resends,
+                            "protocol state past its retention removed"
+                        )
+                    }
+                }
                 Err(error) => {
+                    metrics.lifecycle_operation("retention", "pass", "failed");
                     tracing::error!(%error, "removing protocol state past its retention failed")
                 }
             }
