@@ -385,6 +385,11 @@ impl Records {
 
     /// Store an order (and its account indexes).
     pub async fn put_order(&self, order: &OrderRecord, new: bool) -> Result<(), Problem> {
+        // Filed before it is written: a crash in between leaves an index entry the
+        // pruning drops, never an order it cannot find.
+        if new {
+            self.file(Filed::Order, order.expires, &order.id).await?;
+        }
         self.kv
             .put(ORDERS, order.id.clone(), encode(order), EVENTUALLY)
             .await
@@ -392,7 +397,6 @@ impl Records {
         let key = format!("{}/{}", order.account_id, order.id);
         let done = matches!(order.status, OrderStatus::Valid | OrderStatus::Invalid);
         if new {
-            self.file(Filed::Order, order.expires, &order.id).await?;
             self.kv
                 .put(ACCOUNT_ORDERS, key.clone(), Vec::new(), EVENTUALLY)
                 .await
@@ -514,12 +518,14 @@ impl Records {
 
     /// Store an authorization (and its account/identifier index).
     pub async fn put_authz(&self, authz: &AuthzRecord, new: bool) -> Result<(), Problem> {
+        if new {
+            self.file(Filed::Authz, authz.expires, &authz.id).await?;
+        }
         self.kv
             .put(AUTHZS, authz.id.clone(), encode(authz), EVENTUALLY)
             .await
             .map_err(storage)?;
         if new {
-            self.file(Filed::Authz, authz.expires, &authz.id).await?;
             let key = format!(
                 "{}/{}/{}",
                 authz.account_id,
