@@ -588,6 +588,23 @@ pub fn server(pipeline: &Pipeline) -> Result<Arc<rampart_acme::AcmeServer>, Stri
     ))
 }
 
+/// `N` random bytes from `fill`, base64url: drawn again while the text would begin with
+/// `-`. Users paste the key id and the HMAC key into command lines (`certbot --eab-kid
+/// <id> --eab-hmac-key <key>`, lego, acme.sh), where a value beginning with `-` is taken for
+/// an option: one key in 32 would otherwise fail so. Excluding one of 64 first characters
+/// costs 0.02 bits of the key's entropy.
+fn random_option_safe_b64<const N: usize>(mut fill: impl FnMut(&mut [u8])) -> String {
+    use base64::Engine;
+    loop {
+        let mut bytes = [0u8; N];
+        fill(&mut bytes);
+        let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        if !text.starts_with('-') {
+            return text;
+        }
+    }
+}
+
 /// Where external account keys live in the store.
 const EAB_NAMESPACE: &str = "acme.eab_keys";
 
@@ -653,16 +670,11 @@ pub async fn create_eab_key(
     identity: &str,
     roles: Vec<String>,
 ) -> Result<StoredEabKey, crate::store::StoreError> {
-    use base64::Engine;
-    let mut mac = [0u8; 32];
-    let mut id = [0u8; 12];
-    aws_lc_rs::rand::fill(&mut mac).expect("system randomness");
-    aws_lc_rs::rand::fill(&mut id).expect("system randomness");
-    let encode = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let fill = |bytes: &mut [u8]| aws_lc_rs::rand::fill(bytes).expect("system randomness");
     let now = pipeline.clock().now();
     let key = StoredEabKey {
-        key_id: encode(&id),
-        mac_key_b64: encode(&mac),
+        key_id: random_option_safe_b64::<12>(fill),
+        mac_key_b64: random_option_safe_b64::<32>(fill),
         identity: identity.to_string(),
         roles: roles.clone(),
         bound_account: None,
@@ -685,4 +697,24 @@ pub async fn create_eab_key(
         .with_store(move |store| store.append_audit(&audit))
         .await?;
     Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn external_account_keys_never_begin_with_a_dash() {
+        // 0xF8 encodes as `-` first: drawn again, as often as it comes.
+        let mut draws = [0xF8u8, 0xFB, 0x00].into_iter();
+        let mut drawn = 0;
+        let text = random_option_safe_b64::<12>(|bytes| {
+            drawn += 1;
+            bytes.fill(draws.next().unwrap());
+        });
+        assert_eq!(drawn, 3);
+        assert_eq!(text, "AAAAAAAAAAAAAAAA");
+        let fill = |bytes: &mut [u8]| aws_lc_rs::rand::fill(bytes).unwrap();
+        assert!((0..2000).all(|_| !random_option_safe_b64::<32>(fill).starts_with('-')));
+    }
 }
