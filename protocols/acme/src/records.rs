@@ -304,6 +304,21 @@ fn identifier_key(identifier: &Identifier) -> String {
     format!("{}:{}", identifier.kind, identifier.value)
 }
 
+/// Key of an order in [`ACCOUNT_ORDERS`] and [`ACCOUNT_OPEN_ORDERS`].
+fn account_order_key(account_id: &str, order_id: &str) -> String {
+    format!("{account_id}/{order_id}")
+}
+
+/// Key of an authorization in [`ACCOUNT_AUTHZS`].
+fn account_authz_key(authz: &AuthzRecord) -> String {
+    format!(
+        "{}/{}/{}",
+        authz.account_id,
+        identifier_key(&authz.identifier),
+        authz.id
+    )
+}
+
 /// What [`Records::prune_expired`] removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pruned {
@@ -394,7 +409,7 @@ impl Records {
             .put(ORDERS, order.id.clone(), encode(order), EVENTUALLY)
             .await
             .map_err(storage)?;
-        let key = format!("{}/{}", order.account_id, order.id);
+        let key = account_order_key(&order.account_id, &order.id);
         let done = matches!(order.status, OrderStatus::Valid | OrderStatus::Invalid);
         if new {
             self.kv
@@ -435,7 +450,7 @@ impl Records {
                         self.kv
                             .put(
                                 ACCOUNT_OPEN_ORDERS,
-                                format!("{account_id}/{id}"),
+                                account_order_key(account_id, &id),
                                 expires,
                                 EVENTUALLY,
                             )
@@ -475,14 +490,11 @@ impl Records {
 
     /// Drop an order from the account's open orders (it is done, or expired).
     pub async fn close_order(&self, account_id: &str, order_id: &str) -> Result<(), Problem> {
-        self.kv
-            .remove(
-                ACCOUNT_OPEN_ORDERS,
-                format!("{account_id}/{order_id}"),
-                EVENTUALLY,
-            )
-            .await
-            .map_err(storage)
+        self.remove(
+            ACCOUNT_OPEN_ORDERS,
+            &account_order_key(account_id, order_id),
+        )
+        .await
     }
 
     /// An order.
@@ -526,14 +538,13 @@ impl Records {
             .await
             .map_err(storage)?;
         if new {
-            let key = format!(
-                "{}/{}/{}",
-                authz.account_id,
-                identifier_key(&authz.identifier),
-                authz.id
-            );
             self.kv
-                .put(ACCOUNT_AUTHZS, key, Vec::new(), EVENTUALLY)
+                .put(
+                    ACCOUNT_AUTHZS,
+                    account_authz_key(authz),
+                    Vec::new(),
+                    EVENTUALLY,
+                )
                 .await
                 .map_err(storage)?;
         }
@@ -701,9 +712,9 @@ impl Records {
                 self.file(Filed::Order, recheck_at, id).await?
             }
             Some(order) => {
-                let index = format!("{}/{}", order.account_id, order.id);
+                let index = account_order_key(&order.account_id, &order.id);
                 self.remove(ACCOUNT_ORDERS, &index).await?;
-                self.remove(ACCOUNT_OPEN_ORDERS, &index).await?;
+                self.close_order(&order.account_id, &order.id).await?;
                 self.remove(ORDERS, id).await?;
                 return Ok(1);
             }
@@ -719,13 +730,8 @@ impl Records {
                 self.file(Filed::Authz, authz.expires, id).await?
             }
             Some(authz) => {
-                let index = format!(
-                    "{}/{}/{}",
-                    authz.account_id,
-                    identifier_key(&authz.identifier),
-                    authz.id
-                );
-                self.remove(ACCOUNT_AUTHZS, &index).await?;
+                self.remove(ACCOUNT_AUTHZS, &account_authz_key(&authz))
+                    .await?;
                 self.remove(AUTHZS, id).await?;
                 return Ok(1);
             }
