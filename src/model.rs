@@ -258,6 +258,9 @@ pub struct EnrollmentRequest {
     /// Serial of the certificate this one replaces (a renewal: EST re-enroll, SCEP
     /// RenewalReq, rampart's own renewal), if any.
     pub renews: Option<String>,
+    /// The address the request came from (the TCP peer); `None` for requests rampart
+    /// makes itself (renewals).
+    pub client: Option<IpAddr>,
 }
 
 /// Lifecycle state of an issued certificate as stored (expiry is derived from time).

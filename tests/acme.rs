@@ -305,6 +305,7 @@ async fn refusals_are_problem_documents_and_issue_nothing() {
         "{denial}"
     );
     assert_eq!(denial["details"]["protocol"], "acme", "{denial}");
+    assert_eq!(denial["details"]["client"], "127.0.0.1", "{denial}");
     assert_eq!(
         denial["details"]["refused"][0]["identifier"], "www.google.com",
         "{denial}"
@@ -671,6 +672,9 @@ async fn external_account_binding_maps_an_account_to_an_identity() {
         .as_str()
         .unwrap()
         .contains("does not verify"));
+    for entry in &refused {
+        assert_eq!(entry["details"]["client"], "127.0.0.1", "{entry}");
+    }
     let (status, _) = lab
         .d
         .post(
@@ -754,6 +758,8 @@ async fn caa_records_allow_or_forbid_issuance() {
     assert_eq!(denial["details"]["stage"], "validation", "{denial}");
     assert_eq!(denial["details"]["method"], "http-01", "{denial}");
     assert_eq!(denial["details"]["problem_type"], "caa", "{denial}");
+    // From the challenge response that started the validation.
+    assert_eq!(denial["details"]["client"], "127.0.0.1", "{denial}");
     lab.d.daemon.shutdown().await;
 }
 

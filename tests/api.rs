@@ -482,6 +482,10 @@ async fn bad_input_gets_a_json_error_is_audited_and_stores_no_certificate() {
     assert!(!serde_json::to_string(&refused)
         .unwrap()
         .contains("wrongsecret"));
+    // Each from where it came.
+    for entry in &refused {
+        assert_eq!(entry["details"]["client"], "127.0.0.1", "{entry}");
+    }
     assert_eq!(d.get("/api/v1/nothing-here").await.0, 404);
     // A known endpoint with the wrong method: 405, a JSON error and `Allow`.
     let response = d
@@ -512,6 +516,12 @@ async fn bad_input_gets_a_json_error_is_audited_and_stores_no_certificate() {
     assert!(denials
         .iter()
         .all(|r| r.entry.rule.is_some() && !r.entry.reason.is_empty()));
+    assert!(
+        denials
+            .iter()
+            .all(|r| r.entry.details["client"] == "127.0.0.1"),
+        "{denials:?}"
+    );
     assert!(matches!(
         store.verify_audit().unwrap(),
         AuditVerification::Intact { .. }
@@ -703,6 +713,7 @@ async fn a_request_interrupted_while_signing_is_marked_failed_on_restart() {
             created_at: now,
             updated_at: now,
             pending: None,
+            client: None,
         };
         let decision = rampart::store::AuditEntry {
             time: now,

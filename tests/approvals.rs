@@ -43,6 +43,10 @@ async fn api_requests_wait_for_a_second_person() {
     let id = held["request_id"].as_str().unwrap().to_string();
     let (_, list) = d.get("/api/v1/approvals").await;
     assert_eq!(list["items"][0]["request_id"], id.as_str());
+    // The approver sees where the request came from.
+    assert_eq!(list["items"][0]["client"], "127.0.0.1", "{list}");
+    let (_, shown) = d.get(&format!("/api/v1/approvals/{id}")).await;
+    assert_eq!(shown["client"], "127.0.0.1", "{shown}");
 
     // Four eyes: the requester (admin) cannot approve their own request.
     let (status, answer) = d
@@ -58,6 +62,27 @@ async fn api_requests_wait_for_a_second_person() {
         .unwrap();
     assert_eq!(record.metadata["approved_by"], "bob");
     assert_eq!(record.owner, "admin");
+    // Both decisions on it, held and approved, name the requester's address.
+    let decisions: Vec<_> = d
+        .daemon
+        .pipeline
+        .store()
+        .audit_records(0, 1000)
+        .unwrap()
+        .into_iter()
+        .filter(|r| {
+            r.entry.request_id == Some(record.request_id)
+                && r.entry.action == rampart::store::AuditAction::Decision
+        })
+        .map(|r| (r.entry.outcome, r.entry.details["client"].clone()))
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            ("pending".to_string(), json!("127.0.0.1")),
+            ("approved".to_string(), json!("127.0.0.1"))
+        ]
+    );
     let (status, _) = d
         .post(&format!("/api/v1/approvals/{id}/approve"), json!({}))
         .await;

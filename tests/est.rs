@@ -376,6 +376,7 @@ async fn refusals_use_the_rfc_statuses_and_issue_nothing() {
     );
     for entry in &refused {
         assert_eq!(entry["details"]["protocol"], "est", "{entry}");
+        assert_eq!(entry["details"]["client"], "127.0.0.1", "{entry}");
         assert!(!entry.to_string().contains(PASSWORD), "{entry}");
     }
     est.d.daemon.shutdown().await;

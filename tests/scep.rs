@@ -795,6 +795,7 @@ async fn a_wrong_or_missing_challenge_is_refused() {
         assert_eq!(entry["outcome"], "denied", "{entry}");
         assert_eq!(entry["layer"], "identity", "{entry}");
         assert_eq!(entry["details"]["protocol"], "scep", "{entry}");
+        assert_eq!(entry["details"]["client"], "127.0.0.1", "{entry}");
         assert_eq!(entry["details"]["profile"], "default", "{entry}");
         assert_eq!(
             entry["details"]["names"],

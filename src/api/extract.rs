@@ -1,7 +1,10 @@
-//! Request extractors: the authenticated identity (Bearer API key) and a size-limited JSON
-//! body, both answering failures with the API's JSON errors.
+//! Request extractors: the authenticated identity (Bearer API key), the client's address
+//! and a size-limited JSON body, failures answered with the API's JSON errors.
 
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -38,8 +41,12 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or(ApiError::Unauthenticated(
                 "the Authorization header must be `Bearer <API key>`",
             ))?;
+        let client = client_of(parts);
+        let refused = |claimed: String, reason: &'static str, key_id: Option<&str>| {
+            refused(state, claimed, client, reason, key_id.map(str::to_string))
+        };
         let Some((key_id, secret)) = apikeys::parse_token(token.trim()) else {
-            return Err(refused(state, "unknown".into(), "not an API key", None).await);
+            return Err(refused("unknown".into(), "not an API key", None).await);
         };
         let owned = key_id.to_string();
         let record = state
@@ -51,9 +58,9 @@ impl FromRequestParts<AppState> for Caller {
                 Ok(Caller(apikeys::identity(&record)))
             }
             Some(record) => {
-                Err(refused(state, record.identity, "wrong API key secret", Some(key_id)).await)
+                Err(refused(record.identity, "wrong API key secret", Some(key_id)).await)
             }
-            None => Err(refused(state, "unknown".into(), "unknown API key id", Some(key_id)).await),
+            None => Err(refused("unknown".into(), "unknown API key id", Some(key_id)).await),
         }
     }
 }
@@ -62,19 +69,42 @@ impl FromRequestParts<AppState> for Caller {
 async fn refused(
     state: &AppState,
     claimed: String,
+    client: Option<IpAddr>,
     reason: &str,
-    key_id: Option<&str>,
+    key_id: Option<String>,
 ) -> ApiError {
     state
         .pipeline
         .audit_refused_credentials(
-            crate::model::Protocol::Api,
-            claimed,
+            crate::pipeline::Claimant {
+                protocol: crate::model::Protocol::Api,
+                name: claimed,
+                client,
+            },
             reason.to_string(),
             serde_json::json!({ "key_id": key_id }),
         )
         .await;
     ApiError::Unauthenticated("invalid API key")
+}
+
+/// The address the request came from (the TCP peer the listener recorded), if known.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddress(pub Option<IpAddr>);
+
+impl<S: Sync> FromRequestParts<S> for ClientAddress {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddress(client_of(parts)))
+    }
+}
+
+fn client_of(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip())
 }
 
 /// A JSON body no larger than `api.max_body_bytes`.

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::extract::{Caller, JsonBody};
+use super::extract::{Caller, ClientAddress, JsonBody};
 use super::wire::{
     CertificateDetail, CertificatePage, CertificateView, EnrollmentBody, EnrollmentResponse,
     RevokeBody,
@@ -69,6 +69,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 pub async fn enroll(
     State(state): State<AppState>,
     Caller(identity): Caller,
+    ClientAddress(client): ClientAddress,
     JsonBody(body): JsonBody<EnrollmentBody>,
 ) -> Result<Response, ApiError> {
     let config = state.pipeline.config();
@@ -156,6 +157,7 @@ pub async fn enroll(
         resource: body.resource,
         metadata: body.metadata,
         renews: None,
+        client,
     };
     // As a task of its own, waited for to the end: a client that hangs up does not cut the
     // issuance short.
@@ -259,6 +261,7 @@ pub async fn policy_check(
         resource: body.resource,
         metadata: Default::default(),
         renews: None,
+        client: None,
     };
     let assessment = state.pipeline.assess(&request).await;
     let mut answer = serde_json::json!({
@@ -733,6 +736,7 @@ pub async fn list_approvals(
             serde_json::json!({
                 "request_id": r.request_id, "identity": r.identity, "protocol": r.protocol,
                 "template": r.template, "identifiers": r.identifiers, "reason": reason,
+                "client": r.client,
                 "created_at": r.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
             })
         })
@@ -771,6 +775,7 @@ pub async fn show_approval(
         "template": record.template,
         "identifiers": record.identifiers,
         "state": record.state,
+        "client": record.client,
         "created_at": rfc3339(record.created_at),
         "updated_at": rfc3339(record.updated_at),
     });

@@ -416,6 +416,7 @@ impl Seeder {
             created_at: issued_at,
             updated_at: issued_at,
             pending: None,
+            client: None,
         };
         let extended_key_usages = self.config.templates[template].extended_key_usages.clone();
         let order = IssuanceOrder {

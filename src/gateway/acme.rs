@@ -1,6 +1,7 @@
 //! [`rampart_acme::AcmeBackend`] and [`rampart_acme::KeyValue`] for the daemon.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use crate::model::{
     Credential, EnrollmentRequest, Identifier, Identity, Protocol, RevocationReason,
 };
 use crate::pipeline::submission::{Submitted, Wait};
-use crate::pipeline::{Outcome, Pipeline, PipelineError};
+use crate::pipeline::{Claimant, Outcome, Pipeline, PipelineError};
 use crate::pkix::pem;
 use crate::policy::{self, Layer};
 use crate::store::RequestState;
@@ -164,6 +165,7 @@ impl AcmeBackend for Backend {
         account: &AccountRecord,
         certificate_profile: &str,
         identifiers: &[rampart_acme::wire::Identifier],
+        client: Option<IpAddr>,
     ) -> Result<(), Vec<(rampart_acme::wire::Identifier, String)>> {
         let mut refused = Vec::new();
         let mut model = Vec::new();
@@ -208,7 +210,17 @@ impl AcmeBackend for Backend {
             "refused": refused.iter().map(|(identifier, why)| json!({"identifier": identifier.value, "reason": why})).collect::<Vec<_>>(),
         });
         self.pipeline
-            .audit_precheck_denial(Protocol::Acme, identity.name, layer, None, reason, details)
+            .audit_precheck_denial(
+                Claimant {
+                    protocol: Protocol::Acme,
+                    name: identity.name,
+                    client,
+                },
+                layer,
+                None,
+                reason,
+                details,
+            )
             .await;
         Err(refused)
     }
@@ -218,6 +230,7 @@ impl AcmeBackend for Backend {
         account: &AccountRecord,
         order: &OrderRecord,
         csr_der: Vec<u8>,
+        client: Option<IpAddr>,
     ) -> Result<Issuance, Problem> {
         let config = self.pipeline.config();
         let profile = config
@@ -251,6 +264,7 @@ impl AcmeBackend for Backend {
                 .as_deref()
                 .and_then(|id| rampart_acme::ari::CertId::parse(id).ok())
                 .map(|id| id.serial),
+            client,
         };
         // A CA that takes longer than `finalize_wait_ms` (an upstream CA validating its own
         // order) gets the order answered `processing` (RFC 8555 §7.4: the client polls it
@@ -382,7 +396,13 @@ impl AcmeBackend for Backend {
         }))
     }
 
-    async fn external_account_refused(&self, profile: &str, key_id: &str, reason: &str) {
+    async fn external_account_refused(
+        &self,
+        profile: &str,
+        key_id: &str,
+        reason: &str,
+        client: Option<IpAddr>,
+    ) {
         // The identity the key belongs to, when the key id is known: whom the binding claimed.
         let claimed = load_eab_key(&self.pipeline, key_id)
             .await
@@ -391,8 +411,11 @@ impl AcmeBackend for Backend {
             .map_or_else(|| "unknown".to_string(), |key| key.identity);
         self.pipeline
             .audit_refused_credentials(
-                Protocol::Acme,
-                claimed,
+                Claimant {
+                    protocol: Protocol::Acme,
+                    name: claimed,
+                    client,
+                },
                 reason.to_string(),
                 json!({ "profile": profile, "eab_key_id": key_id }),
             )
@@ -410,8 +433,11 @@ impl AcmeBackend for Backend {
         };
         self.pipeline
             .audit_precheck_denial(
-                Protocol::Acme,
-                identity_of(refusal.account).name,
+                Claimant {
+                    protocol: Protocol::Acme,
+                    name: identity_of(refusal.account).name,
+                    client: refusal.client,
+                },
                 Layer::Names,
                 Some("caa"),
                 format!("CAA at {stage} for `{name}`: {}", refusal.reason),

@@ -3,10 +3,11 @@
 //! the one pipeline, PKCS#7 certs-only answers.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use der::Decode;
-use rampart_est::{Credentials, EstBackend, EstError, Operation};
+use rampart_est::{Connection, Credentials, EstBackend, EstError, Operation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -15,7 +16,7 @@ use crate::config::{AcceptedKeyType, EstAuth};
 use crate::gateway::passwords::PasswordChecker;
 use crate::model::{CertificateStatus, Credential, EnrollmentRequest, Identity, Protocol};
 use crate::pipeline::submission::{Wait, STILL_ISSUING};
-use crate::pipeline::{Outcome, Pipeline, PipelineError};
+use crate::pipeline::{Claimant, Outcome, Pipeline, PipelineError};
 use crate::pkix::csr::VerifiedCsr;
 use crate::pkix::pkcs7;
 use crate::policy::Layer;
@@ -304,13 +305,14 @@ impl Backend {
     }
 
     /// Who the request is from; a re-enrollment must also keep its certificate's names.
-    /// Refused credentials are audited.
+    /// Refused credentials are audited, with the `client` they came from.
     async fn authenticate(
         &self,
         auth: EstAuth,
         credentials: Credentials,
         operation: Operation,
         csr_der: &[u8],
+        client: Option<IpAddr>,
     ) -> Result<Identity, EstError> {
         // What the audit needs of refused credentials, kept before they are consumed (the
         // certificate is read only if they are refused).
@@ -334,8 +336,11 @@ impl Backend {
             details.insert("operation".into(), format!("{operation:?}").into());
             self.pipeline
                 .audit_refused_credentials(
-                    Protocol::Est,
-                    claimed,
+                    Claimant {
+                        protocol: Protocol::Est,
+                        name: claimed,
+                        client,
+                    },
                     reason.clone(),
                     serde_json::Value::Object(details),
                 )
@@ -503,6 +508,7 @@ impl Backend {
         template: String,
         csr_der: Vec<u8>,
         operation: Operation,
+        client: Option<IpAddr>,
     ) -> Result<Vec<u8>, EstError> {
         // A re-enrollment authenticated by the certificate it replaces renews it.
         let renews = match (&operation, &identity.credential) {
@@ -534,6 +540,7 @@ impl Backend {
             resource: None,
             metadata: BTreeMap::from([("est_operation".to_string(), operation.to_string())]),
             renews,
+            client,
         };
         let resend_key = crate::pkix::sha256_hex(
             format!(
@@ -650,9 +657,9 @@ impl EstBackend for Backend {
         label: Option<&str>,
         credentials: Credentials,
         csr_der: Vec<u8>,
-        channel_binding: Option<&[u8]>,
+        connection: &Connection,
     ) -> Result<(Vec<u8>, Vec<u8>), EstError> {
-        self.check_pop_linking(label, &csr_der, channel_binding)?;
+        self.check_pop_linking(label, &csr_der, connection.channel_binding.as_deref())?;
         let template = self
             .template(label)
             .ok_or_else(|| EstError::NotFound("no such EST label".into()))?;
@@ -675,6 +682,7 @@ impl EstBackend for Backend {
                 credentials,
                 Operation::ServerKeygen,
                 &csr_der,
+                connection.client,
             )
             .await?;
         // The client's CSR names the certificate; rampart makes the key (never stored).
@@ -692,6 +700,7 @@ impl EstBackend for Backend {
                 template,
                 generated.csr_der,
                 Operation::ServerKeygen,
+                connection.client,
             )
             .await?;
         let escrow = self
@@ -717,16 +726,23 @@ impl EstBackend for Backend {
         operation: Operation,
         credentials: Credentials,
         csr_der: Vec<u8>,
-        channel_binding: Option<&[u8]>,
+        connection: &Connection,
     ) -> Result<Vec<u8>, EstError> {
-        self.check_pop_linking(label, &csr_der, channel_binding)?;
+        self.check_pop_linking(label, &csr_der, connection.channel_binding.as_deref())?;
         let template = self
             .template(label)
             .ok_or_else(|| EstError::NotFound("no such EST label".into()))?;
         let identity = self
-            .authenticate(self.auth(label), credentials, operation, &csr_der)
+            .authenticate(
+                self.auth(label),
+                credentials,
+                operation,
+                &csr_der,
+                connection.client,
+            )
             .await?;
-        self.submit(identity, template, csr_der, operation).await
+        self.submit(identity, template, csr_der, operation, connection.client)
+            .await
     }
 }
 

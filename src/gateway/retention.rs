@@ -247,6 +247,7 @@ mod tests {
             created_at,
             updated_at: created_at,
             pending: None,
+            client: None,
         }
     }
 

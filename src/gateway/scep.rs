@@ -29,7 +29,7 @@ use crate::model::{
     CertificateStatus, Credential, EnrollmentRequest, Identifier, Identity, KeyType, Protocol,
 };
 use crate::pipeline::submission::{Wait, STILL_ISSUING};
-use crate::pipeline::{InternalPurpose, Outcome, Pipeline, PipelineError};
+use crate::pipeline::{Claimant, InternalPurpose, Outcome, Pipeline, PipelineError};
 use crate::pkix::csr::VerifiedCsr;
 use crate::pkix::{pem, sha256_hex};
 use crate::store::{AuditAction, AuditEntry, RequestState, StoreError};
@@ -1075,7 +1075,15 @@ impl ScepBackend for Backend {
                     _ => config.identity.clone(),
                 };
                 self.pipeline
-                    .audit_refused_credentials(Protocol::Scep, claimed, reason.clone(), details)
+                    .audit_refused_credentials(
+                        Claimant {
+                            protocol: Protocol::Scep,
+                            name: claimed,
+                            client: enrollment.client,
+                        },
+                        reason.clone(),
+                        details,
+                    )
                     .await;
                 return Answer::Failure(fail_info, reason);
             }
@@ -1108,6 +1116,7 @@ impl ScepBackend for Backend {
                 ),
             ]),
             renews,
+            client: enrollment.client,
         };
         // Remember the transaction before submitting: a crash in between leaves a request
         // the store marks failed, which the client may simply send again. Not flushed on

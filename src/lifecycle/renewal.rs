@@ -507,6 +507,7 @@ impl Scheduler {
             resource: managed.resource.clone(),
             metadata: managed.metadata.clone(),
             renews: Some(old.serial.clone()),
+            client: None,
         };
         let request_id = request.request_id;
         match self.pipeline.submit(request).await {

@@ -12,6 +12,7 @@ pub mod resources;
 pub mod submission;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -129,6 +130,19 @@ struct Approved<'a> {
     metadata: std::collections::BTreeMap<String, String>,
     renews: Option<String>,
     trace: Vec<Step>,
+    /// The address the request came from, if it came over the network.
+    client: Option<IpAddr>,
+}
+
+/// Whom a refusal before any request is recorded under.
+#[derive(Debug, Clone)]
+pub struct Claimant {
+    /// The front door.
+    pub protocol: Protocol,
+    /// The identity claimed (refused credentials) or established (pre-checks).
+    pub name: String,
+    /// The address the attempt came from (the TCP peer).
+    pub client: Option<IpAddr>,
 }
 
 /// The enrollment pipeline and its collaborators.
@@ -243,20 +257,20 @@ impl Pipeline {
     }
 
     /// Audit credentials a protocol refused at its door, before any request exists (the
-    /// identity layer): whom they claimed, why they were refused, and what the protocol
-    /// knows of the attempt (`details`, an object; never the secret itself). The refusal
-    /// stands whether or not the record is written.
+    /// identity layer): whom they claimed and from where, why they were refused, and what
+    /// the protocol knows of the attempt (`details`, an object; never the secret itself).
+    /// The refusal stands whether or not the record is written.
     pub async fn audit_refused_credentials(
         &self,
-        protocol: Protocol,
-        claimed: String,
+        claimant: Claimant,
         reason: String,
         details: serde_json::Value,
     ) {
-        let (claimed, reason) = (refusals::clip(claimed), refusals::clip(reason));
-        tracing::info!(protocol = protocol.as_str(), claimed = %claimed, reason = %reason, "credentials refused");
+        let (claimed, reason) = (refusals::clip(claimant.name), refusals::clip(reason));
+        tracing::info!(protocol = claimant.protocol.as_str(), claimed = %claimed, client = ?claimant.client, reason = %reason, "credentials refused");
         let refusal = self.refusal(AuditAction::CredentialsRefused, claimed, Layer::Identity);
-        self.audit_refusal(protocol, reason, details, refusal).await;
+        self.audit_refusal(claimant.protocol, claimant.client, reason, details, refusal)
+            .await;
     }
 
     /// Audit a policy check that refused before any request exists (ACME newOrder and
@@ -264,18 +278,18 @@ impl Pipeline {
     /// a request id.
     pub async fn audit_precheck_denial(
         &self,
-        protocol: Protocol,
-        identity: String,
+        claimant: Claimant,
         layer: Layer,
         rule: Option<&str>,
         reason: String,
         details: serde_json::Value,
     ) {
-        let (identity, reason) = (refusals::clip(identity), refusals::clip(reason));
-        tracing::info!(protocol = protocol.as_str(), identity = %identity, layer = layer.as_str(), reason = %reason, "refused before a request");
+        let (identity, reason) = (refusals::clip(claimant.name), refusals::clip(reason));
+        tracing::info!(protocol = claimant.protocol.as_str(), identity = %identity, client = ?claimant.client, layer = layer.as_str(), reason = %reason, "refused before a request");
         let mut refusal = self.refusal(AuditAction::Decision, identity, layer);
         refusal.rule = rule.map(str::to_string);
-        self.audit_refusal(protocol, reason, details, refusal).await;
+        self.audit_refusal(claimant.protocol, claimant.client, reason, details, refusal)
+            .await;
     }
 
     /// The audit entry of a refusal before any request, but for its reason and details.
@@ -294,12 +308,13 @@ impl Pipeline {
         }
     }
 
-    /// Record `refusal` with `reason` and `details` (an object; the protocol is added)
-    /// within the bounds of [`refusals`]; every one counts in the decision metrics. A
-    /// store failure is logged.
+    /// Record `refusal` with `reason` and `details` (an object; the protocol and the client
+    /// address are added) within the bounds of [`refusals`]; every one counts in the
+    /// decision metrics. A store failure is logged.
     async fn audit_refusal(
         &self,
         protocol: Protocol,
+        client: Option<IpAddr>,
         reason: String,
         details: serde_json::Value,
         mut refusal: AuditEntry,
@@ -314,7 +329,7 @@ impl Pipeline {
             .refusals
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .admit(minute, &refusal.actor);
+            .admit(minute, &refusal.actor, client);
         let Some(unrecorded) = admitted else {
             return;
         };
@@ -334,7 +349,7 @@ impl Pipeline {
             }
         }
         refusal.reason = reason;
-        refusal.details = serde_json::Value::Object(details);
+        refusal.details = with_client(serde_json::Value::Object(details), client);
         if let Err(e) = self
             .with_store(move |store| store.append_audit(&refusal))
             .await
@@ -496,6 +511,7 @@ impl Pipeline {
             metadata: request.metadata.clone(),
             renews: request.renews.clone(),
             trace: evaluation.trace,
+            client: request.client,
         };
         if let Some(issuing) = issuing {
             // The caller may be gone: then nobody waits.
@@ -539,6 +555,7 @@ impl Pipeline {
                 metadata: request.metadata.clone(),
                 renews: request.renews.clone(),
             }),
+            client: request.client,
         };
         let audit = AuditEntry {
             time: now,
@@ -550,8 +567,11 @@ impl Pipeline {
             rule: Some("approval_required".into()),
             reason: reason.clone(),
             subject: None,
-            details: json!({ "protocol": request.protocol, "template": request.template,
-                "identifiers": approval.identifiers, "trace": trace }),
+            details: with_client(
+                json!({ "protocol": request.protocol, "template": request.template,
+                    "identifiers": approval.identifiers, "trace": trace }),
+                request.client,
+            ),
         };
         let event = events::request(
             EventKind::RequestPending,
@@ -614,6 +634,7 @@ impl Pipeline {
                 verdict: "approved",
                 detail: format!("approved by {}", approver.name),
             }],
+            client: record.client,
         };
         let event = events::request(
             EventKind::RequestApproved,
@@ -699,6 +720,7 @@ impl Pipeline {
             resource: pending.resource,
             metadata: pending.metadata,
             renews: pending.renews,
+            client: record.client,
         };
         self.deny(&request, record.identifiers, denial, Vec::new())
             .await?;
@@ -899,6 +921,7 @@ impl Pipeline {
             metadata: Default::default(),
             renews: None,
             trace: vec![],
+            client: None,
         };
         self.issue(approved).await
     }
@@ -967,6 +990,7 @@ impl Pipeline {
             created_at: now,
             updated_at: now,
             pending: None,
+            client: request.client,
         };
         let audit = AuditEntry {
             time: now,
@@ -978,12 +1002,15 @@ impl Pipeline {
             rule: Some(denial.rule.into()),
             reason: denial.reason.clone(),
             subject: None,
-            details: json!({
-                "protocol": request.protocol,
-                "template": request.template,
-                "identifiers": identifiers,
-                "trace": trace,
-            }),
+            details: with_client(
+                json!({
+                    "protocol": request.protocol,
+                    "template": request.template,
+                    "identifiers": identifiers,
+                    "trace": trace,
+                }),
+                request.client,
+            ),
         };
         let event = events::request(
             EventKind::RequestDenied,
@@ -1027,13 +1054,16 @@ impl Pipeline {
                 approved.approval.identifiers.len()
             ),
             subject: None,
-            details: json!({
-                "protocol": approved.protocol,
-                "template": approved.template,
-                "identifiers": approved.approval.identifiers,
-                "validity_days": approved.approval.validity_days,
-                "trace": approved.trace,
-            }),
+            details: with_client(
+                json!({
+                    "protocol": approved.protocol,
+                    "template": approved.template,
+                    "identifiers": approved.approval.identifiers,
+                    "validity_days": approved.approval.validity_days,
+                    "trace": approved.trace,
+                }),
+                approved.client,
+            ),
         };
         let serial = loop {
             let serial = Serial::generate();
@@ -1049,6 +1079,7 @@ impl Pipeline {
                 created_at: now,
                 updated_at: now,
                 pending: None,
+                client: approved.client,
             };
             // Not flushed (complete_issuance's flush covers it): an in-memory write, done
             // on this task rather than paying a hop to the blocking pool.
@@ -1182,6 +1213,14 @@ pub fn issued_audit(
 }
 
 /// keyEncipherment goes to RSA keys of TLS servers (RSA key exchange).
+/// `details` (an object) with the address the request came from, when known.
+fn with_client(mut details: serde_json::Value, client: Option<IpAddr>) -> serde_json::Value {
+    if let (Some(client), serde_json::Value::Object(map)) = (client, &mut details) {
+        map.insert("client".into(), client.to_string().into());
+    }
+    details
+}
+
 fn key_encipherment(key_type: KeyType, extended_key_usages: &[ExtendedKeyUsage]) -> bool {
     matches!(key_type, KeyType::Rsa { .. })
         && extended_key_usages.contains(&ExtendedKeyUsage::ServerAuth)

@@ -3,10 +3,13 @@
 //!
 //! A flood of wrong passwords, challenges, API keys or forbidden names must not fill the
 //! disk with records and the store with flushes, and a flood under one name must not crowd
-//! the refusals of other names out of the minute: each actor (the identity a refusal is
-//! recorded under) gets at most [`PER_ACTOR_PER_MINUTE`] records, all of them together at
-//! most [`PER_MINUTE`]. Nothing goes without trace: the next record written carries how
-//! many refusals went unrecorded since the one before, and under which actors.
+//! the refusals of other names out of the minute: each source (the identity a refusal is
+//! recorded under, the actor, from one client address) gets at most
+//! [`PER_SOURCE_PER_MINUTE`] records, all of them together at most [`PER_MINUTE`]. So a
+//! device sending a wrong SCEP challenge again and again does not hide other devices'
+//! wrong challenges, which share the profile's identity. Nothing goes without trace: the
+//! next record written carries how many refusals went unrecorded since the one before, and
+//! under which actors.
 //!
 //! What a record holds is bounded too: the claimed name, the reason and every string of
 //! the details come from the request, such as an EST user name from a 400 KB header, and
@@ -16,14 +19,15 @@
 //! Imports nothing of the crate.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 
 use serde_json::Value;
 
 /// Records of refusals all actors together may write in a minute.
 pub const PER_MINUTE: u32 = 60;
 
-/// Records of refusals under one actor in a minute.
-pub const PER_ACTOR_PER_MINUTE: u32 = 10;
+/// Records of refusals under one actor from one client address in a minute.
+pub const PER_SOURCE_PER_MINUTE: u32 = 10;
 
 /// Actors the account of unrecorded refusals names one by one; refusals under further
 /// actors are counted together.
@@ -75,8 +79,8 @@ pub struct RefusalWindow {
     /// Minutes since the epoch.
     minute: i64,
     recorded: u32,
-    /// Records this minute, by actor (at most [`PER_MINUTE`] entries).
-    recorded_by_actor: HashMap<String, u32>,
+    /// Records this minute, by actor and client address (at most [`PER_MINUTE`] entries).
+    recorded_by_source: HashMap<(String, Option<IpAddr>), u32>,
     /// Refusals not recorded since the last record (across minutes).
     unrecorded: Unrecorded,
 }
@@ -110,23 +114,28 @@ impl Unrecorded {
 }
 
 impl RefusalWindow {
-    /// A refusal under `actor` in `minute` (minutes since the epoch): `Some` with what went
-    /// unrecorded before it when it is to be recorded, `None` when it goes unrecorded (it
-    /// is then counted for the next record).
-    pub fn admit(&mut self, minute: i64, actor: &str) -> Option<Unrecorded> {
+    /// A refusal under `actor` from `client` in `minute` (minutes since the epoch): `Some`
+    /// with what went unrecorded before it when it is to be recorded, `None` when it goes
+    /// unrecorded (it is then counted for the next record).
+    pub fn admit(
+        &mut self,
+        minute: i64,
+        actor: &str,
+        client: Option<IpAddr>,
+    ) -> Option<Unrecorded> {
         if self.minute != minute {
             self.minute = minute;
             self.recorded = 0;
-            self.recorded_by_actor.clear();
+            self.recorded_by_source.clear();
         }
-        let by_actor = self.recorded_by_actor.get(actor).copied().unwrap_or(0);
-        if self.recorded >= PER_MINUTE || by_actor >= PER_ACTOR_PER_MINUTE {
+        let source = (actor.to_string(), client);
+        let by_source = self.recorded_by_source.get(&source).copied().unwrap_or(0);
+        if self.recorded >= PER_MINUTE || by_source >= PER_SOURCE_PER_MINUTE {
             self.unrecorded.count(actor);
             return None;
         }
         self.recorded += 1;
-        self.recorded_by_actor
-            .insert(actor.to_string(), by_actor + 1);
+        self.recorded_by_source.insert(source, by_source + 1);
         Some(std::mem::take(&mut self.unrecorded))
     }
 }
@@ -163,19 +172,42 @@ mod tests {
         assert_eq!(clipped["serial"], 7);
     }
 
+    fn address(last: u8) -> Option<IpAddr> {
+        Some(IpAddr::from([192, 0, 2, last]))
+    }
+
     #[test]
     fn one_actor_floods_only_its_own_share_of_the_minute() {
         let mut window = RefusalWindow::default();
         let admitted = (0..25)
-            .filter(|_| window.admit(1, "mallory").is_some())
+            .filter(|_| window.admit(1, "mallory", address(66)).is_some())
             .count();
-        assert_eq!(admitted, PER_ACTOR_PER_MINUTE as usize);
+        assert_eq!(admitted, PER_SOURCE_PER_MINUTE as usize);
         let alice = window
-            .admit(1, "alice")
+            .admit(1, "alice", address(66))
             .expect("another actor is still recorded");
         assert_eq!(alice.total, 15);
         assert_eq!(alice.by_actor, BTreeMap::from([("mallory".into(), 15)]));
-        assert!(window.admit(1, "alice").unwrap().is_empty());
+        assert!(window.admit(1, "alice", address(66)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn one_address_floods_only_its_own_share_of_an_actor_shared_by_many() {
+        // SCEP devices share their profile's identity: a device sending a wrong challenge
+        // again and again must not hide another device's.
+        let mut window = RefusalWindow::default();
+        let flooding = (0..25)
+            .filter(|_| window.admit(1, "scep:default", address(66)).is_some())
+            .count();
+        assert_eq!(flooding, PER_SOURCE_PER_MINUTE as usize);
+        let other = window
+            .admit(1, "scep:default", address(7))
+            .expect("another address under the same actor is still recorded");
+        assert_eq!(
+            other.by_actor,
+            BTreeMap::from([("scep:default".into(), 15)])
+        );
+        assert!(window.admit(1, "scep:default", None).is_some());
     }
 
     #[test]
@@ -183,17 +215,17 @@ mod tests {
     {
         let mut window = RefusalWindow::default();
         let admitted = (0..100)
-            .filter(|n| window.admit(7, &format!("guess-{n}")).is_some())
+            .filter(|n| window.admit(7, &format!("guess-{n}"), None).is_some())
             .count();
         assert_eq!(admitted, PER_MINUTE as usize);
-        assert!(window.admit(7, "alice").is_none());
+        assert!(window.admit(7, "alice", address(1)).is_none());
         let next = window
-            .admit(8, "guess-0")
+            .admit(8, "guess-0", None)
             .expect("a new minute records again");
         assert_eq!(next.total, 41);
         assert_eq!(next.by_actor.len(), UNRECORDED_ACTORS_NAMED);
         assert_eq!(next.other_actors, 41 - UNRECORDED_ACTORS_NAMED as u64);
         assert_eq!(next.by_actor.get("guess-60"), Some(&1));
-        assert!(window.admit(8, "guess-1").unwrap().is_empty());
+        assert!(window.admit(8, "guess-1", None).unwrap().is_empty());
     }
 }

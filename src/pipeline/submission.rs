@@ -196,6 +196,7 @@ mod tests {
             resource: None,
             metadata: BTreeMap::new(),
             renews: None,
+            client: None,
         }
     }
 

@@ -110,6 +110,9 @@ pub struct RequestRecord {
     /// What issuance needs once approved (pending requests only).
     #[serde(default)]
     pub pending: Option<PendingEnrollment>,
+    /// The address the request came from (the TCP peer), when it came over the network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// A request kept until a person decides on it.

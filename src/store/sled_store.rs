@@ -2334,6 +2334,7 @@ mod tests {
             created_at: now,
             updated_at: now,
             pending: None,
+            client: None,
         };
         assert!(store
             .begin_issuance(&request, &entry(now, AuditAction::Decision))
@@ -2833,6 +2834,7 @@ mod tests {
             created_at: now,
             updated_at: now,
             pending: None,
+            client: None,
         };
         let decision = entry(now, AuditAction::Decision);
         assert!(!store
@@ -2883,6 +2885,7 @@ mod tests {
                 created_at: now,
                 updated_at: now,
                 pending: None,
+                client: None,
             };
             assert!(store
                 .begin_issuance(&interrupted, &entry(now, AuditAction::Decision))
@@ -2943,6 +2946,7 @@ mod tests {
             created_at: now,
             updated_at: now,
             pending: None,
+            client: None,
         };
         let cert = CertificateRecord {
             serial: serial.into(),

@@ -2,6 +2,7 @@
 //! pre-check, issuance through the one pipeline, certificates and revocation.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -121,6 +122,8 @@ pub struct CaaRefusal<'a> {
     pub problem_type: &'a str,
     /// Why.
     pub reason: &'a str,
+    /// The address of the request that led to the check (the TCP peer), when known.
+    pub client: Option<IpAddr>,
 }
 
 /// What the embedder provides.
@@ -136,8 +139,15 @@ pub trait AcmeBackend: Send + Sync + 'static {
     ) -> Result<Option<ExternalAccountKey>, Problem>;
 
     /// A newAccount's external account binding was refused (`reason`): an unknown key id, a
-    /// key already bound, or a MAC that does not verify. For the embedder's audit.
-    async fn external_account_refused(&self, profile: &str, key_id: &str, reason: &str);
+    /// key already bound, or a MAC that does not verify; `client` is the address the
+    /// request came from. For the embedder's audit.
+    async fn external_account_refused(
+        &self,
+        profile: &str,
+        key_id: &str,
+        reason: &str,
+        client: Option<IpAddr>,
+    );
 
     /// A CAA check failed (RFC 8659: the name's CAA records do not permit this CA, this
     /// account or this method, or could not be read). For the embedder's audit.
@@ -150,24 +160,27 @@ pub trait AcmeBackend: Send + Sync + 'static {
         account_id: &str,
     ) -> Result<(), Problem>;
 
-    /// Policy pre-check at newOrder: may `account` ask for these names at all? Returns the
-    /// refused identifiers with reasons.
+    /// Policy pre-check at newOrder and newAuthz: may `account` (its request from
+    /// `client`) ask for these names at all? Returns the refused identifiers with reasons.
     async fn check_identifiers(
         &self,
         account: &AccountRecord,
         certificate_profile: &str,
         identifiers: &[Identifier],
+        client: Option<IpAddr>,
     ) -> Result<(), Vec<(Identifier, String)>>;
 
     /// Where a request held for approval stands.
     async fn pending_status(&self, request_id: &str) -> Result<PendingStatus, Problem>;
 
-    /// Issue for a ready order whose CSR matched it, or hold it for approval.
+    /// Issue for a ready order whose CSR matched it, or hold it for approval; `client` is
+    /// the address the finalize request came from.
     async fn issue(
         &self,
         account: &AccountRecord,
         order: &OrderRecord,
         csr_der: Vec<u8>,
+        client: Option<IpAddr>,
     ) -> Result<Issuance, Problem>;
 
     /// The PEM chain (leaf first) of a certificate.

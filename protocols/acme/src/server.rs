@@ -3,11 +3,12 @@
 //! hold no policy of their own.
 
 use std::collections::{BTreeSet, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -339,6 +340,8 @@ struct Signed {
     urls: Urls,
     /// The account, for `kid` requests.
     account: Option<AccountRecord>,
+    /// The address the request came from (the TCP peer), for the backend's records.
+    client: Option<IpAddr>,
 }
 
 impl Signed {
@@ -446,7 +449,12 @@ impl AcmeServer {
                 ));
             }
         }
-        Ok(Signed { jws, urls, account })
+        Ok(Signed {
+            jws,
+            urls,
+            account,
+            client: None,
+        })
     }
 }
 
@@ -494,10 +502,15 @@ impl<P: KeyPolicy> axum::extract::FromRequest<Arc<AcmeServer>> for Verified<P> {
         let profile = profile_of(request.uri().path())
             .ok_or_else(|| Problem::not_found("ACME profile"))?
             .to_string();
+        let client = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| peer.ip());
         let (headers, uri, body) = read_body(request).await?;
-        let signed = server
+        let mut signed = server
             .authenticate(&profile, &headers, &uri, &body, P::FORM)
             .await?;
+        signed.client = client;
         Ok(Verified(signed, std::marker::PhantomData))
     }
 }
@@ -667,7 +680,12 @@ async fn new_account(
                     if problem.kind == ProblemType::Unauthorized {
                         server
                             .backend
-                            .external_account_refused(&profile, &binding.key_id, &problem.detail)
+                            .external_account_refused(
+                                &profile,
+                                &binding.key_id,
+                                &problem.detail,
+                                signed.client,
+                            )
                             .await;
                     }
                     return Err(problem);
@@ -1121,6 +1139,7 @@ async fn new_authz(
             &account,
             &info.default_certificate_profile,
             std::slice::from_ref(&identifier),
+            signed.client,
         )
         .await
     {
@@ -1200,7 +1219,7 @@ async fn new_order(
     };
     if let Err(refused) = server
         .backend
-        .check_identifiers(&account, &certificate_profile, &identifiers)
+        .check_identifiers(&account, &certificate_profile, &identifiers, signed.client)
         .await
     {
         subproblems.extend(
@@ -1343,7 +1362,7 @@ async fn finalize(
         ));
     }
     // CAA again at issuance time (RFC 8659 §3: records may have changed since validation).
-    let caa = CaaContext::of(&server, &account, &signed.urls);
+    let caa = CaaContext::of(&server, &signed);
     for authz in &authzs {
         let method = authz
             .challenges
@@ -1363,7 +1382,11 @@ async fn finalize(
     }
     order.status = OrderStatus::Processing;
     server.records.put_order(&order, false).await?;
-    match server.backend.issue(&account, &order, csr_der).await {
+    match server
+        .backend
+        .issue(&account, &order, csr_der, signed.client)
+        .await
+    {
         Ok(crate::backend::Issuance::Issued { serial }) => {
             order.status = OrderStatus::Valid;
             order.certificate_serial = Some(serial);
@@ -1519,7 +1542,7 @@ async fn challenge(
         let key_authorization = format!("{}.{}", authz.challenges[index].token, account.thumbprint);
         let validation = tokio::spawn(validate(
             server.clone(),
-            CaaContext::of(&server, &account, &signed.urls),
+            CaaContext::of(&server, &signed),
             authz.id.clone(),
             kind,
             key_authorization,
@@ -1550,7 +1573,6 @@ async fn challenge(
     Ok(response)
 }
 
-/// Run one validation and record its outcome.
 /// What a CAA check needs to know about the requester (RFC 8657 parameters).
 #[derive(Debug, Clone)]
 struct CaaContext {
@@ -1560,10 +1582,14 @@ struct CaaContext {
     account_url: String,
     /// The account, for the backend's record of a refusal.
     account: AccountRecord,
+    /// The address of the request that led to the check, for the same record.
+    client: Option<IpAddr>,
 }
 
 impl CaaContext {
-    fn of(server: &AcmeServer, account: &AccountRecord, urls: &Urls) -> Self {
+    /// For a `kid` request (a challenge response or a finalize).
+    fn of(server: &AcmeServer, signed: &Signed) -> Self {
+        let account = signed.account();
         let issuer_domains = server
             .backend
             .profile(&account.profile)
@@ -1571,8 +1597,9 @@ impl CaaContext {
             .unwrap_or_default();
         CaaContext {
             issuer_domains,
-            account_url: urls.account(&account.id),
+            account_url: signed.urls.account(&account.id),
             account: account.clone(),
+            client: signed.client,
         }
     }
 
@@ -1609,6 +1636,7 @@ impl CaaContext {
                     at_finalize,
                     problem_type: error.acme_type(),
                     reason: &error.to_string(),
+                    client: self.client,
                 })
                 .await;
         }
@@ -1616,6 +1644,7 @@ impl CaaContext {
     }
 }
 
+/// Run one validation and record its outcome.
 async fn validate(
     server: Arc<AcmeServer>,
     caa: CaaContext,

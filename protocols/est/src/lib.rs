@@ -10,10 +10,12 @@
 //! `serverkeygen` (§4.4), `csrattrs` (§4.5), `fullcmc` answered 501. Not built yet:
 //! channel-binding proof-of-possession (§3.5).
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::Method;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -33,6 +35,33 @@ pub struct ChannelBinding(pub Vec<u8>);
 /// The TLS client certificate chain of the connection (leaf first), empty without one.
 #[derive(Debug, Clone, Default)]
 pub struct PeerCertificates(pub Vec<Vec<u8>>);
+
+/// What the connection tells of an enrolling client beside its credentials.
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    /// The client's address (the TCP peer), when the embedder's listener set it
+    /// ([`axum::extract::ConnectInfo`]).
+    pub client: Option<IpAddr>,
+    /// The `tls-exporter` channel binding, when the listener set one ([`ChannelBinding`]).
+    pub channel_binding: Option<Vec<u8>>,
+}
+
+impl<S: Sync> FromRequestParts<S> for Connection {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Connection {
+            client: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(address)| address.ip()),
+            channel_binding: parts
+                .extensions
+                .get::<ChannelBinding>()
+                .map(|ChannelBinding(binding)| binding.clone()),
+        })
+    }
+}
 
 /// How the client authenticated.
 #[derive(Debug, Clone)]
@@ -143,7 +172,7 @@ pub trait EstBackend: Send + Sync + 'static {
         label: Option<&str>,
         credentials: Credentials,
         csr_der: Vec<u8>,
-        channel_binding: Option<&[u8]>,
+        connection: &Connection,
     ) -> Result<(Vec<u8>, Vec<u8>), EstError>;
 
     /// Enroll (or re-enroll) a DER PKCS#10; returns a DER PKCS#7 certs-only structure
@@ -154,7 +183,7 @@ pub trait EstBackend: Send + Sync + 'static {
         operation: Operation,
         credentials: Credentials,
         csr_der: Vec<u8>,
-        channel_binding: Option<&[u8]>,
+        connection: &Connection,
     ) -> Result<Vec<u8>, EstError>;
 }
 
@@ -172,7 +201,7 @@ async fn dispatch(
     Path(path): Path<String>,
     method: Method,
     peer: Option<Extension<PeerCertificates>>,
-    binding: Option<Extension<ChannelBinding>>,
+    connection: Connection,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -194,7 +223,7 @@ async fn dispatch(
             label.clone(),
             operation,
             peer.clone(),
-            binding.clone(),
+            connection.clone(),
             headers.clone(),
             body.clone(),
         )
@@ -353,7 +382,7 @@ async fn enroll(
     label: Option<String>,
     operation: Operation,
     peer: Option<Extension<PeerCertificates>>,
-    binding: Option<Extension<ChannelBinding>>,
+    connection: Connection,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Response> {
@@ -406,12 +435,7 @@ async fn enroll(
     })?;
     if operation == Operation::ServerKeygen {
         let (pkcs8, pkcs7) = backend
-            .server_keygen(
-                label.as_deref(),
-                credentials,
-                csr_der,
-                binding.as_ref().map(|Extension(b)| b.0.as_slice()),
-            )
+            .server_keygen(label.as_deref(), credentials, csr_der, &connection)
             .await
             .map_err(fail)?;
         return Ok(keygen_response(&pkcs8, &pkcs7));
@@ -422,7 +446,7 @@ async fn enroll(
             operation,
             credentials,
             csr_der,
-            binding.as_ref().map(|Extension(b)| b.0.as_slice()),
+            &connection,
         )
         .await
         .map_err(fail)?;

@@ -20,14 +20,15 @@ pub mod request;
 pub mod wire;
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use axum::Router;
+use axum::{Extension, Router};
 use base64::Engine;
 use der::{Decode, Encode};
 use x509_cert::Certificate;
@@ -133,6 +134,9 @@ pub struct Enrollment {
     /// The certificate that signed the pkiMessage, DER: self-signed for a first enrollment,
     /// the certificate being renewed for RenewalReq (verified as the message's signer).
     pub signer_der: Vec<u8>,
+    /// The address the request came from (the TCP peer), when the embedder's listener set
+    /// it ([`axum::extract::ConnectInfo`]).
+    pub client: Option<IpAddr>,
 }
 
 /// A certificate named by issuer and serial (GetCert, GetCRL).
@@ -197,21 +201,29 @@ pub fn router(backend: Arc<dyn ScepBackend>) -> Router {
 
 async fn default_profile(
     state: State<Arc<dyn ScepBackend>>,
+    address: Option<Extension<ConnectInfo<SocketAddr>>>,
     query: Query<HashMap<String, String>>,
     method: Method,
     body: Bytes,
 ) -> Response {
-    dispatch(state, "default".to_string(), query, method, body).await
+    let client = client_of(address);
+    dispatch(state, "default".to_string(), client, query, method, body).await
 }
 
 async fn named_profile(
     state: State<Arc<dyn ScepBackend>>,
     Path(profile): Path<String>,
+    address: Option<Extension<ConnectInfo<SocketAddr>>>,
     query: Query<HashMap<String, String>>,
     method: Method,
     body: Bytes,
 ) -> Response {
-    dispatch(state, profile, query, method, body).await
+    dispatch(state, profile, client_of(address), query, method, body).await
+}
+
+/// The client's address, from the peer address the embedder's listener set.
+fn client_of(address: Option<Extension<ConnectInfo<SocketAddr>>>) -> Option<IpAddr> {
+    address.map(|Extension(ConnectInfo(address))| address.ip())
 }
 
 fn plain(status: StatusCode, text: impl Into<String>) -> Response {
@@ -234,6 +246,7 @@ fn binary(content_type: &'static str, body: Vec<u8>) -> Response {
 async fn dispatch(
     State(backend): State<Arc<dyn ScepBackend>>,
     profile_name: String,
+    client: Option<IpAddr>,
     Query(query): Query<HashMap<String, String>>,
     method: Method,
     body: Bytes,
@@ -256,7 +269,7 @@ async fn dispatch(
             }
         }
         ("PKIOperation", &Method::POST) => {
-            pki_operation(&*backend, &profile_name, profile, body).await
+            pki_operation(&*backend, &profile_name, profile, body, client).await
         }
         ("PKIOperation", &Method::GET) => {
             // §4.1: base64 in `message`; '+' may arrive as a space when not percent-encoded.
@@ -271,7 +284,7 @@ async fn dispatch(
                 .unwrap_or_default();
             match base64::engine::general_purpose::STANDARD.decode(text) {
                 Ok(message) if !message.is_empty() => {
-                    pki_operation(&*backend, &profile_name, profile, message.into()).await
+                    pki_operation(&*backend, &profile_name, profile, message.into(), client).await
                 }
                 _ => plain(
                     StatusCode::BAD_REQUEST,
@@ -298,6 +311,7 @@ async fn pki_operation(
     profile_name: &str,
     profile: Profile,
     message: Bytes,
+    client: Option<IpAddr>,
 ) -> Response {
     let ra = backend.ra();
     let now = backend.now();
@@ -331,6 +345,7 @@ async fn pki_operation(
                 transaction_id: transaction_id.clone(),
                 csr_der,
                 signer_der,
+                client,
             };
             backend.enroll(profile_name, enrollment).await
         }

@@ -95,7 +95,14 @@ impl AcmeBackend for FakeBackend {
     }
 
     /// The fake has no external account keys to refuse and keeps no audit.
-    async fn external_account_refused(&self, _profile: &str, _key_id: &str, _reason: &str) {}
+    async fn external_account_refused(
+        &self,
+        _profile: &str,
+        _key_id: &str,
+        _reason: &str,
+        _client: Option<std::net::IpAddr>,
+    ) {
+    }
 
     /// The fake keeps no audit.
     async fn caa_refused(&self, _refusal: rampart_acme::CaaRefusal<'_>) {}
@@ -115,6 +122,7 @@ impl AcmeBackend for FakeBackend {
         _account: &AccountRecord,
         _certificate_profile: &str,
         identifiers: &[Identifier],
+        _client: Option<std::net::IpAddr>,
     ) -> Result<(), Vec<(Identifier, String)>> {
         let refused: Vec<_> = identifiers
             .iter()
@@ -133,6 +141,7 @@ impl AcmeBackend for FakeBackend {
         account: &AccountRecord,
         order: &OrderRecord,
         csr_der: Vec<u8>,
+        _client: Option<std::net::IpAddr>,
     ) -> Result<rampart_acme::Issuance, Problem> {
         let mut issued = self.issued.lock().unwrap();
         let serial_byte = u8::try_from(issued.len() + 1).expect("under 128 certificates");
