@@ -449,9 +449,11 @@ async fn bad_input_gets_a_json_error_is_audited_and_stores_no_certificate() {
         "rpk_000000000000_x".into(),
         "nonsense".into(),
     ] {
+        // An X-Forwarded-For header is believed only from a trusted proxy (none here).
         let response = d
             .http
             .get(format!("{}/api/v1/certificates", d.url))
+            .header("x-forwarded-for", "203.0.113.66")
             .bearer_auth(bad)
             .send()
             .await
@@ -482,7 +484,7 @@ async fn bad_input_gets_a_json_error_is_audited_and_stores_no_certificate() {
     assert!(!serde_json::to_string(&refused)
         .unwrap()
         .contains("wrongsecret"));
-    // Each from where it came.
+    // Each from where it came: the TCP peer, whatever the header said.
     for entry in &refused {
         assert_eq!(entry["details"]["client"], "127.0.0.1", "{entry}");
     }

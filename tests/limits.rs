@@ -546,3 +546,49 @@ async fn key_files_others_can_read_refuse_the_start() {
     }
     try_start(&config).await.unwrap().shutdown().await;
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_allowance_and_address() {
+    let (d, _dir) = daemon(|c| {
+        c.limits.per_ip_requests_per_minute = PER_MINUTE;
+        c.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    let new_nonce = |forwarded: &'static str| {
+        d.http
+            .head(format!("{}/new-nonce", acme_base(&d)))
+            .header("x-forwarded-for", forwarded)
+            .send()
+    };
+    for _ in 0..PER_MINUTE {
+        assert_eq!(new_nonce("203.0.113.1").await.unwrap().status(), 200);
+    }
+    assert_eq!(new_nonce("203.0.113.1").await.unwrap().status(), 429);
+    // Another client behind the same proxy has its own allowance; a client naming itself
+    // first in the header is still counted by what the proxy appended.
+    assert_eq!(new_nonce("203.0.113.2").await.unwrap().status(), 200);
+    assert_eq!(
+        new_nonce("198.51.100.9, 203.0.113.1")
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
+
+    // The audit records the forwarded client, not the proxy.
+    let refused = d
+        .http
+        .get(format!("{}/api/v1/certificates", d.url))
+        .header("x-forwarded-for", "198.51.100.66, 203.0.113.9")
+        .bearer_auth("rpk_000000000000_x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let entries = d.refused_credentials().await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(
+        entries[0]["details"]["client"], "203.0.113.9",
+        "{entries:?}"
+    );
+}

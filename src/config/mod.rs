@@ -143,6 +143,11 @@ pub struct ServerConfig {
     /// Days protocol state is kept once it is done (expired ACME orders, decided SCEP
     /// transactions and EST re-send records); 0 keeps it for ever.
     pub retain_protocol_state_days: u32,
+    /// Reverse proxies in front of the listeners whose `X-Forwarded-For` names the client
+    /// (the per-client rate limit and the audit's `client`); from any other peer the header
+    /// is ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// Key algorithm of a key rampart generates.

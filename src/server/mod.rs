@@ -4,6 +4,7 @@
 //!
 //! Imports `api`, `pipeline`, `ca`, `store`, `config`, `clock`, `apikeys`, `files`.
 
+pub mod client_address;
 pub mod limits;
 pub mod tls;
 
@@ -21,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use self::client_address::TrustedProxies;
 use crate::apikeys;
 use crate::ca::local::{LocalCa, LocalCaError};
 use crate::ca::upstream_acme::UpstreamAcme;
@@ -328,6 +330,7 @@ pub async fn start_from(
     let tls_config = tls::server_config(&cert_path, &key_path, None)?;
     let limits_config = boot.pipeline.config().limits.clone();
     let connection_limits = limits::ConnectionLimits::from_config(&limits_config);
+    let trusted_proxies = TrustedProxies::new(&boot.pipeline.config().server.trusted_proxies);
     let rate_limiter = || limits::RateLimiter::per_minute(limits_config.per_ip_requests_per_minute);
     let (shutdown, signal) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -375,6 +378,7 @@ pub async fn start_from(
             router,
             None,
             connection_limits,
+            trusted_proxies.clone(),
             signal.clone(),
         )));
         let host = display_addr(addr, &boot.pipeline.config().server.public_hostname);
@@ -403,6 +407,7 @@ pub async fn start_from(
             router,
             None,
             connection_limits,
+            trusted_proxies.clone(),
             signal.clone(),
         )));
         let host = display_addr(addr, &boot.pipeline.config().server.public_hostname);
@@ -434,6 +439,7 @@ pub async fn start_from(
             router,
             tls,
             connection_limits,
+            trusted_proxies.clone(),
             signal.clone(),
         )));
         api_url = Some(format!(
@@ -463,6 +469,7 @@ pub async fn start_from(
             router,
             Some(tls_config.clone()),
             connection_limits,
+            trusted_proxies.clone(),
             signal.clone(),
         )));
         let host = display_addr(addr, &boot.pipeline.config().server.public_hostname);
@@ -500,6 +507,7 @@ pub async fn start_from(
             router,
             Some(est_tls),
             connection_limits,
+            trusted_proxies.clone(),
             signal.clone(),
         )));
         let host = display_addr(addr, &boot.pipeline.config().server.public_hostname);
@@ -601,13 +609,14 @@ async fn wait_for(mut signal: watch::Receiver<bool>) {
 /// drain for at most [`DRAIN_TIMEOUT`]. At most `limits.max_connections` connections are
 /// served at once (the next is accepted when one closes); HTTP/1 request heads must arrive
 /// within `limits.header_read_timeout`, and a connection that moves no byte for
-/// `limits.idle_timeout` is closed. Every request carries the peer's address
-/// ([`axum::extract::ConnectInfo`]).
+/// `limits.idle_timeout` is closed. Every request carries its client's address
+/// ([`axum::extract::ConnectInfo`]): the peer's, or the one a trusted proxy forwarded.
 async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: limits::ConnectionLimits,
+    trusted_proxies: TrustedProxies,
     signal: watch::Receiver<bool>,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -653,6 +662,7 @@ async fn serve(
         let connection = serve_connection(
             limits::Tracked::new(stream, activity.clone()),
             peer,
+            trusted_proxies.clone(),
             router.clone(),
             acceptor.clone(),
             builder.clone(),
@@ -679,10 +689,12 @@ async fn serve(
 }
 
 /// One connection: the TLS handshake (bounded by [`HANDSHAKE_TIMEOUT`]) when `acceptor`
-/// is set, then HTTP until either side closes.
+/// is set, then HTTP until either side closes. Each request carries its client's address
+/// (from `peer` and, behind a trusted proxy, its `X-Forwarded-For`).
 async fn serve_connection(
     stream: limits::Tracked<TcpStream>,
     peer: SocketAddr,
+    trusted_proxies: TrustedProxies,
     router: Router,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
@@ -692,9 +704,10 @@ async fn serve_connection(
         tower::ServiceExt::map_request(
             router,
             move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                let client = trusted_proxies.client(peer, request.headers());
                 request
                     .extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
+                    .insert(axum::extract::ConnectInfo(client));
                 request
             },
         )
