@@ -258,8 +258,8 @@ pub struct EnrollmentRequest {
     /// Serial of the certificate this one replaces (a renewal: EST re-enroll, SCEP
     /// RenewalReq, rampart's own renewal), if any.
     pub renews: Option<String>,
-    /// The address the request came from (the TCP peer); `None` for requests rampart
-    /// makes itself (renewals).
+    /// The client's address (the TCP peer, or the client a trusted proxy names); `None` for
+    /// requests rampart makes itself (renewals).
     pub client: Option<IpAddr>,
 }
 

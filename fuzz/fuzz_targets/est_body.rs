@@ -20,7 +20,9 @@ use axum::http::{header, HeaderValue, Method, Request};
 use http_body_util::BodyExt;
 use libfuzzer_sys::fuzz_target;
 use rampart::pkix::csr::VerifiedCsr;
-use rampart_est::{ChannelBinding, Credentials, EstBackend, EstError, Operation, PeerCertificates};
+use rampart_est::{
+    ChannelBinding, Connection, Credentials, EstBackend, EstError, Operation, PeerCertificates,
+};
 use tower::ServiceExt;
 
 const PATHS: [&str; 12] = [
@@ -67,7 +69,7 @@ impl EstBackend for FuzzBackend {
         _label: Option<&str>,
         _credentials: Credentials,
         csr_der: Vec<u8>,
-        _channel_binding: Option<&[u8]>,
+        _connection: &Connection,
     ) -> Result<(Vec<u8>, Vec<u8>), EstError> {
         let csr = VerifiedCsr::parse(&csr_der).map_err(|e| EstError::BadRequest(e.to_string()))?;
         Ok((csr.spki_der, rampart_fuzz::RA_CERT.to_vec()))
@@ -79,10 +81,10 @@ impl EstBackend for FuzzBackend {
         _operation: Operation,
         _credentials: Credentials,
         csr_der: Vec<u8>,
-        channel_binding: Option<&[u8]>,
+        connection: &Connection,
     ) -> Result<Vec<u8>, EstError> {
         let csr = VerifiedCsr::parse(&csr_der).map_err(|e| EstError::BadRequest(e.to_string()))?;
-        if channel_binding.is_some() && csr.challenge_password.is_none() {
+        if connection.channel_binding.is_some() && csr.challenge_password.is_none() {
             return Err(EstError::BadRequest("no challengePassword".into()));
         }
         Ok(csr.der)

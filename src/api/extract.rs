@@ -88,7 +88,8 @@ async fn refused(
     ApiError::Unauthenticated("invalid API key")
 }
 
-/// The address the request came from (the TCP peer the listener recorded), if known.
+/// The client's address as the listener recorded it (the TCP peer, or the client a trusted
+/// proxy names), if known.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddress(pub Option<IpAddr>);
 

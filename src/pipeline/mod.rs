@@ -141,7 +141,7 @@ pub struct Claimant {
     pub protocol: Protocol,
     /// The identity claimed (refused credentials) or established (pre-checks).
     pub name: String,
-    /// The address the attempt came from (the TCP peer).
+    /// The client's address (the TCP peer, or the client a trusted proxy names).
     pub client: Option<IpAddr>,
 }
 

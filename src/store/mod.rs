@@ -110,7 +110,8 @@ pub struct RequestRecord {
     /// What issuance needs once approved (pending requests only).
     #[serde(default)]
     pub pending: Option<PendingEnrollment>,
-    /// The address the request came from (the TCP peer), when it came over the network.
+    /// The client's address (the TCP peer, or the client a trusted proxy names), when the
+    /// request came over the network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<std::net::IpAddr>,
 }

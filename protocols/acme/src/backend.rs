@@ -122,7 +122,7 @@ pub struct CaaRefusal<'a> {
     pub problem_type: &'a str,
     /// Why.
     pub reason: &'a str,
-    /// The address of the request that led to the check (the TCP peer), when known.
+    /// The client's address for the request that led to the check, when known.
     pub client: Option<IpAddr>,
 }
 

@@ -340,7 +340,7 @@ struct Signed {
     urls: Urls,
     /// The account, for `kid` requests.
     account: Option<AccountRecord>,
-    /// The address the request came from (the TCP peer), for the backend's records.
+    /// The client's address (the listener's `ConnectInfo`), for the backend's records.
     client: Option<IpAddr>,
 }
 

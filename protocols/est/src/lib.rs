@@ -39,7 +39,7 @@ pub struct PeerCertificates(pub Vec<Vec<u8>>);
 /// What the connection tells of an enrolling client beside its credentials.
 #[derive(Debug, Clone, Default)]
 pub struct Connection {
-    /// The client's address (the TCP peer), when the embedder's listener set it
+    /// The client's address, when the embedder's listener set it
     /// ([`axum::extract::ConnectInfo`]).
     pub client: Option<IpAddr>,
     /// The `tls-exporter` channel binding, when the listener set one ([`ChannelBinding`]).

@@ -134,8 +134,8 @@ pub struct Enrollment {
     /// The certificate that signed the pkiMessage, DER: self-signed for a first enrollment,
     /// the certificate being renewed for RenewalReq (verified as the message's signer).
     pub signer_der: Vec<u8>,
-    /// The address the request came from (the TCP peer), when the embedder's listener set
-    /// it ([`axum::extract::ConnectInfo`]).
+    /// The client's address, when the embedder's listener set it
+    /// ([`axum::extract::ConnectInfo`]).
     pub client: Option<IpAddr>,
 }
 
