@@ -591,4 +591,37 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_allowance_and_
         entries[0]["details"]["client"], "203.0.113.9",
         "{entries:?}"
     );
+    // The audit can be searched by client address or network.
+    for (filter, found) in [
+        ("client=203.0.113.9", 1),
+        ("client=203.0.113.0/24", 1),
+        ("client=127.0.0.1", 0),
+        ("client=2001:db8::/32", 0),
+    ] {
+        let entries = d
+            .audit_entries(&format!("action=credentials_refused&{filter}"))
+            .await;
+        assert_eq!(entries.len(), found, "{filter}: {entries:?}");
+    }
+    let (status, body) = d.get("/api/v1/audit?client=somewhere").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("bad_query")),
+        "{body}"
+    );
+    // So can the command line, which says where each request came from.
+    let listed = tokio::process::Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["audit", "list", "--client", "203.0.113.0/24"])
+        .env("RAMPART_API_URL", &d.url)
+        .env("RAMPART_API_KEY", &d.key)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{listed:?}");
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains("unknown API key id (from 203.0.113.9)"),
+        "{text}"
+    );
 }

@@ -1,8 +1,11 @@
 //! Admin API over the audit log: filtered listing (managing roles only). Verification is in
 //! `handlers::verify_audit`.
 
+use std::net::IpAddr;
+
 use axum::extract::{Query, State};
 use axum::Json;
+use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -23,12 +26,14 @@ pub struct AuditParams {
     name: Option<String>,
     decision: Option<String>,
     action: Option<String>,
+    client: Option<String>,
     after: Option<u64>,
     limit: Option<usize>,
 }
 
-/// `GET /api/v1/audit?identity=&name=&decision=&action=&after=&limit=`: audit records in
-/// order, filtered; `next_after` continues the listing.
+/// `GET /api/v1/audit?identity=&name=&decision=&action=&client=&after=&limit=`: audit
+/// records in order, filtered (`client`: an address or a network, `203.0.113.0/24`);
+/// `next_after` continues the listing.
 pub async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -41,11 +46,25 @@ pub async fn list(
     }
     let Query(params) = params.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let limit = params.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
+    let client = params
+        .client
+        .map(|text| {
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "bad_query",
+                        format!("`client` must be an address or a network, not `{text}`"),
+                    )
+                })
+        })
+        .transpose()?;
     let query = AuditQuery {
         identity: params.identity,
         name: params.name,
         outcome: params.decision,
         action: params.action,
+        client,
     };
     let start = params.after.map_or(0, |after| after + 1);
     let (items, next_after) = state

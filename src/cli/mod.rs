@@ -223,6 +223,9 @@ enum AuditCommand {
         /// Only this action: decision, issued, issuance_failed, revoked, api_key_created, …
         #[arg(long)]
         action: Option<String>,
+        /// Only requests from this client address or network (203.0.113.0/24).
+        #[arg(long)]
+        client: Option<String>,
         /// At most this many records.
         #[arg(long, default_value_t = 100)]
         limit: usize,
@@ -585,6 +588,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             decision,
             action,
+            client,
             limit,
             json,
             api,
@@ -595,6 +599,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ("name", name),
                 ("decision", decision),
                 ("action", action),
+                ("client", client),
             ] {
                 if let Some(value) = value {
                     query.push(format!("{key}={}", certs::urlencode(&value)));
@@ -614,15 +619,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     (Some(layer), Some(rule)) => format!(" [{layer}/{rule}]"),
                     _ => String::new(),
                 };
+                let client = match entry["details"]["client"].as_str() {
+                    Some(client) => format!(" (from {client})"),
+                    None => String::new(),
+                };
                 out!(
-                    "{:>6} {} {:<14} {:<16} {:<8}{} {}",
+                    "{:>6} {} {:<14} {:<16} {:<8}{} {}{}",
                     record["seq"],
                     text(&entry["time"]),
                     text(&entry["actor"]),
                     text(&entry["action"]),
                     text(&entry["outcome"]),
                     decided,
-                    text(&entry["reason"])
+                    text(&entry["reason"]),
+                    client
                 );
             }
             Ok(ExitCode::SUCCESS)

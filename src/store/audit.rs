@@ -80,6 +80,9 @@ pub struct AuditQuery {
     pub outcome: Option<String>,
     /// The action (`decision`, `issued`, `revoked`, …).
     pub action: Option<String>,
+    /// The client address (`details.client`) in this network (a single address: `/32`,
+    /// `/128`).
+    pub client: Option<ipnet::IpNet>,
 }
 
 impl AuditQuery {
@@ -92,6 +95,12 @@ impl AuditQuery {
         self.identity.as_ref().is_none_or(|i| *i == entry.actor)
             && self.outcome.as_ref().is_none_or(|o| *o == entry.outcome)
             && self.action.as_ref().is_none_or(|a| *a == action)
+            && self.client.as_ref().is_none_or(|network| {
+                entry.details["client"]
+                    .as_str()
+                    .and_then(|client| client.parse::<std::net::IpAddr>().ok())
+                    .is_some_and(|client| network.contains(&client))
+            })
             && self.name.as_ref().is_none_or(|name| {
                 let needle = name.to_ascii_lowercase();
                 entry
