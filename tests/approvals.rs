@@ -83,6 +83,22 @@ async fn api_requests_wait_for_a_second_person() {
             ("approved".to_string(), json!("127.0.0.1"))
         ]
     );
+    // So do the request's events, for the webhooks that tell approvers.
+    let events: Vec<_> = d
+        .daemon
+        .pipeline
+        .store()
+        .events(0, 1000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.data["request_id"] == json!(record.request_id))
+        .map(|e| (e.kind.as_str().to_string(), e.data["client"].clone()))
+        .collect();
+    assert!(
+        events.contains(&("request_pending".into(), json!("127.0.0.1")))
+            && events.contains(&("request_approved".into(), json!("127.0.0.1"))),
+        "{events:?}"
+    );
     let (status, _) = d
         .post(&format!("/api/v1/approvals/{id}/approve"), json!({}))
         .await;

@@ -579,7 +579,10 @@ impl Pipeline {
             &request.identity.name,
             &request.template,
             &approval.identifiers,
-            json!({ "reason": reason, "protocol": request.protocol }),
+            with_client(
+                json!({ "reason": reason, "protocol": request.protocol }),
+                request.client,
+            ),
             now,
         );
         self.with_store(move |store| store.record_pending(&record, &audit, &event))
@@ -642,7 +645,10 @@ impl Pipeline {
             &pending.identity.name,
             &record.template,
             &record.identifiers,
-            json!({ "approver": approver.name, "protocol": record.protocol }),
+            with_client(
+                json!({ "approver": approver.name, "protocol": record.protocol }),
+                record.client,
+            ),
             self.clock.now(),
         );
         self.with_store(move |store| store.record_event(None, &event))
@@ -1018,8 +1024,11 @@ impl Pipeline {
             &request.identity.name,
             &request.template,
             &identifiers,
-            json!({ "protocol": request.protocol, "layer": denial.layer,
-                "rule": denial.rule, "reason": denial.reason }),
+            with_client(
+                json!({ "protocol": request.protocol, "layer": denial.layer,
+                    "rule": denial.rule, "reason": denial.reason }),
+                request.client,
+            ),
             now,
         );
         self.with_store(move |store| store.record_denial(&record, &audit, &event))
