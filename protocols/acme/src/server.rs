@@ -369,6 +369,7 @@ impl AcmeServer {
         uri: &Uri,
         body: &Bytes,
         form: KeyForm,
+        client: Option<IpAddr>,
     ) -> Result<Signed, Problem> {
         if self.backend.profile(profile).is_none() {
             return Err(Problem::not_found("ACME profile"));
@@ -453,7 +454,7 @@ impl AcmeServer {
             jws,
             urls,
             account,
-            client: None,
+            client,
         })
     }
 }
@@ -507,10 +508,9 @@ impl<P: KeyPolicy> axum::extract::FromRequest<Arc<AcmeServer>> for Verified<P> {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(peer)| peer.ip());
         let (headers, uri, body) = read_body(request).await?;
-        let mut signed = server
-            .authenticate(&profile, &headers, &uri, &body, P::FORM)
+        let signed = server
+            .authenticate(&profile, &headers, &uri, &body, P::FORM, client)
             .await?;
-        signed.client = client;
         Ok(Verified(signed, std::marker::PhantomData))
     }
 }
