@@ -56,11 +56,17 @@ struct Shared {
     stall: Stall,
 }
 
+/// How the bench polls a pending order: first after 5 ms, each wait 1.5 times the one
+/// before, for at most a minute.
+const POLL_FIRST: Duration = Duration::from_millis(5);
+const POLL_BACKOFF: f32 = 1.5;
+const POLL_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn retries() -> RetryPolicy {
     RetryPolicy::new()
-        .initial_delay(Duration::from_millis(5))
-        .backoff(1.5)
-        .timeout(Duration::from_secs(60))
+        .initial_delay(POLL_FIRST)
+        .backoff(POLL_BACKOFF)
+        .timeout(POLL_TIMEOUT)
 }
 
 impl AcmeBench {
@@ -222,10 +228,7 @@ async fn order(shared: &Shared, account: &Account, name: String) -> Result<(), S
         .finalize_csr(&csr)
         .await
         .map_err(|e| format!("finalize: {e}"))?;
-    let chain = order
-        .poll_certificate(&retries())
-        .await
-        .map_err(|e| format!("certificate: {e}"))?;
+    let chain = certificate(&mut order).await?;
     if let Some(path) = &shared.config.certificates_out {
         let _one_writer = shared.chains_out.lock().expect("writer lock");
         use std::io::Write as _;
@@ -237,6 +240,26 @@ async fn order(shared: &Shared, account: &Account, name: String) -> Result<(), S
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+/// The certificate chain of a finalized order. As lego and cert-manager do, an order that
+/// finalize answered `valid` is not fetched again before the download (instant-acme's
+/// `poll_certificate` always fetches it once more, as certbot does); an order still
+/// `processing` is polled as [`retries`] says.
+async fn certificate(order: &mut instant_acme::Order) -> Result<String, String> {
+    let mut delay = POLL_FIRST;
+    let deadline = Instant::now() + POLL_TIMEOUT;
+    loop {
+        match order.certificate().await {
+            Ok(Some(chain)) => return Ok(chain),
+            Ok(None) if Instant::now() < deadline => {
+                tokio::time::sleep(delay).await;
+                delay = delay.mul_f32(POLL_BACKOFF);
+            }
+            Ok(None) => return Err("certificate: still processing at the timeout".into()),
+            Err(e) => return Err(format!("certificate: {e}")),
+        }
+    }
 }
 
 /// A CSR for `name` (DNS SAN, empty subject) under a fresh P-256 key, in DER.
