@@ -895,11 +895,15 @@ async fn key_change(
 // ---------------------------------------------------------------------------------------
 
 impl AcmeServer {
-    /// The order's status now, derived from its authorizations while not finalized.
+    /// The order's status now, derived from its authorizations while not finalized, with
+    /// those authorizations (none are read for an order past `ready`: its status is stored).
     async fn order_view(
         &self,
         order: &OrderRecord,
     ) -> Result<(OrderStatus, Vec<AuthzRecord>), Problem> {
+        if !matches!(order.status, OrderStatus::Pending | OrderStatus::Ready) {
+            return Ok((order.status, Vec::new()));
+        }
         let now = self.now();
         let mut authzs = Vec::new();
         for id in &order.authz_ids {
@@ -910,22 +914,17 @@ impl AcmeServer {
                     .ok_or_else(|| Problem::internal("order without its authorization"))?,
             );
         }
-        let status = match order.status {
-            OrderStatus::Pending | OrderStatus::Ready => {
-                let statuses: Vec<_> = authzs.iter().map(|a| a.status_at(now)).collect();
-                if now >= order.expires
-                    || statuses
-                        .iter()
-                        .any(|s| !matches!(s, AuthzStatus::Pending | AuthzStatus::Valid))
-                {
-                    OrderStatus::Invalid
-                } else if statuses.iter().all(|s| *s == AuthzStatus::Valid) {
-                    OrderStatus::Ready
-                } else {
-                    OrderStatus::Pending
-                }
-            }
-            stored => stored,
+        let statuses: Vec<_> = authzs.iter().map(|a| a.status_at(now)).collect();
+        let status = if now >= order.expires
+            || statuses
+                .iter()
+                .any(|s| !matches!(s, AuthzStatus::Pending | AuthzStatus::Valid))
+        {
+            OrderStatus::Invalid
+        } else if statuses.iter().all(|s| *s == AuthzStatus::Valid) {
+            OrderStatus::Ready
+        } else {
+            OrderStatus::Pending
         };
         Ok((status, authzs))
     }
