@@ -56,17 +56,11 @@ struct Shared {
     stall: Stall,
 }
 
-/// How the bench polls a pending order: first after 5 ms, each wait 1.5 times the one
-/// before, for at most a minute.
-const POLL_FIRST: Duration = Duration::from_millis(5);
-const POLL_BACKOFF: f32 = 1.5;
-const POLL_TIMEOUT: Duration = Duration::from_secs(60);
-
 fn retries() -> RetryPolicy {
     RetryPolicy::new()
-        .initial_delay(POLL_FIRST)
-        .backoff(POLL_BACKOFF)
-        .timeout(POLL_TIMEOUT)
+        .initial_delay(Duration::from_millis(5))
+        .backoff(1.5)
+        .timeout(Duration::from_secs(60))
 }
 
 impl AcmeBench {
@@ -243,23 +237,20 @@ async fn order(shared: &Shared, account: &Account, name: String) -> Result<(), S
 }
 
 /// The certificate chain of a finalized order. As lego and cert-manager do, an order that
-/// finalize answered `valid` is not fetched again before the download (instant-acme's
-/// `poll_certificate` always fetches it once more, as certbot does); an order still
-/// `processing` is polled as [`retries`] says.
+/// finalize answered `valid` is downloaded without fetching it again (instant-acme's
+/// `poll_certificate` fetches it once more, as certbot does); any other is polled with
+/// [`retries`], which honours the server's Retry-After.
 async fn certificate(order: &mut instant_acme::Order) -> Result<String, String> {
-    let mut delay = POLL_FIRST;
-    let deadline = Instant::now() + POLL_TIMEOUT;
-    loop {
-        match order.certificate().await {
-            Ok(Some(chain)) => return Ok(chain),
-            Ok(None) if Instant::now() < deadline => {
-                tokio::time::sleep(delay).await;
-                delay = delay.mul_f32(POLL_BACKOFF);
-            }
-            Ok(None) => return Err("certificate: still processing at the timeout".into()),
-            Err(e) => return Err(format!("certificate: {e}")),
-        }
-    }
+    let chain = if order.state().status == OrderStatus::Valid {
+        order.certificate().await.and_then(|chain| {
+            chain.ok_or(instant_acme::Error::Str(
+                "a valid order without its certificate",
+            ))
+        })
+    } else {
+        order.poll_certificate(&retries()).await
+    };
+    chain.map_err(|e| format!("certificate: {e}"))
 }
 
 /// A CSR for `name` (DNS SAN, empty subject) under a fresh P-256 key, in DER.
