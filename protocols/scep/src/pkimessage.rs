@@ -11,17 +11,14 @@ use cms::content_info::{CmsVersion, ContentInfo};
 use cms::enveloped_data::{
     EncryptedContentInfo, EnvelopedData, RecipientIdentifier, RecipientInfo,
 };
-use cms::revocation::{RevocationInfoChoice, RevocationInfoChoices};
-use cms::signed_data::{
-    CertificateSet, DigestAlgorithmIdentifiers, EncapsulatedContentInfo, SignedData, SignerInfos,
-};
+use cms::revocation::RevocationInfoChoice;
+use cms::signed_data::{DigestAlgorithmIdentifiers, EncapsulatedContentInfo, SignedData};
 use const_oid::ObjectIdentifier;
 use der::asn1::{OctetString, PrintableStringRef, SetOfVec};
-use der::{Any, Decode, Encode, Tag, Tagged};
+use der::{Any, AnyRef, Decode, Encode, Sequence, Tag, Tagged};
 use spki::AlgorithmIdentifierOwned;
 use x509_cert::attr::Attribute;
 use x509_cert::certificate::{CertificateInner, Profile};
-use x509_cert::Certificate;
 
 use crate::crypto::{ContentCipher, CryptoError, Digest, RsaPrivateKey};
 use crate::loose::{IssuerAndSerial, RequesterCertificate, SignerId};
@@ -473,31 +470,51 @@ pub fn open<P: Profile>(
 /// A degenerate certificates-only SignedData (ContentInfo DER, RFC 8894 §3.4) holding
 /// `certificates` and `crls` (DER). DER sorts a SET OF, so the order is not kept: a reply
 /// that must single out one certificate carries only that one.
+///
+/// The certificates and CRLs go in as the DER they are: each is read only as far as its
+/// outer TLV (a well-formed DER value, or an error), not decoded into its fields and encoded
+/// again, and the SET OF is sorted by those bytes, as DER orders it.
 pub fn certs_only(certificates: &[Vec<u8>], crls: &[Vec<u8>]) -> Result<Vec<u8>, der::Error> {
-    let certificates = certificates
-        .iter()
-        .map(|der| Certificate::from_der(der).map(CertificateChoices::Certificate))
-        .collect::<Result<Vec<_>, _>>()?;
-    let crls = crls
-        .iter()
-        .map(|der| x509_cert::crl::CertificateList::from_der(der).map(RevocationInfoChoice::Crl))
-        .collect::<Result<Vec<_>, _>>()?;
-    let signed = SignedData {
+    let signed = CertsOnlySignedData {
         version: CmsVersion::V1,
         digest_algorithms: DigestAlgorithmIdentifiers::try_from(vec![])?,
         encap_content_info: EncapsulatedContentInfo {
             econtent_type: oid::DATA,
             econtent: None,
         },
-        certificates: (!certificates.is_empty())
-            .then(|| SetOfVec::try_from(certificates).map(CertificateSet))
-            .transpose()?,
-        crls: (!crls.is_empty())
-            .then(|| SetOfVec::try_from(crls).map(RevocationInfoChoices))
-            .transpose()?,
-        signer_infos: SignerInfos(SetOfVec::try_from(vec![])?),
+        certificates: der_set_of(certificates)?,
+        crls: der_set_of(crls)?,
+        signer_infos: SetOfVec::new(),
     };
     content_info(oid::SIGNED_DATA, &signed)
+}
+
+/// DER values as a SET OF, sorted; `None` when there are none (an absent OPTIONAL field).
+fn der_set_of(values: &[Vec<u8>]) -> Result<Option<SetOfVec<AnyRef<'_>>>, der::Error> {
+    if values.is_empty() {
+        return Ok(None);
+    }
+    let values = values
+        .iter()
+        .map(|der| AnyRef::from_der(der))
+        .collect::<Result<Vec<_>, _>>()?;
+    SetOfVec::try_from(values).map(Some)
+}
+
+/// SignedData (RFC 5652 §5.1) as a certificates-only message has it: version 1, no digest
+/// algorithms, no content, no signers; `certificates` (`[0] IMPLICIT CertificateSet`) and
+/// `crls` (`[1] IMPLICIT RevocationInfoChoices`) each a SET OF values kept as their DER.
+#[derive(Sequence)]
+struct CertsOnlySignedData<'a> {
+    version: CmsVersion,
+    digest_algorithms: DigestAlgorithmIdentifiers,
+    encap_content_info: EncapsulatedContentInfo,
+    #[asn1(context_specific = "0", tag_mode = "IMPLICIT", optional = "true")]
+    certificates: Option<SetOfVec<AnyRef<'a>>>,
+    #[asn1(context_specific = "1", tag_mode = "IMPLICIT", optional = "true")]
+    crls: Option<SetOfVec<AnyRef<'a>>>,
+    /// Always empty.
+    signer_infos: SetOfVec<AnyRef<'a>>,
 }
 
 /// What a certificates-only SignedData carries.
@@ -532,4 +549,115 @@ pub fn certificates_of(der_bytes: &[u8]) -> Result<CertsOnly, FormatError> {
         })
         .collect();
     Ok(CertsOnly { certificates, crls })
+}
+
+#[cfg(test)]
+mod tests {
+    use cms::cert::CertificateChoices;
+    use cms::revocation::RevocationInfoChoices;
+    use cms::signed_data::{CertificateSet, SignerInfos};
+    use x509_cert::crl::CertificateList;
+    use x509_cert::Certificate;
+
+    use super::*;
+
+    /// What `certs_only` must produce, built from the `cms` crate's own types (every value
+    /// decoded and encoded again): the oracle for the DER-as-is version.
+    fn certs_only_by_cms_types(certificates: &[Vec<u8>], crls: &[Vec<u8>]) -> Vec<u8> {
+        let certificates: Vec<_> = certificates
+            .iter()
+            .map(|der| CertificateChoices::Certificate(Certificate::from_der(der).unwrap()))
+            .collect();
+        let crls: Vec<_> = crls
+            .iter()
+            .map(|der| RevocationInfoChoice::Crl(CertificateList::from_der(der).unwrap()))
+            .collect();
+        let signed = SignedData {
+            version: CmsVersion::V1,
+            digest_algorithms: DigestAlgorithmIdentifiers::try_from(vec![]).unwrap(),
+            encap_content_info: EncapsulatedContentInfo {
+                econtent_type: oid::DATA,
+                econtent: None,
+            },
+            certificates: (!certificates.is_empty())
+                .then(|| CertificateSet(SetOfVec::try_from(certificates).unwrap())),
+            crls: (!crls.is_empty())
+                .then(|| RevocationInfoChoices(SetOfVec::try_from(crls).unwrap())),
+            signer_infos: SignerInfos(SetOfVec::new()),
+        };
+        content_info(oid::SIGNED_DATA, &signed).unwrap()
+    }
+
+    /// Certificates of different key types and name lengths (so of different lengths and
+    /// contents to sort), all issued by the first, and a CRL of it.
+    fn chain_and_crl() -> (Vec<Vec<u8>>, Vec<u8>) {
+        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(vec![]).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "certs-only test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+        let mut certificates = vec![ca.der().to_vec()];
+        let algorithms = [
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+            &rcgen::PKCS_ED25519,
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+        ];
+        for (n, algorithm) in algorithms.into_iter().enumerate() {
+            let key = rcgen::KeyPair::generate_for(algorithm).unwrap();
+            let names = vec![format!("{}.example.test", "a".repeat(1 + 40 * n))];
+            let params = rcgen::CertificateParams::new(names).unwrap();
+            certificates.push(params.signed_by(&key, &issuer).unwrap().der().to_vec());
+        }
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2026, 1, 1),
+            next_update: rcgen::date_time_ymd(2026, 2, 1),
+            crl_number: rcgen::SerialNumber::from(7u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![],
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer)
+        .unwrap();
+        (certificates, crl.der().to_vec())
+    }
+
+    #[test]
+    fn certs_only_is_the_der_the_cms_types_give() {
+        let (certificates, crl) = chain_and_crl();
+        let crls = [crl];
+        for (certs, crls) in [
+            (&certificates[..], &crls[..0]),
+            (&certificates[..1], &crls[..0]),
+            (&certificates[..0], &crls[..]),
+            (&certificates[..], &crls[..]),
+        ] {
+            assert_eq!(
+                certs_only(certs, crls).unwrap(),
+                certs_only_by_cms_types(certs, crls)
+            );
+        }
+        // In any order given, the SET OF comes out sorted, the same.
+        let reversed: Vec<_> = certificates.iter().rev().cloned().collect();
+        assert_eq!(
+            certs_only(&reversed, &[]).unwrap(),
+            certs_only(&certificates, &[]).unwrap()
+        );
+        // And it reads back.
+        let read = certificates_of(&certs_only(&certificates, &crls).unwrap()).unwrap();
+        let mut expected = certificates.clone();
+        expected.sort();
+        let mut got = read.certificates;
+        got.sort();
+        assert_eq!(got, expected);
+        assert_eq!(read.crls, crls);
+    }
+
+    #[test]
+    fn certs_only_refuses_what_is_not_der() {
+        assert!(certs_only(&[vec![0x30, 0x05, 0x01]], &[]).is_err());
+        assert!(certs_only(&[], &[vec![]]).is_err());
+    }
 }
