@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{config_for, csr, p256, start_with};
-use rampart::clock::ManualClock;
+use rampart::clock::{ManualClock, SystemClock};
 use rampart::config::RoleConfig;
 use rampart::model::{Credential, Identity};
 use rampart::pipeline::ApprovalError;
@@ -23,15 +23,21 @@ fn identity(name: &str, role: &str) -> Identity {
     }
 }
 
-#[tokio::test]
-async fn rate_limits_count_a_rolling_day_and_dry_runs_spend_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = config_for(dir.path());
+/// The test configuration with the `server` template limited to `limit` a day.
+fn server_limited_to(dir: &std::path::Path, limit: u32) -> rampart::config::Config {
+    let mut config = config_for(dir);
     config
         .templates
         .get_mut("server")
         .unwrap()
-        .rate_limit_per_day = Some(2);
+        .rate_limit_per_day = Some(limit);
+    config
+}
+
+#[tokio::test]
+async fn rate_limits_count_a_rolling_day_and_dry_runs_spend_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = server_limited_to(dir.path(), 2);
     let clock = ManualClock::new(time::OffsetDateTime::now_utc());
     let d = start_with(config, Arc::new(clock.clone()), None).await;
 
@@ -105,6 +111,67 @@ async fn rate_limits_count_a_rolling_day_and_dry_runs_spend_nothing() {
     );
     let (status, body) = d.enroll(&request("r4.test"), "server").await;
     assert_eq!(status, 201, "{body}");
+    d.daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_of_one_identity_cannot_pass_its_limit_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = server_limited_to(dir.path(), 5);
+    let d = Arc::new(start_with(config.clone(), Arc::new(SystemClock), None).await);
+
+    // 16 at once: exactly 5 are issued, whatever the interleaving; the others are refused
+    // with the limit's rule.
+    let requests: Vec<_> = (0..16)
+        .map(|n| {
+            let d = d.clone();
+            let name = format!("c{n}.test");
+            let csr = csr(&p256(), Some(&name), &[&name]);
+            tokio::spawn(async move { d.enroll(&csr, "server").await })
+        })
+        .collect();
+    let mut issued = 0;
+    for request in requests {
+        let (status, body) = request.await.unwrap();
+        match status {
+            201 => issued += 1,
+            429 => assert_eq!(body["rule"], "rate_limited", "{body}"),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(issued, 5);
+    // Another identity has its own count.
+    let (status, key) = d
+        .post(
+            "/api/v1/api-keys",
+            json!({"identity": "ci", "roles": ["admin"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{key}");
+    let status = d
+        .http
+        .post(format!("{}/api/v1/enrollments", d.url))
+        .bearer_auth(key["token"].as_str().unwrap())
+        .json(&json!({"csr": csr(&p256(), Some("o.test"), &["o.test"]), "template": "server"}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 201);
+
+    // The count is kept across a restart.
+    let d = Arc::into_inner(d).expect("no request left");
+    let key = d.key.clone();
+    d.daemon.shutdown().await;
+    let d = start_with(config, Arc::new(SystemClock), Some(key)).await;
+    let (status, body) = d
+        .enroll(&csr(&p256(), Some("r.test"), &["r.test"]), "server")
+        .await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("5 of 5"),
+        "{body}"
+    );
     d.daemon.shutdown().await;
 }
 

@@ -7,6 +7,7 @@
 
 pub mod dns;
 pub mod events;
+mod rate_window;
 mod refusals;
 pub mod resources;
 pub mod submission;
@@ -132,6 +133,8 @@ struct Approved<'a> {
     trace: Vec<Step>,
     /// The address the request came from, if it came over the network.
     client: Option<IpAddr>,
+    /// Its place in a rate-limited template's count, taken when policy decided.
+    reservation: Option<rate_window::Reservation>,
 }
 
 /// Whom a refusal before any request is recorded under.
@@ -156,20 +159,12 @@ pub struct Pipeline {
     other_cas: Arc<BTreeMap<String, Arc<dyn CaAdapter>>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
-    /// Serialises decide-and-issue on rate-limited templates, so concurrent requests cannot
-    /// all see the same count.
-    rate_gate: Arc<tokio::sync::Mutex<()>>,
+    /// Issuances per (template, identity) over the last day, for rate-limited templates.
+    rate_windows: Arc<rate_window::RateWindows>,
     /// Resource ownership look-ups (policy layer 3), cached.
     resources: Arc<resources::Directory>,
     /// How many refusals before a request this minute's audit holds.
     refusals: Arc<std::sync::Mutex<refusals::RefusalWindow>>,
-}
-
-/// Store namespace of issuance times on rate-limited templates.
-const RATE_LIMIT_NAMESPACE: &str = "ratelimit";
-
-fn rate_limit_prefix(template: &str, identity: &str) -> String {
-    format!("{template}/{}/", hex::encode(identity))
 }
 
 impl Pipeline {
@@ -188,7 +183,7 @@ impl Pipeline {
             other_cas: Arc::default(),
             clock,
             metrics,
-            rate_gate: Arc::default(),
+            rate_windows: Arc::default(),
             resources: Arc::default(),
             refusals: Arc::default(),
         }
@@ -415,31 +410,6 @@ impl Pipeline {
             .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
     }
 
-    /// Certificates `identity` got on `template` in the 24 hours before now; older entries
-    /// are dropped on the way.
-    fn issued_last_day(&self, template: &str, identity: &str) -> Result<u32, StoreError> {
-        let cutoff = (self.clock.now() - Duration::days(1)).unix_timestamp_nanos();
-        let mut count = 0;
-        for (key, _) in self
-            .store
-            .protocol_scan(RATE_LIMIT_NAMESPACE, &rate_limit_prefix(template, identity))?
-        {
-            // `<prefix><issued at, ns>.<request id>`
-            let at: i128 = key
-                .rsplit('/')
-                .next()
-                .and_then(|t| t.split('.').next())
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(0);
-            if at < cutoff {
-                self.store.protocol_take(RATE_LIMIT_NAMESPACE, &key)?;
-            } else {
-                count += 1;
-            }
-        }
-        Ok(count)
-    }
-
     /// Submit an enrollment request: decide, and issue when approved.
     pub async fn submit(&self, request: EnrollmentRequest) -> Result<Outcome, PipelineError> {
         let parsed = VerifiedCsr::parse(&request.csr_der);
@@ -471,26 +441,42 @@ impl Pipeline {
             .templates
             .get(&request.template)
             .is_some_and(|t| t.rate_limit_per_day.is_some());
-        let _gate = match limited {
-            true => Some(self.rate_gate.lock().await),
-            false => None,
+        // A place in the day's count, held until the request is issued or ends otherwise. A
+        // store that cannot be read counts as the limit reached (the template layer says so).
+        let (reservation, issued_last_day) = match limited {
+            true => match self.rate_windows.reserve(
+                self.store.as_ref(),
+                &request.template,
+                &request.identity.name,
+                self.clock.now(),
+            ) {
+                Ok(reservation) => {
+                    let before = reservation.count_before();
+                    (Some(reservation), Some(before))
+                }
+                Err(_) => (None, Some(u32::MAX)),
+            },
+            false => (None, None),
         };
         let started = Instant::now();
         let Assessment {
             csr,
             identifiers,
             evaluation,
-        } = self.assess_csr(&request, parsed).await;
+        } = self.assess_csr(&request, parsed, issued_last_day).await;
         let (csr, approval) = match (csr, evaluation.decision) {
             (Some(csr), Decision::Approved(approval)) => (csr, approval),
             (_, Decision::Denied(denial)) => {
+                drop(reservation);
                 return self
                     .deny(&request, identifiers, denial, evaluation.trace)
-                    .await
+                    .await;
             }
             (None, Decision::Approved(_)) => unreachable!("an unreadable CSR is never approved"),
         };
         if let Some(reason) = approval.needs_approval.clone() {
+            // Counted when an approver lets it through and it is issued.
+            drop(reservation);
             return self
                 .hold(&request, approval, evaluation.trace, reason)
                 .await;
@@ -512,6 +498,7 @@ impl Pipeline {
             renews: request.renews.clone(),
             trace: evaluation.trace,
             client: request.client,
+            reservation,
         };
         if let Some(issuing) = issuing {
             // The caller may be gone: then nobody waits.
@@ -638,6 +625,7 @@ impl Pipeline {
                 detail: format!("approved by {}", approver.name),
             }],
             client: record.client,
+            reservation: None,
         };
         let event = events::request(
             EventKind::RequestApproved,
@@ -775,15 +763,18 @@ impl Pipeline {
 
     /// Decide on a request without recording or issuing anything (dry run: `policy check`).
     pub async fn assess(&self, request: &EnrollmentRequest) -> Assessment {
-        self.assess_csr(request, VerifiedCsr::parse(&request.csr_der))
+        self.assess_csr(request, VerifiedCsr::parse(&request.csr_der), None)
             .await
     }
 
-    /// [`Pipeline::assess`] with the request's CSR parsed (or the reason it could not be).
+    /// [`Pipeline::assess`] with the request's CSR parsed (or the reason it could not be),
+    /// and, on a rate-limited template, the day's count when the caller reserved a place in
+    /// it (`None`: the count as it stands, nothing reserved).
     async fn assess_csr(
         &self,
         request: &EnrollmentRequest,
         parsed: Result<VerifiedCsr, CsrError>,
+        reserved_count: Option<u32>,
     ) -> Assessment {
         let csr = match parsed {
             Ok(csr) => csr,
@@ -811,11 +802,18 @@ impl Pipeline {
             .get(&request.template)
             .is_some_and(|t| t.rate_limit_per_day.is_some());
         // A store that cannot be read counts as the limit reached (the template layer says so).
-        let issued_last_day = match limited {
-            true => self
-                .issued_last_day(&request.template, &request.identity.name)
+        let issued_last_day = match (limited, reserved_count) {
+            (true, Some(count)) => count,
+            (true, None) => self
+                .rate_windows
+                .count(
+                    self.store.as_ref(),
+                    &request.template,
+                    &request.identity.name,
+                    self.clock.now(),
+                )
                 .unwrap_or(u32::MAX),
-            false => 0,
+            (false, _) => 0,
         };
         // Layer 3's input: who owns the resources the request concerns.
         let config = self.config.load_full();
@@ -928,6 +926,7 @@ impl Pipeline {
             renews: None,
             trace: vec![],
             client: None,
+            reservation: None,
         };
         self.issue(approved).await
     }
@@ -1174,24 +1173,25 @@ impl Pipeline {
             Some(old) => events::renewed(&record, old, audit.time),
             None => events::issued(&record, audit.time),
         };
-        let stored = record.clone();
-        self.with_store(move |store| store.complete_issuance(&stored, &audit, &event))
-            .await?;
         if self
             .config()
             .templates
             .get(&record.template)
             .is_some_and(|t| t.rate_limit_per_day.is_some())
         {
-            let key = format!(
-                "{}{:020}.{}",
-                rate_limit_prefix(&record.template, &record.owner),
-                now.unix_timestamp_nanos(),
-                record.request_id
-            );
-            self.with_store(move |store| store.protocol_put(RATE_LIMIT_NAMESPACE, &key, b"", true))
-                .await?;
+            // Its mark is written now; complete_issuance's flush makes it durable.
+            self.rate_windows.record(
+                self.store.as_ref(),
+                &record.template,
+                &record.owner,
+                now,
+                record.request_id,
+                approved.reservation,
+            )?;
         }
+        let stored = record.clone();
+        self.with_store(move |store| store.complete_issuance(&stored, &audit, &event))
+            .await?;
         tracing::info!(request_id = %record.request_id, serial = %record.serial, owner = %record.owner, "certificate issued");
         Ok(record)
     }

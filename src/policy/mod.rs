@@ -117,8 +117,9 @@ pub struct PolicyRequest<'a> {
     pub key_type: KeyType,
     /// Lifetime asked for, if any.
     pub validity_days: Option<u32>,
-    /// Certificates this identity got on this template in the last 24 hours (counted by
-    /// the pipeline when the template has a rate limit).
+    /// Certificates this identity got on this template in the last 24 hours, and those of
+    /// its approved requests being issued (counted by the pipeline when the template has a
+    /// rate limit).
     pub issued_last_day: u32,
     /// The resources the request concerns ([`resources::concerned`]) as the pipeline
     /// looked them up.

@@ -83,7 +83,7 @@ pub fn check(template: &TemplateConfig, request: &PolicyRequest<'_>) -> Result<A
             return deny(
                 "rate_limited",
                 format!(
-                    "{} of {limit} certificates on template `{}` in the last 24 hours",
+                    "{} of {limit} certificates on template `{}` in the last 24 hours (issued or being issued)",
                     request.issued_last_day, request.template
                 ),
             );
