@@ -1179,7 +1179,9 @@ impl Pipeline {
             .get(&record.template)
             .is_some_and(|t| t.rate_limit_per_day.is_some())
         {
-            // Its mark is written now; complete_issuance's flush makes it durable.
+            // Its mark is written now; complete_issuance's flush makes it durable. Should that
+            // change fail, the mark stays: the identity is counted a certificate more, never
+            // one less.
             self.rate_windows.record(
                 self.store.as_ref(),
                 &record.template,

@@ -201,12 +201,18 @@ impl RateWindows {
         }
         let (result, expired) = {
             let mut windows = lock(&self.windows);
-            let window = windows.entry(key).or_default();
+            let window = windows.entry(key.clone()).or_default();
             let mut expired = Vec::new();
             while window.issued.front().is_some_and(|&(t, _)| t < cutoff) {
                 expired.extend(window.issued.pop_front());
             }
-            (f(window), expired)
+            let result = f(window);
+            // A window with nothing in it is read again (from no marks) when next needed:
+            // memory holds only the identities with issuances in the last day.
+            if window.issued.is_empty() && window.reserved == 0 {
+                windows.remove(&key);
+            }
+            (result, expired)
         };
         for (at, request_id) in expired {
             store.protocol_delete(
@@ -264,6 +270,27 @@ mod tests {
         assert_eq!(windows.count(&store, "server", "ci", now).unwrap(), 1);
         let third = windows.reserve(&store, "server", "ci", now).unwrap();
         assert_eq!(third.count_before(), 1);
+    }
+
+    #[test]
+    fn only_windows_with_something_in_them_stay_in_memory() {
+        let (_dir, store) = store();
+        let windows = RateWindows::default();
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(windows.count(&store, "server", "idle", now).unwrap(), 0);
+        let reservation = windows.reserve(&store, "server", "busy", now).unwrap();
+        windows
+            .record(&store, "server", "done", now, Uuid::now_v7(), None)
+            .unwrap();
+        let in_memory = |windows: &RateWindows| lock(&windows.windows).len();
+        assert_eq!(in_memory(&windows), 2);
+        drop(reservation);
+        assert_eq!(windows.count(&store, "server", "busy", now).unwrap(), 0);
+        assert_eq!(in_memory(&windows), 1);
+        // A day later the last one goes too.
+        let later = now + time::Duration::hours(25);
+        assert_eq!(windows.count(&store, "server", "done", later).unwrap(), 0);
+        assert_eq!(in_memory(&windows), 0);
     }
 
     #[test]
