@@ -2,7 +2,8 @@
 //! adapter, numbered from a counter kept in the store, listing every revoked certificate
 //! with its time and reason. The current CRL is kept in memory and replaced after every
 //! revocation and once half of its validity has passed, so every reader (SCEP GetCRL, the
-//! publication endpoint) gets a fresh one without re-signing on each request.
+//! publication endpoint) gets a fresh one without re-signing on each request, nor reading
+//! the revoked certificates unless one was revoked since (the store counts revocations).
 
 use time::{Duration, OffsetDateTime};
 use tokio::sync::Mutex;
@@ -28,7 +29,8 @@ pub enum CrlError {
 #[derive(Debug)]
 struct Current {
     der: Vec<u8>,
-    revoked: usize,
+    /// [`crate::store::Store::revocations_since_open`] before its list was read.
+    revocations: u64,
     this_update: OffsetDateTime,
     next_update: OffsetDateTime,
 }
@@ -53,6 +55,15 @@ impl Crls {
     /// last, or half of its validity has passed.
     pub async fn current(&self) -> Result<Vec<u8>, CrlError> {
         let mut current = self.current.lock().await;
+        // Read before the list: a revocation in between makes the next call sign again.
+        let revocations = self.pipeline.store().revocations_since_open();
+        let now = self.pipeline.clock().now();
+        if let Some(crl) = current.as_ref() {
+            let half = crl.this_update + (crl.next_update - crl.this_update) / 2;
+            if crl.revocations == revocations && now < half {
+                return Ok(crl.der.clone());
+            }
+        }
         // Only the built-in CA's certificates: upstream CAs publish their own revocations.
         let own_issuer = self.pipeline.ca().id().to_string();
         let only_built_in = !self.pipeline.has_other_cas();
@@ -75,13 +86,6 @@ impl Crls {
                 Ok(kept)
             })
             .await?;
-        let now = self.pipeline.clock().now();
-        if let Some(crl) = current.as_ref() {
-            let half = crl.this_update + (crl.next_update - crl.this_update) / 2;
-            if crl.revoked == revoked.len() && now < half {
-                return Ok(crl.der.clone());
-            }
-        }
         let number = self
             .pipeline
             .with_store(|store| {
@@ -114,7 +118,7 @@ impl Crls {
         tracing::info!(number, entries = order.revoked.len(), "signed a CRL");
         *current = Some(Current {
             der: der.clone(),
-            revoked: revoked.len(),
+            revocations,
             this_update: order.this_update,
             next_update: order.next_update,
         });

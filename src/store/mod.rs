@@ -383,6 +383,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Every revoked certificate's serial and revocation, in serial order.
     fn revoked(&self) -> Result<Vec<(String, Revocation)>, StoreError>;
 
+    /// Revocations recorded since the store was opened: it moves exactly when
+    /// [`Store::revoked`] changes, so a list read after it was `n` is current while it is.
+    fn revocations_since_open(&self) -> u64;
+
     /// Store a new API key with its audit entry. Durable on return.
     fn insert_api_key(&self, key: &ApiKeyRecord, audit: &AuditEntry) -> Result<(), StoreError>;
 

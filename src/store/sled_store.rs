@@ -313,6 +313,8 @@ pub struct SledStore {
     catalog_pending: std::sync::atomic::AtomicUsize,
     /// Issuances since the SAN catalog was last saved (or the store opened).
     issued_since_save: std::sync::atomic::AtomicU64,
+    /// [`Store::revocations_since_open`].
+    revocations: std::sync::atomic::AtomicU64,
     /// Set when an issuance failed after its audit record may have been written: its
     /// certificate may be missing from the catalog, which is then not saved (the next
     /// open rebuilds it).
@@ -1434,6 +1436,7 @@ impl SledStore {
             san_loader: std::sync::Mutex::new(loader),
             catalog_pending: Default::default(),
             issued_since_save: Default::default(),
+            revocations: Default::default(),
             catalog_unsure: Default::default(),
         })
     }
@@ -2097,6 +2100,16 @@ impl Store for SledStore {
             tx.push_event(event)?;
             Ok(RevokeOutcome::Revoked(Box::new(cert)))
         })
+        .inspect(|outcome| {
+            if matches!(outcome, RevokeOutcome::Revoked(_)) {
+                self.revocations
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    }
+
+    fn revocations_since_open(&self) -> u64 {
+        self.revocations.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn revoked(&self) -> Result<Vec<(String, Revocation)>, StoreError> {
@@ -2704,6 +2717,21 @@ mod tests {
             cert.status = StoredStatus::Revoked;
             cert.revocation = Some(revocation.clone());
         }
+        // The revocation count moves with the revoked list, and only with it.
+        assert_eq!(store.revocations_since_open(), 2);
+        for serial in [all[0].serial.as_str(), "ffff"] {
+            let outcome = store
+                .revoke(
+                    serial,
+                    &revocation,
+                    &entry(now, AuditAction::Revoked),
+                    &issued_event(now),
+                )
+                .unwrap();
+            assert!(!matches!(outcome, RevokeOutcome::Revoked(_)));
+        }
+        assert_eq!(store.revocations_since_open(), 2);
+        assert_eq!(store.revoked().unwrap().len(), 2);
         assert_eq!(store.t.certificates.get("0e01").unwrap().unwrap()[0], 1);
         drop(store);
 
