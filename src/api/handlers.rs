@@ -115,7 +115,8 @@ pub async fn enroll(
                 .common_name
                 .clone()
                 .or_else(|| identifiers.first().map(Identifier::value));
-            let generated = keygen::key_and_csr(key_type, common_name.as_deref(), &identifiers)
+            let generated = crate::pipeline::keygen::generate(key_type, common_name, identifiers)
+                .await
                 .map_err(|e| ApiError::bad_request("bad_request", e))?;
             let der = generated.csr_der.clone();
             (der, Some(generated), KeySource::Generated { key_type })

@@ -31,7 +31,6 @@ use crate::model::{
     Protocol,
 };
 use crate::pipeline::{events, Outcome, Pipeline, PipelineError};
-use crate::pkix::keygen;
 use crate::store::{CertificateQuery, EventKind, RequestState, StoreError};
 
 const NAMESPACE: &str = "renewal";
@@ -486,11 +485,13 @@ impl Scheduler {
         let (csr_der, key) = match &managed.key {
             KeySource::Csr { csr_der } => (csr_der.clone(), None),
             KeySource::Generated { key_type } => {
-                match keygen::key_and_csr(
+                match crate::pipeline::keygen::generate(
                     *key_type,
-                    managed.common_name.as_deref(),
-                    &managed.identifiers,
-                ) {
+                    managed.common_name.clone(),
+                    managed.identifiers.clone(),
+                )
+                .await
+                {
                     Ok(generated) => (generated.csr_der, Some(generated.pkcs8)),
                     Err(reason) => return Attempt::Failed(reason),
                 }

@@ -7,6 +7,7 @@
 
 pub mod dns;
 pub mod events;
+pub mod keygen;
 mod rate_window;
 mod refusals;
 pub mod resources;
