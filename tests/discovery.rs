@@ -393,17 +393,11 @@ async fn the_api_needs_a_managing_role_and_refuses_bad_input() {
     let der = std::fs::read(fixtures().join("nested/cert.der")).unwrap();
     let good = json!({"source": "file", "location": "/x", "certificates": [b64(&der)]});
 
-    let (status, key) = d
-        .post(
-            "/api/v1/api-keys",
-            json!({"identity": "viewer", "roles": ["scep-demo"]}),
-        )
-        .await;
-    assert_eq!(status, 201, "{key}");
+    let key = d.new_api_key("viewer", &["scep-demo"]).await;
     let viewer = common::TestDaemon {
         daemon: d.daemon,
         url: d.url.clone(),
-        key: key["token"].as_str().unwrap().to_string(),
+        key,
         http: d.http.clone(),
     };
     let (status, body) = viewer.post("/api/v1/discovery", good.clone()).await;

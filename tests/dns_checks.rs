@@ -111,14 +111,7 @@ async fn names_must_resolve_into_the_roles_ranges_and_zones() {
         },
     );
     let d = common::start_with(config, Arc::new(SystemClock), None).await;
-    let (status, key) = d
-        .post(
-            "/api/v1/api-keys",
-            json!({"identity": "web-bot", "roles": ["web"]}),
-        )
-        .await;
-    assert_eq!(status, 201, "{key}");
-    let token = key["token"].as_str().unwrap().to_string();
+    let token = d.new_api_key("web-bot", &["web"]).await;
     let enroll = |name: &'static str| {
         let d = &d;
         let token = token.clone();

@@ -141,17 +141,11 @@ async fn concurrent_requests_of_one_identity_cannot_pass_its_limit_together() {
     }
     assert_eq!(issued, 5);
     // Another identity has its own count.
-    let (status, key) = d
-        .post(
-            "/api/v1/api-keys",
-            json!({"identity": "ci", "roles": ["admin"]}),
-        )
-        .await;
-    assert_eq!(status, 201, "{key}");
+    let token = d.new_api_key("ci", &["admin"]).await;
     let status = d
         .http
         .post(format!("{}/api/v1/enrollments", d.url))
-        .bearer_auth(key["token"].as_str().unwrap())
+        .bearer_auth(token)
         .json(&json!({"csr": csr(&p256(), Some("o.test"), &["o.test"]), "template": "server"}))
         .send()
         .await

@@ -94,14 +94,8 @@ async fn resources_must_belong_to_the_requesters_team() {
     let d = common::start_with(config, Arc::new(SystemClock), None).await;
     let mut tokens = std::collections::HashMap::new();
     for team in ["web", "payments"] {
-        let (status, key) = d
-            .post(
-                "/api/v1/api-keys",
-                json!({"identity": format!("{team}-bot"), "roles": [team]}),
-            )
-            .await;
-        assert_eq!(status, 201, "{key}");
-        tokens.insert(team, key["token"].as_str().unwrap().to_string());
+        let token = d.new_api_key(&format!("{team}-bot"), &[team]).await;
+        tokens.insert(team, token);
     }
     let enroll = |name: &str, template: &str, resource: Option<&str>| {
         json!({"csr": common::csr(&common::p256(), Some(name), &[name]),

@@ -411,6 +411,14 @@ impl Pipeline {
             .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
     }
 
+    /// Whether `template` has a `rate_limit_per_day` (its issuances are counted).
+    fn rate_limited(&self, template: &str) -> bool {
+        self.config()
+            .templates
+            .get(template)
+            .is_some_and(|t| t.rate_limit_per_day.is_some())
+    }
+
     /// Submit an enrollment request: decide, and issue when approved.
     pub async fn submit(&self, request: EnrollmentRequest) -> Result<Outcome, PipelineError> {
         let parsed = VerifiedCsr::parse(&request.csr_der);
@@ -437,11 +445,7 @@ impl Pipeline {
         parsed: Result<VerifiedCsr, CsrError>,
         issuing: Option<tokio::sync::oneshot::Sender<()>>,
     ) -> Result<Outcome, PipelineError> {
-        let limited = self
-            .config()
-            .templates
-            .get(&request.template)
-            .is_some_and(|t| t.rate_limit_per_day.is_some());
+        let limited = self.rate_limited(&request.template);
         // A place in the day's count, held until the request is issued or ends otherwise. A
         // store that cannot be read counts as the limit reached (the template layer says so).
         let (reservation, issued_last_day) = match limited {
@@ -797,11 +801,7 @@ impl Pipeline {
             }
         };
         let identifiers = requested_identifiers(request, &csr);
-        let limited = self
-            .config()
-            .templates
-            .get(&request.template)
-            .is_some_and(|t| t.rate_limit_per_day.is_some());
+        let limited = self.rate_limited(&request.template);
         // A store that cannot be read counts as the limit reached (the template layer says so).
         let issued_last_day = match (limited, reserved_count) {
             (true, Some(count)) => count,
@@ -1174,12 +1174,7 @@ impl Pipeline {
             Some(old) => events::renewed(&record, old, audit.time),
             None => events::issued(&record, audit.time),
         };
-        if self
-            .config()
-            .templates
-            .get(&record.template)
-            .is_some_and(|t| t.rate_limit_per_day.is_some())
-        {
+        if self.rate_limited(&record.template) {
             // Its mark is written now; complete_issuance's flush makes it durable. Should that
             // change fail, the mark stays: the identity is counted a certificate more, never
             // one less.

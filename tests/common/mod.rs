@@ -104,6 +104,18 @@ impl TestDaemon {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
+    /// A new API key for `identity` with `roles`, made through the API: its token.
+    pub async fn new_api_key(&self, identity: &str, roles: &[&str]) -> String {
+        let (status, key) = self
+            .post(
+                "/api/v1/api-keys",
+                serde_json::json!({"identity": identity, "roles": roles}),
+            )
+            .await;
+        assert_eq!(status, 201, "{key}");
+        key["token"].as_str().unwrap().to_string()
+    }
+
     pub async fn enroll(&self, csr: &str, template: &str) -> (u16, Value) {
         self.post(
             "/api/v1/enrollments",
