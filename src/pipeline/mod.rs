@@ -164,6 +164,8 @@ pub struct Pipeline {
     rate_windows: Arc<rate_window::RateWindows>,
     /// Resource ownership look-ups (policy layer 3), cached.
     resources: Arc<resources::Directory>,
+    /// The resolver of layer 2's DNS checks.
+    dns: Arc<dns::PolicyDns>,
     /// How many refusals before a request this minute's audit holds.
     refusals: Arc<std::sync::Mutex<refusals::RefusalWindow>>,
 }
@@ -186,6 +188,7 @@ impl Pipeline {
             metrics,
             rate_windows: Arc::default(),
             resources: Arc::default(),
+            dns: Arc::default(),
             refusals: Arc::default(),
         }
     }
@@ -243,6 +246,7 @@ impl Pipeline {
         self.store.append_audit(&audit).map_err(|e| e.to_string())?;
         self.config.store(Arc::new(merged));
         self.resources.clear();
+        self.dns.clear();
         tracing::info!(changed = ?changed, needs_restart = ?needs_restart, by = %actor, "policy reloaded");
         Ok(needs_restart)
     }
@@ -833,7 +837,7 @@ impl Pipeline {
         };
         // Layer 2's input for roles with DNS checks: what the DNS says about the names.
         let dns_facts = match policy::needs_dns(&config, &request.identity, &request.template) {
-            true => Some(dns::facts(&config.policy, &identifiers).await),
+            true => Some(self.dns.facts(&config.policy, &identifiers).await),
             false => None,
         };
         let mut evaluation = policy::evaluate(
