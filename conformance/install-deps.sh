@@ -29,6 +29,8 @@ command -v uacme >/dev/null 2>&1 || missing+=(uacme)
 command -v acmetool >/dev/null 2>&1 || missing+=(acmetool)
 command -v lacme >/dev/null 2>&1 || [[ -x /usr/sbin/lacme ]] || missing+=(lacme)
 command -v lacme-accountd >/dev/null 2>&1 || missing+=(lacme-accountd)
+# HAProxy, the TCP-level proxy (PROXY protocol v1 and v2) of proxy-protocol-haproxy.sh; in /usr/sbin.
+command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
 # Pebble (Let's Encrypt's test ACME CA), the upstream CA of acme-upstream-pebble.sh.
 command -v pebble >/dev/null 2>&1 || missing+=(pebble)
 # acme-tiny, and Ruby's acme-client gem with WEBrick (its http-01 responder), for acme-tiny-ruby.sh.

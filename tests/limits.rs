@@ -585,12 +585,7 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_allowance_and_
         .await
         .unwrap();
     assert_eq!(refused.status(), 401);
-    let entries = d.refused_credentials().await;
-    assert_eq!(entries.len(), 1, "{entries:?}");
-    assert_eq!(
-        entries[0]["details"]["client"], "203.0.113.9",
-        "{entries:?}"
-    );
+    assert_eq!(only_refused_client(&d).await, "203.0.113.9");
     // The audit can be searched by client address or network.
     for (filter, found) in [
         ("client=203.0.113.9", 1),
@@ -624,4 +619,94 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_allowance_and_
         text.contains("unknown API key id (from 203.0.113.9)"),
         "{text}"
     );
+}
+
+/// The client address of the audit's one refusal of credentials.
+async fn only_refused_client(d: &TestDaemon) -> String {
+    let entries = d.refused_credentials().await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    entries[0]["details"]["client"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A TCP-level proxy on loopback: every connection to the returned address is relayed to
+/// `target` after `header` (a PROXY protocol header naming the client it stands for).
+async fn tcp_proxy(target: SocketAddr, header: Vec<u8>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let header = header.clone();
+            tokio::spawn(async move {
+                let mut upstream = TcpStream::connect(target).await.unwrap();
+                upstream.write_all(&header).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn behind_a_tcp_proxy_the_proxy_header_names_the_client() {
+    let (d, _dir) = daemon(|c| {
+        c.limits.per_ip_requests_per_minute = PER_MINUTE;
+        c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        c.server.proxy_protocol = vec![
+            rampart::config::Listener::Acme,
+            rampart::config::Listener::Est,
+        ];
+    })
+    .await;
+    let (acme, est) = (d.daemon.acme_addr.unwrap(), d.daemon.est_addr.unwrap());
+    // Two clients behind the proxy, one announced in version 1, one in version 2.
+    let v1 = b"PROXY TCP4 203.0.113.1 127.0.0.1 40001 443\r\n".to_vec();
+    let v2 = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        (
+            "[2001:db8::2]:40002".parse::<SocketAddr>().unwrap(),
+            "[2001:db8::1]:443".parse::<SocketAddr>().unwrap(),
+        ),
+    )
+    .build()
+    .unwrap();
+    let (first, second) = (tcp_proxy(acme, v1.clone()).await, tcp_proxy(acme, v2).await);
+    let new_nonce = |via: SocketAddr| {
+        d.http
+            .head(format!(
+                "https://localhost:{}/acme/default/new-nonce",
+                via.port()
+            ))
+            .send()
+    };
+    // TLS runs through the proxy; each named client has its own allowance.
+    for _ in 0..PER_MINUTE {
+        assert_eq!(new_nonce(first).await.unwrap().status(), 200);
+    }
+    assert_eq!(new_nonce(first).await.unwrap().status(), 429);
+    assert_eq!(new_nonce(second).await.unwrap().status(), 200);
+    // A trusted proxy's connection without a header is closed, not served as the proxy.
+    assert!(new_nonce(acme).await.is_err());
+
+    // EST (client TLS through the proxy): the audit records the client the header named.
+    let via = tcp_proxy(est, v1).await;
+    let refused = d
+        .http
+        .post(format!(
+            "https://localhost:{}/.well-known/est/simpleenroll",
+            via.port()
+        ))
+        .basic_auth("nobody", Some("wrong"))
+        .header("content-type", "application/pkcs10")
+        .body("AAAA")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(only_refused_client(&d).await, "203.0.113.1");
+    // Listeners not named keep reading no header: the API answers a direct connection.
+    assert_eq!(d.get("/healthz").await.0, 200);
 }

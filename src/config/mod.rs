@@ -148,6 +148,27 @@ pub struct ServerConfig {
     /// is ignored.
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
+    /// Listeners whose connections from `trusted_proxies` begin with a PROXY protocol
+    /// header (v1 or v2) naming the client: for proxies that forward at the TCP level
+    /// (EST, whose TLS must reach rampart). Connections from other peers carry none.
+    #[serde(default)]
+    pub proxy_protocol: Vec<Listener>,
+}
+
+/// A listener, by the name of its section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Listener {
+    /// `[api]`
+    Api,
+    /// `[acme]`
+    Acme,
+    /// `[est]`
+    Est,
+    /// `[scep]`
+    Scep,
+    /// `[publish]`
+    Publish,
 }
 
 /// Key algorithm of a key rampart generates.
@@ -1378,6 +1399,12 @@ impl Config {
                 ),
             ));
         }
+        if !self.server.proxy_protocol.is_empty() && self.server.trusted_proxies.is_empty() {
+            return Err(bad(
+                "server.proxy_protocol".into(),
+                "PROXY headers are read only from `server.trusted_proxies`, which is empty",
+            ));
+        }
         if !self.policy.dns_resolver.trim().is_empty() && self.policy.resolver_addr().is_none() {
             return Err(bad(
                 "policy.dns_resolver".into(),
@@ -1984,6 +2011,14 @@ mod tests {
     fn limits_have_defaults_and_are_validated() {
         let config = load_text("[api]\nlisten = \"127.0.0.1:19000\"\n").unwrap();
         assert_eq!(config.limits, LimitsConfig::default());
+        let config = load_text(
+            "[server]\ntrusted_proxies = [\"10.0.0.5/32\"]\nproxy_protocol = [\"est\", \"acme\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.server.proxy_protocol,
+            vec![Listener::Est, Listener::Acme]
+        );
         let config = load_text("[limits]\nper_ip_requests_per_minute = 0\n").unwrap();
         assert_eq!(config.limits.per_ip_requests_per_minute, 0);
         assert_eq!(config.limits.max_connections_per_listener, 1024);
@@ -2008,6 +2043,14 @@ mod tests {
             (
                 "[acme]\nvalidation_retry_ms = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n",
                 "acme.validation_retry_ms",
+            ),
+            (
+                "[server]\nproxy_protocol = [\"est\"]\n",
+                "server.proxy_protocol",
+            ),
+            (
+                "[server]\ntrusted_proxies = [\"10.0.0.5/32\"]\nproxy_protocol = [\"ldap\"]\n",
+                "proxy_protocol",
             ),
         ] {
             let err = load_text(text).unwrap_err().to_string();

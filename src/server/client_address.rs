@@ -1,6 +1,8 @@
 //! Which address a request comes from: the TCP peer, or, when the peer is a reverse proxy
 //! the operator trusts (`[server] trusted_proxies`), the address that proxy forwarded in
-//! `X-Forwarded-For`.
+//! `X-Forwarded-For`. On a listener in `[server] proxy_protocol`, a connection from a
+//! trusted proxy begins with a PROXY protocol header (see `proxy_protocol`): the client it
+//! names takes the TCP peer's place.
 //!
 //! The answer is what the per-client rate limit counts and what the audit records
 //! (`details.client`). A header from a peer not in the list is ignored: anyone can send
@@ -20,25 +22,47 @@ use ipnet::IpNet;
 /// The header a proxy appends the address it received from to (a list, oldest hop first).
 const FORWARDED_FOR: &str = "x-forwarded-for";
 
-/// The reverse proxies whose `X-Forwarded-For` is believed.
+/// The reverse proxies whose `X-Forwarded-For` (and, on a listener that expects one, PROXY
+/// header) is believed.
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Arc<[IpNet]>);
+pub struct TrustedProxies {
+    networks: Arc<[IpNet]>,
+    /// Connections from these proxies begin with a PROXY protocol header.
+    proxy_protocol: bool,
+}
 
 impl TrustedProxies {
     /// Trust the proxies in `networks` (none: every request's client is its TCP peer).
     pub fn new(networks: &[IpNet]) -> Self {
-        TrustedProxies(networks.into())
+        TrustedProxies {
+            networks: networks.into(),
+            proxy_protocol: false,
+        }
+    }
+
+    /// The same proxies, on a listener where their connections begin with a PROXY header
+    /// when `expected`.
+    pub fn with_proxy_protocol(mut self, expected: bool) -> Self {
+        self.proxy_protocol = expected;
+        self
+    }
+
+    /// Whether a connection from `peer` must begin with a PROXY header.
+    pub fn expects_proxy_header(&self, peer: IpAddr) -> bool {
+        self.proxy_protocol && self.trusts(peer.to_canonical())
     }
 
     fn trusts(&self, address: IpAddr) -> bool {
-        self.0.iter().any(|network| network.contains(&address))
+        self.networks
+            .iter()
+            .any(|network| network.contains(&address))
     }
 
     /// The client of a request from TCP peer `peer` with `headers`. A forwarded address
     /// comes without a port (0).
     pub fn client(&self, peer: SocketAddr, headers: &HeaderMap) -> SocketAddr {
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-        if self.0.is_empty() || !self.trusts(peer.ip()) {
+        if self.networks.is_empty() || !self.trusts(peer.ip()) {
             return peer;
         }
         // Every X-Forwarded-For field, in order, as one list; walked from its last hop.
@@ -145,6 +169,16 @@ mod tests {
             client(&["203.0.113.9, unknown, 10.0.0.5"]),
             "10.0.0.5".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn only_trusted_peers_on_a_proxy_protocol_listener_send_a_header() {
+        let trusted = proxies(&["10.0.0.0/24"]);
+        assert!(!trusted.expects_proxy_header(peer("10.0.0.2").ip()));
+        let trusted = trusted.with_proxy_protocol(true);
+        assert!(trusted.expects_proxy_header(peer("10.0.0.2").ip()));
+        assert!(trusted.expects_proxy_header(peer("::ffff:10.0.0.2").ip()));
+        assert!(!trusted.expects_proxy_header(peer("198.51.100.1").ip()));
     }
 
     #[test]

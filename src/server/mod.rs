@@ -6,6 +6,7 @@
 
 pub mod client_address;
 pub mod limits;
+pub mod proxy_protocol;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -30,6 +31,7 @@ use crate::ca::CaAdapter;
 use crate::clock::Clock;
 use crate::config::CaAdapterConfig;
 use crate::config::Config;
+use crate::config::Listener;
 use crate::files;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
@@ -330,7 +332,11 @@ pub async fn start_from(
     let tls_config = tls::server_config(&cert_path, &key_path, None)?;
     let limits_config = boot.pipeline.config().limits.clone();
     let connection_limits = limits::ConnectionLimits::from_config(&limits_config);
-    let trusted_proxies = TrustedProxies::new(&boot.pipeline.config().server.trusted_proxies);
+    let server_config = boot.pipeline.config().server.clone();
+    let trusted_proxies = |listener: Listener| {
+        TrustedProxies::new(&server_config.trusted_proxies)
+            .with_proxy_protocol(server_config.proxy_protocol.contains(&listener))
+    };
     let rate_limiter = || limits::RateLimiter::per_minute(limits_config.per_ip_requests_per_minute);
     let (shutdown, signal) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -378,7 +384,7 @@ pub async fn start_from(
             router,
             None,
             connection_limits,
-            trusted_proxies.clone(),
+            trusted_proxies(Listener::Scep),
             signal.clone(),
         )));
         let host = display_addr(addr, &boot.pipeline.config().server.public_hostname);
@@ -407,7 +413,7 @@ pub async fn start_from(
             router,
             None,
             connection_limits,
-            trusted_proxies.clone(),
+            trusted_proxies(Listener::Publish),
             signal.clone(),
         )));
         let host = display_addr(addr, &boot.pipeline.config().server.public_hostname);
@@ -439,7 +445,7 @@ pub async fn start_from(
             router,
             tls,
             connection_limits,
-            trusted_proxies.clone(),
+            trusted_proxies(Listener::Api),
             signal.clone(),
         )));
         api_url = Some(format!(
@@ -469,7 +475,7 @@ pub async fn start_from(
             router,
             Some(tls_config.clone()),
             connection_limits,
-            trusted_proxies.clone(),
+            trusted_proxies(Listener::Acme),
             signal.clone(),
         )));
         let host = display_addr(addr, &boot.pipeline.config().server.public_hostname);
@@ -507,7 +513,7 @@ pub async fn start_from(
             router,
             Some(est_tls),
             connection_limits,
-            trusted_proxies.clone(),
+            trusted_proxies(Listener::Est),
             signal.clone(),
         )));
         let host = display_addr(addr, &boot.pipeline.config().server.public_hostname);
@@ -688,18 +694,50 @@ async fn serve(
     }
 }
 
-/// One connection: the TLS handshake (bounded by [`HANDSHAKE_TIMEOUT`]) when `acceptor`
-/// is set, then HTTP until either side closes. Each request carries its client's address
-/// (from `peer` and, behind a trusted proxy, its `X-Forwarded-For`).
-async fn serve_connection(
-    stream: limits::Tracked<TcpStream>,
+/// One step of opening a connection from `peer` (its PROXY header, its TLS handshake),
+/// finished by `deadline`: its result, or `None` (logged) when it failed or ran out of time.
+async fn opening_step<T, E: std::fmt::Display>(
+    deadline: tokio::time::Instant,
     peer: SocketAddr,
+    step: &str,
+    future: impl std::future::Future<Output = Result<T, E>>,
+) -> Option<T> {
+    match tokio::time::timeout_at(deadline, future).await {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "{step} failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "{step} timed out");
+            None
+        }
+    }
+}
+
+/// One connection: its PROXY header when a trusted proxy on this listener must send one,
+/// the TLS handshake when `acceptor` is set (both within [`HANDSHAKE_TIMEOUT`]), then HTTP
+/// until either side closes. Each request carries its client's address (from `peer` or the
+/// PROXY header and, behind a trusted proxy, its `X-Forwarded-For`).
+async fn serve_connection(
+    mut stream: limits::Tracked<TcpStream>,
+    mut peer: SocketAddr,
     trusted_proxies: TrustedProxies,
     router: Router,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    if trusted_proxies.expects_proxy_header(peer.ip()) {
+        let header = proxy_protocol::read_source(&mut stream);
+        match opening_step(deadline, peer, "PROXY header", header).await {
+            Some(Some(client)) => peer = client,
+            // The proxy's own connection (a health check): its address stands.
+            Some(None) => {}
+            None => return,
+        }
+    }
     let with_peer = |router: Router| {
         tower::ServiceExt::map_request(
             router,
@@ -721,18 +759,11 @@ async fn serve_connection(
             watcher.watch(connection).await
         }
         Some(acceptor) => {
-            let stream =
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(error)) => {
-                        tracing::debug!(%peer, %error, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
+            let handshake = acceptor.accept(stream);
+            let Some(stream) = opening_step(deadline, peer, "TLS handshake", handshake).await
+            else {
+                return;
+            };
             // The client certificate chain, for handlers that authenticate with it.
             let peer_certificates = rampart_est::PeerCertificates(
                 stream
