@@ -9,8 +9,8 @@ use std::sync::Arc;
 use common::{config_for, csr, p256, start_with};
 use rampart::clock::SystemClock;
 use rampart::model::{Credential, Identity};
-use rampart::store::RequestState;
-use serde_json::json;
+use rampart::store::{AuditAction, RequestState};
+use serde_json::{json, Value};
 
 fn bob() -> Identity {
     Identity {
@@ -18,6 +18,23 @@ fn bob() -> Identity {
         roles: vec!["admin".into()],
         credential: Credential::System,
     }
+}
+
+/// Outcome and client address of each audit entry of `action` about `request_id`.
+fn audited(
+    d: &common::TestDaemon,
+    request_id: uuid::Uuid,
+    action: AuditAction,
+) -> Vec<(String, Value)> {
+    d.daemon
+        .pipeline
+        .store()
+        .audit_records(0, 1000)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.entry.request_id == Some(request_id) && r.entry.action == action)
+        .map(|r| (r.entry.outcome, r.entry.details["client"].clone()))
+        .collect()
 }
 
 async fn daemon(dir: &std::path::Path) -> common::TestDaemon {
@@ -63,19 +80,7 @@ async fn api_requests_wait_for_a_second_person() {
     assert_eq!(record.metadata["approved_by"], "bob");
     assert_eq!(record.owner, "admin");
     // Both decisions on it, held and approved, name the requester's address.
-    let decisions: Vec<_> = d
-        .daemon
-        .pipeline
-        .store()
-        .audit_records(0, 1000)
-        .unwrap()
-        .into_iter()
-        .filter(|r| {
-            r.entry.request_id == Some(record.request_id)
-                && r.entry.action == rampart::store::AuditAction::Decision
-        })
-        .map(|r| (r.entry.outcome, r.entry.details["client"].clone()))
-        .collect();
+    let decisions = audited(&d, record.request_id, AuditAction::Decision);
     assert_eq!(
         decisions,
         [
@@ -96,8 +101,14 @@ async fn api_requests_wait_for_a_second_person() {
         .collect();
     assert!(
         events.contains(&("request_pending".into(), json!("127.0.0.1")))
-            && events.contains(&("request_approved".into(), json!("127.0.0.1"))),
+            && events.contains(&("request_approved".into(), json!("127.0.0.1")))
+            && events.contains(&("certificate_issued".into(), json!("127.0.0.1"))),
         "{events:?}"
+    );
+    // And the issuance's audit entry.
+    assert_eq!(
+        audited(&d, record.request_id, AuditAction::Issued),
+        [("ok".to_string(), json!("127.0.0.1"))]
     );
     let (status, _) = d
         .post(&format!("/api/v1/approvals/{id}/approve"), json!({}))

@@ -1161,7 +1161,8 @@ impl Pipeline {
             der: issued.der,
             chain: issued.chain,
         };
-        let audit = issued_audit(&record, actor, self.clock.now());
+        let mut audit = issued_audit(&record, actor, self.clock.now());
+        audit.details = with_client(audit.details, approved.client);
         // A renewal names the certificate it replaces; the event links the two when that
         // certificate is the same requester's.
         let replaced = match &approved.renews {
@@ -1174,10 +1175,12 @@ impl Pipeline {
         if let Some(old) = &replaced {
             record.metadata.insert("renews".into(), old.serial.clone());
         }
-        let event = match &replaced {
+        let mut event = match &replaced {
             Some(old) => events::renewed(&record, old, audit.time),
             None => events::issued(&record, audit.time),
         };
+        // Where the request came from, as its decision and request events say.
+        event.data = with_client(event.data, approved.client);
         if self.rate_limited(&record.template) {
             // Its mark is written now; complete_issuance's flush makes it durable. Should that
             // change fail, the mark stays: the identity is counted a certificate more, never
