@@ -710,3 +710,36 @@ async fn behind_a_tcp_proxy_the_proxy_header_names_the_client() {
     // Listeners not named keep reading no header: the API answers a direct connection.
     assert_eq!(d.get("/healthz").await.0, 200);
 }
+
+#[tokio::test]
+async fn behind_a_proxy_that_sends_forwarded_only_that_header_names_the_client() {
+    let (d, _dir) = daemon(|c| {
+        c.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        c.server.forwarded_header = rampart::config::ForwardedHeader::Forwarded;
+    })
+    .await;
+    for (header, value) in [
+        ("x-forwarded-for", "198.51.100.7"),
+        (
+            "forwarded",
+            "for=198.51.100.8, for=\"[2001:db8::9]:4711\";proto=https",
+        ),
+    ] {
+        let refused = d
+            .http
+            .get(format!("{}/api/v1/certificates", d.url))
+            .header(header, value)
+            .bearer_auth("rpk_000000000000_x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 401);
+    }
+    let clients: Vec<_> = d
+        .refused_credentials()
+        .await
+        .iter()
+        .map(|entry| entry["details"]["client"].clone())
+        .collect();
+    assert_eq!(clients, ["127.0.0.1", "2001:db8::9"], "{clients:?}");
+}

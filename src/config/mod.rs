@@ -148,11 +148,28 @@ pub struct ServerConfig {
     /// is ignored.
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
+    /// The header trusted proxies name the client in: `X-Forwarded-For` or RFC 7239
+    /// `Forwarded` (its `for=` parameters). Only that one is read, so a client cannot slip
+    /// an address past the proxy in the other.
+    #[serde(default)]
+    pub forwarded_header: ForwardedHeader,
     /// Listeners whose connections from `trusted_proxies` begin with a PROXY protocol
     /// header (v1 or v2) naming the client: for proxies that forward at the TCP level
     /// (EST, whose TLS must reach rampart). Connections from other peers carry none.
     #[serde(default)]
     pub proxy_protocol: Vec<Listener>,
+}
+
+/// The header a reverse proxy appends the client's address to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, …`
+    #[default]
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1, …` (RFC 7239).
+    #[serde(rename = "forwarded")]
+    Forwarded,
 }
 
 /// A listener, by the name of its section.
@@ -2019,6 +2036,12 @@ mod tests {
             config.server.proxy_protocol,
             vec![Listener::Est, Listener::Acme]
         );
+        assert_eq!(
+            config.server.forwarded_header,
+            ForwardedHeader::XForwardedFor
+        );
+        let config = load_text("[server]\nforwarded_header = \"forwarded\"\n").unwrap();
+        assert_eq!(config.server.forwarded_header, ForwardedHeader::Forwarded);
         let config = load_text("[limits]\nper_ip_requests_per_minute = 0\n").unwrap();
         assert_eq!(config.limits.per_ip_requests_per_minute, 0);
         assert_eq!(config.limits.max_connections_per_listener, 1024);
@@ -2047,6 +2070,10 @@ mod tests {
             (
                 "[server]\nproxy_protocol = [\"est\"]\n",
                 "server.proxy_protocol",
+            ),
+            (
+                "[server]\nforwarded_header = \"x-real-ip\"\n",
+                "forwarded_header",
             ),
             (
                 "[server]\ntrusted_proxies = [\"10.0.0.5/32\"]\nproxy_protocol = [\"ldap\"]\n",

@@ -1,6 +1,7 @@
 //! Which address a request comes from: the TCP peer, or, when the peer is a reverse proxy
 //! the operator trusts (`[server] trusted_proxies`), the address that proxy forwarded in
-//! `X-Forwarded-For`. On a listener in `[server] proxy_protocol`, a connection from a
+//! `X-Forwarded-For` or, when `[server] forwarded_header` says so, in RFC 7239 `Forwarded`
+//! (its `for=` parameters; only the chosen header is read). On a listener in `[server] proxy_protocol`, a connection from a
 //! trusted proxy begins with a PROXY protocol header (see `proxy_protocol`): the client it
 //! names takes the TCP peer's place.
 //!
@@ -11,7 +12,7 @@
 //! ends the walk at the last good one, so a client cannot push a made-up address past a
 //! proxy by sending its own header first.
 //!
-//! Pure: no I/O. Imports nothing of the crate.
+//! Pure: no I/O. Imports `config` (the header choice).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -19,23 +20,26 @@ use std::sync::Arc;
 use axum::http::HeaderMap;
 use ipnet::IpNet;
 
-/// The header a proxy appends the address it received from to (a list, oldest hop first).
-const FORWARDED_FOR: &str = "x-forwarded-for";
+use crate::config::ForwardedHeader;
 
-/// The reverse proxies whose `X-Forwarded-For` (and, on a listener that expects one, PROXY
+/// The reverse proxies whose forwarding header (and, on a listener that expects one, PROXY
 /// header) is believed.
 #[derive(Debug, Clone, Default)]
 pub struct TrustedProxies {
     networks: Arc<[IpNet]>,
+    /// The header they name the client in.
+    header: ForwardedHeader,
     /// Connections from these proxies begin with a PROXY protocol header.
     proxy_protocol: bool,
 }
 
 impl TrustedProxies {
-    /// Trust the proxies in `networks` (none: every request's client is its TCP peer).
-    pub fn new(networks: &[IpNet]) -> Self {
+    /// Trust the proxies in `networks` (none: every request's client is its TCP peer),
+    /// which name the client in `header`.
+    pub fn new(networks: &[IpNet], header: ForwardedHeader) -> Self {
         TrustedProxies {
             networks: networks.into(),
+            header,
             proxy_protocol: false,
         }
     }
@@ -65,16 +69,27 @@ impl TrustedProxies {
         if self.networks.is_empty() || !self.trusts(peer.ip()) {
             return peer;
         }
-        // Every X-Forwarded-For field, in order, as one list; walked from its last hop.
-        let hops: Vec<&str> = headers
-            .get_all(FORWARDED_FOR)
+        // Every field of the header, in order, as one list; walked from its last hop.
+        let fields = headers
+            .get_all(match self.header {
+                ForwardedHeader::XForwardedFor => "x-forwarded-for",
+                ForwardedHeader::Forwarded => "forwarded",
+            })
             .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .collect();
+            .filter_map(|value| value.to_str().ok());
+        let hops: Vec<Option<IpAddr>> = match self.header {
+            ForwardedHeader::XForwardedFor => fields
+                .flat_map(|value| value.split(','))
+                .map(|hop| parse_node(hop.trim()))
+                .collect(),
+            ForwardedHeader::Forwarded => fields
+                .flat_map(|value| split_unquoted(value, ','))
+                .map(forwarded_for)
+                .collect(),
+        };
         let mut client = peer;
         for hop in hops.iter().rev() {
-            let Some(address) = parse_hop(hop.trim()) else {
+            let Some(address) = *hop else {
                 break;
             };
             client = SocketAddr::new(address, 0);
@@ -86,13 +101,63 @@ impl TrustedProxies {
     }
 }
 
-/// One `X-Forwarded-For` entry: an address, optionally with a port (`192.0.2.7:4711`,
-/// `[2001:db8::7]:4711`).
-fn parse_hop(hop: &str) -> Option<IpAddr> {
-    hop.parse::<IpAddr>()
-        .or_else(|_| hop.parse::<SocketAddr>().map(|a| a.ip()))
+/// One hop's address, optionally with a port: `192.0.2.7`, `192.0.2.7:4711`, `2001:db8::7`,
+/// `[2001:db8::7]`, `[2001:db8::7]:4711`.
+fn parse_node(node: &str) -> Option<IpAddr> {
+    let bracketed = node.strip_prefix('[').and_then(|n| n.strip_suffix(']'));
+    bracketed
+        .unwrap_or(node)
+        .parse::<IpAddr>()
+        .or_else(|_| node.parse::<SocketAddr>().map(|a| a.ip()))
         .ok()
         .map(|address| address.to_canonical())
+}
+
+/// `text` split at `separator` where it is not inside a quoted string (RFC 9110
+/// quoted-string, with `\` escapes).
+fn split_unquoted(text: &str, separator: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (at, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            _ if c == separator && !quoted => {
+                parts.push(&text[start..at]);
+                start = at + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
+/// The address in one `Forwarded` element's `for=` parameter (RFC 7239 §4, §6); `None`
+/// when it has none, or names no address (`unknown`, an obfuscated `_name`, garbage).
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    let value = split_unquoted(element, ';').into_iter().find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("for")
+            .then(|| value.trim())
+    })?;
+    match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+        Some(quoted) => {
+            let mut node = String::with_capacity(quoted.len());
+            let mut characters = quoted.chars();
+            while let Some(c) = characters.next() {
+                node.extend(if c == '\\' {
+                    characters.next()
+                } else {
+                    Some(c)
+                });
+            }
+            parse_node(&node)
+        }
+        None => parse_node(value),
+    }
 }
 
 #[cfg(test)]
@@ -102,14 +167,14 @@ mod tests {
     fn headers(values: &[&str]) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for value in values {
-            headers.append(FORWARDED_FOR, value.parse().unwrap());
+            headers.append("x-forwarded-for", value.parse().unwrap());
         }
         headers
     }
 
     fn proxies(networks: &[&str]) -> TrustedProxies {
         let networks: Vec<IpNet> = networks.iter().map(|n| n.parse().unwrap()).collect();
-        TrustedProxies::new(&networks)
+        TrustedProxies::new(&networks, ForwardedHeader::XForwardedFor)
     }
 
     fn peer(address: &str) -> SocketAddr {
@@ -168,6 +233,61 @@ mod tests {
         assert_eq!(
             client(&["203.0.113.9, unknown, 10.0.0.5"]),
             "10.0.0.5".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn forwarded_names_the_client_in_its_for_parameters() {
+        let networks: Vec<IpNet> = ["10.0.0.0/24", "2001:db8:ffff::/48"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let trusted = TrustedProxies::new(&networks, ForwardedHeader::Forwarded);
+        let client = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append("forwarded", value.parse().unwrap());
+            }
+            trusted.client(peer("10.0.0.2"), &headers).ip().to_string()
+        };
+        assert_eq!(client(&["for=203.0.113.9"]), "203.0.113.9");
+        assert_eq!(
+            client(&["For=\"203.0.113.9:5123\";proto=https;by=10.0.0.2"]),
+            "203.0.113.9"
+        );
+        assert_eq!(client(&["for=\"[2001:db8::9]\""]), "2001:db8::9");
+        // A client's own element is only the start of the list; trusted hops are walked
+        // through, over several fields too; a comma inside quotes splits nothing.
+        assert_eq!(
+            client(&[
+                "for=198.51.100.66;host=\"a,b\", for=203.0.113.9",
+                "for=10.0.0.7, for=\"[2001:db8:ffff::1]:443\""
+            ]),
+            "203.0.113.9"
+        );
+        // An element naming no address ends the walk at the last good one.
+        assert_eq!(client(&["for=203.0.113.9, for=unknown"]), "10.0.0.2");
+        assert_eq!(client(&["for=203.0.113.9, for=\"_hidden\""]), "10.0.0.2");
+        assert_eq!(client(&["for=203.0.113.9, proto=https"]), "10.0.0.2");
+        // An escaped quote does not end a quoted string (which would join the elements).
+        assert_eq!(
+            client(&["for=203.0.113.9, for=\"_a\\\"b\", for=10.0.0.7"]),
+            "10.0.0.7"
+        );
+        assert_eq!(client(&["for=\"203.0.113.9"]), "10.0.0.2");
+        // Only the chosen header is read.
+        let mut headers = HeaderMap::new();
+        headers.append("x-forwarded-for", "203.0.113.9".parse().unwrap());
+        assert_eq!(trusted.client(peer("10.0.0.2"), &headers), peer("10.0.0.2"));
+        let forwarded = {
+            let mut headers = HeaderMap::new();
+            headers.append("forwarded", "for=203.0.113.9".parse().unwrap());
+            headers
+        };
+        let x_forwarded_for = proxies(&["10.0.0.0/24"]);
+        assert_eq!(
+            x_forwarded_for.client(peer("10.0.0.2"), &forwarded),
+            peer("10.0.0.2")
         );
     }
 

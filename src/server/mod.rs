@@ -334,8 +334,11 @@ pub async fn start_from(
     let connection_limits = limits::ConnectionLimits::from_config(&limits_config);
     let server_config = boot.pipeline.config().server.clone();
     let trusted_proxies = |listener: Listener| {
-        TrustedProxies::new(&server_config.trusted_proxies)
-            .with_proxy_protocol(server_config.proxy_protocol.contains(&listener))
+        TrustedProxies::new(
+            &server_config.trusted_proxies,
+            server_config.forwarded_header,
+        )
+        .with_proxy_protocol(server_config.proxy_protocol.contains(&listener))
     };
     let rate_limiter = || limits::RateLimiter::per_minute(limits_config.per_ip_requests_per_minute);
     let (shutdown, signal) = watch::channel(false);
