@@ -124,7 +124,62 @@ fn http_client(ca_bundle: Option<&PathBuf>) -> Result<Box<dyn instant_acme::Http
         .wrap_connector(http);
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build(https);
-    Ok(Box::new(client))
+    Ok(Box::new(NonceKeeping {
+        inner: Box::new(client),
+        unspent: Arc::default(),
+    }))
+}
+
+/// instant-acme's HTTP client keeping the nonce of the latest answer, as certbot and lego
+/// do: instant-acme holds none when it starts an order, and would ask `newNonce` for one
+/// before each newOrder, a request those clients do not send. The Replay-Nonce of the
+/// latest answer, while no POST has been sent since, answers that HEAD instead. One per
+/// account, whose requests go one at a time; a nonce the server no longer takes is
+/// answered `badNonce` with a fresh one, which instant-acme retries with.
+struct NonceKeeping {
+    inner: Box<dyn instant_acme::HttpClient>,
+    unspent: Arc<Mutex<Option<axum::http::HeaderValue>>>,
+}
+
+impl instant_acme::HttpClient for NonceKeeping {
+    fn request(
+        &self,
+        request: axum::http::Request<instant_acme::BodyWrapper<axum::body::Bytes>>,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<instant_acme::BytesResponse, instant_acme::Error>,
+                > + Send,
+        >,
+    > {
+        const REPLAY_NONCE: &str = "replay-nonce";
+        let mut unspent = self.unspent.lock().expect("nonce lock");
+        if request.method() == axum::http::Method::HEAD {
+            if let Some(nonce) = unspent.take() {
+                let mut answer = axum::http::Response::new(());
+                answer.headers_mut().insert(REPLAY_NONCE, nonce);
+                let (parts, ()) = answer.into_parts();
+                return Box::pin(async move {
+                    Ok(instant_acme::BytesResponse {
+                        parts,
+                        body: Box::new(axum::body::Bytes::new()),
+                    })
+                });
+            }
+        }
+        // A POST spends the nonce it carries: the latest one, or one its sender held.
+        *unspent = None;
+        drop(unspent);
+        let answer = self.inner.request(request);
+        let unspent = self.unspent.clone();
+        Box::pin(async move {
+            let answer = answer.await?;
+            if let Some(nonce) = answer.parts.headers.get(REPLAY_NONCE) {
+                *unspent.lock().expect("nonce lock") = Some(nonce.clone());
+            }
+            Ok(answer)
+        })
+    }
 }
 
 async fn account(shared: &Shared) -> Result<Account, String> {
