@@ -721,7 +721,7 @@ async fn opening_step<T, E: std::fmt::Display>(
 /// One connection: its PROXY header when a trusted proxy on this listener must send one,
 /// the TLS handshake when `acceptor` is set (both within [`HANDSHAKE_TIMEOUT`]), then HTTP
 /// until either side closes. Each request carries its client's address (from `peer` or the
-/// PROXY header and, behind a trusted proxy, its `X-Forwarded-For`).
+/// PROXY header and, behind a trusted proxy, its forwarding header).
 async fn serve_connection(
     mut stream: limits::Tracked<TcpStream>,
     mut peer: SocketAddr,
