@@ -17,6 +17,12 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    listener: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
     protocol: String,
     outcome: String,
@@ -55,6 +61,7 @@ pub struct Metrics {
     lifecycle: Family<LifecycleLabels, Counter>,
     issuance_seconds: Family<ProtocolLabels, Histogram, fn() -> Histogram>,
     discovered: Family<DiscoveryLabels, Counter>,
+    connections_refused: Family<RefusalLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -70,6 +77,14 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let decisions = Family::<DecisionLabels, Counter>::default();
         let lifecycle = Family::<LifecycleLabels, Counter>::default();
+        let connections_refused = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed before their first request, by listener and reason \
+             (proxy_header: a trusted proxy's PROXY header missing, malformed or late; \
+             tls_handshake: the TLS handshake failed or timed out)",
+            connections_refused.clone(),
+        );
         registry.register(
             "lifecycle_operations",
             "Background lifecycle work (webhook deliveries, renewals, deliveries to targets, \
@@ -109,7 +124,17 @@ impl Metrics {
             lifecycle,
             issuance_seconds,
             discovered,
+            connections_refused,
         }
+    }
+
+    /// Count a connection closed before its first request.
+    pub fn connection_refused(&self, listener: &str, reason: &str) {
+        let labels = RefusalLabels {
+            listener: listener.into(),
+            reason: reason.into(),
+        };
+        self.connections_refused.get_or_create(&labels).inc();
     }
 
     /// Count a certificate discovery found for the first time.

@@ -688,8 +688,39 @@ async fn behind_a_tcp_proxy_the_proxy_header_names_the_client() {
     }
     assert_eq!(new_nonce(first).await.unwrap().status(), 429);
     assert_eq!(new_nonce(second).await.unwrap().status(), 200);
-    // A trusted proxy's connection without a header is closed, not served as the proxy.
+    // A trusted proxy's connection without a header is closed, not served as the proxy;
+    // a connection whose TLS handshake fails is closed too. Both are counted.
     assert!(new_nonce(acme).await.is_err());
+    let mut garbage = TcpStream::connect(tcp_proxy(acme, b"PROXY UNKNOWN\r\n".to_vec()).await)
+        .await
+        .unwrap();
+    garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = garbage.read_to_end(&mut rest).await;
+    // (The TLS stack closes the connection just before the count is taken: read again.)
+    let counted = [
+        "rampart_connections_refused_total{listener=\"acme\",reason=\"proxy_header\"} 1",
+        "rampart_connections_refused_total{listener=\"acme\",reason=\"tls_handshake\"} 1",
+    ];
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = d
+            .http
+            .get(format!("{}/metrics", d.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if counted.iter().all(|line| metrics.contains(line)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for line in counted {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 
     // EST (client TLS through the proxy): the audit records the client the header named.
     let via = tcp_proxy(est, v1).await;

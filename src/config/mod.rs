@@ -188,6 +188,19 @@ pub enum Listener {
     Publish,
 }
 
+impl Listener {
+    /// The section's name, as metrics label listeners.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listener::Api => "api",
+            Listener::Acme => "acme",
+            Listener::Est => "est",
+            Listener::Scep => "scep",
+            Listener::Publish => "publish",
+        }
+    }
+}
+
 /// Key algorithm of a key rampart generates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

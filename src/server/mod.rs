@@ -333,12 +333,14 @@ pub async fn start_from(
     let limits_config = boot.pipeline.config().limits.clone();
     let connection_limits = limits::ConnectionLimits::from_config(&limits_config);
     let server_config = boot.pipeline.config().server.clone();
-    let trusted_proxies = |listener: Listener| {
-        TrustedProxies::new(
+    let peers = |listener: Listener| Peers {
+        listener,
+        proxies: TrustedProxies::new(
             &server_config.trusted_proxies,
             server_config.forwarded_header,
         )
-        .with_proxy_protocol(server_config.proxy_protocol.contains(&listener))
+        .with_proxy_protocol(server_config.proxy_protocol.contains(&listener)),
+        metrics: boot.pipeline.metrics().clone(),
     };
     let rate_limiter = || limits::RateLimiter::per_minute(limits_config.per_ip_requests_per_minute);
     let (shutdown, signal) = watch::channel(false);
@@ -387,7 +389,7 @@ pub async fn start_from(
             router,
             None,
             connection_limits,
-            trusted_proxies(Listener::Scep),
+            peers(Listener::Scep),
             signal.clone(),
         )));
         let host = display_addr(addr, &boot.pipeline.config().server.public_hostname);
@@ -416,7 +418,7 @@ pub async fn start_from(
             router,
             None,
             connection_limits,
-            trusted_proxies(Listener::Publish),
+            peers(Listener::Publish),
             signal.clone(),
         )));
         let host = display_addr(addr, &boot.pipeline.config().server.public_hostname);
@@ -448,7 +450,7 @@ pub async fn start_from(
             router,
             tls,
             connection_limits,
-            trusted_proxies(Listener::Api),
+            peers(Listener::Api),
             signal.clone(),
         )));
         api_url = Some(format!(
@@ -478,7 +480,7 @@ pub async fn start_from(
             router,
             Some(tls_config.clone()),
             connection_limits,
-            trusted_proxies(Listener::Acme),
+            peers(Listener::Acme),
             signal.clone(),
         )));
         let host = display_addr(addr, &boot.pipeline.config().server.public_hostname);
@@ -516,7 +518,7 @@ pub async fn start_from(
             router,
             Some(est_tls),
             connection_limits,
-            trusted_proxies(Listener::Est),
+            peers(Listener::Est),
             signal.clone(),
         )));
         let host = display_addr(addr, &boot.pipeline.config().server.public_hostname);
@@ -625,7 +627,7 @@ async fn serve(
     router: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: limits::ConnectionLimits,
-    trusted_proxies: TrustedProxies,
+    peers: Peers,
     signal: watch::Receiver<bool>,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -671,7 +673,7 @@ async fn serve(
         let connection = serve_connection(
             limits::Tracked::new(stream, activity.clone()),
             peer,
-            trusted_proxies.clone(),
+            peers.clone(),
             router.clone(),
             acceptor.clone(),
             builder.clone(),
@@ -694,6 +696,23 @@ async fn serve(
         .is_err()
     {
         tracing::warn!("some connections were still open after the drain timeout");
+    }
+}
+
+/// Who a listener's connections come from (its trusted proxies, whether they send a PROXY
+/// header) and where connections closed before their first request are counted.
+#[derive(Clone)]
+struct Peers {
+    listener: Listener,
+    proxies: TrustedProxies,
+    metrics: Arc<Metrics>,
+}
+
+impl Peers {
+    /// Count a connection closed before its first request, for `reason`.
+    fn refused(&self, reason: &str) {
+        self.metrics
+            .connection_refused(self.listener.as_str(), reason);
     }
 }
 
@@ -725,22 +744,23 @@ async fn opening_step<T, E: std::fmt::Display>(
 async fn serve_connection(
     mut stream: limits::Tracked<TcpStream>,
     mut peer: SocketAddr,
-    trusted_proxies: TrustedProxies,
+    peers: Peers,
     router: Router,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
-    if trusted_proxies.expects_proxy_header(peer.ip()) {
+    if peers.proxies.expects_proxy_header(peer.ip()) {
         let header = proxy_protocol::read_source(&mut stream);
         match opening_step(deadline, peer, "PROXY header", header).await {
             Some(Some(client)) => peer = client,
             // The proxy's own connection (a health check): its address stands.
             Some(None) => {}
-            None => return,
+            None => return peers.refused("proxy_header"),
         }
     }
+    let trusted_proxies = peers.proxies.clone();
     let with_peer = |router: Router| {
         tower::ServiceExt::map_request(
             router,
@@ -765,7 +785,7 @@ async fn serve_connection(
             let handshake = acceptor.accept(stream);
             let Some(stream) = opening_step(deadline, peer, "TLS handshake", handshake).await
             else {
-                return;
+                return peers.refused("tls_handshake");
             };
             // The client certificate chain, for handlers that authenticate with it.
             let peer_certificates = rampart_est::PeerCertificates(
