@@ -380,7 +380,7 @@ pub async fn start_from(
                 rate_limiter(),
                 limits::Enrollments::Scep,
             ),
-            "scep",
+            Listener::Scep.as_str(),
             boot.pipeline.metrics().clone(),
         );
         // Plain HTTP: SCEP messages are signed and encrypted end to end.
@@ -410,7 +410,7 @@ pub async fn start_from(
         };
         let router = observed(
             crate::lifecycle::publish::router(published),
-            "publish",
+            Listener::Publish.as_str(),
             boot.pipeline.metrics().clone(),
         );
         tasks.push(tokio::spawn(serve(
@@ -440,7 +440,7 @@ pub async fn start_from(
                 webhooks.clone(),
                 source.clone(),
             ),
-            "api",
+            Listener::Api.as_str(),
             boot.pipeline.metrics().clone(),
         );
         let scheme = if api.tls { "https" } else { "http" };
@@ -472,7 +472,7 @@ pub async fn start_from(
                 rate_limiter(),
                 limits::Enrollments::Acme(server),
             ),
-            "acme",
+            Listener::Acme.as_str(),
             boot.pipeline.metrics().clone(),
         );
         tasks.push(tokio::spawn(serve(
@@ -510,7 +510,7 @@ pub async fn start_from(
                 rate_limiter(),
                 limits::Enrollments::Est,
             ),
-            "est",
+            Listener::Est.as_str(),
             boot.pipeline.metrics().clone(),
         );
         tasks.push(tokio::spawn(serve(
