@@ -167,7 +167,7 @@ impl instant_acme::HttpClient for NonceKeeping {
                 });
             }
         }
-        // A POST spends the nonce it carries: the latest one, or one its sender held.
+        // Any other request may spend the latest nonce (a POST carries one): forget it.
         *unspent = None;
         drop(unspent);
         let answer = self.inner.request(request);

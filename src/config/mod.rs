@@ -189,7 +189,7 @@ pub enum Listener {
 }
 
 impl Listener {
-    /// The section's name, as metrics label listeners.
+    /// The section's name (the `listener` label of the metrics).
     pub fn as_str(self) -> &'static str {
         match self {
             Listener::Api => "api",
