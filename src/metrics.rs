@@ -82,7 +82,8 @@ impl Metrics {
             "connections_refused",
             "Connections closed before their first request, by listener and reason \
              (proxy_header: a trusted proxy's PROXY header missing, malformed or late; \
-             tls_handshake: the TLS handshake failed or timed out)",
+             tls_handshake: the TLS handshake failed or timed out; a connection closed by its \
+             client before a handshake ends, such as a TCP health check, is not counted)",
             connections_refused.clone(),
         );
         registry.register(

@@ -691,9 +691,10 @@ async fn behind_a_tcp_proxy_the_proxy_header_names_the_client() {
     // A trusted proxy's connection without a header is closed, not served as the proxy;
     // a connection whose TLS handshake fails is closed too. Both are counted.
     assert!(new_nonce(acme).await.is_err());
-    let mut garbage = TcpStream::connect(tcp_proxy(acme, b"PROXY UNKNOWN\r\n".to_vec()).await)
-        .await
-        .unwrap();
+    let health_checked = tcp_proxy(acme, b"PROXY UNKNOWN\r\n".to_vec()).await;
+    // A health check's connection (header, then closed) is not a failed handshake.
+    drop(TcpStream::connect(health_checked).await.unwrap());
+    let mut garbage = TcpStream::connect(health_checked).await.unwrap();
     garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     let mut rest = Vec::new();
     let _ = garbage.read_to_end(&mut rest).await;

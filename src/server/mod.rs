@@ -717,22 +717,22 @@ impl Peers {
 }
 
 /// One step of opening a connection from `peer` (its PROXY header, its TLS handshake),
-/// finished by `deadline`: its result, or `None` (logged) when it failed or ran out of time.
+/// finished by `deadline`: its result, or (logged) its error, `None` when it ran out of time.
 async fn opening_step<T, E: std::fmt::Display>(
     deadline: tokio::time::Instant,
     peer: SocketAddr,
     step: &str,
     future: impl std::future::Future<Output = Result<T, E>>,
-) -> Option<T> {
+) -> Result<T, Option<E>> {
     match tokio::time::timeout_at(deadline, future).await {
-        Ok(Ok(value)) => Some(value),
+        Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => {
             tracing::debug!(%peer, %error, "{step} failed");
-            None
+            Err(Some(error))
         }
         Err(_) => {
             tracing::debug!(%peer, "{step} timed out");
-            None
+            Err(None)
         }
     }
 }
@@ -754,10 +754,10 @@ async fn serve_connection(
     if peers.proxies.expects_proxy_header(peer.ip()) {
         let header = proxy_protocol::read_source(&mut stream);
         match opening_step(deadline, peer, "PROXY header", header).await {
-            Some(Some(client)) => peer = client,
+            Ok(Some(client)) => peer = client,
             // The proxy's own connection (a health check): its address stands.
-            Some(None) => {}
-            None => return peers.refused("proxy_header"),
+            Ok(None) => {}
+            Err(_) => return peers.refused("proxy_header"),
         }
     }
     let trusted_proxies = peers.proxies.clone();
@@ -783,9 +783,12 @@ async fn serve_connection(
         }
         Some(acceptor) => {
             let handshake = acceptor.accept(stream);
-            let Some(stream) = opening_step(deadline, peer, "TLS handshake", handshake).await
-            else {
-                return peers.refused("tls_handshake");
+            let stream = match opening_step(deadline, peer, "TLS handshake", handshake).await {
+                Ok(stream) => stream,
+                // Closed without finishing a handshake it may never have begun (a TCP health
+                // check, a port scan): nothing failed.
+                Err(Some(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => return,
+                Err(_) => return peers.refused("tls_handshake"),
             };
             // The client certificate chain, for handlers that authenticate with it.
             let peer_certificates = rampart_est::PeerCertificates(
