@@ -576,15 +576,7 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_allowance_and_
     );
 
     // The audit records the forwarded client, not the proxy.
-    let refused = d
-        .http
-        .get(format!("{}/api/v1/certificates", d.url))
-        .header("x-forwarded-for", "198.51.100.66, 203.0.113.9")
-        .bearer_auth("rpk_000000000000_x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status(), 401);
+    refuse_api_key_with(&d, "x-forwarded-for", "198.51.100.66, 203.0.113.9").await;
     assert_eq!(only_refused_client(&d).await, "203.0.113.9");
     // The audit can be searched by client address or network.
     for (filter, found) in [
@@ -619,6 +611,19 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_allowance_and_
         text.contains("unknown API key id (from 203.0.113.9)"),
         "{text}"
     );
+}
+
+/// An API request with an unknown key and the forwarding `header`: refused (401).
+async fn refuse_api_key_with(d: &TestDaemon, header: &str, value: &str) {
+    let refused = d
+        .http
+        .get(format!("{}/api/v1/certificates", d.url))
+        .header(header, value)
+        .bearer_auth("rpk_000000000000_x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
 }
 
 /// The client address of the audit's one refusal of credentials.
@@ -757,15 +762,7 @@ async fn behind_a_proxy_that_sends_forwarded_only_that_header_names_the_client()
             "for=198.51.100.8, for=\"[2001:db8::9]:4711\";proto=https",
         ),
     ] {
-        let refused = d
-            .http
-            .get(format!("{}/api/v1/certificates", d.url))
-            .header(header, value)
-            .bearer_auth("rpk_000000000000_x")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(refused.status(), 401);
+        refuse_api_key_with(&d, header, value).await;
     }
     let clients: Vec<_> = d
         .refused_credentials()
