@@ -1194,8 +1194,12 @@ impl Pipeline {
                 approved.reservation,
             )?;
         }
-        let stored = record.clone();
-        self.with_store(move |store| store.complete_issuance(&stored, &audit, &event))
+        // Written on this task (in-memory writes of microseconds, cheaper than a hop to the
+        // blocking pool); the flush that makes them durable runs on the store's own thread,
+        // shared with concurrent issuances, and is awaited without holding a worker.
+        self.store
+            .record_issuance(&record, &audit, &event)?
+            .completed()
             .await?;
         tracing::info!(request_id = %record.request_id, serial = %record.serial, owner = %record.owner, "certificate issued");
         Ok(record)

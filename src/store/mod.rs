@@ -3,11 +3,14 @@
 //! default. Nothing outside this module may assume sled, a single process, or key layouts.
 //!
 //! Every method that changes state is atomic (all or nothing, also across a crash) and,
-//! where it records an issuance or a revocation, durable (flushed) before it returns.
+//! where it records a revocation, durable (flushed) before it returns; an issuance is
+//! durable once the [`Flush`] it returns completes (module `group_commit`: flushes shared
+//! by concurrent changes, run by the store's own thread).
 //!
-//! Imports `model` and `pkix` (for hashing) only.
+//! Imports `model` and `pkix` (for hashing) only, and tokio's `Notify` (awaiting a flush).
 
 pub mod audit;
+pub mod group_commit;
 pub mod sled_store;
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +20,7 @@ use uuid::Uuid;
 use crate::model::{CertificateRecord, CertificateStatus, Identifier, Protocol, Revocation};
 
 pub use audit::{AuditAction, AuditEntry, AuditQuery, AuditRecord, AuditVerification};
+pub use group_commit::Flush;
 
 /// Schema version this build reads and writes. 2: the SAN text moved into `idx_expiry`
 /// (sled backend); a store of version 1 is upgraded at its first open. 3: certificate
@@ -319,13 +323,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Record the issued certificate, mark its request `Issued`, append the audit entry (as
     /// an `issued` record whose subject is the certificate's serial, whatever `audit` says
-    /// there) and queue the event, atomically. Durable on return.
+    /// there) and queue the event, atomically; durable once the returned [`Flush`]
+    /// completes (shared with concurrent changes: async callers await it without holding
+    /// a thread of the runtime). Nothing blocks on the disk before it returns.
+    fn record_issuance(
+        &self,
+        certificate: &CertificateRecord,
+        audit: &AuditEntry,
+        event: &NewEvent,
+    ) -> Result<Flush, StoreError>;
+
+    /// [`Store::record_issuance`], durable on return.
     fn complete_issuance(
         &self,
         certificate: &CertificateRecord,
         audit: &AuditEntry,
         event: &NewEvent,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.record_issuance(certificate, audit, event)?.wait()
+    }
 
     /// Mark a request `Failed` after the CA failed, releasing nothing (the serial stays
     /// burnt), with its audit entry.

@@ -17,7 +17,7 @@
 //! | `protocol_state`| namespace `\0` key (ACME records…) | opaque (JSON)     |
 //!
 //! Values are JSON but for the binary ones named above. Every change is atomic; issuance
-//! and revocation flush to disk before returning. Most changes are one multi-tree transaction, but an issuance — the hot path —
+//! and revocation are flushed to disk (through [`GroupCommit`]) before they are reported done. Most changes are one multi-tree transaction, but an issuance — the hot path —
 //! uses none: a sled transaction costs far more than its writes (it takes sled's global
 //! write lock, which waits for every flush in progress and stops every other read and write
 //! meanwhile, and it seals and writes the log buffer twice). [`Store::begin_issuance`]
@@ -73,9 +73,10 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::audit::{AuditAction, AuditEntry, AuditRecord, ChainHead};
+use super::group_commit::GroupCommit;
 use super::{
-    ApiKeyRecord, CertificateQuery, Event, NewEvent, Page, Pruned, RequestRecord, RequestState,
-    RevokeOutcome, Store, StoreError, SCHEMA_VERSION,
+    ApiKeyRecord, CertificateQuery, Event, Flush, NewEvent, Page, Pruned, RequestRecord,
+    RequestState, RevokeOutcome, Store, StoreError, SCHEMA_VERSION,
 };
 use crate::model::{CertificateRecord, Revocation, StoredStatus};
 use certificate_value::Chains;
@@ -181,114 +182,13 @@ fn revoked_key(serial: &str) -> Vec<u8> {
     [META_REVOKED_PREFIX, serial.as_bytes()].concat()
 }
 
-/// Group commit: callers that need their writes durable share flushes. A flush started
-/// after a caller's write covers it; callers arriving while one runs wait for the next,
-/// which one of them performs for all. Under load N durable writes cost far fewer than N
-/// log syncs, with the same guarantee: durable on return.
-///
-/// A flush is costly beyond its disk write (sled hands each log write to its I/O threads,
-/// waking all of them), so a change that will need one announces itself first
-/// ([`GroupCommit::announce`]); a flush about to start while announced changes are still
-/// being written waits for them, at most [`COMMIT_DELAY`], and covers them too. Alone, a
-/// change never waits.
-#[derive(Debug, Default)]
-struct GroupCommit {
-    state: std::sync::Mutex<CommitState>,
-    done: std::sync::Condvar,
-    /// Signalled when an announced change asks for its flush (the waiting flusher's cue).
-    joined: std::sync::Condvar,
-}
-
-/// The longest a flush waits for announced changes.
-const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
-
-#[derive(Debug, Default)]
-struct CommitState {
-    /// Durability requests so far (each caller's ticket).
-    requested: u64,
-    /// Every ticket up to this one is durable.
-    durable: u64,
-    /// A flush is running (or about to).
-    flushing: bool,
-    /// Announced changes not yet asking for their flush.
-    coming: usize,
-}
-
-/// A durable change under way (see [`GroupCommit::announce`]); dropped unused when the
-/// change fails.
-struct Announced<'a>(&'a GroupCommit);
-
-impl Drop for Announced<'_> {
-    fn drop(&mut self) {
-        let mut state = self.0.lock();
-        state.coming = state.coming.saturating_sub(1);
-        drop(state);
-        self.0.joined.notify_one();
-    }
-}
-
-impl GroupCommit {
-    fn lock(&self) -> std::sync::MutexGuard<'_, CommitState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A change that will need a flush begins.
-    fn announce(&self) -> Announced<'_> {
-        self.lock().coming += 1;
-        Announced(self)
-    }
-
-    /// [`GroupCommit::sync`] for an announced change, once written.
-    fn sync_announced(&self, announced: Announced<'_>, db: &sled::Db) -> Result<(), StoreError> {
-        drop(announced);
-        self.sync(db)
-    }
-
-    /// Return once everything written before the call is durable.
-    fn sync(&self, db: &sled::Db) -> Result<(), StoreError> {
-        let mut state = self.lock();
-        state.requested += 1;
-        let ticket = state.requested;
-        loop {
-            if state.durable >= ticket {
-                return Ok(());
-            }
-            if !state.flushing {
-                state.flushing = true;
-                let deadline = std::time::Instant::now() + COMMIT_DELAY;
-                while state.coming > 0 {
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    state = self
-                        .joined
-                        .wait_timeout(state, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
-                let covers = state.requested;
-                drop(state);
-                let result = db.flush().map_err(backend);
-                state = self.lock();
-                state.flushing = false;
-                if result.is_ok() {
-                    state.durable = state.durable.max(covers);
-                }
-                self.done.notify_all();
-                result?;
-                continue;
-            }
-            state = self.done.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-}
-
 /// sled-backed [`Store`].
 #[derive(Debug)]
 pub struct SledStore {
     db: sled::Db,
     path: PathBuf,
+    /// Flushes shared by durable changes (its thread holds the database open until the
+    /// store is dropped).
     commits: GroupCommit,
     t: Trees,
     /// The issuer chains certificate records refer to.
@@ -1424,7 +1324,11 @@ impl SledStore {
         }
         Ok(SledStore {
             protocol_state,
-            commits: GroupCommit::default(),
+            commits: GroupCommit::start(Box::new({
+                let db = db.clone();
+                move || db.flush().map(|_| ()).map_err(backend)
+            }))
+            .map_err(backend)?,
             db,
             path: path.to_path_buf(),
             chains: Chains::new(t.meta.clone()),
@@ -1598,7 +1502,7 @@ impl SledStore {
             })?;
         drop(writing);
         if durable {
-            self.commits.sync(&self.db)?;
+            self.commits.sync()?;
         }
         Ok(result)
     }
@@ -1884,35 +1788,32 @@ impl Store for SledStore {
         begun
     }
 
-    fn complete_issuance(
+    fn record_issuance(
         &self,
         cert: &CertificateRecord,
         audit: &AuditEntry,
         event: &NewEvent,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Flush, StoreError> {
         // The issuance's one change: a journal entry, not a transaction (see the module
         // docs), then a flush shared with concurrent ones.
         let pending = CatalogPending::begin(&self.catalog_pending);
         let announced = self.commits.announce();
-        let recorded = self
+        let reserved = self
             .journaled(cert.request_id.as_bytes(), |change| {
                 record_issuance(change, cert, audit, event)
             })
-            .and_then(|reserved| {
-                self.commits.sync_announced(announced, &self.db)?;
-                Ok(reserved)
-            });
-        let reserved = recorded.inspect_err(|_| {
-            self.catalog_unsure
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-        })?;
+            .inspect_err(|_| {
+                self.catalog_unsure
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            })?;
+        let flush = self.commits.request_announced(announced);
         self.released(&reserved);
         self.san.insert(&cert.serial, &san_text(cert));
         drop(pending);
         self.issued_since_save
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.save_san_catalog_while_running();
-        Ok(())
+        Ok(flush)
     }
 
     fn fail_issuance(
@@ -2157,7 +2058,7 @@ impl Store for SledStore {
             .insert(protocol_key(namespace, key), value)
             .map_err(backend)?;
         if durable {
-            self.commits.sync(&self.db)?;
+            self.commits.sync()?;
         }
         Ok(())
     }
@@ -2172,7 +2073,7 @@ impl Store for SledStore {
             .remove(protocol_key(namespace, key))
             .map_err(backend)?;
         if durable && removed.is_some() {
-            self.commits.sync(&self.db)?;
+            self.commits.sync()?;
         }
         Ok(())
     }
@@ -2183,7 +2084,7 @@ impl Store for SledStore {
             .remove(protocol_key(namespace, key))
             .map_err(backend)?;
         if taken.is_some() {
-            self.commits.sync(&self.db)?;
+            self.commits.sync()?;
         }
         Ok(taken.map(|v| v.to_vec()))
     }
