@@ -506,13 +506,22 @@ impl StoreKv {
     pub fn new(pipeline: Pipeline) -> Self {
         StoreKv { pipeline }
     }
+
+    /// When `durable`, wait until what was written so far is on disk.
+    async fn flushed(&self, durable: bool) -> Result<(), String> {
+        match durable {
+            true => self.pipeline.store().flush().completed().await,
+            false => Ok(()),
+        }
+        .map_err(|e| e.to_string())
+    }
 }
 
 #[async_trait::async_trait]
 impl KeyValue for StoreKv {
-    // Reads and unflushed writes are in-memory operations of microseconds: they run on the
-    // calling task, since a hop to the blocking pool costs more than they do. Only a flush
-    // (disk I/O) goes to the blocking pool.
+    // Reads and writes are in-memory operations of microseconds: they run on the calling
+    // task, since a hop to the blocking pool costs more than they do. A durable write then
+    // awaits its flush (run by the store's own thread, shared with concurrent changes).
     async fn put(
         &self,
         namespace: &'static str,
@@ -520,16 +529,11 @@ impl KeyValue for StoreKv {
         value: Vec<u8>,
         durable: bool,
     ) -> Result<(), String> {
-        if durable {
-            self.pipeline
-                .with_store(move |store| store.protocol_put(namespace, &key, &value, true))
-                .await
-        } else {
-            self.pipeline
-                .store()
-                .protocol_put(namespace, &key, &value, false)
-        }
-        .map_err(|e| e.to_string())
+        let store = self.pipeline.store();
+        store
+            .protocol_put(namespace, &key, &value, false)
+            .map_err(|e| e.to_string())?;
+        self.flushed(durable).await
     }
 
     async fn remove(
@@ -538,16 +542,11 @@ impl KeyValue for StoreKv {
         key: String,
         durable: bool,
     ) -> Result<(), String> {
-        if durable {
-            self.pipeline
-                .with_store(move |store| store.protocol_delete(namespace, &key, true))
-                .await
-        } else {
-            self.pipeline
-                .store()
-                .protocol_delete(namespace, &key, false)
-        }
-        .map_err(|e| e.to_string())
+        let store = self.pipeline.store();
+        store
+            .protocol_delete(namespace, &key, false)
+            .map_err(|e| e.to_string())?;
+        self.flushed(durable).await
     }
 
     async fn get(&self, namespace: &'static str, key: String) -> Result<Option<Vec<u8>>, String> {

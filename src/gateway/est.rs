@@ -432,12 +432,13 @@ impl Backend {
         &self,
         resend_key: &str,
     ) -> Result<Option<Result<Vec<u8>, EstError>>, EstError> {
-        let key = resend_key.to_string();
         let unavailable = |e: crate::store::StoreError| EstError::Unavailable(e.to_string());
-        let Some(stored) = self
-            .pipeline
-            .with_store(move |store| store.protocol_get(RESENT, &key))
-            .await
+        // Asked at every enrollment and nearly always absent. Reads and unflushed writes of
+        // the store are in-memory work of microseconds: they run on this task (as in the
+        // ACME and SCEP gateways), not through a hop to the blocking pool.
+        let store = self.pipeline.store();
+        let Some(stored) = store
+            .protocol_get(RESENT, resend_key)
             .map_err(unavailable)?
         else {
             return Ok(None);
@@ -456,12 +457,10 @@ impl Backend {
             Some(RequestState::Issued { .. } | RequestState::Denied { .. })
         ) {
             let now = self.pipeline.clock().now().unix_timestamp();
-            let key = resend_key.to_string();
             match resendable.answered_at {
                 Some(at) if now - at > RESEND_WINDOW_SECONDS => {
-                    self.pipeline
-                        .with_store(move |store| store.protocol_delete(RESENT, &key, false))
-                        .await
+                    store
+                        .protocol_delete(RESENT, resend_key, false)
                         .map_err(unavailable)?;
                     return Ok(None);
                 }
@@ -469,20 +468,15 @@ impl Backend {
                 None => {
                     resendable.answered_at = Some(now);
                     let value = serde_json::to_vec(&resendable).expect("serializes");
-                    self.pipeline
-                        .with_store(move |store| store.protocol_put(RESENT, &key, &value, false))
-                        .await
+                    store
+                        .protocol_put(RESENT, resend_key, &value, false)
                         .map_err(unavailable)?;
                 }
             }
         }
         Ok(match state {
             Some(RequestState::Issued { serial }) => {
-                let record = self
-                    .pipeline
-                    .with_store(move |store| store.certificate(&serial))
-                    .await
-                    .map_err(unavailable)?;
+                let record = store.certificate(&serial).map_err(unavailable)?;
                 record.map(|r| {
                     pkcs7::certs_only(std::slice::from_ref(&r.der))
                         .map_err(|e| EstError::Unavailable(e.to_string()))

@@ -431,6 +431,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// secrets are consumed this way). Durable on return.
     fn protocol_take(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Ask for a flush covering every change written before the call: those changes are
+    /// durable once the returned [`Flush`] completes (how async callers make a change
+    /// durable without blocking a thread: write it unflushed, then await this).
+    fn flush(&self) -> Flush;
+
     /// One protocol state value.
     fn protocol_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 

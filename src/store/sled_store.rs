@@ -2089,6 +2089,10 @@ impl Store for SledStore {
         Ok(taken.map(|v| v.to_vec()))
     }
 
+    fn flush(&self) -> Flush {
+        self.commits.request()
+    }
+
     fn protocol_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .protocol_state
