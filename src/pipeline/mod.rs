@@ -1194,11 +1194,14 @@ impl Pipeline {
                 approved.reservation,
             )?;
         }
-        // Written on this task (in-memory writes of microseconds, cheaper than a hop to the
-        // blocking pool); the flush that makes them durable runs on the store's own thread,
-        // shared with concurrent issuances, and is awaited without holding a worker.
-        self.store
-            .record_issuance(&record, &audit, &event)?
+        // Written on the blocking pool: the change is in-memory work, but the SAN catalog
+        // it updates may be held for milliseconds by a query's scan, a merge or a save, which
+        // no async worker may wait for. The flush that makes it durable is awaited here, not
+        // waited for on that thread (the store's own thread runs it, shared with concurrent
+        // changes).
+        let stored = record.clone();
+        self.with_store(move |store| store.record_issuance(&stored, &audit, &event))
+            .await?
             .completed()
             .await?;
         tracing::info!(request_id = %record.request_id, serial = %record.serial, owner = %record.owner, "certificate issued");

@@ -325,7 +325,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// an `issued` record whose subject is the certificate's serial, whatever `audit` says
     /// there) and queue the event, atomically; durable once the returned [`Flush`]
     /// completes (shared with concurrent changes: async callers await it without holding
-    /// a thread of the runtime). Nothing blocks on the disk before it returns.
+    /// a thread of the runtime). It does not wait for the flush, but may wait for the
+    /// backend's indexes (sled: the SAN catalog, which a query, a merge or a periodic save
+    /// can hold for milliseconds): call it off the async runtime.
     fn record_issuance(
         &self,
         certificate: &CertificateRecord,
