@@ -374,14 +374,10 @@ pub async fn start_from(
             ra,
             boot.data_dir.clone(),
         ));
-        let router = observed(
-            limits::limit_enrollments(
-                rampart_scep::router(backend.clone()),
-                rate_limiter(),
-                limits::Enrollments::Scep,
-            ),
-            Listener::Scep.as_str(),
-            boot.pipeline.metrics().clone(),
+        let router = limits::limit_enrollments(
+            rampart_scep::router(backend.clone()),
+            rate_limiter(),
+            limits::Enrollments::Scep,
         );
         // Plain HTTP: SCEP messages are signed and encrypted end to end.
         tasks.push(tokio::spawn(serve(
@@ -408,11 +404,7 @@ pub async fn start_from(
             crls: crls.clone(),
             ocsp: Arc::new(ocsp),
         };
-        let router = observed(
-            crate::lifecycle::publish::router(published),
-            Listener::Publish.as_str(),
-            boot.pipeline.metrics().clone(),
-        );
+        let router = crate::lifecycle::publish::router(published);
         tasks.push(tokio::spawn(serve(
             listener,
             router,
@@ -433,15 +425,11 @@ pub async fn start_from(
             tracing::warn!(listen = %api.listen, "the admin API is served over plain HTTP on a non-loopback address; set api.tls = true");
         }
         let (listener, addr) = bind(api.listen).await?;
-        let router = observed(
-            crate::api::router(
-                boot.pipeline.clone(),
-                scep_backend,
-                webhooks.clone(),
-                source.clone(),
-            ),
-            Listener::Api.as_str(),
-            boot.pipeline.metrics().clone(),
+        let router = crate::api::router(
+            boot.pipeline.clone(),
+            scep_backend,
+            webhooks.clone(),
+            source.clone(),
         );
         let scheme = if api.tls { "https" } else { "http" };
         let tls = api.tls.then(|| tls_config.clone());
@@ -466,14 +454,10 @@ pub async fn start_from(
         let server = crate::gateway::acme::server(&boot.pipeline).map_err(ServerError::Acme)?;
         server.set_max_pending_orders(limits_config.max_pending_orders_per_account);
         acme_server = Some(server.clone());
-        let router = observed(
-            limits::limit_enrollments(
-                rampart_acme::router(server.clone()),
-                rate_limiter(),
-                limits::Enrollments::Acme(server),
-            ),
-            Listener::Acme.as_str(),
-            boot.pipeline.metrics().clone(),
+        let router = limits::limit_enrollments(
+            rampart_acme::router(server.clone()),
+            rate_limiter(),
+            limits::Enrollments::Acme(server),
         );
         tasks.push(tokio::spawn(serve(
             listener,
@@ -504,14 +488,10 @@ pub async fn start_from(
             crate::gateway::est::Backend::new(boot.pipeline.clone(), &bootstrap)
                 .map_err(ServerError::Est)?,
         );
-        let router = observed(
-            limits::limit_enrollments(
-                rampart_est::router(backend),
-                rate_limiter(),
-                limits::Enrollments::Est,
-            ),
-            Listener::Est.as_str(),
-            boot.pipeline.metrics().clone(),
+        let router = limits::limit_enrollments(
+            rampart_est::router(backend),
+            rate_limiter(),
+            limits::Enrollments::Est,
         );
         tasks.push(tokio::spawn(serve(
             listener,
@@ -622,6 +602,7 @@ async fn wait_for(mut signal: watch::Receiver<bool>) {
 /// within `limits.header_read_timeout`, and a connection that moves no byte for
 /// `limits.idle_timeout` is closed. Every request carries its client's address
 /// ([`axum::extract::ConnectInfo`]): the peer's, or the one a trusted proxy forwarded.
+/// Requests are counted under the listener's name, as refused connections are ([`Peers`]).
 async fn serve(
     listener: TcpListener,
     router: Router,
@@ -630,6 +611,7 @@ async fn serve(
     peers: Peers,
     signal: watch::Receiver<bool>,
 ) {
+    let router = observed(router, peers.listener.as_str(), peers.metrics.clone());
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

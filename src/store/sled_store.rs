@@ -1426,7 +1426,7 @@ impl SledStore {
                 .insert(META_SAN_CATALOG, encode(&record))
                 .map_err(backend)?;
             drop(catalog);
-            self.db.flush().map(|_| ()).map_err(backend)
+            self.commits.sync()
         })();
         if let Err(error) = saved {
             tracing::warn!(%error, "SAN catalog not saved: the next start rebuilds it from the store");
