@@ -1198,12 +1198,14 @@ impl Pipeline {
         // it updates may be held for milliseconds by a query's scan, a merge or a save, which
         // no async worker may wait for. The flush that makes it durable is awaited here, not
         // waited for on that thread (the store's own thread runs it, shared with concurrent
-        // changes).
-        let stored = record.clone();
-        self.with_store(move |store| store.record_issuance(&stored, &audit, &event))
-            .await?
-            .completed()
+        // changes). The record travels to that thread and back rather than being copied.
+        let (flush, record) = self
+            .with_store(move |store| {
+                let flush = store.record_issuance(&record, &audit, &event)?;
+                Ok((flush, record))
+            })
             .await?;
+        flush.completed().await?;
         tracing::info!(request_id = %record.request_id, serial = %record.serial, owner = %record.owner, "certificate issued");
         Ok(record)
     }
